@@ -1,0 +1,33 @@
+"""Model + fold-in + scoring as one object: what a worker holds and swaps as a unit.
+
+Swapping a model is replacing the Recommender reference between batches; every list it
+returns names its model version.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .confidence import ConfidenceConfig, UserProfile
+from .foldin import FoldIn
+from .model import Model
+from .scoring import Recommendations, Scorer, ScoringConfig
+
+
+class Recommender:
+    def __init__(self, model: Model, ccfg: ConfidenceConfig = ConfidenceConfig(),
+                 scfg: ScoringConfig = ScoringConfig(), num_threads: int = 0):
+        self.model, self.ccfg, self.scfg = model, ccfg, scfg
+        self.fold_in = FoldIn(model, num_threads=num_threads)
+        self.scorer = Scorer(model, scfg)
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    def recommend(self, profiles: Sequence[UserProfile], queries: Sequence[str | None],
+                  n: int | None = None) -> list[Recommendations]:
+        """Fold in every profile at once, then score the batch with one product + top-k."""
+        x, known = self.fold_in([p.confidence(self.ccfg) for p in profiles])
+        excludes = [p.items_with(self.scfg.exclude_types) for p in profiles]
+        return self.scorer.recommend(x, known, queries, excludes, n)

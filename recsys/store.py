@@ -1,0 +1,182 @@
+"""The model store: versioned model directories on a volume every worker can read.
+
+Layout under the store root:
+
+    <root>/<version>/item_ids.txt        one id per line, row order
+    <root>/<version>/item_factors.npy    (n, f) float32, loaded memory-mapped
+    <root>/<version>/yty.npy             (f, f) float32
+    <root>/<version>/item_norms.npy      (n,) float32
+    <root>/<version>/popularity.npy      (n,) float32
+    <root>/<version>/metadata.json       version, created, data window, parameters, metrics, sha256 per file
+    <root>/CURRENT                       the version retrains publish
+    <root>/PINNED                        (optional) an operator's choice, wins over CURRENT
+
+A version is written under `.tmp-*` and renamed into place only when complete, so a reader
+never sees half a model; pointer files are replaced atomically with os.replace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelStoreError
+from .model import Model
+
+FORMAT = 1
+ARRAYS = ("item_factors", "yty", "item_norms", "popularity")
+FILES = ("item_ids.txt",) + tuple(f"{a}.npy" for a in ARRAYS)
+
+
+def new_version_name(now: float | None = None) -> str:
+    """Sortable by creation time; the suffix keeps two retrains in one second apart."""
+    t = time.gmtime(time.time() if now is None else now)
+    return time.strftime("%Y%m%dT%H%M%SZ", t) + "-" + secrets.token_hex(3)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_pointer(path: Path, value: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(value + "\n")
+    os.replace(tmp, path)
+
+
+class ModelStore:
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    # -- writing ---------------------------------------------------------------------------
+    def save(self, model: Model, *, publish: bool = True) -> Path:
+        """Write `model` as a new version directory; with publish, point CURRENT at it."""
+        if any("\n" in i or "\r" in i for i in model.item_ids):
+            raise ModelStoreError("item ids may not contain line breaks")
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / model.version
+        if final.exists():
+            raise ModelStoreError(f"version {model.version} already exists in {self.root}")
+        tmp = self.root / f".tmp-{model.version}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            (tmp / "item_ids.txt").write_text("".join(f"{i}\n" for i in model.item_ids), encoding="utf-8")
+            for name in ARRAYS:
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(model, name), dtype=np.float32))
+            meta = dict(model.metadata)
+            meta.update(format=FORMAT, version=model.version, n_items=model.n_items, factors=model.factors,
+                        regularization=model.regularization,
+                        files={f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in FILES})
+            meta.setdefault("created", time.time())
+            (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+            for f in tmp.iterdir():  # durable before it becomes visible
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if publish:
+            _write_pointer(self.root / "CURRENT", model.version)
+        return final
+
+    # -- reading ---------------------------------------------------------------------------
+    def versions(self) -> list[str]:
+        """Complete version directories, oldest first (temporary ones are invisible)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and (p / "metadata.json").exists())
+
+    def _pointer(self, name: str) -> str | None:
+        p = self.root / name
+        return p.read_text().strip() or None if p.exists() else None
+
+    def current(self) -> str | None:
+        """The version to serve: PINNED, else CURRENT, else None."""
+        return self._pointer("PINNED") or self._pointer("CURRENT")
+
+    def metadata(self, version: str) -> dict[str, Any]:
+        path = self.root / version / "metadata.json"
+        if not (self.root / version).is_dir():
+            raise ModelStoreError(f"model version {version!r} does not exist in {self.root}")
+        try:
+            meta = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ModelStoreError(f"model version {version!r}: metadata.json is missing") from None
+        except (OSError, ValueError) as e:
+            raise ModelStoreError(f"model version {version!r}: metadata.json is unreadable: {e}") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or "files" not in meta:
+            raise ModelStoreError(f"model version {version!r}: metadata.json is not a format-{FORMAT} model")
+        return meta
+
+    def load(self, version: str | None = None, *, verify: bool = True) -> Model:
+        """Load and verify a version (default: the one to serve). Raises ModelStoreError."""
+        version = version or self.current()
+        if version is None:
+            raise ModelStoreError(f"no model in {self.root}: train one first (recsys train)")
+        meta = self.metadata(version)
+        vdir = self.root / version
+        for f in FILES:
+            path, want = vdir / f, meta["files"].get(f)
+            if want is None or not path.exists():
+                raise ModelStoreError(f"model version {version!r}: {f} is missing")
+            size = path.stat().st_size
+            if size != want["bytes"]:
+                raise ModelStoreError(f"model version {version!r}: {f} has {size} bytes, expected {want['bytes']}")
+            if verify and _sha256(path) != want["sha256"]:
+                raise ModelStoreError(f"model version {version!r}: {f} fails its sha256 checksum")
+        try:
+            # Copy-on-write mapping: implicit's kernels want writable buffers; nothing is copied
+            # unless written, and nothing writes.
+            arrays = {a: np.load(vdir / f"{a}.npy", mmap_mode="c") for a in ARRAYS}
+            item_ids = (vdir / "item_ids.txt").read_text(encoding="utf-8").split("\n")[:-1]
+        except (OSError, ValueError) as e:
+            raise ModelStoreError(f"model version {version!r}: unreadable array: {e}") from None
+        n, f = len(item_ids), int(meta.get("factors", -1))
+        expect = {"item_factors": (n, f), "yty": (f, f), "item_norms": (n,), "popularity": (n,)}
+        for a, shape in expect.items():
+            if arrays[a].shape != shape or arrays[a].dtype != np.float32:
+                raise ModelStoreError(f"model version {version!r}: {a} has shape {arrays[a].shape} "
+                                      f"{arrays[a].dtype}, expected {shape} float32")
+        if meta.get("n_items") != n:
+            raise ModelStoreError(f"model version {version!r}: {n} item ids but metadata says {meta.get('n_items')}")
+        return Model(version=version, item_ids=item_ids, item_factors=arrays["item_factors"],
+                     yty=np.asarray(arrays["yty"]), item_norms=np.asarray(arrays["item_norms"]),
+                     popularity=np.asarray(arrays["popularity"]),
+                     regularization=float(meta["regularization"]), metadata=meta)
+
+    # -- operator actions ------------------------------------------------------------------
+    def publish(self, version: str) -> None:
+        self.metadata(version)
+        _write_pointer(self.root / "CURRENT", version)
+
+    def rollback(self) -> str:
+        """Point CURRENT at the version before it; returns the version now current."""
+        cur, versions = self._pointer("CURRENT"), self.versions()
+        older = [v for v in versions if cur is None or v < cur]
+        if not older:
+            raise ModelStoreError(f"no version older than {cur!r} to roll back to")
+        self.publish(older[-1])
+        return older[-1]
+
+    def pin(self, version: str | None) -> None:
+        """Serve `version` whatever retrains publish; None removes the pin."""
+        if version is None:
+            (self.root / "PINNED").unlink(missing_ok=True)
+        else:
+            self.metadata(version)
+            _write_pointer(self.root / "PINNED", version)
