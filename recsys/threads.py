@@ -15,4 +15,8 @@ def pin_blas_threads() -> None:
     """
     global _limits
     if _limits is None:
+        # Limits apply to libraries already loaded: load implicit's and scipy's BLAS first.
+        import implicit.als  # noqa: F401
+        import scipy.linalg  # noqa: F401
+
         _limits = threadpool_limits(1, "blas")
