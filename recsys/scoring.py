@@ -38,8 +38,8 @@ FILTERED = -1e30  # implicit's top-k scores filtered items at -FLT_MAX
 @dataclass(frozen=True)
 class ScoringConfig:
     n: int = 10
-    user_weight: float = 0.5        # w above: 1 = user score only, 0 = query similarity only
-    item_norm_power: float = 1.0    # p above
+    user_weight: float = 0.9        # w above: 1 = user score only, 0 = query similarity only
+    item_norm_power: float = 0.5    # p above
     exclude_types: tuple[str, ...] = ("transaction",)  # items the user did this to are not shown
     exclude_query: bool = True      # the item on screen is not recommended next to itself
     num_threads: int = 0

@@ -1,0 +1,21 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from recsys.threads import pin_blas_threads
+
+pin_blas_threads()
+
+
+def require_dataset(name: str) -> Path:
+    """Path of a shared real dataset. Missing: fail in CI (CI=true), skip with the reason elsewhere."""
+    from recsys.datasets import DATASETS, data_dir
+
+    path = data_dir() / DATASETS[name]
+    if not path.exists():
+        msg = f"real dataset {name!r} not found at {path}; set STREAMREC_DATA to the shared data folder"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path

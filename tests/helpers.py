@@ -1,0 +1,39 @@
+"""Small builders shared by the tests (real data access lives in conftest.require_dataset)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recsys.confidence import ConfidenceConfig, build_profiles
+from recsys.events import Event
+from recsys.model import Model
+
+T0 = 1_700_000_000_000  # a fixed, valid event time (2023-11-14)
+
+
+def ev(user: str, item: str, type_: str = "view", ts: int = T0, **kw) -> Event:
+    return Event(user, item, type_, ts, **kw)
+
+
+def random_model(n_items: int = 300, factors: int = 16, seed: int = 0, version: str = "v-test",
+                 regularization: float = 0.1) -> Model:
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=(n_items, factors)).astype(np.float32)
+    pop = rng.integers(0, 100, n_items).astype(np.float32)
+    return Model.from_factors(version, [f"i{k}" for k in range(n_items)], y, regularization, popularity=pop)
+
+
+def clustered_events(n_users: int = 120, n_items: int = 60, clusters: int = 3, per_user: int = 12, seed: int = 1):
+    """Users who each browse one cluster of items: a structure ALS must recover."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for u in range(n_users):
+        c = u % clusters
+        items = [k for k in range(n_items) if k % clusters == c]
+        for j in range(per_user):
+            out.append(ev(f"u{u}", f"i{int(rng.choice(items))}", "view", T0 + (u * per_user + j) * 1000))
+    return out
+
+
+def profiles_of(events, cfg: ConfidenceConfig = ConfidenceConfig()):
+    return build_profiles(events, cfg)

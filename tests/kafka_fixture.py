@@ -1,0 +1,48 @@
+"""Pytest fixtures for tests that need a real Kafka broker.
+
+``kafka_broker`` (session scope) starts one single-node KRaft broker in a tmp dir
+for the whole session, or uses the cluster in ``STREAMREC_BOOTSTRAP`` if set.
+``topic_factory`` (function scope) makes uniquely named topics on it and deletes
+them afterwards, so tests sharing the session broker don't see each other's data.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from streaming.broker import ENV_BOOTSTRAP, KafkaBroker, broker_from_env
+from streaming.topics import delete_topics, ensure_topics
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    data_dir = None if os.environ.get(ENV_BOOTSTRAP) else tmp_path_factory.mktemp("kafka")
+    broker = broker_from_env(data_dir)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic_factory(kafka_broker: KafkaBroker, request: pytest.FixtureRequest) -> Iterator[Callable[..., str]]:
+    """``topic_factory(partitions=1, prefix=None, config=None) -> name``."""
+    made: list[str] = []
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name)[:60]
+
+    def make(partitions: int = 1, prefix: str | None = None, config: dict[str, str] | None = None) -> str:
+        name = f"{prefix or base}-{uuid.uuid4().hex[:8]}"
+        ensure_topics(kafka_broker.bootstrap, {name: partitions}, config=config)
+        made.append(name)
+        return name
+
+    yield make
+    if made and kafka_broker.is_running():
+        try:
+            delete_topics(kafka_broker.bootstrap, made)
+        except Exception:  # noqa: BLE001 - cleanup must not mask the test's own outcome
+            pass
