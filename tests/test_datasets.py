@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -20,17 +19,7 @@ from recsys.datasets import (
 )
 from recsys.errors import ConfigError, DataError
 from recsys.events import Event, parse_event
-
-
-def require_dataset(name: str) -> Path:
-    """Path of a real shared dataset; fail on CI (CI=true), otherwise skip, if it is missing."""
-    try:
-        return dataset_path(name)
-    except DataError:
-        where = data_dir() / DATASETS[name]
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{name}: real data not found at {where} (CI=true); set STREAMREC_DATA")
-        pytest.skip(f"{name}: real data not found at {where}; set STREAMREC_DATA")
+from tests.conftest import require_dataset
 
 
 def utc_ms(*args: int) -> int:
@@ -122,16 +111,6 @@ def test_retailrocket_synthetic_time_keeps_file_order():
     assert [[e.user, e.item, e.type] for e in evs[:5]] == head
     assert [e.ts for e in evs] == [RETAILROCKET_EPOCH_MS + i for i in range(len(evs))]
     assert RETAILROCKET_EPOCH_MS == utc_ms(2015, 5, 3)
-
-
-@pytest.mark.data
-@pytest.mark.parametrize("name", ["retailrocket", "yoochoose", "taobao"])
-def test_largest_files_load_fast(name):
-    path = require_dataset(name)
-    load_events(path)                              # warm the page cache
-    t = time.perf_counter()
-    load_events(path)
-    assert time.perf_counter() - t < 1.0
 
 
 def test_data_dir_and_dataset_path(monkeypatch, tmp_path):
