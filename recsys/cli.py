@@ -140,6 +140,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo_offline(args: argparse.Namespace) -> int:
+    """Train and evaluate on every shared dataset that is present: the library end to end."""
+    from .datasets import DATASETS, data_dir
+
+    out = Path(args.out)
+    ran = 0
+    for name in ("taobao", "yoochoose"):
+        if not (data_dir() / DATASETS[name]).exists():
+            say(f"{name}: not found under {data_dir()} (set STREAMREC_DATA); skipped")
+            continue
+        say(f"== {name} ==")
+        ns = argparse.Namespace(data=name, format="auto", lenient=False, test=None, test_fraction=0.2,
+                                kinds="als,bpr", output=str(out / f"eval-{name}.json"),
+                                plot=str(out / f"eval-{name}.png"), n=10, user_weight=None,
+                                kind="als", factors=64, iterations=None, regularization=None, alpha=None,
+                                threads=0)
+        cmd_evaluate(ns)
+        ran += 1
+    if not ran:
+        raise RecsysError(f"no shared dataset found under {data_dir()}: set STREAMREC_DATA")
+    return 0
+
+
 def _recommender(args: argparse.Namespace):
     from .recommender import Recommender
     from .store import ModelStore
@@ -243,6 +266,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
     model_dir_arg(s)
     s.add_argument("--version", help="model version (default: the serving one)")
     s.set_defaults(func=cmd_similar)
+
+    d = sub.add_parser("demo-offline", help="train and evaluate on the shared real datasets")
+    d.add_argument("--out", default="out", help="where reports and charts go (default out/)")
+    d.set_defaults(func=cmd_demo_offline)
 
     m = sub.add_parser("models", help="list model versions, roll back, pin")
     m.add_argument("action", nargs="?", default="list", choices=("list", "rollback", "pin", "unpin"))

@@ -35,15 +35,15 @@ METRICS = ("MAP@3", "MAP@10", "HR@10", "NDCG@10", "Recall@10", "coverage")
 
 
 @dataclass
-class TestCase:
+class EvalCase:
     user: str
     query: str
     relevant: set[str]
     profile: UserProfile          # training history + the query event
 
 
-def test_cases(train_profiles: dict[str, UserProfile], test_events: Sequence[Event],
-               ccfg: ConfidenceConfig) -> list[TestCase]:
+def build_cases(train_profiles: dict[str, UserProfile], test_events: Sequence[Event],
+               ccfg: ConfidenceConfig) -> list[EvalCase]:
     by_user: dict[str, list[Event]] = defaultdict(list)
     for e in test_events:
         by_user[e.user].append(e)
@@ -57,11 +57,11 @@ def test_cases(train_profiles: dict[str, UserProfile], test_events: Sequence[Eve
         base = train_profiles.get(user)
         profile = copy_profile(base) if base is not None else UserProfile()
         profile.apply(first, ccfg)
-        cases.append(TestCase(user, first.item, relevant, profile))
+        cases.append(EvalCase(user, first.item, relevant, profile))
     return cases
 
 
-def score_lists(lists: Sequence[Sequence[str]], cases: Sequence[TestCase], n_items: int) -> dict[str, float]:
+def score_lists(lists: Sequence[Sequence[str]], cases: Sequence[EvalCase], n_items: int) -> dict[str, float]:
     def mean(f: Callable[[Sequence[str], set[str], int], float], k: int) -> float:
         return float(np.mean([f(lst, c.relevant, k) for lst, c in zip(lists, cases)])) if cases else 0.0
 
@@ -85,7 +85,7 @@ def evaluate(train_events: Sequence[Event], test_events: Sequence[Event], *,
     kinds = kinds or {"als": TrainConfig(kind="als")}
     t0 = time.time()
     profiles = build_profiles(train_events, ccfg)
-    cases = test_cases(profiles, test_events, ccfg)
+    cases = build_cases(profiles, test_events, ccfg)
     say(f"{len(train_events)} training events, {len(profiles)} users; {len(cases)} test users")
     if not cases:
         raise ValueError("no test user has a query event and at least one later item: widen the test window")
