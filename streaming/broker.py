@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -134,10 +135,17 @@ def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _file_tail(path: Path | None, lines: int = 30) -> str:
+def _file_tail(path: Path | None, lines: int = 30, offset: int = 0) -> str:
+    """The first ERROR/FATAL lines (the cause; stack traces bury it) plus the last lines."""
     if path is None or not path.exists():
         return ""
-    return _tail(path.read_text(errors="replace"), lines)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    all_lines = text.splitlines()
+    errors = [ln for ln in all_lines if "] ERROR " in ln or "] FATAL " in ln][:3]
+    tail = all_lines[-lines:]
+    return "\n".join([*(e for e in errors if e not in tail), *(["..."] if errors else []), *tail])
 
 
 def _split(bootstrap: str) -> tuple[str, int]:
@@ -153,7 +161,9 @@ def wait_until_ready(bootstrap: str, timeout: float = 60.0, *, log_file: Path | 
     Raises :class:`BrokerNotReady` after ``timeout`` seconds (or as soon as
     ``alive()`` returns False), quoting the last error and the tail of ``log_file``.
     """
-    from kafka import KafkaAdminClient  # imported lazily: the CLI's stop/status don't need it
+    # imported lazily: the CLI's stop/status don't need kafka-python
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaConfigurationError
 
     deadline = time.monotonic() + timeout
     host, port = _split(bootstrap)
@@ -180,18 +190,20 @@ def wait_until_ready(bootstrap: str, timeout: float = 60.0, *, log_file: Path | 
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
             continue
         # The port opens before the broker has registered with its controller and
-        # is unfenced; only then does metadata list it and topics can be created.
+        # is unfenced; only then can topics be created and produced to.
         ms = max(1000, int(min(5.0, left) * 1000))
         admin = None
         try:
             admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-ready",
-                                     request_timeout_ms=ms, api_version_auto_timeout_ms=ms)
+                                     request_timeout_ms=ms, bootstrap_timeout_ms=ms)
             cluster = admin.describe_cluster()
-            if cluster.get("brokers"):
+            if any(not b.get("is_fenced") for b in cluster.get("brokers", ())):
                 admin.list_topics()
                 return
-            last = "metadata lists no brokers yet"
-        except Exception as e:  # noqa: BLE001 - any client error just means "not yet"
+            last = "no unfenced broker registered yet"
+        except KafkaConfigurationError:
+            raise  # a bug, not a broker that is still starting
+        except Exception as e:  # noqa: BLE001 - any other client error just means "not yet"
             last = f"{type(e).__name__}: {e}"
         finally:
             if admin is not None:
@@ -227,12 +239,22 @@ def _pid_alive(pid: int | None) -> bool:
         return True  # no /proc (not Linux): trust kill(0)
 
 
-def _die_with_parent() -> None:
-    # Non-detached brokers die with the Python process that started them, even if
-    # it is SIGKILLed, so aborted test runs don't leave JVMs hogging the 2 cores.
-    with contextlib.suppress(Exception):
+def _die_with_parent_fn() -> Callable[[], None] | None:
+    """A preexec_fn making the child get SIGTERM when this process dies (Linux only).
+
+    Non-detached brokers should die with the Python process that started them even
+    if it is SIGKILLed, so aborted test runs don't leave JVMs hogging the 2 cores.
+    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so only use it
+    from the main thread. libc is loaded here, not in the forked child.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
         import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # 1 == PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -244,6 +266,7 @@ class KafkaBroker:
     external: str | None = field(default=None, repr=False)  # bootstrap of a broker we don't manage
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     started_in: float | None = field(default=None, init=False, repr=False)  # seconds, last start()
+    _atexit_registered: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -394,29 +417,49 @@ class KafkaBroker:
             wait_until_ready(self.bootstrap, timeout, log_file=self.log_file, alive=self.is_running)
             return
         libs = ensure_kafka_jars(self.version)
-        if self.port is None:
-            self.port = free_port()
-        if self.controller_port is None or self.controller_port == self.port:
-            self.controller_port = free_port()
-        config = self._write_config()
-        if not (self.log_dir / "meta.properties").exists():
-            self._format(libs, config)
+        # Free ports are picked by binding port 0 and releasing it, so another process
+        # can grab one before the JVM binds. Only auto-picked ports may be re-picked.
+        fresh_ports = self.port is None and self.controller_port is None
+        for attempt in range(3 if fresh_ports else 1):
+            if self.port is None:
+                self.port = free_port()
+            if self.controller_port is None or self.controller_port == self.port:
+                self.controller_port = free_port()
+            config = self._write_config()
+            if not (self.log_dir / "meta.properties").exists():
+                self._format(libs, config)
+            try:
+                self._launch(libs, config, timeout, detach)
+                return
+            except BrokerNotReady as e:
+                if not (fresh_ports and "Address already in use" in str(e) and attempt < 2):
+                    raise
+                self.port = self.controller_port = None
+
+    def _launch(self, libs: Path, config: Path, timeout: float, detach: bool) -> None:
         t0 = time.monotonic()
+        log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        out_offset = self.out_file.stat().st_size if self.out_file.exists() else 0
         with open(self.out_file, "ab") as out:
             self._proc = subprocess.Popen(
                 self._java(libs, "kafka.Kafka", str(config)),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.data_dir,
-                start_new_session=detach, preexec_fn=None if detach else _die_with_parent)
+                start_new_session=detach, preexec_fn=None if detach else _die_with_parent_fn())
         self._write_state(self._proc.pid)
-        if not detach:
+        if not detach and not self._atexit_registered:
             import atexit
             atexit.register(self._stop_quietly)
+            self._atexit_registered = True
         try:
-            wait_until_ready(self.bootstrap, timeout, log_file=self.log_file, alive=self.is_running)
+            wait_until_ready(self.bootstrap, timeout, alive=self.is_running)
         except BrokerNotReady as e:
-            out_tail = _file_tail(self.out_file, 15)
             self.stop()
-            raise BrokerNotReady(f"{e}\n--- tail of {self.out_file} ---\n{out_tail}" if out_tail else str(e)) from None
+            msg = str(e)
+            for path, offset in ((self.log_file, log_offset), (self.out_file, out_offset)):
+                tail = _file_tail(path, 25, offset)
+                if tail:
+                    msg += f"\n--- {path} ---\n{tail}"
+            raise BrokerNotReady(msg) from None
         self.started_in = time.monotonic() - t0
 
     def _stop_quietly(self) -> None:

@@ -19,3 +19,7 @@ def require_dataset(name: str) -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+# The real Kafka broker (one per test session) and per-test topics.
+from tests.kafka_fixture import kafka_broker, topic_factory  # noqa: E402,F401

@@ -14,7 +14,6 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streaming.broker import BrokerNotReady, KafkaBroker, free_port, wait_until_ready
 from streaming.topics import delete_topics, ensure_topics
-from tests.kafka_fixture import kafka_broker, topic_factory  # noqa: F401
 
 pytestmark = pytest.mark.kafka
 REPO = Path(__file__).resolve().parents[1]
