@@ -1,4 +1,8 @@
 import os
+import warnings
+
+# kafka-python 3.0 calls a deprecated importlib.resources API at import time.
+warnings.filterwarnings("ignore", "(open|read)_text is deprecated", DeprecationWarning)
 from pathlib import Path
 
 import pytest
