@@ -25,8 +25,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from . import ranking
-from .confidence import ConfidenceConfig, UserProfile, build_profiles, copy_profile
+from .confidence import ConfidenceConfig, ItemState, UserProfile, build_profiles, copy_profile
 from .events import Event
+from .model import Model
 from .recommender import Recommender
 from .scoring import ScoringConfig
 from .train import TrainConfig, train
@@ -165,3 +166,41 @@ def iter_metrics(report: dict[str, Any]) -> Iterable[tuple[str, str, float]]:
     for name, vals in report["methods"].items():
         for m, v in vals.items():
             yield name, m, v
+
+
+def split_profiles(profiles: dict[str, UserProfile], cut_ts: int) -> tuple[dict[str, UserProfile], list[EvalCase]]:
+    """Time-split aggregated profiles (what a retrain reads from the state changelog).
+
+    Items last touched at or before `cut_ts` form the training profile. A user with two or
+    more items after it becomes a test case: the earliest is the query, the rest the truth.
+    Profiles keep one time per item (its latest), so an item seen on both sides counts as test.
+    """
+    train_profiles: dict[str, UserProfile] = {}
+    cases: list[EvalCase] = []
+    for user, p in profiles.items():
+        before = {i: s for i, s in p.items.items() if s.ts <= cut_ts}
+        after = sorted(((s.ts, i) for i, s in p.items.items() if s.ts > cut_ts))
+        tp = UserProfile()
+        tp.items = {i: ItemState(s.value, s.ts, s.mask) for i, s in before.items()}
+        tp.last_ts = max((s.ts for s in before.values()), default=0)
+        if tp.items:
+            train_profiles[user] = tp
+        if len(after) >= 2:
+            query = after[0][1]
+            case_profile = copy_profile(tp)
+            s = p.items[query]
+            case_profile.items[query] = ItemState(s.value, s.ts, s.mask)
+            case_profile.last_ts = s.ts
+            cases.append(EvalCase(user, query, {i for _, i in after[1:]}, case_profile))
+    return train_profiles, cases
+
+
+def evaluate_model(model: Model, cases: Sequence[EvalCase], ccfg: ConfidenceConfig, scfg: ScoringConfig,
+                   batch: int = 1024) -> dict[str, float]:
+    """The serving path (fold-in + blend) of one model on prepared cases."""
+    rec = Recommender(model, ccfg, scfg)
+    lists: list[list[str]] = []
+    for s in range(0, len(cases), batch):
+        chunk = cases[s:s + batch]
+        lists.extend(o.items for o in rec.recommend([c.profile for c in chunk], [c.query for c in chunk]))
+    return score_lists(lists, cases, model.n_items)

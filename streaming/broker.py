@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from recsys.errors import RecsysError
+
 DEFAULT_KAFKA_VERSION = "4.4.0"
 # Kafka 4.x logs through slf4j 1.7 (its pom pins slf4j-api 1.7.36) but ships no
 # backend; its own distribution uses log4j2 via the slf4j-1.x binding.
@@ -61,7 +63,7 @@ JVM_OPTS = [
 MARKER = ".complete"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(RecsysError, RuntimeError):
     """The broker could not be fetched, formatted, started or stopped."""
 
 
@@ -518,6 +520,20 @@ def broker_from_env(data_dir: Path | None = None, **kw) -> KafkaBroker:
     if boot:
         return KafkaBroker(data_dir=data_dir or default_data_dir(), external=boot)
     return KafkaBroker(data_dir=data_dir or default_data_dir(), **kw)
+
+
+def resolve_bootstrap(explicit: str | None = None) -> str:
+    """Where Kafka is: the explicit setting, else $STREAMREC_BOOTSTRAP, else the project's
+    own running broker (var/kafka). Raises BrokerError saying how to get one."""
+    if explicit:
+        return explicit
+    if os.environ.get(ENV_BOOTSTRAP):
+        return os.environ[ENV_BOOTSTRAP]
+    own = KafkaBroker(data_dir=default_data_dir())
+    if own.state_file.exists() and own.is_running():
+        return own.bootstrap
+    raise BrokerError(f"no Kafka broker: start the project's own with `recsys broker start` "
+                      f"(data in {default_data_dir()}), or set {ENV_BOOTSTRAP}=host:port")
 
 
 # ---------------------------------------------------------------------- CLI

@@ -1,0 +1,110 @@
+"""The `recsys` command: the library's commands (recsys.cli) plus the streaming ones.
+
+    recsys broker start|stop|status   the project's own Kafka (KRaft, loopback)
+    recsys topics                     create the project's topics
+    recsys worker                     a Faust worker (clickstream -> recommendations)
+    recsys retrain --once | --every   batch retrain from the state changelog or a history file
+    recsys replay FILE|NAME           produce a dataset to the clickstream topic
+    recsys tail                       print recommendations as they arrive
+    recsys demo                       all of the above, end to end
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from recsys import cli as lib_cli
+
+from .settings import Settings
+
+
+def add_settings_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: STREAMREC_BOOTSTRAP, "
+                                       "else the project's own broker in var/kafka)")
+    p.add_argument("--partitions", type=int, help="clickstream partitions (default 4)")
+    p.add_argument("--model-dir", help="model store (default var/models)")
+
+
+def settings_from(args: argparse.Namespace, **extra) -> Settings:
+    from .broker import resolve_bootstrap
+
+    s = Settings.from_env(partitions=getattr(args, "partitions", None), model_dir=getattr(args, "model_dir", None),
+                         **extra)
+    return s.replace(bootstrap=resolve_bootstrap(getattr(args, "bootstrap", None) or s.bootstrap))
+
+
+def topic_specs(s: Settings) -> dict[str, int]:
+    return {s.clickstream_topic: s.partitions, s.recommendations_topic: s.partitions,
+            s.dlq_topic: 1, s.model_updates_topic: 1}
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from .topics import ensure_topics
+
+    s = settings_from(args)
+    created = ensure_topics(s.bootstrap, topic_specs(s))
+    print(f"topics on {s.bootstrap}: " + ", ".join(f"{t}({n})" for t, n in topic_specs(s).items())
+          + (f"; created {', '.join(created)}" if created else "; all existed"))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from .app import create_app
+    from .topics import ensure_topics
+
+    s = settings_from(args, web_port=args.web_port, data_dir=args.data_dir, app_id=args.app_id,
+                      standby_replicas=args.standby_replicas)
+    ensure_topics(s.bootstrap, topic_specs(s))
+    app = create_app(s)
+    worker = faust.Worker(app, loglevel=s.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()  # runs until SIGTERM/SIGINT, then stops cleanly
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from . import broker
+
+    return broker.main(args.broker_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = lib_cli.build_parser()
+
+    b = sub.add_parser("broker", help="start/stop/status of the project's own Kafka broker",
+                       add_help=False)
+    b.add_argument("broker_args", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_broker)
+
+    t = sub.add_parser("topics", help="create the project's topics")
+    add_settings_args(t)
+    t.set_defaults(func=cmd_topics)
+
+    w = sub.add_parser("worker", help="run a Faust worker: clickstream in, recommendations out")
+    add_settings_args(w)
+    w.add_argument("--web-port", type=int, help="HTTP port (default 6066)")
+    w.add_argument("--data-dir", help="where this worker's RocksDB tables live (default var/worker)")
+    w.add_argument("--app-id", help="consumer group / application id (default streamrec)")
+    w.add_argument("--standby-replicas", type=int, help="table standby replicas (default 0)")
+    w.set_defaults(func=cmd_worker)
+
+    from . import demo, replay, retrain, tail
+
+    replay.add_replay_parser(sub)
+    tail.add_tail_parser(sub)
+    retrain.add_parser(sub)
+    demo.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return lib_cli.run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

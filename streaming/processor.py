@@ -1,0 +1,188 @@
+"""What a worker does with one micro-batch, independent of Faust so it can be tested directly.
+
+    raw messages ─► validate ─► bad ones: dead letters (original bytes + reason)
+                 └► group by user ─► apply to each user's state once per batch, skipping
+                    events at or below the offset the state already holds (redeliveries)
+                 ─► fold in all touched users at once ─► score them (query = their latest item)
+                 ─► one recommendation message per user, naming the model version
+
+The Faust agent (streaming/app.py) does the I/O around it: reads and writes the state table,
+sends the messages. Idempotence lives here: a user's events all arrive on one partition, in
+order, so "offset <= state.offset" means "already applied".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from recsys.confidence import ConfidenceConfig
+from recsys.errors import EventError
+from recsys.events import Event, parse_event
+from recsys.recommender import Recommender
+from recsys.scoring import Recommendations
+
+from .metrics import WorkerMetrics
+from .state import UserState
+
+MAX_MESSAGE_BYTES = 64 * 1024  # an event is a few hundred bytes; anything this big is not one
+
+
+@dataclass
+class Incoming:
+    key: bytes | None
+    value: bytes | None
+    partition: int
+    offset: int
+    timestamp_ms: int  # Kafka record timestamp: when the event reached the broker
+
+
+@dataclass
+class DeadLetter:
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    detail: str
+    partition: int
+    offset: int
+
+    def headers(self, source_topic: str) -> list[tuple[str, bytes]]:
+        return [("reason", self.reason.encode()), ("detail", self.detail.encode()[:1000]),
+                ("source", f"{source_topic}/{self.partition}/{self.offset}".encode())]
+
+
+@dataclass
+class BatchResult:
+    states: dict[bytes, UserState] = field(default_factory=dict)        # to write back
+    messages: list[tuple[bytes, bytes]] = field(default_factory=list)   # (key, JSON) recommendations
+    dead: list[DeadLetter] = field(default_factory=list)
+    accepted: int = 0
+    duplicates: int = 0
+
+
+def decode_event(msg: Incoming) -> Event:
+    """Bytes -> validated Event, or EventError with a short reason code."""
+    if msg.value is None:
+        raise EventError("empty", "message has no value")
+    if len(msg.value) > MAX_MESSAGE_BYTES:
+        raise EventError("too_large", f"{len(msg.value)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        text = msg.value.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise EventError("bad_utf8", str(e)) from None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise EventError("bad_json", str(e)[:200]) from None
+    event = parse_event(obj)
+    if msg.key is None:
+        raise EventError("missing_key", "messages must be keyed by user id")
+    if msg.key != event.user.encode():
+        raise EventError("key_mismatch", "message key differs from the event's user")
+    return event
+
+
+class StreamPopularity:
+    """Cold-start fallback before any model exists: items by events seen on this worker."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def add(self, item: str) -> None:
+        self.counts[item] += 1
+
+    def recommend(self, n: int, exclude: set[str]) -> Recommendations:
+        items, scores = [], []
+        for item, c in self.counts.most_common(n + len(exclude)):
+            if item not in exclude:
+                items.append(item)
+                scores.append(float(c))
+                if len(items) == n:
+                    break
+        return Recommendations(items, scores, "popular", None)
+
+
+class Processor:
+    def __init__(self, ccfg: ConfidenceConfig, metrics: WorkerMetrics, top_n: int = 10,
+                 clock: Callable[[], float] = time.time):
+        self.ccfg, self.metrics, self.top_n, self.clock = ccfg, metrics, top_n, clock
+        self.recommender: Recommender | None = None
+        self.popularity = StreamPopularity()
+
+    def process(self, batch: Sequence[Incoming], load: Callable[[bytes, Incoming], UserState | None]) -> BatchResult:
+        """Apply a batch. `load(key, msg)` returns a user's stored state (or None)."""
+        res = BatchResult()
+        m = self.metrics
+        by_user: OrderedDict[bytes, list[tuple[Incoming, Event]]] = OrderedDict()
+        for msg in batch:
+            try:
+                event = decode_event(msg)
+            except EventError as e:
+                res.dead.append(DeadLetter(msg.key, msg.value, e.reason, e.detail, msg.partition, msg.offset))
+                m.rejected.labels(e.reason).inc()
+                continue
+            by_user.setdefault(msg.key, []).append((msg, event))  # type: ignore[arg-type]
+
+        touched: list[tuple[bytes, UserState, Incoming, Event, list[Incoming]]] = []
+        for key, items in by_user.items():
+            state = load(key, items[0][0])
+            if state is None:
+                state = UserState()
+            applied: list[Incoming] = []
+            for msg, event in items:
+                if msg.offset <= state.profile.offset:
+                    res.duplicates += 1
+                    continue
+                if state.last_items:  # live quality: was this item in what we last showed?
+                    m.hit_checks.labels(state.last_version or "none").inc()
+                    if event.item in state.last_items:
+                        m.hits.labels(state.last_version or "none").inc()
+                state.profile.apply(event, self.ccfg)
+                state.profile.offset = msg.offset
+                self.popularity.add(event.item)
+                m.events_in.labels(event.type).inc()
+                applied.append(msg)
+            if applied:
+                touched.append((key, state, items[-1][0], items[-1][1], applied))
+        res.accepted = sum(len(t[4]) for t in touched)
+        if res.duplicates:
+            m.duplicates.inc(res.duplicates)
+        m.batch_events.observe(len(batch))
+        m.batch_users.observe(len(touched))
+        if not touched:
+            return res
+
+        recs = self._recommend([t[1] for t in touched], [t[3].item for t in touched])
+        now_ms = int(self.clock() * 1000)
+        for (key, state, last_msg, last_event, applied), rec in zip(touched, recs):
+            state.last_items = rec.items
+            state.last_version = rec.model_version or ""
+            state.last_published_ms = now_ms
+            res.states[key] = state
+            res.messages.append((key, json.dumps({
+                "user": last_event.user, "items": rec.items, "scores": [round(s, 6) for s in rec.scores],
+                "source": rec.source, "model_version": rec.model_version, "query": last_event.item,
+                "event_ts": last_event.ts, "ingest_ts": last_msg.timestamp_ms, "published_ts": now_ms,
+                "offset": last_msg.offset, "partition": last_msg.partition,
+            }, separators=(",", ":")).encode()))
+            m.recs_out.labels(rec.source).inc()
+            for msg in applied:
+                m.latency.observe(max(0.0, now_ms - msg.timestamp_ms) / 1000.0)
+        return res
+
+    def _recommend(self, states: list[UserState], queries: list[str]) -> list[Recommendations]:
+        rec = self.recommender  # one reference for the whole batch: one model version per batch
+        if rec is None:
+            return [self.popularity.recommend(self.top_n, s.profile.items_with(("transaction",))) for s in states]
+        profiles = [s.profile for s in states]
+        t0 = time.perf_counter()
+        x, known = rec.fold_in([p.confidence(rec.ccfg) for p in profiles])
+        t1 = time.perf_counter()
+        out = rec.scorer.recommend(x, known, queries, [p.items_with(rec.scfg.exclude_types) for p in profiles],
+                                   self.top_n)
+        self.metrics.foldin_seconds.observe(t1 - t0)
+        self.metrics.scoring_seconds.observe(time.perf_counter() - t1)
+        return out

@@ -1,0 +1,225 @@
+"""The periodic batch retrain: profiles -> ALS -> regression gate -> model store -> announcement.
+
+Where the training data comes from:
+  * the state table's changelog topic (the users' confidence profiles exactly as the workers
+    keep them; the latest record per user wins), or
+  * a history file, to bootstrap a system that has no state yet.
+
+The gate: evaluate a candidate trained on data up to the serving model's data window against
+the serving model on what happened after it (fold-in + blend, MAP@10, see
+recsys.evaluate.split_profiles). A candidate worse by more than `retrain_tolerance` is not
+published. With too little new data to judge, the gate passes and says so. The published
+model is then trained on everything. Workers hear of it through a small message on the
+model-updates topic; the factors never travel through Kafka.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from recsys import defaults
+from recsys.confidence import UserProfile, build_profiles
+from recsys.errors import RecsysError
+from recsys.evaluate import evaluate_model, split_profiles
+from recsys.store import ModelStore
+from recsys.train import train
+
+from .settings import Settings
+from .state import StateDecodeError, decode
+
+log = logging.getLogger("streamrec.retrain")
+MIN_GATE_CASES = 30
+
+
+class RetrainMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = registry or CollectorRegistry()
+        self.registry = r
+        self.runs = Counter("streamrec_retrain_runs", "Retrain runs, by result (published, rejected, failed)",
+                            ["result"], registry=r)
+        self.duration = Histogram("streamrec_retrain_duration_seconds", "Wall time of a retrain",
+                                  buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), registry=r)
+        self.offline = Gauge("streamrec_retrain_offline_metric", "Offline metrics of the last gate, by model",
+                             ["metric", "model"], registry=r)
+        self.last_success = Gauge("streamrec_retrain_last_success_timestamp_seconds",
+                                  "When a retrain last published a model", registry=r)
+        self.users = Gauge("streamrec_retrain_users", "Users in the last retrain's training data", registry=r)
+
+
+@dataclass
+class RetrainResult:
+    result: str                     # published | rejected | failed
+    version: str | None = None
+    gate: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    users: int = 0
+
+
+def read_changelog(bootstrap: str, topic: str, timeout_s: float = 60.0) -> dict[str, UserProfile]:
+    """Every user's latest state from the table's changelog, read to its current end."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             auto_offset_reset="earliest", consumer_timeout_ms=1000)
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            return {}
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        latest: dict[bytes, bytes | None] = {}
+        deadline = time.time() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            if time.time() > deadline:
+                raise RecsysError(f"reading {topic} did not reach its end within {timeout_s}s")
+            for records in consumer.poll(timeout_ms=500).values():
+                for r in records:
+                    latest[r.key] = r.value
+    finally:
+        consumer.close()
+    profiles: dict[str, UserProfile] = {}
+    for key, value in latest.items():
+        if value is None or key is None:
+            continue
+        try:
+            profiles[key.decode()] = decode(value).profile
+        except (StateDecodeError, UnicodeDecodeError) as e:
+            log.warning("skipping unreadable state record for %r: %s", key[:64], e)
+    return profiles
+
+
+def announce(bootstrap: str, topic: str, version: str, extra: dict[str, Any] | None = None) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=5)
+    try:
+        body = {"version": version, "announced": time.time(), **(extra or {})}
+        producer.send(topic, json.dumps(body).encode()).get(timeout=30)
+    finally:
+        producer.close()
+
+
+def retrain_once(profiles: dict[str, UserProfile], store: ModelStore, settings: Settings,
+                 metrics: RetrainMetrics | None = None, source: str = "") -> RetrainResult:
+    """Train, gate, publish. Does not announce (the caller does, if it published)."""
+    metrics = metrics or RetrainMetrics()
+    t0 = time.time()
+    ccfg, tcfg, scfg = defaults.CONFIDENCE, defaults.TRAIN, defaults.SCORING
+    if not profiles:
+        raise RecsysError("no training data: the state changelog is empty and no history file was given")
+    gate: dict[str, Any] = {"passed": True}
+    current_version = store.current()
+    if current_version is not None:
+        try:
+            current = store.load(current_version)
+            cut = int(current.metadata.get("data_window", {}).get("last_event_ts_max", 0))
+            train_part, cases = split_profiles(profiles, cut)
+            gate.update(cut_ts=cut, cases=len(cases), current=current_version)
+            if len(cases) >= MIN_GATE_CASES and train_part:
+                candidate, _, _ = train(train_part, ccfg, tcfg)
+                cand = evaluate_model(candidate, cases, ccfg, scfg)
+                cur = evaluate_model(current, cases, ccfg, scfg)
+                gate.update(candidate_map10=cand["MAP@10"], current_map10=cur["MAP@10"])
+                for name, vals in (("candidate", cand), ("current", cur)):
+                    for k, v in vals.items():
+                        metrics.offline.labels(k, name).set(v)
+                gate["passed"] = cand["MAP@10"] >= cur["MAP@10"] * (1 - settings.retrain_tolerance)
+            else:
+                gate["note"] = f"only {len(cases)} users with new activity: too few to judge, not gated"
+        except RecsysError as e:
+            gate["note"] = f"serving model {current_version} unusable ({e}): not gated"
+    if not gate["passed"]:
+        metrics.runs.labels("rejected").inc()
+        log.warning("retrain rejected: candidate MAP@10 %.4f < serving %.4f", gate["candidate_map10"],
+                    gate["current_map10"])
+        return RetrainResult("rejected", None, gate, time.time() - t0, len(profiles))
+    model, _, _ = train(profiles, ccfg, tcfg, metadata={"gate": gate, "data_source": source,
+                                                        "metrics": {k: v for k, v in gate.items()
+                                                                    if k.endswith("map10")}})
+    store.save(model, publish=True)
+    seconds = time.time() - t0
+    metrics.runs.labels("published").inc()
+    metrics.duration.observe(seconds)
+    metrics.last_success.set(time.time())
+    metrics.users.set(len(profiles))
+    log.info("published model %s (%d users, %d items) in %.1fs; gate %s", model.version, len(profiles),
+             model.n_items, seconds, gate)
+    return RetrainResult("published", model.version, gate, seconds, len(profiles))
+
+
+def run(settings: Settings, *, data: str | None, every_s: float | None, metrics_port: int | None,
+        max_runs: int | None = None) -> int:
+    metrics = RetrainMetrics()
+    if metrics_port:
+        start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        log.info("retrain metrics on http://127.0.0.1:%d/metrics", metrics_port)
+    store = ModelStore(settings.model_dir)
+    runs = 0
+    while True:
+        t0 = time.time()
+        try:
+            if data:
+                from recsys.cli import load
+
+                events, path = load(argparse.Namespace(data=data, format="auto", lenient=False))
+                profiles, source = build_profiles(events, defaults.CONFIDENCE), str(path)
+            else:
+                profiles = read_changelog(settings.bootstrap, settings.changelog_topic)
+                source = f"kafka:{settings.changelog_topic}"
+            res = retrain_once(profiles, store, settings, metrics, source)
+            if res.version:
+                announce(settings.bootstrap, settings.model_updates_topic, res.version, {"gate": res.gate})
+            print(json.dumps({"result": res.result, "version": res.version, "users": res.users,
+                              "seconds": round(res.seconds, 2), "gate": res.gate}), flush=True)
+        except Exception as e:  # a failed retrain never takes the system down: count, log, go on
+            metrics.runs.labels("failed").inc()
+            log.error("retrain failed: %s", e, exc_info=not isinstance(e, RecsysError))
+            if every_s is None:
+                raise
+        runs += 1
+        if every_s is None or (max_runs is not None and runs >= max_runs):
+            return 0
+        time.sleep(max(0.0, every_s - (time.time() - t0)))
+
+
+def parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 5m, 1h)") from None
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from .cli import settings_from
+
+    settings = settings_from(args)
+    if not args.once and args.every is None:
+        raise RecsysError("say --once or --every DURATION")
+    return run(settings, data=args.data, every_s=None if args.once else args.every, metrics_port=args.metrics_port,
+               max_runs=args.max_runs)
+
+
+def add_parser(sub: Any) -> None:
+    from .cli import add_settings_args
+
+    p = sub.add_parser("retrain", help="retrain from the state changelog (or a history file) and announce")
+    add_settings_args(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--once", action="store_true", help="one retrain, then exit")
+    g.add_argument("--every", type=parse_duration, metavar="DURATION", help="retrain on a schedule (e.g. 5m)")
+    p.add_argument("--data", metavar="FILE|NAME", help="train from this history file instead of the changelog")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--max-runs", type=int, help="with --every: stop after this many runs")
+    p.set_defaults(func=cmd_retrain)

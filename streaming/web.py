@@ -1,0 +1,99 @@
+"""HTTP views on Faust's web server (JSON; 404 with a reason for unknown users and items).
+
+    GET /recommendations/{user}/   last list published for the user (routed to the owner worker)
+    GET /similar/{item}/?n=10      items similar to an item under the serving model
+    GET /health                    liveness + what is serving
+    GET /ready                     200 once partitions are assigned and state is recovered
+    GET /metrics                   Prometheus exposition
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+from prometheus_client import generate_latest
+
+# Prometheus text format 0.0.4 (aiohttp wants the charset kept out of content_type).
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
+
+
+def register_views(app: faust.App, worker: Any) -> None:
+    s = worker.settings
+
+    @app.page("/recommendations/{user}/")
+    class Recs(View):
+        @app.table_route(table=worker.table, match_info="user")
+        async def get(self, request: Request, user: str) -> Response:
+            state = worker.state_of(user)
+            if state is None or not state.last_items:
+                return self.json({"error": f"no recommendations for user {user!r}", "user": user}, status=404)
+            return self.json({"user": user, "items": state.last_items, "model_version": state.last_version or None,
+                              "published_ts": state.last_published_ms, "events": state.profile.events,
+                              "served_by": app.conf.web_port})
+
+    @app.page("/similar/{item}/")
+    class Similar(View):
+        async def get(self, request: Request, item: str) -> Response:
+            rec = worker.processor.recommender
+            if rec is None:
+                return self.json({"error": "no model is serving yet"}, status=404)
+            try:
+                n = int(request.query.get("n", s.top_n))
+                if not 0 < n <= 1000:
+                    raise ValueError
+            except ValueError:
+                return self.json({"error": "n must be an integer in 1..1000"}, status=400)
+            out = rec.scorer.similar(item, n)
+            if out is None:
+                return self.json({"error": f"item {item!r} is not in model {rec.version}", "item": item},
+                                 status=404)
+            return self.json({"item": item, "items": out.items, "scores": out.scores, "model_version": rec.version})
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok", "model_version": worker.models.version, "batches": worker.batches})
+
+    @app.page("/ready")
+    class Ready(View):
+        async def get(self, request: Request) -> Response:
+            recovered = app.tables.recovery.completed.is_set() and not app.rebalancing
+            assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == s.clickstream_topic)
+            body = {"ready": recovered, "partitions": assigned, "model_version": worker.models.version}
+            return self.json(body, status=200 if recovered else 503)
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            update_lag(app, worker)
+            worker.metrics.users.set(count_users(worker.table))
+            return self.bytes(generate_latest(worker.metrics.registry), content_type=METRICS_CONTENT_TYPE)
+
+
+def update_lag(app: faust.App, worker: Any) -> None:
+    """Consumer lag per clickstream partition: broker high-water mark minus what was read."""
+    consumer = app.consumer
+    for tp in consumer.assignment():
+        if tp.topic != worker.settings.clickstream_topic:
+            continue
+        try:
+            high = consumer.highwater(tp)
+        except Exception:  # not known yet right after assignment
+            continue
+        read = consumer._read_offset.get(tp)
+        done = (read + 1) if read is not None else 0
+        worker.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, (high or 0) - done))
+
+
+def count_users(table: Any) -> int:
+    """Users in this worker's local state: RocksDB's key estimate per partition (cheap; exact
+    counting would scan every key on each scrape)."""
+    total = 0
+    for db in getattr(table.data, "_dbs", {}).values():
+        try:
+            total += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
+        except Exception:  # a partition being closed during a rebalance
+            continue
+    return total
