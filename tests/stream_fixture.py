@@ -1,0 +1,154 @@
+"""Real worker processes for integration tests: `recsys worker` started as a subprocess on
+the session's Kafka broker, each with its own topics, consumer group, state and web port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from streaming.broker import free_port
+from streaming.settings import Settings
+
+
+def stream_settings(bootstrap: str, name: str | None = None, partitions: int = 4, **kw) -> Settings:
+    name = name or f"t{uuid.uuid4().hex[:8]}"
+    return Settings(bootstrap=bootstrap, app_id=name, clickstream_topic=f"{name}-clicks",
+                    recommendations_topic=f"{name}-recs", dlq_topic=f"{name}-dlq",
+                    model_updates_topic=f"{name}-models", partitions=partitions, **kw)
+
+
+def settings_env(s: Settings) -> dict[str, str]:
+    keys = ("app_id", "clickstream_topic", "recommendations_topic", "dlq_topic", "model_updates_topic",
+            "partitions", "batch_max", "batch_within_s", "standby_replicas")
+    return {f"STREAMREC_{k.upper()}": str(getattr(s, k)) for k in keys}
+
+
+class WorkerProcess:
+    def __init__(self, settings: Settings, workdir: Path, model_dir: Path, web_port: int | None = None):
+        self.settings, self.workdir, self.model_dir = settings, Path(workdir), Path(model_dir)
+        self.web_port = web_port or free_port()
+        self.data_dir = self.workdir / f"worker-{self.web_port}"
+        self.log_path = self.workdir / f"worker-{self.web_port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 90.0, wait_ready: bool = True) -> "WorkerProcess":
+        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "streaming.cli", "worker", "--bootstrap", self.settings.bootstrap,
+               "--web-port", str(self.web_port), "--data-dir", str(self.data_dir), "--model-dir", str(self.model_dir)]
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=Path(__file__).resolve().parents[1])
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> dict:
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            status, body = self.get("/ready")
+            last = (status, body)
+            if status == 200:
+                return body
+            time.sleep(0.3)
+        raise TimeoutError(f"worker not ready in {timeout}s (last {last}):\n{self.tail()}")
+
+    def get(self, path: str, timeout: float = 5.0) -> tuple[int, dict | str | None]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=timeout) as r:
+                body = r.read().decode()
+                return r.status, (json.loads(body) if r.headers.get_content_type() == "application/json" else body)
+        except urllib.error.HTTPError as e:
+            body = e.read().decode()
+            try:
+                return e.code, json.loads(body)
+            except ValueError:
+                return e.code, body
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return 0, None
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        status, text = self.get("/metrics")
+        assert status == 200, text
+        total = 0.0
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
+                    total += s.value
+        return total
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for k, v in messages:
+        p.send(topic, key=k, value=v)
+    p.flush()
+    p.close()
+
+
+def event_bytes(user: str, item: str, type_: str = "view", ts: int | None = None, **kw) -> tuple[bytes, bytes]:
+    body = {"user": user, "item": item, "type": type_, "ts": ts or int(time.time() * 1000), **kw}
+    return user.encode(), json.dumps(body).encode()
+
+
+class TopicReader:
+    """Reads a topic from the beginning (no consumer group) and accumulates what it saw."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                      auto_offset_reset="earliest")
+        parts = None
+        deadline = time.time() + 30
+        while not parts and time.time() < deadline:
+            parts = self.consumer.partitions_for_topic(topic)
+            if not parts:
+                time.sleep(0.2)
+        self.consumer.assign([TopicPartition(topic, p) for p in sorted(parts or [])])
+        self.records: list = []
+
+    def read_until(self, predicate, timeout: float = 30.0) -> list:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for recs in self.consumer.poll(timeout_ms=200).values():
+                self.records.extend(recs)
+            if predicate(self.records):
+                return self.records
+        raise TimeoutError(f"condition not met in {timeout}s; saw {len(self.records)} records")
+
+    def close(self) -> None:
+        self.consumer.close()
