@@ -188,6 +188,7 @@ class Demo:
         from .tail import Tail, format_recommendation
 
         last_print = 0.0
+        # A daemon thread: it ends with the demo whether or not a message comes after the stop.
         with Tail(s.bootstrap, s.recommendations_topic, timeout_s=None) as stream:
             for rec in stream:
                 if self.stop.is_set():

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -42,9 +41,9 @@ from typing import Any
 from recsys.errors import ConfigError, RecsysError
 from recsys.events import Event
 
-from .broker import ENV_BOOTSTRAP, KafkaBroker, default_data_dir
+from .broker import ENV_BOOTSTRAP, resolve_bootstrap
 
-__all__ = ["ReplayStats", "replay", "send_raw", "default_bootstrap", "make_producer",
+__all__ = ["ReplayStats", "replay", "send_raw", "encode_event", "make_producer",
            "add_replay_parser", "cmd_replay", "main"]
 
 DEFAULT_TOPIC = "clickstream"
@@ -92,27 +91,6 @@ class ReplayStats:
 
 
 # --------------------------------------------------------------------------- bootstrap
-
-def default_bootstrap() -> str:
-    """$STREAMREC_BOOTSTRAP, else the project's own broker (``var/kafka/broker.json``)."""
-    env = os.environ.get(ENV_BOOTSTRAP, "").strip()
-    if env:
-        return env
-    data_dir = default_data_dir()
-    broker = KafkaBroker(data_dir=data_dir)
-    if broker.state_file.is_file():
-        try:
-            boot = json.loads(broker.state_file.read_text()).get("bootstrap")
-        except (OSError, ValueError):
-            boot = None
-        if boot:
-            if not broker.is_running():
-                raise ConfigError(f"the project's Kafka broker in {data_dir} is not running; start it with "
-                                  "`python -m streaming.broker start` or pass --bootstrap")
-            return str(boot)
-    raise ConfigError(f"no Kafka broker: pass --bootstrap HOST:PORT, set {ENV_BOOTSTRAP}, or start the "
-                      f"project's broker (`python -m streaming.broker start`, state in {data_dir}/broker.json)")
-
 
 # --------------------------------------------------------------------------- producing
 
@@ -196,7 +174,6 @@ def replay(events: Iterable[Event], bootstrap: str, topic: str, *, rate: float |
         bar = tqdm(total=len(evs), unit="ev", file=sys.stderr, desc=f"replay -> {topic}",
                    dynamic_ncols=True, mininterval=0.5)
     t0_event = evs[0].ts
-    dumps = json.dumps
     try:
         start = time.monotonic()
         shown = 0
@@ -210,9 +187,9 @@ def replay(events: Iterable[Event], bootstrap: str, topic: str, *, rate: float |
             if stats.first_ts is None:
                 stats.first_ts = e.ts
             stats.last_ts = e.ts
-            value = dumps(e.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            key, value = encode_event(e)
             try:
-                fut = producer.send(topic, key=e.user.encode("utf-8"), value=value)
+                fut = producer.send(topic, key=key, value=value)
             except Exception as exc:  # noqa: BLE001 - e.g. KafkaTimeoutError after max_block_ms
                 out.send_error(exc)
             else:
@@ -338,7 +315,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     topic = args.topic or settings.clickstream_topic
-    bootstrap = args.bootstrap or settings.bootstrap or default_bootstrap()
+    bootstrap = resolve_bootstrap(args.bootstrap or settings.bootstrap)
     events = _load(args)
     try:
         ensure_topics(bootstrap, {topic: args.partitions or settings.partitions})
@@ -363,7 +340,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m streaming.replay")
     sub = ap.add_subparsers(dest="cmd")
-    add_replay_parser(sub)
+    add_replay_parser(sub).prog = "python -m streaming.replay"
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "replay":
         argv = ["replay", *argv]             # standalone: the subcommand is implied

@@ -195,12 +195,12 @@ def add_tail_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from .replay import default_bootstrap
+    from .broker import resolve_bootstrap
     from .settings import Settings
 
     settings = Settings.from_env()
     topic = args.topic or settings.recommendations_topic
-    bootstrap = args.bootstrap or settings.bootstrap or default_bootstrap()
+    bootstrap = resolve_bootstrap(args.bootstrap or settings.bootstrap)
     it: Tail | None = None
     try:
         it = tail(bootstrap, topic, from_beginning=args.from_beginning, max_messages=args.max,
@@ -225,7 +225,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m streaming.tail")
     sub = ap.add_subparsers(dest="cmd")
-    add_tail_parser(sub)
+    add_tail_parser(sub).prog = "python -m streaming.tail"
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "tail":
         argv = ["tail", *argv]

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from recsys.confidence import ConfidenceConfig
 from recsys.foldin import FoldIn

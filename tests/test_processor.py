@@ -108,7 +108,6 @@ def test_redelivered_events_are_not_applied_twice(proc):
     store = Store()
     first = [msg("a", f"i{k}", offset=k, ts=T0 + k) for k in range(5)]
     store.apply(proc.process(first, store.load))
-    once = store[b"a"].profile
     # A crash before the input offset was committed: Kafka delivers 3..7 again, then new ones.
     again = [msg("a", f"i{k}", offset=k, ts=T0 + k) for k in range(3, 8)]
     res = proc.process(again, store.load)

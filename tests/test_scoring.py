@@ -3,7 +3,6 @@ import pytest
 
 from recsys.confidence import ConfidenceConfig, UserProfile
 from recsys.errors import ConfigError
-from recsys.model import Model
 from recsys.recommender import Recommender
 from recsys.scoring import Scorer, ScoringConfig
 from recsys.train import TrainConfig, train
