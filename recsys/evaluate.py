@@ -168,30 +168,34 @@ def iter_metrics(report: dict[str, Any]) -> Iterable[tuple[str, str, float]]:
             yield name, m, v
 
 
-def split_profiles(profiles: dict[str, UserProfile], cut_ts: int) -> tuple[dict[str, UserProfile], list[EvalCase]]:
-    """Time-split aggregated profiles (what a retrain reads from the state changelog).
+def holdout_users(profiles: dict[str, UserProfile], fraction: float = 0.1,
+                  min_items: int = 3) -> tuple[dict[str, UserProfile], list[EvalCase]]:
+    """Split aggregated profiles (what a retrain reads from the state changelog) for a gate.
 
-    Items last touched at or before `cut_ts` form the training profile. A user with two or
-    more items after it becomes a test case: the earliest is the query, the rest the truth.
-    Profiles keep one time per item (its latest), so an item seen on both sides counts as test.
+    A stable share of users (by a hash of the id, so consecutive retrains hold out the same
+    people) is left out of training. Each held-out user with at least `min_items` items is a
+    case: their earlier half of items (by time) is the profile, its latest item the query,
+    and the later half the truth. Splitting by time *within* a profile instead would be
+    unfair: a profile keeps one time per item, so an item the user came back to would be
+    dropped from training while a model trained earlier had seen it.
     """
+    import zlib
+
     train_profiles: dict[str, UserProfile] = {}
     cases: list[EvalCase] = []
+    cutoff = int(fraction * 1000)
     for user, p in profiles.items():
-        before = {i: s for i, s in p.items.items() if s.ts <= cut_ts}
-        after = sorted(((s.ts, i) for i, s in p.items.items() if s.ts > cut_ts))
-        tp = UserProfile()
-        tp.items = {i: ItemState(s.value, s.ts, s.mask) for i, s in before.items()}
-        tp.last_ts = max((s.ts for s in before.values()), default=0)
-        if tp.items:
-            train_profiles[user] = tp
-        if len(after) >= 2:
-            query = after[0][1]
-            case_profile = copy_profile(tp)
-            s = p.items[query]
-            case_profile.items[query] = ItemState(s.value, s.ts, s.mask)
-            case_profile.last_ts = s.ts
-            cases.append(EvalCase(user, query, {i for _, i in after[1:]}, case_profile))
+        if zlib.crc32(user.encode()) % 1000 >= cutoff:
+            train_profiles[user] = p
+            continue
+        ordered = sorted(p.items.items(), key=lambda kv: (kv[1].ts, kv[0]))
+        if len(ordered) < min_items:
+            continue
+        half = (len(ordered) + 1) // 2
+        profile = UserProfile()
+        profile.items = {i: ItemState(s.value, s.ts, s.mask) for i, s in ordered[:half]}
+        profile.last_ts = ordered[half - 1][1].ts
+        cases.append(EvalCase(user, ordered[half - 1][0], {i for i, _ in ordered[half:]}, profile))
     return train_profiles, cases
 
 
@@ -203,4 +207,8 @@ def evaluate_model(model: Model, cases: Sequence[EvalCase], ccfg: ConfidenceConf
     for s in range(0, len(cases), batch):
         chunk = cases[s:s + batch]
         lists.extend(o.items for o in rec.recommend([c.profile for c in chunk], [c.query for c in chunk]))
-    return score_lists(lists, cases, model.n_items)
+    out = score_lists(lists, cases, model.n_items)
+    # Sampling error of MAP@10 over these cases, so a gate can tell noise from a regression.
+    ap = [ranking.average_precision(lst, c.relevant, 10) for lst, c in zip(lists, cases)]
+    out["MAP@10_se"] = float(np.std(ap) / np.sqrt(len(ap))) if len(ap) > 1 else 0.0
+    return out

@@ -3,9 +3,11 @@
   1. Kafka: the project's own broker (fetched from Maven Central once), unless
      STREAMREC_BOOTSTRAP names one.
   2. Data: the real Taobao clickstream in the shared data folder when present, else the
-     simulator. The earlier 80% (by time) trains the first model; the rest is replayed.
+     simulator. The earlier 80% (by time) is the history: it trains the first model and is
+     replayed through the worker as fast as it goes, so the users' state (and every retrain
+     from the state changelog) holds it. The rest is the live part.
   3. A worker and a retrain loop (from the state changelog) as separate processes.
-  4. The replay at a steady rate, re-timed to now; recommendations tailed and printed,
+  4. The live part at a steady rate, re-timed to now; recommendations tailed and printed,
      model swaps announced as they land.
   5. After --duration seconds (or Ctrl-C): everything stopped, a summary printed.
 
@@ -54,6 +56,17 @@ def _free_port() -> int:
     from .broker import free_port
 
     return free_port()
+
+
+def _metric(url: str, name: str) -> float:
+    """Sum of a metric's samples on a /metrics page (0 if unreachable)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+    except Exception:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
 
 
 def _get(url: str) -> Any:
@@ -147,6 +160,7 @@ class Demo:
             say(f"worker ready: {web}/recommendations/<user>/  {web}/similar/<item>/  {web}/metrics  "
                 f"| retrain metrics http://127.0.0.1:{metrics_port}/metrics | logs in {self.root}")
 
+            self.catch_up(replay, history, s, web)
             tailer = threading.Thread(target=self.tail, args=(s,), daemon=True)
             tailer.start()
             replayer = threading.Thread(target=self.replay, args=(replay, live, s), daemon=True)
@@ -179,6 +193,25 @@ class Demo:
             time.sleep(0.3)
         raise RecsysError(f"the worker was not ready within {timeout}s: see {self.root / 'worker.log'}")
 
+    def catch_up(self, replay_fn: Any, history: list, s: Settings, web: str) -> None:
+        """Replay the history as fast as possible (original times) and wait for the worker."""
+        if not history or self.args.no_history:
+            return
+        say(f"replaying the history ({len(history)} events, original times) through the worker...")
+        t0 = time.time()
+        stats = replay_fn(history, s.bootstrap, s.clickstream_topic, retime=False, progress=sys.stderr.isatty())
+        deadline = time.time() + max(120.0, len(history) / 200)
+        done = 0.0
+        while time.time() < deadline:
+            done = _metric(f"{web}/metrics", "streamrec_events_in_total") + \
+                _metric(f"{web}/metrics", "streamrec_events_rejected_total")
+            if done >= stats.sent:
+                break
+            time.sleep(0.5)
+        took = time.time() - t0
+        say(f"worker caught up with {done:.0f}/{stats.sent} history events in {took:.1f}s "
+            f"({done / took:,.0f} events/s end to end)")
+
     def replay(self, replay_fn: Any, events: list, s: Settings) -> None:
         stats = replay_fn(events, s.bootstrap, s.clickstream_topic, rate=self.args.rate,
                           limit=int(self.args.rate * self.args.duration), progress=False)
@@ -207,9 +240,7 @@ class Demo:
 
     def summary(self, s: Settings, web: str) -> None:
         lat = np.array(self.latencies or [0.0])
-        metrics = urllib.request.urlopen(f"{web}/metrics", timeout=5).read().decode() if self.procs else ""
-        rejected = sum(float(line.split()[-1]) for line in metrics.splitlines()
-                       if line.startswith("streamrec_events_rejected_total"))
+        rejected = _metric(f"{web}/metrics", "streamrec_events_rejected_total")
         say("summary: "
             f"{self.received} recommendation messages ({', '.join(f'{k}: {v}' for k, v in self.sources.items())}); "
             f"latency Kafka->published p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms, "
@@ -244,4 +275,5 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--print-every", type=float, default=1.0, help="print one recommendation this often (s)")
     p.add_argument("--simulate-events", type=int, default=40_000, help="events to simulate without real data")
     p.add_argument("--workdir", default="var/demo", help="where runs keep their state and logs")
+    p.add_argument("--no-history", action="store_true", help="skip replaying the history through the worker")
     p.set_defaults(func=cmd_demo)

@@ -33,7 +33,7 @@ class Settings:
     top_n: int = 10
     standby_replicas: int = 0
     retrain_every_s: float = 300.0
-    retrain_tolerance: float = 0.02        # a candidate may be this much (relative) worse on MAP@10
+    retrain_tolerance: float = 0.1         # a candidate may be this much (relative) worse on held-out MAP@10
     log_level: str = "info"
 
     def __post_init__(self) -> None:
