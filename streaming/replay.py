@@ -22,7 +22,7 @@ from its callback/errback; the replay flushes at the end and reports sent/failed
 
 CLI (also ``recsys replay`` via `add_replay_parser`)::
 
-    python -m streaming.replay FILE|NAME [--bootstrap B] [--topic T] [--rate R | --speedup X]
+    recsys replay FILE|NAME [--bootstrap B] [--topic T] [--rate R | --speedup X]
                                [--no-retime] [--limit N] [--simulate N]
 """
 from __future__ import annotations
@@ -38,13 +38,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from recsys.errors import ConfigError, RecsysError
+from recsys.errors import ConfigError
 from recsys.events import Event
 
 from .broker import ENV_BOOTSTRAP, resolve_bootstrap
 
 __all__ = ["ReplayStats", "replay", "send_raw", "encode_event", "make_producer",
-           "add_replay_parser", "cmd_replay", "main"]
+           "add_replay_parser", "cmd_replay"]
 
 DEFAULT_TOPIC = "clickstream"
 
@@ -335,22 +335,3 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 130
     print(stats.summary(), file=sys.stderr)
     return 1 if stats.failed else 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m streaming.replay")
-    sub = ap.add_subparsers(dest="cmd")
-    add_replay_parser(sub).prog = "python -m streaming.replay"
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "replay":
-        argv = ["replay", *argv]             # standalone: the subcommand is implied
-    args = ap.parse_args(argv)
-    try:
-        return args.func(args)
-    except RecsysError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":   # pragma: no cover
-    sys.exit(main())

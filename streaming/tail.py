@@ -6,7 +6,7 @@ published from now on) or at the beginning. Messages that are not JSON objects a
 
 CLI (also ``recsys tail`` via `add_tail_parser`)::
 
-    python -m streaming.tail [--bootstrap B] [--topic recommendations] [--from-beginning]
+    recsys tail [--bootstrap B] [--topic recommendations] [--from-beginning]
                              [--user U] [-n/--max N]
 
 A line: publish time, user, source, model version, latency (published_ts - event_ts, i.e.
@@ -19,13 +19,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from recsys.errors import ConfigError, RecsysError
+from recsys.errors import ConfigError
 
-__all__ = ["tail", "Tail", "format_recommendation", "add_tail_parser", "cmd_tail", "main"]
+__all__ = ["tail", "Tail", "format_recommendation", "add_tail_parser", "cmd_tail"]
 
 DEFAULT_TOPIC = "recommendations"
 
@@ -220,22 +220,3 @@ def cmd_tail(args: argparse.Namespace) -> int:
         if it is not None:
             it.close()
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m streaming.tail")
-    sub = ap.add_subparsers(dest="cmd")
-    add_tail_parser(sub).prog = "python -m streaming.tail"
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "tail":
-        argv = ["tail", *argv]
-    args = ap.parse_args(argv)
-    try:
-        return args.func(args)
-    except RecsysError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":   # pragma: no cover
-    sys.exit(main())

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from recsys.events import parse_event
 from recsys.simulator import SimConfig, simulate
 from streaming.broker import KafkaBroker
-from streaming.replay import add_replay_parser, main as replay_main, replay, send_raw
+from streaming.replay import add_replay_parser, replay, send_raw
 from streaming.tail import add_tail_parser, format_recommendation, tail
 from streaming.topics import ensure_topics
 
@@ -171,9 +171,12 @@ def test_cli_parsers_plug_into_a_main_parser(kafka_broker, topic_factory, capsys
     assert args.func.__name__ == "cmd_tail" and args.max == 1
 
 
-def test_standalone_main_errors_are_one_line(tmp_path, capsys):
-    assert replay_main([str(tmp_path / "missing.csv"), "--bootstrap", "127.0.0.1:1"]) == 2
-    assert "error:" in capsys.readouterr().err
+def test_cli_errors_are_one_line(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "streaming.cli", "replay", str(tmp_path / "missing.csv"),
+                        "--bootstrap", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
