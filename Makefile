@@ -4,7 +4,7 @@ PY ?= python3.11
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean-venv
+.PHONY: demo test test-slow clean-venv
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/recsys demo $(ARGS)
 
+# The suite CI runs; the long reliability runs are `make test-slow`.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest $(ARGS)
+	bash scripts/system-deps.sh
+	$(VENV)/bin/python -m pytest -m "not slow" $(ARGS)
+
+test-slow: $(STAMP)
+	bash scripts/system-deps.sh
+	$(VENV)/bin/python -m pytest -m slow $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
