@@ -36,7 +36,7 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=("als", "bpr"), default="als")
-    p.add_argument("--factors", type=int, default=64)
+    p.add_argument("--factors", type=int, default=None, help="default: recsys.defaults")
     p.add_argument("--iterations", type=int, default=None, help="default: 15 for ALS, 100 for BPR")
     p.add_argument("--regularization", type=float, default=None, help="default: 0.05 ALS, 0.01 BPR")
     p.add_argument("--alpha", type=float, default=None, help="confidence c = 1 + alpha*r (default 15)")
@@ -65,7 +65,9 @@ def train_config(args: argparse.Namespace, kind: str | None = None):
 
     kind = kind or args.kind
     base = BPR if kind == "bpr" else TRAIN
-    over: dict[str, Any] = {"factors": args.factors, "num_threads": args.threads}
+    over: dict[str, Any] = {"num_threads": args.threads}
+    if getattr(args, "factors", None) is not None:
+        over["factors"] = args.factors
     if args.iterations is not None:
         over["iterations"] = args.iterations
     if args.regularization is not None:
@@ -140,6 +142,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream_eval(args: argparse.Namespace) -> int:
+    from .datasets import time_split
+    from .stream_eval import METHODS, StreamEvalConfig, format_markdown, format_table, plot, stream_evaluate
+
+    events, path = load(args)
+    if args.test:
+        train_events = events
+        test_events, _ = load(args, "test")
+    else:
+        train_events, test_events = time_split(events, test_fraction=args.test_fraction)
+    methods = tuple(args.methods.split(",")) if args.methods else METHODS
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise RecsysError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    ecfg = StreamEvalConfig(retrain_hours=args.retrain_hours, item_foldin_every=args.item_foldin_every,
+                            pop_window_hours=args.pop_window_hours, methods=methods)
+    report = stream_evaluate(train_events, test_events, ccfg=confidence_config(args), scfg=scoring_config(args),
+                             tcfg=train_config(args), ecfg=ecfg, progress=say)
+    report["data"] = str(path)
+    print(format_table(report))
+    print()
+    print(format_markdown(report))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2))
+        say(f"wrote {args.output}")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot(report, args.plot, title=f"{path.name}: streaming evaluation, {report['scored_events']} test events")
+        say(f"wrote {args.plot}")
+    return 0
+
+
 def cmd_demo_offline(args: argparse.Namespace) -> int:
     """Train and evaluate on every shared dataset that is present: the library end to end."""
     from .datasets import DATASETS, data_dir
@@ -154,7 +189,7 @@ def cmd_demo_offline(args: argparse.Namespace) -> int:
         ns = argparse.Namespace(data=name, format="auto", lenient=False, test=None, test_fraction=0.2,
                                 kinds="als,bpr", output=str(out / f"eval-{name}.json"),
                                 plot=str(out / f"eval-{name}.png"), n=10, user_weight=None,
-                                kind="als", factors=64, iterations=None, regularization=None, alpha=None,
+                                kind="als", factors=None, iterations=None, regularization=None, alpha=None,
                                 threads=0)
         cmd_evaluate(ns)
         ran += 1
@@ -215,6 +250,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(args.version)
     elif args.action == "unpin":
         store.pin(None)
+    elif args.action == "show":
+        version = args.version or store.current()
+        if version is None:
+            raise RecsysError(f"no model in {store.root}: train one first (recsys train)")
+        meta = store.metadata(version)
+        print(json.dumps({"version": version, "serving": version == store.current(),
+                          "pinned": store._pointer("PINNED") == version, "metadata": meta}, indent=2))
     else:
         cur = store.current()
         for v in store.versions():
@@ -267,15 +309,33 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
     s.add_argument("--version", help="model version (default: the serving one)")
     s.set_defaults(func=cmd_similar)
 
+    se = sub.add_parser("stream-eval", help="streaming evaluation: predict, then update, in time order")
+    add_data_args(se)
+    add_model_args(se)
+    add_scoring_args(se)
+    se.add_argument("--test", metavar="FILE|NAME", help="separate test events (default: time split of --data)")
+    se.add_argument("--test-fraction", type=float, default=0.2, help="last share of events replayed (default 0.2)")
+    se.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
+    se.add_argument("--retrain-hours", type=float, default=6.0, help="event-time hours between retrains (default 6)")
+    se.add_argument("--item-foldin-every", type=int, default=200, help="events between new-item refreshes")
+    se.add_argument("--pop-window-hours", type=float, default=24.0, help="popularity window (0: all so far)")
+    se.add_argument("--output", help="write the report as JSON here")
+    se.add_argument("--plot", help="save a PNG chart here")
+    se.set_defaults(func=cmd_stream_eval)
+
     d = sub.add_parser("demo-offline", help="train and evaluate on the shared real datasets")
     d.add_argument("--out", default="out", help="where reports and charts go (default out/)")
     d.set_defaults(func=cmd_demo_offline)
 
-    m = sub.add_parser("models", help="list model versions, roll back, pin")
-    m.add_argument("action", nargs="?", default="list", choices=("list", "rollback", "pin", "unpin"))
+    m = sub.add_parser("models", help="list model versions, show the serving one, roll back, pin")
+    m.add_argument("action", nargs="?", default="list", choices=("list", "show", "rollback", "pin", "unpin"))
     m.add_argument("version", nargs="?")
     model_dir_arg(m)
     m.set_defaults(func=cmd_models)
+
+    from .report import add_parser as add_report_parser
+
+    add_report_parser(sub)
     return p, sub
 
 

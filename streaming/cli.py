@@ -61,7 +61,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
                       standby_replicas=args.standby_replicas)
     ensure_topics(s.bootstrap, topic_specs(s))
     app = create_app(s)
-    worker = faust.Worker(app, loglevel=s.log_level, quiet=True, redirect_stdouts=False)
+    from .logs import worker_logging_config
+
+    # Faust replaces the root log handlers; with JSON logs asked for, it installs ours instead.
+    worker = faust.Worker(app, loglevel=s.log_level, quiet=True, redirect_stdouts=False,
+                          logging_config=worker_logging_config(s.log_level))
     worker.execute_from_commandline()  # runs until SIGTERM/SIGINT, then stops cleanly
     return 0
 
@@ -72,8 +76,37 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return broker.main(args.broker_args)
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """`recsys models ...` (recsys.cli), plus --announce: tell the running workers to load
+    what the store now serves (after rollback, pin or unpin), on the model-updates topic."""
+    rc = lib_cli.cmd_models(args)
+    if rc != 0 or not getattr(args, "announce", False):
+        return rc
+    from recsys.errors import ConfigError
+    from recsys.store import ModelStore
+
+    from .retrain import announce
+
+    if args.action not in ("rollback", "pin", "unpin"):
+        raise ConfigError("--announce goes with rollback, pin or unpin")
+    s = settings_from(args)
+    version = ModelStore(args.model_dir).current()
+    if version is None:
+        raise ConfigError(f"no model to announce in {args.model_dir}")
+    announce(s.bootstrap, s.model_updates_topic, version, {"reason": args.action})
+    print(f"announced {version} on {s.model_updates_topic}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = lib_cli.build_parser()
+    m = sub.choices["models"]
+    m.add_argument("--announce", action="store_true",
+                   help="with rollback/pin/unpin: also tell the running workers (model-updates topic)")
+    m.add_argument("--bootstrap", help="Kafka bootstrap servers, for --announce (default: as for `worker`)")
+    m.set_defaults(func=cmd_models)
+    parser.add_argument("--log-json", action="store_true",
+                        help="logs as one JSON object per line (also STREAMREC_LOG_FORMAT=json)")
 
     b = sub.add_parser("broker", help="start/stop/status of the project's own Kafka broker",
                        add_help=False)
@@ -92,17 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--standby-replicas", type=int, help="table standby replicas (default 0)")
     w.set_defaults(func=cmd_worker)
 
-    from . import demo, replay, retrain, tail
+    from . import config, demo, replay, retrain, tail
 
     replay.add_replay_parser(sub)
     tail.add_tail_parser(sub)
     retrain.add_parser(sub)
     demo.add_parser(sub)
+    config.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logs import setup, take_flag
+
+    # --log-json is global: accepted anywhere on the line (`recsys worker --log-json` too).
+    argv, as_json = take_flag(sys.argv[1:] if argv is None else list(argv))
+    setup(as_json, logging.INFO)
     return lib_cli.run(build_parser(), argv)
 
 
