@@ -392,7 +392,7 @@ class KafkaBroker:
                 "-cp", f"{libs}/*", main, *args]
 
     def _format(self, libs: Path, config: Path) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = new_cluster_id()
         # The storage tool is short-lived: skip C2 to cut its startup time.
         cmd = self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config))
         cmd.insert(1, "-XX:TieredStopAtLevel=1")
@@ -507,6 +507,15 @@ class KafkaBroker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: a UUID in URL-safe base64, as kafka-storage makes them. One that
+    starts with '-' would be read as an option by the storage tool's parser, so draw again."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 def default_data_dir() -> Path:

@@ -167,3 +167,10 @@ def test_cli_detached_start_status_stop(tmp_path):
         stopped = cli("stop")
     assert stopped.returncode == 0, stopped.stderr
     assert cli("status").returncode == 1
+
+
+def test_cluster_ids_never_look_like_options():
+    from streaming.broker import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(5000)]  # about 1 in 64 raw draws starts with '-'
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
