@@ -18,6 +18,17 @@ Fallbacks, so a non-empty catalogue never yields an empty list:
   user with history + known query -> blend     user only -> user score
   known query only               -> similar    neither   -> popularity
 and any list short of N (filters, tiny catalogue) is padded with popular items.
+
+Re-visits (optional, `repeat_weight` β > 0, caller passes `own`): shoppers come back to what
+they looked at, so the user's own items get a bonus on top of the blend,
+
+    final(i) = score(i) + β · s_u(i)^γ · top_u      s_u(i) = r_ui / max_j r_uj  (own_item_scores)
+
+where top_u is the row's best blend score (1 if none), so β is scale-free: β=1 lets the
+user's strongest item tie the model's best candidate. It keeps the one-product design: the
+bonus only touches the user's own items, so the exact top-N of `final` is the top-N of
+(the blend's top-N ∪ the own items) — no second pass over the catalogue. Own items the model
+does not know (new items) enter with blend score 0. Filters (bought, query) apply to them too.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from .confidence import ConfidenceConfig, UserProfile
 from .errors import ConfigError
 from .events import EVENT_TYPES
 from .model import Model
@@ -43,6 +55,11 @@ class ScoringConfig:
     exclude_types: tuple[str, ...] = ("transaction",)  # items the user did this to are not shown
     exclude_query: bool = True      # the item on screen is not recommended next to itself
     num_threads: int = 0
+    repeat_weight: float = 0.0      # β above: bonus for the user's own items (0 = off)
+    repeat_power: float = 1.0       # γ: the bonus uses s^γ (γ < 1 lifts older / weaker own items)
+    # Approximate top-k (recsys/ann.py) for catalogues of at least this many items; 0 = never.
+    ann_min_items: int = 1_000_000
+    ann_nprobe: int = 0             # IVF lists scanned per query (0: recsys.ann's default)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -54,6 +71,12 @@ class ScoringConfig:
         bad = set(self.exclude_types) - set(EVENT_TYPES)
         if bad:
             raise ConfigError(f"scoring.exclude_types: unknown event types {sorted(bad)}")
+        if not (self.repeat_weight >= 0 and np.isfinite(self.repeat_weight)):
+            raise ConfigError(f"scoring.repeat_weight must be a finite number >= 0, got {self.repeat_weight}")
+        if not 0.0 <= self.repeat_power <= 1.0:
+            raise ConfigError(f"scoring.repeat_power must be in [0, 1], got {self.repeat_power}")
+        if self.ann_min_items < 0 or self.ann_nprobe < 0:
+            raise ConfigError("scoring.ann_min_items and scoring.ann_nprobe must be >= 0")
 
 
 @dataclass
@@ -73,11 +96,21 @@ class Scorer:
         self._div = norms ** np.float32(cfg.item_norm_power)
         self._cos_div = norms
         self._pop_order = np.argsort(-np.asarray(model.popularity), kind="stable")
+        from .ann import AnnConfig, MipsIndex, scaled_items
+
+        self._scaled = scaled_items(model.item_factors, cfg.item_norm_power)  # yᵢ/‖yᵢ‖^p: one plain product
+        self.ann = None  # recsys.ann.MipsIndex over the same rows, built per model for big catalogues
+        if cfg.ann_min_items and model.n_items >= cfg.ann_min_items:
+            self.ann = MipsIndex.build(self._scaled, AnnConfig(nprobe=cfg.ann_nprobe, num_threads=cfg.num_threads))
 
     # ------------------------------------------------------------------------------------
     def recommend(self, user_factors: np.ndarray, has_user: Sequence[bool], queries: Sequence[str | None],
-                  excludes: Sequence[set[str]], n: int | None = None) -> list[Recommendations]:
-        """Score a batch: row k is user_factors[k] looking at queries[k], minus excludes[k]."""
+                  excludes: Sequence[set[str]], n: int | None = None,
+                  own: Sequence[dict[str, float]] | None = None) -> list[Recommendations]:
+        """Score a batch: row k is user_factors[k] looking at queries[k], minus excludes[k].
+
+        `own[k]` (optional): the user's own items and strengths in [0, 1] (`own_item_scores`),
+        boosted by `repeat_weight` (see the module docstring); ignored when it is 0."""
         n = n or self.cfg.n
         m, idx = self.model, self.model.item_index
         rows = len(queries)
@@ -104,13 +137,22 @@ class Scorer:
             from implicit.cpu.topk import topk
 
             k = min(n, m.n_items)
-            ids, scores = topk(self._items_for_topk(), query[scored], k, item_norms=self._div,
-                               filter_query_items=filt[scored], num_threads=self.cfg.num_threads)
+            if self.ann is not None:  # approximate: over-fetch, then drop each row's exclusions
+                ids, scores = self.ann.search(query[scored], k, [ex_rows[r] for r in scored])
+            else:  # exact: over-fetch + drop exclusions (cheaper than implicit's per-row sparse filter)
+                from .ann import exact_search
+
+                ids, scores = exact_search(self._scaled, query[scored], k, [ex_rows[r] for r in scored],
+                                           self.cfg.num_threads)
             for j, r in enumerate(scored):
                 keep = scores[j] > FILTERED
                 out[r] = Recommendations([m.item_ids[i] for i in ids[j][keep]], scores[j][keep].tolist(),
                                          str(source[r]), m.version)
+        repeat = own is not None and self.cfg.repeat_weight > 0
         for r in range(rows):
+            if repeat and own[r]:
+                self._add_own(out, r, query[r] if (has_u[r] or has_q[r]) else None, own[r], excludes[r],
+                              queries[r], n)
             if out[r] is None:
                 out[r] = Recommendations([], [], "popular", m.version)
             if len(out[r].items) < n:
@@ -139,6 +181,36 @@ class Scorer:
         return rec
 
     # ------------------------------------------------------------------------------------
+    def _add_own(self, out: list, r: int, qvec: np.ndarray | None, strengths: dict[str, float],
+                 exclude: set[str], query: str | None, n: int) -> None:
+        """Merge the user's own items, with their re-visit bonus, into row r's top-N (exact)."""
+        rec = out[r]
+        items, scores = (rec.items, rec.scores) if rec is not None else ([], [])
+        scale = scores[0] if scores and scores[0] > 0 else 1.0
+        beta = self.cfg.repeat_weight
+        final = dict(zip(items, scores))
+        idx, y = self.model.item_index, self.model.item_factors
+        banned = set(exclude)
+        if self.cfg.exclude_query and query is not None:
+            banned.add(query)
+        added = 0
+        for item, s in strengths.items():
+            if item in banned or s <= 0:
+                continue
+            base = final.get(item)
+            if base is None:
+                row = idx.get(item)
+                base = float(np.dot(y[row], qvec) / self._div[row]) if (row is not None and qvec is not None) else 0.0
+                added += 1
+            final[item] = base + beta * s ** self.cfg.repeat_power * scale
+        if not final:
+            return
+        ranked = sorted(final.items(), key=lambda kv: -kv[1])[:n]   # stable: ties keep blend order
+        if rec is None:
+            rec = out[r] = Recommendations([], [], "repeat", self.model.version)
+        rec.items, rec.scores = [i for i, _ in ranked], [float(v) for _, v in ranked]
+        rec.extra["own_added"] = added
+
     def _items_for_topk(self) -> np.ndarray:
         return np.asarray(self.model.item_factors)
 
@@ -174,3 +246,13 @@ def _rows_to_csr(rows: list[list[int]], n_cols: int) -> sp.csr_matrix:
     indptr[1:] = np.cumsum([len(r) for r in rows])
     indices = np.fromiter((c for r in rows for c in r), np.int32, count=int(indptr[-1]))
     return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(rows), n_cols))
+
+
+def own_item_scores(profile: UserProfile, ccfg: ConfidenceConfig) -> dict[str, float]:
+    """The user's own items with strengths in (0, 1]: raw value (decayed to the user's last
+    event) over the largest one. Input of the re-visit term (`Scorer.recommend(own=...)`)."""
+    values = profile.values(ccfg)
+    top = max(values.values(), default=0.0)
+    if top <= 0:
+        return {}
+    return {i: v / top for i, v in values.items() if v > 0}

@@ -1,0 +1,425 @@
+"""End-to-end benchmark through the real Kafka broker: the worker against its baselines, same run.
+
+One broker (STREAMREC_BOOTSTRAP if set, else streaming.broker.KafkaBroker in a temp dir), one
+fixed simulated stream (recsys.simulator; the model is trained on it first), and for each
+pipeline fresh topics, a fresh consumer group and a fresh process:
+
+  passthrough   streaming.baselines passthrough: reads, writes one message per event (ceiling)
+  worker        the real worker (`python -m streaming.cli worker`): micro-batches, RocksDB state,
+                batched fold-in + scoring, one recommendation per user per batch
+  naive         streaming.baselines naive: one event at a time, implicit recommend per event
+
+Each pipeline is warmed up (a probe event must come back, with a model version where there is
+one), then the stream is produced as fast as the producer goes (full load); the worker is run
+again at half its measured throughput (paced). A consumer in its own process stamps the arrival
+of every output message; an event counts as answered by the first message for its user whose
+input offset is at or past the event's (the worker coalesces a user's events of one batch).
+
+  throughput   events / (last answer − first send); recommendations/s likewise
+  latency      per event: answer arrival − the moment the producer was handed the event
+
+    python -m bench.e2e [--quick] [--events N] [--output bench/out/e2e.json] [--plot docs/img/bench-e2e.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import machine, percentile, plot_setup, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTITIONS = 4
+
+
+# ----------------------------------------------------------------------------- consumer process
+def _consume(bootstrap: str, topic: str, out: "mp.Queue", stop: "mp.Event") -> None:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                      auto_offset_reset="earliest", fetch_max_wait_ms=5, max_poll_records=2000)
+    parts = None
+    while not parts and not stop.is_set():
+        parts = c.partitions_for_topic(topic)
+        if not parts:
+            time.sleep(0.1)
+    c.assign([TopicPartition(topic, p) for p in sorted(parts or [])])
+    while not stop.is_set():
+        got = c.poll(timeout_ms=50)
+        now = time.time()
+        batch = []
+        for recs in got.values():
+            for r in recs:
+                try:
+                    v = json.loads(r.value)
+                    batch.append((r.key, int(v["offset"]), now, v.get("model_version")))
+                except (ValueError, KeyError, TypeError):
+                    pass
+        if batch:
+            out.put(batch)
+    c.close()
+
+
+class Answers:
+    """Arrivals from the consumer process, matched to sent events per user."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        ctx = mp.get_context("spawn")
+        self.q, self.stop_ev = ctx.Queue(), ctx.Event()
+        self.proc = ctx.Process(target=_consume, args=(bootstrap, topic, self.q, self.stop_ev), daemon=True)
+        self.proc.start()
+        self.lock = threading.Lock()
+        self.arrivals: dict[bytes, list[tuple[int, float]]] = {}
+        self.messages = 0
+        self.versions: dict[bytes, object] = {}
+        self._running = True
+        self.t = threading.Thread(target=self._drain, daemon=True)
+        self.t.start()
+
+    def _drain(self) -> None:
+        while self._running:
+            try:
+                batch = self.q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            with self.lock:
+                for key, off, ts, ver in batch:
+                    self.arrivals.setdefault(key, []).append((off, ts))
+                    self.versions[key] = ver
+                self.messages += len(batch)
+
+    def answered(self, key: bytes, offset: int) -> float | None:
+        with self.lock:
+            for off, ts in self.arrivals.get(key, ()):
+                if off >= offset:
+                    return ts
+        return None
+
+    def close(self) -> None:
+        self.stop_ev.set()
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+        self._running = False
+        self.t.join(2)
+
+
+# ----------------------------------------------------------------------------- one pipeline run
+class Pipeline:
+    def __init__(self, kind: str, bootstrap: str, tmp: Path, model_dir: Path, batch_within_s: float):
+        from streaming.broker import free_port
+        from streaming.topics import ensure_topics
+
+        self.kind, self.bootstrap = kind, bootstrap
+        name = f"b{kind[:4]}{uuid.uuid4().hex[:6]}"
+        self.clicks, self.recs = f"{name}-clicks", f"{name}-recs"
+        ensure_topics(bootstrap, {self.clicks: PARTITIONS, self.recs: PARTITIONS, f"{name}-dlq": 1,
+                                  f"{name}-models": 1})
+        port = self.port = free_port()
+        data = tmp / f"{name}-data"
+        self.log_path = tmp / f"{name}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if kind == "worker":
+            env.update({"STREAMREC_APP_ID": name, "STREAMREC_CLICKSTREAM_TOPIC": self.clicks,
+                        "STREAMREC_RECOMMENDATIONS_TOPIC": self.recs, "STREAMREC_DLQ_TOPIC": f"{name}-dlq",
+                        "STREAMREC_MODEL_UPDATES_TOPIC": f"{name}-models", "STREAMREC_PARTITIONS": str(PARTITIONS),
+                        "STREAMREC_BATCH_WITHIN_S": str(batch_within_s), "STREAMREC_LOG_LEVEL": "warning"})
+            cmd = [sys.executable, "-m", "streaming.cli", "worker", "--bootstrap", bootstrap, "--web-port", str(port),
+                   "--data-dir", str(data), "--model-dir", str(model_dir)]
+        else:
+            cmd = [sys.executable, "-m", "streaming.baselines", kind, "--bootstrap", bootstrap, "--app-id", name,
+                   "--clicks", self.clicks, "--recs", self.recs, "--model-dir", str(model_dir),
+                   "--data-dir", str(data), "--web-port", str(port), "--partitions", str(PARTITIONS)]
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        self.answers = Answers(bootstrap, self.recs)
+
+    def warm_up(self, producer, timeout: float = 120.0) -> float:
+        """Send probe events until one comes back (from a model, where there is one)."""
+        t0 = time.time()
+        k = 0
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited:\n{self.log_path.read_text()[-3000:]}")
+            key = f"warmup-{k}".encode()
+            meta = producer.send(self.clicks, key=key, value=_probe(key.decode())).get(timeout=30)
+            deadline = time.time() + 3.0
+            while time.time() < deadline:
+                if self.answers.answered(key, meta.offset) is not None:
+                    with self.answers.lock:
+                        ver = self.answers.versions.get(key)
+                    if self.kind == "passthrough" or ver:
+                        return time.time() - t0
+                    break
+                time.sleep(0.05)
+            k += 1
+        raise TimeoutError(f"{self.kind} did not answer a probe in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def metrics(self) -> dict:
+        """Where the worker's time went (its own Prometheus histograms): sums and counts."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        out: dict = {}
+        for fam in text_string_to_metric_families(text):
+            for smp in fam.samples:
+                if smp.name.endswith(("_sum", "_count")) and any(
+                        k in smp.name for k in ("foldin", "scoring", "batch_events", "batch_users", "event_to_publish")):
+                    out[smp.name] = out.get(smp.name, 0.0) + smp.value
+        return out
+
+    def stop(self) -> None:
+        self.answers.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def _probe(user: str) -> bytes:
+    return json.dumps({"user": user, "item": "probe", "type": "view", "ts": int(time.time() * 1000)}).encode()
+
+
+def drive(pipe: Pipeline, producer, events, rate: float | None, timeout: float) -> dict:
+    """Produce `events` (as fast as possible, or at `rate`/s), wait for every answer, measure."""
+    from recsys.events import Event  # noqa: F401
+    from streaming.replay import encode_event
+
+    n = len(events)
+    sent_at = np.zeros(n)
+    offsets = np.full(n, -1, np.int64)
+    keys: list[bytes] = [b""] * n
+
+    def on_ok(i):
+        def cb(meta):
+            offsets[i] = meta.offset
+        return cb
+
+    with pipe.answers.lock:
+        msgs0 = pipe.answers.messages
+    start = time.time()
+    for i, e in enumerate(events):
+        if rate:
+            due = start + i / rate
+            while True:
+                left = due - time.time()
+                if left <= 0:
+                    break
+                time.sleep(min(left, 0.01))
+        now = time.time()
+        key, value = encode_event(replace(e, ts=int(now * 1000)))
+        keys[i] = key
+        sent_at[i] = now
+        producer.send(pipe.clicks, key=key, value=value).add_callback(on_ok(i))
+    producer.flush()
+    produced_s = time.time() - start
+    # wait for every event's answer
+    answered = np.full(n, np.nan)
+    deadline = time.time() + timeout
+    pending = list(range(n))
+    while pending and time.time() < deadline:
+        still = []
+        for i in pending:
+            if offsets[i] < 0:
+                still.append(i)
+                continue
+            ts = pipe.answers.answered(keys[i], int(offsets[i]))
+            if ts is None:
+                still.append(i)
+            else:
+                answered[i] = ts
+        pending = still
+        if pending:
+            time.sleep(0.2)
+    time.sleep(0.5)  # late duplicates of answers do not matter; let the counter settle
+    with pipe.answers.lock:
+        msgs = pipe.answers.messages - msgs0
+    ok = ~np.isnan(answered)
+    lat = (answered[ok] - sent_at[ok]) * 1000.0
+    span = (np.nanmax(answered) - sent_at[0]) if ok.any() else float("nan")
+    return {
+        "events": n, "answered": int(ok.sum()), "unanswered": int((~ok).sum()), "target_rate": rate,
+        "producer_events_per_s": n / produced_s, "seconds": span,
+        "events_per_s": int(ok.sum()) / span, "recs_per_s": msgs / span, "recs": msgs,
+        "latency_ms": {"p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99),
+                       "max": float(lat.max()) if len(lat) else float("nan")},
+        "latency_hist_ms": np.histogram(lat, bins=np.logspace(0, 5, 51))[0].tolist() if len(lat) else [],
+    }
+
+
+def _profile(m: dict, label: str) -> dict:
+    def g(name: str) -> float:
+        return float(m.get(name, 0.0))
+
+    batches = g("streamrec_batch_events_count") or float("nan")
+    prof = {"batches": batches, "events_per_batch": g("streamrec_batch_events_sum") / batches,
+            "users_per_batch": g("streamrec_batch_users_sum") / batches,
+            "foldin_ms_per_batch": 1e3 * g("streamrec_foldin_seconds_sum") / batches,
+            "scoring_ms_per_batch": 1e3 * g("streamrec_scoring_seconds_sum") / batches,
+            "event_to_publish_ms_mean": 1e3 * g("streamrec_event_to_publish_seconds_sum")
+            / (g("streamrec_event_to_publish_seconds_count") or float("nan"))}
+    print(f"worker at {label}: {prof['batches']:.0f} batches of {prof['events_per_batch']:.1f} events / "
+          f"{prof['users_per_batch']:.1f} users; fold-in {prof['foldin_ms_per_batch']:.1f} ms + scoring "
+          f"{prof['scoring_ms_per_batch']:.1f} ms per batch; broker ingest -> publish {prof['event_to_publish_ms_mean']:.0f} ms mean",
+          flush=True)
+    return prof
+
+
+def _line(name: str, r: dict) -> str:
+    lat = r["latency_ms"]
+    return (f"{name:<22} {r['events']:>6} events: {r['events_per_s']:8,.0f} events/s, {r['recs_per_s']:8,.0f} recs/s "
+            f"(producer {r['producer_events_per_s']:,.0f}/s); latency p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, "
+            f"p99 {lat['p99']:.0f} ms; unanswered {r['unanswered']}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small stream, for CI: checks it runs")
+    ap.add_argument("--events", type=int, help="events per full-load run (default 20000; quick 1500)")
+    ap.add_argument("--naive-events", type=int, help="events for the naive pipeline (default 1500; quick 300)")
+    ap.add_argument("--half-seconds", type=float, help="length of the half-load run (default 20 s; quick 4 s)")
+    ap.add_argument("--batch-within", type=float, default=0.05, help="worker micro-batch time bound (s)")
+    ap.add_argument("--items", type=int, default=20_000, help="simulated catalogue")
+    ap.add_argument("--output", default="bench/out/e2e.json")
+    ap.add_argument("--plot", default=None)
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    args = ap.parse_args(argv)
+    n_full = args.events or (1500 if args.quick else 20_000)
+    n_naive = args.naive_events or (300 if args.quick else 1500)
+    half_s = args.half_seconds or (4.0 if args.quick else 20.0)
+    items = 2000 if args.quick else args.items
+
+    from recsys.confidence import build_profiles
+    from recsys.defaults import CONFIDENCE
+    from recsys.simulator import SimConfig, simulate
+    from recsys.store import ModelStore
+    from recsys.threads import pin_blas_threads
+    from recsys.train import TrainConfig, train
+    from streaming.broker import broker_from_env
+    from streaming.replay import make_producer
+
+    pin_blas_threads()
+    t_all = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="streamrec-e2e-"))
+    broker = broker_from_env(tmp / "kafka")
+    try:
+        t0 = time.time()
+        broker.start()
+        broker_s = time.time() - t0
+        n_sim = n_full + 200_000 // (10 if args.quick else 1)
+        events = simulate(SimConfig(n_users=max(500, n_full // 6), n_items=items, events=min(n_sim, 4 * n_full),
+                                    seed=7))
+        train_events, stream = events[:-n_full], events[-n_full:]
+        model, _, _ = train(build_profiles(train_events, CONFIDENCE), CONFIDENCE,
+                            TrainConfig(factors=64, iterations=8, num_threads=0))
+        store = ModelStore(tmp / "models")
+        store.save(model, publish=True)
+        producer = make_producer(broker.bootstrap, {"linger_ms": 2, "client_id": "bench-e2e"})
+        print(f"broker {broker.bootstrap} up in {broker_s:.1f}s; model {model.n_items} items x {model.factors}; "
+              f"stream {len(stream)} events of {len({e.user for e in stream})} users", flush=True)
+
+        results: dict = {}
+
+        def run(name: str, kind: str, evs, rate: float | None, prev: Pipeline | None = None) -> Pipeline:
+            pipe = prev or Pipeline(kind, broker.bootstrap, tmp, tmp / "models", args.batch_within)
+            try:
+                warm = pipe.warm_up(producer) if prev is None else 0.0
+                r = drive(pipe, producer, evs, rate, timeout=max(60.0, len(evs) / 50.0))
+            except BaseException:
+                pipe.stop()  # never leave a worker process behind
+                raise
+            r["warmup_s"] = warm
+            results[name] = r
+            print(_line(name, r), flush=True)
+            return pipe
+
+        p = run("passthrough", "passthrough", stream, None)
+        p.stop()
+        w = run("worker_full", "worker", stream, None)
+        half_rate = 0.5 * results["worker_full"]["events_per_s"]
+        # the same worker, fresh users' offsets continue: replay the stream again paced at half
+        n_half = int(min(len(stream), max(200, half_rate * half_s)))
+        m0 = w.metrics()
+        run("worker_half", "worker", stream[:n_half], half_rate, prev=w)
+        m1 = w.metrics()
+        w.stop()
+        results["worker_profile"] = _profile(m0, "full load") if m0 else {}
+        if m1 and m0:
+            results["worker_profile_half"] = _profile({k: m1.get(k, 0) - m0.get(k, 0) for k in m1}, "half load")
+        nv = run("naive", "naive", stream[:n_naive], None)
+        nv.stop()
+        producer.close(timeout=5)
+
+        wf, pt, nf, wh = (results[k] for k in ("worker_full", "passthrough", "naive", "worker_half"))
+        ratios = {
+            "worker_vs_naive_throughput": wf["events_per_s"] / nf["events_per_s"],
+            "worker_vs_passthrough_throughput": wf["events_per_s"] / pt["events_per_s"],
+            "half_load_p99_ms": wh["latency_ms"]["p99"],
+        }
+        print(f"worker / naive throughput {ratios['worker_vs_naive_throughput']:.1f}x (target >= 10x); "
+              f"worker / pass-through {ratios['worker_vs_passthrough_throughput']:.2f} (target >= 0.5); "
+              f"p99 at half load {ratios['half_load_p99_ms']:.0f} ms (target < 250)")
+        report = {"bench": "e2e", "quick": args.quick, "machine": machine(), "partitions": PARTITIONS,
+                  "batch_within_s": args.batch_within, "catalogue_items": model.n_items, "factors": model.factors,
+                  "seconds": round(time.time() - t_all, 1), "results": results, "ratios": ratios}
+        write_json(args.output, report)
+        if args.plot:
+            plot(report, args.plot)
+        print(f"e2e bench done in {report['seconds']} s -> {args.output}")
+        return report
+    finally:
+        broker.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"kept {tmp}")
+
+
+def plot(report: dict, path: str) -> None:
+    plt = plot_setup()
+    res = report["results"]
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    names = ["naive", "worker_full", "passthrough"]
+    ax[0].bar(names, [res[k]["events_per_s"] for k in names], color=["#c44", "#48c", "#999"])
+    ax[0].set(ylabel="events per second", title="throughput (same broker, same run)")
+    edges = np.logspace(0, 5, 51)
+    for k in ("worker_half", "worker_full", "passthrough", "naive"):
+        h = np.asarray(res[k]["latency_hist_ms"], float)
+        if h.sum():
+            ax[1].step(edges[1:], np.cumsum(h) / h.sum(), label=k)
+    ax[1].axvline(250, color="k", ls=":", lw=1)
+    ax[1].set(xscale="log", xlabel="send -> recommendation arrival (ms)", ylabel="fraction of events",
+              title="latency CDF")
+    ax[1].legend(fontsize=8)
+    ax[1].grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Each benchmark's --quick mode runs and produces sane numbers (never a speed assertion)."""
+
+import json
+import math
+
+import pytest
+
+from tests.conftest import require_dataset
+
+
+def finite_pos(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_compute_quick(tmp_path):
+    from bench import compute
+
+    out = tmp_path / "compute.json"
+    rep = compute.main(["--quick", "--output", str(out), "--plot", str(tmp_path / "c.png")])
+    assert json.loads(out.read_text())["bench"] == "compute" and (tmp_path / "c.png").stat().st_size > 0
+    (r,) = rep["results"]
+    for k in ("ceiling_ms", "batched_ms", "foldin_ms", "scoring_ms", "naive_ms_per_event",
+              "batched_over_ceiling", "batched_speedup_vs_naive", "ann_build_s", "ann_scoring_ms"):
+        assert finite_pos(r[k]), k
+    assert 0.5 <= r["ann_recall_at_10"] <= 1.0
+    assert all(0.0 <= w["recall_at_10"] <= 1.0 for w in r["ann_nprobe_sweep"])
+
+
+@pytest.mark.data
+def test_retrain_quick(tmp_path):
+    require_dataset("taobao_small")
+    from bench import retrain
+
+    rep = retrain.main(["--quick", "--output", str(tmp_path / "r.json")])
+    assert rep["events"] > 0 and rep["nnz"] > 0
+    assert finite_pos(rep["direct_s"]) and finite_pos(rep["project_s"]) and finite_pos(rep["project_over_direct"])
+
+
+@pytest.mark.kafka
+def test_state_quick(tmp_path, kafka_broker, monkeypatch):
+    from bench import state
+
+    monkeypatch.setenv("STREAMREC_BOOTSTRAP", kafka_broker.bootstrap)
+    rep = state.main(["--quick", "--users", "2000", "--restore-users", "500", "--output", str(tmp_path / "s.json")])
+    mix = rep["rocksdb"]["real_mix"]
+    assert 50 < mix["encoded_bytes_per_user"] < 20_000 and finite_pos(mix["disk_bytes_per_user"])
+    full = rep["restore"]["full"]
+    assert full["users"] == 500 and finite_pos(full["start_to_serving_s"]) and finite_pos(full["worker_rss_mb"])
+
+
+@pytest.mark.kafka
+def test_e2e_quick(tmp_path, kafka_broker, monkeypatch):
+    from bench import e2e
+
+    monkeypatch.setenv("STREAMREC_BOOTSTRAP", kafka_broker.bootstrap)
+    rep = e2e.main(["--quick", "--events", "600", "--naive-events", "150", "--half-seconds", "2",
+                    "--output", str(tmp_path / "e.json"), "--plot", str(tmp_path / "e.png")])
+    for name in ("passthrough", "worker_full", "worker_half", "naive"):
+        r = rep["results"][name]
+        assert r["unanswered"] == 0 and r["answered"] == r["events"], name
+        assert finite_pos(r["events_per_s"]) and finite_pos(r["recs_per_s"]), name
+        lat = r["latency_ms"]
+        assert 0 <= lat["p50"] <= lat["p95"] <= lat["p99"], name
+    assert finite_pos(rep["ratios"]["worker_vs_naive_throughput"])
