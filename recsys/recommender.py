@@ -6,12 +6,13 @@ returns names its model version.
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 from .confidence import ConfidenceConfig, UserProfile
 from .foldin import FoldIn
 from .model import Model
-from .scoring import Recommendations, Scorer, ScoringConfig
+from .scoring import Recommendations, Scorer, ScoringConfig, own_item_scores
 
 
 class Recommender:
@@ -26,8 +27,16 @@ class Recommender:
         return self.model.version
 
     def recommend(self, profiles: Sequence[UserProfile], queries: Sequence[str | None],
-                  n: int | None = None) -> list[Recommendations]:
-        """Fold in every profile at once, then score the batch with one product + top-k."""
+                  n: int | None = None, timings: dict[str, float] | None = None) -> list[Recommendations]:
+        """Fold in every profile at once, then score the batch with one product + top-k (plus
+        the user's own items when the re-visit term is on). The worker and the evaluations
+        both come through here. `timings`, if given, receives fold-in and scoring seconds."""
+        t0 = time.perf_counter()
         x, known = self.fold_in([p.confidence(self.ccfg) for p in profiles])
+        t1 = time.perf_counter()
         excludes = [p.items_with(self.scfg.exclude_types) for p in profiles]
-        return self.scorer.recommend(x, known, queries, excludes, n)
+        own = [own_item_scores(p, self.ccfg) for p in profiles] if self.scfg.repeat_weight > 0 else None
+        out = self.scorer.recommend(x, known, queries, excludes, n, own=own)
+        if timings is not None:
+            timings["foldin"], timings["scoring"] = t1 - t0, time.perf_counter() - t1
+        return out

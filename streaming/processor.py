@@ -61,6 +61,7 @@ class BatchResult:
     dead: list[DeadLetter] = field(default_factory=list)
     accepted: int = 0
     duplicates: int = 0
+    repaired: int = 0   # users written back only because redelivered events were already in their state
 
 
 def decode_event(msg: Incoming) -> Event:
@@ -132,9 +133,10 @@ class Processor:
             if state is None:
                 state = UserState()
             applied: list[Incoming] = []
+            redelivered = 0
             for msg, event in items:
                 if msg.offset <= state.profile.offset:
-                    res.duplicates += 1
+                    redelivered += 1
                     continue
                 if state.last_items:  # live quality: was this item in what we last showed?
                     m.hit_checks.labels(state.last_version or "none").inc()
@@ -145,8 +147,18 @@ class Processor:
                 self.popularity.add(event.item)
                 m.events_in.labels(event.type).inc()
                 applied.append(msg)
+            res.duplicates += redelivered
             if applied:
                 touched.append((key, state, items[-1][0], items[-1][1], applied))
+            elif redelivered:
+                # Redelivered events this state already holds: the worker stopped after writing
+                # the state but before committing the input. The write reached the local RocksDB
+                # at once, but its changelog record may never have left: then the changelog (what
+                # a wiped worker, a standby or the next owner restores from) is behind, and
+                # skipping these events would leave it behind for good once their offsets are
+                # committed. Write the state again so the changelog catches up first.
+                res.states[key] = state
+                res.repaired += 1
         res.accepted = sum(len(t[4]) for t in touched)
         if res.duplicates:
             m.duplicates.inc(res.duplicates)
@@ -177,12 +189,8 @@ class Processor:
         rec = self.recommender  # one reference for the whole batch: one model version per batch
         if rec is None:
             return [self.popularity.recommend(self.top_n, s.profile.items_with(("transaction",))) for s in states]
-        profiles = [s.profile for s in states]
-        t0 = time.perf_counter()
-        x, known = rec.fold_in([p.confidence(rec.ccfg) for p in profiles])
-        t1 = time.perf_counter()
-        out = rec.scorer.recommend(x, known, queries, [p.items_with(rec.scfg.exclude_types) for p in profiles],
-                                   self.top_n)
-        self.metrics.foldin_seconds.observe(t1 - t0)
-        self.metrics.scoring_seconds.observe(time.perf_counter() - t1)
+        timings: dict[str, float] = {}
+        out = rec.recommend([s.profile for s in states], queries, self.top_n, timings)
+        self.metrics.foldin_seconds.observe(timings["foldin"])
+        self.metrics.scoring_seconds.observe(timings["scoring"])
         return out
