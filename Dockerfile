@@ -23,7 +23,7 @@ RUN apt-get update \
  && mkdir -p /app /models /var/lib/streamrec/worker \
  && chown streamrec:streamrec /models /var/lib/streamrec /var/lib/streamrec/worker
 COPY --from=build /opt/venv /opt/venv
-COPY deploy/docker-entrypoint.sh deploy/tcp-forward.py /app/
+COPY deploy/docker-entrypoint.sh /app/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

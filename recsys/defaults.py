@@ -20,4 +20,7 @@ CONFIDENCE = ConfidenceConfig(
 TRAIN = TrainConfig(kind="als", factors=128, regularization=0.018, iterations=15)
 BPR = TrainConfig(kind="bpr", factors=64, regularization=0.01, iterations=100, learning_rate=0.05)
 SCORING = ScoringConfig(n=10, user_weight=0.576, item_norm_power=0.592,
-                        repeat_weight=100.0)  # search range [0, 3] was too narrow: 1-D follow-up (docs)
+                        repeat_weight=100.0,  # search range [0, 3] was too narrow: 1-D follow-up (docs)
+                        # re-visits: the items touched last come back first (2.4 h half-life on
+                        # top of the confidence decay; validation grid in docs/evaluation.md)
+                        repeat_half_life_days=0.1)

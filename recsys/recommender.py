@@ -27,16 +27,21 @@ class Recommender:
         return self.model.version
 
     def recommend(self, profiles: Sequence[UserProfile], queries: Sequence[str | None],
-                  n: int | None = None, timings: dict[str, float] | None = None) -> list[Recommendations]:
+                  n: int | None = None, timings: dict[str, float] | None = None,
+                  popular: Sequence[str] | None = None) -> list[Recommendations]:
         """Fold in every profile at once, then score the batch with one product + top-k (plus
         the user's own items when the re-visit term is on). The worker and the evaluations
-        both come through here. `timings`, if given, receives fold-in and scoring seconds."""
+        both come through here. `timings`, if given, receives fold-in and scoring seconds.
+        `popular` (optional): a recent-popularity ranking (item ids, best first; e.g.
+        `recsys.popularity.RecentPopularity.top`) for users with neither usable history nor a
+        known query, and for padding, instead of the model's training popularity."""
         t0 = time.perf_counter()
         x, known = self.fold_in([p.confidence(self.ccfg) for p in profiles])
         t1 = time.perf_counter()
         excludes = [p.items_with(self.scfg.exclude_types) for p in profiles]
-        own = [own_item_scores(p, self.ccfg) for p in profiles] if self.scfg.repeat_weight > 0 else None
-        out = self.scorer.recommend(x, known, queries, excludes, n, own=own)
+        own = ([own_item_scores(p, self.ccfg, self.scfg.repeat_half_life_days) for p in profiles]
+               if self.scfg.repeat_weight > 0 else None)
+        out = self.scorer.recommend(x, known, queries, excludes, n, own=own, popular=popular)
         if timings is not None:
             timings["foldin"], timings["scoring"] = t1 - t0, time.perf_counter() - t1
         return out

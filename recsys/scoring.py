@@ -17,7 +17,10 @@ per-user filters applied inside the top-k. w and p are chosen by evaluation (doc
 Fallbacks, so a non-empty catalogue never yields an empty list:
   user with history + known query -> blend     user only -> user score
   known query only               -> similar    neither   -> popularity
-and any list short of N (filters, tiny catalogue) is padded with popular items.
+and any list short of N (filters, tiny catalogue) is padded with popular items. "Popular" is
+the model's training-window popularity unless the caller passes `popular`: a ranking of item
+ids, best first, e.g. `recsys.popularity.RecentPopularity.top(...)` (what the stream saw
+lately; on a live system the training window is days old). Those ids need not be in the model.
 
 Re-visits (optional, `repeat_weight` β > 0, caller passes `own`): shoppers come back to what
 they looked at, so the user's own items get a bonus on top of the blend,
@@ -57,6 +60,9 @@ class ScoringConfig:
     num_threads: int = 0
     repeat_weight: float = 0.0      # β above: bonus for the user's own items (0 = off)
     repeat_power: float = 1.0       # γ: the bonus uses s^γ (γ < 1 lifts older / weaker own items)
+    # Re-visit recency: an own item's strength also halves every this many days since the user
+    # last touched it (None: the confidence value alone). See own_item_scores.
+    repeat_half_life_days: float | None = None
     # Approximate top-k (recsys/ann.py) for catalogues of at least this many items; 0 = never.
     ann_min_items: int = 1_000_000
     ann_nprobe: int = 0             # IVF lists scanned per query (0: recsys.ann's default)
@@ -75,6 +81,9 @@ class ScoringConfig:
             raise ConfigError(f"scoring.repeat_weight must be a finite number >= 0, got {self.repeat_weight}")
         if not 0.0 <= self.repeat_power <= 1.0:
             raise ConfigError(f"scoring.repeat_power must be in [0, 1], got {self.repeat_power}")
+        if self.repeat_half_life_days is not None and not (
+                np.isfinite(self.repeat_half_life_days) and self.repeat_half_life_days > 0):
+            raise ConfigError(f"scoring.repeat_half_life_days must be > 0 or None, got {self.repeat_half_life_days}")
         if self.ann_min_items < 0 or self.ann_nprobe < 0:
             raise ConfigError("scoring.ann_min_items and scoring.ann_nprobe must be >= 0")
 
@@ -106,11 +115,15 @@ class Scorer:
     # ------------------------------------------------------------------------------------
     def recommend(self, user_factors: np.ndarray, has_user: Sequence[bool], queries: Sequence[str | None],
                   excludes: Sequence[set[str]], n: int | None = None,
-                  own: Sequence[dict[str, float]] | None = None) -> list[Recommendations]:
+                  own: Sequence[dict[str, float]] | None = None,
+                  popular: Sequence[str] | None = None) -> list[Recommendations]:
         """Score a batch: row k is user_factors[k] looking at queries[k], minus excludes[k].
 
         `own[k]` (optional): the user's own items and strengths in [0, 1] (`own_item_scores`),
-        boosted by `repeat_weight` (see the module docstring); ignored when it is 0."""
+        boosted by `repeat_weight` (see the module docstring); ignored when it is 0.
+        `popular` (optional): item ids, best first, for the rows with neither a usable user
+        nor a known query and for padding short lists, instead of the training popularity
+        (which still pads when `popular` runs out). Filters apply to it as to every list."""
         n = n or self.cfg.n
         m, idx = self.model, self.model.item_index
         rows = len(queries)
@@ -155,6 +168,8 @@ class Scorer:
                               queries[r], n)
             if out[r] is None:
                 out[r] = Recommendations([], [], "popular", m.version)
+            if len(out[r].items) < n and popular is not None:
+                self._pad_with_ranking(out[r], popular, excludes[r], queries[r], n)
             if len(out[r].items) < n:
                 self._pad_with_popular(out[r], ex_rows[r], n)
         return out
@@ -221,6 +236,22 @@ class Scorer:
             rows.append(idx[query])
         return rows
 
+    def _pad_with_ranking(self, rec: Recommendations, ranking: Sequence[str], exclude: set[str],
+                          query: str | None, n: int) -> None:
+        """Append items of `ranking` (best first), minus the row's filters, up to n. Scores:
+        a "popular" list gets 1/(1+rank); padding sits below every scored item."""
+        taken = set(rec.items)
+        lowest = min(rec.scores) if rec.scores else 0.0
+        popular = rec.source == "popular" and not rec.items
+        for rank, item in enumerate(ranking):
+            if len(rec.items) >= n:
+                return
+            if item in taken or item in exclude or (self.cfg.exclude_query and item == query):
+                continue
+            taken.add(item)
+            rec.items.append(item)
+            rec.scores.append(1.0 / (1.0 + rank) if popular else float(lowest - 1.0 - rank / (1.0 + len(ranking))))
+
     def _pad_with_popular(self, rec: Recommendations, excluded_rows: list[int], n: int) -> None:
         taken = set(rec.items)
         banned = set(excluded_rows)
@@ -248,10 +279,21 @@ def _rows_to_csr(rows: list[list[int]], n_cols: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(rows), n_cols))
 
 
-def own_item_scores(profile: UserProfile, ccfg: ConfidenceConfig) -> dict[str, float]:
+def own_item_scores(profile: UserProfile, ccfg: ConfidenceConfig,
+                    half_life_days: float | None = None) -> dict[str, float]:
     """The user's own items with strengths in (0, 1]: raw value (decayed to the user's last
-    event) over the largest one. Input of the re-visit term (`Scorer.recommend(own=...)`)."""
+    event) over the largest one. Input of the re-visit term (`Scorer.recommend(own=...)`).
+
+    `half_life_days` (`ScoringConfig.repeat_half_life_days`): each value is also multiplied by
+    2^(−age / half-life), age = the user's last event − the item's last touch, so the items the
+    shopper touched last come first more sharply than the confidence decay alone orders them
+    (the profile keeps one decayed value per item, so the value cannot be re-decayed at another
+    rate; this re-weights it by the item's last touch)."""
     values = profile.values(ccfg)
+    if half_life_days is not None:
+        per_ms = 1.0 / (half_life_days * 86_400_000.0)
+        last, items = profile.last_ts, profile.items
+        values = {i: v * 2.0 ** (-max(last - items[i].ts, 0) * per_ms) for i, v in values.items()}
     top = max(values.values(), default=0.0)
     if top <= 0:
         return {}

@@ -19,15 +19,21 @@ Protocol (`recsys stream-eval`, docs/evaluation.md "Streaming evaluation"):
 * Then the event is applied (`UserProfile.apply`, the worker's own update).
 
 Methods, all on the same replay and the same state:
-  popularity   most events in the trailing `pop_window_hours` of event time (all events seen
-               so far, training included), minus bought items and the item on screen
+  popularity   most events by decayed count, half-life `pop_half_life_hours` of event time
+               (recsys.popularity.RecentPopularity over all events seen so far, training
+               included; None: plain counts in the trailing `pop_window_hours`), minus bought
+               items and the item on screen
   own-items    the user's own items ranked by their confidence (decayed value), same filters
   similar      similarity to the item on screen only (training model, cosine)
   static       the training model with the user factors ALS learned in training, no fold-in
                (the seed notebook); users not in training have none: similarity/popular
   system       live fold-in of the profile against the training-window item factors, blended
                as the workers blend (`Recommender.fold_in` + `Recommender.scorer.recommend`,
-               the calls streaming/processor.py makes), with the re-visit term of scoring.py
+               the calls streaming/processor.py makes), with the re-visit term of scoring.py;
+               a row with neither usable history nor a known query (a new user's first event)
+               gets the popularity baseline's ranking at that moment, as does padding
+               (`Scorer.recommend(popular=...)`; `system_popular=False`: the training window's
+               popularity instead, the model's own fallback). The same for all system* methods.
   system-norepeat   the same without the re-visit term (ablation)
   system+items the system on a model extended with new items folded in (item_foldin.py)
                from the users who touched them, refreshed every `item_foldin_every` events
@@ -45,8 +51,8 @@ One caveat on "equals": BLAS rounds a many-row product differently from a one-ro
 the last float32 bit, and real catalogues hold many items with (near-)identical factors, so
 near-ties can swap places between a batched and a one-at-a-time run. `chunk_max=1` reproduces
 a worker that scores one user per batch bit for bit (the Kafka test does that). What is refreshed
-less often than per event, by design and stated: popularity counts every `pop_refresh`
-events, new-item factors at chunk boundaries (every `item_foldin_every` events), retrains at
+less often than per event, by design and stated: the popularity ranking (baseline and the
+system's cold-start list) every `pop_refresh` events, new-item factors at chunk boundaries (every `item_foldin_every` events), retrains at
 `retrain_hours` boundaries of event time.
 
 Splits: user activity at the time of the event (`cold`: a user unknown to the training
@@ -69,6 +75,7 @@ from .confidence import ConfidenceConfig, UserProfile, build_profiles
 from .events import Event
 from .item_foldin import ItemFoldIn, user_gram
 from .model import Model
+from .popularity import RecentPopularity
 from .recommender import Recommender
 from .scoring import ScoringConfig, own_item_scores
 from .train import TrainConfig, train
@@ -83,11 +90,13 @@ SEGMENTS = ("cold", "new 2-5", "new 6+", "known", "target known", "target new")
 class StreamEvalConfig:
     k: int = 10
     chunk_max: int = 512
-    pop_window_hours: float = 24.0         # 0: all events so far
+    pop_half_life_hours: float | None = 8.0  # popularity = decayed counts (RecentPopularity); None: window
+    pop_window_hours: float = 24.0         # only when pop_half_life_hours is None: trailing window, 0: all
     pop_refresh: int = 25                  # popularity list recomputed every this many events
     retrain_hours: float = 6.0             # system+retrain: event-time hours between retrains
     item_foldin_every: int = 200           # system+items: events between new-item refreshes
     item_foldin_min_users: int = 1
+    system_popular: bool = True            # system*: cold-start / padding list = the popularity baseline's
     methods: tuple[str, ...] = METHODS
 
 
@@ -116,16 +125,18 @@ def rank_of(target: str, items: Sequence[str], k: int) -> int | None:
 
 
 def system_lists(rec: Recommender, profiles: Sequence[UserProfile], queries: Sequence[str | None], n: int,
-                 repeat: bool = True) -> list[list[str]]:
+                 repeat: bool = True, popular: Sequence[str] | None = None) -> list[list[str]]:
     """What the worker publishes for these users: streaming/processor.py's `_recommend` (fold-in
     of `p.confidence(rec.ccfg)`, then the scorer with the configured filters), plus the re-visit
-    term of scoring.py when `rec.scfg.repeat_weight` > 0 and `repeat`."""
+    term of scoring.py when `rec.scfg.repeat_weight` > 0 and `repeat`; `popular`: the
+    recent-popularity ranking for cold rows and padding (`Scorer.recommend(popular=...)`)."""
     if not profiles:
         return []
     x, known = rec.fold_in([p.confidence(rec.ccfg) for p in profiles])
     excludes = [p.items_with(rec.scfg.exclude_types) for p in profiles]
-    own = [own_item_scores(p, rec.ccfg) for p in profiles] if repeat and rec.scfg.repeat_weight > 0 else None
-    return [r.items for r in rec.scorer.recommend(x, known, queries, excludes, n, own=own)]
+    own = ([own_item_scores(p, rec.ccfg, rec.scfg.repeat_half_life_days) for p in profiles]
+           if repeat and rec.scfg.repeat_weight > 0 else None)
+    return [r.items for r in rec.scorer.recommend(x, known, queries, excludes, n, own=own, popular=popular)]
 
 
 @dataclass
@@ -135,9 +146,10 @@ class _Snap:
     query: str | None
     conf: dict[str, float]          # p.confidence(ccfg), as the worker folds it in
     excl: set[str]                  # p.items_with(scfg.exclude_types)
-    own: dict[str, float]           # own_item_scores(p, ccfg)
+    own: dict[str, float]           # own_item_scores(p, ccfg, scfg.repeat_half_life_days)
     own_list: list[str]             # own items by confidence, filters applied (method own-items)
     pop_list: list[str]             # popularity at that moment, filters applied
+    pop_top: list[str]              # the same ranking unfiltered (the system's cold-start list)
     static_row: int                 # row of the user in the training user factors, -1: none
     segment: str                    # activity segment
 
@@ -150,8 +162,7 @@ def _snapshot(e: Event, p: UserProfile | None, ccfg: ConfidenceConfig, scfg: Sco
     conf = {i: ccfg.to_confidence(v) for i, v in vals.items()}      # == p.confidence(ccfg)
     excl = p.items_with(scfg.exclude_types)
     banned = excl | {query} if query is not None else excl
-    top = max(vals.values(), default=0.0)
-    own = {i: v / top for i, v in vals.items() if v > 0} if top > 0 else {}   # == own_item_scores
+    own = own_item_scores(p, ccfg, scfg.repeat_half_life_days) if scfg.repeat_weight > 0 else {}
     own_list = sorted((i for i in vals if i not in banned), key=lambda i: (-vals[i], -p.items[i].ts))[:k]
     pop_list = [i for i in pop_top if i not in banned][:k]
     if known_user:
@@ -162,7 +173,7 @@ def _snapshot(e: Event, p: UserProfile | None, ccfg: ConfidenceConfig, scfg: Sco
         seg = "new 2-5"
     else:
         seg = "new 6+"
-    return _Snap(e, query, conf, excl, own, own_list, pop_list, static_row, seg)
+    return _Snap(e, query, conf, excl, own, own_list, pop_list, pop_top, static_row, seg)
 
 
 def stream_evaluate(train_events: Sequence[Event], test_events: Sequence[Event], *,
@@ -191,15 +202,26 @@ def stream_evaluate(train_events: Sequence[Event], test_events: Sequence[Event],
     static_x = np.asarray(user_factors, np.float32) if user_factors is not None else None
     xtx = user_gram(static_x) if static_x is not None else None
 
-    # popularity over a trailing window of event time
+    # popularity: decayed counts (recsys.popularity, what a worker can keep), or a trailing
+    # window of event time; every event seen so far, training included
+    recent = RecentPopularity(ecfg.pop_half_life_hours * 3600.0) if ecfg.pop_half_life_hours else None
     window_ms = int(ecfg.pop_window_hours * 3_600_000) if ecfg.pop_window_hours > 0 else None
     counts: Counter[str] = Counter()
     seen: deque[tuple[int, str]] = deque()
+
+    def count(e: Event) -> None:
+        if recent is not None:
+            recent.add(e.item, e.ts)
+        else:
+            counts[e.item] += 1
+            seen.append((e.ts, e.item))
+
     for e in train_sorted:
-        counts[e.item] += 1
-        seen.append((e.ts, e.item))
+        count(e)
 
     def pop_top(now: int) -> list[str]:
+        if recent is not None:
+            return recent.top(k + 64)
         if window_ms is not None:
             while seen and seen[0][0] < now - window_ms:
                 _, item = seen.popleft()
@@ -259,8 +281,7 @@ def stream_evaluate(train_events: Sequence[Event], test_events: Sequence[Event],
             if p is None:
                 p = profiles[e.user] = UserProfile()
             p.apply(e, ccfg)
-            counts[e.item] += 1
-            seen.append((e.ts, e.item))
+            count(e)
             since_pop += 1
             if e.item not in model.item_index:
                 touched[e.item][e.user] = True
@@ -268,7 +289,7 @@ def stream_evaluate(train_events: Sequence[Event], test_events: Sequence[Event],
         n_chunks += 1
         if not snaps:
             continue
-        lists = _lists(methods, snaps, rec, rec_items, rec_retrain, static_x, k, scfg)
+        lists = _lists(methods, snaps, rec, rec_items, rec_retrain, static_x, k, scfg, ecfg.system_popular)
         for j, sn in enumerate(snaps):
             e = sn.event
             tgt = "target known" if e.item in model.item_index else "target new"
@@ -324,17 +345,32 @@ def _refresh_items(rec: Recommender, model: Model, xtx: np.ndarray, touched: dic
 
 
 def _system(rec: Recommender, snaps: Sequence[_Snap], k: int, repeat: bool = True,
-            x: np.ndarray | None = None, known: np.ndarray | None = None) -> list[list[str]]:
+            x: np.ndarray | None = None, known: np.ndarray | None = None,
+            popular: bool = True) -> list[list[str]]:
+    """The system's lists; with `popular`, the cold-start / padding ranking of each event is the
+    popularity baseline's at that moment (`Scorer.recommend(popular=...)`). That ranking is
+    refreshed every `pop_refresh` events, so the rows are scored in runs sharing one ranking."""
     if x is None:
         x, known = rec.fold_in([s.conf for s in snaps])
-    own = [s.own for s in snaps] if repeat and rec.scfg.repeat_weight > 0 else None
-    return [r.items for r in rec.scorer.recommend(x, known, [s.query for s in snaps], [s.excl for s in snaps],
-                                                  k, own=own)]
+    known = np.asarray(known, bool)
+    use_own = repeat and rec.scfg.repeat_weight > 0
+    out: list[list[str]] = [None] * len(snaps)  # type: ignore[list-item]
+    groups: dict[int, list[int]] = defaultdict(list)
+    for j, s in enumerate(snaps):
+        groups[id(s.pop_top) if popular else 0].append(j)
+    for rows in groups.values():
+        sub = [snaps[j] for j in rows]
+        recs = rec.scorer.recommend(x[rows], known[rows], [s.query for s in sub], [s.excl for s in sub], k,
+                                    own=[s.own for s in sub] if use_own else None,
+                                    popular=sub[0].pop_top if popular else None)
+        for j, r in zip(rows, recs):
+            out[j] = r.items
+    return out
 
 
 def _lists(methods: Sequence[str], snaps: list[_Snap], rec: Recommender, rec_items: Recommender,
            rec_retrain: Recommender, static_x: np.ndarray | None, k: int,
-           scfg: ScoringConfig) -> dict[str, list[list[str]]]:
+           scfg: ScoringConfig, popular: bool = True) -> dict[str, list[list[str]]]:
     out: dict[str, list[list[str]]] = {}
     rows = len(snaps)
     f = rec.model.factors
@@ -358,13 +394,13 @@ def _lists(methods: Sequence[str], snaps: list[_Snap], rec: Recommender, rec_ite
     if "system" in methods or "system-norepeat" in methods:
         x, known = rec.fold_in([s.conf for s in snaps])
         if "system" in methods:
-            out["system"] = _system(rec, snaps, k, True, x, known)
+            out["system"] = _system(rec, snaps, k, True, x, known, popular)
         if "system-norepeat" in methods:
-            out["system-norepeat"] = _system(rec, snaps, k, False, x, known)
+            out["system-norepeat"] = _system(rec, snaps, k, False, x, known, popular)
     if "system+items" in methods:
-        out["system+items"] = _system(rec_items, snaps, k)
+        out["system+items"] = _system(rec_items, snaps, k, popular=popular)
     if "system+retrain" in methods:
-        out["system+retrain"] = _system(rec_retrain, snaps, k)
+        out["system+retrain"] = _system(rec_retrain, snaps, k, popular=popular)
     return out
 
 

@@ -8,14 +8,26 @@
 Faust's RocksDB store and changelog pick the partition of a table write from the *current
 event*. A micro-batch holds events of several partitions, so each user's read and write runs
 with that user's own event set as current (`_as_current`).
+
+Durability (issue 5): a batch's input offsets are acknowledged to Faust (and so committed)
+when `handle` returns. Faust writes a table key to RocksDB at once but sends its changelog
+record through a buffer in the background, and its pre-commit flush gives up after 0.1 s
+of a stalled buffer; recommendations and dead letters are not awaited either. So `handle`
+waits until every record the batch produced (changelog, recommendations, dead letters) is
+acknowledged by the broker before it returns: a committed input offset implies its state
+is in the changelog. A send that fails for good stops the process (fail-stop) before the
+offsets can be committed: the batch is redone on restart, and the per-user offset in the
+state makes redoing it harmless. See docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import weakref
 from typing import Any, Iterator
 
@@ -23,6 +35,8 @@ import faust
 from faust.streams import _current_event
 
 from recsys import defaults
+from recsys.confidence import ConfidenceConfig
+from recsys.scoring import ScoringConfig
 from recsys.store import ModelStore
 
 from .metrics import WorkerMetrics
@@ -32,6 +46,14 @@ from .settings import Settings
 from .state import UserState, decode, encode
 
 log = logging.getLogger("streamrec.worker")
+
+# A dead letter is the original message plus ~1 KB of headers; Kafka takes ~1 MB per record
+# (and Faust's producer max_request_size is 1,000,000 bytes). A message that was itself just
+# under the limit cannot be copied whole: its DLQ copy keeps the first DLQ_MAX_BYTES (key and
+# value together) and says so in the headers (truncated, original sizes, sha256 of the value).
+DLQ_MAX_BYTES = 900_000
+ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2, "block_cache_size": 32 << 20,
+                   "block_cache_compressed_size": 8 << 20}
 
 
 @contextlib.contextmanager
@@ -46,17 +68,58 @@ def _as_current(event: Any) -> Iterator[None]:
 class StreamWorker:
     """Glue between Faust and the Processor; one per worker process."""
 
-    def __init__(self, app: faust.App, settings: Settings, metrics: WorkerMetrics):
+    def __init__(self, app: faust.App, settings: Settings, metrics: WorkerMetrics,
+                 ccfg: ConfidenceConfig = defaults.CONFIDENCE, scfg: ScoringConfig = defaults.SCORING):
         self.app, self.settings, self.metrics = app, settings, metrics
-        self.processor = Processor(defaults.CONFIDENCE, metrics, top_n=settings.top_n)
-        self.models = ModelHolder(ModelStore(settings.model_dir), self.processor, defaults.CONFIDENCE,
-                                  defaults.SCORING, metrics)
+        self.processor = Processor(ccfg, metrics, top_n=settings.top_n)
+        self.models = ModelHolder(ModelStore(settings.model_dir), self.processor, ccfg, scfg, metrics)
         self.table: Any = None
         self.recs_topic: Any = None
         self.dlq_topic: Any = None
         self.batches = 0
+        self._pending: list[Any] = []  # this batch's changelog sends (FutureMessage), see track_changelog
+        self._last_offset: dict[int, int] = {}  # input partition -> last offset handled since assignment
+
+    def forget_positions(self, *_: Any, **__: Any) -> None:
+        """On a rebalance a partition may come back at any committed offset: start over."""
+        self._last_offset.clear()
+
+    def check_contiguous(self, events: list[Any]) -> None:
+        """Fail-stop on a hole in a partition's offsets, before the batch can be acked.
+
+        The input topic is written without transactions and never compacted, so a partition's
+        offsets are contiguous. Faust counts a jump in what it fetched as a "gap" and commits
+        across it, as if acked: messages it skipped would be lost without a trace (seen once in
+        twenty crash-test runs, right after a worker restored its state from the changelog).
+        Stopping here, before this batch is acknowledged, keeps the committed offset before the
+        hole: the restarted worker reads the skipped messages again."""
+        holes = []
+        for ev in events:
+            p, o = ev.message.partition, ev.message.offset
+            last = self._last_offset.get(p)
+            if last is not None and o > last + 1:
+                holes.append((p, last, o))
+            if last is None or o > last:
+                self._last_offset[p] = o
+        if holes:
+            log.critical("input offsets skipped by the consumer %s (partition, last handled, next): stopping "
+                         "before they can be committed, so that a restart reads them", holes[:10])
+            logging.shutdown()
+            os._exit(71)
+
+    def track_changelog(self, table: Any) -> None:
+        """Keep the future of every changelog record the table sends, so a batch can wait for them."""
+        send = table.send_changelog
+
+        def send_changelog(*args: Any, **kw: Any) -> Any:
+            fut = send(*args, **kw)
+            self._pending.append(fut)
+            return fut
+
+        table.send_changelog = send_changelog
 
     async def handle(self, events: list[Any]) -> None:
+        self.check_contiguous(events)
         incoming, faust_event = [], {}
         for ev in events:
             msg = ev.message
@@ -71,18 +134,38 @@ class StreamWorker:
                 raw = self.table.get(key)
             return decode(raw) if raw is not None else None
 
+        self._pending = []
         res = self.processor.process(incoming, load)
         for key, state in res.states.items():
             with _as_current(by_key[key]):
                 self.table[key] = encode(state)
-        for key, payload in res.messages:
-            await self.recs_topic.send(key=key, value=payload)
-        for dl in res.dead:
-            await self.dlq_topic.send(key=dl.key, value=dl.value if dl.value is not None else b"",
-                                      headers=dl.headers(self.settings.clickstream_topic))
-            log.warning("dead-lettered %s/%d/%d: %s %s", self.settings.clickstream_topic, dl.partition,
-                        dl.offset, dl.reason, dl.detail[:200], extra={"partition": dl.partition})
+        sends = self._pending
+        self._pending = []
+        try:
+            for key, payload in res.messages:
+                sends.append(await self.recs_topic.send(key=key, value=payload))
+            for dl in res.dead:
+                key, value, headers = dead_letter_record(dl, self.settings.clickstream_topic)
+                sends.append(await self.dlq_topic.send(key=key, value=value, headers=headers))
+                log.warning("dead-lettered %s/%d/%d: %s %s", self.settings.clickstream_topic, dl.partition,
+                            dl.offset, dl.reason, dl.detail[:200], extra={"partition": dl.partition})
+        except Exception as e:  # noqa: BLE001 - e.g. a producer error at send(): see _settle
+            sends.append(_failed(e))
+        if res.repaired:
+            log.info("re-sent the state of %d users whose redelivered events it already held", res.repaired)
+        await self._settle(sends)
         self.batches += 1
+
+    async def _settle(self, sends: list[Any]) -> None:
+        """Wait until the broker has every record of this batch; on a lasting failure, stop the
+        process before the batch's input offsets can be committed (they are acked on return)."""
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            log.critical("%d of %d records of a batch could not be delivered (%r): stopping so that the "
+                         "batch is redone on restart instead of committed", len(errors), len(sends), errors[0])
+            logging.shutdown()
+            os._exit(70)
 
     def state_of(self, user: str) -> UserState | None:
         """A user's state outside the stream (web views): with no current event, Faust's
@@ -118,7 +201,32 @@ class StreamWorker:
         finally:
             await consumer.stop()
 
-def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faust.App:
+
+def _failed(exc: BaseException) -> "asyncio.Future[Any]":
+    fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    fut.set_exception(exc)
+    return fut
+
+
+def dead_letter_record(dl: Any, source_topic: str) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """The DLQ record of a rejected message: its original bytes and the reason in headers;
+    cut to DLQ_MAX_BYTES (and marked so) when the original would not fit in a record."""
+    key, value = dl.key, dl.value if dl.value is not None else b""
+    headers = dl.headers(source_topic)
+    size = len(key or b"") + len(value)
+    if size > DLQ_MAX_BYTES:
+        headers += [("truncated", b"1"), ("original_key_bytes", str(len(key or b"")).encode()),
+                    ("original_value_bytes", str(len(value)).encode()),
+                    ("original_value_sha256", hashlib.sha256(value).hexdigest().encode())]
+        if key is not None and len(key) > DLQ_MAX_BYTES // 2:
+            key = key[:DLQ_MAX_BYTES // 2]
+        value = value[:DLQ_MAX_BYTES - len(key or b"")]
+    return key, value, headers
+
+
+def create_app(settings: Settings, metrics: WorkerMetrics | None = None, config: Any = None) -> faust.App:
+    """The worker's Faust app. `config` (streaming.config.Config) supplies the confidence and
+    scoring settings; without it the library defaults apply."""
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
@@ -132,10 +240,16 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
         producer_acks=-1,
         producer_linger_ms=1,
         broker_commit_interval=1.0,
+        # A worker killed without leaving its group holds its partitions until its session
+        # times out: Faust's default (60 s) would be the fail-over time. BROKER_SESSION_TIMEOUT
+        # (seconds, Faust's own variable) overrides.
+        broker_session_timeout=float(os.environ.get("BROKER_SESSION_TIMEOUT", 10.0)),
+        broker_heartbeat_interval=float(os.environ.get("BROKER_HEARTBEAT_INTERVAL", 1.0)),
         stream_wait_empty=False,
         logging_config=None,
     )
-    worker = StreamWorker(app, settings, metrics or WorkerMetrics())
+    worker = StreamWorker(app, settings, metrics or WorkerMetrics(),
+                          *((config.confidence, config.scoring) if config is not None else ()))
     app.streamrec = worker  # type: ignore[attr-defined]
 
     clicks = app.topic(settings.clickstream_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -143,8 +257,15 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None) -> faus
     worker.recs_topic = app.topic(settings.recommendations_topic, key_serializer="raw", value_serializer="raw")
     worker.dlq_topic = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
     # bytes in, bytes out: Faust stores our own compact encoding (streaming/state.py) as is.
+    # RocksDB's Faust defaults are sized for big values: 64 MB x 3 write buffers and a 2 GB block
+    # cache *per partition*, so a worker's memory creeps up for hours as memtables fill (the soak,
+    # bench/soak.py, saw it). State records are a few kB: 8 MB x 2 buffers and a 32 MB cache per
+    # partition bound memory; reads of hot users are served from the memtables and the cache.
     worker.table = app.Table(settings.table_name, key_type=bytes, value_type=bytes, partitions=settings.partitions,
-                             default=None)
+                             default=None, options=dict(ROCKSDB_OPTIONS))
+    worker.track_changelog(worker.table)
+    app.on_partitions_revoked.connect(worker.forget_positions)
+    app.on_partitions_assigned.connect(worker.forget_positions)
 
     @app.agent(clicks, name="clickstream")
     async def clickstream(stream: Any) -> None:

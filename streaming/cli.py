@@ -12,28 +12,43 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from recsys import cli as lib_cli
 
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 def add_settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: STREAMREC_BOOTSTRAP, "
                                        "else the project's own broker in var/kafka)")
     p.add_argument("--partitions", type=int, help="clickstream partitions (default 4)")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file (default: $STREAMREC_CONFIG); "
+                                                    "see docs/configuration.md")
     p.add_argument("--model-dir", help="model store (default var/models)")
 
 
-def settings_from(args: argparse.Namespace, **extra) -> Settings:
+def config_from(args: argparse.Namespace, **extra: Any) -> "Config":
+    """The effective configuration (defaults < file < STREAMREC_* < these options), with the
+    Kafka bootstrap resolved (the project's own broker when none is set)."""
     from .broker import resolve_bootstrap
+    from .config import load_config
 
-    s = Settings.from_env(partitions=getattr(args, "partitions", None), model_dir=getattr(args, "model_dir", None),
-                         **extra)
-    return s.replace(bootstrap=resolve_bootstrap(getattr(args, "bootstrap", None) or s.bootstrap))
+    stream = {k: v for k, v in dict(partitions=getattr(args, "partitions", None),
+                                    model_dir=getattr(args, "model_dir", None), **extra).items() if v is not None}
+    cfg = load_config(getattr(args, "config", None), overrides={"stream": stream})
+    bootstrap = resolve_bootstrap(getattr(args, "bootstrap", None) or cfg.stream.bootstrap)
+    return dataclasses.replace(cfg, stream=cfg.stream.replace(bootstrap=bootstrap))
+
+
+def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
+    return config_from(args, **extra).stream
 
 
 def topic_specs(s: Settings) -> dict[str, int]:
@@ -57,10 +72,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .app import create_app
     from .topics import ensure_topics
 
-    s = settings_from(args, web_port=args.web_port, data_dir=args.data_dir, app_id=args.app_id,
+    cfg = config_from(args, web_port=args.web_port, data_dir=args.data_dir, app_id=args.app_id,
                       standby_replicas=args.standby_replicas)
+    s = cfg.stream
     ensure_topics(s.bootstrap, topic_specs(s))
-    app = create_app(s)
+    app = create_app(s, config=cfg)
     from .logs import worker_logging_config
 
     # Faust replaces the root log handlers; with JSON logs asked for, it installs ours instead.

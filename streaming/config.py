@@ -135,6 +135,9 @@ DESCRIPTIONS: dict[str, str] = {
     "scoring.exclude_query": "the item on screen is not recommended next to itself",
     "scoring.num_threads": "scoring threads; 0: all cores",
     "scoring.repeat_weight": "bonus for items the user already looked at (re-visits); 0: off",
+    "scoring.repeat_power": "the re-visit bonus uses strength^power: below 1 lifts weaker own items",
+    "scoring.repeat_half_life_days": "own items' strength decays by the age of their last touch with this "
+                                     "half-life (recency of re-visits); none: no extra decay",
     "scoring.ann_min_items": "approximate top-k (recsys/ann.py) for catalogues of at least this many items; "
                              "0: never",
     "scoring.ann_nprobe": "IVF lists scanned per approximate query; 0: recsys.ann's default",

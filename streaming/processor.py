@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from recsys.confidence import ConfidenceConfig
 from recsys.errors import EventError
 from recsys.events import Event, parse_event
+from recsys.popularity import RecentPopularity
 from recsys.recommender import Recommender
 from recsys.scoring import Recommendations
 
@@ -86,32 +87,15 @@ def decode_event(msg: Incoming) -> Event:
     return event
 
 
-class StreamPopularity:
-    """Cold-start fallback before any model exists: items by events seen on this worker."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    def add(self, item: str) -> None:
-        self.counts[item] += 1
-
-    def recommend(self, n: int, exclude: set[str]) -> Recommendations:
-        items, scores = [], []
-        for item, c in self.counts.most_common(n + len(exclude)):
-            if item not in exclude:
-                items.append(item)
-                scores.append(float(c))
-                if len(items) == n:
-                    break
-        return Recommendations(items, scores, "popular", None)
-
-
 class Processor:
     def __init__(self, ccfg: ConfidenceConfig, metrics: WorkerMetrics, top_n: int = 10,
                  clock: Callable[[], float] = time.time):
         self.ccfg, self.metrics, self.top_n, self.clock = ccfg, metrics, top_n, clock
         self.recommender: Recommender | None = None
-        self.popularity = StreamPopularity()
+        # What shoppers touch now (8 h half-life, as chosen in docs/evaluation.md): the list for
+        # a user the model cannot place yet, and everyone's list before any model exists.
+        # Counts the events of this worker's partitions only.
+        self.recent_popularity = RecentPopularity(half_life_s=8 * 3600)
 
     def process(self, batch: Sequence[Incoming], load: Callable[[bytes, Incoming], UserState | None]) -> BatchResult:
         """Apply a batch. `load(key, msg)` returns a user's stored state (or None)."""
@@ -144,7 +128,7 @@ class Processor:
                         m.hits.labels(state.last_version or "none").inc()
                 state.profile.apply(event, self.ccfg)
                 state.profile.offset = msg.offset
-                self.popularity.add(event.item)
+                self.recent_popularity.add(event.item, event.ts)
                 m.events_in.labels(event.type).inc()
                 applied.append(msg)
             res.duplicates += redelivered
@@ -188,9 +172,15 @@ class Processor:
     def _recommend(self, states: list[UserState], queries: list[str]) -> list[Recommendations]:
         rec = self.recommender  # one reference for the whole batch: one model version per batch
         if rec is None:
-            return [self.popularity.recommend(self.top_n, s.profile.items_with(("transaction",))) for s in states]
+            pop = self.recent_popularity
+            out = []
+            for s in states:
+                items = pop.top(self.top_n, exclude=s.profile.items_with(("transaction",)))
+                out.append(Recommendations(items, [pop.count(i) for i in items], "popular", None))
+            return out
         timings: dict[str, float] = {}
-        out = rec.recommend([s.profile for s in states], queries, self.top_n, timings)
+        out = rec.recommend([s.profile for s in states], queries, self.top_n, timings,
+                            popular=self.recent_popularity.top(self.top_n + 64))
         self.metrics.foldin_seconds.observe(timings["foldin"])
         self.metrics.scoring_seconds.observe(timings["scoring"])
         return out

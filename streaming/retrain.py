@@ -113,11 +113,13 @@ def announce(bootstrap: str, topic: str, version: str, extra: dict[str, Any] | N
 
 
 def retrain_once(profiles: dict[str, UserProfile], store: ModelStore, settings: Settings,
-                 metrics: RetrainMetrics | None = None, source: str = "") -> RetrainResult:
-    """Train, gate, publish. Does not announce (the caller does, if it published)."""
+                 metrics: RetrainMetrics | None = None, source: str = "", config: Any = None) -> RetrainResult:
+    """Train, gate, publish. Does not announce (the caller does, if it published).
+    `config` (streaming.config.Config) supplies confidence, training and scoring settings."""
     metrics = metrics or RetrainMetrics()
     t0 = time.time()
-    ccfg, tcfg, scfg = defaults.CONFIDENCE, defaults.TRAIN, defaults.SCORING
+    ccfg, tcfg, scfg = ((config.confidence, config.train, config.scoring) if config is not None
+                        else (defaults.CONFIDENCE, defaults.TRAIN, defaults.SCORING))
     if not profiles:
         raise RecsysError("no training data: the state changelog is empty and no history file was given")
     gate: dict[str, Any] = {"passed": True}
@@ -165,12 +167,13 @@ def retrain_once(profiles: dict[str, UserProfile], store: ModelStore, settings: 
 
 
 def run(settings: Settings, *, data: str | None, every_s: float | None, metrics_port: int | None,
-        max_runs: int | None = None) -> int:
+        max_runs: int | None = None, config: Any = None, metrics_host: str = "127.0.0.1") -> int:
     metrics = RetrainMetrics()
     if metrics_port:
-        start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
-        log.info("retrain metrics on http://127.0.0.1:%d/metrics", metrics_port)
+        start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
+        log.info("retrain metrics on http://%s:%d/metrics", metrics_host, metrics_port)
     store = ModelStore(settings.model_dir)
+    interrupted_writes(store, metrics)
     runs = 0
     while True:
         t0 = time.time()
@@ -179,11 +182,12 @@ def run(settings: Settings, *, data: str | None, every_s: float | None, metrics_
                 from recsys.cli import load
 
                 events, path = load(argparse.Namespace(data=data, format="auto", lenient=False))
-                profiles, source = build_profiles(events, defaults.CONFIDENCE), str(path)
+                ccfg = config.confidence if config is not None else defaults.CONFIDENCE
+                profiles, source = build_profiles(events, ccfg), str(path)
             else:
                 profiles = read_changelog(settings.bootstrap, settings.changelog_topic)
                 source = f"kafka:{settings.changelog_topic}"
-            res = retrain_once(profiles, store, settings, metrics, source)
+            res = retrain_once(profiles, store, settings, metrics, source, config)
             if res.version:
                 announce(settings.bootstrap, settings.model_updates_topic, res.version, {"gate": res.gate})
             print(json.dumps({"result": res.result, "version": res.version, "users": res.users,
@@ -199,6 +203,37 @@ def run(settings: Settings, *, data: str | None, every_s: float | None, metrics_
         time.sleep(max(0.0, every_s - (time.time() - t0)))
 
 
+def interrupted_writes(store: ModelStore, metrics: RetrainMetrics) -> int:
+    """A retrain killed while writing a version leaves its `.tmp-<version>-<pid>` directory
+    behind. Readers never see it (ModelStore.versions skips it; it is never renamed into
+    place): here, at the next start, each one whose writer is gone is counted as a failed run,
+    logged and removed. Returns how many."""
+    import os
+    import shutil
+
+    found = 0
+    if not store.root.is_dir():
+        return 0
+    for tmp in sorted(store.root.glob(".tmp-*")):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue            # its writer is still running (another retrain): leave it be
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        found += 1
+        metrics.runs.labels("failed").inc()
+        log.error("retrain failed: a previous run (pid %d) was killed while writing %s; the incomplete "
+                  "version was never visible; removed it", pid, tmp.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return found
+
+
 def parse_duration(text: str) -> float:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
@@ -210,13 +245,14 @@ def parse_duration(text: str) -> float:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from .cli import settings_from
+    from .cli import config_from
 
-    settings = settings_from(args)
+    cfg = config_from(args)
     if not args.once and args.every is None:
         raise RecsysError("say --once or --every DURATION")
-    return run(settings, data=args.data, every_s=None if args.once else args.every, metrics_port=args.metrics_port,
-               max_runs=args.max_runs)
+    return run(cfg.stream, data=args.data, every_s=None if args.once else args.every,
+               metrics_port=args.metrics_port or cfg.ops.retrain_metrics_port or None, max_runs=args.max_runs,
+               config=cfg, metrics_host=args.metrics_host)
 
 
 def add_parser(sub: Any) -> None:
@@ -229,5 +265,7 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--every", type=parse_duration, metavar="DURATION", help="retrain on a schedule (e.g. 5m)")
     p.add_argument("--data", metavar="FILE|NAME", help="train from this history file instead of the changelog")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address the metrics server binds (0.0.0.0 in a container; default 127.0.0.1)")
     p.add_argument("--max-runs", type=int, help="with --every: stop after this many runs")
     p.set_defaults(func=cmd_retrain)

@@ -34,15 +34,17 @@ def settings_env(s: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    def __init__(self, settings: Settings, workdir: Path, model_dir: Path, web_port: int | None = None):
+    def __init__(self, settings: Settings, workdir: Path, model_dir: Path, web_port: int | None = None,
+                 env: dict[str, str] | None = None):
         self.settings, self.workdir, self.model_dir = settings, Path(workdir), Path(model_dir)
         self.web_port = web_port or free_port()
         self.data_dir = self.workdir / f"worker-{self.web_port}"
         self.log_path = self.workdir / f"worker-{self.web_port}.log"
         self.proc: subprocess.Popen | None = None
+        self.env = dict(env or {})
 
     def start(self, timeout: float = 90.0, wait_ready: bool = True) -> "WorkerProcess":
-        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1", **self.env}
         cmd = [sys.executable, "-m", "streaming.cli", "worker", "--bootstrap", self.settings.bootstrap,
                "--web-port", str(self.web_port), "--data-dir", str(self.data_dir), "--model-dir", str(self.model_dir)]
         self.log = open(self.log_path, "ab")
@@ -152,3 +154,46 @@ class TopicReader:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+# ---------------------------------------------------------------- reliability helpers (issue 5)
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Poll `predicate()` until it returns a truthy value (returned) or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g}s (last: {last!r})")
+        time.sleep(interval)
+
+
+def changelog_profiles(bootstrap: str, topic: str) -> dict:
+    """user -> UserProfile: the latest state record of every user in a table's changelog."""
+    from streaming.retrain import read_changelog
+
+    return read_changelog(bootstrap, topic, timeout_s=60.0)
+
+
+def profile_diff(expected: dict, got: dict) -> dict:
+    """Compare per-user profiles (everything but the stream-only input offset).
+
+    Returns counts: users that differ, events lost (expected but missing), events doubled
+    (counted more often than sent), and a few example users."""
+    lost = doubled = differ = 0
+    examples = []
+    for user in expected.keys() | got.keys():
+        e, g = expected.get(user), got.get(user)
+        ne, ng = (e.events if e else 0), (g.events if g else 0)
+        lost += max(0, ne - ng)
+        doubled += max(0, ng - ne)
+        same = e is not None and g is not None and (e.items, e.last_ts, e.history, e.events) == (
+            g.items, g.last_ts, g.history, g.events)
+        if not same:
+            differ += 1
+            if len(examples) < 5:
+                examples.append((user, ne, ng))
+    return {"users": len(expected), "differ": differ, "lost": lost, "doubled": doubled, "examples": examples}

@@ -4,8 +4,8 @@ docker-compose.yml against the Compose specification's JSON schema; every servic
 port and volume against the repository (real `recsys` parser, real paths, ports that line up
 between services, Prometheus and Grafana); the Dockerfile's base, user and copies; `promtool`
 on the Prometheus configuration and on every dashboard query; the dashboard's metric names and
-labels against what WorkerMetrics and RetrainMetrics export; the container entry point and the
-metrics side-car run for real.
+labels against what WorkerMetrics and RetrainMetrics export; the container entry point runs
+for real.
 """
 
 from __future__ import annotations
@@ -14,16 +14,11 @@ import importlib.util
 import json
 import os
 import re
-import shlex
 import shutil
 import socket
 import subprocess
 import sys
-import threading
-import time
-import urllib.request
 from functools import lru_cache
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -170,17 +165,9 @@ def test_app_commands_are_real_recsys_commands_and_options():
     assert topics.partitions == env_parts
 
 
-def test_the_side_car_command_parses_and_its_script_is_in_the_image():
-    svc = services()["retrain-metrics"]
-    assert svc["network_mode"] == "service:retrain"
-    entry = svc["entrypoint"]
-    assert entry[0] == "python" and entry[1] == "/app/tcp-forward.py"
-    assert "deploy/tcp-forward.py" in re.search(r"^COPY deploy/.*$", DOCKERFILE.read_text(), re.M).group(0)
-    mod = load_script(ROOT / "deploy" / "tcp-forward.py")
-    args = mod.build_parser().parse_args(svc["command"])
+def test_the_retrain_job_serves_metrics_on_the_container_network():
     retrain = parse_recsys(services()["retrain"]["command"])
-    assert args.connect == ("127.0.0.1", retrain.metrics_port)       # what retrain binds
-    assert args.listen[0] == "0.0.0.0"
+    assert retrain.metrics_host == "0.0.0.0" and retrain.metrics_port
 
 
 def test_ports_line_up_between_services_prometheus_and_grafana():
@@ -195,13 +182,13 @@ def test_ports_line_up_between_services_prometheus_and_grafana():
     # Workers: one fixed container port, no host port (replicas would clash), health on it.
     assert svcs["worker"]["expose"] == [str(worker.web_port)] and "ports" not in svcs["worker"]
     assert f":{worker.web_port}/ready" in " ".join(svcs["worker"]["healthcheck"]["test"])
-    # Prometheus finds every replica by DNS on that port, and the retrain side-car's port.
+    # Prometheus finds every replica by DNS on that port, and the retrain job on its metrics port.
     prom = load_yaml(PROMETHEUS)
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
     dns = jobs["streamrec-worker"]["dns_sd_configs"][0]
     assert dns["names"] == ["worker"] and dns["type"] == "A" and dns["port"] == worker.web_port
-    side = load_script(ROOT / "deploy" / "tcp-forward.py").build_parser().parse_args(svcs["retrain-metrics"]["command"])
-    assert jobs["streamrec-retrain"]["static_configs"][0]["targets"] == [f"retrain:{side.listen[1]}"]
+    retrain = parse_recsys(svcs["retrain"]["command"])
+    assert jobs["streamrec-retrain"]["static_configs"][0]["targets"] == [f"retrain:{retrain.metrics_port}"]
     # Grafana's data source is the prometheus service on its port.
     ds = load_yaml(DATASOURCES)["datasources"][0]
     prom_port = [p.split(":")[-1] for p in svcs["prometheus"]["ports"]]
@@ -289,42 +276,6 @@ def test_the_entry_point_advertises_the_container_address_and_runs_recsys(tmp_pa
     r = subprocess.run(["sh", str(ROOT / "deploy" / "docker-entrypoint.sh"), "config", "--json"],
                        env={**env, "STREAMREC_WEB_HOST": "worker-7"}, capture_output=True, text=True, timeout=60)
     assert json.loads(r.stdout)["config"]["stream"]["web_host"] == "worker-7"   # an explicit one wins
-
-
-def test_the_metrics_side_car_forwards_http(tmp_path):
-    class Hello(BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b"streamrec_retrain_runs_total 1\n"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Hello)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    from streaming.broker import free_port
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "deploy" / "tcp-forward.py"), "--listen",
-                             f"127.0.0.1:{port}", "--connect", f"127.0.0.1:{server.server_port}"],
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-                    assert r.read() == b"streamrec_retrain_runs_total 1\n"
-                break
-            except OSError:
-                assert time.time() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else ""
-                time.sleep(0.2)
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        server.shutdown()
 
 
 def load_script(path: Path):

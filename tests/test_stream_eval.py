@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from recsys.confidence import ConfidenceConfig, build_profiles
 from recsys.datasets import load_events, time_split
+from recsys.popularity import RecentPopularity
 from recsys.recommender import Recommender
 from recsys.scoring import ScoringConfig
 from recsys.stream_eval import METHODS, StreamEvalConfig, format_markdown, format_table, plot, stream_evaluate
@@ -72,8 +73,16 @@ def test_system_lists_are_what_the_worker_published_before_each_event():
         res = proc.process([Incoming(key, json.dumps(e.to_dict()).encode(), 0, off, e.ts)],
                            lambda k, _m: store.get(k))
         store.update(res.states)
+    # Cold-start / padding list: the worker's recent popularity once it keeps one (a
+    # RecentPopularity fed every applied event, as `Processor.recent_popularity`), else the model's
+    # training popularity. stream_eval counts the same events; pop_refresh=1 makes the ranking the
+    # one after event k-1, which is what the worker had when it published after event k-1.
+    recent = getattr(proc, "recent_popularity", None)
+    wired = isinstance(recent, RecentPopularity)
+    ecfg = StreamEvalConfig(methods=("system",), chunk_max=1, pop_refresh=1, system_popular=wired,
+                            pop_half_life_hours=recent.half_life_s / 3600 if wired else 8.0)
     rep = stream_evaluate(tr, te, ccfg=CFG, scfg=scfg, model=model, user_factors=x, user_ids=users,
-                          ecfg=StreamEvalConfig(methods=("system",), chunk_max=1), keep_lists=("system",))
+                          ecfg=ecfg, keep_lists=("system",))
     assert len(rep["events"]) == len(te) - rep["skipped_same_item"] > 20
     compared = 0
     for r in rep["events"]:
@@ -153,3 +162,25 @@ def test_revisit_term_is_exact_top_n_of_blend_plus_bonus():
     want = sorted(scores, key=lambda i: -scores[i])[:8]
     assert out[0].items == want
     assert "i5" in out[0].items and "unknown-item" in out[0].items and "i9" not in out[0].items
+
+
+def test_cold_start_list_is_the_recent_popularity_baseline():
+    """A new user's first event: the system shows the popularity baseline's list (decayed recent
+    counts, the same RecentPopularity ranking), not the training window's popularity."""
+    events = clustered_events(n_users=40, per_user=6)
+    tr, te = time_split(events, test_fraction=0.4)
+    te = te + [ev(f"newcomer{k}", f"i{k}", "view", te[-1].ts + 1000 * (k + 1)) for k in range(5)]
+    profiles = build_profiles(tr, CFG)
+    model, x, users = train(profiles, CFG, TCFG)
+    kw = dict(ccfg=CFG, scfg=ScoringConfig(n=10), model=model, user_factors=x, user_ids=users,
+              keep_lists=("popularity", "system", "system-norepeat"))
+    methods = ("popularity", "system", "system-norepeat")
+    rep = stream_evaluate(tr, te, ecfg=StreamEvalConfig(methods=methods), **kw)
+    cold = [r for r in rep["events"] if r["query"] is None]
+    assert len(cold) >= 5
+    for r in cold:
+        assert r["lists"]["system"] == r["lists"]["popularity"] == r["lists"]["system-norepeat"]
+    assert rep["methods"]["system"]["cold"] == rep["methods"]["popularity"]["cold"]
+    old = stream_evaluate(tr, te, ecfg=StreamEvalConfig(methods=methods, system_popular=False), **kw)
+    train_pop = Recommender(model, CFG, ScoringConfig(n=10)).scorer.popular().items
+    assert all(r["lists"]["system"] == train_pop for r in old["events"] if r["query"] is None)
