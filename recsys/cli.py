@@ -116,42 +116,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def train_test(args: argparse.Namespace):
+    """(train events, test events, path): --data split by time, or --data and --test."""
     from .datasets import time_split
-    from .evaluate import evaluate, format_table, plot
 
     events, path = load(args)
     if args.test:
-        train_events = events
         test_events, _ = load(args, "test")
-    else:
-        train_events, test_events = time_split(events, test_fraction=args.test_fraction)
-    kinds = {k: train_config(args, k) for k in args.kinds.split(",")}
-    report = evaluate(train_events, test_events, ccfg=confidence_config(args), scfg=scoring_config(args),
-                      kinds=kinds, progress=say)
-    report["data"] = str(path)
-    print(format_table(report))
+        return events, test_events, path
+    return (*time_split(events, test_fraction=args.test_fraction), path)
+
+
+def write_outputs(args: argparse.Namespace, report: dict, plot: Callable[..., None], title: str) -> None:
+    """The report as JSON (--output) and its chart (--plot), if asked for."""
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(report, indent=2))
         say(f"wrote {args.output}")
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot(report, args.plot, title=f"{path.name}: {report['cases']} test users")
+        plot(report, args.plot, title=title)
         say(f"wrote {args.plot}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_table, plot
+
+    train_events, test_events, path = train_test(args)
+    kinds = {k: train_config(args, k) for k in args.kinds.split(",")}
+    report = evaluate(train_events, test_events, ccfg=confidence_config(args), scfg=scoring_config(args),
+                      kinds=kinds, progress=say)
+    report["data"] = str(path)
+    print(format_table(report))
+    write_outputs(args, report, plot, f"{path.name}: {report['cases']} test users")
     return 0
 
 
 def cmd_stream_eval(args: argparse.Namespace) -> int:
-    from .datasets import time_split
     from .stream_eval import METHODS, StreamEvalConfig, format_markdown, format_table, plot, stream_evaluate
 
-    events, path = load(args)
-    if args.test:
-        train_events = events
-        test_events, _ = load(args, "test")
-    else:
-        train_events, test_events = time_split(events, test_fraction=args.test_fraction)
+    train_events, test_events, path = train_test(args)
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -164,14 +168,7 @@ def cmd_stream_eval(args: argparse.Namespace) -> int:
     print(format_table(report))
     print()
     print(format_markdown(report))
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2))
-        say(f"wrote {args.output}")
-    if args.plot:
-        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot(report, args.plot, title=f"{path.name}: streaming evaluation, {report['scored_events']} test events")
-        say(f"wrote {args.plot}")
+    write_outputs(args, report, plot, f"{path.name}: streaming evaluation, {report['scored_events']} test events")
     return 0
 
 
