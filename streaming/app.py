@@ -79,31 +79,54 @@ class StreamWorker:
         self.batches = 0
         self._pending: list[Any] = []  # this batch's changelog sends (FutureMessage), see track_changelog
         self._last_offset: dict[int, int] = {}  # input partition -> last offset handled since assignment
+        self._committed_at_start: dict[Any, int | None] = {}  # input TP -> committed offset at assignment
 
     def forget_positions(self, *_: Any, **__: Any) -> None:
         """On a rebalance a partition may come back at any committed offset: start over."""
         self._last_offset.clear()
+        self._committed_at_start.clear()
 
-    def check_contiguous(self, events: list[Any]) -> None:
+    async def _committed(self, tp: Any) -> int | None:
+        """The group's committed offset for an input partition (asked once per assignment)."""
+        if tp not in self._committed_at_start:
+            try:
+                thread = self.app.consumer._thread
+                self._committed_at_start[tp] = await thread.call_thread(thread._ensure_consumer().committed, tp)
+            except Exception as e:  # noqa: BLE001 - an unknown value only disables the first-message check
+                log.warning("could not read the committed offset of %s: %r", tp, e)
+                self._committed_at_start[tp] = None
+        return self._committed_at_start[tp]
+
+    async def check_contiguous(self, events: list[Any]) -> None:
         """Fail-stop on a hole in a partition's offsets, before the batch can be acked.
 
         The input topic is written without transactions and never compacted, so a partition's
-        offsets are contiguous. Faust counts a jump in what it fetched as a "gap" and commits
-        across it, as if acked: messages it skipped would be lost without a trace (seen once in
-        twenty crash-test runs, right after a worker restored its state from the changelog).
-        Stopping here, before this batch is acknowledged, keeps the committed offset before the
-        hole: the restarted worker reads the skipped messages again."""
+        offsets are contiguous, and the first message after an assignment should be the group's
+        committed offset. Faust's stream was seen to skip messages around a (re)start: jumping
+        ahead inside a partition, or starting a partition past its committed offset. Processing
+        on would apply later events of the same users, and when the skipped ones came back after
+        a later restart, the per-user offset ("already applied") would discard them: lost.
+        Stopping here, before this batch is acknowledged and before anything after the hole is
+        applied, keeps the committed offset before the hole: the restarted worker reads the
+        skipped messages in order.
+
+        A jump that ends at or below the committed offset is not a hole: right after a restore
+        Faust may hand over a few already-processed messages from a fetch made before it seeks
+        to the committed offsets."""
         holes = []
         for ev in events:
-            p, o = ev.message.partition, ev.message.offset
+            msg = ev.message
+            p, o = msg.partition, msg.offset
             last = self._last_offset.get(p)
-            if last is not None and o > last + 1:
-                holes.append((p, last, o))
+            if last is None or o > last + 1:
+                committed = await self._committed(msg.tp)
+                if committed is not None and committed >= 0 and o > committed and (last is None or o > last + 1):
+                    holes.append((p, last, o, committed))
             if last is None or o > last:
                 self._last_offset[p] = o
         if holes:
-            log.critical("input offsets skipped by the consumer %s (partition, last handled, next): stopping "
-                         "before they can be committed, so that a restart reads them", holes[:10])
+            log.critical("input offsets skipped by the consumer %s (partition, last handled, next, committed): "
+                         "stopping before they can be committed, so that a restart reads them", holes[:10])
             logging.shutdown()
             os._exit(71)
 
@@ -119,7 +142,7 @@ class StreamWorker:
         table.send_changelog = send_changelog
 
     async def handle(self, events: list[Any]) -> None:
-        self.check_contiguous(events)
+        await self.check_contiguous(events)
         incoming, faust_event = [], {}
         for ev in events:
             msg = ev.message
