@@ -77,6 +77,7 @@ class StreamWorker:
         self.recs_topic: Any = None
         self.dlq_topic: Any = None
         self.batches = 0
+        self.listening = False  # positioned on model-updates: announcements from now on are heard
         self._pending: list[Any] = []  # this batch's changelog sends (FutureMessage), see track_changelog
         self._last_offset: dict[int, int] = {}  # input partition -> last offset handled since assignment
         self._committed_at_start: dict[Any, int | None] = {}  # input TP -> committed offset at assignment
@@ -219,6 +220,7 @@ class StreamWorker:
             current = self.models.store.current()
             if current and current != self.models.version:
                 await self.models.on_announcement(json.dumps({"version": current}).encode())
+            self.listening = True
             async for msg in consumer:
                 await self.models.on_announcement(msg.value)
         finally:

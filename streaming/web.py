@@ -59,9 +59,12 @@ def register_views(app: faust.App, worker: Any) -> None:
     @app.page("/ready")
     class Ready(View):
         async def get(self, request: Request) -> Response:
-            recovered = app.tables.recovery.completed.is_set() and not app.rebalancing
+            # Ready = state recovered AND listening for model announcements (one made before the
+            # listener is positioned at the topic's end would be missed).
+            recovered = app.tables.recovery.completed.is_set() and not app.rebalancing and worker.listening
             assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == s.clickstream_topic)
-            body = {"ready": recovered, "partitions": assigned, "model_version": worker.models.version}
+            body = {"ready": recovered, "partitions": assigned, "model_version": worker.models.version,
+                    "models_listening": worker.listening}
             return self.json(body, status=200 if recovered else 503)
 
     @app.page("/metrics")

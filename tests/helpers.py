@@ -37,3 +37,15 @@ def clustered_events(n_users: int = 120, n_items: int = 60, clusters: int = 3, p
 
 def profiles_of(events, cfg: ConfidenceConfig = ConfidenceConfig()):
     return build_profiles(events, cfg)
+
+
+def train_into(store, seed: int = 1, version: str | None = None, publish: bool = True):
+    """A small ALS model on clustered events, saved to `store` (published unless told not to)."""
+    from recsys.defaults import CONFIDENCE
+    from recsys.train import TrainConfig, train
+
+    profiles = build_profiles(clustered_events(seed=seed), CONFIDENCE)
+    model, _, _ = train(profiles, CONFIDENCE, TrainConfig(factors=8, iterations=8, random_state=seed),
+                        version=version)
+    store.save(model, publish=publish)
+    return model

@@ -27,15 +27,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys.confidence import build_profiles
-from recsys.defaults import CONFIDENCE
 from recsys.store import ModelStore, _sha256
-from recsys.train import TrainConfig, train
 from streaming.broker import free_port
 from streaming.cli import topic_specs
 from streaming.retrain import announce
 from streaming.topics import ensure_topics
-from tests.helpers import clustered_events
+from tests.helpers import clustered_events, train_into
 from tests.stream_fixture import TopicReader, WorkerProcess, event_bytes, produce, settings_env, stream_settings, wait_for
 from tests.test_reliability import FAST_GROUP, ROOT, report
 
@@ -44,22 +41,14 @@ pytestmark = pytest.mark.kafka
 OLD, NEW = "20200101T000000Z-000001", "20200102T000000Z-000002"
 
 
-def save_model(store: ModelStore, version: str, seed: int = 1, publish: bool = True):
-    profiles = build_profiles(clustered_events(seed=seed), CONFIDENCE)
-    model, _, _ = train(profiles, CONFIDENCE, TrainConfig(factors=8, iterations=8, random_state=seed),
-                        version=version)
-    store.save(model, publish=publish)
-    return model
-
-
 @pytest.fixture(scope="module")
 def system(kafka_broker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
     s = stream_settings(kafka_broker.bootstrap, partitions=2, batch_within_s=0.02)
     ensure_topics(s.bootstrap, topic_specs(s))
     store = ModelStore(tmp / "models")
-    save_model(store, OLD, seed=1)
-    save_model(store, NEW, seed=2)
+    train_into(store, seed=1, version=OLD)
+    train_into(store, seed=2, version=NEW)
     worker = WorkerProcess(s, tmp, store.root, env=FAST_GROUP).start()
     recs = TopicReader(s.bootstrap, s.recommendations_topic)
     yield s, worker, store, recs, tmp
@@ -95,14 +84,14 @@ def log_since(worker, mark: int) -> str:
 # ------------------------------------------------------------------------- the bad versions
 
 def truncated(store, v):
-    save_model(store, v, seed=3, publish=False)
+    train_into(store, seed=3, version=v, publish=False)
     f = store.root / v / "item_factors.npy"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     return "has"            # "... item_factors.npy has N bytes, expected M"
 
 
 def checksum(store, v):
-    save_model(store, v, seed=3, publish=False)
+    train_into(store, seed=3, version=v, publish=False)
     f = store.root / v / "item_factors.npy"
     data = bytearray(f.read_bytes())
     data[-8:] = b"\x7f" * 8
@@ -111,7 +100,7 @@ def checksum(store, v):
 
 
 def wrong_dims(store, v):
-    save_model(store, v, seed=3, publish=False)
+    train_into(store, seed=3, version=v, publish=False)
     vdir = store.root / v
     y = np.load(vdir / "item_factors.npy")
     np.save(vdir / "item_factors.npy", np.zeros((y.shape[0], y.shape[1] + 3), dtype=np.float32))
@@ -123,7 +112,7 @@ def wrong_dims(store, v):
 
 
 def missing_metadata(store, v):
-    save_model(store, v, seed=3, publish=False)
+    train_into(store, seed=3, version=v, publish=False)
     (store.root / v / "metadata.json").unlink()
     assert v not in store.versions()       # invisible to listings and rollback
     return "metadata.json is missing"

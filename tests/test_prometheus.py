@@ -31,7 +31,7 @@ from streaming.topics import ensure_topics
 from tests.helpers import clustered_events
 from tests.stream_fixture import WorkerProcess, event_bytes, produce, settings_env, stream_settings
 from tests.test_deploy import PROMETHEUS, dashboard_targets, require_tool
-from tests.test_stream import train_into
+from tests.helpers import train_into
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,22 +12,14 @@ from recsys.confidence import build_profiles
 from recsys.defaults import CONFIDENCE
 from recsys.events import Event
 from recsys.store import ModelStore
-from recsys.train import TrainConfig, train
 from streaming.retrain import announce
 from streaming.state import decode
 from streaming.topics import ensure_topics
 from streaming.cli import topic_specs
-from tests.helpers import clustered_events
+from tests.helpers import clustered_events, train_into
 from tests.stream_fixture import TopicReader, WorkerProcess, event_bytes, produce, settings_env, stream_settings
 
 pytestmark = pytest.mark.kafka
-
-
-def train_into(store: ModelStore, seed: int = 1, version: str | None = None):
-    profiles = build_profiles(clustered_events(seed=seed), CONFIDENCE)
-    model, _, _ = train(profiles, CONFIDENCE, TrainConfig(factors=8, iterations=8, random_state=seed), version=version)
-    store.save(model, publish=True)
-    return model
 
 
 @pytest.fixture(scope="module")
