@@ -201,8 +201,11 @@ def test_crash_sigkill_at_random_points_loses_and_doubles_nothing(kafka_broker, 
         for k, frac in enumerate(points):
             wait_for(lambda: sup.tick() and (feeder.submitted >= frac * len(events) or not feeder.is_alive()), 120,
                      "the feeder reaching the kill point")
+            # Kill while the worker is busy: after it has handled one more batch. Once the whole
+            # stream is sent and handled no batch will come, and a quiet worker is a kill point too.
             b0 = batches(worker)
-            wait_for(lambda: sup.tick() and batches(worker) > b0, 60, "the worker processing a batch")
+            wait_for(lambda: sup.tick() and (batches(worker) > b0 or not feeder.is_alive()), 60,
+                     "the worker processing a batch")
             time.sleep(rng.uniform(0, 0.5))  # a random point in the worker's work, not a correctness wait
             worker.kill()
             # Every other restart also loses the worker's local RocksDB: it must then restore from
