@@ -37,9 +37,10 @@ FILES = ("item_ids.txt",) + tuple(f"{a}.npy" for a in ARRAYS)
 
 
 def new_version_name(now: float | None = None) -> str:
-    """Sortable by creation time; the suffix keeps two retrains in one second apart."""
-    t = time.gmtime(time.time() if now is None else now)
-    return time.strftime("%Y%m%dT%H%M%SZ", t) + "-" + secrets.token_hex(3)
+    """Sortable by creation time down to the microsecond (two retrains in one second must still
+    sort in order: listing and rollback go by name); the suffix keeps simultaneous ones apart."""
+    seconds, micros = divmod(int((time.time() if now is None else now) * 1_000_000), 1_000_000)
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(seconds)) + f"{micros:06d}Z-" + secrets.token_hex(3)
 
 
 def _sha256(path: Path) -> str:

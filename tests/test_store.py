@@ -97,3 +97,8 @@ def test_rollback_and_pin(tmp_path):
 def test_empty_store_says_what_to_do(tmp_path):
     with pytest.raises(ModelStoreError, match="train one first"):
         ModelStore(tmp_path / "none").load()
+
+
+def test_version_names_sort_in_creation_order_within_one_second():
+    names = [new_version_name(1_800_000_000.0 + k * 1e-4) for k in range(50)]
+    assert names == sorted(names) and len(set(names)) == 50
