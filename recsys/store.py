@@ -7,6 +7,8 @@ Layout under the store root:
     <root>/<version>/yty.npy             (f, f) float32
     <root>/<version>/item_norms.npy      (n,) float32
     <root>/<version>/popularity.npy      (n,) float32
+    <root>/<version>/user_gram.npy       (optional) (f, f) float64 XᵀX of the training users: new items
+                                         are folded in against it (item_foldin.py); absent: no fold-in
     <root>/<version>/metadata.json       version, created, data window, parameters, metrics, sha256 per file
     <root>/CURRENT                       the version retrains publish
     <root>/PINNED                        (optional) an operator's choice, wins over CURRENT
@@ -34,6 +36,7 @@ from .model import Model
 FORMAT = 1
 ARRAYS = ("item_factors", "yty", "item_norms", "popularity")
 FILES = ("item_ids.txt",) + tuple(f"{a}.npy" for a in ARRAYS)
+USER_GRAM = "user_gram.npy"  # optional: listed in metadata "files" (and so checksummed) when written
 
 
 def new_version_name(now: float | None = None) -> str:
@@ -62,8 +65,9 @@ class ModelStore:
         self.root = Path(root)
 
     # -- writing ---------------------------------------------------------------------------
-    def save(self, model: Model, *, publish: bool = True) -> Path:
-        """Write `model` as a new version directory; with publish, point CURRENT at it."""
+    def save(self, model: Model, *, publish: bool = True, user_gram: np.ndarray | None = None) -> Path:
+        """Write `model` as a new version directory; with publish, point CURRENT at it.
+        `user_gram`: XᵀX of the training users (`item_foldin.user_gram`), stored with it."""
         if any("\n" in i or "\r" in i for i in model.item_ids):
             raise ModelStoreError("item ids may not contain line breaks")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -77,10 +81,17 @@ class ModelStore:
             (tmp / "item_ids.txt").write_text("".join(f"{i}\n" for i in model.item_ids), encoding="utf-8")
             for name in ARRAYS:
                 np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(model, name), dtype=np.float32))
+            files = FILES
+            if user_gram is not None:
+                gram = np.ascontiguousarray(user_gram, dtype=np.float64)
+                if gram.shape != (model.factors, model.factors):
+                    raise ModelStoreError(f"user_gram has shape {gram.shape}, expected {(model.factors,) * 2}")
+                np.save(tmp / USER_GRAM, gram)
+                files = FILES + (USER_GRAM,)
             meta = dict(model.metadata)
             meta.update(format=FORMAT, version=model.version, n_items=model.n_items, factors=model.factors,
                         regularization=model.regularization,
-                        files={f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in FILES})
+                        files={f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files})
             meta.setdefault("created", time.time())
             (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
             for f in tmp.iterdir():  # durable before it becomes visible
@@ -131,15 +142,8 @@ class ModelStore:
             raise ModelStoreError(f"no model in {self.root}: train one first (recsys train)")
         meta = self.metadata(version)
         vdir = self.root / version
-        for f in FILES:
-            path, want = vdir / f, meta["files"].get(f)
-            if want is None or not path.exists():
-                raise ModelStoreError(f"model version {version!r}: {f} is missing")
-            size = path.stat().st_size
-            if size != want["bytes"]:
-                raise ModelStoreError(f"model version {version!r}: {f} has {size} bytes, expected {want['bytes']}")
-            if verify and _sha256(path) != want["sha256"]:
-                raise ModelStoreError(f"model version {version!r}: {f} fails its sha256 checksum")
+        for f in FILES + ((USER_GRAM,) if USER_GRAM in meta["files"] else ()):
+            self._check_file(version, vdir / f, meta["files"].get(f), verify)
         try:
             # Copy-on-write mapping: implicit's kernels want writable buffers; nothing is copied
             # unless written, and nothing writes.
@@ -159,6 +163,33 @@ class ModelStore:
                      yty=np.asarray(arrays["yty"]), item_norms=np.asarray(arrays["item_norms"]),
                      popularity=np.asarray(arrays["popularity"]),
                      regularization=float(meta["regularization"]), metadata=meta)
+
+    def _check_file(self, version: str, path: Path, want: dict[str, Any] | None, verify: bool) -> None:
+        if want is None or not path.exists():
+            raise ModelStoreError(f"model version {version!r}: {path.name} is missing")
+        size = path.stat().st_size
+        if size != want["bytes"]:
+            raise ModelStoreError(f"model version {version!r}: {path.name} has {size} bytes, expected {want['bytes']}")
+        if verify and _sha256(path) != want["sha256"]:
+            raise ModelStoreError(f"model version {version!r}: {path.name} fails its sha256 checksum")
+
+    def user_gram(self, version: str) -> np.ndarray | None:
+        """XᵀX stored with a version (verified), or None if the version has none (trained before
+        it was stored, or by `recsys train`): then new items are not folded in."""
+        meta = self.metadata(version)
+        if USER_GRAM not in meta["files"]:
+            return None
+        path = self.root / version / USER_GRAM
+        self._check_file(version, path, meta["files"][USER_GRAM], verify=True)
+        try:
+            gram = np.load(path)
+        except (OSError, ValueError) as e:
+            raise ModelStoreError(f"model version {version!r}: unreadable {USER_GRAM}: {e}") from None
+        f = int(meta.get("factors", -1))
+        if gram.shape != (f, f) or gram.dtype != np.float64 or not np.isfinite(gram).all():
+            raise ModelStoreError(f"model version {version!r}: {USER_GRAM} has shape {gram.shape} {gram.dtype}, "
+                                  f"expected ({f}, {f}) float64, finite")
+        return gram
 
     # -- operator actions ------------------------------------------------------------------
     def publish(self, version: str) -> None:

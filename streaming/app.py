@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -39,6 +40,7 @@ from recsys.confidence import ConfidenceConfig
 from recsys.scoring import ScoringConfig
 from recsys.store import ModelStore
 
+from .kafka_transport import App
 from .metrics import WorkerMetrics
 from .models import ModelHolder
 from .processor import Incoming, Processor
@@ -173,6 +175,8 @@ class StreamWorker:
                 sends.append(await self.dlq_topic.send(key=key, value=value, headers=headers))
                 log.warning("dead-lettered %s/%d/%d: %s %s", self.settings.clickstream_topic, dl.partition,
                             dl.offset, dl.reason, dl.detail[:200], extra={"partition": dl.partition})
+            for key, value in res.evidence:  # new-item evidence (only with item_foldin on)
+                sends.append(await self.evidence_topic.send(key=key, value=value))
         except Exception as e:  # noqa: BLE001 - e.g. a producer error at send(): see _settle
             sends.append(_failed(e))
         if res.repaired:
@@ -227,6 +231,14 @@ class StreamWorker:
             await consumer.stop()
 
 
+def freeze_heap() -> None:
+    """Exempt what is alive after start-up (Faust, aiokafka, the model's id index: ~10⁵
+    containers) from the cyclic GC. Otherwise each full collection walks all of it, on the
+    event loop: pauses of 100–300 ms every few seconds showed in the latency tail."""
+    gc.collect()
+    gc.freeze()
+
+
 def _failed(exc: BaseException) -> "asyncio.Future[Any]":
     fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     fut.set_exception(exc)
@@ -252,7 +264,7 @@ def dead_letter_record(dl: Any, source_topic: str) -> tuple[bytes | None, bytes,
 def create_app(settings: Settings, metrics: WorkerMetrics | None = None, config: Any = None) -> faust.App:
     """The worker's Faust app. `config` (streaming.config.Config) supplies the confidence and
     scoring settings; without it the library defaults apply."""
-    app = faust.App(
+    app = App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
         store="rocksdb://",
@@ -297,9 +309,15 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None, config:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             await worker.handle(list(events))
 
+    if settings.item_foldin:  # new items before the next retrain: streaming/item_factors.py
+        from .item_factors import register as register_item_foldin
+
+        register_item_foldin(app, worker, settings)
+
     @app.task
     async def start_models() -> None:
         await asyncio.to_thread(worker.models.load_initial)
+        freeze_heap()
         await worker.listen_for_models()
 
     from .web import register_views

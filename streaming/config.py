@@ -113,6 +113,16 @@ DESCRIPTIONS: dict[str, str] = {
     "stream.retrain_tolerance": "a candidate model may be this much (relative) worse on MAP@10 and still be "
                                 "published",
     "stream.log_level": "log level: debug, info, warning, error",
+    "stream.item_foldin": "fold in items the serving model lacks from the users who touch them (item-side "
+                          "least squares against their folded-in factors), so they are recommended and work as "
+                          "query items before the next retrain; needs XᵀX stored with the model (`recsys "
+                          "retrain` stores it). Topics `<app_id>-item-evidence` and `<app_id>-item-factors`",
+    "stream.item_foldin_refresh_s": "new-item rows are solved and published, and each worker swaps in the "
+                                    "extended model, at most this often (seconds)",
+    "stream.item_foldin_min_users": "distinct users a new item needs before it gets a row",
+    "stream.item_foldin_max_users": "evidence kept per new item: its latest this many users",
+    "stream.item_foldin_max_items": "new items a worker keeps evidence for; past it the least recently touched "
+                                    "is dropped",
     "confidence.weights": "raw value one event of each type adds (keys: view, click, favorite, addtocart, "
                           "transaction)",
     "confidence.alpha": "confidence scale: c = 1 + alpha * r",
@@ -133,7 +143,7 @@ DESCRIPTIONS: dict[str, str] = {
     "scoring.item_norm_power": "divide item scores by norm^p: 0 keeps popularity, 1 gives cosines",
     "scoring.exclude_types": "items the user did this to are not recommended (e.g. already bought)",
     "scoring.exclude_query": "the item on screen is not recommended next to itself",
-    "scoring.num_threads": "scoring threads; 0: all cores",
+    "scoring.num_threads": "threads of a batch's fold-in and scoring; 0: all cores (one process per core scales better)",
     "scoring.repeat_weight": "bonus for items the user already looked at (re-visits); 0: off",
     "scoring.repeat_power": "the re-visit bonus uses strength^power: below 1 lifts weaker own items",
     "scoring.repeat_half_life_days": "own items' strength decays by the age of their last touch with this "

@@ -52,6 +52,20 @@ class WorkerMetrics:
         self.hit_checks = Counter("streamrec_live_hit_checks",
                                   "Events of users who had a published list, by that list's model version",
                                   ["model_version"], registry=r)
+        # New items before the next retrain (streaming/item_factors.py)
+        self.item_evidence_sent = Counter("streamrec_item_evidence_sent",
+                                          "New-item evidence records this worker's batches produced", registry=r)
+        self.item_evidence = Counter("streamrec_item_evidence",
+                                     "New-item evidence records received, by result (accepted; stale: for "
+                                     "another model version or an item it knows; rejected: malformed)",
+                                     ["result"], registry=r)
+        self.items_folded = Counter("streamrec_items_folded_in",
+                                    "New-item rows this worker solved and published", registry=r)
+        self.item_rows = Counter("streamrec_item_factor_rows",
+                                 "New-item rows read, by result (applied; ignored: another model version; "
+                                 "rejected: malformed)", ["result"], registry=r)
+        self.new_items_served = Gauge("streamrec_new_items_served",
+                                      "Folded-in items in the serving model (not in its training data)", registry=r)
         self._version: str | None = None
 
     def set_model(self, version: str | None, created: float | None) -> None:

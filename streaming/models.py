@@ -3,6 +3,9 @@
 Loading (checksums, memory maps, the id index) runs in a thread so the event loop keeps
 serving; the swap is one reference assignment on the loop, between batches. A version that
 fails verification is refused: logged, counted, and the current one keeps serving.
+
+With new-item fold-in on (`items`, streaming/item_factors.py), a load also reads the version's
+XᵀX, and a swap tells `items`, which then extends the model with folded-in rows between batches.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ import asyncio
 import json
 import logging
 import time
+from typing import Any
+
+import numpy as np
 
 from recsys.confidence import ConfidenceConfig
 from recsys.errors import RecsysError
@@ -29,17 +35,22 @@ class ModelHolder:
                  metrics: WorkerMetrics):
         self.store, self.processor, self.ccfg, self.scfg, self.metrics = store, processor, ccfg, scfg, metrics
         self.loaded_at: float | None = None
+        self.items: Any = None  # streaming.item_factors.NewItems when new items are folded in
 
     @property
     def version(self) -> str | None:
         rec = self.processor.recommender
         return rec.version if rec is not None else None
 
-    def _build(self, version: str | None) -> Recommender:
-        return Recommender(self.store.load(version), self.ccfg, self.scfg)
+    def _build(self, version: str | None) -> tuple[Recommender, np.ndarray | None]:
+        model = self.store.load(version)
+        xtx = self.store.user_gram(model.version) if self.items is not None else None
+        return Recommender(model, self.ccfg, self.scfg), xtx
 
-    def _install(self, rec: Recommender) -> None:
+    def _install(self, rec: Recommender, xtx: np.ndarray | None = None) -> None:
         self.processor.recommender = rec  # the swap: the next batch uses the new model
+        if self.items is not None:
+            self.items.on_model(rec, xtx)  # same loop step: no batch sees one without the other
         self.loaded_at = time.time()
         self.metrics.set_model(rec.version, float(rec.model.metadata.get("created", 0)))
         self.metrics.model_swaps.labels("ok").inc()
@@ -57,7 +68,7 @@ class ModelHolder:
             log.warning("no model in %s yet: serving stream popularity until a retrain lands", self.store.root)
             return False
         try:
-            self._install(self._build(None))
+            self._install(*self._build(None))
             return True
         except RecsysError as e:
             self._refuse(self.store.current(), e)
@@ -79,9 +90,9 @@ class ModelHolder:
         if version == self.version:
             return True
         try:
-            rec = await asyncio.to_thread(self._build, version)
+            rec, xtx = await asyncio.to_thread(self._build, version)
         except RecsysError as e:
             self._refuse(version, e)
             return False
-        self._install(rec)
+        self._install(rec, xtx)
         return True

@@ -5,6 +5,7 @@
                     events at or below the offset the state already holds (redeliveries)
                  ─► fold in all touched users at once ─► score them (query = their latest item)
                  ─► one recommendation message per user, naming the model version
+                 ─► evidence for items the trained model lacks (streaming/item_factors.py)
 
 The Faust agent (streaming/app.py) does the I/O around it: reads and writes the state table,
 sends the messages. Idempotence lives here: a user's events all arrive on one partition, in
@@ -26,6 +27,7 @@ from recsys.popularity import RecentPopularity
 from recsys.recommender import Recommender
 from recsys.scoring import Recommendations
 
+from .item_factors import new_item_evidence
 from .metrics import WorkerMetrics
 from .state import UserState
 
@@ -63,6 +65,7 @@ class BatchResult:
     accepted: int = 0
     duplicates: int = 0
     repaired: int = 0   # users written back only because redelivered events were already in their state
+    evidence: list[tuple[bytes, bytes]] = field(default_factory=list)  # (item, JSON) new-item evidence
 
 
 def decode_event(msg: Incoming) -> Event:
@@ -92,6 +95,9 @@ class Processor:
                  clock: Callable[[], float] = time.time):
         self.ccfg, self.metrics, self.top_n, self.clock = ccfg, metrics, top_n, clock
         self.recommender: Recommender | None = None
+        # The trained model (recommender without folded-in items), set when new items are folded
+        # in (streaming/item_factors.py): events on items it lacks become evidence. None: off.
+        self.item_base: Recommender | None = None
         # What shoppers touch now (8 h half-life, as chosen in docs/evaluation.md): the list for
         # a user the model cannot place yet, and everyone's list before any model exists.
         # Counts the events of this worker's partitions only.
@@ -101,6 +107,8 @@ class Processor:
         """Apply a batch. `load(key, msg)` returns a user's stored state (or None)."""
         res = BatchResult()
         m = self.metrics
+        base = self.item_base  # one reference per batch, like the recommender's
+        new_items: dict[bytes, set[str]] = {}  # user -> items of applied events the trained model lacks
         by_user: OrderedDict[bytes, list[tuple[Incoming, Event]]] = OrderedDict()
         for msg in batch:
             try:
@@ -129,6 +137,8 @@ class Processor:
                 state.profile.apply(event, self.ccfg)
                 state.profile.offset = msg.offset
                 self.recent_popularity.add(event.item, event.ts)
+                if base is not None and event.item not in base.model.item_index:
+                    new_items.setdefault(key, set()).add(event.item)
                 m.events_in.labels(event.type).inc()
                 applied.append(msg)
             res.duplicates += redelivered
@@ -167,6 +177,10 @@ class Processor:
             m.recs_out.labels(rec.source).inc()
             for msg in applied:
                 m.latency.observe(max(0.0, now_ms - msg.timestamp_ms) / 1000.0)
+        if new_items and base is not None:
+            res.evidence = new_item_evidence(base, [(t[3].user, t[1].profile, new_items[t[0]])
+                                                    for t in touched if t[0] in new_items])
+            m.item_evidence_sent.inc(len(res.evidence))
         return res
 
     def _recommend(self, states: list[UserState], queries: list[str]) -> list[Recommendations]:

@@ -13,7 +13,8 @@ published, unless the shortfall is within two standard errors of the candidate's
 held-out users make a noisy score). The serving model cannot simply be re-scored on today's
 data: it was trained on much of it. With too few held-out users, or no recorded score, the
 gate passes and says so. The published model is then trained on every user and records its
-own held-out score. Workers hear of it through a small message on the
+own held-out score; XᵀX of its users is stored with it (workers fold new items in against it,
+streaming/item_factors.py). Workers hear of it through a small message on the
 model-updates topic; the factors never travel through Kafka.
 """
 
@@ -32,6 +33,7 @@ from recsys import defaults
 from recsys.confidence import UserProfile, build_profiles
 from recsys.errors import RecsysError
 from recsys.evaluate import evaluate_model, holdout_users
+from recsys.item_foldin import user_gram
 from recsys.store import ModelStore
 from recsys.train import train
 
@@ -153,9 +155,10 @@ def retrain_once(profiles: dict[str, UserProfile], store: ModelStore, settings: 
         log.warning("retrain rejected: candidate held-out MAP@10 %.4f is below the serving model's %.4f "
                     "by more than noise and the tolerance", gate["candidate_map10"], gate["current_map10"])
         return RetrainResult("rejected", None, gate, time.time() - t0, len(profiles))
-    model, _, _ = train(profiles, ccfg, tcfg, metadata={"gate": gate, "data_source": source,
-                                                        "holdout": holdout, "metrics": holdout})
-    store.save(model, publish=True)
+    model, user_factors, _ = train(profiles, ccfg, tcfg, metadata={"gate": gate, "data_source": source,
+                                                                   "holdout": holdout, "metrics": holdout})
+    # XᵀX of the training users goes with the version: workers fold new items in against it.
+    store.save(model, publish=True, user_gram=user_gram(user_factors))
     seconds = time.time() - t0
     metrics.runs.labels("published").inc()
     metrics.duration.observe(seconds)

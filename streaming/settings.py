@@ -25,7 +25,7 @@ class Settings:
     model_updates_topic: str = "model-updates"
     partitions: int = 4
     batch_max: int = 500                   # events per micro-batch at most
-    batch_within_s: float = 0.05           # ...or this long since the first one
+    batch_within_s: float = 0.02           # ...or this long since the first one (a floor on latency)
     model_dir: str = "var/models"
     data_dir: str = "var/worker"           # RocksDB tables live here
     web_port: int = 6066
@@ -35,6 +35,12 @@ class Settings:
     retrain_every_s: float = 300.0
     retrain_tolerance: float = 0.1         # a candidate may be this much (relative) worse on held-out MAP@10
     log_level: str = "info"
+    # New items before the next retrain (streaming/item_factors.py)
+    item_foldin: bool = True               # fold in items the model lacks from the users who touch them
+    item_foldin_refresh_s: float = 5.0     # new-item rows are solved, and swapped in, at most this often
+    item_foldin_min_users: int = 2         # users an item needs before it gets a row (docs/evaluation.md)
+    item_foldin_max_users: int = 50        # evidence kept per new item: the latest users
+    item_foldin_max_items: int = 10_000    # new items a worker tracks evidence for (least recent dropped)
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -47,6 +53,10 @@ class Settings:
             raise ConfigError(f"top_n must be >= 1, got {self.top_n}")
         if not 0 <= self.retrain_tolerance < 1:
             raise ConfigError(f"retrain_tolerance must be in [0, 1), got {self.retrain_tolerance}")
+        if not self.item_foldin_refresh_s > 0:
+            raise ConfigError(f"item_foldin_refresh_s must be > 0, got {self.item_foldin_refresh_s}")
+        if min(self.item_foldin_min_users, self.item_foldin_max_users, self.item_foldin_max_items) < 1:
+            raise ConfigError("item_foldin_min_users, item_foldin_max_users and item_foldin_max_items must be >= 1")
 
     @property
     def table_name(self) -> str:
@@ -56,6 +66,16 @@ class Settings:
     def changelog_topic(self) -> str:
         # Faust names a table's changelog "<app id>-<table>-changelog".
         return f"{self.app_id}-{self.table_name}-changelog"
+
+    @property
+    def item_evidence_topic(self) -> str:
+        """New-item evidence from the workers' batches, keyed by item (streaming/item_factors.py)."""
+        return f"{self.app_id}-item-evidence"
+
+    @property
+    def item_factors_topic(self) -> str:
+        """Folded-in new-item rows, keyed by item, compacted; every worker reads all of it."""
+        return f"{self.app_id}-item-factors"
 
     def replace(self, **kw: Any) -> "Settings":
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
@@ -82,4 +102,8 @@ def _convert(typ: Any, raw: str) -> Any:
         return int(raw)
     if t == "float":
         return float(raw)
+    if t == "bool":
+        if raw.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return raw.strip().lower() in ("true", "1", "yes", "on")
+        raise ValueError(raw)
     return raw
