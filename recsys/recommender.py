@@ -17,9 +17,10 @@ from .scoring import Recommendations, Scorer, ScoringConfig, own_item_scores
 
 class Recommender:
     def __init__(self, model: Model, ccfg: ConfidenceConfig = ConfidenceConfig(),
-                 scfg: ScoringConfig = ScoringConfig(), num_threads: int = 0):
+                 scfg: ScoringConfig = ScoringConfig(), num_threads: int | None = None):
         self.model, self.ccfg, self.scfg = model, ccfg, scfg
-        self.fold_in = FoldIn(model, num_threads=num_threads)
+        # fold-in threads: the scorer's (scfg.num_threads) unless given
+        self.fold_in = FoldIn(model, num_threads=scfg.num_threads if num_threads is None else num_threads)
         self.scorer = Scorer(model, scfg)
 
     @property

@@ -28,9 +28,9 @@ log = logging.getLogger("streamrec.baselines")
 
 
 def create_app(kind: str, args: argparse.Namespace):
-    import faust
+    from .kafka_transport import App  # the worker's transport: the same short fetch wait
 
-    app = faust.App(
+    app = App(
         args.app_id, broker=f"kafka://{args.bootstrap}", store="rocksdb://", datadir=args.data_dir,
         web_host="127.0.0.1", web_port=args.web_port, topic_partitions=args.partitions,
         consumer_auto_offset_reset="earliest", producer_acks=-1, producer_linger_ms=1,
@@ -119,9 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from recsys.threads import pin_blas_threads
 
+    from .logs import no_spinner
+
     pin_blas_threads()
     app = create_app(args.kind, args)
     worker = faust.Worker(app, loglevel=args.log_level, quiet=True, redirect_stdouts=False)
+    no_spinner(worker)  # as the real worker: the same logging cost
     worker.execute_from_commandline()
     return 0
 

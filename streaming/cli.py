@@ -77,11 +77,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     s = cfg.stream
     ensure_topics(s.bootstrap, topic_specs(s))
     app = create_app(s, config=cfg)
-    from .logs import worker_logging_config
+    from .logs import no_spinner, worker_logging_config
 
     # Faust replaces the root log handlers; with JSON logs asked for, it installs ours instead.
     worker = faust.Worker(app, loglevel=s.log_level, quiet=True, redirect_stdouts=False,
                           logging_config=worker_logging_config(s.log_level))
+    no_spinner(worker)
     worker.execute_from_commandline()  # runs until SIGTERM/SIGINT, then stops cleanly
     return 0
 

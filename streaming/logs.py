@@ -133,3 +133,11 @@ def worker_logging_config(level: str = "info") -> dict[str, Any] | None:
                                  "stream": "ext://sys.stderr"}},
         "root": {"level": level.upper(), "handlers": ["default"]},
     }
+
+
+def no_spinner(worker: Any) -> None:
+    """Turn off a faust.Worker's start-up spinner, before it runs. To spin on every log line
+    Faust sets the root logger to DEBUG for good (its handlers filter), so each debug call in
+    Faust and aiokafka (several per message sent) builds a log record: ~5% of a busy worker's
+    event loop (py-spy). Without it the root logger keeps the level asked for."""
+    worker.spinner = None
