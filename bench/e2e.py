@@ -315,6 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from recsys.confidence import build_profiles
     from recsys.defaults import CONFIDENCE
+    from recsys.item_foldin import user_gram
     from recsys.simulator import SimConfig, simulate
     from recsys.store import ModelStore
     from recsys.threads import pin_blas_threads
@@ -334,10 +335,10 @@ def main(argv: list[str] | None = None) -> dict:
         events = simulate(SimConfig(n_users=max(500, n_full // 6), n_items=items, events=min(n_sim, 4 * n_full),
                                     seed=7))
         train_events, stream = events[:-n_full], events[-n_full:]
-        model, _, _ = train(build_profiles(train_events, CONFIDENCE), CONFIDENCE,
+        model, x, _ = train(build_profiles(train_events, CONFIDENCE), CONFIDENCE,
                             TrainConfig(factors=64, iterations=8, num_threads=0))
         store = ModelStore(tmp / "models")
-        store.save(model, publish=True)
+        store.save(model, publish=True, user_gram=user_gram(x))  # as a retrain saves it: new-item fold-in on
         producer = make_producer(broker.bootstrap, {"linger_ms": 2, "client_id": "bench-e2e"})
         print(f"broker {broker.bootstrap} up in {broker_s:.1f}s; model {model.n_items} items x {model.factors}; "
               f"stream {len(stream)} events of {len({e.user for e in stream})} users", flush=True)

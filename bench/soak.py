@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from recsys.confidence import build_profiles
     from recsys.defaults import CONFIDENCE, TRAIN
+    from recsys.item_foldin import user_gram
     from recsys.simulator import SimConfig, simulate
     from recsys.store import ModelStore
     from recsys.threads import pin_blas_threads
@@ -169,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         ensure_topics(bootstrap, topic_specs(s))
         print(f"simulating {args.users} shoppers ...", file=sys.stderr, flush=True)
         events = simulate(SimConfig(n_users=args.users, n_items=5000, events=60_000, seed=3))
-        model, _, _ = train(build_profiles(events, CONFIDENCE), CONFIDENCE, TRAIN)
-        ModelStore(tmp / "models").save(model, publish=True)
+        model, x, _ = train(build_profiles(events, CONFIDENCE), CONFIDENCE, TRAIN)
+        ModelStore(tmp / "models").save(model, publish=True, user_gram=user_gram(x))
 
         port = free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "STREAMREC_APP_ID": s.app_id,

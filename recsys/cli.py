@@ -100,6 +100,7 @@ def load(args: argparse.Namespace, key: str = "data"):
 # -- commands -------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from .confidence import build_profiles
+    from .item_foldin import user_gram
     from .store import ModelStore
     from .train import train
 
@@ -107,9 +108,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     ccfg, tcfg = confidence_config(args), train_config(args)
     profiles = build_profiles(events, ccfg)
     say(f"training {tcfg.kind.upper()}: {len(profiles)} users, {tcfg.factors} factors, {tcfg.iterations} iterations")
-    model, _, _ = train(profiles, ccfg, tcfg, progress=sys.stderr.isatty(),
+    model, x, _ = train(profiles, ccfg, tcfg, progress=sys.stderr.isatty(),
                         metadata={"data_source": str(path.resolve()), "n_events": len(events)})
-    where = ModelStore(args.model_dir).save(model, publish=True)
+    # XᵀX of the training users goes with it: workers fold new items in against it
+    where = ModelStore(args.model_dir).save(model, publish=True, user_gram=user_gram(x))
     say(f"model {model.version}: {model.n_items} items x {model.factors} factors "
         f"in {model.metadata['train_seconds']}s -> {where}")
     print(model.version)

@@ -35,6 +35,7 @@ from recsys import defaults
 from recsys.cli import say
 from recsys.confidence import build_profiles
 from recsys.errors import RecsysError
+from recsys.item_foldin import user_gram
 from recsys.store import ModelStore
 from recsys.train import train
 
@@ -144,9 +145,9 @@ class Demo:
             history, live = events[:cut], events[cut:]
             say(f"data: {len(events)} events from {source}; first model from {len(history)}, "
                 f"replaying {len(live)} live")
-            model, _, _ = train(build_profiles(history, defaults.CONFIDENCE), defaults.CONFIDENCE, defaults.TRAIN,
+            model, x, _ = train(build_profiles(history, defaults.CONFIDENCE), defaults.CONFIDENCE, defaults.TRAIN,
                                 metadata={"data_source": source})
-            ModelStore(s.model_dir).save(model, publish=True)
+            ModelStore(s.model_dir).save(model, publish=True, user_gram=user_gram(x))
             say(f"initial model {model.version}: {model.n_items} items x {model.factors} factors "
                 f"({model.metadata['train_seconds']}s)")
 
