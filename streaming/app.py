@@ -2,8 +2,15 @@
 
     clickstream ──► agent (micro-batches) ──► Processor ──► user-state table (RocksDB + changelog)
                                                     ├──► recommendations
-                                                    └──► clickstream-dlq
+                                                    ├──► clickstream-dlq
+                                                    └──► <app_id>-item-evidence (key = item)
     model-updates ──► every worker (no consumer group) ──► ModelHolder swap
+
+    With stream.item_foldin on (streaming/item_factors.py), new items before the next retrain:
+    <app_id>-item-evidence ──► evidence agent (same group) ──► <app_id>-item-factors (compacted)
+    <app_id>-item-factors ──► every worker (no consumer group) ──► model + folded-in rows, swapped
+
+The app is streaming.kafka_transport.App: a faust.App whose consumer waits at most 50 ms per fetch.
 
 Faust's RocksDB store and changelog pick the partition of a table write from the *current
 event*. A micro-batch holds events of several partitions, so each user's read and write runs

@@ -116,7 +116,7 @@ DESCRIPTIONS: dict[str, str] = {
     "stream.item_foldin": "fold in items the serving model lacks from the users who touch them (item-side "
                           "least squares against their folded-in factors), so they are recommended and work as "
                           "query items before the next retrain; needs XᵀX stored with the model (`recsys "
-                          "retrain` stores it). Topics `<app_id>-item-evidence` and `<app_id>-item-factors`",
+                          "retrain` and `recsys train` store it). Topics `<app_id>-item-evidence` and `<app_id>-item-factors`",
     "stream.item_foldin_refresh_s": "new-item rows are solved and published, and each worker swaps in the "
                                     "extended model, at most this often (seconds)",
     "stream.item_foldin_min_users": "distinct users a new item needs before it gets a row",
