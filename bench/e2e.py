@@ -206,7 +206,6 @@ def _probe(user: str) -> bytes:
 
 def drive(pipe: Pipeline, producer, events, rate: float | None, timeout: float) -> dict:
     """Produce `events` (as fast as possible, or at `rate`/s), wait for every answer, measure."""
-    from recsys.events import Event  # noqa: F401
     from streaming.replay import encode_event
 
     n = len(events)

@@ -37,9 +37,14 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=("als", "bpr"), default="als")
     p.add_argument("--factors", type=int, default=None, help="default: recsys.defaults")
-    p.add_argument("--iterations", type=int, default=None, help="default: 15 for ALS, 100 for BPR")
-    p.add_argument("--regularization", type=float, default=None, help="default: 0.05 ALS, 0.01 BPR")
-    p.add_argument("--alpha", type=float, default=None, help="confidence c = 1 + alpha*r (default 15)")
+    from .defaults import BPR, CONFIDENCE, TRAIN
+
+    p.add_argument("--iterations", type=int, default=None,
+                   help=f"default: {TRAIN.iterations} for ALS, {BPR.iterations} for BPR")
+    p.add_argument("--regularization", type=float, default=None,
+                   help=f"default: {TRAIN.regularization} ALS, {BPR.regularization} BPR")
+    p.add_argument("--alpha", type=float, default=None,
+                   help=f"confidence c = 1 + alpha*r (default {CONFIDENCE.alpha})")
     p.add_argument("--threads", type=int, default=0, help="training threads (0: all cores)")
 
 
@@ -271,6 +276,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------
+def add_evaluation_args(p: argparse.ArgumentParser, held: str) -> None:
+    """What `evaluate` and `stream-eval` share: data, model and scoring options, the test
+    events (a separate file or the last share of --data), and where the report goes."""
+    add_data_args(p)
+    add_model_args(p)
+    add_scoring_args(p)
+    p.add_argument("--test", metavar="FILE|NAME", help="separate test events (default: time split of --data)")
+    p.add_argument("--test-fraction", type=float, default=0.2, help=f"last share of events {held} (default 0.2)")
+    p.add_argument("--output", help="write the report as JSON here")
+    p.add_argument("--plot", help="save a PNG chart here")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, Any]:
     p = argparse.ArgumentParser(prog="recsys", description="Real-time implicit-feedback recommendations.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -282,14 +299,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="offline evaluation on a time split (or a separate test file)")
-    add_data_args(e)
-    add_model_args(e)
-    add_scoring_args(e)
-    e.add_argument("--test", metavar="FILE|NAME", help="separate test events (default: time split of --data)")
-    e.add_argument("--test-fraction", type=float, default=0.2, help="last share of events held out (default 0.2)")
+    add_evaluation_args(e, "held out")
     e.add_argument("--kinds", default="als,bpr", help="models to compare (default als,bpr)")
-    e.add_argument("--output", help="write the report as JSON here")
-    e.add_argument("--plot", help="save a PNG chart here")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("recommend", help="recommend for a user, optionally looking at an item")
@@ -309,17 +320,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, Any]:
     s.set_defaults(func=cmd_similar)
 
     se = sub.add_parser("stream-eval", help="streaming evaluation: predict, then update, in time order")
-    add_data_args(se)
-    add_model_args(se)
-    add_scoring_args(se)
-    se.add_argument("--test", metavar="FILE|NAME", help="separate test events (default: time split of --data)")
-    se.add_argument("--test-fraction", type=float, default=0.2, help="last share of events replayed (default 0.2)")
+    add_evaluation_args(se, "replayed")
     se.add_argument("--methods", help="comma-separated subset of the methods (default: all)")
     se.add_argument("--retrain-hours", type=float, default=6.0, help="event-time hours between retrains (default 6)")
     se.add_argument("--item-foldin-every", type=int, default=200, help="events between new-item refreshes")
     se.add_argument("--pop-window-hours", type=float, default=24.0, help="popularity window (0: all so far)")
-    se.add_argument("--output", help="write the report as JSON here")
-    se.add_argument("--plot", help="save a PNG chart here")
     se.set_defaults(func=cmd_stream_eval)
 
     d = sub.add_parser("demo-offline", help="train and evaluate on the shared real datasets")

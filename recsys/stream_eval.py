@@ -66,7 +66,7 @@ import heapq
 import math
 import time
 from collections import Counter, defaultdict, deque
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np

@@ -33,8 +33,7 @@ from recsys.events import Event
 from streaming.cli import topic_specs
 from streaming.replay import encode_event, make_producer
 from streaming.topics import ensure_topics
-from tests.stream_fixture import (TopicReader, WorkerProcess, changelog_profiles, profile_diff, stream_settings,
-                                  wait_for)
+from tests.stream_fixture import TopicReader, WorkerProcess, stream_settings, wait_for
 from tests.test_reliability import FAST_GROUP, Feeder, known_stream, report, train_small, wait_state
 
 

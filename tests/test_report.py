@@ -125,7 +125,6 @@ def test_chromium_lays_out_every_chart(evaluation_json, tmp_path):
 
 
 def test_chromium_screenshot_shows_the_charts(evaluation_json, tmp_path):
-    import numpy as np
     from matplotlib.image import imread
 
     page = build_report(evaluation_json, tmp_path / "eval.html")

@@ -12,7 +12,7 @@ from recsys.datasets import load_events, time_split
 from recsys.popularity import RecentPopularity
 from recsys.recommender import Recommender
 from recsys.scoring import ScoringConfig
-from recsys.stream_eval import METHODS, StreamEvalConfig, format_markdown, format_table, plot, stream_evaluate
+from recsys.stream_eval import METHODS, StreamEvalConfig, format_markdown, format_table, stream_evaluate
 from recsys.train import TrainConfig, train
 from streaming.metrics import WorkerMetrics
 from streaming.processor import Incoming, Processor
