@@ -65,7 +65,7 @@ class ScoringConfig:
     repeat_half_life_days: float | None = None
     # Approximate top-k (recsys/ann.py) for catalogues of at least this many items; 0 = never.
     ann_min_items: int = 1_000_000
-    ann_nprobe: int = 0             # IVF lists scanned per query (0: recsys.ann's default)
+    ann_nprobe: int = 0             # IVF lists scanned per query (0: recsys.ann tunes it at build time)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -141,14 +141,11 @@ class Scorer:
         query = w[:, None] * xhat + (1 - w[:, None]) * qhat
         source = np.where(has_u & has_q, "blend", np.where(has_u, "user", np.where(has_q, "similar", "popular")))
 
-        # Per-row exclusions as a CSR over item rows, applied inside implicit's top-k.
+        # Per-row exclusions (item rows), dropped from an over-fetched top-k.
         ex_rows = [self._excluded_rows(excludes[k], queries[k]) for k in range(rows)]
-        filt = _rows_to_csr(ex_rows, m.n_items)
         scored = np.flatnonzero(has_u | has_q)
         out: list[Recommendations] = [None] * rows  # type: ignore[list-item]
         if len(scored):
-            from implicit.cpu.topk import topk
-
             k = min(n, m.n_items)
             if self.ann is not None:  # approximate: over-fetch, then drop each row's exclusions
                 ids, scores = self.ann.search(query[scored], k, [ex_rows[r] for r in scored])

@@ -22,8 +22,9 @@ def data():
     y, assign = clustered_factors(6000, 16, seed=3)
     z = scaled_items(y, 0.5)
     rng = np.random.default_rng(0)
-    q = rng.standard_normal((40, 16)).astype(np.float32)
-    q = 0.7 * q / np.linalg.norm(q, axis=1, keepdims=True) + 0.3 * z[rng.integers(0, len(z), 40)]
+    u = z / np.linalg.norm(z, axis=1, keepdims=True)
+    # shaped like the scorer's blend w·x̂ + (1−w)·ŷ_q, with a user that points like some item
+    q = 0.9 * u[rng.integers(0, len(z), 40)] + 0.1 * u[rng.integers(0, len(z), 40)]
     return y, z, q.astype(np.float32)
 
 
@@ -59,6 +60,40 @@ def test_index_recall_and_exact_scores_and_exclusions(data):
         assert np.all(np.diff(scores[r][ok]) <= 1e-6)                                 # best first
 
 
+def test_nprobe_is_tuned_for_the_target_recall(data):
+    _, z, q = data
+    low = MipsIndex.build(z, AnnConfig(num_threads=1, target_recall=0.8))
+    high = MipsIndex.build(z, AnnConfig(num_threads=1, target_recall=0.99))
+    assert low.tuned_recall >= 0.8 and high.tuned_recall >= 0.99
+    assert 1 <= low.nprobe < high.nprobe <= high.nlist
+    exact_ids, _ = exact_search(z, q, 10, None, num_threads=1)
+    assert recall_at_k(high.search(q, 10)[0], exact_ids) >= recall_at_k(low.search(q, 10)[0], exact_ids)
+    fixed = MipsIndex.build(z, AnnConfig(num_threads=1, nprobe=7))
+    assert fixed.nprobe == 7 and fixed.tuned_recall is None
+
+
+def test_probing_every_list_is_exact_for_any_query(data):
+    """The tuning assumes users point like items; queries in random directions need more lists
+    (an explicit nprobe), up to all of them, which is exact."""
+    _, z, _ = data
+    rng = np.random.default_rng(2)
+    g = rng.standard_normal((40, z.shape[1])).astype(np.float32)
+    exact_ids, _ = exact_search(z, g, 10, None, num_threads=1)
+    index = MipsIndex.build(z, AnnConfig(num_threads=1))
+    index.nprobe = index.nlist          # every list: exact
+    assert recall_at_k(index.search(g, 10)[0], exact_ids) == 1.0
+
+
+def test_exclusion_mask_matches_per_row_isin():
+    from recsys.ann import _excluded_mask
+
+    rng = np.random.default_rng(4)
+    cand = rng.integers(-1, 50, (30, 12))
+    ex = [list(rng.integers(0, 50, rng.integers(0, 6))) for _ in range(30)]
+    want = np.array([np.isin(c, e) & (c >= 0) for c, e in zip(cand, ex)])
+    np.testing.assert_array_equal(_excluded_mask(cand, ex), want)
+
+
 def test_index_pads_when_k_exceeds_what_is_left():
     z = scaled_items(np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32), 0.5)
     index = MipsIndex.build(z, AnnConfig(num_threads=1))
@@ -81,7 +116,7 @@ def test_scorer_uses_index_only_above_the_threshold(data):
     approx = Scorer(model, ScoringConfig(ann_min_items=1000, num_threads=1))
     assert approx.ann is not None and exact.ann is None
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((30, 16)).astype(np.float32)
+    x = y[rng.integers(0, len(y), 30)] + 0.1 * rng.standard_normal((30, 16)).astype(np.float32)  # users like items
     queries = [ids[i] for i in rng.integers(0, len(ids), 30)]
     excludes = [{ids[i] for i in rng.integers(0, len(ids), 3)} for _ in range(30)]
     a = approx.recommend(x, [True] * 30, queries, excludes)
@@ -98,3 +133,5 @@ def test_config_validation():
         ScoringConfig(ann_min_items=-1)
     with pytest.raises(ConfigError):
         AnnConfig(nprobe=-1)
+    with pytest.raises(ConfigError):
+        AnnConfig(target_recall=0.0)
