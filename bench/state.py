@@ -7,16 +7,25 @@ codec (streaming/state.py), with the default 20-item history and a 10-item last 
   A. RocksDB (rocksdict, as Faust's store): --users records written, flushed and compacted;
      bytes per user on disk and encoded, for the realistic mix and for exactly 50 items a user.
   B. Restore: the same records produced to a worker's state changelog topic (what the workers
-     write), then a real worker (`python -m streaming.cli worker`) started on an empty data dir:
-     time from start until it answers a probe event (restored and serving), records/s, and the
+     write), then a real worker (`python -m streaming.cli worker`) started on an empty data dir
+     (a lost disk, a new machine): time from start until it answers a probe event (restored and
+     serving), records/s, the changelog-reading phase alone (from the worker's log), and the
      worker's resident memory then, against the same worker with no users.
+  C. Restart: that worker stopped (SIGTERM) and started again on its own data dir, --restarts
+     times, each after an empty worker's start (the baseline): time to serving, and how many
+     changelog records lay past the offsets persisted in its RocksDB (what Faust replays; read
+     from the data dir before each start) and whether its log shows any changelog read.
 
-    python -m bench.state [--quick] [--users N] [--restore-users N] [--output bench/out/state.json]
+    python -m bench.state [--quick] [--users N] [--restore-users N] [--restarts 3] [--output bench/out/state.json]
+
+`--users 0` skips A. STREAMREC_BULK_RESTORE=0 in the environment makes the workers restore
+through Faust's own per-record recovery (streaming/fast_restore.py), for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -29,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine, plot_setup, rss_bytes, tree_bytes, write_json
+from bench.common import machine, median, plot_setup, rss_bytes, tree_bytes, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -120,60 +129,99 @@ def rocksdb_size(n_users: int, lengths, items, fixed_len: int | None, tmp: Path,
 
 
 def produce_changelog(bootstrap: str, topic: str, n_users: int, lengths, items, seed: int) -> dict:
-    from streaming.replay import make_producer
+    """The records into the changelog topic, partitioned by key as Faust's producer does
+    (murmur2), in record batches built by aiokafka's C builder (per-record sends through a
+    Python producer took ~0.5 ms a record here: 10 minutes for 1M users)."""
+    return asyncio.run(_produce_changelog(bootstrap, topic, make_records(n_users, lengths, items, None, seed)))
 
-    p = make_producer(bootstrap, {"linger_ms": 20, "batch_size": 512 * 1024, "compression_type": None,
-                                  "client_id": "bench-state"})
+
+async def _produce_changelog(bootstrap: str, topic: str, records) -> dict:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.partitioner import DefaultPartitioner
+
+    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20,
+                            client_id="bench-state")
+    await prod.start()
     t0 = time.perf_counter()
-    total = 0
-    for key, value in make_records(n_users, lengths, items, None, seed):
-        p.send(topic, key=key, value=value)
-        total += len(key) + len(value)
-    p.flush()
-    p.close(timeout=10)
-    return {"records": n_users, "mb": total / 1e6, "seconds": time.perf_counter() - t0}
+    n = total = 0
+    try:
+        parts = sorted(await prod.partitions_for(topic))
+        partition_of = DefaultPartitioner()
+        batches = {p: prod.create_batch() for p in parts}
+        inflight: list = []
+        for key, value in records:
+            p = partition_of(key, parts, parts)
+            while batches[p].append(key=key, value=value, timestamp=None) is None:  # full: send it
+                inflight.append(await prod.send_batch(batches[p], topic, partition=p))
+                batches[p] = prod.create_batch()
+                if len(inflight) >= 64:
+                    await asyncio.gather(*inflight)
+                    inflight = []
+            n += 1
+            total += len(key) + len(value)
+        for p, b in batches.items():
+            if b.record_count():
+                inflight.append(await prod.send_batch(b, topic, partition=p))
+        await asyncio.gather(*inflight)
+    finally:
+        await prod.stop()
+    return {"records": n, "mb": total / 1e6, "seconds": time.perf_counter() - t0}
 
 
-def start_worker(bootstrap: str, name: str, tmp: Path, model_dir: Path):
+def start_worker(bootstrap: str, name: str, tmp: Path, model_dir: Path, data_dir: Path | None = None,
+                 tag: str = "", extra_env: dict[str, str] | None = None):
+    """A real worker process; JSON logs at info level in tmp/<name><tag>.log (the recovery phases
+    are read from them, see recovery_phases)."""
     from streaming.broker import free_port
 
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "STREAMREC_APP_ID": name,
            "STREAMREC_CLICKSTREAM_TOPIC": f"{name}-clicks", "STREAMREC_RECOMMENDATIONS_TOPIC": f"{name}-recs",
            "STREAMREC_DLQ_TOPIC": f"{name}-dlq", "STREAMREC_MODEL_UPDATES_TOPIC": f"{name}-models",
-           "STREAMREC_PARTITIONS": str(PARTITIONS), "STREAMREC_LOG_LEVEL": "warning"}
-    log = open(tmp / f"{name}.log", "ab")
+           "STREAMREC_PARTITIONS": str(PARTITIONS), "STREAMREC_LOG_LEVEL": "info", "STREAMREC_LOG_FORMAT": "json",
+           **(extra_env or {})}
+    log_path = tmp / f"{name}{tag}.log"
+    log = open(log_path, "ab")
     proc = subprocess.Popen([sys.executable, "-m", "streaming.cli", "worker", "--bootstrap", bootstrap,
-                             "--web-port", str(port), "--data-dir", str(tmp / f"{name}-data"),
+                             "--web-port", str(port), "--data-dir", str(data_dir or tmp / f"{name}-data"),
                              "--model-dir", str(model_dir)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    proc.log_path = log_path  # type: ignore[attr-defined]
     return proc, log
 
 
-def time_to_serve(bootstrap: str, name: str, proc, timeout: float) -> float:
-    """Seconds from now until the worker answers a probe event on its recommendations topic."""
+def time_to_serve(bootstrap: str, name: str, proc, timeout: float, t0: float | None = None) -> float:
+    """Seconds from t0 (default now) until the worker answers a probe event on its
+    recommendations topic. Probe users are new each call and only answers published after the
+    call began count, so the same app can be timed again (a restart)."""
     from kafka import KafkaConsumer, TopicPartition
 
     from streaming.replay import make_producer
 
-    t0 = time.time()
+    t0 = time.time() if t0 is None else t0
+    prefix = f"probe-{uuid.uuid4().hex[:8]}-"
     prod = make_producer(bootstrap, {"linger_ms": 0, "client_id": "bench-state-probe"})
     cons = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
                          enable_auto_commit=False, fetch_max_wait_ms=20)
     topic = f"{name}-recs"
-    cons.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    cons.assign(tps)
+    cons.seek_to_end(*tps)
+    for tp in tps:
+        cons.position(tp)  # resolve the end now: earlier answers (an earlier start) do not count
+    want = prefix.encode()
     try:
         k = 0
         while time.time() - t0 < timeout:
             if proc.poll() is not None:
                 raise RuntimeError(f"worker {name} exited with {proc.returncode}")
-            user = f"probe-{k}"
+            user = f"{prefix}{k}"
             prod.send(f"{name}-clicks", key=user.encode(), value=json.dumps(
                 {"user": user, "item": "probe", "type": "view", "ts": int(time.time() * 1000)}).encode())
             prod.flush()
             end = time.time() + 1.0
             while time.time() < end:
                 for recs in cons.poll(timeout_ms=100).values():
-                    if any(r.key and r.key.startswith(b"probe-") for r in recs):
+                    if any(r.key and r.key.startswith(want) for r in recs):
                         return time.time() - t0
             k += 1
         raise TimeoutError(f"worker {name} did not serve within {timeout}s")
@@ -182,8 +230,102 @@ def time_to_serve(bootstrap: str, name: str, proc, timeout: float) -> float:
         cons.close()
 
 
+PHASES = {"bulk_started": "Restoring state from changelog topics (bulk)", "bulk_done": "Bulk-loaded",
+          "restore_started": "Restoring state from changelog topics...", "restore_done": "Done reading from changelog",
+          "worker_ready": "Worker ready"}
+
+
+def recovery_phases(log_path: Path, t_start: float) -> dict:
+    """Seconds after process start at which the worker logged each recovery phase (first
+    occurrence): the bulk load (streaming/fast_restore.py), then Faust's own record-by-record
+    recovery; a phase is absent when there was nothing for it to read from the changelog."""
+    import calendar
+
+    out: dict = {}
+    for line in Path(log_path).read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        msg = str(rec.get("message", ""))
+        for key, pat in PHASES.items():
+            if key not in out and pat in msg:
+                ts = rec["ts"]  # 2026-01-01T00:00:00.123Z (UTC)
+                t = calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + int(ts[20:23]) / 1000
+                out[key] = round(t - t_start, 3)
+    return out
+
+
+def changelog_tail(bootstrap: str, topic: str, data_dir: Path) -> dict:
+    """What a worker starting on data_dir will replay: per changelog partition, the offset Faust
+    persisted in the partition's RocksDB (key "__faust\\0offset__") against the topic's last offset.
+    Read with the worker stopped (RocksDB allows one writer)."""
+    from kafka import KafkaConsumer, TopicPartition
+    from rocksdict import AccessType, Options, Rdict
+
+    cons = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        ends = cons.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
+    finally:
+        cons.close()
+    parts = {}
+    for p in range(PARTITIONS):
+        found = sorted(data_dir.rglob(f"*-{p}.db"))
+        persisted = None
+        if found:
+            db = Rdict(str(found[0]), options=Options(raw_mode=True), access_type=AccessType.read_only())
+            try:
+                raw = db.get(b"__faust\0offset__")
+            finally:
+                db.close()
+            persisted = int(raw) if raw is not None else None
+        last = ends[TopicPartition(topic, p)] - 1
+        parts[p] = {"persisted": persisted, "last": last,
+                    "to_replay": last - (persisted if persisted is not None else -1)}
+    return {"partitions": parts, "records_to_replay": sum(v["to_replay"] for v in parts.values())}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stop(proc, log) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    log.close()
+
+
+def run_worker(bootstrap: str, name: str, tmp: Path, model_dir: Path, timeout: float, tag: str,
+               extra_env: dict[str, str] | None = None) -> dict:
+    """Start a worker on tmp/<name>-data, time it to serving, measure it, stop it (SIGTERM)."""
+    t_start = time.time()
+    proc, log = start_worker(bootstrap, name, tmp, model_dir, tag=tag, extra_env=extra_env)
+    try:
+        serve_s = time_to_serve(bootstrap, name, proc, timeout, t0=t_start)
+        cpu = cpu_seconds(proc.pid)
+        time.sleep(1.0)
+        rss = rss_bytes(proc.pid)
+        data = tree_bytes(tmp / f"{name}-data")
+    finally:
+        _stop(proc, log)
+    return {"start_to_serving_s": serve_s, "worker_cpu_s_to_serving": cpu,
+            "phases_s": recovery_phases(proc.log_path, t_start),
+            "worker_rss_mb": rss / 1e6, "worker_data_dir_mb": data / 1e6}
+
+
 def restore(bootstrap: str, n_users: int, lengths, items, tmp: Path, model_dir: Path, seed: int,
-            timeout: float) -> dict:
+            timeout: float, restarts_n: int = 0, baseline=None, extra_env: dict[str, str] | None = None) -> dict:
+    """n_users state records in a fresh changelog; a worker restores them into an empty data dir
+    and serves. Then, restarts_n times: that worker is stopped (SIGTERM) and started again on its
+    data dir (the normal restart), each after a call of baseline() (an empty worker's start)."""
     from streaming.topics import ensure_topics
 
     name = f"bstate{uuid.uuid4().hex[:6]}"
@@ -191,35 +333,49 @@ def restore(bootstrap: str, n_users: int, lengths, items, tmp: Path, model_dir: 
     ensure_topics(bootstrap, {f"{name}-clicks": PARTITIONS, f"{name}-recs": PARTITIONS, f"{name}-dlq": 1,
                               f"{name}-models": 1, changelog: PARTITIONS}, config={"cleanup.policy": "compact"})
     prod = produce_changelog(bootstrap, changelog, n_users, lengths, items, seed) if n_users else None
-    proc, log = start_worker(bootstrap, name, tmp, model_dir)
-    try:
-        serve_s = time_to_serve(bootstrap, name, proc, timeout)
-        time.sleep(1.0)
-        rss = rss_bytes(proc.pid)
-        data = tree_bytes(tmp / f"{name}-data")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-    return {"users": n_users, "changelog": prod, "start_to_serving_s": serve_s,
-            "restore_records_per_s": (n_users / serve_s) if n_users else None,
-            "worker_rss_mb": rss / 1e6, "worker_data_dir_mb": data / 1e6}
+    out = {"users": n_users, "changelog": prod,
+           **run_worker(bootstrap, name, tmp, model_dir, timeout, "-restore", extra_env)}
+    out["restore_records_per_s"] = (n_users / out["start_to_serving_s"]) if n_users else None
+    ph = out["phases_s"]
+    began = [ph[k] for k in ("bulk_started", "restore_started") if k in ph]
+    ended = [ph[k] for k in ("bulk_done", "restore_done") if k in ph]
+    if n_users and began and ended:
+        out["changelog_read_s"] = max(ended) - min(began)
+        out["changelog_read_records_per_s"] = n_users / max(1e-3, out["changelog_read_s"])
+    restarts, empties = [], []
+    for i in range(restarts_n):
+        if baseline is not None:  # an empty worker's start, interleaved with the restarts
+            empties.append(baseline())
+        tail = changelog_tail(bootstrap, changelog, tmp / f"{name}-data")
+        again = run_worker(bootstrap, name, tmp, model_dir, timeout, f"-restart{i}", extra_env)
+        again["changelog_tail"] = tail
+        again["read_changelog"] = any(k in again["phases_s"] for k in ("bulk_started", "restore_started"))
+        restarts.append(again)
+    if restarts:
+        out["restarts"] = restarts
+        out["restart_to_serving_s_median"] = median([r["start_to_serving_s"] for r in restarts])
+    if empties:
+        out["empty_starts"] = empties
+    shutil.rmtree(tmp / f"{name}-data", ignore_errors=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--users", type=int, help="users in the RocksDB size test (default 1,000,000; quick 5,000)")
+    ap.add_argument("--users", type=int,
+                    help="users in the RocksDB size test (default 1,000,000; quick 5,000; 0 skips it)")
     ap.add_argument("--restore-users", type=int,
-                    help="users in the changelog restore test (default 100,000; quick 2,000; 0 skips it)")
+                    help="users in the changelog restore test and the restarts (default 1,000,000, the target's "
+                         "size; quick 2,000; 0 skips them)")
+    ap.add_argument("--restarts", type=int,
+                    help="restarts of the restored worker on its own data dir, each after an empty worker's "
+                         "start (default 3; quick 1)")
     ap.add_argument("--output", default="bench/out/state.json")
     ap.add_argument("--plot", default=None)
     args = ap.parse_args(argv)
-    n_users = args.users or (5_000 if args.quick else 1_000_000)
-    n_restore = args.restore_users if args.restore_users is not None else (2_000 if args.quick else 100_000)
+    n_users = args.users if args.users is not None else (5_000 if args.quick else 1_000_000)
+    n_restore = args.restore_users if args.restore_users is not None else (2_000 if args.quick else 1_000_000)
 
     from recsys.confidence import build_profiles
     from recsys.defaults import CONFIDENCE
@@ -240,32 +396,58 @@ def main(argv: list[str] | None = None) -> dict:
                                         "p99": float(np.percentile(lengths, 99))}}
     broker = None
     try:
-        mix = rocksdb_size(n_users, lengths, items, None, tmp, 1)
-        print(f"RocksDB, {mix['users']:,} users (real mix): {mix['disk_bytes_per_user']:.0f} B/user on disk, "
-              f"{mix['encoded_bytes_per_user']:.0f} B/user encoded; decode {mix['read_decode_us']:.1f} us", flush=True)
-        n50 = min(n_users, 100_000)
-        fifty = rocksdb_size(n50, lengths, items, 50, tmp, 2)
-        print(f"RocksDB, {n50:,} users x 50 items: {fifty['disk_bytes_per_user']:.0f} B/user on disk "
-              f"(target < 2048), {fifty['encoded_bytes_per_user']:.0f} B/user encoded", flush=True)
-        report["rocksdb"] = {"real_mix": mix, "fifty_items": fifty}
+        if n_users:
+            mix = rocksdb_size(n_users, lengths, items, None, tmp, 1)
+            print(f"RocksDB, {mix['users']:,} users (real mix): {mix['disk_bytes_per_user']:.0f} B/user on disk, "
+                  f"{mix['encoded_bytes_per_user']:.0f} B/user encoded; decode {mix['read_decode_us']:.1f} us", flush=True)
+            n50 = min(n_users, 100_000)
+            fifty = rocksdb_size(n50, lengths, items, 50, tmp, 2)
+            print(f"RocksDB, {n50:,} users x 50 items: {fifty['disk_bytes_per_user']:.0f} B/user on disk "
+                  f"(target < 2048), {fifty['encoded_bytes_per_user']:.0f} B/user encoded", flush=True)
+            report["rocksdb"] = {"real_mix": mix, "fifty_items": fifty}
         if n_restore:
             broker = broker_from_env(tmp / "kafka")
             broker.start()
             model = train(build_profiles(simulate(SimConfig(events=20_000, n_items=5000, seed=3)), CONFIDENCE),
                           CONFIDENCE, TrainConfig(factors=64, iterations=5))[0]
             ModelStore(tmp / "models").save(model)
-            empty = restore(broker.bootstrap, 0, lengths, items, tmp, tmp / "models", 0, 120)
+
+            def empty_start() -> dict:
+                return restore(broker.bootstrap, 0, lengths, items, tmp, tmp / "models", 0, 120)
+
+            empty = empty_start()
             print(f"worker with no users: serving {empty['start_to_serving_s']:.1f} s after start, "
                   f"RSS {empty['worker_rss_mb']:.0f} MB", flush=True)
-            full = restore(broker.bootstrap, n_restore, lengths, items, tmp, tmp / "models", 1, 900)
+            full = restore(broker.bootstrap, n_restore, lengths, items, tmp, tmp / "models", 1, 3600,
+                           restarts_n=args.restarts if args.restarts is not None else (1 if args.quick else 3),
+                           baseline=empty_start)
             full["rss_delta_bytes_per_user"] = (full["worker_rss_mb"] - empty["worker_rss_mb"]) * 1e6 / n_restore
+            read = (f"; changelog read {full['changelog_read_s']:.1f} s = "
+                    f"{full['changelog_read_records_per_s']:,.0f} records/s") if "changelog_read_s" in full else ""
             print(f"worker restoring {n_restore:,} users from the changelog ({full['changelog']['mb']:.0f} MB, "
                   f"produced in {full['changelog']['seconds']:.0f} s): serving {full['start_to_serving_s']:.1f} s "
-                  f"after start ({full['restore_records_per_s']:,.0f} records/s; target < 60 s at 1M), "
+                  f"after start ({full['restore_records_per_s']:,.0f} records/s; target < 60 s at 1M){read}, "
                   f"RSS {full['worker_rss_mb']:.0f} MB ({full['rss_delta_bytes_per_user']:.0f} B/user over empty), "
                   f"data dir {full['worker_data_dir_mb']:.0f} MB", flush=True)
             report["restore"] = {"empty": empty, "full": full,
                                  "start_to_serving_ratio_vs_empty": full["start_to_serving_s"] / empty["start_to_serving_s"]}
+            if full.get("restarts"):
+                rs, es = full["restarts"], full["empty_starts"]
+                replayed = [r["changelog_tail"]["records_to_replay"] for r in rs]
+                report["restart"] = {"users": n_restore, "restarts": len(rs),
+                                     "start_to_serving_s_median": median([r["start_to_serving_s"] for r in rs]),
+                                     "empty_start_to_serving_s_median":
+                                         median([e["start_to_serving_s"] for e in [empty, *es]]),
+                                     "changelog_records_to_replay": replayed,
+                                     "read_changelog": [r["read_changelog"] for r in rs]}
+                rr = report["restart"]
+                print(f"restart of that worker on its own data dir ({n_restore:,} users, {len(rs)} restarts): serving "
+                      f"{rr['start_to_serving_s_median']:.1f} s after start (median; "
+                      f"{_secs(rs)}) vs an empty worker "
+                      f"{rr['empty_start_to_serving_s_median']:.1f} s "
+                      f"({_secs([empty, *es])}); changelog records past the "
+                      f"persisted offsets: {replayed}; read the changelog at start: {rr['read_changelog']}",
+                      flush=True)
     finally:
         if broker is not None:
             broker.stop()
@@ -278,22 +460,35 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def _secs(runs: list[dict]) -> str:
+    return ", ".join(f"{r['start_to_serving_s']:.1f}" for r in runs)
+
+
 def plot(report: dict, path: str) -> None:
     plt = plot_setup()
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    r = report["rocksdb"]
-    names = ["real mix", "50 items"]
-    ax[0].bar(names, [r["real_mix"]["disk_bytes_per_user"], r["fifty_items"]["disk_bytes_per_user"]], label="on disk")
-    ax[0].bar(names, [r["real_mix"]["encoded_bytes_per_user"], r["fifty_items"]["encoded_bytes_per_user"]],
-              fill=False, edgecolor="k", label="encoded")
-    ax[0].axhline(2048, color="r", ls=":", label="target 2 KB")
-    ax[0].set(ylabel="bytes per user", title="RocksDB state size")
-    ax[0].legend(fontsize=8)
+    r = report.get("rocksdb")
+    if r:
+        names = ["real mix", "50 items"]
+        ax[0].bar(names, [r["real_mix"]["disk_bytes_per_user"], r["fifty_items"]["disk_bytes_per_user"]],
+                  label="on disk")
+        ax[0].bar(names, [r["real_mix"]["encoded_bytes_per_user"], r["fifty_items"]["encoded_bytes_per_user"]],
+                  fill=False, edgecolor="k", label="encoded")
+        ax[0].axhline(2048, color="r", ls=":", label="target 2 KB")
+        ax[0].set(ylabel="bytes per user", title="RocksDB state size")
+        ax[0].legend(fontsize=8)
+    else:
+        ax[0].axis("off")
     if "restore" in report:
         e, f = report["restore"]["empty"], report["restore"]["full"]
-        ax[1].bar([f"0 users", f"{f['users']:,} users"], [e["start_to_serving_s"], f["start_to_serving_s"]])
-        ax[1].axhline(60, color="r", ls=":", label="target 60 s")
-        ax[1].set(ylabel="start -> serving (s)", title="restore from changelog")
+        empty_s = median([r["start_to_serving_s"] for r in [e, *f.get("empty_starts", [])]])
+        names, secs = ["empty worker", f"{f['users']:,} users\nfrom changelog"], [empty_s, f["start_to_serving_s"]]
+        if "restart" in report:
+            names.append(f"{f['users']:,} users\nrestart (local state)")
+            secs.append(report["restart"]["start_to_serving_s_median"])
+        ax[1].bar(names, secs)
+        ax[1].axhline(60, color="r", ls=":", label="target 60 s at 1M")
+        ax[1].set(ylabel="start -> serving (s)", title="worker start")
         ax[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -291,6 +291,9 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None, config:
         broker_heartbeat_interval=float(os.environ.get("BROKER_HEARTBEAT_INTERVAL", 1.0)),
         stream_wait_empty=False,
         logging_config=None,
+        # Restore from the changelog in bulk (streaming/fast_restore.py): Faust's own per-record
+        # path managed ~2,200 records/s here, minutes for 1M users on an empty data dir.
+        TableManager="streaming.fast_restore:TableManager",
     )
     worker = StreamWorker(app, settings, metrics or WorkerMetrics(),
                           *((config.confidence, config.scoring) if config is not None else ()))

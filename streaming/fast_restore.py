@@ -1,0 +1,268 @@
+"""Bulk restore of a RocksDB table from its changelog, ahead of Faust's own per-record recovery.
+
+Faust 0.15 restores a table partition by passing every changelog record through its general
+consumer pipeline: `Consumer._drain_messages` awaits `wait_first(callback(message), ...)` for
+each record (four tasks and an `asyncio.wait`), the conductor decodes it into an event, a queue
+hands it to `Recovery._slurp_changelogs`, which awaits `asyncio.wait_for(queue.get())` (one more
+task and a timer) and recomputes the remaining-offsets counters, for every record. That is a few
+hundred microseconds of event-loop work per record: ~2,200 state records/s on the project's
+2-core box, ≈ 7.5 minutes for 1M users (BENCHMARKS.md, bench/state.py).
+
+`TableManager` (given to `faust.App(TableManager=...)`) gives the app a `FastRecovery`, which
+does one thing more than Faust's: when Faust is about to seek the active changelog partitions
+to the offsets it will read from, it first bulk-loads each of those partitions with a private
+consumer (no group, same broker settings and isolation level as Faust's) from the offset the
+local RocksDB has to the highwater Faust has just measured. Each fetch is written with one
+RocksDB WriteBatch per partition that also carries Faust's persisted-offset key, so data and
+offset land together: a crash, a rebalance (the recovery cancels the step) or the time budget
+ending in the middle leaves every partition consistent at some offset, and Faust's own recovery
+then reads from there: the rest, if any, and anything appended meanwhile. The records are
+written byte for byte as Faust's `Store.apply_changelog_batch` writes them (a tombstone
+deletes), into the same per-partition database.
+
+While loading, a partition's database is switched to bulk-load mode: writes skip the WAL and
+automatic compactions (and the L0 write-stall triggers) are off; at the end (also on failure or
+cancellation) it is flushed to SST files and its options are put back as they were (read from
+the database's OPTIONS file), so compaction catches up in the background while the worker
+serves. Skipping the WAL is safe because the data and the offset key go into the same
+memtable: a crash before the flush loses both together, back to the last flushed offset; and
+the flush comes before Faust, or anything else, writes to the partition again. (In a 1M-record
+test outside the worker this cut the write time per record by ~3x; fetching then dominates.)
+
+Only active partitions of tables whose store is Faust's RocksDB store (rocksdict driver) and
+that have no `on_changelog_event` callback are bulk-loaded; anything else (standbys, other
+stores) takes Faust's path unchanged. A worker whose data dir is current (a normal restart)
+has nothing to load: this is a no-op there. STREAMREC_BULK_RESTORE=0 turns it off.
+
+Time budget: Faust awaits the seek step with `broker_request_timeout` (90 s by default) and
+treats a timeout as the recovery service stopping, so the bulk load stops at
+BUDGET_FRACTION of it and leaves the remainder to Faust.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from faust.tables.manager import TableManager as _FaustTableManager
+from faust.tables.recovery import Recovery
+from faust.types import TP
+
+log = logging.getLogger("streamrec.restore")
+
+OFFSET_KEY = b"__faust\0offset__"  # faust.stores.rocksdb.Store.offset_key
+BUDGET_FRACTION = 0.6              # of broker_request_timeout, see the module docstring
+FETCH_BYTES_PER_PARTITION = 16 << 20
+FETCH_MAX_BYTES = 64 << 20
+STALL_S = 15.0                     # no progress for this long: leave the partition to Faust
+# Mutable RocksDB options changed for the bulk load, with the values they get while loading.
+BULK_OPTIONS = {"disable_auto_compactions": "true", "level0_slowdown_writes_trigger": "1000",
+                "level0_stop_writes_trigger": "1000"}
+ROCKSDB_DEFAULTS = {"disable_auto_compactions": "false", "level0_slowdown_writes_trigger": "20",
+                    "level0_stop_writes_trigger": "36"}  # RocksDB 8's, if the OPTIONS file is unreadable
+ENV_SWITCH = "STREAMREC_BULK_RESTORE"  # "0": Faust's own recovery only (for comparison, or a way out)
+
+
+def bulk_enabled() -> bool:
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _rocksdb_store(table: Any) -> Any:
+    """The table's Faust RocksDB store (rocksdict driver), or None if bulk loading does not apply."""
+    try:
+        from faust.stores.rocksdb import Store
+    except ImportError:  # pragma: no cover
+        return None
+    store = getattr(table, "data", None)
+    if not isinstance(store, Store) or not store.use_rocksdict or getattr(store, "read_only", False):
+        return None
+    if getattr(table, "_on_changelog_event", None) is not None:
+        return None
+    return store
+
+
+def _options_in_file(db_dir: Path, names: Any) -> dict[str, str]:
+    """The current values of some options, from the database's latest OPTIONS file."""
+    out = dict(ROCKSDB_DEFAULTS)
+    try:
+        files = sorted(db_dir.glob("OPTIONS-*"), key=lambda f: int(f.name.split("-")[1]))
+        for line in files[-1].read_text().splitlines() if files else []:
+            k, _, v = line.strip().partition("=")
+            if k in names:
+                out[k] = v
+    except (OSError, ValueError):
+        pass
+    return {k: out[k] for k in names}
+
+
+class _BulkMode:
+    """A partition database in bulk-load mode (see the module docstring) until close()."""
+
+    def __init__(self, store: Any, partition: int):
+        self.db = store._db_for_partition(partition)
+        self.saved = _options_in_file(Path(store.partition_path(partition)), BULK_OPTIONS)
+        self.db.set_options(BULK_OPTIONS)
+        from rocksdict import WriteOptions
+
+        self.write_opt = WriteOptions()
+        self.write_opt.disable_wal = True
+
+    def close(self) -> None:
+        try:
+            self.db.flush(True)  # before anything writes with the WAL again: see the module docstring
+        finally:
+            self.db.set_options(self.saved)
+
+
+class FastRecovery(Recovery):
+    """Faust's Recovery plus a bulk load of the active changelog partitions before they are seeked."""
+
+    #: Last bulk load: records, seconds, per-partition offsets (for logs and tests).
+    last_bulk: dict[str, Any] | None = None
+
+    async def _seek_offsets(self, consumer: Any, tps: set, offsets: Any, title: str) -> None:
+        if title == "active" and tps and bulk_enabled():
+            try:
+                await self._bulk_restore(set(tps), offsets)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - Faust's own path restores whatever is left
+                log.warning("bulk changelog restore failed (%r); Faust's recovery reads the rest", e)
+        await super()._seek_offsets(consumer, tps, offsets, title)
+
+    def _plan(self, tps: set, offsets: Any) -> dict[TP, tuple[Any, int, int]]:
+        """tp -> (store, first offset to read, end offset) for the partitions worth bulk-loading."""
+        plan = {}
+        for tp in tps:
+            table = self.tp_to_table.get(tp)
+            store = _rocksdb_store(table) if table is not None else None
+            highwater = self.active_highwaters.get(tp)  # last offset in the topic (end - 1)
+            have = offsets.get(tp)
+            if store is None or highwater is None or highwater < 0 or have is None:
+                continue
+            start = have + 1 if have >= 0 else 0
+            if start <= highwater:
+                plan[tp] = (store, start, highwater + 1)
+        return plan
+
+    async def _bulk_restore(self, tps: set, offsets: Any) -> None:
+        plan = self._plan(tps, offsets)
+        if not plan:
+            return
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth, server_list
+
+        app, conf = self.app, self.app.conf
+        total = sum(end - start for _, start, end in plan.values())
+        budget = conf.broker_request_timeout * BUDGET_FRACTION
+        # Faust's own words for a restore (its "Restoring state from changelog topics..." only
+        # appears if something is left for its per-record path), so that logs read the same.
+        self.log.info("Restoring state from changelog topics (bulk): %d records into %d partitions "
+                      "(budget %.0f s)", total, len(plan), budget)
+        t0 = time.monotonic()
+        deadline = t0 + budget
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=server_list(app.transport.url, app.transport.default_port),
+            client_id=f"{conf.broker_client_id}-restore",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed" if app.in_transaction else "read_uncommitted",
+            max_partition_fetch_bytes=max(FETCH_BYTES_PER_PARTITION, conf.consumer_max_fetch_size),
+            fetch_max_bytes=FETCH_MAX_BYTES,
+            fetch_max_wait_ms=100,
+            request_timeout_ms=int(conf.broker_request_timeout * 1000),
+            check_crcs=conf.broker_check_crcs,
+            **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context),
+        )
+        ktp = {tp: TopicPartition(tp.topic, tp.partition) for tp in plan}
+        left = {ktp[tp]: tp for tp in plan}
+        done_records = 0
+        per_tp: dict[str, Any] = {}
+        modes: dict[TP, _BulkMode] = {}
+        await consumer.start()
+        try:
+            for tp, (store, _, _) in plan.items():
+                modes[tp] = _BulkMode(store, tp.partition)
+            consumer.assign(list(left))
+            for tp, (_, start, _) in plan.items():
+                consumer.seek(ktp[tp], start)
+            last_progress = time.monotonic()
+            while left and time.monotonic() < deadline:
+                fetched = await consumer.getmany(*left, timeout_ms=200)
+                for ktp_, records in fetched.items():
+                    tp = left.get(ktp_)
+                    if tp is None or not records:
+                        continue
+                    done_records += self._apply(modes[tp], tp, records, offsets, plan[tp][2])
+                    last_progress = time.monotonic()
+                for ktp_, tp in list(left.items()):
+                    end = plan[tp][2]
+                    if await consumer.position(ktp_) >= end:
+                        # everything below `end` consumed (compacted gaps, control records):
+                        # the partition is as current as the highwater Faust measured
+                        have = offsets.get(tp)
+                        if have is None or have < end - 1:
+                            modes[tp].db.put(OFFSET_KEY, str(end - 1).encode(), modes[tp].write_opt)
+                            offsets[tp] = end - 1
+                        per_tp[str(tp.partition)] = end - 1
+                        del left[ktp_]
+                        consumer.pause(ktp_)
+                if left and time.monotonic() - last_progress > STALL_S:
+                    self.log.warning("Bulk restore: no progress for %.0f s on %s; Faust's recovery reads the rest",
+                                     STALL_S, sorted(str(t) for t in left.values()))
+                    break
+                await asyncio.sleep(0)  # let the web server, heartbeats' callbacks etc. run
+        finally:
+            errors = []
+            for mode in modes.values():
+                try:
+                    mode.close()
+                except Exception as e:  # noqa: BLE001 - close every partition, then report
+                    errors.append(e)
+            await consumer.stop()
+            if errors:
+                raise errors[0]
+        secs = time.monotonic() - t0
+        FastRecovery.last_bulk = {"records": done_records, "seconds": secs, "partitions": per_tp,
+                                  "left_to_faust": sorted(str(t) for t in left.values())}
+        self.log.info("Bulk-loaded %d changelog records in %.1f s (%.0f records/s)%s", done_records, secs,
+                      done_records / max(secs, 1e-6),
+                      f"; Faust's recovery reads the rest of {len(left)} partitions" if left else "")
+
+    @staticmethod
+    def _apply(mode: _BulkMode, tp: TP, records: list, offsets: Any, end: int) -> int:
+        """Write one fetch of one partition: its records and the persisted offset, in one batch."""
+        from rocksdict import WriteBatch
+
+        batch = WriteBatch(raw_mode=True)
+        last = -1
+        n = 0
+        for r in records:
+            if r.offset >= end:  # past the highwater Faust measured: Faust reads it itself
+                break
+            if r.value is None:
+                batch.delete(r.key)
+            else:
+                batch.put(r.key, r.value)
+            last = r.offset
+            n += 1
+        if n:
+            batch.put(OFFSET_KEY, str(last).encode())
+            mode.db.write(batch, mode.write_opt)
+            offsets[tp] = last
+        return n
+
+
+class TableManager(_FaustTableManager):
+    """Faust's TableManager with FastRecovery (`faust.App(TableManager=TableManager)`)."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = FastRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
