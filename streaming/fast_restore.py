@@ -32,7 +32,8 @@ test outside the worker this cut the write time per record by ~3x; fetching then
 Only active partitions of tables whose store is Faust's RocksDB store (rocksdict driver) and
 that have no `on_changelog_event` callback are bulk-loaded; anything else (standbys, other
 stores) takes Faust's path unchanged. A worker whose data dir is current (a normal restart)
-has nothing to load: this is a no-op there. STREAMREC_BULK_RESTORE=0 turns it off.
+has nothing to load: this is a no-op there. The `bulk_restore` setting (STREAMREC_BULK_RESTORE=0)
+turns it off: the app then gets Faust's own TableManager.
 
 Time budget: Faust awaits the seek step with `broker_request_timeout` (90 s by default) and
 treats a timeout as the recovery service stopping, so the bulk load stops at
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -64,13 +64,6 @@ BULK_OPTIONS = {"disable_auto_compactions": "true", "level0_slowdown_writes_trig
                 "level0_stop_writes_trigger": "1000"}
 ROCKSDB_DEFAULTS = {"disable_auto_compactions": "false", "level0_slowdown_writes_trigger": "20",
                     "level0_stop_writes_trigger": "36"}  # RocksDB 8's, if the OPTIONS file is unreadable
-ENV_SWITCH = "STREAMREC_BULK_RESTORE"  # "0": Faust's own recovery only (for comparison, or a way out)
-
-
-def bulk_enabled() -> bool:
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
 def _rocksdb_store(table: Any) -> Any:
     """The table's Faust RocksDB store (rocksdict driver), or None if bulk loading does not apply."""
     try:
@@ -125,7 +118,7 @@ class FastRecovery(Recovery):
     last_bulk: dict[str, Any] | None = None
 
     async def _seek_offsets(self, consumer: Any, tps: set, offsets: Any, title: str) -> None:
-        if title == "active" and tps and bulk_enabled():
+        if title == "active" and tps:
             try:
                 await self._bulk_restore(set(tps), offsets)
             except asyncio.CancelledError:
