@@ -24,6 +24,11 @@ SCORING = ScoringConfig(n=10, user_weight=0.576, item_norm_power=0.592,
                         # re-visits: the items touched last come back first (2.4 h half-life on
                         # top of the confidence decay; validation grid in docs/evaluation.md)
                         repeat_half_life_days=0.1,
+                        # Per-user β (β·min(1, r̂/m), scoring.repeat_weight_for): off. On validation
+                        # it lifts YOOCHOOSE (long sessions that move on) but costs Taobao, whose
+                        # shoppers come back to own items even when they have not yet: no (m, n0)
+                        # regresses neither (docs/evaluation.md "Per-user re-visit weight").
+                        repeat_rate_prior=None, repeat_rate_strength=0.01,
                         # One thread for a batch's fold-in and scoring: a worker is one process
                         # (more cores: more workers). OpenMP across the few users of a micro-batch
                         # cost more than it saved: fold-in of 18 users 33 ms vs 7 ms on one thread.

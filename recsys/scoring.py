@@ -32,6 +32,9 @@ user's strongest item tie the model's best candidate. It keeps the one-product d
 bonus only touches the user's own items, so the exact top-N of `final` is the top-N of
 (the blend's top-N ∪ the own items) — no second pass over the catalogue. Own items the model
 does not know (new items) enter with blend score 0. Filters (bought, query) apply to them too.
+Optionally β is per user (`repeat_rate_prior`, `repeat_weight_for`): scaled by the user's own
+smoothed re-visit rate, from counts `own_item_scores` reads off the profile (off by default:
+docs/evaluation.md "Per-user re-visit weight").
 """
 
 from __future__ import annotations
@@ -63,6 +66,11 @@ class ScoringConfig:
     # Re-visit recency: an own item's strength also halves every this many days since the user
     # last touched it (None: the confidence value alone). See own_item_scores.
     repeat_half_life_days: float | None = None
+    # Per-user β, learned online from the user's own returns (no extra state): β·min(1, r̂/m),
+    # r̂ = (returns + m·n0) / (moves + n0), m = repeat_rate_prior (None: every user gets β),
+    # n0 = repeat_rate_strength (pseudo-moves). See repeat_weight_for.
+    repeat_rate_prior: float | None = None
+    repeat_rate_strength: float = 1.0
     # Approximate top-k (recsys/ann.py) for catalogues of at least this many items; 0 = never.
     ann_min_items: int = 1_000_000
     ann_nprobe: int = 0             # IVF lists scanned per query (0: recsys.ann tunes it at build time)
@@ -84,6 +92,10 @@ class ScoringConfig:
         if self.repeat_half_life_days is not None and not (
                 np.isfinite(self.repeat_half_life_days) and self.repeat_half_life_days > 0):
             raise ConfigError(f"scoring.repeat_half_life_days must be > 0 or None, got {self.repeat_half_life_days}")
+        if self.repeat_rate_prior is not None and not 0.0 < self.repeat_rate_prior <= 1.0:
+            raise ConfigError(f"scoring.repeat_rate_prior must be in (0, 1] or None, got {self.repeat_rate_prior}")
+        if not (np.isfinite(self.repeat_rate_strength) and self.repeat_rate_strength > 0):
+            raise ConfigError(f"scoring.repeat_rate_strength must be a finite number > 0, got {self.repeat_rate_strength}")
         if self.ann_min_items < 0 or self.ann_nprobe < 0:
             raise ConfigError("scoring.ann_min_items and scoring.ann_nprobe must be >= 0")
 
@@ -199,7 +211,7 @@ class Scorer:
         rec = out[r]
         items, scores = (rec.items, rec.scores) if rec is not None else ([], [])
         scale = scores[0] if scores and scores[0] > 0 else 1.0
-        beta = self.cfg.repeat_weight
+        beta = repeat_weight_for(self.cfg, strengths)
         final = dict(zip(items, scores))
         idx, y = self.model.item_index, self.model.item_factors
         banned = set(exclude)
@@ -276,8 +288,55 @@ def _rows_to_csr(rows: list[list[int]], n_cols: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(rows), n_cols))
 
 
+class OwnItems(dict):
+    """`own_item_scores`' result: item -> re-visit strength, plus the user's re-visit counts
+    (`revisit_counts`: `returns` among `moves`), which the per-user re-visit weight adapts to."""
+
+    __slots__ = ("returns", "moves")
+
+    def __init__(self, strengths=(), returns: int = 0, moves: int = 0):
+        super().__init__(strengths)
+        self.returns, self.moves = returns, moves
+
+
+def revisit_counts(profile: UserProfile, ccfg: ConfidenceConfig) -> tuple[int, int]:
+    """(returns, moves) of the user so far, from the profile alone (no extra state).
+
+    A move is an event on another item than the one on screen; a return is a move to an item
+    the user touched before. While `profile.history` holds every move (fewer than
+    `ccfg.history_len`: no repeats in a row, so a reload or a cart on the product on screen is
+    not a move) the counts are exact: moves = len(history), returns = moves − distinct items in
+    it. Once it has overflowed, the event counts: moves = events, returns = events − distinct
+    items (a reload then counts as a return; `items` is capped at `max_items`, which can only
+    raise the rate). Both are 0 for a user with no events."""
+    h = profile.history
+    if len(h) < ccfg.history_len:
+        return len(h) - len(set(h)), len(h)
+    return max(profile.events - len(profile.items), 0), profile.events
+
+
+def repeat_weight_for(cfg: ScoringConfig, own: dict[str, float] | None = None) -> float:
+    """The re-visit weight β_u of one user (`Scorer._add_own`).
+
+    `cfg.repeat_weight` (β) for everyone when `cfg.repeat_rate_prior` is None, or when `own`
+    carries no counts (a plain dict). Otherwise β scaled by how much the user returns:
+
+        β_u = β · min(1, r̂ / m)      r̂ = (returns + m·n0) / (moves + n0)
+
+    r̂ is the user's re-visit rate smoothed toward the prior m = `repeat_rate_prior` with
+    n0 = `repeat_rate_strength` pseudo-moves (a Beta(m·n0, (1−m)·n0) prior's posterior mean),
+    and m is also the rate that earns the full β: a user with no moves yet gets β, a user who
+    returns at least as often as m gets β, a user who keeps moving on gets β·n0/(moves + n0)."""
+    beta = cfg.repeat_weight
+    if cfg.repeat_rate_prior is None or not isinstance(own, OwnItems):
+        return beta
+    m, n0 = cfg.repeat_rate_prior, cfg.repeat_rate_strength
+    rate = (own.returns + m * n0) / (own.moves + n0)
+    return beta * min(1.0, rate / m)
+
+
 def own_item_scores(profile: UserProfile, ccfg: ConfidenceConfig,
-                    half_life_days: float | None = None) -> dict[str, float]:
+                    half_life_days: float | None = None) -> OwnItems:
     """The user's own items with strengths in (0, 1]: raw value (decayed to the user's last
     event) over the largest one. Input of the re-visit term (`Scorer.recommend(own=...)`).
 
@@ -291,7 +350,8 @@ def own_item_scores(profile: UserProfile, ccfg: ConfidenceConfig,
         per_ms = 1.0 / (half_life_days * 86_400_000.0)
         last, items = profile.last_ts, profile.items
         values = {i: v * 2.0 ** (-max(last - items[i].ts, 0) * per_ms) for i, v in values.items()}
+    returns, moves = revisit_counts(profile, ccfg)
     top = max(values.values(), default=0.0)
     if top <= 0:
-        return {}
-    return {i: v / top for i, v in values.items() if v > 0}
+        return OwnItems({}, returns, moves)
+    return OwnItems({i: v / top for i, v in values.items() if v > 0}, returns, moves)

@@ -150,6 +150,11 @@ DESCRIPTIONS: dict[str, str] = {
     "scoring.repeat_power": "the re-visit bonus uses strength^power: below 1 lifts weaker own items",
     "scoring.repeat_half_life_days": "own items' strength decays by the age of their last touch with this "
                                      "half-life (recency of re-visits); none: no extra decay",
+    "scoring.repeat_rate_prior": "per-user re-visit weight: a user gets repeat_weight * min(1, r/m), r = their "
+                                 "re-visit rate (returns / moves) smoothed toward m = this; none: every user "
+                                 "gets repeat_weight (docs/evaluation.md: off, it costs Taobao)",
+    "scoring.repeat_rate_strength": "prior weight of repeat_rate_prior, in moves: a user who never returned "
+                                    "gets repeat_weight * n0 / (moves + n0)",
     "scoring.ann_min_items": "approximate top-k (recsys/ann.py) for catalogues of at least this many items; "
                              "0: never",
     "scoring.ann_nprobe": "IVF lists scanned per approximate query; 0: recsys.ann's default",

@@ -100,3 +100,96 @@ def test_unknown_similar_item_is_none():
 def test_invalid_scoring_settings(kw):
     with pytest.raises(ConfigError):
         ScoringConfig(**kw)
+
+
+# ---- per-user re-visit weight (repeat_rate_prior / repeat_rate_strength) ------------------
+
+def _walk(items, cfg=ConfidenceConfig(), user="u"):
+    p = UserProfile()
+    for k, item in enumerate(items):
+        p.apply(ev(user, item, "view", T0 + k * 1000), cfg)
+    return p
+
+
+def test_revisit_counts_are_returns_among_moves():
+    from recsys.scoring import revisit_counts
+
+    cfg = ConfidenceConfig()
+    assert revisit_counts(UserProfile(), cfg) == (0, 0)
+    assert revisit_counts(_walk(["a", "b", "c", "d"]), cfg) == (0, 4)        # keeps moving on
+    assert revisit_counts(_walk(["a", "b", "a", "c", "b"]), cfg) == (2, 5)   # came back twice
+    assert revisit_counts(_walk(["a", "a", "a", "b"]), cfg) == (0, 2)        # reloads are not moves
+    # Once the history has overflowed: the event counts (events - distinct items of events).
+    small = ConfidenceConfig(history_len=3)
+    p = _walk(["a", "b", "c", "a", "b", "d"], small)
+    assert len(p.history) == 3 and revisit_counts(p, small) == (6 - 4, 6)
+
+
+def test_repeat_weight_for_limits():
+    from recsys.scoring import OwnItems, repeat_weight_for
+
+    off = ScoringConfig(repeat_weight=100.0)
+    on = ScoringConfig(repeat_weight=100.0, repeat_rate_prior=0.2, repeat_rate_strength=0.5)
+    # off, or no counts (a plain dict): everyone gets β
+    assert repeat_weight_for(off, OwnItems({"a": 1.0}, 0, 50)) == 100.0
+    assert repeat_weight_for(on, {"a": 1.0}) == 100.0
+    assert repeat_weight_for(on, None) == 100.0
+    # no moves yet: the prior, which earns the full β
+    assert repeat_weight_for(on, OwnItems({}, 0, 0)) == pytest.approx(100.0)
+    # returns at (or above) the prior rate: full β, never more
+    assert repeat_weight_for(on, OwnItems({}, 2, 10)) == pytest.approx(100.0)
+    assert repeat_weight_for(on, OwnItems({}, 9, 10)) == pytest.approx(100.0)
+    # never returned: β·n0 / (moves + n0), falling toward 0 with every move
+    assert repeat_weight_for(on, OwnItems({}, 0, 10)) == pytest.approx(100.0 * 0.5 / 10.5)
+    assert repeat_weight_for(on, OwnItems({}, 0, 1000)) < 0.1
+    # in between: proportional to the smoothed rate
+    assert repeat_weight_for(on, OwnItems({}, 1, 10)) == pytest.approx(100.0 * (1 + 0.1) / 10.5 / 0.2)
+    # monotone: more returns among the same moves, more weight
+    ws = [repeat_weight_for(on, OwnItems({}, k, 20)) for k in range(6)]
+    assert ws == sorted(ws) and ws[0] < ws[-1]
+
+
+def test_a_user_who_moves_on_gets_a_smaller_revisit_boost_than_one_who_returns():
+    from recsys.scoring import own_item_scores
+
+    cfg = ConfidenceConfig()
+    profiles = profiles_of(clustered_events(), cfg)
+    model, _, _ = train(profiles, cfg, TrainConfig(factors=8, iterations=10))
+    base = dict(n=5, repeat_weight=100.0)
+    adaptive = Recommender(model, cfg, ScoringConfig(**base, repeat_rate_prior=0.2, repeat_rate_strength=0.01))
+    fixed = Recommender(model, cfg, ScoringConfig(**base))
+    # Same last item on screen, same set of items; one came back to i0 and i3, the other never returned.
+    mover = _walk(["i0", "i3", "i6", "i9", "i12", "i15", "i18"], cfg, "m")
+    returner = _walk(["i0", "i3", "i0", "i6", "i3", "i9", "i12", "i15", "i18"], cfg, "r")
+    q = "i18"
+    own_m, own_r = own_item_scores(mover, cfg), own_item_scores(returner, cfg)
+    assert (own_m.returns, own_m.moves) == (0, 7) and (own_r.returns, own_r.moves) == (2, 9)
+    mine = set(mover.items) - {q}
+    rm, rr = adaptive.recommend([mover, returner], [q, q])
+    # the returner keeps the full boost: own items fill the top, as with a fixed β
+    assert rr.items == fixed.recommend([returner], [q])[0].items
+    assert set(rr.items[:5]) <= mine
+    # the mover's own items get a boost of β·n0/(moves+n0) ~ 0.14 · the best blend score: the
+    # model's own picks come back into the list
+    fm = fixed.recommend([mover], [q])[0]
+    assert set(fm.items) <= mine
+    assert set(rm.items) - mine
+    # and the bonus on an own item is smaller for the mover (same strength, same blend score)
+    scorer = adaptive.scorer
+    x, known = adaptive.fold_in([mover.confidence(cfg)])
+    strong = {"i0": 1.0}
+    from recsys.scoring import OwnItems
+
+    top_moving = scorer.recommend(x, known, [q], [set()], 50, own=[OwnItems(strong, 0, 20)])[0]
+    top_return = scorer.recommend(x, known, [q], [set()], 50, own=[OwnItems(strong, 5, 20)])[0]
+    assert top_return.items[0] == "i0"
+    s_moving = top_moving.scores[top_moving.items.index("i0")]
+    assert s_moving < top_return.scores[0]
+
+
+@pytest.mark.parametrize("kw", [{"repeat_rate_prior": 0.0}, {"repeat_rate_prior": 1.5},
+                                {"repeat_rate_strength": 0.0}, {"repeat_rate_strength": float("inf")},
+                                {"repeat_rate_strength": -1.0}])
+def test_invalid_repeat_rate_settings(kw):
+    with pytest.raises(ConfigError):
+        ScoringConfig(**kw)
