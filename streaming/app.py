@@ -47,6 +47,7 @@ from recsys.confidence import ConfidenceConfig
 from recsys.scoring import ScoringConfig
 from recsys.store import ModelStore
 
+from .broadcast import broadcast_consumer
 from .kafka_transport import App
 from .metrics import WorkerMetrics
 from .models import ModelHolder
@@ -210,23 +211,8 @@ class StreamWorker:
 
     async def listen_for_models(self) -> None:
         """Read model-updates from its end on every worker (no consumer group: a broadcast)."""
-        from aiokafka import AIOKafkaConsumer
-
-        topic = self.settings.model_updates_topic
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False,
-                                    group_id=None, auto_offset_reset="latest")
-        await consumer.start()
-        try:
-            from aiokafka import TopicPartition
-
-            parts = consumer.partitions_for_topic(topic) or set()
-            while not parts:
-                await asyncio.sleep(0.5)
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in parts]
-            consumer.assign(tps)
-            await consumer.seek_to_end(*tps)
+        async with broadcast_consumer(self.settings.bootstrap, self.settings.model_updates_topic,
+                                      from_beginning=False) as consumer:
             # Announcements made while this worker was starting: the store's pointer has them.
             current = self.models.store.current()
             if current and current != self.models.version:
@@ -234,8 +220,6 @@ class StreamWorker:
             self.listening = True
             async for msg in consumer:
                 await self.models.on_announcement(msg.value)
-        finally:
-            await consumer.stop()
 
 
 def freeze_heap() -> None:

@@ -47,6 +47,8 @@ from recsys.item_foldin import extend_model, fold_in_items
 from recsys.model import Model
 from recsys.recommender import Recommender
 
+from .broadcast import broadcast_consumer
+
 log = logging.getLogger("streamrec.items")
 
 EVIDENCE_BATCH = 1000              # evidence records per solve at most (else every refresh_s)
@@ -311,22 +313,9 @@ class NewItems:
     async def listen_for_rows(self) -> None:
         """Read the rows topic from the beginning on every worker (no consumer group), applying
         rows as they come and rebuilding at most every refresh_s."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
         refresh = self.settings.item_foldin_refresh_s
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False,
-                                    group_id=None, auto_offset_reset="earliest")
-        await consumer.start()
-        try:
-            topic = self.settings.item_factors_topic
-            parts = consumer.partitions_for_topic(topic) or set()
-            while not parts:
-                await asyncio.sleep(0.5)
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in parts]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+        async with broadcast_consumer(self.settings.bootstrap, self.settings.item_factors_topic,
+                                      from_beginning=True) as consumer:
             while True:
                 for records in (await consumer.getmany(timeout_ms=int(min(refresh, 1.0) * 1000))).values():
                     for r in records:
@@ -336,8 +325,6 @@ class NewItems:
                         await self.rebuild()
                     except Exception:  # noqa: BLE001 - keep serving what we have
                         log.exception("could not extend the model with new items; serving it without them")
-        finally:
-            await consumer.stop()
 
 
 def ensure_item_topics(settings: Any) -> None:
