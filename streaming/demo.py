@@ -86,6 +86,7 @@ class Demo:
         self.procs: list[subprocess.Popen] = []
         self.broker: Any = None
         self.stop = threading.Event()
+        self.tailer: threading.Thread | None = None
         self.latencies: list[float] = []
         self.versions: list[str] = []
         self.received = 0
@@ -162,8 +163,8 @@ class Demo:
                 f"| retrain metrics http://127.0.0.1:{metrics_port}/metrics | logs in {self.root}")
 
             self.catch_up(replay, history, s, web)
-            tailer = threading.Thread(target=self.tail, args=(s,), daemon=True)
-            tailer.start()
+            self.tailer = threading.Thread(target=self.tail, args=(s,), daemon=True)
+            self.tailer.start()
             replayer = threading.Thread(target=self.replay, args=(replay, live, s), daemon=True)
             replayer.start()
             deadline = time.time() + self.args.duration
@@ -174,6 +175,8 @@ class Demo:
             return 0
         finally:
             self.stop.set()
+            if self.tailer is not None:
+                self.tailer.join(timeout=5)
             self.shutdown()
             try:
                 delete_topics(bootstrap, list(topic_specs(s)) + [s.changelog_topic])
@@ -222,8 +225,9 @@ class Demo:
         from .tail import Tail, format_recommendation
 
         last_print = 0.0
-        # A daemon thread: it ends with the demo whether or not a message comes after the stop.
-        with Tail(s.bootstrap, s.recommendations_topic, timeout_s=None) as stream:
+        # Ends within a poll (0.5 s) of the stop, so its consumer is closed before the demo
+        # deletes the topics and stops the broker.
+        with Tail(s.bootstrap, s.recommendations_topic, timeout_s=None, should_stop=self.stop.is_set) as stream:
             for rec in stream:
                 if self.stop.is_set():
                     return

@@ -117,6 +117,9 @@ def setup(as_json: bool | None = None, level: int | str = logging.INFO) -> bool:
         root.removeHandler(h)
     root.addHandler(make_handler(as_json))
     root.setLevel(level if isinstance(level, int) else level.upper())
+    # kafka-python (replay, tail, topic admin) logs every connect, bootstrap and metadata
+    # refresh at INFO: client chatter, not the process's story. Its warnings still show.
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
     return as_json
 
 

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from recsys.errors import ConfigError
 
@@ -40,11 +40,12 @@ class Tail(Iterator[dict]):
     def __init__(self, bootstrap: str, topic: str, *, from_beginning: bool = False,
                  max_messages: int | None = None, timeout_s: float | None = None,
                  user: str | None = None, consumer_config: dict[str, Any] | None = None,
-                 wait_for_topic_s: float = 10.0):
+                 wait_for_topic_s: float = 10.0, should_stop: Callable[[], bool] | None = None):
         from kafka import KafkaConsumer, TopicPartition
 
         self.topic, self.user = topic, user
         self.max_messages, self.timeout_s = max_messages, timeout_s
+        self.should_stop = should_stop  # asked between polls (every 0.5 s at most): True ends the iteration
         self.count = 0          # dicts yielded
         self.skipped = 0        # messages that were not JSON objects
         self._buf: list[dict] = []
@@ -78,7 +79,8 @@ class Tail(Iterator[dict]):
 
     def __next__(self) -> dict:
         while True:
-            if self._closed or (self.max_messages is not None and self.count >= self.max_messages):
+            if self._closed or (self.max_messages is not None and self.count >= self.max_messages) or \
+                    (self.should_stop is not None and self.should_stop()):
                 self.close()
                 raise StopIteration
             if self._buf:
