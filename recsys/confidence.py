@@ -80,6 +80,10 @@ class ConfidenceConfig:
     def to_confidence(self, value: float) -> float:
         return 1.0 + self.alpha * value
 
+    def to_confidences(self, values: Mapping[str, float]) -> dict[str, float]:
+        """Raw values per item (`UserProfile.values`) -> confidence per item."""
+        return {i: 1.0 + self.alpha * v for i, v in values.items()}
+
 
 class ItemState:
     """One item in a user's profile: raw value as of time `ts`, and which event types were seen."""
@@ -158,7 +162,7 @@ class UserProfile:
 
     def confidence(self, cfg: ConfidenceConfig, now: int | None = None) -> dict[str, float]:
         """Confidence per item, c = 1 + alpha * r, as ALS and the fold-in take it."""
-        return {i: cfg.to_confidence(v) for i, v in self.values(cfg, now).items()}
+        return cfg.to_confidences(self.values(cfg, now))
 
     def items_with(self, types: Iterable[str]) -> set[str]:
         """Items on which the user did any of `types` (e.g. bought: filtered from lists)."""

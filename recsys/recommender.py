@@ -37,10 +37,12 @@ class Recommender:
         `recsys.popularity.RecentPopularity.top`) for users with neither usable history nor a
         known query, and for padding, instead of the model's training popularity."""
         t0 = time.perf_counter()
-        x, known = self.fold_in([p.confidence(self.ccfg) for p in profiles])
+        ccfg = self.ccfg
+        values = [p.values(ccfg) for p in profiles]  # once: confidences and re-visit strengths both start here
+        x, known = self.fold_in([ccfg.to_confidences(vs) for vs in values])
         t1 = time.perf_counter()
         excludes = [p.items_with(self.scfg.exclude_types) for p in profiles]
-        own = ([own_item_scores(p, self.ccfg, self.scfg.repeat_half_life_days) for p in profiles]
+        own = ([own_item_scores(p, ccfg, self.scfg.repeat_half_life_days, values=vs) for p, vs in zip(profiles, values)]
                if self.scfg.repeat_weight > 0 else None)
         out = self.scorer.recommend(x, known, queries, excludes, n, own=own, popular=popular)
         if timings is not None:

@@ -40,7 +40,7 @@ docs/evaluation.md "Per-user re-visit weight").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -335,8 +335,8 @@ def repeat_weight_for(cfg: ScoringConfig, own: dict[str, float] | None = None) -
     return beta * min(1.0, rate / m)
 
 
-def own_item_scores(profile: UserProfile, ccfg: ConfidenceConfig,
-                    half_life_days: float | None = None) -> OwnItems:
+def own_item_scores(profile: UserProfile, ccfg: ConfidenceConfig, half_life_days: float | None = None,
+                    values: Mapping[str, float] | None = None) -> OwnItems:
     """The user's own items with strengths in (0, 1]: raw value (decayed to the user's last
     event) over the largest one. Input of the re-visit term (`Scorer.recommend(own=...)`).
 
@@ -344,8 +344,9 @@ def own_item_scores(profile: UserProfile, ccfg: ConfidenceConfig,
     2^(−age / half-life), age = the user's last event − the item's last touch, so the items the
     shopper touched last come first more sharply than the confidence decay alone orders them
     (the profile keeps one decayed value per item, so the value cannot be re-decayed at another
-    rate; this re-weights it by the item's last touch)."""
-    values = profile.values(ccfg)
+    rate; this re-weights it by the item's last touch). `values`: `profile.values(ccfg)` when the
+    caller has them already (the fold-in's confidences come from the same values)."""
+    values = profile.values(ccfg) if values is None else values
     if half_life_days is not None:
         per_ms = 1.0 / (half_life_days * 86_400_000.0)
         last, items = profile.last_ts, profile.items

@@ -174,8 +174,8 @@ class ModelStore:
             raise ModelStoreError(f"model version {version!r}: {path.name} fails its sha256 checksum")
 
     def user_gram(self, version: str) -> np.ndarray | None:
-        """XᵀX stored with a version (verified), or None if the version has none (trained before
-        it was stored, or by `recsys train`): then new items are not folded in."""
+        """XᵀX stored with a version (verified), or None if the version has none (saved by code
+        that did not store it yet): then new items are not folded in."""
         meta = self.metadata(version)
         if USER_GRAM not in meta["files"]:
             return None

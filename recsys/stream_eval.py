@@ -124,21 +124,6 @@ def rank_of(target: str, items: Sequence[str], k: int) -> int | None:
     return None
 
 
-def system_lists(rec: Recommender, profiles: Sequence[UserProfile], queries: Sequence[str | None], n: int,
-                 repeat: bool = True, popular: Sequence[str] | None = None) -> list[list[str]]:
-    """What the worker publishes for these users: streaming/processor.py's `_recommend` (fold-in
-    of `p.confidence(rec.ccfg)`, then the scorer with the configured filters), plus the re-visit
-    term of scoring.py when `rec.scfg.repeat_weight` > 0 and `repeat`; `popular`: the
-    recent-popularity ranking for cold rows and padding (`Scorer.recommend(popular=...)`)."""
-    if not profiles:
-        return []
-    x, known = rec.fold_in([p.confidence(rec.ccfg) for p in profiles])
-    excludes = [p.items_with(rec.scfg.exclude_types) for p in profiles]
-    own = ([own_item_scores(p, rec.ccfg, rec.scfg.repeat_half_life_days) for p in profiles]
-           if repeat and rec.scfg.repeat_weight > 0 else None)
-    return [r.items for r in rec.scorer.recommend(x, known, queries, excludes, n, own=own, popular=popular)]
-
-
 @dataclass
 class _Snap:
     """What the list shown before one event depends on: its user's profile at that moment."""
@@ -159,10 +144,10 @@ def _snapshot(e: Event, p: UserProfile | None, ccfg: ConfidenceConfig, scfg: Sco
     p = p or UserProfile()
     query = p.history[-1] if p.history else None
     vals = p.values(ccfg)
-    conf = {i: ccfg.to_confidence(v) for i, v in vals.items()}      # == p.confidence(ccfg)
+    conf = ccfg.to_confidences(vals)                                   # == p.confidence(ccfg)
     excl = p.items_with(scfg.exclude_types)
     banned = excl | {query} if query is not None else excl
-    own = own_item_scores(p, ccfg, scfg.repeat_half_life_days) if scfg.repeat_weight > 0 else {}
+    own = own_item_scores(p, ccfg, scfg.repeat_half_life_days, values=vals) if scfg.repeat_weight > 0 else {}
     own_list = sorted((i for i in vals if i not in banned), key=lambda i: (-vals[i], -p.items[i].ts))[:k]
     pop_list = [i for i in pop_top if i not in banned][:k]
     if known_user:
