@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine, percentile, plot_setup, write_json
+from bench.common import machine, percentile, plot_setup, worker_process, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -138,12 +138,8 @@ class Pipeline:
         self.log_path = tmp / f"{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if kind == "worker":
-            env.update({"STREAMREC_APP_ID": name, "STREAMREC_CLICKSTREAM_TOPIC": self.clicks,
-                        "STREAMREC_RECOMMENDATIONS_TOPIC": self.recs, "STREAMREC_DLQ_TOPIC": f"{name}-dlq",
-                        "STREAMREC_MODEL_UPDATES_TOPIC": f"{name}-models", "STREAMREC_PARTITIONS": str(PARTITIONS),
-                        "STREAMREC_BATCH_WITHIN_S": str(batch_within_s), "STREAMREC_LOG_LEVEL": "warning"})
-            cmd = [sys.executable, "-m", "streaming.cli", "worker", "--bootstrap", bootstrap, "--web-port", str(port),
-                   "--data-dir", str(data), "--model-dir", str(model_dir)]
+            cmd, env = worker_process(bootstrap, name, port, data, model_dir, PARTITIONS,
+                                      {"STREAMREC_BATCH_WITHIN_S": str(batch_within_s), "STREAMREC_LOG_LEVEL": "warning"})
         else:
             cmd = [sys.executable, "-m", "streaming.baselines", kind, "--bootstrap", bootstrap, "--app-id", name,
                    "--clicks", self.clicks, "--recs", self.recs, "--model-dir", str(model_dir),

@@ -43,6 +43,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import worker_process  # noqa: E402 - after the path above
+
 
 def default_rate() -> float:
     try:
@@ -174,16 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         ModelStore(tmp / "models").save(model, publish=True, user_gram=user_gram(x))
 
         port = free_port()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "STREAMREC_APP_ID": s.app_id,
-               "STREAMREC_CLICKSTREAM_TOPIC": s.clickstream_topic,
-               "STREAMREC_RECOMMENDATIONS_TOPIC": s.recommendations_topic, "STREAMREC_DLQ_TOPIC": s.dlq_topic,
-               "STREAMREC_MODEL_UPDATES_TOPIC": s.model_updates_topic, "STREAMREC_PARTITIONS": str(s.partitions)}
+        cmd, env = worker_process(bootstrap, name, port, tmp / "worker", tmp / "models", s.partitions, {})
         log_path = tmp / "worker.log"
         log = open(log_path, "wb")
-        worker = subprocess.Popen([sys.executable, "-m", "streaming.cli", "worker", "--bootstrap", bootstrap,
-                                   "--web-port", str(port), "--data-dir", str(tmp / "worker"),
-                                   "--model-dir", str(tmp / "models")],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        worker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         deadline = time.monotonic() + 120
         while True:
             try:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine, median, plot_setup, rss_bytes, tree_bytes, write_json
+from bench.common import machine, median, plot_setup, rss_bytes, tree_bytes, worker_process, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -174,17 +174,11 @@ def start_worker(bootstrap: str, name: str, tmp: Path, model_dir: Path, data_dir
     are read from them, see recovery_phases)."""
     from streaming.broker import free_port
 
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "STREAMREC_APP_ID": name,
-           "STREAMREC_CLICKSTREAM_TOPIC": f"{name}-clicks", "STREAMREC_RECOMMENDATIONS_TOPIC": f"{name}-recs",
-           "STREAMREC_DLQ_TOPIC": f"{name}-dlq", "STREAMREC_MODEL_UPDATES_TOPIC": f"{name}-models",
-           "STREAMREC_PARTITIONS": str(PARTITIONS), "STREAMREC_LOG_LEVEL": "info", "STREAMREC_LOG_FORMAT": "json",
-           **(extra_env or {})}
+    cmd, env = worker_process(bootstrap, name, free_port(), data_dir or tmp / f"{name}-data", model_dir, PARTITIONS,
+                              {"STREAMREC_LOG_LEVEL": "info", "STREAMREC_LOG_FORMAT": "json", **(extra_env or {})})
     log_path = tmp / f"{name}{tag}.log"
     log = open(log_path, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "streaming.cli", "worker", "--bootstrap", bootstrap,
-                             "--web-port", str(port), "--data-dir", str(data_dir or tmp / f"{name}-data"),
-                             "--model-dir", str(model_dir)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     proc.log_path = log_path  # type: ignore[attr-defined]
     return proc, log
 
