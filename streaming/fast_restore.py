@@ -114,9 +114,6 @@ class _BulkMode:
 class FastRecovery(Recovery):
     """Faust's Recovery plus a bulk load of the active changelog partitions before they are seeked."""
 
-    #: Last bulk load: records, seconds, per-partition offsets (for logs and tests).
-    last_bulk: dict[str, Any] | None = None
-
     async def _seek_offsets(self, consumer: Any, tps: set, offsets: Any, title: str) -> None:
         if title == "active" and tps:
             try:
@@ -175,7 +172,6 @@ class FastRecovery(Recovery):
         ktp = {tp: TopicPartition(tp.topic, tp.partition) for tp in plan}
         left = {ktp[tp]: tp for tp in plan}
         done_records = 0
-        per_tp: dict[str, Any] = {}
         modes: dict[TP, _BulkMode] = {}
         await consumer.start()
         try:
@@ -202,7 +198,6 @@ class FastRecovery(Recovery):
                         if have is None or have < end - 1:
                             modes[tp].db.put(OFFSET_KEY, str(end - 1).encode(), modes[tp].write_opt)
                             offsets[tp] = end - 1
-                        per_tp[str(tp.partition)] = end - 1
                         del left[ktp_]
                         consumer.pause(ktp_)
                 if left and time.monotonic() - last_progress > STALL_S:
@@ -221,8 +216,6 @@ class FastRecovery(Recovery):
             if errors:
                 raise errors[0]
         secs = time.monotonic() - t0
-        FastRecovery.last_bulk = {"records": done_records, "seconds": secs, "partitions": per_tp,
-                                  "left_to_faust": sorted(str(t) for t in left.values())}
         self.log.info("Bulk-loaded %d changelog records in %.1f s (%.0f records/s)%s", done_records, secs,
                       done_records / max(secs, 1e-6),
                       f"; Faust's recovery reads the rest of {len(left)} partitions" if left else "")

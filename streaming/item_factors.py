@@ -129,11 +129,6 @@ def decode_row(key: bytes | None, value: bytes | None) -> Row:
     return Row(obj["v"], item, _floats(obj.get("y"), "y"), users)
 
 
-def trained_rows(model: Model) -> int:
-    """Rows of `model` that training produced (folded-in rows are appended after them)."""
-    return model.n_items - int(model.metadata.get("folded_in_items", 0))
-
-
 # -- the worker's side: evidence from a batch ----------------------------------------------------
 def new_item_evidence(base: Recommender, users: Sequence[tuple[str, UserProfile, set[str]]]) -> list[tuple[bytes, bytes]]:
     """(key, value) evidence records for (user, profile after the batch, new items they touched).
