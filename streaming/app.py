@@ -86,6 +86,7 @@ class StreamWorker:
         self.table: Any = None
         self.recs_topic: Any = None
         self.dlq_topic: Any = None
+        self.evidence_topic: Any = None  # new-item evidence (streaming/item_factors.py registers it)
         self.batches = 0
         self.listening = False  # positioned on model-updates: announcements from now on are heard
         self._pending: list[Any] = []  # this batch's changelog sends (FutureMessage), see track_changelog
