@@ -107,3 +107,27 @@ def test_revisit_recency_half_life_orders_own_items_by_last_touch():
     assert s["a"] == pytest.approx(cfg.weights["addtocart"] / cfg.weights["view"] * 2.0 ** -20)
     with pytest.raises(Exception):
         ScoringConfig(repeat_half_life_days=0)
+
+
+@pytest.mark.parametrize("half_life_s,max_items", [(None, 100_000), (3600.0, 100_000), (None, 150), (60.0, 150)])
+def test_top_kept_incrementally_matches_ranking_everything(half_life_s, max_items):
+    """`top` ranks a candidate set between full passes: after any sequence of adds it must equal
+    sorting every counted item (count desc, ties to the item counted first), including plain
+    counts (many ties), trimming past max_items and rebasing."""
+    rng = np.random.default_rng(3)
+    rp = RecentPopularity(half_life_s=half_life_s, max_items=max_items)
+    first_seen: dict[str, int] = {}
+    ts = T0
+    for step in range(6000):
+        item = f"i{int(rng.zipf(1.3)) % 400}"
+        ts += int(rng.integers(0, 120_000))
+        rp.add(item, ts)
+        if step % 37 == 0:
+            n = int(rng.choice([int(rng.integers(1, 40)), 124]))  # 124 + 3 excluded: the floor position shows
+            exclude = {f"i{int(k)}" for k in rng.integers(0, 20, size=int(rng.integers(0, 4)))}  # up to 3
+            counted = list(rp._c)            # first-counted order, as the reference tie-break
+            order = {i: k for k, i in enumerate(counted)}
+            want = sorted(counted, key=lambda i: (-rp._c[i], order[i]))
+            assert rp.top(n, exclude) == [i for i in want if i not in exclude][:n]
+            first_seen.update({i: step for i in counted if i not in first_seen})
+    assert len(first_seen) > 150
