@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import weakref
+from collections import deque
 from typing import Any, Iterator
 
 import faust
@@ -47,11 +48,13 @@ from recsys.confidence import ConfidenceConfig
 from recsys.scoring import ScoringConfig
 from recsys.store import ModelStore
 
+from .batches import BatchReader
 from .broadcast import broadcast_consumer
-from .kafka_transport import App
+from .kafka_transport import PRODUCER_LINGER_MS, App
 from .metrics import WorkerMetrics
 from .models import ModelHolder
 from .processor import Incoming, Processor
+from .publish import BatchPublisher
 from .settings import Settings
 from .state import UserState, decode, encode
 
@@ -62,6 +65,9 @@ log = logging.getLogger("streamrec.worker")
 # under the limit cannot be copied whole: its DLQ copy keeps the first DLQ_MAX_BYTES (key and
 # value together) and says so in the headers (truncated, original sizes, sha256 of the value).
 DLQ_MAX_BYTES = 900_000
+# Batches computed but not yet acknowledged by the broker: 2 lets one settle while the next
+# is computed (the broker's ack took ~a third of a batch's time when each batch waited for it).
+MAX_UNSETTLED = 2
 ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2, "block_cache_size": 32 << 20,
                    "block_cache_compressed_size": 8 << 20}
 
@@ -84,9 +90,7 @@ class StreamWorker:
         self.processor = Processor(ccfg, metrics, top_n=settings.top_n)
         self.models = ModelHolder(ModelStore(settings.model_dir), self.processor, ccfg, scfg, metrics)
         self.table: Any = None
-        self.recs_topic: Any = None
-        self.dlq_topic: Any = None
-        self.evidence_topic: Any = None  # new-item evidence (streaming/item_factors.py registers it)
+        self.publisher = BatchPublisher(app)  # recommendations, dead letters, new-item evidence
         self.batches = 0
         self.listening = False  # positioned on model-updates: announcements from now on are heard
         self._pending: list[Any] = []  # this batch's changelog sends (FutureMessage), see track_changelog
@@ -153,7 +157,26 @@ class StreamWorker:
 
         table.send_changelog = send_changelog
 
-    async def handle(self, events: list[Any]) -> None:
+    async def run(self, reader: BatchReader) -> None:
+        """The clickstream loop. Each batch is computed, written and sent, then settles at the
+        broker in the background while the next one is computed; its events are acked (their
+        offsets may be committed) only once it has settled. At most MAX_UNSETTLED batches wait."""
+        unsettled: deque[asyncio.Future[None]] = deque()
+        while True:
+            events = await reader.next_batch()
+            try:
+                sends = await self.handle(events)
+            except Exception:  # noqa: BLE001 - a bug, not bad input (that goes to the DLQ): fail-stop
+                log.critical("a batch failed: stopping before its offsets can be committed", exc_info=True)
+                logging.shutdown()
+                os._exit(72)
+            unsettled.append(asyncio.ensure_future(self._settle_then_ack(sends, events, reader)))
+            while unsettled and (len(unsettled) > MAX_UNSETTLED or unsettled[0].done()):
+                await unsettled.popleft()
+
+    async def handle(self, events: list[Any]) -> list[Any]:
+        """Apply a batch: state written (RocksDB at once, changelog queued), recommendations,
+        dead letters and evidence queued. Returns the futures of everything it sent."""
         await self.check_contiguous(events)
         incoming, faust_event = [], {}
         for ev in events:
@@ -177,25 +200,26 @@ class StreamWorker:
         sends = self._pending
         self._pending = []
         try:
-            for key, payload in res.messages:
-                sends.append(await self.recs_topic.send(key=key, value=payload))
+            publish = self.publisher.publish
+            sends += await publish(self.settings.recommendations_topic, [(k, v, ()) for k, v in res.messages])
+            dead = []
             for dl in res.dead:
-                key, value, headers = dead_letter_record(dl, self.settings.clickstream_topic)
-                sends.append(await self.dlq_topic.send(key=key, value=value, headers=headers))
+                dead.append(dead_letter_record(dl, self.settings.clickstream_topic))
                 log.warning("dead-lettered %s/%d/%d: %s %s", self.settings.clickstream_topic, dl.partition,
                             dl.offset, dl.reason, dl.detail[:200], extra={"partition": dl.partition})
-            for key, value in res.evidence:  # new-item evidence (only with item_foldin on)
-                sends.append(await self.evidence_topic.send(key=key, value=value))
-        except Exception as e:  # noqa: BLE001 - e.g. a producer error at send(): see _settle
+            sends += await publish(self.settings.dlq_topic, dead)
+            if res.evidence:  # new-item evidence (only with item_foldin on)
+                sends += await publish(self.settings.item_evidence_topic, [(k, v, ()) for k, v in res.evidence])
+        except Exception as e:  # noqa: BLE001 - e.g. a producer error at send(): see _settle_then_ack
             sends.append(_failed(e))
         if res.repaired:
             log.info("re-sent the state of %d users whose redelivered events it already held", res.repaired)
-        await self._settle(sends)
         self.batches += 1
+        return sends
 
-    async def _settle(self, sends: list[Any]) -> None:
-        """Wait until the broker has every record of this batch; on a lasting failure, stop the
-        process before the batch's input offsets can be committed (they are acked on return)."""
+    async def _settle_then_ack(self, sends: list[Any], events: list[Any], reader: BatchReader) -> None:
+        """Wait until the broker has every record of a batch, then ack its events. On a lasting
+        failure, stop the process instead: the batch is not acked, so it is redone on restart."""
         results = await asyncio.gather(*sends, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -203,6 +227,7 @@ class StreamWorker:
                          "batch is redone on restart instead of committed", len(errors), len(sends), errors[0])
             logging.shutdown()
             os._exit(70)
+        reader.ack(events)
 
     def state_of(self, user: str) -> UserState | None:
         """A user's state outside the stream (web views): with no current event, Faust's
@@ -267,7 +292,7 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None, config:
         table_standby_replicas=settings.standby_replicas,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        producer_linger_ms=1,
+        producer_linger_ms=PRODUCER_LINGER_MS,
         broker_commit_interval=1.0,
         # A worker killed without leaving its group holds its partitions until its session
         # times out: Faust's default (60 s) would be the fail-over time. BROKER_SESSION_TIMEOUT
@@ -286,8 +311,6 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None, config:
 
     clicks = app.topic(settings.clickstream_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
                        value_serializer="raw", partitions=settings.partitions)
-    worker.recs_topic = app.topic(settings.recommendations_topic, key_serializer="raw", value_serializer="raw")
-    worker.dlq_topic = app.topic(settings.dlq_topic, key_serializer="raw", value_serializer="raw")
     # bytes in, bytes out: Faust stores our own compact encoding (streaming/state.py) as is.
     # RocksDB's Faust defaults are sized for big values: 64 MB x 3 write buffers and a 2 GB block
     # cache *per partition*, so a worker's memory creeps up for hours as memtables fill (the soak,
@@ -299,10 +322,11 @@ def create_app(settings: Settings, metrics: WorkerMetrics | None = None, config:
     app.on_partitions_revoked.connect(worker.forget_positions)
     app.on_partitions_assigned.connect(worker.forget_positions)
 
-    @app.agent(clicks, name="clickstream")
-    async def clickstream(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            await worker.handle(list(events))
+    reader = BatchReader(app, clicks, settings.batch_max, settings.batch_within_s)
+
+    @app.task
+    async def clickstream() -> None:
+        await worker.run(reader)
 
     if settings.item_foldin:  # new items before the next retrain: streaming/item_factors.py
         from .item_factors import register as register_item_foldin

@@ -28,12 +28,12 @@ log = logging.getLogger("streamrec.baselines")
 
 
 def create_app(kind: str, args: argparse.Namespace):
-    from .kafka_transport import App  # the worker's transport: the same short fetch wait
+    from .kafka_transport import PRODUCER_LINGER_MS, App  # the worker's transport and producer linger
 
     app = App(
         args.app_id, broker=f"kafka://{args.bootstrap}", store="rocksdb://", datadir=args.data_dir,
         web_host="127.0.0.1", web_port=args.web_port, topic_partitions=args.partitions,
-        consumer_auto_offset_reset="earliest", producer_acks=-1, producer_linger_ms=1,
+        consumer_auto_offset_reset="earliest", producer_acks=-1, producer_linger_ms=PRODUCER_LINGER_MS,
         broker_commit_interval=1.0, stream_wait_empty=False, logging_config=None,
     )
     clicks = app.topic(args.clicks, key_type=bytes, value_type=bytes, key_serializer="raw",

@@ -102,8 +102,9 @@ DESCRIPTIONS: dict[str, str] = {
     "stream.partitions": "partitions of the clickstream, recommendations and state topics = the most workers "
                          "that share the load",
     "stream.batch_max": "events per micro-batch at most",
-    "stream.batch_within_s": "after each batch the agent waits at most this long (seconds) for the next one "
-                             "to fill: shorter cuts latency, too short cuts throughput",
+    "stream.batch_within_s": "a micro-batch takes what arrives this long (seconds) after its first event "
+                             "(longer when the broker already holds a full batch: a worker behind fills "
+                             "it): shorter cuts latency at low load, too short saturates the worker sooner",
     "stream.model_dir": "model store, shared by the retrain job (writes) and every worker (reads)",
     "stream.data_dir": "this worker's RocksDB tables (one directory per worker)",
     "stream.web_port": "worker HTTP port: /recommendations, /similar, /health, /ready, /metrics",

@@ -338,7 +338,6 @@ def register(app: Any, worker: Any, settings: Any) -> NewItems:
     calls this when `item_foldin` is on)."""
     ensure_item_topics(settings)
     items = NewItems(app, worker, settings)
-    worker.evidence_topic = items.evidence_topic
     worker.models.items = items
 
     @app.agent(items.evidence_topic, name="item-evidence")

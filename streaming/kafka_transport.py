@@ -21,6 +21,11 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 FETCH_MAX_WAIT_MS = 50
+# The producer waits this long to fill a request. A micro-batch sends its records within a
+# millisecond or two; at 1 ms they went out in several requests per batch, each one more
+# wake-up of the broker competing for the same two cores (bench: 5 ms drained a backlog
+# ~10% faster and cut p99 at 2,000 events/s from 1.1-1.6 s to 0.6-0.8 s while saturated).
+PRODUCER_LINGER_MS = 5
 
 
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

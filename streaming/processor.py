@@ -120,6 +120,11 @@ class Processor:
             by_user.setdefault(msg.key, []).append((msg, event))  # type: ignore[arg-type]
 
         touched: list[tuple[bytes, UserState, Incoming, Event, list[Incoming]]] = []
+        # Counters are added up per batch, then incremented once per label: a labelled
+        # increment per event was ~5% of a batch's time.
+        by_type: dict[str, int] = {}
+        checks: dict[str, int] = {}
+        hits: dict[str, int] = {}
         for key, items in by_user.items():
             state = load(key, items[0][0])
             if state is None:
@@ -131,15 +136,16 @@ class Processor:
                     redelivered += 1
                     continue
                 if state.last_items:  # live quality: was this item in what we last showed?
-                    m.hit_checks.labels(state.last_version or "none").inc()
+                    version = state.last_version or "none"
+                    checks[version] = checks.get(version, 0) + 1
                     if event.item in state.last_items:
-                        m.hits.labels(state.last_version or "none").inc()
+                        hits[version] = hits.get(version, 0) + 1
                 state.profile.apply(event, self.ccfg)
                 state.profile.offset = msg.offset
                 self.recent_popularity.add(event.item, event.ts)
                 if base is not None and event.item not in base.model.item_index:
                     new_items.setdefault(key, set()).add(event.item)
-                m.events_in.labels(event.type).inc()
+                by_type[event.type] = by_type.get(event.type, 0) + 1
                 applied.append(msg)
             res.duplicates += redelivered
             if applied:
@@ -154,6 +160,9 @@ class Processor:
                 res.states[key] = state
                 res.repaired += 1
         res.accepted = sum(len(t[4]) for t in touched)
+        for counter, counts in ((m.events_in, by_type), (m.hit_checks, checks), (m.hits, hits)):
+            for label, k in counts.items():
+                counter.labels(label).inc(k)
         if res.duplicates:
             m.duplicates.inc(res.duplicates)
         m.batch_events.observe(len(batch))
@@ -163,6 +172,7 @@ class Processor:
 
         recs = self._recommend([t[1] for t in touched], [t[3].item for t in touched])
         now_ms = int(self.clock() * 1000)
+        sources: dict[str, int] = {}
         for (key, state, last_msg, last_event, applied), rec in zip(touched, recs):
             state.last_items = rec.items
             state.last_version = rec.model_version or ""
@@ -174,9 +184,11 @@ class Processor:
                 "event_ts": last_event.ts, "ingest_ts": last_msg.timestamp_ms, "published_ts": now_ms,
                 "offset": last_msg.offset, "partition": last_msg.partition,
             }, separators=(",", ":")).encode()))
-            m.recs_out.labels(rec.source).inc()
+            sources[rec.source] = sources.get(rec.source, 0) + 1
             for msg in applied:
                 m.latency.observe(max(0.0, now_ms - msg.timestamp_ms) / 1000.0)
+        for source, k in sources.items():
+            m.recs_out.labels(source).inc(k)
         if new_items and base is not None:
             res.evidence = new_item_evidence(base, [(t[3].user, t[1].profile, new_items[t[0]])
                                                     for t in touched if t[0] in new_items])
