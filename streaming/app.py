@@ -1,6 +1,6 @@
-"""The Faust application: topics, the user-state table, the clickstream agent, model updates, web.
+"""The Faust application: topics, the user-state table, the clickstream loop, model updates, web.
 
-    clickstream ──► agent (micro-batches) ──► Processor ──► user-state table (RocksDB + changelog)
+    clickstream ──► BatchReader (micro-batches) ──► Processor ──► user-state table (RocksDB + changelog)
                                                     ├──► recommendations
                                                     ├──► clickstream-dlq
                                                     └──► <app_id>-item-evidence (key = item)
@@ -16,14 +16,15 @@ Faust's RocksDB store and changelog pick the partition of a table write from the
 event*. A micro-batch holds events of several partitions, so each user's read and write runs
 with that user's own event set as current (`_as_current`).
 
-Durability (issue 5): a batch's input offsets are acknowledged to Faust (and so committed)
-when `handle` returns. Faust writes a table key to RocksDB at once but sends its changelog
-record through a buffer in the background, and its pre-commit flush gives up after 0.1 s
-of a stalled buffer; recommendations and dead letters are not awaited either. So `handle`
-waits until every record the batch produced (changelog, recommendations, dead letters) is
-acknowledged by the broker before it returns: a committed input offset implies its state
-is in the changelog. A send that fails for good stops the process (fail-stop) before the
-offsets can be committed: the batch is redone on restart, and the per-user offset in the
+Durability (issue 5): a batch's events are acknowledged to Faust (so their offsets may be
+committed) only once every record the batch produced (changelog, recommendations, dead
+letters) is acknowledged by the broker (`_settle_then_ack`). Faust writes a table key to
+RocksDB at once but sends its changelog record through a buffer in the background, and its
+pre-commit flush gives up after 0.1 s of a stalled buffer, so its own flush is not enough: a
+committed input offset must imply its state is in the changelog. The wait runs in the
+background while the next batch is computed (the batches come from streaming/batches.py,
+which leaves acking to us). A send that fails for good stops the process (fail-stop) before
+the offsets can be committed: the batch is redone on restart, and the per-user offset in the
 state makes redoing it harmless. See docs/reliability.md.
 """
 

@@ -5,7 +5,7 @@ evidence: a few hundred records at full load. Sent one by one through Faust's `T
 each record costs a Faust message wrapper, an aiokafka `send` coroutine and its own future:
 ~50 µs a record, a fifth of the worker's time per event at full load (bench/e2e.py, py-spy).
 aiokafka's batch API takes the records of a partition in one `BatchBuilder` (its record
-encoder) and gives one future for the lot, which is all `StreamWorker._settle` needs: whether
+encoder) and gives one future for the lot, which is all `StreamWorker._settle_then_ack` needs: whether
 the broker has every record of the batch.
 
 Records keep the key partitioning every Kafka client uses (aiokafka's DefaultPartitioner:
