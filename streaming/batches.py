@@ -14,7 +14,7 @@ a buffer task; together ~20 µs an event, a third of what reaching an agent cost
 which is what `take_events(max_events, within=within_s)` yields, with one change for a
 worker that is behind: when the window closes on a short batch while the broker already
 holds the rest of a full one, the batch keeps filling (up to BEHIND_WAIT_S after its first
-event). A worker that keeps up sees the 10 ms window; one working off a backlog, full batches. The other difference is
+event). A worker that keeps up sees the window; one working off a backlog, full batches. The other difference is
 the point: events are not acknowledged when the next batch is taken. The caller acks a batch
 (`ack`) once its output is durable, so one batch can be settling at the broker while the
 next one is computed (streaming/app.py), and Faust commits an offset only once every event
@@ -35,10 +35,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-POLL_S = 0.002  # how often a filling batch looks at the queue again (the window is 10 ms)
+POLL_S = 0.002  # how often a filling batch looks at the queue again (the window: 30 ms by default)
 # Behind (a full batch's worth waits at the broker): keep filling up to this long after the
 # first event. Bigger batches coalesce more of a user's events and spread a batch's fixed
-# costs; draining a backlog went from ~4,500 to ~7,000 events/s (bench/e2e.py's stream).
+# costs: draining a backlog went from ~4,500 to 5,400-5,900 events/s (BENCHMARKS.md §2).
 BEHIND_WAIT_S = 0.1
 
 
