@@ -220,20 +220,17 @@ class Scorer:
         own = [(item, s) for item, s in strengths.items() if s > 0 and item not in banned]
         # Own items outside the top list enter with their blend score: one gathered product
         # for all of them (a dot product per item cost ~2 µs each, most of a batch's scoring).
-        rows = [idx.get(item) for item, _ in own if item not in final]
-        known = [r for r in rows if r is not None]
+        missing = [item for item, _ in own if item not in final]
+        known = [(item, idx[item]) for item in missing if item in idx]
+        base_of: dict[str, float] = {}  # item -> blend score; items the model lacks enter at 0
         if known and qvec is not None:
-            k = np.asarray(known, np.int64)
-            base_of = dict(zip(known, ((y[k] @ qvec) / self._div[k]).tolist()))
-        else:
-            base_of = {}
-        added = len(rows)
+            k = np.asarray([row for _, row in known], np.int64)
+            base_of = dict(zip((item for item, _ in known), ((y[k] @ qvec) / self._div[k]).tolist()))
         power = self.cfg.repeat_power
         for item, s in own:
             base = final.get(item)
             if base is None:
-                row = idx.get(item)
-                base = base_of.get(row, 0.0) if row is not None else 0.0
+                base = base_of.get(item, 0.0)
             final[item] = base + beta * s ** power * scale
         if not final:
             return
@@ -241,7 +238,7 @@ class Scorer:
         if rec is None:
             rec = out[r] = Recommendations([], [], "repeat", self.model.version)
         rec.items, rec.scores = [i for i, _ in ranked], [float(v) for _, v in ranked]
-        rec.extra["own_added"] = added
+        rec.extra["own_added"] = len(missing)
 
     def _items_for_topk(self) -> np.ndarray:
         return np.asarray(self.model.item_factors)

@@ -7,7 +7,7 @@
                  ─► one recommendation message per user, naming the model version
                  ─► evidence for items the trained model lacks (streaming/item_factors.py)
 
-The Faust agent (streaming/app.py) does the I/O around it: reads and writes the state table,
+The worker's clickstream loop (streaming/app.py) does the I/O around it: reads and writes the state table,
 sends the messages. Idempotence lives here: a user's events all arrive on one partition, in
 order, so "offset <= state.offset" means "already applied".
 """

@@ -35,8 +35,8 @@ class Settings:
     retrain_every_s: float = 300.0
     retrain_tolerance: float = 0.1         # a candidate may be this much (relative) worse on held-out MAP@10
     log_level: str = "info"
-    # New items before the next retrain (streaming/item_factors.py)
     bulk_restore: bool = True              # restore state from the changelog in bulk (streaming/fast_restore.py)
+    # New items before the next retrain (streaming/item_factors.py)
     item_foldin: bool = True               # fold in items the model lacks from the users who touch them
     item_foldin_refresh_s: float = 5.0     # new-item rows are solved, and swapped in, at most this often
     item_foldin_min_users: int = 2         # users an item needs before it gets a row (docs/evaluation.md)
