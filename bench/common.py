@@ -125,13 +125,13 @@ def synthetic_users(assign: np.ndarray, n_users: int, mean_len: float = 15.0, ma
 
 def worker_process(bootstrap: str, name: str, port: int, data_dir: Path, model_dir: Path, partitions: int,
                    env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
-    """(command, environment) of a real worker (`python -m streaming.cli worker`) whose topics are
+    """(command, environment) of a real worker (`python -m streaming.cli.main worker`) whose topics are
     named after `name` (<name>-clicks, -recs, -dlq, -models); `env` adds or overrides settings."""
     full = {**os.environ, "PYTHONUNBUFFERED": "1", "STREAMREC_APP_ID": name,
             "STREAMREC_CLICKSTREAM_TOPIC": f"{name}-clicks", "STREAMREC_RECOMMENDATIONS_TOPIC": f"{name}-recs",
             "STREAMREC_DLQ_TOPIC": f"{name}-dlq", "STREAMREC_MODEL_UPDATES_TOPIC": f"{name}-models",
             "STREAMREC_PARTITIONS": str(partitions), **env}
-    cmd = [sys.executable, "-m", "streaming.cli", "worker", "--bootstrap", bootstrap, "--web-port", str(port),
+    cmd = [sys.executable, "-m", "streaming.cli.main", "worker", "--bootstrap", bootstrap, "--web-port", str(port),
            "--data-dir", str(data_dir), "--model-dir", str(model_dir)]
     return cmd, full
 

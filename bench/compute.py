@@ -5,11 +5,11 @@ over topic-clustered item factors, see bench.common):
 
   ceiling   bare matrix product + top-k: implicit.cpu.topk(Y, X, 10) on the batch's user factors
   batched   the worker's path: fold in the whole batch (implicit recalculate_user, one call), then
-            recsys.scoring.Scorer.recommend (blend with the query item in the same product,
-            per-user exclusions inside implicit's top-k): recsys.recommender's two calls
+            recsys.serving.scoring.Scorer.recommend (blend with the query item in the same product,
+            per-user exclusions inside implicit's top-k): recsys.serving.recommender's two calls
   naive     one implicit `AlternatingLeastSquares.recommend(0, row, N=10, recalculate_user=True)`
             call per event (timed on a sample of the batch)
-  ann       the same Scorer.recommend with the approximate index (recsys.ann) on catalogues of at
+  ann       the same Scorer.recommend with the approximate index (recsys.serving.ann) on catalogues of at
             least --ann-min items: build time (nprobe tuning included), scoring time against exact
             scoring, recall@10, and a sweep of nprobe around the tuned one
 
@@ -41,9 +41,9 @@ def run_one(n: int, f: int, batch: int, repeats: int, naive_events: int, ann_min
     from implicit.cpu.topk import topk
 
     from recsys.defaults import SCORING
-    from recsys.model import Model
-    from recsys.recommender import Recommender
-    from recsys.scoring import Scorer
+    from recsys.model.factors import Model
+    from recsys.serving.recommender import Recommender
+    from recsys.serving.scoring import Scorer
 
     t0 = time.perf_counter()
     y, assign = clustered_factors(n, f, seed=n + f)
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--output", default="bench/out/compute.json")
     ap.add_argument("--plot", default=None, help="PNG chart (e.g. docs/img/bench-compute.png)")
     args = ap.parse_args(argv)
-    from recsys.threads import pin_blas_threads
+    from recsys.model.threads import pin_blas_threads
 
     pin_blas_threads()
     cfg = dict(QUICK if args.quick else FULL)

@@ -1,13 +1,13 @@
 """End-to-end benchmark through the real Kafka broker: the worker against its baselines, same run.
 
-One broker (STREAMREC_BOOTSTRAP if set, else streaming.broker.KafkaBroker in a temp dir), one
-fixed simulated stream (recsys.simulator; the model is trained on it first), and for each
+One broker (STREAMREC_BOOTSTRAP if set, else devtools.broker.KafkaBroker in a temp dir), one
+fixed simulated stream (recsys.data.simulator; the model is trained on it first), and for each
 pipeline fresh topics, a fresh consumer group and a fresh process:
 
-  passthrough   streaming.baselines passthrough: reads, writes one message per event (ceiling)
-  worker        the real worker (`python -m streaming.cli worker`): micro-batches, RocksDB state,
+  passthrough   bench.baselines passthrough: reads, writes one message per event (ceiling)
+  worker        the real worker (`python -m streaming.cli.main worker`): micro-batches, RocksDB state,
                 batched fold-in + scoring, one recommendation per user per batch
-  naive         streaming.baselines naive: one event at a time, implicit recommend per event
+  naive         bench.baselines naive: one event at a time, implicit recommend per event
 
 Each pipeline is warmed up (a probe event must come back, with a model version where there is
 one), then the stream is produced as fast as the producer goes (full load); the worker is run
@@ -125,8 +125,8 @@ class Answers:
 # ----------------------------------------------------------------------------- one pipeline run
 class Pipeline:
     def __init__(self, kind: str, bootstrap: str, tmp: Path, model_dir: Path, batch_within_s: float):
-        from streaming.broker import free_port
-        from streaming.topics import ensure_topics
+        from devtools.broker import free_port
+        from streaming.kafka.admin import ensure_topics
 
         self.kind, self.bootstrap = kind, bootstrap
         name = f"b{kind[:4]}{uuid.uuid4().hex[:6]}"
@@ -141,7 +141,7 @@ class Pipeline:
             cmd, env = worker_process(bootstrap, name, port, data, model_dir, PARTITIONS,
                                       {"STREAMREC_BATCH_WITHIN_S": str(batch_within_s), "STREAMREC_LOG_LEVEL": "warning"})
         else:
-            cmd = [sys.executable, "-m", "streaming.baselines", kind, "--bootstrap", bootstrap, "--app-id", name,
+            cmd = [sys.executable, "-m", "bench.baselines", kind, "--bootstrap", bootstrap, "--app-id", name,
                    "--clicks", self.clicks, "--recs", self.recs, "--model-dir", str(model_dir),
                    "--data-dir", str(data), "--web-port", str(port), "--partitions", str(PARTITIONS)]
         self.log = open(self.log_path, "ab")
@@ -206,7 +206,7 @@ def _probe(user: str) -> bytes:
 
 def drive(pipe: Pipeline, producer, events, rate: float | None, timeout: float) -> dict:
     """Produce `events` (as fast as possible, or at `rate`/s), wait for every answer, measure."""
-    from streaming.replay import encode_event
+    from streaming.jobs.replay import encode_event
 
     n = len(events)
     sent_at = np.zeros(n)
@@ -331,20 +331,20 @@ def main(argv: list[str] | None = None) -> dict:
     half_s = args.half_seconds or (4.0 if args.quick else 20.0)
     repeats = args.repeats or (1 if args.quick else 3)
     if args.batch_within is None:
-        from streaming.settings import Settings
+        from recsys.settings import Settings
 
         args.batch_within = Settings().batch_within_s
     items = 2000 if args.quick else args.items
 
     from recsys.confidence import build_profiles
     from recsys.defaults import CONFIDENCE
-    from recsys.item_foldin import user_gram
-    from recsys.simulator import SimConfig, simulate
-    from recsys.store import ModelStore
-    from recsys.threads import pin_blas_threads
-    from recsys.train import TrainConfig, train
-    from streaming.broker import broker_from_env
-    from streaming.replay import make_producer
+    from recsys.model.item_foldin import user_gram
+    from recsys.data.simulator import SimConfig, simulate
+    from recsys.model.store import ModelStore
+    from recsys.model.threads import pin_blas_threads
+    from recsys.model.train import TrainConfig, train
+    from devtools.broker import broker_from_env
+    from streaming.jobs.replay import make_producer
 
     pin_blas_threads()
     t_all = time.time()

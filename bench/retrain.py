@@ -1,6 +1,6 @@
-"""Retrain benchmark: recsys.train.train on the largest real dataset against implicit called directly.
+"""Retrain benchmark: recsys.model.train.train on the largest real dataset against implicit called directly.
 
-  project   recsys.train.train(profiles, CONFIDENCE, TRAIN): confidence matrix from the users'
+  project   recsys.model.train.train(profiles, CONFIDENCE, TRAIN): confidence matrix from the users'
             profiles, implicit ALS fit (BLAS pinned to one thread), Model (YᵀY, norms, popularity)
   direct    implicit.als.AlternatingLeastSquares(same parameters).fit(same matrix), BLAS pinned
             the same way: the floor for this retrain
@@ -24,7 +24,7 @@ CANDIDATES = ("taobao", "yoochoose", "rees46", "retailrocket")
 
 
 def largest_dataset(names=CANDIDATES):
-    from recsys.datasets import DATASETS, data_dir, load_dataset
+    from recsys.data.datasets import DATASETS, data_dir, load_dataset
 
     best = None
     for name in names:
@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> dict:
     from threadpoolctl import threadpool_limits
 
     from recsys.confidence import build_profiles
-    from recsys.datasets import load_dataset
+    from recsys.data.datasets import load_dataset
     from recsys.defaults import CONFIDENCE, TRAIN
-    from recsys.threads import pin_blas_threads
-    from recsys.train import confidence_matrix, train
+    from recsys.model.threads import pin_blas_threads
+    from recsys.model.train import confidence_matrix, train
 
     pin_blas_threads()
     t_all = time.time()
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.plot:
         plt = plot_setup()
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.bar(["implicit direct", "recsys.train.train"], [d, p], color=["#999", "#48c"])
-        ax.bar(["recsys.train.train"], [res["matrix_s"]], color="#fa4", label="confidence matrix")
+        ax.bar(["implicit direct", "recsys.model.train.train"], [d, p], color=["#999", "#48c"])
+        ax.bar(["recsys.model.train.train"], [res["matrix_s"]], color="#fa4", label="confidence matrix")
         ax.set(ylabel="seconds (median)", title=f"retrain on {name} ({len(events):,} events)")
         ax.legend(fontsize=8)
         fig.tight_layout()

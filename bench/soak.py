@@ -1,7 +1,7 @@
 """Soak: one real worker under a steady load for many minutes; lag bounded, memory flat, no errors.
 
 A private broker (or STREAMREC_BOOTSTRAP / --bootstrap), a model trained on a simulated shop
-(recsys.simulator), one `recsys worker` process, and a paced producer replaying the simulated
+(recsys.data.simulator), one `recsys worker` process, and a paced producer replaying the simulated
 stream in a loop at --rate events/s with event times set to the wall clock. Every --sample-s
 seconds the worker's /metrics and its process RSS are sampled:
 
@@ -98,7 +98,7 @@ class Feeder(threading.Thread):
         self.stop_flag = threading.Event()
 
     def run(self) -> None:
-        from streaming.replay import encode_event, make_producer
+        from streaming.jobs.replay import encode_event, make_producer
 
         producer = make_producer(self.bootstrap)
         start = time.monotonic()
@@ -143,15 +143,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from recsys.confidence import build_profiles
     from recsys.defaults import CONFIDENCE, TRAIN
-    from recsys.item_foldin import user_gram
-    from recsys.simulator import SimConfig, simulate
-    from recsys.store import ModelStore
-    from recsys.threads import pin_blas_threads
-    from recsys.train import train
-    from streaming.broker import KafkaBroker, free_port
-    from streaming.cli import topic_specs
-    from streaming.settings import Settings
-    from streaming.topics import ensure_topics
+    from recsys.model.item_foldin import user_gram
+    from recsys.data.simulator import SimConfig, simulate
+    from recsys.model.store import ModelStore
+    from recsys.model.threads import pin_blas_threads
+    from recsys.model.train import train
+    from devtools.broker import KafkaBroker, free_port
+    from streaming.cli.main import topic_specs
+    from recsys.settings import Settings
+    from streaming.kafka.admin import ensure_topics
 
     pin_blas_threads()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-soak-"))

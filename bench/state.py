@@ -2,12 +2,12 @@
 
 Users get realistic histories: the number of distinct items per user and the item ids are
 drawn from the largest real dataset (Taobao, ../shared/data) and encoded with the worker's own
-codec (streaming/state.py), with the default 20-item history and a 10-item last list.
+codec (streaming/worker/state.py), with the default 20-item history and a 10-item last list.
 
   A. RocksDB (rocksdict, as Faust's store): --users records written, flushed and compacted;
      bytes per user on disk and encoded, for the realistic mix and for exactly 50 items a user.
   B. Restore: the same records produced to a worker's state changelog topic (what the workers
-     write), then a real worker (`python -m streaming.cli worker`) started on an empty data dir
+     write), then a real worker (`python -m streaming.cli.main worker`) started on an empty data dir
      (a lost disk, a new machine): time from start until it answers a probe event (restored and
      serving), records/s, the changelog-reading phase alone (from the worker's log), and the
      worker's resident memory then, against the same worker with no users.
@@ -19,7 +19,7 @@ codec (streaming/state.py), with the default 20-item history and a 10-item last 
     python -m bench.state [--quick] [--users N] [--restore-users N] [--restarts 3] [--output bench/out/state.json]
 
 `--users 0` skips A. STREAMREC_BULK_RESTORE=0 in the environment makes the workers restore
-through Faust's own per-record recovery (streaming/fast_restore.py), for comparison.
+through Faust's own per-record recovery (streaming/worker/restore.py), for comparison.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ PARTITIONS = 4
 def real_shape(seed: int = 0) -> tuple[np.ndarray, list[str]]:
     """Distinct items per user and the item ids, from the largest real dataset (or a fallback)."""
     try:
-        from recsys.datasets import load_dataset
+        from recsys.data.datasets import load_dataset
 
         events = load_dataset("taobao")
         per_user: dict[str, set] = {}
@@ -79,7 +79,7 @@ def make_records(n_users: int, lengths: np.ndarray, items: list[str], fixed_len:
 
 def _records(n_users: int, lengths: np.ndarray, items: list[str], fixed_len: int | None, seed: int, max_items: int):
     from recsys.confidence import ItemState
-    from streaming.state import UserState, encode
+    from streaming.worker.state import UserState, encode
 
     rng = np.random.default_rng(seed)
     n_items = len(items)
@@ -114,7 +114,7 @@ def rocksdb_size(n_users: int, lengths, items, fixed_len: int | None, tmp: Path,
     db.compact_range(None, None)
     # read back a sample, as a serving worker does
     t1 = time.perf_counter()
-    from streaming.state import decode
+    from streaming.worker.state import decode
 
     for i in range(0, n_users, max(1, n_users // 20_000)):
         decode(db[f"u{1_000_000_000 + i}".encode()])
@@ -172,7 +172,7 @@ def start_worker(bootstrap: str, name: str, tmp: Path, model_dir: Path, data_dir
                  tag: str = "", extra_env: dict[str, str] | None = None):
     """A real worker process; JSON logs at info level in tmp/<name><tag>.log (the recovery phases
     are read from them, see recovery_phases)."""
-    from streaming.broker import free_port
+    from devtools.broker import free_port
 
     cmd, env = worker_process(bootstrap, name, free_port(), data_dir or tmp / f"{name}-data", model_dir, PARTITIONS,
                               {"STREAMREC_LOG_LEVEL": "info", "STREAMREC_LOG_FORMAT": "json", **(extra_env or {})})
@@ -189,7 +189,7 @@ def time_to_serve(bootstrap: str, name: str, proc, timeout: float, t0: float | N
     call began count, so the same app can be timed again (a restart)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from streaming.replay import make_producer
+    from streaming.jobs.replay import make_producer
 
     t0 = time.time() if t0 is None else t0
     prefix = f"probe-{uuid.uuid4().hex[:8]}-"
@@ -231,7 +231,7 @@ PHASES = {"bulk_started": "Restoring state from changelog topics (bulk)", "bulk_
 
 def recovery_phases(log_path: Path, t_start: float) -> dict:
     """Seconds after process start at which the worker logged each recovery phase (first
-    occurrence): the bulk load (streaming/fast_restore.py), then Faust's own record-by-record
+    occurrence): the bulk load (streaming/worker/restore.py), then Faust's own record-by-record
     recovery; a phase is absent when there was nothing for it to read from the changelog."""
     import calendar
 
@@ -320,7 +320,7 @@ def restore(bootstrap: str, n_users: int, lengths, items, tmp: Path, model_dir: 
     """n_users state records in a fresh changelog; a worker restores them into an empty data dir
     and serves. Then, restarts_n times: that worker is stopped (SIGTERM) and started again on its
     data dir (the normal restart), each after a call of baseline() (an empty worker's start)."""
-    from streaming.topics import ensure_topics
+    from streaming.kafka.admin import ensure_topics
 
     name = f"bstate{uuid.uuid4().hex[:6]}"
     changelog = f"{name}-user-state-changelog"
@@ -373,11 +373,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     from recsys.confidence import build_profiles
     from recsys.defaults import CONFIDENCE
-    from recsys.simulator import SimConfig, simulate
-    from recsys.store import ModelStore
-    from recsys.threads import pin_blas_threads
-    from recsys.train import TrainConfig, train
-    from streaming.broker import broker_from_env
+    from recsys.data.simulator import SimConfig, simulate
+    from recsys.model.store import ModelStore
+    from recsys.model.threads import pin_blas_threads
+    from recsys.model.train import TrainConfig, train
+    from devtools.broker import broker_from_env
 
     pin_blas_threads()
     t_all = time.time()

@@ -2,7 +2,7 @@
 
 For each dataset: the last `--test-fraction` of events is the test window and is never read
 here; the rest is split again by time into train / validation. Each trial trains on train
-and replays validation with the streaming evaluation (recsys.stream_eval, method `system`:
+and replays validation with the streaming evaluation (recsys.evaluation.streaming, method `system`:
 live fold-in + blend + re-visit term, exactly as the workers score). Objective: the mean over
 datasets of (HR@10 / HR@10 of the current defaults + MRR@10 / MRR@10 of the defaults) / 2, so
 neither dataset dominates by scale. Trial 0 is the current defaults. The pick is the best trial
@@ -29,11 +29,11 @@ from pathlib import Path
 
 from recsys import defaults
 from recsys.confidence import ConfidenceConfig
-from recsys.datasets import load_dataset, time_split
-from recsys.scoring import ScoringConfig
-from recsys.stream_eval import StreamEvalConfig, stream_evaluate
-from recsys.threads import pin_blas_threads
-from recsys.train import TrainConfig
+from recsys.data.datasets import load_dataset, time_split
+from recsys.serving.scoring import ScoringConfig
+from recsys.evaluation.streaming import StreamEvalConfig, stream_evaluate
+from recsys.model.threads import pin_blas_threads
+from recsys.model.train import TrainConfig
 
 EVAL = StreamEvalConfig(methods=("system",), chunk_max=1024)
 

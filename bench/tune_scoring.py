@@ -14,10 +14,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from recsys.datasets import load_dataset, time_split
+from recsys.data.datasets import load_dataset, time_split
 from recsys.defaults import SCORING, TRAIN
-from recsys.evaluate import evaluate
-from recsys.threads import pin_blas_threads
+from recsys.evaluation.offline import evaluate
+from recsys.model.threads import pin_blas_threads
 
 POWERS = (0.0, 0.5, 1.0)
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)

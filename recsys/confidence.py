@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from .errors import ConfigError
-from .events import EVENT_TYPES, TYPE_CODES, Event
+from recsys.errors import ConfigError
+from recsys.events import EVENT_TYPES, TYPE_CODES, Event
 
 # The seed notebook weighed 0.25 per click and 1 per buy with alpha 15. Views sit with
 # clicks; a wish-list or cart is a stronger intent than a look, weaker than a purchase.

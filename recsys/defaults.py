@@ -8,9 +8,9 @@ dwell times) and stay as documented in confidence.py. BPR keeps the notebook's s
 compared, not the default.
 """
 
-from .confidence import DEFAULT_WEIGHTS, ConfidenceConfig
-from .scoring import ScoringConfig
-from .train import TrainConfig
+from recsys.confidence import DEFAULT_WEIGHTS, ConfidenceConfig
+from recsys.serving.scoring import ScoringConfig
+from recsys.model.train import TrainConfig
 
 CONFIDENCE = ConfidenceConfig(
     weights={**DEFAULT_WEIGHTS, "favorite": 0.55, "addtocart": 1.76, "transaction": 0.06},  # view = click = 0.25

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .errors import EventError
+from recsys.errors import EventError
 
 # Canonical event types, weakest signal first. Loaders map dataset vocabularies onto these.
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "favorite", "addtocart", "transaction")

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from recsys.threads import pin_blas_threads
+from recsys.model.threads import pin_blas_threads
 
 pin_blas_threads()
 
 
 def require_dataset(name: str) -> Path:
     """Path of a shared real dataset. Missing: fail in CI (CI=true), skip with the reason elsewhere."""
-    from recsys.datasets import DATASETS, data_dir
+    from recsys.data.datasets import DATASETS, data_dir
 
     path = data_dir() / DATASETS[name]
     if not path.exists():

@@ -6,7 +6,7 @@ import numpy as np
 
 from recsys.confidence import ConfidenceConfig, build_profiles
 from recsys.events import Event
-from recsys.model import Model
+from recsys.model.factors import Model
 
 T0 = 1_700_000_000_000  # a fixed, valid event time (2023-11-14)
 
@@ -42,7 +42,7 @@ def profiles_of(events, cfg: ConfidenceConfig = ConfidenceConfig()):
 def train_into(store, seed: int = 1, version: str | None = None, publish: bool = True):
     """A small ALS model on clustered events, saved to `store` (published unless told not to)."""
     from recsys.defaults import CONFIDENCE
-    from recsys.train import TrainConfig, train
+    from recsys.model.train import TrainConfig, train
 
     profiles = build_profiles(clustered_events(seed=seed), CONFIDENCE)
     model, _, _ = train(profiles, CONFIDENCE, TrainConfig(factors=8, iterations=8, random_state=seed),

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from streaming.broker import ENV_BOOTSTRAP, KafkaBroker, broker_from_env
-from streaming.topics import delete_topics, ensure_topics
+from devtools.broker import ENV_BOOTSTRAP, KafkaBroker, broker_from_env
+from streaming.kafka.admin import delete_topics, ensure_topics
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streaming.broker import free_port
-from streaming.settings import Settings
+from devtools.broker import free_port
+from recsys.settings import Settings
 
 
 def stream_settings(bootstrap: str, name: str | None = None, partitions: int = 4, **kw) -> Settings:
@@ -45,7 +45,7 @@ class WorkerProcess:
 
     def start(self, timeout: float = 90.0, wait_ready: bool = True) -> "WorkerProcess":
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1", **self.env}
-        cmd = [sys.executable, "-m", "streaming.cli", "worker", "--bootstrap", self.settings.bootstrap,
+        cmd = [sys.executable, "-m", "streaming.cli.main", "worker", "--bootstrap", self.settings.bootstrap,
                "--web-port", str(self.web_port), "--data-dir", str(self.data_dir), "--model-dir", str(self.model_dir)]
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
@@ -173,7 +173,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
 
 def changelog_profiles(bootstrap: str, topic: str) -> dict:
     """user -> UserProfile: the latest state record of every user in a table's changelog."""
-    from streaming.retrain import read_changelog
+    from streaming.jobs.retrain import read_changelog
 
     return read_changelog(bootstrap, topic, timeout_s=60.0)
 

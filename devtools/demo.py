@@ -1,0 +1,284 @@
+"""`recsys demo`: the whole system, live, on this machine, for a bounded time.
+
+  1. Kafka: the project's own broker (fetched from Maven Central once), unless
+     STREAMREC_BOOTSTRAP names one.
+  2. Data: the real Taobao clickstream in the shared data folder when present, else the
+     simulator. The earlier 80% (by time) is the history: it trains the first model and is
+     replayed through the worker as fast as it goes, so the users' state (and every retrain
+     from the state changelog) holds it. The rest is the live part.
+  3. A worker and a retrain loop (from the state changelog) as separate processes.
+  4. The live part at a steady rate, re-timed to now; recommendations tailed and printed,
+     model swaps announced as they land.
+  5. After --duration seconds (or Ctrl-C): everything stopped, a summary printed.
+
+Each run uses its own topics, consumer group, state and model store under var/demo/<run>/
+and deletes its topics at the end, so runs never see each other's data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys import defaults
+from streaming.cli.library import say
+from recsys.confidence import build_profiles
+from recsys.errors import RecsysError
+from recsys.model.item_foldin import user_gram
+from recsys.model.store import ModelStore
+from recsys.model.train import train
+
+from recsys.settings import Settings
+
+
+def _load_data(events_limit: int) -> tuple[list, str]:
+    from recsys.data.datasets import DATASETS, data_dir, load_events
+
+    path = data_dir() / DATASETS["taobao"]
+    if path.exists():
+        return load_events(path), f"Taobao UserBehavior ({path})"
+    from recsys.data.simulator import SimConfig, simulate
+
+    return simulate(SimConfig(events=events_limit)), "the clickstream simulator (real data not found)"
+
+
+def _free_port() -> int:
+    from devtools.broker import free_port
+
+    return free_port()
+
+
+def _metric(url: str, name: str) -> float:
+    """Sum of a metric's samples on a /metrics page (0 if unreachable)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+    except Exception:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+def _get(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return json.loads(r.read())
+    except Exception:
+        return None
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.run_id = time.strftime("%Y%m%d-%H%M%S")
+        self.root = Path(args.workdir) / self.run_id
+        self.procs: list[subprocess.Popen] = []
+        self.broker: Any = None
+        self.stop = threading.Event()
+        self.tailer: threading.Thread | None = None
+        self.latencies: list[float] = []
+        self.versions: list[str] = []
+        self.received = 0
+        self.sources: dict[str, int] = {}
+
+    # -- set-up ---------------------------------------------------------------------------
+    def start_broker(self) -> str:
+        from devtools.broker import KafkaBroker, default_data_dir
+
+        if os.environ.get("STREAMREC_BOOTSTRAP"):
+            say(f"using the Kafka at {os.environ['STREAMREC_BOOTSTRAP']} (STREAMREC_BOOTSTRAP)")
+            return os.environ["STREAMREC_BOOTSTRAP"]
+        broker = KafkaBroker(data_dir=default_data_dir())
+        if broker.state_file.exists() and broker.is_running():
+            say(f"using the project's running broker at {broker.bootstrap}")
+            return broker.bootstrap
+        say("starting the project's Kafka broker (KRaft, loopback; jars fetched from Maven Central the first time)")
+        broker.start()
+        self.broker = broker
+        say(f"Kafka {broker.version} ready at {broker.bootstrap} in {broker.started_in or 0:.1f}s")
+        return broker.bootstrap
+
+    def settings(self, bootstrap: str) -> Settings:
+        name = f"demo-{self.run_id}"
+        return Settings(bootstrap=bootstrap, app_id=name, clickstream_topic=f"{name}-clickstream",
+                        recommendations_topic=f"{name}-recommendations", dlq_topic=f"{name}-dlq",
+                        model_updates_topic=f"{name}-model-updates", partitions=self.args.partitions,
+                        model_dir=str(self.root / "models"), data_dir=str(self.root / "worker"),
+                        web_port=self.args.web_port)
+
+    def env(self, s: Settings) -> dict[str, str]:
+        keys = ("app_id", "clickstream_topic", "recommendations_topic", "dlq_topic", "model_updates_topic",
+                "partitions")
+        return {**os.environ, **{f"STREAMREC_{k.upper()}": str(getattr(s, k)) for k in keys},
+                "PYTHONUNBUFFERED": "1"}
+
+    def spawn(self, name: str, argv: list[str], s: Settings) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "ab")
+        p = subprocess.Popen([sys.executable, "-m", "streaming.cli.main", *argv], stdout=log, stderr=subprocess.STDOUT,
+                             env=self.env(s), start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    # -- the run --------------------------------------------------------------------------
+    def run(self) -> int:
+        from streaming.cli.main import topic_specs
+        from streaming.jobs.replay import replay
+        from streaming.kafka.admin import delete_topics, ensure_topics
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        bootstrap = self.start_broker()
+        s = self.settings(bootstrap)
+        try:
+            ensure_topics(bootstrap, topic_specs(s))
+            events, source = _load_data(self.args.simulate_events)
+            cut = int(len(events) * 0.8)
+            history, live = events[:cut], events[cut:]
+            say(f"data: {len(events)} events from {source}; first model from {len(history)}, "
+                f"replaying {len(live)} live")
+            model, x, _ = train(build_profiles(history, defaults.CONFIDENCE), defaults.CONFIDENCE, defaults.TRAIN,
+                                metadata={"data_source": source})
+            ModelStore(s.model_dir).save(model, publish=True, user_gram=user_gram(x))
+            say(f"initial model {model.version}: {model.n_items} items x {model.factors} factors "
+                f"({model.metadata['train_seconds']}s)")
+
+            self.spawn("worker", ["worker", "--bootstrap", bootstrap, "--web-port", str(s.web_port),
+                                  "--data-dir", s.data_dir, "--model-dir", s.model_dir], s)
+            metrics_port = _free_port()
+            self.spawn("retrain", ["retrain", "--every", f"{self.args.retrain_every}s", "--bootstrap", bootstrap,
+                                   "--model-dir", s.model_dir, "--metrics-port", str(metrics_port)], s)
+            self.wait_ready(s)
+            web = f"http://127.0.0.1:{s.web_port}"
+            say(f"worker ready: {web}/recommendations/<user>/  {web}/similar/<item>/  {web}/metrics  "
+                f"| retrain metrics http://127.0.0.1:{metrics_port}/metrics | logs in {self.root}")
+
+            self.catch_up(replay, history, s, web)
+            self.tailer = threading.Thread(target=self.tail, args=(s,), daemon=True)
+            self.tailer.start()
+            replayer = threading.Thread(target=self.replay, args=(replay, live, s), daemon=True)
+            replayer.start()
+            deadline = time.time() + self.args.duration
+            while time.time() < deadline and replayer.is_alive():
+                time.sleep(0.2)
+            time.sleep(1.0)  # let the last recommendations arrive
+            self.summary(s, web)
+            return 0
+        finally:
+            self.stop.set()
+            if self.tailer is not None:
+                self.tailer.join(timeout=5)
+            self.shutdown()
+            try:
+                delete_topics(bootstrap, list(topic_specs(s)) + [s.changelog_topic])
+            except Exception as e:  # the broker may already be gone on Ctrl-C
+                say(f"could not delete the demo topics: {e}")
+            if self.broker is not None:
+                self.broker.stop()
+                say("Kafka stopped")
+
+    def wait_ready(self, s: Settings, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(p.poll() is not None for p in self.procs):
+                raise RecsysError(f"a demo process exited early: see the logs in {self.root}")
+            body = _get(f"http://127.0.0.1:{s.web_port}/ready")
+            if body and body.get("ready"):
+                return
+            time.sleep(0.3)
+        raise RecsysError(f"the worker was not ready within {timeout}s: see {self.root / 'worker.log'}")
+
+    def catch_up(self, replay_fn: Any, history: list, s: Settings, web: str) -> None:
+        """Replay the history as fast as possible (original times) and wait for the worker."""
+        if not history or self.args.no_history:
+            return
+        say(f"replaying the history ({len(history)} events, original times) through the worker...")
+        t0 = time.time()
+        stats = replay_fn(history, s.bootstrap, s.clickstream_topic, retime=False, progress=sys.stderr.isatty())
+        deadline = time.time() + max(120.0, len(history) / 200)
+        done = 0.0
+        while time.time() < deadline:
+            done = _metric(f"{web}/metrics", "streamrec_events_in_total") + \
+                _metric(f"{web}/metrics", "streamrec_events_rejected_total")
+            if done >= stats.sent:
+                break
+            time.sleep(0.5)
+        took = time.time() - t0
+        say(f"worker caught up with {done:.0f}/{stats.sent} history events in {took:.1f}s "
+            f"({done / took:,.0f} events/s end to end)")
+
+    def replay(self, replay_fn: Any, events: list, s: Settings) -> None:
+        stats = replay_fn(events, s.bootstrap, s.clickstream_topic, rate=self.args.rate,
+                          limit=int(self.args.rate * self.args.duration), progress=False)
+        say(f"replay: {stats.summary()}")
+
+    def tail(self, s: Settings) -> None:
+        from streaming.jobs.tail import Tail, format_recommendation
+
+        last_print = 0.0
+        # Ends within a poll (0.5 s) of the stop, so its consumer is closed before the demo
+        # deletes the topics and stops the broker.
+        with Tail(s.bootstrap, s.recommendations_topic, timeout_s=None, should_stop=self.stop.is_set) as stream:
+            for rec in stream:
+                if self.stop.is_set():
+                    return
+                self.received += 1
+                self.sources[rec.get("source", "?")] = self.sources.get(rec.get("source", "?"), 0) + 1
+                self.latencies.append(rec["published_ts"] - rec["ingest_ts"])
+                v = rec.get("model_version")
+                if v and (not self.versions or self.versions[-1] != v):
+                    if self.versions:
+                        say(f"MODEL SWAP: recommendations now come from {v} (was {self.versions[-1]})")
+                    self.versions.append(v)
+                if time.time() - last_print >= self.args.print_every:
+                    print(format_recommendation(rec), flush=True)
+                    last_print = time.time()
+
+    def summary(self, s: Settings, web: str) -> None:
+        lat = np.array(self.latencies or [0.0])
+        rejected = _metric(f"{web}/metrics", "streamrec_events_rejected_total")
+        say("summary: "
+            f"{self.received} recommendation messages ({', '.join(f'{k}: {v}' for k, v in self.sources.items())}); "
+            f"latency Kafka->published p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms, "
+            f"p99 {np.percentile(lat, 99):.0f} ms; model versions seen: {', '.join(self.versions) or 'none'}; "
+            f"dead-lettered: {rejected:.0f}")
+
+    def shutdown(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        if self.procs:
+            say("worker and retrain loop stopped")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return Demo(args).run()
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("demo", help="run the whole system live for a while: broker, worker, retrains, replay")
+    p.add_argument("--duration", type=float, default=90.0, help="seconds of live replay (default 90)")
+    p.add_argument("--rate", type=float, default=200.0, help="events per second replayed (default 200)")
+    p.add_argument("--retrain-every", type=float, default=30.0, help="seconds between retrains (default 30)")
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--web-port", type=int, default=6066)
+    p.add_argument("--print-every", type=float, default=1.0, help="print one recommendation this often (s)")
+    p.add_argument("--simulate-events", type=int, default=40_000, help="events to simulate without real data")
+    p.add_argument("--workdir", default="var/demo", help="where runs keep their state and logs")
+    p.add_argument("--no-history", action="store_true", help="skip replaying the history through the worker")
+    p.set_defaults(func=cmd_demo)

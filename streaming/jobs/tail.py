@@ -1,0 +1,224 @@
+"""Watch the recommendations topic: one line per recommendation as it is published.
+
+`tail` reads with a plain KafkaConsumer: no consumer group (nothing is committed, any number
+of tails can watch), every partition assigned, positioned at the end (only what is
+published from now on) or at the beginning. Messages that are not JSON objects are skipped.
+
+CLI (also ``recsys tail`` via `add_tail_parser`)::
+
+    recsys tail [--bootstrap B] [--topic recommendations] [--from-beginning]
+                             [--user U] [-n/--max N]
+
+A line: publish time, user, source, model version, latency (published_ts - event_ts, i.e.
+event time to publication, in ms), then the top items.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any, Callable
+
+from recsys.errors import ConfigError
+
+__all__ = ["tail", "Tail", "format_recommendation", "add_tail_parser", "cmd_tail"]
+
+DEFAULT_TOPIC = "recommendations"
+
+
+class Tail(Iterator[dict]):
+    """Iterator over recommendation dicts; positioned when constructed (see `tail`).
+
+    Close it (or use it as a context manager) to release the consumer; it closes itself when
+    exhausted.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, *, from_beginning: bool = False,
+                 max_messages: int | None = None, timeout_s: float | None = None,
+                 user: str | None = None, consumer_config: dict[str, Any] | None = None,
+                 wait_for_topic_s: float = 10.0, should_stop: Callable[[], bool] | None = None):
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.topic, self.user = topic, user
+        self.max_messages, self.timeout_s = max_messages, timeout_s
+        self.should_stop = should_stop  # asked between polls (every 0.5 s at most): True ends the iteration
+        self.count = 0          # dicts yielded
+        self.skipped = 0        # messages that were not JSON objects
+        self._buf: list[dict] = []
+        self._closed = False
+        cfg = {"client_id": "streamrec-tail", "enable_auto_commit": False,
+               "request_timeout_ms": 30_000, "reconnect_backoff_ms": 200,
+               "reconnect_backoff_max_ms": 5_000, **(consumer_config or {})}
+        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **cfg)
+        try:
+            parts = None
+            deadline = time.monotonic() + wait_for_topic_s
+            while True:
+                parts = self._consumer.partitions_for_topic(topic)
+                if parts or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.2)
+            if not parts:
+                raise ConfigError(f"tail: topic {topic!r} does not exist on {bootstrap}")
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            self._consumer.assign(tps)
+            if from_beginning:
+                self._consumer.seek_to_beginning(*tps)
+            else:
+                self._consumer.seek_to_end(*tps)
+            for tp in tps:                  # resolve the offsets now, not at the first poll
+                self._consumer.position(tp)
+        except BaseException:
+            self.close()
+            raise
+        self._last = time.monotonic()
+
+    def __next__(self) -> dict:
+        while True:
+            if self._closed or (self.max_messages is not None and self.count >= self.max_messages) or \
+                    (self.should_stop is not None and self.should_stop()):
+                self.close()
+                raise StopIteration
+            if self._buf:
+                self.count += 1
+                return self._buf.pop(0)
+            wait_ms = 500
+            if self.timeout_s is not None:
+                left = self._last + self.timeout_s - time.monotonic()
+                if left <= 0:
+                    self.close()
+                    raise StopIteration
+                wait_ms = max(1, min(wait_ms, int(left * 1000)))
+            polled = self._consumer.poll(timeout_ms=wait_ms)
+            records = sorted((r for rs in polled.values() for r in rs), key=lambda r: (r.timestamp, r.partition, r.offset))
+            for r in records:
+                self._last = time.monotonic()
+                try:
+                    d = json.loads(r.value)
+                except (ValueError, TypeError, UnicodeDecodeError):
+                    self.skipped += 1
+                    continue
+                if not isinstance(d, dict):
+                    self.skipped += 1
+                    continue
+                if self.user is not None:
+                    who = d.get("user")
+                    if who is None and r.key is not None:
+                        who = r.key.decode("utf-8", "replace")
+                    if str(who) != self.user:
+                        continue
+                self._buf.append(d)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._consumer.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def __enter__(self) -> "Tail":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def tail(bootstrap: str, topic: str = DEFAULT_TOPIC, *, from_beginning: bool = False,
+         max_messages: int | None = None, timeout_s: float | None = None,
+         user: str | None = None) -> Tail:
+    """Recommendation dicts from ``topic``, oldest first per poll.
+
+    Positioned when called: at the end of every partition (only recommendations published
+    after this call) or, with ``from_beginning``, at the start. Stops after ``max_messages``
+    dicts or after ``timeout_s`` seconds without a new message; otherwise runs forever.
+    ``user``: only that user's recommendations.
+    """
+    return Tail(bootstrap, topic, from_beginning=from_beginning, max_messages=max_messages,
+                timeout_s=timeout_s, user=user)
+
+
+# --------------------------------------------------------------------------- printing
+
+def _clock(ms: Any) -> str:
+    try:
+        t = float(ms) / 1000.0
+        return datetime.fromtimestamp(t).strftime("%H:%M:%S.") + f"{int(t * 1000) % 1000:03d}"
+    except (TypeError, ValueError, OverflowError, OSError):
+        return datetime.now().strftime("%H:%M:%S.%f")[:-3]
+
+
+def format_recommendation(d: dict, top: int = 5) -> str:
+    """One line: time, user, source, model version, latency, top items."""
+    pub, ev = d.get("published_ts"), d.get("event_ts")
+    latency = "-"
+    if isinstance(pub, (int, float)) and isinstance(ev, (int, float)) and not isinstance(pub, bool):
+        latency = f"{int(pub - ev)}ms"
+    items = d.get("items") or []
+    if not isinstance(items, list):
+        items = [items]
+    shown = " ".join(str(i) for i in items[:top])
+    if len(items) > top:
+        shown += f" … (+{len(items) - top})"
+    query = f" q={d['query']}" if d.get("query") is not None else ""
+    return (f"{_clock(pub if pub is not None else None)}  user={d.get('user', '?')}  "
+            f"src={d.get('source', '?')}  model={d.get('model_version', '-')}  "
+            f"latency={latency}{query}  [{shown}]")
+
+
+# --------------------------------------------------------------------------- CLI
+
+def add_tail_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``tail`` subcommand (``set_defaults(func=cmd_tail)``)."""
+    from streaming.jobs.replay import ENV_BOOTSTRAP
+
+    p = subparsers.add_parser("tail", help="print recommendations as they are published",
+                              description="Follow the recommendations topic, one line per recommendation.")
+    p.add_argument("--bootstrap", default=None,
+                   help=f"Kafka bootstrap servers (default: ${ENV_BOOTSTRAP}, else the project's broker)")
+    p.add_argument("--topic", default=None, help=f"recommendations topic (default: settings, {DEFAULT_TOPIC!r})")
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest retained message")
+    p.add_argument("--user", default=None, help="only this user's recommendations")
+    p.add_argument("-n", "--max", type=int, default=None, metavar="N", help="stop after N recommendations")
+    p.add_argument("--top", type=int, default=5, help="items shown per line (default 5)")
+    p.add_argument("--json", action="store_true", help="print the raw JSON objects instead")
+    p.set_defaults(func=cmd_tail)
+    return p
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from devtools.broker import resolve_bootstrap
+    from recsys.settings import Settings
+
+    settings = Settings.from_env()
+    topic = args.topic or settings.recommendations_topic
+    bootstrap = resolve_bootstrap(args.bootstrap or settings.bootstrap)
+    it: Tail | None = None
+    try:
+        it = tail(bootstrap, topic, from_beginning=args.from_beginning, max_messages=args.max,
+                  user=args.user)
+        print(f"tailing {topic} at {bootstrap} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        for d in it:
+            line = json.dumps(d, ensure_ascii=False) if args.json else format_recommendation(d, args.top)
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:                  # `| head`: the reader is gone, nothing is wrong
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+    finally:
+        if it is not None:
+            it.close()
+    return 0
