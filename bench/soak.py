@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     from recsys.model.threads import pin_blas_threads
     from recsys.model.train import train
     from devtools.broker import KafkaBroker, free_port
-    from streaming.cli.main import topic_specs
+    from streaming.topics import topic_specs
     from recsys.settings import Settings
     from streaming.kafka.admin import ensure_topics
 

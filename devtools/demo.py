@@ -132,7 +132,7 @@ class Demo:
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> int:
-        from streaming.cli.main import topic_specs
+        from streaming.topics import topic_specs
         from streaming.jobs.replay import replay
         from streaming.kafka.admin import delete_topics, ensure_topics
 

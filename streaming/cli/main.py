@@ -51,9 +51,7 @@ def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
     return config_from(args, **extra).stream
 
 
-def topic_specs(s: Settings) -> dict[str, int]:
-    return {s.clickstream_topic: s.partitions, s.recommendations_topic: s.partitions,
-            s.dlq_topic: 1, s.model_updates_topic: 1}
+from streaming.topics import topic_specs  # noqa: E402  (moved; kept importable here)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ import pytest
 from recsys.confidence import build_profiles
 from recsys.defaults import CONFIDENCE
 from recsys.events import Event
-from streaming.cli.main import topic_specs
+from streaming.topics import topic_specs
 from streaming.jobs.replay import encode_event, make_producer
 from streaming.kafka.admin import ensure_topics
 from tests.stream_fixture import TopicReader, WorkerProcess, stream_settings, wait_for

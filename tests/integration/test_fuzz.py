@@ -34,7 +34,7 @@ from hypothesis import strategies as st
 from recsys.confidence import build_profiles
 from recsys.defaults import CONFIDENCE
 from recsys.events import EVENT_TYPES, MAX_ID_LEN, MIN_TS_MS, TYPE_ALIASES, Event
-from streaming.cli.main import topic_specs
+from streaming.topics import topic_specs
 from streaming.jobs.replay import make_producer
 from streaming.kafka.admin import ensure_topics
 from tests.stream_fixture import TopicReader, WorkerProcess, changelog_profiles, profile_diff, stream_settings, wait_for

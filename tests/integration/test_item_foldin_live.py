@@ -12,7 +12,7 @@ from recsys.defaults import CONFIDENCE
 from recsys.model.item_foldin import user_gram
 from recsys.model.store import ModelStore
 from recsys.model.train import TrainConfig, train
-from streaming.cli.main import topic_specs
+from streaming.topics import topic_specs
 from streaming.worker.new_items import encode_evidence, encode_row
 from streaming.jobs.retrain import announce
 from streaming.kafka.admin import ensure_topics

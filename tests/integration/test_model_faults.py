@@ -29,7 +29,7 @@ import pytest
 
 from recsys.model.store import ModelStore, _sha256
 from devtools.broker import free_port
-from streaming.cli.main import topic_specs
+from streaming.topics import topic_specs
 from streaming.jobs.retrain import announce
 from streaming.kafka.admin import ensure_topics
 from tests.helpers import clustered_events, train_into

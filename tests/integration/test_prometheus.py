@@ -26,7 +26,7 @@ import yaml
 from recsys.data.datasets import write_canonical
 from recsys.model.store import ModelStore
 from devtools.broker import free_port
-from streaming.cli.main import topic_specs
+from streaming.topics import topic_specs
 from streaming.kafka.admin import ensure_topics
 from tests.helpers import clustered_events
 from tests.stream_fixture import WorkerProcess, event_bytes, produce, settings_env, stream_settings

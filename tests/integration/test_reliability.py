@@ -32,7 +32,7 @@ from recsys.events import EVENT_TYPES, Event
 from recsys.model.store import ModelStore
 from recsys.model.train import TrainConfig, train
 from devtools.broker import KafkaBroker
-from streaming.cli.main import topic_specs
+from streaming.topics import topic_specs
 from streaming.jobs.replay import make_producer, encode_event, replay
 from streaming.kafka.admin import ensure_topics
 from tests.helpers import clustered_events

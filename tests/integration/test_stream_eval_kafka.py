@@ -19,7 +19,7 @@ from recsys.data.datasets import load_events, time_split
 from recsys.model.store import ModelStore
 from recsys.evaluation.streaming import StreamEvalConfig, rank_of, stream_evaluate
 from recsys.model.train import TrainConfig, train
-from streaming.cli.main import topic_specs
+from streaming.topics import topic_specs
 from streaming.kafka.admin import ensure_topics
 from tests.conftest import require_dataset
 from tests.stream_fixture import TopicReader, WorkerProcess, produce, stream_settings

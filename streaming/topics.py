@@ -1,0 +1,84 @@
+"""Every Kafka topic of the system, defined once: name, partitions, topic configuration, key,
+what it carries, and who creates it.
+
+Names come from the stream settings (`recsys.config`); everything else about a topic is here.
+`recsys topics` and the worker's start create the `core` topics; the worker also creates the
+new-item topics when `stream.item_foldin` is on; Faust creates the state changelog. The demo
+and the tests delete `all` of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# New-item rows outlive any sane retrain interval, then go; evidence is consumed within
+# seconds, a day covers a stopped worker.
+ROWS_RETENTION_MS = 7 * 86400_000
+EVIDENCE_RETENTION_MS = 86400_000
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    partitions: int
+    key: str
+    carries: str
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topics:
+    clickstream: Topic
+    recommendations: Topic
+    dlq: Topic
+    model_updates: Topic
+    changelog: Topic
+    item_evidence: Topic
+    item_factors: Topic
+
+    @property
+    def core(self) -> list[Topic]:
+        """What `recsys topics` (and every worker at start) creates."""
+        return [self.clickstream, self.recommendations, self.dlq, self.model_updates]
+
+    @property
+    def new_items(self) -> list[Topic]:
+        """Created by a worker with new-item fold-in on."""
+        return [self.item_evidence, self.item_factors]
+
+    @property
+    def all(self) -> list[Topic]:
+        return [*self.core, self.changelog, *self.new_items]
+
+
+def topics(s: Any) -> Topics:
+    """The topics of one deployment, from its stream settings."""
+    p = s.partitions
+    return Topics(
+        clickstream=Topic(s.clickstream_topic, p, "user id", "one JSON event per message"),
+        recommendations=Topic(s.recommendations_topic, p, "user id", "one JSON recommendation list per message"),
+        dlq=Topic(s.dlq_topic, 1, "the rejected message's key", "rejected messages: original bytes, reason in headers"),
+        model_updates=Topic(s.model_updates_topic, 1, "none", "model announcements read by every worker"),
+        changelog=Topic(s.changelog_topic, p, "user id", "the user-state table's changelog (Faust creates it)"),
+        item_evidence=Topic(s.item_evidence_topic, p, "item id", "new-item evidence from the workers' batches",
+                            {"retention.ms": str(EVIDENCE_RETENTION_MS)}),
+        item_factors=Topic(s.item_factors_topic, 1, "item id", "folded-in new-item rows, read by every worker",
+                           {"cleanup.policy": "compact,delete", "retention.ms": str(ROWS_RETENTION_MS)}),
+    )
+
+
+def topic_specs(s: Any) -> dict[str, int]:
+    """name -> partitions of the core topics (`streaming.kafka.admin.ensure_topics` takes it)."""
+    return {t.name: t.partitions for t in topics(s).core}
+
+
+def ensure(bootstrap: str, wanted: list[Topic], timeout: float = 30.0) -> list[str]:
+    """Create the missing ones (each with its own configuration); returns the names created."""
+    from streaming.kafka.admin import ensure_topics
+
+    created: list[str] = []
+    for t in wanted:
+        created += ensure_topics(bootstrap, {t.name: t.partitions}, config=dict(t.config), timeout=timeout)
+    return created
