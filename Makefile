@@ -1,22 +1,29 @@
 # Two entry points (see README): `make demo` runs the main job, `make test` runs the tests.
-# Both build the virtual environment from nothing when it is missing or pyproject.toml changed.
+# Both build the virtual environment from nothing when it is missing or pyproject.toml changed,
+# with the test, developer-tool (matplotlib, optuna) and lint extras; the image installs `.` alone.
 PY ?= python3.11
 VENV ?= .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow clean-venv
+.PHONY: demo lint test test-slow clean-venv
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -e '.[test,tools,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/recsys demo $(ARGS)
 
-# The suite CI runs; the long reliability runs are `make test-slow`.
-test: $(STAMP)
+# ruff (lint + format check) and mypy, configured in pyproject.toml; also a pre-commit hook.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# The suite CI runs (lint first); the long reliability runs are `make test-slow`.
+test: $(STAMP) lint
 	bash scripts/system-deps.sh
 	$(VENV)/bin/python -m pytest -m "not slow" $(ARGS)
 

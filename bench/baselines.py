@@ -22,7 +22,8 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 log = logging.getLogger("streamrec.baselines")
 
@@ -59,13 +60,12 @@ def create_app(kind: str, args: argparse.Namespace):
     from recsys.errors import EventError
     from recsys.model.foldin import FoldIn
     from recsys.model.store import ModelStore
-
     from streaming.worker.processor import Incoming, decode_event
     from streaming.worker.state import UserState, decode, encode
 
     model = ModelStore(args.model_dir).load()
     fold = FoldIn(model)
-    als = fold._als  # implicit's own model object over the fixed item factors
+    als = fold.als
     ccfg = defaults.CONFIDENCE
     table = app.Table("user-state", key_type=bytes, value_type=bytes, partitions=args.partitions, default=None)
 
@@ -118,7 +118,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import faust
 
     from recsys.model.threads import pin_blas_threads
-
     from streaming.logs import no_spinner
 
     pin_blas_threads()

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from types import ModuleType
+from typing import Any
 
 import numpy as np
+
+from recsys.evaluation.plotting import pyplot
 
 
 def machine() -> dict[str, Any]:
@@ -32,7 +37,7 @@ def machine() -> dict[str, Any]:
         pass
     from importlib.metadata import PackageNotFoundError, version
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("numpy", "scipy", "implicit", "faiss-cpu", "faust-streaming", "rocksdict", "kafka-python"):
         try:  # metadata only: importing faiss here would load its own BLAS after the pinning
             versions[dist] = version(dist)
@@ -149,10 +154,8 @@ def tree_bytes(path: str | os.PathLike[str]) -> int:
     total = 0
     for root, _, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):  # removed during the walk
                 total += os.path.getsize(os.path.join(root, f))
-            except OSError:
-                pass
     return total
 
 
@@ -160,10 +163,5 @@ def percentile(xs: list[float] | np.ndarray, q: float) -> float:
     return float(np.percentile(np.asarray(xs, float), q)) if len(xs) else float("nan")
 
 
-def plot_setup():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def plot_setup() -> ModuleType:
+    return pyplot("benchmark charts")

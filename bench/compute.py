@@ -26,14 +26,15 @@ import gc
 import sys
 import time
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
 from bench.common import clustered_factors, machine, median, plot_setup, synthetic_users, write_json
 
-FULL = {"sizes": [50_000, 500_000, 2_000_000], "factors": [64, 128], "batch": 256, "repeats": 5,
+FULL: dict[str, Any] = {"sizes": [50_000, 500_000, 2_000_000], "factors": [64, 128], "batch": 256, "repeats": 5,
         "naive_events": 64, "ann_min": 500_000}
-QUICK = {"sizes": [5_000], "factors": [16], "batch": 64, "repeats": 2, "naive_events": 16, "ann_min": 5_000}
+QUICK: dict[str, Any] = {"sizes": [5_000], "factors": [16], "batch": 64, "repeats": 2, "naive_events": 16, "ann_min": 5_000}
 
 
 def run_one(n: int, f: int, batch: int, repeats: int, naive_events: int, ann_min: int, threads: int = 1,
@@ -70,9 +71,9 @@ def run_one(n: int, f: int, batch: int, repeats: int, naive_events: int, ann_min
         scorer_ann = Scorer(model, replace(scfg, ann_min_items=ann_min))
         build_s = time.perf_counter() - t
         approx = scorer_ann.recommend(x, known, queries, excludes)
-        hits = sum(len(set(a.items[:10]) & set(e.items[:10])) for a, e in zip(approx, exact))
+        hits = sum(len(set(a.items[:10]) & set(e.items[:10])) for a, e in zip(approx, exact, strict=True))
         recall = hits / sum(len(e.items[:10]) for e in exact)
-    als = rec.fold_in._als
+    als = rec.fold_in.als
     sample = list(range(min(naive_events if n < 1_000_000 else naive_events // 4, batch)))
     naive_rows = [rec.fold_in.matrix([confs[j]]) for j in sample]
     als.recommend(0, naive_rows[0], N=10, recalculate_user=True)
@@ -105,22 +106,23 @@ def run_one(n: int, f: int, batch: int, repeats: int, naive_events: int, ann_min
             t_exact_score.append(t_score[-1])
 
     sweep = []
-    if scorer_ann is not None:  # recall / speed against nprobe, same queries and exclusions
-        base = scorer_ann.ann.nprobe
+    ann = scorer_ann.ann if scorer_ann is not None else None
+    if scorer_ann is not None and ann is not None:  # recall / speed against nprobe, same queries and exclusions
+        base = ann.nprobe
         for npb in sorted({max(1, base // 2), base, base * 2}):
-            scorer_ann.ann.nprobe = npb
+            ann.nprobe = npb
             ts = []
             for _ in range(max(2, repeats // 2)):
                 t = time.perf_counter()
                 approx = scorer_ann.recommend(x, known, queries, excludes)
                 ts.append(time.perf_counter() - t)
-            hits = sum(len(set(a.items[:10]) & set(e.items[:10])) for a, e in zip(approx, exact))
+            hits = sum(len(set(a.items[:10]) & set(e.items[:10])) for a, e in zip(approx, exact, strict=True))
             sweep.append({"nprobe": npb, "recall_at_10": hits / sum(len(e.items[:10]) for e in exact),
                           "scoring_ms": median(ts) * 1e3, "speedup_vs_exact": median(t_exact_score) / median(ts)})
-        scorer_ann.ann.nprobe = base
+        ann.nprobe = base
     ceiling, batched = median(t_ceiling), median(t_batched)
     naive_per_event = median(t_naive)
-    out = {
+    out: dict[str, Any] = {
         "items": n, "factors": f, "batch_users": batch, "repeats": repeats, "threads": threads, "setup_s": round(setup_s, 2),
         "ceiling_ms": ceiling * 1e3, "batched_ms": batched * 1e3, "foldin_ms": median(t_fold) * 1e3,
         "scoring_ms": median(t_score) * 1e3, "naive_ms_per_event": naive_per_event * 1e3,
@@ -129,15 +131,14 @@ def run_one(n: int, f: int, batch: int, repeats: int, naive_events: int, ann_min
         "batched_over_ceiling": batched / ceiling,
         "batched_speedup_vs_naive": (batch / batched) * naive_per_event,
     }
-    if scorer_ann is not None:
-        ann = scorer_ann.ann
+    if ann is not None:
         out.update({"ann_build_s": build_s, "ann_nlist": ann.nlist, "ann_nprobe": ann.nprobe,
                     "ann_tuned_recall": ann.tuned_recall,
                     "ann_scoring_ms": median(t_ann) * 1e3, "exact_scoring_ms": median(t_exact_score) * 1e3,
                     "ann_speedup_vs_exact": median(t_exact_score) / median(t_ann), "ann_recall_at_10": recall,
                     "ann_nprobe_sweep": sweep})
     log(_line(out))
-    del rec, scorer_ann, model
+    del rec, scorer_ann, ann, model
     gc.collect()
     return out
 

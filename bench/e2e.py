@@ -40,6 +40,7 @@ import threading
 import time
 import uuid
 from dataclasses import replace
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,7 @@ PARTITIONS = 4
 
 
 # ----------------------------------------------------------------------------- consumer process
-def _consume(bootstrap: str, topic: str, out: "mp.Queue", stop: "mp.Event") -> None:
+def _consume(bootstrap: str, topic: str, out: mp.Queue, stop: EventType) -> None:
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -144,8 +145,8 @@ class Pipeline:
             cmd = [sys.executable, "-m", "bench.baselines", kind, "--bootstrap", bootstrap, "--app-id", name,
                    "--clicks", self.clicks, "--recs", self.recs, "--model-dir", str(model_dir),
                    "--data-dir", str(data), "--web-port", str(port), "--partitions", str(PARTITIONS)]
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        with open(self.log_path, "ab") as log:  # the worker keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         self.answers = Answers(bootstrap, self.recs)
 
     def warm_up(self, producer, timeout: float = 120.0) -> float:
@@ -197,7 +198,6 @@ class Pipeline:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
 
 
 def _probe(user: str) -> bytes:
@@ -336,14 +336,14 @@ def main(argv: list[str] | None = None) -> dict:
         args.batch_within = Settings().batch_within_s
     items = 2000 if args.quick else args.items
 
+    from devtools.broker import broker_from_env
     from recsys.confidence import build_profiles
+    from recsys.data.simulator import SimConfig, simulate
     from recsys.defaults import CONFIDENCE
     from recsys.model.item_foldin import user_gram
-    from recsys.data.simulator import SimConfig, simulate
     from recsys.model.store import ModelStore
     from recsys.model.threads import pin_blas_threads
     from recsys.model.train import TrainConfig, train
-    from devtools.broker import broker_from_env
     from streaming.jobs.replay import make_producer
 
     pin_blas_threads()

@@ -39,6 +39,7 @@ import urllib.request
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -141,17 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     rate = args.rate or default_rate()
     seconds = args.minutes * 60.0
 
+    from devtools.broker import KafkaBroker, free_port
     from recsys.confidence import build_profiles
+    from recsys.data.simulator import SimConfig, simulate
     from recsys.defaults import CONFIDENCE, TRAIN
     from recsys.model.item_foldin import user_gram
-    from recsys.data.simulator import SimConfig, simulate
     from recsys.model.store import ModelStore
     from recsys.model.threads import pin_blas_threads
     from recsys.model.train import train
-    from devtools.broker import KafkaBroker, free_port
-    from streaming.topics import topic_specs
     from recsys.settings import Settings
     from streaming.kafka.admin import ensure_topics
+    from streaming.topics import topic_specs
 
     pin_blas_threads()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-soak-"))
@@ -178,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         cmd, env = worker_process(bootstrap, name, port, tmp / "worker", tmp / "models", s.partitions, {})
         log_path = tmp / "worker.log"
-        log = open(log_path, "wb")
-        worker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        with open(log_path, "wb") as log:  # the worker keeps its own copy of the descriptor
+            worker = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -193,11 +194,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"soak: {rate:.0f} events/s for {args.minutes:g} min on {bootstrap}", file=sys.stderr, flush=True)
         feeder = Feeder(bootstrap, s.clickstream_topic, events, rate, seconds)
-        log.flush()
         log_mark = log_path.stat().st_size  # start-up noise (e.g. a fresh broker's coordinator) is not the soak's
         t0 = time.monotonic()
         feeder.start()
-        samples = []
+        samples: list[dict[str, Any]] = []
         next_at = t0
         while feeder.is_alive():
             next_at += args.sample_s
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
             m = metrics(port)
             lag = sum(v for k, v in m.items() if k == "streamrec_consumer_lag")
-            sample = {"t_s": round(time.monotonic() - t0, 1), "sent": feeder.sent, "lag": lag,
+            sample: dict[str, Any] = {"t_s": round(time.monotonic() - t0, 1), "sent": feeder.sent, "lag": lag,
                       "processed": m.get("streamrec_events_in_total", 0.0),
                       "rejected": m.get("streamrec_events_rejected_total", 0.0),
                       "recs": m.get("streamrec_recommendations_out_total", 0.0),
@@ -224,7 +224,6 @@ def main(argv: list[str] | None = None) -> int:
                 break
             time.sleep(0.5)
         final = metrics(port)
-        log.flush()
         text = log_path.read_bytes()[log_mark:].decode(errors="replace")
         errors = [ln for ln in text.splitlines() if "[ERROR]" in ln or "[CRITICAL]" in ln or " ERROR " in ln
                   or " CRITICAL " in ln or "Traceback" in ln]

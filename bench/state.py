@@ -35,6 +35,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -117,7 +118,7 @@ def rocksdb_size(n_users: int, lengths, items, fixed_len: int | None, tmp: Path,
     from streaming.worker.state import decode
 
     for i in range(0, n_users, max(1, n_users // 20_000)):
-        decode(db[f"u{1_000_000_000 + i}".encode()])
+        decode(cast(bytes, db[f"u{1_000_000_000 + i}".encode()]))  # rocksdict's stub: Any | None; a miss raises
     read_n = len(range(0, n_users, max(1, n_users // 20_000)))
     read_s = time.perf_counter() - t1
     db.close()
@@ -169,18 +170,17 @@ async def _produce_changelog(bootstrap: str, topic: str, records) -> dict:
 
 
 def start_worker(bootstrap: str, name: str, tmp: Path, model_dir: Path, data_dir: Path | None = None,
-                 tag: str = "", extra_env: dict[str, str] | None = None):
+                 tag: str = "", extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
     """A real worker process; JSON logs at info level in tmp/<name><tag>.log (the recovery phases
-    are read from them, see recovery_phases)."""
+    are read from them, see recovery_phases). Returns the process and its log's path."""
     from devtools.broker import free_port
 
     cmd, env = worker_process(bootstrap, name, free_port(), data_dir or tmp / f"{name}-data", model_dir, PARTITIONS,
                               {"STREAMREC_LOG_LEVEL": "info", "STREAMREC_LOG_FORMAT": "json", **(extra_env or {})})
     log_path = tmp / f"{name}{tag}.log"
-    log = open(log_path, "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    proc.log_path = log_path  # type: ignore[attr-defined]
-    return proc, log
+    with open(log_path, "ab") as log:  # the worker keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    return proc, log_path
 
 
 def time_to_serve(bootstrap: str, name: str, proc, timeout: float, t0: float | None = None) -> float:
@@ -287,21 +287,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _stop(proc, log) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(60)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
-    log.close()
 
 
 def run_worker(bootstrap: str, name: str, tmp: Path, model_dir: Path, timeout: float, tag: str,
                extra_env: dict[str, str] | None = None) -> dict:
     """Start a worker on tmp/<name>-data, time it to serving, measure it, stop it (SIGTERM)."""
     t_start = time.time()
-    proc, log = start_worker(bootstrap, name, tmp, model_dir, tag=tag, extra_env=extra_env)
+    proc, log_path = start_worker(bootstrap, name, tmp, model_dir, tag=tag, extra_env=extra_env)
     try:
         serve_s = time_to_serve(bootstrap, name, proc, timeout, t0=t_start)
         cpu = cpu_seconds(proc.pid)
@@ -309,9 +308,9 @@ def run_worker(bootstrap: str, name: str, tmp: Path, model_dir: Path, timeout: f
         rss = rss_bytes(proc.pid)
         data = tree_bytes(tmp / f"{name}-data")
     finally:
-        _stop(proc, log)
+        _stop(proc)
     return {"start_to_serving_s": serve_s, "worker_cpu_s_to_serving": cpu,
-            "phases_s": recovery_phases(proc.log_path, t_start),
+            "phases_s": recovery_phases(log_path, t_start),
             "worker_rss_mb": rss / 1e6, "worker_data_dir_mb": data / 1e6}
 
 
@@ -371,13 +370,13 @@ def main(argv: list[str] | None = None) -> dict:
     n_users = args.users if args.users is not None else (5_000 if args.quick else 1_000_000)
     n_restore = args.restore_users if args.restore_users is not None else (2_000 if args.quick else 1_000_000)
 
+    from devtools.broker import broker_from_env
     from recsys.confidence import build_profiles
-    from recsys.defaults import CONFIDENCE
     from recsys.data.simulator import SimConfig, simulate
+    from recsys.defaults import CONFIDENCE
     from recsys.model.store import ModelStore
     from recsys.model.threads import pin_blas_threads
     from recsys.model.train import TrainConfig, train
-    from devtools.broker import broker_from_env
 
     pin_blas_threads()
     t_all = time.time()

@@ -30,10 +30,10 @@ from pathlib import Path
 from recsys import defaults
 from recsys.confidence import ConfidenceConfig
 from recsys.data.datasets import load_dataset, time_split
-from recsys.serving.scoring import ScoringConfig
 from recsys.evaluation.streaming import StreamEvalConfig, stream_evaluate
 from recsys.model.threads import pin_blas_threads
 from recsys.model.train import TrainConfig
+from recsys.serving.scoring import ScoringConfig
 
 EVAL = StreamEvalConfig(methods=("system",), chunk_max=1024)
 
@@ -64,7 +64,10 @@ def current_params() -> dict:
 
 
 def main() -> None:
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise SystemExit("bench.tune needs optuna: pip install 'streamrec[tools]'") from None
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, default=20)
@@ -98,7 +101,7 @@ def main() -> None:
 
     rows = []
 
-    def objective(trial: "optuna.Trial") -> float:
+    def objective(trial: optuna.Trial) -> float:
         p = {
             "favorite": trial.suggest_float("favorite", 0.0, 3.0),
             "addtocart": trial.suggest_float("addtocart", 0.0, 3.0),

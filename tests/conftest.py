@@ -1,13 +1,17 @@
 import os
 import warnings
-
-# kafka-python 3.0 calls a deprecated importlib.resources API at import time.
-warnings.filterwarnings("ignore", "(open|read)_text is deprecated", DeprecationWarning)
 from pathlib import Path
 
 import pytest
 
 from recsys.model.threads import pin_blas_threads
+
+# kafka-python 3.0 calls a deprecated importlib.resources API at import time: filter it before
+# the Kafka fixtures below import it.
+warnings.filterwarnings("ignore", "(open|read)_text is deprecated", DeprecationWarning)
+
+# The real Kafka broker (one per test session) and per-test topics.
+pytest_plugins = ["tests.kafka_fixture"]
 
 pin_blas_threads()
 
@@ -23,7 +27,3 @@ def require_dataset(name: str) -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
-
-
-# The real Kafka broker (one per test session) and per-test topics.
-from tests.kafka_fixture import kafka_broker, topic_factory  # noqa: E402,F401

@@ -7,6 +7,7 @@ them afterwards, so tests sharing the session broker don't see each other's data
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,7 +43,5 @@ def topic_factory(kafka_broker: KafkaBroker, request: pytest.FixtureRequest) -> 
 
     yield make
     if made and kafka_broker.is_running():
-        try:
+        with contextlib.suppress(Exception):  # cleanup must not mask the test's own outcome
             delete_topics(kafka_broker.bootstrap, made)
-        except Exception:  # noqa: BLE001 - cleanup must not mask the test's own outcome
-            pass

@@ -43,13 +43,13 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
         self.env = dict(env or {})
 
-    def start(self, timeout: float = 90.0, wait_ready: bool = True) -> "WorkerProcess":
+    def start(self, timeout: float = 90.0, wait_ready: bool = True) -> WorkerProcess:
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1", **self.env}
         cmd = [sys.executable, "-m", "streaming.cli.main", "worker", "--bootstrap", self.settings.bootstrap,
                "--web-port", str(self.web_port), "--data-dir", str(self.data_dir), "--model-dir", str(self.model_dir)]
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=Path(__file__).resolve().parents[1])
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         cwd=Path(__file__).resolve().parents[1])
         if wait_ready:
             self.wait_ready(timeout)
         return self

@@ -32,6 +32,7 @@ See docs/data-formats.md for the canonical format and the vocabulary mapping.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
 import gzip
 import io
@@ -42,11 +43,12 @@ import os
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from recsys.errors import ConfigError, DataError, EventError
 from recsys.events import MAX_FUTURE_SKEW_MS, MAX_ID_LEN, MIN_TS_MS, Event, parse_event
@@ -97,7 +99,7 @@ OTTO_TYPES = {"clicks": "click", "carts": "addtocart", "orders": "transaction"}
 RETAILROCKET_EPOCH_MS = 1_430_611_200_000
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
 
@@ -421,7 +423,7 @@ def _supported() -> str:
 def _open_text(path: Path) -> io.TextIOWrapper:
     sp = str(path)
     try:
-        raw = open(path, "rb")
+        raw = open(path, "rb")  # noqa: SIM115 - handed to the caller inside the returned wrapper
     except FileNotFoundError:
         raise DataError("file not found", sp) from None
     except IsADirectoryError:
@@ -575,7 +577,7 @@ def _loader(fmt: str, doc: str) -> Callable[..., list[Event]]:
              stats: LoadStats | None = None) -> list[Event]:
         return load_events(path, fmt=fmt, lenient=lenient, stats=stats)
     load.__name__ = load.__qualname__ = f"load_{fmt}"
-    load.__doc__ = doc + "\n\nSame as load_events(path, fmt=%r, ...)." % fmt
+    load.__doc__ = doc + f"\n\nSame as load_events(path, fmt={fmt!r}, ...)."
     return load
 
 
@@ -633,17 +635,15 @@ def write_canonical(events: Iterable[Event], path: str | os.PathLike[str]) -> in
                     w = csv.writer(f, lineterminator="\n")
                     w.writerow(CANONICAL_FIELDS)
                     for e in events:
-                        w.writerow(("" if v is None else v for v in
-                                    (e.user, e.item, e.type, e.ts, e.dwell, e.session, e.price, e.event_id)))
+                        w.writerow("" if v is None else v for v in
+                                    (e.user, e.item, e.type, e.ts, e.dwell, e.session, e.price, e.event_id))
                         n += 1
             if gz:
                 binary.close()
         os.replace(tmp, p)
     except OSError as e:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink()
-        except OSError:
-            pass
         raise DataError(f"cannot write: {e.strerror or e}", str(p)) from None
     return n
 

@@ -46,10 +46,11 @@ import math
 import os
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import accumulate
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -468,7 +469,7 @@ def _parse_start(s: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not ms since the epoch or an ISO date: {s!r}") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
 
 

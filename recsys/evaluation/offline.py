@@ -19,18 +19,20 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-from recsys.evaluation import ranking
 from recsys.confidence import ConfidenceConfig, ItemState, UserProfile, build_profiles, copy_profile
+from recsys.evaluation import ranking
+from recsys.evaluation.plotting import pyplot
 from recsys.events import Event
 from recsys.model.factors import Model
+from recsys.model.train import TrainConfig, train
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import ScoringConfig
-from recsys.model.train import TrainConfig, train
 
 METRICS = ("MAP@3", "MAP@10", "HR@10", "NDCG@10", "Recall@10", "coverage")
 
@@ -64,7 +66,7 @@ def build_cases(train_profiles: dict[str, UserProfile], test_events: Sequence[Ev
 
 def score_lists(lists: Sequence[Sequence[str]], cases: Sequence[EvalCase], n_items: int) -> dict[str, float]:
     def mean(f: Callable[[Sequence[str], set[str], int], float], k: int) -> float:
-        return float(np.mean([f(lst, c.relevant, k) for lst, c in zip(lists, cases)])) if cases else 0.0
+        return float(np.mean([f(lst, c.relevant, k) for lst, c in zip(lists, cases, strict=True)])) if cases else 0.0
 
     shown = {i for lst in lists for i in lst[:10]}
     return {
@@ -141,10 +143,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path: str, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the evaluation plot")
 
     names = list(report["methods"])
     shown = [m for m in METRICS if m != "coverage"]
@@ -209,6 +208,6 @@ def evaluate_model(model: Model, cases: Sequence[EvalCase], ccfg: ConfidenceConf
         lists.extend(o.items for o in rec.recommend([c.profile for c in chunk], [c.query for c in chunk]))
     out = score_lists(lists, cases, model.n_items)
     # Sampling error of MAP@10 over these cases, so a gate can tell noise from a regression.
-    ap = [ranking.average_precision(lst, c.relevant, 10) for lst, c in zip(lists, cases)]
+    ap = [ranking.average_precision(lst, c.relevant, 10) for lst, c in zip(lists, cases, strict=True)]
     out["MAP@10_se"] = float(np.std(ap) / np.sqrt(len(ap))) if len(ap) > 1 else 0.0
     return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Collection, Sequence
+from collections.abc import Collection, Sequence
 
 
 def average_precision(ranked: Sequence[str], relevant: Collection[str], k: int) -> float:

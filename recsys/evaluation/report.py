@@ -29,11 +29,14 @@ import io
 import json
 import math
 import re
+from collections.abc import Iterable, Sequence
 from itertools import count
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from types import ModuleType
+from typing import Any
 
 from recsys.errors import RecsysError
+from recsys.evaluation.plotting import pyplot
 
 TIME_KEYS = ("t", "ts", "time", "timestamp", "elapsed_s", "elapsed", "t_s")
 MIN_SAMPLES = 10   # a shorter list of numbers is a parameter (sizes, factors), not a distribution
@@ -75,12 +78,8 @@ def _metric_like(name: str) -> bool:
 
 
 # -- charts (matplotlib -> inline SVG) ------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _plt() -> ModuleType:
+    plt = pyplot("the HTML report's charts")
     plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
                          "axes.spines.right": False})
     return plt

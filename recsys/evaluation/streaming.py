@@ -66,19 +66,21 @@ import heapq
 import math
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from recsys.confidence import ConfidenceConfig, UserProfile, build_profiles
+from recsys.evaluation.plotting import pyplot
 from recsys.events import Event
-from recsys.model.item_foldin import ItemFoldIn, user_gram
 from recsys.model.factors import Model
+from recsys.model.item_foldin import ItemFoldIn, user_gram
+from recsys.model.train import TrainConfig, train
 from recsys.serving.popularity import RecentPopularity
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import ScoringConfig, own_item_scores
-from recsys.model.train import TrainConfig, train
 
 METHODS = ("popularity", "own-items", "similar", "static", "system", "system-norepeat",
            "system+items", "system+retrain")
@@ -224,7 +226,7 @@ def stream_evaluate(train_events: Sequence[Event], test_events: Sequence[Event],
     touched: dict[str, dict[str, bool]] = defaultdict(dict)   # new item -> users who touched it
     folded_items = 0
 
-    accs = {m: defaultdict(_Acc) for m in methods}
+    accs: dict[str, defaultdict[str, _Acc]] = {m: defaultdict(_Acc) for m in methods}
     kept: list[dict[str, Any]] = []
     skipped_same = 0
     n_chunks = 0
@@ -323,7 +325,7 @@ def _refresh_items(rec: Recommender, model: Model, xtx: np.ndarray, touched: dic
     confs = [profiles[u].confidence(ccfg) for u in users]
     x, known = rec.fold_in(confs)
     factors_of = {u: x[r] for r, u in enumerate(users) if known[r]}
-    conf_of = {u: c for u, c in zip(users, confs)}
+    conf_of = dict(zip(users, confs, strict=True))
     by_item = {item: {u: conf_of[u][item] for u in by if item in conf_of[u]} for item, by in touched.items()}
     ext = ItemFoldIn(model, xtx, min_users=min_users).extend(by_item, factors_of)
     return Recommender(ext, ccfg, scfg)
@@ -348,7 +350,7 @@ def _system(rec: Recommender, snaps: Sequence[_Snap], k: int, repeat: bool = Tru
         recs = rec.scorer.recommend(x[rows], known[rows], [s.query for s in sub], [s.excl for s in sub], k,
                                     own=[s.own for s in sub] if use_own else None,
                                     popular=sub[0].pop_top if popular else None)
-        for j, r in zip(rows, recs):
+        for j, r in zip(rows, recs, strict=True):
             out[j] = r.items
     return out
 
@@ -438,17 +440,14 @@ def format_markdown(report: dict[str, Any], segments: Sequence[str] = ("all", *S
 
 
 def plot(report: dict[str, Any], path: str, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("the streaming evaluation plot")
 
     ms = report["methods"]
     names = list(ms)
     segs = [s for s in ("all", *SEGMENTS) if any(s in ms[m] and ms[m][s]["n"] for m in names)]
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), sharey=False)
     width = 0.8 / len(names)
-    for ax, met in zip(axes, ("HR@10", "MRR@10")):
+    for ax, met in zip(axes, ("HR@10", "MRR@10"), strict=True):
         for j, name in enumerate(names):
             vals = [ms[name].get(s, {}).get(met, 0.0) for s in segs]
             ax.bar(np.arange(len(segs)) + j * width, vals, width, label=name)

@@ -6,8 +6,9 @@ reference between batches, so every recommendation comes from exactly one versio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ class Model:
     @classmethod
     def from_factors(cls, version: str, item_ids: Sequence[str], item_factors: np.ndarray,
                      regularization: float, popularity: np.ndarray | None = None,
-                     metadata: dict[str, Any] | None = None) -> "Model":
+                     metadata: dict[str, Any] | None = None) -> Model:
         y = np.ascontiguousarray(item_factors, dtype=np.float32)
         pop = np.zeros(len(item_ids), np.float32) if popularity is None else popularity.astype(np.float32)
         return cls(version=version, item_ids=list(item_ids), item_factors=y,

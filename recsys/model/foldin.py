@@ -11,7 +11,8 @@ parallelises across users itself, and a threaded BLAS under it oversubscribes th
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -28,7 +29,13 @@ class FoldIn:
         self._als = AlternatingLeastSquares(factors=model.factors, regularization=model.regularization,
                                             alpha=1.0, dtype=np.float32, num_threads=num_threads)
         self._als.item_factors = model.item_factors
-        self._als._YtY = np.ascontiguousarray(model.yty, dtype=np.float32)  # stored with the model
+        # implicit computes YᵀY lazily into this cache and has no public setter; ours is stored with the model.
+        self._als._YtY = np.ascontiguousarray(model.yty, dtype=np.float32)  # noqa: SLF001
+
+    @property
+    def als(self) -> Any:
+        """implicit's own model object over the fixed item factors (benchmarks use its `recommend`)."""
+        return self._als
 
     def matrix(self, confidences: Sequence[Mapping[str, float]]) -> sp.csr_matrix:
         """Rows of confidences over the model's items; items the model does not know are left out."""

@@ -22,7 +22,7 @@ how a worker feeds it.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -47,7 +47,7 @@ def fold_in_items(users: Sequence[np.ndarray], confidences: Sequence[np.ndarray]
     a = np.broadcast_to(np.asarray(xtx, np.float64) + regularization * np.eye(f), (n, f, f)).copy()
     b = np.zeros((n, f), np.float64)
     empty = np.zeros(n, bool)
-    for j, (x, c) in enumerate(zip(users, confidences)):
+    for j, (x, c) in enumerate(zip(users, confidences, strict=True)):
         x = np.asarray(x, np.float64).reshape(-1, f)
         c = np.asarray(c, np.float64).reshape(-1)
         if len(c) == 0:

@@ -142,8 +142,8 @@ class ModelStore:
             raise ModelStoreError(f"no model in {self.root}: train one first (recsys train)")
         meta = self.metadata(version)
         vdir = self.root / version
-        for f in FILES + ((USER_GRAM,) if USER_GRAM in meta["files"] else ()):
-            self._check_file(version, vdir / f, meta["files"].get(f), verify)
+        for name in FILES + ((USER_GRAM,) if USER_GRAM in meta["files"] else ()):
+            self._check_file(version, vdir / name, meta["files"].get(name), verify)
         try:
             # Copy-on-write mapping: implicit's kernels want writable buffers; nothing is copied
             # unless written, and nothing writes.

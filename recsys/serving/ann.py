@@ -37,8 +37,8 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -102,7 +102,7 @@ class MipsIndex:
         self._index.nprobe = int(max(1, min(value, self.nlist)))
 
     @classmethod
-    def build(cls, rows: np.ndarray, cfg: AnnConfig = AnnConfig()) -> "MipsIndex":
+    def build(cls, rows: np.ndarray, cfg: AnnConfig = AnnConfig()) -> MipsIndex:
         """Index `rows` (n, f) for inner-product search and tune nprobe. At 2M rows on one
         thread: ~1 min for 64 factors, ~2.5 min for 128 (k-means and assigning rows to lists)."""
         faiss = _faiss()
@@ -237,7 +237,7 @@ def _threads(faiss, n: int) -> None:
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int = 10) -> float:
     """Mean over queries of |approx top-k ∩ exact top-k| / |exact top-k| (ignoring -1 slots)."""
     hits, total = 0, 0
-    for a, e in zip(approx_ids, exact_ids):
+    for a, e in zip(approx_ids, exact_ids, strict=True):
         e = [x for x in e[:k] if x >= 0]
         if not e:
             continue

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 _REBASE = 512.0          # rescale when the newest event is this many half-lives past t₀
 _CANDIDATES = 128        # items kept ranked between full passes (top asks for n + 64 in the worker)
@@ -61,7 +61,7 @@ class RecentPopularity:
         if self._t0 is None:
             self._t0 = ts
         elif (ts - self._t0) * self._per_ms > _REBASE:
-            self._rebase(ts)
+            self._rebase(self._t0, ts)
         old = self._c.get(item)
         if old is None:
             self._seq[item] = self._next_seq
@@ -84,9 +84,9 @@ class RecentPopularity:
     def count(self, item: str, now: int | None = None) -> float:
         """The decayed count of `item` at `now` (ms; default: the latest event time seen)."""
         c = self._c.get(item, 0.0)
-        if not c or self._t0 is None:
-            return 0.0
         now = self.last_ts if now is None else now
+        if not c or self._t0 is None or now is None:   # nothing counted yet
+            return 0.0
         return c * 2.0 ** ((self._t0 - now) * self._per_ms)
 
     def top(self, n: int, exclude: Iterable[str] = ()) -> list[str]:
@@ -116,8 +116,9 @@ class RecentPopularity:
             self._floor = c[ranked[-1]] if len(ranked) == k else -math.inf
         return ranked
 
-    def _rebase(self, ts: int) -> None:
-        f = 2.0 ** ((self._t0 - ts) * self._per_ms)   # type: ignore[operator]
+    def _rebase(self, t0: int, ts: int) -> None:
+        """Move the reference time of the stored counts from t0 to ts."""
+        f = 2.0 ** ((t0 - ts) * self._per_ms)
         self._c = {i: c * f for i, c in self._c.items() if c * f > 1e-300}
         self._seq = {i: q for i, q in self._seq.items() if i in self._c}
         self._t0 = ts

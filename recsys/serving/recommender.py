@@ -7,11 +7,11 @@ returns names its model version.
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from recsys.confidence import ConfidenceConfig, UserProfile
-from recsys.model.foldin import FoldIn
 from recsys.model.factors import Model
+from recsys.model.foldin import FoldIn
 from recsys.serving.scoring import Recommendations, Scorer, ScoringConfig, own_item_scores
 
 
@@ -42,7 +42,7 @@ class Recommender:
         x, known = self.fold_in([ccfg.to_confidences(vs) for vs in values])
         t1 = time.perf_counter()
         excludes = [p.items_with(self.scfg.exclude_types) for p in profiles]
-        own = ([own_item_scores(p, ccfg, self.scfg.repeat_half_life_days, values=vs) for p, vs in zip(profiles, values)]
+        own = ([own_item_scores(p, ccfg, self.scfg.repeat_half_life_days, values=vs) for p, vs in zip(profiles, values, strict=True)]
                if self.scfg.repeat_weight > 0 else None)
         out = self.scorer.recommend(x, known, queries, excludes, n, own=own, popular=popular)
         if timings is not None:

@@ -39,8 +39,9 @@ docs/evaluation.md "Per-user re-visit weight").
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -125,8 +126,8 @@ class Scorer:
             self.ann = MipsIndex.build(self._scaled, AnnConfig(nprobe=cfg.ann_nprobe, num_threads=cfg.num_threads))
 
     # ------------------------------------------------------------------------------------
-    def recommend(self, user_factors: np.ndarray, has_user: Sequence[bool], queries: Sequence[str | None],
-                  excludes: Sequence[set[str]], n: int | None = None,
+    def recommend(self, user_factors: np.ndarray, has_user: Sequence[bool] | np.ndarray,
+                  queries: Sequence[str | None], excludes: Sequence[AbstractSet[str]], n: int | None = None,
                   own: Sequence[dict[str, float]] | None = None,
                   popular: Sequence[str] | None = None) -> list[Recommendations]:
         """Score a batch: row k is user_factors[k] looking at queries[k], minus excludes[k].
@@ -156,7 +157,7 @@ class Scorer:
         # Per-row exclusions (item rows), dropped from an over-fetched top-k.
         ex_rows = [self._excluded_rows(excludes[k], queries[k]) for k in range(rows)]
         scored = np.flatnonzero(has_u | has_q)
-        out: list[Recommendations] = [None] * rows  # type: ignore[list-item]
+        out: list[Recommendations | None] = [None] * rows
         if len(scored):
             k = min(n, m.n_items)
             if self.ann is not None:  # approximate: over-fetch, then drop each row's exclusions
@@ -166,24 +167,28 @@ class Scorer:
 
                 ids, scores = exact_search(self._scaled, query[scored], k, [ex_rows[r] for r in scored],
                                            self.cfg.num_threads)
-            for j, r in enumerate(scored):
+            for j, r in enumerate(scored.tolist()):
                 keep = scores[j] > FILTERED
                 out[r] = Recommendations([m.item_ids[i] for i in ids[j][keep]], scores[j][keep].tolist(),
                                          str(source[r]), m.version)
-        repeat = own is not None and self.cfg.repeat_weight > 0
+        own_rows = own if self.cfg.repeat_weight > 0 else None
+        results: list[Recommendations] = []
         for r in range(rows):
-            if repeat and own[r]:
-                self._add_own(out, r, query[r] if (has_u[r] or has_q[r]) else None, own[r], excludes[r],
-                              queries[r], n)
-            if out[r] is None:
-                out[r] = Recommendations([], [], "popular", m.version)
-            if len(out[r].items) < n and popular is not None:
-                self._pad_with_ranking(out[r], popular, excludes[r], queries[r], n)
-            if len(out[r].items) < n:
-                self._pad_with_popular(out[r], ex_rows[r], n)
-        return out
+            rec = out[r]
+            if own_rows is not None and own_rows[r]:
+                rec = self._add_own(rec, query[r] if (has_u[r] or has_q[r]) else None, own_rows[r], excludes[r],
+                                    queries[r], n)
+            if rec is None:
+                rec = Recommendations([], [], "popular", m.version)
+            if len(rec.items) < n and popular is not None:
+                self._pad_with_ranking(rec, popular, excludes[r], queries[r], n)
+            if len(rec.items) < n:
+                self._pad_with_popular(rec, ex_rows[r], n)
+            results.append(rec)
+        return results
 
-    def similar(self, item: str, n: int | None = None, exclude: set[str] = frozenset()) -> Recommendations | None:
+    def similar(self, item: str, n: int | None = None,
+                exclude: AbstractSet[str] = frozenset()) -> Recommendations | None:
         """Items most similar to `item` (cosine of item factors); None if the model lacks it."""
         from implicit.cpu.topk import topk
 
@@ -199,20 +204,20 @@ class Scorer:
         return Recommendations([self.model.item_ids[i] for i in ids[0][keep]], scores[0][keep].tolist(),
                                "similar", self.model.version)
 
-    def popular(self, n: int | None = None, exclude: set[str] = frozenset()) -> Recommendations:
+    def popular(self, n: int | None = None, exclude: AbstractSet[str] = frozenset()) -> Recommendations:
         rec = Recommendations([], [], "popular", self.model.version)
         self._pad_with_popular(rec, self._excluded_rows(exclude, None), n or self.cfg.n)
         return rec
 
     # ------------------------------------------------------------------------------------
-    def _add_own(self, out: list, r: int, qvec: np.ndarray | None, strengths: dict[str, float],
-                 exclude: set[str], query: str | None, n: int) -> None:
-        """Merge the user's own items, with their re-visit bonus, into row r's top-N (exact)."""
-        rec = out[r]
+    def _add_own(self, rec: Recommendations | None, qvec: np.ndarray | None, strengths: dict[str, float],
+                 exclude: AbstractSet[str], query: str | None, n: int) -> Recommendations | None:
+        """Merge the user's own items, with their re-visit bonus, into a row's top-N (exact):
+        `rec` updated in place, or a new list when the row had none (None: nothing to merge)."""
         items, scores = (rec.items, rec.scores) if rec is not None else ([], [])
         scale = scores[0] if scores and scores[0] > 0 else 1.0
         beta = repeat_weight_for(self.cfg, strengths)
-        final = dict(zip(items, scores))
+        final = dict(zip(items, scores, strict=True))
         idx, y = self.model.item_index, self.model.item_factors
         banned = set(exclude)
         if self.cfg.exclude_query and query is not None:
@@ -225,7 +230,7 @@ class Scorer:
         base_of: dict[str, float] = {}  # item -> blend score; items the model lacks enter at 0
         if known and qvec is not None:
             k = np.asarray([row for _, row in known], np.int64)
-            base_of = dict(zip((item for item, _ in known), ((y[k] @ qvec) / self._div[k]).tolist()))
+            base_of = dict(zip((item for item, _ in known), ((y[k] @ qvec) / self._div[k]).tolist(), strict=True))
         power = self.cfg.repeat_power
         for item, s in own:
             base = final.get(item)
@@ -233,24 +238,25 @@ class Scorer:
                 base = base_of.get(item, 0.0)
             final[item] = base + beta * s ** power * scale
         if not final:
-            return
+            return rec
         ranked = sorted(final.items(), key=lambda kv: -kv[1])[:n]   # stable: ties keep blend order
         if rec is None:
-            rec = out[r] = Recommendations([], [], "repeat", self.model.version)
+            rec = Recommendations([], [], "repeat", self.model.version)
         rec.items, rec.scores = [i for i, _ in ranked], [float(v) for _, v in ranked]
         rec.extra["own_added"] = len(missing)
+        return rec
 
     def _items_for_topk(self) -> np.ndarray:
         return np.asarray(self.model.item_factors)
 
-    def _excluded_rows(self, exclude: set[str], query: str | None) -> list[int]:
+    def _excluded_rows(self, exclude: AbstractSet[str], query: str | None) -> list[int]:
         idx = self.model.item_index
         rows = [idx[i] for i in exclude if i in idx]
         if self.cfg.exclude_query and query is not None and query in idx:
             rows.append(idx[query])
         return rows
 
-    def _pad_with_ranking(self, rec: Recommendations, ranking: Sequence[str], exclude: set[str],
+    def _pad_with_ranking(self, rec: Recommendations, ranking: Sequence[str], exclude: AbstractSet[str],
                           query: str | None, n: int) -> None:
         """Append items of `ranking` (best first), minus the row's filters, up to n. Scores:
         a "popular" list gets 1/(1+rank); padding sits below every scored item."""

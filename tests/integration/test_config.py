@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from recsys import config as C
 from recsys import defaults
 from recsys.data.datasets import write_canonical
 from recsys.errors import ConfigError
-from recsys import config as C
-from streaming.logs import JsonFormatter, take_flag, worker_logging_config
 from recsys.settings import Settings
+from streaming.logs import JsonFormatter, take_flag, worker_logging_config
 from tests.helpers import clustered_events
 
 ROOT = Path(__file__).resolve().parents[2]

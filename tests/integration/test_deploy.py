@@ -81,16 +81,17 @@ def exported_metrics() -> dict[str, set[str]]:
     """Every sample name WorkerMetrics and RetrainMetrics export -> its label names."""
     from prometheus_client import CollectorRegistry
 
-    from streaming.worker.metrics import WorkerMetrics
     from streaming.jobs.retrain import RetrainMetrics
+    from streaming.worker.metrics import WorkerMetrics
 
     out: dict[str, set[str]] = {}
     for registry in (WorkerMetrics(CollectorRegistry()).registry, RetrainMetrics(CollectorRegistry()).registry):
         for fam in registry.collect():
             labels = set()
-            for m in registry._names_to_collectors.values():  # label names without samples yet
+            # Label names of metrics without samples yet: prometheus_client has no public API for them.
+            for m in registry._names_to_collectors.values():  # noqa: SLF001
                 if getattr(m, "_name", None) == fam.name:
-                    labels = set(m._labelnames)
+                    labels = set(m._labelnames)  # noqa: SLF001
             suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
                         "gauge": [""], "summary": ["_sum", "_count", ""]}.get(fam.type, [""])
             for s in suffixes:
@@ -193,7 +194,7 @@ def test_ports_line_up_between_services_prometheus_and_grafana():
     ds = load_yaml(DATASOURCES)["datasources"][0]
     prom_port = [p.split(":")[-1] for p in svcs["prometheus"]["ports"]]
     assert ds["url"] == f"http://prometheus:{prom_port[0]}" and ds["type"] == "prometheus"
-    assert any("--config.file=/etc/prometheus/prometheus.yml" == a for a in svcs["prometheus"]["command"])
+    assert any(a == "--config.file=/etc/prometheus/prometheus.yml" for a in svcs["prometheus"]["command"])
 
 
 def test_volumes_mount_real_paths_and_share_the_model_store():
@@ -358,4 +359,4 @@ def test_dashboard_is_provisioned_against_the_provisioned_data_source():
         assert p["datasource"]["uid"] == uid, p["title"]
         assert p["targets"] and all(t["datasource"]["uid"] == uid for t in p["targets"]), p["title"]
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]

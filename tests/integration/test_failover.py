@@ -30,11 +30,11 @@ import pytest
 from recsys.confidence import build_profiles
 from recsys.defaults import CONFIDENCE
 from recsys.events import Event
-from streaming.topics import topic_specs
 from streaming.jobs.replay import encode_event, make_producer
 from streaming.kafka.admin import ensure_topics
-from tests.stream_fixture import TopicReader, WorkerProcess, stream_settings, wait_for
+from streaming.topics import topic_specs
 from tests.integration.test_reliability import FAST_GROUP, Feeder, known_stream, report, train_small, wait_state
+from tests.stream_fixture import TopicReader, WorkerProcess, stream_settings, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from recsys.defaults import CONFIDENCE
 from recsys.model.item_foldin import user_gram
 from recsys.model.store import ModelStore
 from recsys.model.train import TrainConfig, train
-from streaming.topics import topic_specs
-from streaming.worker.new_items import encode_evidence, encode_row
 from streaming.jobs.retrain import announce
 from streaming.kafka.admin import ensure_topics
+from streaming.topics import topic_specs
+from streaming.worker.new_items import encode_evidence, encode_row
 from tests.helpers import T0, clustered_events, ev
 from tests.stream_fixture import TopicReader, WorkerProcess, event_bytes, produce, stream_settings, wait_for
 

@@ -27,14 +27,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys.model.store import ModelStore, _sha256
 from devtools.broker import free_port
-from streaming.topics import topic_specs
+from recsys.model.store import ModelStore, _sha256
 from streaming.jobs.retrain import announce
 from streaming.kafka.admin import ensure_topics
+from streaming.topics import topic_specs
 from tests.helpers import clustered_events, train_into
-from tests.stream_fixture import TopicReader, WorkerProcess, event_bytes, produce, settings_env, stream_settings, wait_for
 from tests.integration.test_reliability import FAST_GROUP, ROOT, report
+from tests.stream_fixture import (
+    TopicReader,
+    WorkerProcess,
+    event_bytes,
+    produce,
+    settings_env,
+    stream_settings,
+    wait_for,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -226,10 +234,11 @@ def test_retrain_killed_mid_write_is_invisible_and_counted_as_failed(system):
 
     # The next retrain run notices, counts a failed run, cleans up, and then does its job.
     port = free_port()
-    log = open(tmp / "retrain-next.log", "wb")
-    nxt = subprocess.Popen([sys.executable, "-m", "streaming.cli.main", "retrain", "--every", "1h", "--data", str(data),
-                            "--metrics-port", str(port), "--bootstrap", s.bootstrap, "--model-dir", str(store.root)],
-                           env=retrain_env(s), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp / "retrain-next.log", "wb") as log:  # the child keeps its own copy of the descriptor
+        nxt = subprocess.Popen([sys.executable, "-m", "streaming.cli.main", "retrain", "--every", "1h",
+                                "--data", str(data), "--metrics-port", str(port), "--bootstrap", s.bootstrap,
+                                "--model-dir", str(store.root)],
+                               env=retrain_env(s), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: (scrape(port, "streamrec_retrain_runs_total", {"result": "published"}) or 0) >= 1
                  or nxt.poll() is not None, 180, "the next retrain publishing")
@@ -244,7 +253,6 @@ def test_retrain_killed_mid_write_is_invisible_and_counted_as_failed(system):
     finally:
         nxt.kill()
         nxt.wait()
-        log.close()
     report("retrain_killed_mid_write", invisible=True, counted_failed=1, next_version=new)
 
 

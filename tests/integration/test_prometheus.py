@@ -23,15 +23,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devtools.broker import free_port
 from recsys.data.datasets import write_canonical
 from recsys.model.store import ModelStore
-from devtools.broker import free_port
-from streaming.topics import topic_specs
 from streaming.kafka.admin import ensure_topics
-from tests.helpers import clustered_events
-from tests.stream_fixture import WorkerProcess, event_bytes, produce, settings_env, stream_settings
+from streaming.topics import topic_specs
+from tests.helpers import clustered_events, train_into
 from tests.integration.test_deploy import PROMETHEUS, dashboard_targets, require_tool
-from tests.helpers import train_into
+from tests.stream_fixture import WorkerProcess, event_bytes, produce, settings_env, stream_settings
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,20 +59,20 @@ class Prometheus:
         self.binary = binary
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60) -> "Prometheus":
+    def start(self, timeout: float = 60) -> Prometheus:
         self.config_path.write_text(yaml.safe_dump(self.config))
-        self.log = open(self.workdir / "prometheus.log", "ab")
-        self.proc = subprocess.Popen(
-            [self.binary, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        with open(self.workdir / "prometheus.log", "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [self.binary, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.workdir / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
         deadline = time.time() + timeout
         while time.time() < deadline:
             assert self.proc.poll() is None, self.tail()
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return self
+            ready = f"http://127.0.0.1:{self.port}/-/ready"
+            with contextlib.suppress(OSError), urllib.request.urlopen(ready, timeout=2) as r:
+                if r.status == 200:
+                    return self
             time.sleep(0.3)
         raise TimeoutError(f"prometheus not ready:\n{self.tail()}")
 
@@ -141,11 +140,11 @@ def monitored(kafka_broker, tmp_path_factory):
     history = tmp / "history.csv"
     write_canonical(clustered_events(seed=3), history)
     retrain_port = free_port()
-    retrain_log = open(tmp / "retrain.log", "ab")
-    retrain = subprocess.Popen(
-        [sys.executable, "-m", "streaming.cli.main", "retrain", "--every", "1h", "--data", str(history),
-         "--bootstrap", s.bootstrap, "--model-dir", str(store.root), "--metrics-port", str(retrain_port)],
-        stdout=retrain_log, stderr=subprocess.STDOUT, env={**os.environ, **settings_env(s)}, cwd=ROOT)
+    with open(tmp / "retrain.log", "ab") as retrain_log:  # the child keeps its own copy of the descriptor
+        retrain = subprocess.Popen(
+            [sys.executable, "-m", "streaming.cli.main", "retrain", "--every", "1h", "--data", str(history),
+             "--bootstrap", s.bootstrap, "--model-dir", str(store.root), "--metrics-port", str(retrain_port)],
+            stdout=retrain_log, stderr=subprocess.STDOUT, env={**os.environ, **settings_env(s)}, cwd=ROOT)
     prom = Prometheus(prometheus_bin, scrape_config_for(worker.web_port, retrain_port, 0), tmp)
     prom.config["scrape_configs"][-1]["static_configs"] = [{"targets": [f"127.0.0.1:{prom.port}"]}]
     try:
@@ -209,7 +208,7 @@ def test_key_series_exist_and_move_with_the_traffic(monitored):
 def test_every_dashboard_query_evaluates_on_live_data(monitored):
     _, _, prom, *_ = monitored
     prom.wait_for('sum(streamrec_retrain_runs_total{result="published"})', lambda v: v >= 1, timeout=120)
-    for title, expr in dashboard_targets():
+    for _, expr in dashboard_targets():
         prom.query(expr)                  # raises on a PromQL error
     # With traffic and a retrain behind us, the panels the issue asks for all have data (a rate
     # needs two scrapes of a series, so give new series a few seconds).
@@ -231,10 +230,8 @@ def test_worker_logs_are_json_lines_with_the_model_version(monitored):
     lines = [ln for ln in worker.log_path.read_text(errors="replace").splitlines() if ln.strip()]
     records = []
     for ln in lines:
-        try:
+        with contextlib.suppress(ValueError):  # not JSON: counted below
             records.append(json.loads(ln))
-        except ValueError:
-            pass
     # Faust's own records too: it configures logging itself, with our formatter.
     assert len(records) >= 0.9 * len(lines), "\n".join(ln for ln in lines if not ln.startswith("{"))[:2000]
     assert all({"ts", "level", "logger", "message"} <= set(r) for r in records)

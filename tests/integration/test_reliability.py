@@ -14,6 +14,7 @@ the SIGKILLs per run. Figures go to stdout (`-s`) and to out/reliability.jsonl.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -26,18 +27,25 @@ from pathlib import Path
 
 import pytest
 
+from devtools.broker import KafkaBroker
 from recsys.confidence import build_profiles
 from recsys.defaults import CONFIDENCE
 from recsys.events import EVENT_TYPES, Event
 from recsys.model.store import ModelStore
 from recsys.model.train import TrainConfig, train
-from devtools.broker import KafkaBroker
-from streaming.topics import topic_specs
-from streaming.jobs.replay import make_producer, encode_event, replay
+from streaming.jobs.replay import encode_event, make_producer, replay
 from streaming.kafka.admin import ensure_topics
+from streaming.topics import topic_specs
 from tests.helpers import clustered_events
-from tests.stream_fixture import (TopicReader, WorkerProcess, changelog_profiles, profile_diff, settings_env,
-                                  stream_settings, wait_for)
+from tests.stream_fixture import (
+    TopicReader,
+    WorkerProcess,
+    changelog_profiles,
+    profile_diff,
+    settings_env,
+    stream_settings,
+    wait_for,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -172,10 +180,8 @@ def wait_state(s, expected: dict, timeout: float, what: str, tick=lambda: True) 
         last = profile_diff(expected, changelog_profiles(s.bootstrap, s.changelog_topic))
         return last["differ"] == 0
 
-    try:
+    with contextlib.suppress(TimeoutError):  # the caller asserts on the last difference
         wait_for(matches, timeout, what, interval=1.0)
-    except TimeoutError:
-        pass
     return last
 
 
@@ -318,7 +324,6 @@ def test_broker_restart_mid_stream_worker_replay_and_retrain_carry_on(private_br
     t = threading.Thread(target=lambda: stats_box.update(
         stats=replay(events, s.bootstrap, s.clickstream_topic, rate=250, retime=False, progress=False)),
         daemon=True)
-    retrain_log = open(tmp_path / "retrain.log", "wb")
     retrain = None
     try:
         t.start()
@@ -327,10 +332,11 @@ def test_broker_restart_mid_stream_worker_replay_and_retrain_carry_on(private_br
         b.stop()                                   # controlled shutdown of the only broker
         assert not b.is_running()
         # The retrain job starts while the broker is down: it has to wait for it, not die.
-        retrain = subprocess.Popen(
-            [sys.executable, "-m", "streaming.cli.main", "retrain", "--every", "2s",
-             "--bootstrap", s.bootstrap, "--model-dir", str(models)],
-            stdout=retrain_log, stderr=subprocess.STDOUT, env={**os.environ, **settings_env(s)}, cwd=ROOT)
+        with open(tmp_path / "retrain.log", "wb") as retrain_log:  # the child keeps its own copy of the descriptor
+            retrain = subprocess.Popen(
+                [sys.executable, "-m", "streaming.cli.main", "retrain", "--every", "2s",
+                 "--bootstrap", s.bootstrap, "--model-dir", str(models)],
+                stdout=retrain_log, stderr=subprocess.STDOUT, env={**os.environ, **settings_env(s)}, cwd=ROOT)
         outage_started = time.monotonic()
         wait_for(lambda: time.monotonic() - outage_started > 3, 10, "an outage of a few seconds")
         b.start(timeout=120)                       # same data dir, same ports
@@ -357,7 +363,6 @@ def test_broker_restart_mid_stream_worker_replay_and_retrain_carry_on(private_br
         if retrain is not None and retrain.poll() is None:
             retrain.kill()
             retrain.wait()
-        retrain_log.close()
         worker.kill()
         t.join(timeout=5)
 

@@ -10,9 +10,9 @@ from collections import defaultdict
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from recsys.events import parse_event
-from recsys.data.simulator import SimConfig, simulate
 from devtools.broker import KafkaBroker
+from recsys.data.simulator import SimConfig, simulate
+from recsys.events import parse_event
 from streaming.jobs.replay import add_replay_parser, replay, send_raw
 from streaming.jobs.tail import add_tail_parser, format_recommendation, tail
 from streaming.kafka.admin import ensure_topics

@@ -13,9 +13,9 @@ from recsys.defaults import CONFIDENCE
 from recsys.events import Event
 from recsys.model.store import ModelStore
 from streaming.jobs.retrain import announce
-from streaming.worker.state import decode
 from streaming.kafka.admin import ensure_topics
 from streaming.topics import topic_specs
+from streaming.worker.state import decode
 from tests.helpers import clustered_events, train_into
 from tests.stream_fixture import TopicReader, WorkerProcess, event_bytes, produce, settings_env, stream_settings
 

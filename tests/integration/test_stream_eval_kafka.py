@@ -16,11 +16,11 @@ import pytest
 from recsys import defaults
 from recsys.confidence import build_profiles
 from recsys.data.datasets import load_events, time_split
-from recsys.model.store import ModelStore
 from recsys.evaluation.streaming import StreamEvalConfig, rank_of, stream_evaluate
+from recsys.model.store import ModelStore
 from recsys.model.train import TrainConfig, train
-from streaming.topics import topic_specs
 from streaming.kafka.admin import ensure_topics
+from streaming.topics import topic_specs
 from tests.conftest import require_dataset
 from tests.stream_fixture import TopicReader, WorkerProcess, produce, stream_settings
 
@@ -80,7 +80,7 @@ def test_worker_lists_and_hit_rate_equal_stream_eval(kafka_broker, tmp_path):
                           ecfg=StreamEvalConfig(methods=("system",), chunk_max=1))
     queries = {}
     live_ranks = []
-    for e, shown in zip(test_slice, published_before):   # the same skip rule: item already on screen
+    for e, shown in zip(test_slice, published_before, strict=True):   # the same skip rule: item already on screen
         p_query = queries.get(e.user) or build_profiles([x for x in train_slice if x.user == e.user], ccfg)[e.user].history[-1]
         queries[e.user] = e.item
         if e.item != p_query:

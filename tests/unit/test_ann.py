@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from bench.common import clustered_factors
-from recsys.serving.ann import AnnConfig, MipsIndex, exact_search, recall_at_k, scaled_items
 from recsys.errors import ConfigError
 from recsys.model.factors import Model
+from recsys.serving.ann import AnnConfig, MipsIndex, exact_search, recall_at_k, scaled_items
 from recsys.serving.scoring import Scorer, ScoringConfig
 
 
@@ -90,7 +90,7 @@ def test_exclusion_mask_matches_per_row_isin():
     rng = np.random.default_rng(4)
     cand = rng.integers(-1, 50, (30, 12))
     ex = [list(rng.integers(0, 50, rng.integers(0, 6))) for _ in range(30)]
-    want = np.array([np.isin(c, e) & (c >= 0) for c, e in zip(cand, ex)])
+    want = np.array([np.isin(c, e) & (c >= 0) for c, e in zip(cand, ex, strict=True)])
     np.testing.assert_array_equal(_excluded_mask(cand, ex), want)
 
 
@@ -121,9 +121,9 @@ def test_scorer_uses_index_only_above_the_threshold(data):
     excludes = [{ids[i] for i in rng.integers(0, len(ids), 3)} for _ in range(30)]
     a = approx.recommend(x, [True] * 30, queries, excludes)
     e = exact.recommend(x, [True] * 30, queries, excludes)
-    hits = sum(len(set(r.items) & set(s.items)) for r, s in zip(a, e))
+    hits = sum(len(set(r.items) & set(s.items)) for r, s in zip(a, e, strict=True))
     assert hits / sum(len(s.items) for s in e) >= 0.9
-    for r, q, ex in zip(a, queries, excludes):
+    for r, q, ex in zip(a, queries, excludes, strict=True):
         assert len(r.items) == 10 and q not in r.items and not set(r.items) & ex
         assert r.model_version == "v1" and r.source == "blend"
 

@@ -6,16 +6,26 @@ import gzip
 import json
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from itertools import islice, pairwise
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recsys.data import datasets as ds
 from recsys.data.datasets import (
-    DATASETS, RETAILROCKET_EPOCH_MS, LoadStats, data_dir, dataset_path, detect_format,
-    load_dataset, load_events, time_split, write_canonical,
+    DATASETS,
+    RETAILROCKET_EPOCH_MS,
+    LoadStats,
+    data_dir,
+    dataset_path,
+    detect_format,
+    load_dataset,
+    load_events,
+    time_split,
+    write_canonical,
 )
 from recsys.errors import ConfigError, DataError
 from recsys.events import Event, parse_event
@@ -23,7 +33,7 @@ from tests.conftest import require_dataset
 
 
 def utc_ms(*args: int) -> int:
-    return int(datetime(*args, tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime(*args, tzinfo=UTC).timestamp() * 1000)
 
 
 # ------------------------------------------------------------------ real data (README figures)
@@ -68,7 +78,7 @@ def test_real_dataset_matches_readme(name):
         assert len({e.session for e in evs}) == sessions
     assert dict(Counter(e.type for e in evs)) == types
     assert (evs[0].ts, evs[-1].ts) == (first, last)
-    assert all(a.ts <= b.ts for a, b in zip(evs, evs[1:]))
+    assert all(a.ts <= b.ts for a, b in pairwise(evs))
     # What a file yields is exactly what the stream would accept.
     now = int(time.time() * 1000)
     for e in evs[:: max(1, len(evs) // 2000)]:
@@ -107,10 +117,10 @@ def test_retailrocket_synthetic_time_keeps_file_order():
     evs = load_events(path)
     with gzip.open(path, "rt") as f:
         next(f)
-        head = [line.rstrip("\n").split(",") for _, line in zip(range(5), f)]
+        head = [line.rstrip("\n").split(",") for line in islice(f, 5)]
     assert [[e.user, e.item, e.type] for e in evs[:5]] == head
     assert [e.ts for e in evs] == [RETAILROCKET_EPOCH_MS + i for i in range(len(evs))]
-    assert RETAILROCKET_EPOCH_MS == utc_ms(2015, 5, 3)
+    assert utc_ms(2015, 5, 3) == RETAILROCKET_EPOCH_MS
 
 
 def test_data_dir_and_dataset_path(monkeypatch, tmp_path):

@@ -132,11 +132,11 @@ def test_relative_links_point_at_files():
 
 def test_cheap_documented_commands_run(tmp_path, monkeypatch, capsys):
     """`recsys config ...` and `recsys models ...` as documented, against a small model store."""
-    from streaming.cli import library as lib_cli
     from recsys.confidence import build_profiles
     from recsys.defaults import CONFIDENCE
     from recsys.model.store import ModelStore
     from recsys.model.train import TrainConfig, train
+    from streaming.cli import library as lib_cli
     from streaming.cli.main import build_parser
     from tests.helpers import clustered_events
 

@@ -1,9 +1,9 @@
 import pytest
 
-from recsys.evaluation import ranking
-from recsys.data.datasets import load_events, time_split
-from recsys.evaluation.offline import METRICS, evaluate, build_cases
 from recsys.confidence import ConfidenceConfig, build_profiles
+from recsys.data.datasets import load_events, time_split
+from recsys.evaluation import ranking
+from recsys.evaluation.offline import METRICS, build_cases, evaluate
 from recsys.model.train import TrainConfig
 from tests.conftest import require_dataset
 from tests.helpers import T0, ev

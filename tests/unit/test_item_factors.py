@@ -13,15 +13,22 @@ from recsys import defaults
 from recsys.confidence import build_profiles
 from recsys.errors import ModelStoreError
 from recsys.model.item_foldin import fold_in_items, user_gram
-from recsys.serving.recommender import Recommender
 from recsys.model.store import ModelStore
 from recsys.model.train import TrainConfig, train
-from streaming.worker.new_items import (Evidence, EvidenceSolver, NewItems, decode_evidence, decode_row, encode_evidence,
-                                    encode_row)
-from streaming.worker.metrics import WorkerMetrics
-from streaming.worker.processor import Incoming, Processor
-from streaming.jobs.retrain import retrain_once
+from recsys.serving.recommender import Recommender
 from recsys.settings import Settings
+from streaming.jobs.retrain import retrain_once
+from streaming.worker.metrics import WorkerMetrics
+from streaming.worker.new_items import (
+    Evidence,
+    EvidenceSolver,
+    NewItems,
+    decode_evidence,
+    decode_row,
+    encode_evidence,
+    encode_row,
+)
+from streaming.worker.processor import Incoming, Processor
 from tests.helpers import T0, clustered_events
 
 CFG = defaults.CONFIDENCE
@@ -159,8 +166,9 @@ def test_rows_extend_the_served_model_and_a_swap_drops_them(trained):
     rec = proc.recommender
     assert rec is not base and rec.version == "v1" and rec.model.item_ids[-1] == "new"
     assert rec.scorer.similar("new", 3).items[0] == "i4" and proc.item_base is base
-    assert metrics.new_items_served._value.get() == 1
-    assert {k: metrics.item_rows.labels(k)._value.get() for k in ("applied", "ignored", "rejected")} == {
+    sample = metrics.registry.get_sample_value
+    assert sample("streamrec_new_items_served") == 1
+    assert {k: sample("streamrec_item_factor_rows_total", {"result": k}) for k in ("applied", "ignored", "rejected")} == {
         "applied": 1, "ignored": 2, "rejected": 1}
 
     other = Recommender(train(build_profiles(clustered_events(seed=2), CFG), CFG,
@@ -169,4 +177,4 @@ def test_rows_extend_the_served_model_and_a_swap_drops_them(trained):
     items.on_model(other, None)                                # ... then this: v2 has no XᵀX
     assert proc.item_base is None and set(items.rows) == {"v9"} and not items.dirty
     asyncio.run(items.rebuild())
-    assert proc.recommender is other and metrics.new_items_served._value.get() == 0
+    assert proc.recommender is other and sample("streamrec_new_items_served") == 0

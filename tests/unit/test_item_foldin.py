@@ -5,9 +5,9 @@ import scipy.sparse as sp
 
 from recsys.confidence import ConfidenceConfig, UserProfile
 from recsys.model.item_foldin import ItemFoldIn, extend_model, fold_in_items, user_gram
+from recsys.model.train import TrainConfig, train
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import ScoringConfig
-from recsys.model.train import TrainConfig, train
 from tests.helpers import T0, clustered_events, ev, profiles_of
 
 CFG = ConfidenceConfig()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from recsys.confidence import ConfidenceConfig, UserProfile
+from recsys.errors import ConfigError
 from recsys.serving.popularity import RecentPopularity
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import Scorer, ScoringConfig, own_item_scores
@@ -105,7 +106,7 @@ def test_revisit_recency_half_life_orders_own_items_by_last_touch():
     assert s["c"] == pytest.approx(1.0)
     assert s["b"] == pytest.approx(2.0 ** -10)
     assert s["a"] == pytest.approx(cfg.weights["addtocart"] / cfg.weights["view"] * 2.0 ** -20)
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError):
         ScoringConfig(repeat_half_life_days=0)
 
 
@@ -125,9 +126,10 @@ def test_top_kept_incrementally_matches_ranking_everything(half_life_s, max_item
         if step % 37 == 0:
             n = int(rng.choice([int(rng.integers(1, 40)), 124]))  # 124 + 3 excluded: the floor position shows
             exclude = {f"i{int(k)}" for k in rng.integers(0, 20, size=int(rng.integers(0, 4)))}  # up to 3
-            counted = list(rp._c)            # first-counted order, as the reference tie-break
+            raw = rp._c  # noqa: SLF001 - the reference: the stored counts, in first-counted order
+            counted = list(raw)              # first-counted order, as the reference tie-break
             order = {i: k for k, i in enumerate(counted)}
-            want = sorted(counted, key=lambda i: (-rp._c[i], order[i]))
+            want = sorted(counted, key=lambda i: (-raw[i], order[i]))
             assert rp.top(n, exclude) == [i for i in want if i not in exclude][:n]
             first_seen.update({i: step for i in counted if i not in first_seen})
     assert len(first_seen) > 150

@@ -7,8 +7,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from recsys.confidence import ConfidenceConfig, build_profiles
-from recsys.serving.recommender import Recommender
 from recsys.model.train import TrainConfig, train
+from recsys.serving.recommender import Recommender
 from streaming.worker.metrics import WorkerMetrics
 from streaming.worker.processor import Incoming, Processor
 from tests.helpers import T0, clustered_events, ev, profiles_of

@@ -8,8 +8,8 @@ from recsys.confidence import build_profiles
 from recsys.defaults import CONFIDENCE
 from recsys.events import Event
 from recsys.model.store import ModelStore
-from streaming.jobs.retrain import RetrainMetrics, retrain_once
 from recsys.settings import Settings
+from streaming.jobs.retrain import RetrainMetrics, retrain_once
 from tests.helpers import clustered_events
 
 
@@ -29,7 +29,7 @@ def test_gate_rejects_a_candidate_that_lost_the_structure_and_keeps_serving(tmp_
     rng = random.Random(0)
     items = [e.item for e in events]
     rng.shuffle(items)
-    noise = build_profiles([Event(e.user, i, e.type, e.ts) for e, i in zip(events, items)], CONFIDENCE)
+    noise = build_profiles([Event(e.user, i, e.type, e.ts) for e, i in zip(events, items, strict=True)], CONFIDENCE)
     second = retrain_once(noise, store, settings, metrics)
     assert second.result == "rejected" and second.version is None
     assert second.gate["candidate_map10"] < first.gate["candidate_map10"] / 2

@@ -3,9 +3,9 @@ import pytest
 
 from recsys.confidence import ConfidenceConfig, UserProfile
 from recsys.errors import ConfigError
+from recsys.model.train import TrainConfig, train
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import Scorer, ScoringConfig
-from recsys.model.train import TrainConfig, train
 from tests.helpers import T0, clustered_events, ev, profiles_of, random_model
 
 

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from itertools import pairwise
 from statistics import median
 
 import pytest
 
 from recsys.data.datasets import load_events, time_split
+from recsys.data.simulator import DEFAULT_START_MS, SimConfig, describe, main, simulate, write
 from recsys.errors import ConfigError
 from recsys.evaluation.offline import evaluate
 from recsys.events import parse_event
-from recsys.data.simulator import DEFAULT_START_MS, SimConfig, describe, main, simulate, write
 from recsys.model.train import TrainConfig
 
 SMALL = SimConfig(n_users=300, n_items=800, n_topics=10, events=6000, seed=3)
@@ -82,7 +83,7 @@ def test_timing_users_and_popularity(default_events):
         by_user[e.user].append(e)
     within, between = [], []
     for user_evs in by_user.values():
-        for a, b in zip(user_evs, user_evs[1:]):
+        for a, b in pairwise(user_evs):
             (within if a.session == b.session else between).append((b.ts - a.ts) / 1000)
     assert 3 <= median(within) <= 60                 # seconds to a minute inside a session
     assert median(between) > 3600                    # hours or more between sessions

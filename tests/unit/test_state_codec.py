@@ -1,5 +1,6 @@
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recsys.confidence import ConfidenceConfig, build_profiles
 from streaming.worker.state import StateDecodeError, UserState, decode, encode

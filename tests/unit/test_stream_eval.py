@@ -9,11 +9,11 @@ from prometheus_client import CollectorRegistry
 
 from recsys.confidence import ConfidenceConfig, build_profiles
 from recsys.data.datasets import load_events, time_split
+from recsys.evaluation.streaming import METHODS, StreamEvalConfig, format_markdown, format_table, stream_evaluate
+from recsys.model.train import TrainConfig, train
 from recsys.serving.popularity import RecentPopularity
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import ScoringConfig
-from recsys.evaluation.streaming import METHODS, StreamEvalConfig, format_markdown, format_table, stream_evaluate
-from recsys.model.train import TrainConfig, train
 from streaming.worker.metrics import WorkerMetrics
 from streaming.worker.processor import Incoming, Processor
 from tests.conftest import require_dataset
@@ -49,7 +49,7 @@ def test_batched_replay_equals_event_by_event():
     assert [e["lists"]["own-items"] for e in big["events"]] == [e["lists"]["own-items"] for e in one["events"]]
     for m in EXACT:
         overlap = np.mean([len(set(a["lists"][m]) & set(b["lists"][m])) / 10
-                           for a, b in zip(big["events"], one["events"])])
+                           for a, b in zip(big["events"], one["events"], strict=True)])
         assert overlap > 0.75, m
         assert abs(big["methods"][m]["all"]["HR@10"] - one["methods"][m]["all"]["HR@10"]) < 0.03, m
 
