@@ -29,7 +29,8 @@ log = logging.getLogger("streamrec.baselines")
 
 
 def create_app(kind: str, args: argparse.Namespace):
-    from streaming.faust_compat.transport import PRODUCER_LINGER_MS, App  # the worker's transport and producer linger
+    from streaming.faust_compat import App  # the worker's transport ...
+    from streaming.worker.app import PRODUCER_LINGER_MS  # ... and producer linger
 
     app = App(
         args.app_id, broker=f"kafka://{args.bootstrap}", store="rocksdb://", datadir=args.data_dir,
@@ -56,7 +57,7 @@ def create_app(kind: str, args: argparse.Namespace):
 
     import numpy as np
 
-    from recsys import defaults
+    from recsys.confidence import ConfidenceConfig
     from recsys.errors import EventError
     from recsys.model.foldin import FoldIn
     from recsys.model.store import ModelStore
@@ -66,7 +67,7 @@ def create_app(kind: str, args: argparse.Namespace):
     model = ModelStore(args.model_dir).load()
     fold = FoldIn(model)
     als = fold.als
-    ccfg = defaults.CONFIDENCE
+    ccfg = ConfidenceConfig()
     table = app.Table("user-state", key_type=bytes, value_type=bytes, partitions=args.partitions, default=None)
 
     @app.agent(clicks, name="naive")

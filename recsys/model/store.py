@@ -117,6 +117,10 @@ class ModelStore:
         p = self.root / name
         return p.read_text().strip() or None if p.exists() else None
 
+    def pinned(self) -> str | None:
+        """The pinned version, if any (`pin`)."""
+        return self._pointer("PINNED")
+
     def current(self) -> str | None:
         """The version to serve: PINNED, else CURRENT, else None."""
         return self._pointer("PINNED") or self._pointer("CURRENT")

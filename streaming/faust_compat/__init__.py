@@ -1,0 +1,205 @@
+"""Every use of a private Faust or aiokafka internal, in one place, each with its reason.
+
+The worker uses Faust's public API (apps, topics, tables, agents, tasks, sensors, the web
+server, app settings) wherever it does the job. What it needs beyond that is here, and
+nowhere else (ruff's SLF rule is on everywhere outside this package). `TOUCH_POINTS` lists
+each internal; tests/unit/test_faust_compat.py fails, naming the touch point, when an
+installed Faust or aiokafka no longer has one, so an upgrade shows at once what to look at.
+Written against faust-streaming 0.15 and aiokafka 0.14.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.streams import _current_event
+from faust.tables.manager import TableManager as _FaustTableManager
+from faust.tables.recovery import Recovery
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+# aiokafka keeps at most one fetch in flight per broker and answers a fetch for partitions
+# with nothing new only when one of them gets data or this wait runs out; meanwhile records
+# on the other partitions wait at the broker. Faust fixes 1500 ms, seen as 1.1-1.4 s delivery
+# gaps (BENCHMARKS.md, the latency tail); an idle worker then sends ~20 empty fetches a second.
+FETCH_MAX_WAIT_MS = 50
+
+
+@dataclass(frozen=True)
+class TouchPoint:
+    module: str
+    name: str          # attribute path inside the module ("Class.attr")
+    reason: str
+    instance_attr: bool = False  # set in __init__, so looked for on an instance
+
+
+TOUCH_POINTS: tuple[TouchPoint, ...] = (
+    TouchPoint("faust.streams", "_current_event",
+               "a table write takes its partition (RocksDB store and changelog) from the current event; "
+               "a micro-batch writes users of several partitions, each under its own event"),
+    TouchPoint("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread._ensure_consumer",
+               "the committed offset of an input partition (offset-hole check); no public Faust call"),
+    TouchPoint("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread._create_worker_consumer",
+               "the hook where Faust builds the worker's aiokafka consumer (to shorten its fetch wait)"),
+    TouchPoint("faust.transport.drivers.aiokafka", "Consumer._new_consumer_thread",
+               "Faust's factory of the consumer thread above"),
+    TouchPoint("faust.app.base", "App._new_transport", "Faust picks transports by URL scheme only"),
+    TouchPoint("aiokafka.consumer.consumer", "AIOKafkaConsumer._fetch_max_wait_ms",
+               "read by aiokafka's Fetcher at start; Faust passes a fixed 1500 ms", instance_attr=True),
+    TouchPoint("aiokafka.consumer.consumer", "AIOKafkaConsumer._client",
+               "a metadata refresh, so that a consumer without a group sees a topic created after it started "
+               "(AIOKafkaConsumer.topics() fetches metadata without keeping it)", instance_attr=True),
+    TouchPoint("faust.transport.drivers.aiokafka", "Producer._ensure_producer",
+               "the app's aiokafka producer, for one produce batch per partition (send_batch)"),
+    TouchPoint("faust.tables.recovery", "Recovery._seek_offsets",
+               "the moment before Faust reads the active changelog partitions: the bulk restore runs there"),
+    TouchPoint("faust.tables.manager", "TableManager._recovery", "where TableManager keeps its Recovery",
+               instance_attr=True),
+    TouchPoint("faust.transport.consumer", "Consumer.track_message",
+               "events taken from a channel queue without a Stream are tracked as a Stream tracks them"),
+    TouchPoint("faust.types.tuples", "Message.tracked", "the flag a Stream sets when it tracks a message",
+               instance_attr=True),
+    TouchPoint("faust.events", "Event.ack", "acking without a Stream, as a Stream acks"),
+    TouchPoint("faust.stores.rocksdb", "Store._db_for_partition",
+               "a partition's rocksdict DB, for bulk WriteBatches that carry Faust's offset key"),
+    TouchPoint("faust.tables.base", "Collection._on_changelog_event",
+               "a table with a changelog callback must see every record: no bulk restore for it",
+               instance_attr=True),
+    TouchPoint("faust.stores.rocksdb", "Store._dbs", "the open partition DBs, for RocksDB's key estimate",
+               instance_attr=True),
+)
+
+
+# -- the current event ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def current_event(event: Any) -> Iterator[None]:
+    """Make `event` Faust's current event for table reads and writes in this block."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+# -- consumer -------------------------------------------------------------------------------------
+async def committed_offset(app: faust.App, tp: Any) -> int | None:
+    """The consumer group's committed offset of `tp` (None: none committed)."""
+    thread = app.consumer._thread
+    result: int | None = await thread.call_thread(thread._ensure_consumer().committed, tp)
+    return result
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # the Fetcher takes it when the consumer starts
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> Any:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class App(faust.App):
+    """A faust.App whose worker consumer waits at most FETCH_MAX_WAIT_MS per fetch."""
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+
+# -- micro-batches straight from a topic's channel (streaming/worker/batches.py) ------------------
+# What a Faust Stream does per event on receipt and on ack, for events taken from the
+# channel's queue without a Stream (its per-event overhead is what batches.py avoids).
+def channel_of(topic: Any) -> Any:
+    """The channel the conductor delivers `topic`'s events to (iterating a topic clones it as
+    one and subscribes the consumer to it, as an agent does when it starts)."""
+    return topic.__aiter__()
+
+
+def take_current_events(app: faust.App, events: Sequence[Any]) -> list[Any]:
+    """The events fetched in the current consumer generation, each tracked as pending until
+    acked (what a Stream does on receipt); older ones are dropped, not acked, as a Stream drops
+    them: the partition's new owner reads them again from the committed offset."""
+    consumer, generation, active = app.consumer, app.consumer_generation_id, app.flow_control.is_active()
+    out = []
+    for ev in events:
+        msg = ev.message
+        if not active or msg.generation_id != generation:
+            continue
+        if not msg.tracked:
+            msg.tracked = True
+            consumer.track_message(msg)
+        out.append(ev)
+    return out
+
+
+def ack_events(app: faust.App, events: Sequence[Any]) -> None:
+    """Ack events (what a Stream does after processing): the consumer may commit an offset
+    once every event at or below it is acked."""
+    on_message_out = app.sensors.on_message_out
+    for ev in events:
+        if ev.ack():  # the last reference: the consumer may commit it
+            msg = ev.message
+            on_message_out(msg.tp, msg.offset, msg)
+
+
+async def refresh_metadata(consumer: Any) -> None:
+    """Refresh an aiokafka consumer's cluster metadata (`partitions_for_topic` reads it)."""
+    await consumer._client.force_metadata_update()
+
+
+# -- producer -------------------------------------------------------------------------------------
+def aiokafka_producer(app: faust.App) -> Any:
+    """The app's aiokafka producer (made when the app starts): its acks, linger and retries."""
+    return app.producer._ensure_producer()
+
+
+# -- table recovery -------------------------------------------------------------------------------
+class PreSeekRecovery(Recovery):
+    """Faust's Recovery with a hook, `before_seek`, awaited just before it seeks the active
+    changelog partitions to the offsets it will read from (subclasses override it)."""
+
+    async def before_seek(self, tps: set[Any], offsets: Any) -> None:
+        """`offsets`: tp -> last offset the local store holds; a hook may advance them."""
+
+    async def _seek_offsets(self, consumer: Any, tps: set[Any], offsets: Any, title: str) -> None:
+        if title == "active" and tps:
+            await self.before_seek(set(tps), offsets)
+        await super()._seek_offsets(consumer, tps, offsets, title)
+
+
+class TableManager(_FaustTableManager):
+    """Faust's TableManager whose Recovery is `recovery_class` (`faust.App(TableManager=...)`)."""
+
+    recovery_class: type[Recovery] = PreSeekRecovery
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = self.recovery_class(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
+
+
+# -- RocksDB store --------------------------------------------------------------------------------
+def partition_db(store: Any, partition: int) -> Any:
+    """The rocksdict DB of one partition of a Faust RocksDB store (opened if needed)."""
+    return store._db_for_partition(partition)
+
+
+def open_partition_dbs(store: Any) -> Sequence[Any]:
+    """The partition DBs a Faust RocksDB store has open now."""
+    return list(getattr(store, "_dbs", {}).values())
+
+
+def has_changelog_callback(table: Any) -> bool:
+    """Whether the table was given an `on_changelog_event` callback."""
+    return getattr(table, "_on_changelog_event", None) is not None

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 from typing import Any, AsyncIterator
 
+from streaming import faust_compat
+
 
 @contextlib.asynccontextmanager
 async def broadcast_consumer(bootstrap: str, topic: str, *, from_beginning: bool) -> AsyncIterator[Any]:
@@ -24,7 +26,7 @@ async def broadcast_consumer(bootstrap: str, topic: str, *, from_beginning: bool
         parts = consumer.partitions_for_topic(topic) or set()
         while not parts:
             await asyncio.sleep(0.5)
-            await consumer._client.force_metadata_update()
+            await faust_compat.refresh_metadata(consumer)
             parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)

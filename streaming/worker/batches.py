@@ -35,6 +35,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from streaming import faust_compat
+
 POLL_S = 0.002  # how often a filling batch looks at the queue again (the window: 30 ms by default)
 # Behind (a full batch's worth waits at the broker): keep filling up to this long after the
 # first event. Bigger batches coalesce more of a user's events and spread a batch's fixed
@@ -48,7 +50,7 @@ class BatchReader:
         # Iterating a topic clones it as the channel the conductor delivers to, and subscribes
         # the consumer to it (what an agent does when it starts): done here, before the
         # worker starts, so that the first subscription includes it.
-        self.channel = topic.__aiter__()
+        self.channel = faust_compat.channel_of(topic)
 
     async def next_batch(self) -> list[Any]:
         """The next batch of current events (waits for the first one; never empty)."""
@@ -94,23 +96,8 @@ class BatchReader:
         return waiting >= need
 
     def _usable(self, events: list[Any]) -> list[Any]:
-        app = self.app
-        consumer, generation, active = app.consumer, app.consumer_generation_id, app.flow_control.is_active()
-        out = []
-        for ev in events:
-            msg = ev.message
-            if not active or msg.generation_id != generation:
-                continue  # fetched before a rebalance: not ours to ack (as Faust's streams skip it)
-            if not msg.tracked:
-                msg.tracked = True
-                consumer.track_message(msg)  # pending until acked (what a stream does on receipt)
-            out.append(ev)
-        return out
+        return faust_compat.take_current_events(self.app, events)
 
     def ack(self, events: list[Any]) -> None:
         """Mark the events done: their offsets may be committed (once no earlier one is pending)."""
-        on_message_out = self.app.sensors.on_message_out
-        for ev in events:
-            if ev.ack():  # the last reference: the consumer may commit it
-                msg = ev.message
-                on_message_out(msg.tp, msg.offset, msg)
+        faust_compat.ack_events(self.app, events)

@@ -32,6 +32,7 @@ Nothing a record on either topic holds can stop a worker: malformed ones are cou
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -48,12 +49,11 @@ from recsys.model.factors import Model
 from recsys.serving.recommender import Recommender
 
 from streaming.kafka.broadcast import broadcast_consumer
+from streaming.worker.serving import Serving, ServingModel
 
 log = logging.getLogger("streamrec.items")
 
 EVIDENCE_BATCH = 1000              # evidence records per solve at most (else every refresh_s)
-ROWS_RETENTION_MS = 7 * 86400_000  # rows outlive any sane retrain interval, then go
-EVIDENCE_RETENTION_MS = 86400_000  # consumed within seconds; a day covers a stopped worker
 MAX_FACTORS = 4096
 MAX_ABS = 1e6                      # factors and confidences are far below this; bigger is garbage
 
@@ -199,9 +199,9 @@ class EvidenceSolver:
 class NewItems:
     """Owns the two topics, the evidence solver and the served rows of one worker process."""
 
-    def __init__(self, app: Any, worker: Any, settings: Any):
-        self.app, self.worker, self.settings, self.metrics = app, worker, settings, worker.metrics
-        self.processor = worker.processor
+    def __init__(self, app: Any, serving: ServingModel, settings: Any):
+        self.app, self.serving, self.settings, self.metrics = app, serving, settings, serving.metrics
+        serving.on_new_version(self.on_model)
         self.evidence_topic = app.topic(settings.item_evidence_topic, key_serializer="raw", value_serializer="raw",
                                         key_type=bytes, value_type=bytes, partitions=settings.partitions)
         self.factors_topic = app.topic(settings.item_factors_topic, key_serializer="raw", value_serializer="raw")
@@ -213,18 +213,15 @@ class NewItems:
         self.dirty = False               # rows of the serving version changed since the last build
         self.built_at = 0.0
 
-    # -- model swaps (ModelHolder._install, on the event loop) --------------------------------
-    def on_model(self, rec: Recommender, xtx: np.ndarray | None) -> None:
+    # -- model swaps (ServingModel.swap calls this in the same loop step) ----------------------
+    def on_model(self, serving: Serving) -> None:
         """A new trained model serves: evidence and rows of other versions are dropped."""
-        self.processor.item_base = rec if xtx is not None else None
-        self.solver.reset(rec.model, xtx)
-        v = rec.version
+        trained = serving.trained
+        assert trained is not None
+        self.solver.reset(trained.model, serving.xtx)
+        v = trained.version
         self.rows = {ver: rows for ver, rows in self.rows.items() if ver >= v}
-        self.dirty = bool(self.rows.get(v))
-        self.metrics.new_items_served.set(0)
-        if xtx is None:
-            log.warning("model %s has no XᵀX (user_gram.npy): new items are not folded in until a retrain "
-                        "stores one", v, extra={"model_version": v})
+        self.dirty = bool(self.rows.get(v)) and serving.xtx is not None
 
     # -- the evidence agent ---------------------------------------------------------------------
     async def on_evidence(self, events: Sequence[Any]) -> None:
@@ -261,7 +258,7 @@ class NewItems:
                         len(failed), len(sends), failed[0])
 
     def served_users(self, item: str) -> int:
-        base = self.processor.item_base
+        base = self.serving.snapshot.item_base
         row = self.rows.get(base.version, {}).get(item) if base is not None else None
         return row.users if row is not None else 0
 
@@ -273,7 +270,7 @@ class NewItems:
             self.metrics.item_rows.labels("rejected").inc()
             log.warning("bad new-item row on %s: %s", self.settings.item_factors_topic, str(e)[:200])
             return
-        base = self.processor.item_base
+        base = self.serving.snapshot.item_base
         if base is not None and row.version < base.version:  # an older model's: never served again
             self.metrics.item_rows.labels("ignored").inc()
             return
@@ -288,15 +285,14 @@ class NewItems:
         """Serve the trained model plus every row of its version (built off the loop; a model
         swap meanwhile wins)."""
         self.dirty, self.built_at = False, time.monotonic()
-        base = self.processor.item_base
+        serving = self.serving.snapshot
+        base = serving.item_base
         if base is None:
             return
         f, known = base.model.factors, base.model.item_index
         rows = [r for r in self.rows.get(base.version, {}).values() if r.item not in known and len(r.y) == f]
         rec = await asyncio.to_thread(self._extend, base, rows) if rows else base
-        if self.processor.item_base is base:
-            self.processor.recommender = rec   # the swap: the next batch sees the new items
-            self.metrics.new_items_served.set(len(rows))
+        if self.serving.swap(dataclasses.replace(serving, current=rec, new_items=len(rows)), based_on=serving):
             log.debug("serving %d folded-in items on model %s", len(rows), base.version)
 
     @staticmethod
@@ -325,20 +321,16 @@ class NewItems:
 def ensure_item_topics(settings: Any) -> None:
     """Both topics, usable, before the app starts: a topic the group's first assignment does not
     find is ignored by Faust's assignor until some later rebalance."""
-    from streaming.kafka.admin import ensure_topics
+    from streaming.topics import ensure, topics
 
-    ensure_topics(settings.bootstrap, {settings.item_evidence_topic: settings.partitions},
-                  config={"retention.ms": str(EVIDENCE_RETENTION_MS)})
-    ensure_topics(settings.bootstrap, {settings.item_factors_topic: 1},
-                  config={"cleanup.policy": "compact,delete", "retention.ms": str(ROWS_RETENTION_MS)})
+    ensure(settings.bootstrap, topics(settings).new_items)
 
 
-def register(app: Any, worker: Any, settings: Any) -> NewItems:
+def register(app: Any, serving: ServingModel, settings: Any) -> NewItems:
     """The topics, the evidence agent and the rows reader on the worker's Faust app (create_app
     calls this when `item_foldin` is on)."""
     ensure_item_topics(settings)
-    items = NewItems(app, worker, settings)
-    worker.models.items = items
+    items = NewItems(app, serving, settings)
 
     @app.agent(items.evidence_topic, name="item-evidence")
     async def item_evidence(stream: Any) -> None:

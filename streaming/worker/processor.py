@@ -8,7 +8,8 @@
                  ─► evidence for items the trained model lacks (streaming/worker/new_items.py)
 
 The worker's clickstream loop (streaming/worker/app.py) does the I/O around it: reads and writes the state table,
-sends the messages. Idempotence lives here: a user's events all arrive on one partition, in
+sends the messages. The model comes from streaming/worker/serving.py, read once per batch.
+Idempotence lives here: a user's events all arrive on one partition, in
 order, so "offset <= state.offset" means "already applied".
 """
 
@@ -29,6 +30,7 @@ from recsys.serving.scoring import Recommendations
 
 from streaming.worker.new_items import new_item_evidence
 from streaming.worker.metrics import WorkerMetrics
+from streaming.worker.serving import ServingModel
 from streaming.worker.state import UserState
 
 MAX_MESSAGE_BYTES = 64 * 1024  # an event is a few hundred bytes; anything this big is not one
@@ -91,13 +93,11 @@ def decode_event(msg: Incoming) -> Event:
 
 
 class Processor:
-    def __init__(self, ccfg: ConfidenceConfig, metrics: WorkerMetrics, top_n: int = 10,
-                 clock: Callable[[], float] = time.time):
+    def __init__(self, ccfg: ConfidenceConfig, metrics: WorkerMetrics, serving: ServingModel | None = None,
+                 top_n: int = 10, clock: Callable[[], float] = time.time):
         self.ccfg, self.metrics, self.top_n, self.clock = ccfg, metrics, top_n, clock
-        self.recommender: Recommender | None = None
-        # The trained model (recommender without folded-in items), set when new items are folded
-        # in (streaming/worker/new_items.py): events on items it lacks become evidence. None: off.
-        self.item_base: Recommender | None = None
+        # Read, never written here: streaming/worker/serving.py owns it.
+        self.serving = serving if serving is not None else ServingModel(metrics)
         # What shoppers touch now (8 h half-life, as chosen in docs/evaluation.md): the list for
         # a user the model cannot place yet, and everyone's list before any model exists.
         # Counts the events of this worker's partitions only.
@@ -107,7 +107,8 @@ class Processor:
         """Apply a batch. `load(key, msg)` returns a user's stored state (or None)."""
         res = BatchResult()
         m = self.metrics
-        base = self.item_base  # one reference per batch, like the recommender's
+        serving = self.serving.snapshot  # one reference for the whole batch: one model version per batch
+        base = serving.item_base  # the trained model, when new items are folded in
         new_items: dict[bytes, set[str]] = {}  # user -> items of applied events the trained model lacks
         by_user: OrderedDict[bytes, list[tuple[Incoming, Event]]] = OrderedDict()
         for msg in batch:
@@ -170,7 +171,7 @@ class Processor:
         if not touched:
             return res
 
-        recs = self._recommend([t[1] for t in touched], [t[3].item for t in touched])
+        recs = self._recommend(serving.current, [t[1] for t in touched], [t[3].item for t in touched])
         now_ms = int(self.clock() * 1000)
         sources: dict[str, int] = {}
         for (key, state, last_msg, last_event, applied), rec in zip(touched, recs):
@@ -195,8 +196,7 @@ class Processor:
             m.item_evidence_sent.inc(len(res.evidence))
         return res
 
-    def _recommend(self, states: list[UserState], queries: list[str]) -> list[Recommendations]:
-        rec = self.recommender  # one reference for the whole batch: one model version per batch
+    def _recommend(self, rec: Recommender | None, states: list[UserState], queries: list[str]) -> list[Recommendations]:
         if rec is None:
             pop = self.recent_popularity
             out = []

@@ -48,13 +48,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from faust.tables.manager import TableManager as _FaustTableManager
-from faust.tables.recovery import Recovery
 from faust.types import TP
+
+from streaming import faust_compat
 
 log = logging.getLogger("streamrec.restore")
 
-OFFSET_KEY = b"__faust\0offset__"  # faust.stores.rocksdb.Store.offset_key
 BUDGET_FRACTION = 0.6              # of broker_request_timeout, see the module docstring
 FETCH_BYTES_PER_PARTITION = 16 << 20
 FETCH_MAX_BYTES = 64 << 20
@@ -73,7 +72,7 @@ def _rocksdb_store(table: Any) -> Any:
     store = getattr(table, "data", None)
     if not isinstance(store, Store) or not store.use_rocksdict or getattr(store, "read_only", False):
         return None
-    if getattr(table, "_on_changelog_event", None) is not None:
+    if faust_compat.has_changelog_callback(table):
         return None
     return store
 
@@ -96,7 +95,8 @@ class _BulkMode:
     """A partition database in bulk-load mode (see the module docstring) until close()."""
 
     def __init__(self, store: Any, partition: int):
-        self.db = store._db_for_partition(partition)
+        self.db = faust_compat.partition_db(store, partition)
+        self.offset_key: bytes = store.offset_key
         self.saved = _options_in_file(Path(store.partition_path(partition)), BULK_OPTIONS)
         self.db.set_options(BULK_OPTIONS)
         from rocksdict import WriteOptions
@@ -111,18 +111,16 @@ class _BulkMode:
             self.db.set_options(self.saved)
 
 
-class FastRecovery(Recovery):
+class FastRecovery(faust_compat.PreSeekRecovery):
     """Faust's Recovery plus a bulk load of the active changelog partitions before they are seeked."""
 
-    async def _seek_offsets(self, consumer: Any, tps: set, offsets: Any, title: str) -> None:
-        if title == "active" and tps:
-            try:
-                await self._bulk_restore(set(tps), offsets)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - Faust's own path restores whatever is left
-                log.warning("bulk changelog restore failed (%r); Faust's recovery reads the rest", e)
-        await super()._seek_offsets(consumer, tps, offsets, title)
+    async def before_seek(self, tps: set[Any], offsets: Any) -> None:
+        try:
+            await self._bulk_restore(set(tps), offsets)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Faust's own path restores whatever is left
+            log.warning("bulk changelog restore failed (%r); Faust's recovery reads the rest", e)
 
     def _plan(self, tps: set, offsets: Any) -> dict[TP, tuple[Any, int, int]]:
         """tp -> (store, first offset to read, end offset) for the partitions worth bulk-loading."""
@@ -196,7 +194,7 @@ class FastRecovery(Recovery):
                         # the partition is as current as the highwater Faust measured
                         have = offsets.get(tp)
                         if have is None or have < end - 1:
-                            modes[tp].db.put(OFFSET_KEY, str(end - 1).encode(), modes[tp].write_opt)
+                            modes[tp].db.put(modes[tp].offset_key, str(end - 1).encode(), modes[tp].write_opt)
                             offsets[tp] = end - 1
                         del left[ktp_]
                         consumer.pause(ktp_)
@@ -238,17 +236,13 @@ class FastRecovery(Recovery):
             last = r.offset
             n += 1
         if n:
-            batch.put(OFFSET_KEY, str(last).encode())
+            batch.put(mode.offset_key, str(last).encode())
             mode.db.write(batch, mode.write_opt)
             offsets[tp] = last
         return n
 
 
-class TableManager(_FaustTableManager):
+class TableManager(faust_compat.TableManager):
     """Faust's TableManager with FastRecovery (`faust.App(TableManager=TableManager)`)."""
 
-    @property
-    def recovery(self) -> Recovery:
-        if self._recovery is None:
-            self._recovery = FastRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
-        return self._recovery
+    recovery_class = FastRecovery

@@ -1,11 +1,17 @@
-"""The worker's model: load a version from the store, verify it, swap it in atomically.
+"""The serving model: its one owner, its one swap, and how new versions reach it.
 
-Loading (checksums, memory maps, the id index) runs in a thread so the event loop keeps
-serving; the swap is one reference assignment on the loop, between batches. A version that
-fails verification is refused: logged, counted, and the current one keeps serving.
+    ServingModel   holds a `Serving` snapshot (the trained version, the same plus folded-in new
+                   items, and XᵀX) and replaces it in one assignment on the event loop (`swap`),
+                   between batches. Batches and web views read `snapshot` once and use that;
+                   nobody else writes it.
+    ModelUpdates   loads a version from the store (checksums, memory maps, the id index) in a
+                   thread and swaps it in; on start-up the store's current version, then every
+                   announcement on the model-updates topic. A version that fails verification is
+                   refused: logged, counted, and the current one keeps serving.
 
-With new-item fold-in on (`items`, streaming/worker/new_items.py), a load also reads the version's
-XᵀX, and a swap tells `items`, which then extends the model with folded-in rows between batches.
+New items folded in before the next retrain (streaming/worker/new_items.py) swap in an extended
+`current` for the same trained version; a new trained version drops them (their factors live in
+another space), which `on_new_version` subscribers hear of in the same loop step.
 """
 
 from __future__ import annotations
@@ -14,64 +20,114 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from recsys.confidence import ConfidenceConfig
 from recsys.errors import RecsysError
+from recsys.model.store import ModelStore
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import ScoringConfig
-from recsys.model.store import ModelStore
-
+from streaming.kafka.broadcast import broadcast_consumer
 from streaming.worker.metrics import WorkerMetrics
-from streaming.worker.processor import Processor
 
 log = logging.getLogger("streamrec.models")
 
 
-class ModelHolder:
-    def __init__(self, store: ModelStore, processor: Processor, ccfg: ConfidenceConfig, scfg: ScoringConfig,
-                 metrics: WorkerMetrics):
-        self.store, self.processor, self.ccfg, self.scfg, self.metrics = store, processor, ccfg, scfg, metrics
-        self.loaded_at: float | None = None
-        self.items: Any = None  # streaming.worker.new_items.NewItems when new items are folded in
+@dataclass(frozen=True)
+class Serving:
+    """What one batch reads: one reference, so one model version per batch."""
+
+    trained: Recommender | None = None   # the version as the retrain wrote it
+    current: Recommender | None = None   # trained + folded-in new items: what lists come from
+    xtx: np.ndarray | None = None        # XᵀX of the trained version's users; None: no new-item fold-in
+    new_items: int = 0                   # folded-in items in `current`
+
+    @classmethod
+    def of(cls, rec: Recommender, xtx: np.ndarray | None = None) -> Serving:
+        return cls(rec, rec, xtx)
 
     @property
     def version(self) -> str | None:
-        rec = self.processor.recommender
-        return rec.version if rec is not None else None
+        return self.trained.version if self.trained is not None else None
 
-    def _build(self, version: str | None) -> tuple[Recommender, np.ndarray | None]:
+    @property
+    def item_base(self) -> Recommender | None:
+        """The model new-item evidence is computed against (None: new items are not folded in)."""
+        return self.trained if self.xtx is not None else None
+
+
+class ServingModel:
+    """The only owner of the serving model; `swap` is its only write."""
+
+    def __init__(self, metrics: WorkerMetrics):
+        self.metrics = metrics
+        self.snapshot = Serving()
+        self.loaded_at: float | None = None
+        self._on_new_version: list[Callable[[Serving], None]] = []
+
+    @property
+    def version(self) -> str | None:
+        return self.snapshot.version
+
+    def on_new_version(self, callback: Callable[[Serving], None]) -> None:
+        """Call `callback(snapshot)` right after each swap to another trained version."""
+        self._on_new_version.append(callback)
+
+    def swap(self, new: Serving, *, based_on: Serving | None = None) -> bool:
+        """Serve `new` from the next batch on. With `based_on` (a snapshot read before work done
+        off the loop), only if the trained version is still that one's: a model swap meanwhile wins."""
+        old = self.snapshot
+        if based_on is not None and old.trained is not based_on.trained:
+            return False
+        self.snapshot = new
+        self.metrics.new_items_served.set(new.new_items)
+        if new.trained is not old.trained and new.trained is not None:
+            rec = new.trained
+            self.loaded_at = time.time()
+            self.metrics.set_model(rec.version, float(rec.model.metadata.get("created", 0)))
+            self.metrics.model_swaps.labels("ok").inc()
+            log.info("serving model %s (%d items)", rec.version, rec.model.n_items, extra={"model_version": rec.version})
+            for callback in self._on_new_version:
+                callback(new)
+        return True
+
+
+class ModelUpdates:
+    """Versions from the store into the ServingModel: at start-up, then on announcements."""
+
+    def __init__(self, store: ModelStore, serving: ServingModel, ccfg: ConfidenceConfig, scfg: ScoringConfig,
+                 *, with_user_gram: bool):
+        self.store, self.serving, self.ccfg, self.scfg = store, serving, ccfg, scfg
+        self.with_user_gram = with_user_gram  # XᵀX is read only when new items are folded in
+        self.listening = False                # positioned on model-updates: announcements from now on are heard
+
+    def _build(self, version: str | None) -> Serving:
         model = self.store.load(version)
-        xtx = self.store.user_gram(model.version) if self.items is not None else None
-        return Recommender(model, self.ccfg, self.scfg), xtx
-
-    def _install(self, rec: Recommender, xtx: np.ndarray | None = None) -> None:
-        self.processor.recommender = rec  # the swap: the next batch uses the new model
-        if self.items is not None:
-            self.items.on_model(rec, xtx)  # same loop step: no batch sees one without the other
-        self.loaded_at = time.time()
-        self.metrics.set_model(rec.version, float(rec.model.metadata.get("created", 0)))
-        self.metrics.model_swaps.labels("ok").inc()
-        log.info("serving model %s (%d items)", rec.version, rec.model.n_items,
-                 extra={"model_version": rec.version})
+        xtx = self.store.user_gram(model.version) if self.with_user_gram else None
+        if self.with_user_gram and xtx is None:
+            log.warning("model %s has no XᵀX (user_gram.npy): new items are not folded in until a retrain "
+                        "stores one", model.version, extra={"model_version": model.version})
+        return Serving.of(Recommender(model, self.ccfg, self.scfg), xtx)
 
     def _refuse(self, version: str | None, err: Exception) -> None:
-        self.metrics.model_swaps.labels("refused").inc()
-        log.error("refused model %s: %s; still serving %s", version, err, self.version,
-                  extra={"model_version": self.version})
+        self.serving.metrics.model_swaps.labels("refused").inc()
+        log.error("refused model %s: %s; still serving %s", version, err, self.serving.version,
+                  extra={"model_version": self.serving.version})
 
     def load_initial(self) -> bool:
         """At start-up: serve the store's current version if there is one (else cold start)."""
-        if self.store.current() is None:
+        current = self.store.current()
+        if current is None:
             log.warning("no model in %s yet: serving stream popularity until a retrain lands", self.store.root)
             return False
         try:
-            self._install(*self._build(None))
+            self.serving.swap(self._build(None))
             return True
         except RecsysError as e:
-            self._refuse(self.store.current(), e)
+            self._refuse(current, e)
             return False
 
     async def on_announcement(self, payload: bytes) -> bool:
@@ -83,16 +139,26 @@ class ModelHolder:
         except (ValueError, KeyError, TypeError) as e:
             self._refuse(None, ValueError(f"unreadable announcement {payload[:200]!r}: {e}"))
             return False
-        pinned = self.store._pointer("PINNED")
+        pinned = self.store.pinned()
         if pinned and pinned != version:
             log.warning("ignoring announced model %s: %s is pinned", version, pinned)
             return False
-        if version == self.version:
+        if version == self.serving.version:
             return True
         try:
-            rec, xtx = await asyncio.to_thread(self._build, version)
+            new = await asyncio.to_thread(self._build, version)
         except RecsysError as e:
             self._refuse(version, e)
             return False
-        self._install(rec, xtx)
-        return True
+        return self.serving.swap(new)
+
+    async def listen(self, bootstrap: str, topic: str) -> None:
+        """Read model-updates from its end on every worker (no consumer group: a broadcast)."""
+        async with broadcast_consumer(bootstrap, topic, from_beginning=False) as consumer:
+            # Announcements made while this worker was starting: the store's pointer has them.
+            current = self.store.current()
+            if current and current != self.serving.version:
+                await self.on_announcement(json.dumps({"version": current}).encode())
+            self.listening = True
+            async for msg in consumer:
+                await self.on_announcement(msg.value)

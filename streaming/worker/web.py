@@ -24,9 +24,9 @@ def register_views(app: faust.App, worker: Any) -> None:
 
     @app.page("/recommendations/{user}/")
     class Recs(View):
-        @app.table_route(table=worker.table, match_info="user")
+        @app.table_route(table=worker.table.table, match_info="user")
         async def get(self, request: Request, user: str) -> Response:
-            state = worker.state_of(user)
+            state = worker.table.get(user)
             if state is None or not state.last_items:
                 return self.json({"error": f"no recommendations for user {user!r}", "user": user}, status=404)
             return self.json({"user": user, "items": state.last_items, "model_version": state.last_version or None,
@@ -36,7 +36,7 @@ def register_views(app: faust.App, worker: Any) -> None:
     @app.page("/similar/{item}/")
     class Similar(View):
         async def get(self, request: Request, item: str) -> Response:
-            rec = worker.processor.recommender
+            rec = worker.serving.snapshot.current
             if rec is None:
                 return self.json({"error": "no model is serving yet"}, status=404)
             try:
@@ -54,49 +54,40 @@ def register_views(app: faust.App, worker: Any) -> None:
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok", "model_version": worker.models.version, "batches": worker.batches})
+            return self.json({"status": "ok", "model_version": worker.serving.version, "batches": worker.batches})
 
     @app.page("/ready")
     class Ready(View):
         async def get(self, request: Request) -> Response:
             # Ready = state recovered AND listening for model announcements (one made before the
             # listener is positioned at the topic's end would be missed).
-            recovered = app.tables.recovery.completed.is_set() and not app.rebalancing and worker.listening
+            listening = worker.updates.listening
+            recovered = app.tables.recovery.completed.is_set() and not app.rebalancing and listening
             assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == s.clickstream_topic)
-            body = {"ready": recovered, "partitions": assigned, "model_version": worker.models.version,
-                    "models_listening": worker.listening}
+            body = {"ready": recovered, "partitions": assigned, "model_version": worker.serving.version,
+                    "models_listening": listening}
             return self.json(body, status=200 if recovered else 503)
 
     @app.page("/metrics")
     class Metrics(View):
         async def get(self, request: Request) -> Response:
-            update_lag(app, worker)
-            worker.metrics.users.set(count_users(worker.table))
+            await update_lag(app, worker)
+            worker.metrics.users.set(worker.table.estimated_users())
             return self.bytes(generate_latest(worker.metrics.registry), content_type=METRICS_CONTENT_TYPE)
 
 
-def update_lag(app: faust.App, worker: Any) -> None:
-    """Consumer lag per clickstream partition: broker high-water mark minus what was read."""
+async def update_lag(app: faust.App, worker: Any) -> None:
+    """Consumer lag per clickstream partition: broker high-water mark minus what was handled
+    (before the first batch of an assignment: minus the consumer's position)."""
     consumer = app.consumer
+    handled = worker.guard.last
     for tp in consumer.assignment():
         if tp.topic != worker.settings.clickstream_topic:
             continue
         try:
             high = consumer.highwater(tp)
-        except Exception:  # not known yet right after assignment
+            last = handled.get(tp.partition)
+            done = last + 1 if last is not None else await consumer.position(tp)
+        except Exception:  # noqa: BLE001 - not known yet right after assignment
             continue
-        read = consumer._read_offset.get(tp)
-        done = (read + 1) if read is not None else 0
-        worker.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, (high or 0) - done))
-
-
-def count_users(table: Any) -> int:
-    """Users in this worker's local state: RocksDB's key estimate per partition (cheap; exact
-    counting would scan every key on each scrape)."""
-    total = 0
-    for db in getattr(table.data, "_dbs", {}).values():
-        try:
-            total += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
-        except Exception:  # a partition being closed during a rebalance
-            continue
-    return total
+        worker.metrics.consumer_lag.labels(str(tp.partition)).set(max(0, (high or 0) - (done or 0)))

@@ -5,14 +5,18 @@ nothing) are tests/integration/test_reliability.py's, which run through the bulk
 
 from types import SimpleNamespace
 
-from faust.stores.rocksdb import RocksDBOptions
+from faust.stores.rocksdb import RocksDBOptions, Store
 from faust.types import TP
 
-from streaming.worker.restore import BULK_OPTIONS, OFFSET_KEY, FastRecovery, _BulkMode, _options_in_file
+from streaming.worker.restore import BULK_OPTIONS, FastRecovery, _BulkMode, _options_in_file
+
+OFFSET_KEY = Store.offset_key
 
 
 class _Store:
     """The two things _BulkMode uses of Faust's RocksDB store, on a real database."""
+
+    offset_key = Store.offset_key
 
     def __init__(self, path):
         self.path = path

@@ -2,6 +2,7 @@
 validation, the solver's bounds, and the rows -> extended model -> model swap cycle."""
 
 import asyncio
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -9,14 +10,13 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from recsys import defaults
-from recsys.confidence import build_profiles
+from recsys.confidence import ConfidenceConfig, build_profiles
+from recsys.config import Settings
 from recsys.errors import ModelStoreError
 from recsys.model.item_foldin import fold_in_items, user_gram
 from recsys.model.store import ModelStore
 from recsys.model.train import TrainConfig, train
 from recsys.serving.recommender import Recommender
-from recsys.settings import Settings
 from streaming.jobs.retrain import retrain_once
 from streaming.worker.metrics import WorkerMetrics
 from streaming.worker.new_items import (
@@ -29,9 +29,10 @@ from streaming.worker.new_items import (
     encode_row,
 )
 from streaming.worker.processor import Incoming, Processor
+from streaming.worker.serving import Serving, ServingModel
 from tests.helpers import T0, clustered_events
 
-CFG = defaults.CONFIDENCE
+CFG = ConfidenceConfig()  # the project's defaults
 
 
 @pytest.fixture(scope="module")
@@ -76,16 +77,17 @@ def msg(user, item, offset, type_="view"):
 def test_a_batch_emits_evidence_for_new_items_only(trained):
     model, _, _ = trained
     proc = Processor(CFG, WorkerMetrics(CollectorRegistry()))
-    proc.recommender = Recommender(model, CFG)
+    rec = Recommender(model, CFG)
+    proc.serving.swap(Serving.of(rec))
     batch = [msg("a", "i1", 1), msg("a", "new", 2), msg("a", "new", 3), msg("b", "new", 4), msg("c", "i4", 5)]
-    assert proc.process(batch, lambda k, m: None).evidence == []          # off: no item_base
-    proc.item_base = proc.recommender
+    assert proc.process(batch, lambda k, m: None).evidence == []          # off: no XᵀX, no item_base
+    proc.serving.swap(Serving.of(Recommender(model, CFG), xtx=np.eye(model.factors, dtype=np.float32)))
     res = proc.process([msg(m_.key.decode(), json.loads(m_.value)["item"], m_.offset + 10) for m_ in batch],
                        lambda k, m: None)
     assert [k for k, _ in res.evidence] == [b"new"]   # b has no trained item: no place to lend; c: known item
     ev = decode_evidence(*res.evidence[0])
     assert (ev.version, ev.item, ev.user) == ("v1", "new", "a")
-    x, _ = proc.recommender.fold_in([build_profiles([e for e in _events(batch[:3])], CFG)["a"].confidence(CFG)])
+    x, _ = rec.fold_in([build_profiles([e for e in _events(batch[:3])], CFG)["a"].confidence(CFG)])
     np.testing.assert_allclose(ev.x, x[0], atol=1e-5)
     assert ev.c == pytest.approx(CFG.to_confidence(2 * CFG.weights["view"]), rel=1e-4)
 
@@ -149,13 +151,12 @@ def test_solver_keeps_the_latest_users_and_items_within_bounds(trained):
 def test_rows_extend_the_served_model_and_a_swap_drops_them(trained):
     model, x, users = trained
     metrics = WorkerMetrics(CollectorRegistry())
-    proc = Processor(CFG, metrics)
-    worker = SimpleNamespace(metrics=metrics, processor=proc)
+    serving = ServingModel(metrics)
     app = SimpleNamespace(topic=lambda *a, **k: None)
-    items = NewItems(app, worker, Settings())
-    base = proc.recommender = Recommender(model, CFG)
-    items.on_model(base, user_gram(x))
-    assert proc.item_base is base
+    items = NewItems(app, serving, Settings())
+    base = Recommender(model, CFG)
+    serving.swap(Serving.of(base, user_gram(x)))                # NewItems hears of it (on_new_version)
+    assert serving.snapshot.item_base is base and items.solver.model is model
     y = np.asarray(model.item_factors)[model.item_index["i4"]] * 1.1
     items.on_row(b"new", encode_row("v1", "new", y, 4))
     items.on_row(b"newer", encode_row("v9", "newer", y, 4))    # a model this worker has not swapped to
@@ -163,9 +164,9 @@ def test_rows_extend_the_served_model_and_a_swap_drops_them(trained):
     items.on_row(b"x", encode_row("v0", "x", y, 1))           # an older model's
     assert items.dirty
     asyncio.run(items.rebuild())
-    rec = proc.recommender
+    rec = serving.snapshot.current
     assert rec is not base and rec.version == "v1" and rec.model.item_ids[-1] == "new"
-    assert rec.scorer.similar("new", 3).items[0] == "i4" and proc.item_base is base
+    assert rec.scorer.similar("new", 3).items[0] == "i4" and serving.snapshot.item_base is base
     sample = metrics.registry.get_sample_value
     assert sample("streamrec_new_items_served") == 1
     assert {k: sample("streamrec_item_factor_rows_total", {"result": k}) for k in ("applied", "ignored", "rejected")} == {
@@ -173,8 +174,18 @@ def test_rows_extend_the_served_model_and_a_swap_drops_them(trained):
 
     other = Recommender(train(build_profiles(clustered_events(seed=2), CFG), CFG,
                               TrainConfig(factors=8, iterations=4), version="v2")[0], CFG)
-    proc.recommender = other                                   # what ModelHolder._install does first
-    items.on_model(other, None)                                # ... then this: v2 has no XᵀX
-    assert proc.item_base is None and set(items.rows) == {"v9"} and not items.dirty
+    serving.swap(Serving.of(other))                            # v2 has no XᵀX
+    assert serving.snapshot.item_base is None and set(items.rows) == {"v9"} and not items.dirty
     asyncio.run(items.rebuild())
-    assert proc.recommender is other and sample("streamrec_new_items_served") == 0
+    assert serving.snapshot.current is other and sample("streamrec_new_items_served") == 0
+
+
+def test_an_extension_built_for_a_version_that_was_swapped_out_meanwhile_is_dropped(trained):
+    model, x, _ = trained
+    serving = ServingModel(WorkerMetrics(CollectorRegistry()))
+    first = Serving.of(Recommender(model, CFG), user_gram(x))
+    serving.swap(first)
+    serving.swap(Serving.of(Recommender(model, CFG)))          # a new version lands while rows are built
+    extended = dataclasses.replace(first, current=Recommender(model, CFG), new_items=1)
+    assert not serving.swap(extended, based_on=first)
+    assert serving.snapshot.trained is not first.trained

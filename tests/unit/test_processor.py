@@ -11,6 +11,7 @@ from recsys.model.train import TrainConfig, train
 from recsys.serving.recommender import Recommender
 from streaming.worker.metrics import WorkerMetrics
 from streaming.worker.processor import Incoming, Processor
+from streaming.worker.serving import Serving
 from tests.helpers import T0, clustered_events, ev, profiles_of
 
 CFG = ConfidenceConfig()
@@ -34,7 +35,7 @@ def proc():
     profiles = profiles_of(clustered_events(), CFG)
     model, _, _ = train(profiles, CFG, TrainConfig(factors=8, iterations=8))
     p = Processor(CFG, WorkerMetrics(CollectorRegistry()), top_n=5)
-    p.recommender = Recommender(model, CFG)
+    p.serving.swap(Serving.of(Recommender(model, CFG)))
     return p
 
 
@@ -98,7 +99,7 @@ def test_one_message_per_user_per_batch_with_the_latest_item_as_query(proc):
     out = {k: json.loads(v) for k, v in res.messages}
     assert set(out) == {b"a", b"b"} and len(res.messages) == 2
     assert out[b"a"]["query"] == "i4" and out[b"a"]["event_ts"] == T0 + 5 and out[b"a"]["offset"] == 2
-    assert out[b"a"]["model_version"] == proc.recommender.version and out[b"a"]["source"] == "blend"
+    assert out[b"a"]["model_version"] == proc.serving.version and out[b"a"]["source"] == "blend"
     assert len(out[b"a"]["items"]) == 5 and "i4" not in out[b"a"]["items"]
     assert sample(proc, "streamrec_recommendations_out_total", {"source": "blend"}) == 2
     assert sample(proc, "streamrec_event_to_publish_seconds_count") == 3
@@ -145,7 +146,7 @@ def test_live_hit_rate_hand_checked(proc):
     store = Store()
     store.apply(proc.process([msg("h", "i1", offset=0)], store.load))
     shown = store[b"h"].last_items
-    v = proc.recommender.version
+    v = proc.serving.version
     store.apply(proc.process([msg("h", shown[0], offset=1, ts=T0 + 1)], store.load))  # hit
     missing = next(i for i in ("i2", "i5", "i8", "i11") if i not in store[b"h"].last_items)
     store.apply(proc.process([msg("h", missing, offset=2, ts=T0 + 2)], store.load))   # miss

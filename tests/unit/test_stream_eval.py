@@ -16,6 +16,7 @@ from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import ScoringConfig
 from streaming.worker.metrics import WorkerMetrics
 from streaming.worker.processor import Incoming, Processor
+from streaming.worker.serving import Serving
 from tests.conftest import require_dataset
 from tests.helpers import T0, clustered_events, ev
 
@@ -64,7 +65,7 @@ def test_system_lists_are_what_the_worker_published_before_each_event():
     model, x, users = train(profiles, CFG, TCFG)
     scfg = ScoringConfig(n=10)
     proc = Processor(CFG, WorkerMetrics(CollectorRegistry()), top_n=10)
-    proc.recommender = Recommender(model, CFG, scfg)
+    proc.serving.swap(Serving.of(Recommender(model, CFG, scfg)))
     store = {}
     shown = {}                                         # (user, ts) -> list on screen before the event
     for off, e in enumerate(list(tr) + list(te)):
@@ -123,7 +124,7 @@ def test_protocol_by_hand():
 
 def test_cli_writes_table_json_and_chart(tmp_path, capsys):
     require_dataset("taobao_small")
-    from streaming.cli.library import main
+    from streaming.cli.main import main
 
     out, png = tmp_path / "r.json", tmp_path / "r.png"
     assert main(["stream-eval", "--data", "taobao_small", "--factors", "8", "--iterations", "3",

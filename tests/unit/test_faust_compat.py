@@ -1,0 +1,85 @@
+"""Every private Faust/aiokafka internal the project uses still exists in the installed
+versions (streaming/faust_compat.TOUCH_POINTS), and nothing outside the compat package reaches
+for one. A failure names the touch point, so an upgrade shows what to look at."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+
+from streaming import faust_compat
+from streaming.faust_compat import TOUCH_POINTS, TouchPoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _instance_has(cls: type, attr: str) -> bool:
+    """Whether instances get `attr`: assigned in the class's (or a base's) __init__ or declared."""
+    for klass in inspect.getmro(cls):
+        if attr in getattr(klass, "__annotations__", {}) or attr in vars(klass):
+            return True
+        init = vars(klass).get("__init__")
+        if init is not None:
+            try:
+                src = inspect.getsource(init)
+            except (OSError, TypeError):
+                continue
+            if f"self.{attr}" in src:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("tp", TOUCH_POINTS, ids=lambda tp: f"{tp.module}:{tp.name}")
+def test_touch_point_exists(tp: TouchPoint):
+    mod = importlib.import_module(tp.module)
+    *owners, attr = tp.name.split(".")
+    obj = mod
+    for part in owners:
+        obj = getattr(obj, part, None)
+        assert obj is not None, f"faust_compat touch point {tp.module}:{tp.name} ({tp.reason}): {part} is gone"
+    if tp.instance_attr:
+        assert isinstance(obj, type) and _instance_has(obj, attr), (
+            f"faust_compat touch point {tp.module}:{tp.name} ({tp.reason}): instances no longer get {attr}")
+    else:
+        assert hasattr(obj, attr), f"faust_compat touch point {tp.module}:{tp.name} ({tp.reason}) is gone"
+
+
+def test_a_missing_touch_point_is_named():
+    gone = TouchPoint("faust.streams", "_no_such_thing", "example")
+    with pytest.raises(AssertionError, match="faust.streams:_no_such_thing"):
+        test_touch_point_exists(gone)
+
+
+def test_aiokafka_consumer_still_takes_its_fetch_wait_from_the_attribute():
+    """aiokafka's Fetcher reads the wait from the consumer attribute the compat transport sets."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def make():
+        c = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+        return c._fetch_max_wait_ms  # noqa: SLF001 - the touch point under test
+
+    assert asyncio.run(make()) == 500  # aiokafka's default: the attribute is what it uses
+    fetcher_src = inspect.getsource(importlib.import_module("aiokafka.consumer.consumer").AIOKafkaConsumer.start)
+    assert "_fetch_max_wait_ms" in fetcher_src
+
+
+def test_no_private_faust_or_aiokafka_access_outside_the_compat_package():
+    """Accesses like `x._name` on Faust/aiokafka objects belong in streaming/faust_compat (ruff's
+    SLF rule enforces it for attribute access; this catches private imports too)."""
+    offenders = []
+    for pkg in ("recsys", "streaming", "devtools"):
+        for f in (ROOT / pkg).rglob("*.py"):
+            if "faust_compat" in f.parts:
+                continue
+            for node in ast.walk(ast.parse(f.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in (
+                        "faust", "aiokafka", "mode"):
+                    offenders += [f"{f.relative_to(ROOT)}: from {node.module} import {a.name}"
+                                  for a in node.names if a.name.startswith("_")]
+    assert not offenders, offenders
+    assert faust_compat.FETCH_MAX_WAIT_MS < 1500
