@@ -27,7 +27,6 @@ COPY deploy/docker-entrypoint.sh /app/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    MPLCONFIGDIR=/tmp/matplotlib \
     STREAMREC_MODEL_DIR=/models \
     STREAMREC_DATA_DIR=/var/lib/streamrec/worker
 WORKDIR /app
