@@ -88,7 +88,7 @@ def current_event(event: Any) -> Iterator[None]:
 # -- consumer -------------------------------------------------------------------------------------
 async def committed_offset(app: faust.App, tp: Any) -> int | None:
     """The consumer group's committed offset of `tp` (None: none committed)."""
-    thread = app.consumer._thread
+    thread = app.consumer._thread  # type: ignore[attr-defined]  # the aiokafka driver's consumer thread
     result: int | None = await thread.call_thread(thread._ensure_consumer().committed, tp)
     return result
 
@@ -160,7 +160,7 @@ async def refresh_metadata(consumer: Any) -> None:
 # -- producer -------------------------------------------------------------------------------------
 def aiokafka_producer(app: faust.App) -> Any:
     """The app's aiokafka producer (made when the app starts): its acks, linger and retries."""
-    return app.producer._ensure_producer()
+    return app.producer._ensure_producer()  # type: ignore[attr-defined]  # the aiokafka driver's producer
 
 
 # -- table recovery -------------------------------------------------------------------------------

@@ -38,16 +38,16 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from recsys.confidence import UserProfile
-from recsys.model.item_foldin import extend_model, fold_in_items
 from recsys.model.factors import Model
+from recsys.model.item_foldin import extend_model, fold_in_items
 from recsys.serving.recommender import Recommender
-
 from streaming.kafka.broadcast import broadcast_consumer
 from streaming.worker.serving import Serving, ServingModel
 
@@ -137,7 +137,7 @@ def new_item_evidence(base: Recommender, users: Sequence[tuple[str, UserProfile,
     confs = [p.confidence(base.ccfg) for _, p, _ in users]
     x, known = base.fold_in(confs)
     out = []
-    for (user, _, items), conf, xu, has in zip(users, confs, x, known):
+    for (user, _, items), conf, xu, has in zip(users, confs, x, known, strict=True):
         if not has:        # no trained item yet: the user has no place in the space to lend
             continue
         for item in sorted(items):
@@ -235,7 +235,7 @@ class NewItems:
                                 ev.message.offset, str(e)[:200])
                 self.metrics.item_evidence.labels(result).inc()
             await self.publish()
-        except Exception:  # noqa: BLE001 - derived data: never let it stop the worker
+        except Exception:
             log.exception("new-item fold-in failed; evidence dropped")
 
     async def publish(self) -> None:
@@ -314,7 +314,7 @@ class NewItems:
                 if self.dirty and time.monotonic() - self.built_at >= refresh:
                     try:
                         await self.rebuild()
-                    except Exception:  # noqa: BLE001 - keep serving what we have
+                    except Exception:
                         log.exception("could not extend the model with new items; serving it without them")
 
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from recsys.confidence import ConfidenceConfig
 from recsys.errors import EventError
@@ -27,9 +27,8 @@ from recsys.events import Event, parse_event
 from recsys.serving.popularity import RecentPopularity
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import Recommendations
-
-from streaming.worker.new_items import new_item_evidence
 from streaming.worker.metrics import WorkerMetrics
+from streaming.worker.new_items import new_item_evidence
 from streaming.worker.serving import ServingModel
 from streaming.worker.state import UserState
 
@@ -174,7 +173,7 @@ class Processor:
         recs = self._recommend(serving.current, [t[1] for t in touched], [t[3].item for t in touched])
         now_ms = int(self.clock() * 1000)
         sources: dict[str, int] = {}
-        for (key, state, last_msg, last_event, applied), rec in zip(touched, recs):
+        for (key, state, last_msg, last_event, applied), rec in zip(touched, recs, strict=True):
             state.last_items = rec.items
             state.last_version = rec.model_version or ""
             state.last_published_ms = now_ms

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -37,7 +38,7 @@ class BatchPublisher:
         """`app`: the Faust app whose producer (and so whose acks, linger and retries) to use."""
         self.app = app
 
-    async def publish(self, topic: str, records: Sequence[Record]) -> list["asyncio.Future[Any]"]:
+    async def publish(self, topic: str, records: Sequence[Record]) -> list[asyncio.Future[Any]]:
         """Queue `records` on `topic`; returns the futures of the produce batches (each resolves
         when the broker has acknowledged its records, or raises)."""
         if not records:
@@ -60,7 +61,7 @@ class BatchPublisher:
         return futures
 
     @staticmethod
-    async def _send(producer: Any, batch: Any, topic: str, partition: int) -> "asyncio.Future[Any]":
+    async def _send(producer: Any, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
         batch.close()  # ours alone: aiokafka would otherwise add producer.send() records to it
         return await producer.send_batch(batch, topic, partition=partition)
 

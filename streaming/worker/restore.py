@@ -102,7 +102,7 @@ class _BulkMode:
         from rocksdict import WriteOptions
 
         self.write_opt = WriteOptions()
-        self.write_opt.disable_wal = True
+        self.write_opt.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; rocksdict's stub says method
 
     def close(self) -> None:
         try:
@@ -122,7 +122,7 @@ class FastRecovery(faust_compat.PreSeekRecovery):
         except Exception as e:  # noqa: BLE001 - Faust's own path restores whatever is left
             log.warning("bulk changelog restore failed (%r); Faust's recovery reads the rest", e)
 
-    def _plan(self, tps: set, offsets: Any) -> dict[TP, tuple[Any, int, int]]:
+    def plan(self, tps: set, offsets: Any) -> dict[TP, tuple[Any, int, int]]:
         """tp -> (store, first offset to read, end offset) for the partitions worth bulk-loading."""
         plan = {}
         for tp in tps:
@@ -138,7 +138,7 @@ class FastRecovery(faust_compat.PreSeekRecovery):
         return plan
 
     async def _bulk_restore(self, tps: set, offsets: Any) -> None:
-        plan = self._plan(tps, offsets)
+        plan = self.plan(tps, offsets)
         if not plan:
             return
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -153,8 +153,9 @@ class FastRecovery(faust_compat.PreSeekRecovery):
                       "(budget %.0f s)", total, len(plan), budget)
         t0 = time.monotonic()
         deadline = t0 + budget
+        transport: Any = app.transport  # the aiokafka driver's (TransportT lacks default_port)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=server_list(app.transport.url, app.transport.default_port),
+            bootstrap_servers=server_list(transport.url, transport.default_port),
             client_id=f"{conf.broker_client_id}-restore",
             group_id=None,
             enable_auto_commit=False,
@@ -182,10 +183,10 @@ class FastRecovery(faust_compat.PreSeekRecovery):
             while left and time.monotonic() < deadline:
                 fetched = await consumer.getmany(*left, timeout_ms=200)
                 for ktp_, records in fetched.items():
-                    tp = left.get(ktp_)
-                    if tp is None or not records:
+                    got = left.get(ktp_)
+                    if got is None or not records:
                         continue
-                    done_records += self._apply(modes[tp], tp, records, offsets, plan[tp][2])
+                    done_records += self.apply_fetch(modes[got], got, records, offsets, plan[got][2])
                     last_progress = time.monotonic()
                 for ktp_, tp in list(left.items()):
                     end = plan[tp][2]
@@ -219,7 +220,7 @@ class FastRecovery(faust_compat.PreSeekRecovery):
                       f"; Faust's recovery reads the rest of {len(left)} partitions" if left else "")
 
     @staticmethod
-    def _apply(mode: _BulkMode, tp: TP, records: list, offsets: Any, end: int) -> int:
+    def apply_fetch(mode: _BulkMode, tp: TP, records: list, offsets: Any, end: int) -> int:
         """Write one fetch of one partition: its records and the persisted offset, in one batch."""
         from rocksdict import WriteBatch
 

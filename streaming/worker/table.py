@@ -42,9 +42,9 @@ class ChangelogTrackingTable(faust.Table):
 class UserStateTable:
     def __init__(self, app: faust.App, name: str, partitions: int):
         # bytes in, bytes out: Faust stores our own compact encoding (streaming/worker/state.py) as is.
-        self.table = app.tables.add(ChangelogTrackingTable(
-            app, name=name, key_type=bytes, value_type=bytes, partitions=partitions, default=None,
-            options=dict(ROCKSDB_OPTIONS), beacon=app.tables.beacon))
+        self.table = ChangelogTrackingTable(app, name=name, key_type=bytes, value_type=bytes, partitions=partitions,
+                                            default=None, options=dict(ROCKSDB_OPTIONS), beacon=app.tables.beacon)
+        app.tables.add(self.table)
 
     def load(self, key: bytes, event: Any) -> UserState | None:
         """A user's state, read in the partition of `event` (one of the user's events)."""

@@ -24,7 +24,7 @@ def register_views(app: faust.App, worker: Any) -> None:
 
     @app.page("/recommendations/{user}/")
     class Recs(View):
-        @app.table_route(table=worker.table.table, match_info="user")
+        @app.table_route(table=worker.table.table, match_info="user")  # type: ignore[arg-type]  # typed for views without route parameters
         async def get(self, request: Request, user: str) -> Response:
             state = worker.table.get(user)
             if state is None or not state.last_items:
@@ -62,7 +62,8 @@ def register_views(app: faust.App, worker: Any) -> None:
             # Ready = state recovered AND listening for model announcements (one made before the
             # listener is positioned at the topic's end would be missed).
             listening = worker.updates.listening
-            recovered = app.tables.recovery.completed.is_set() and not app.rebalancing and listening
+            tables: Any = app.tables  # Faust's TableManager (its TableManagerT type lacks .recovery)
+            recovered = tables.recovery.completed.is_set() and not app.rebalancing and listening
             assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == s.clickstream_topic)
             body = {"ready": recovered, "partitions": assigned, "model_version": worker.serving.version,
                     "models_listening": listening}

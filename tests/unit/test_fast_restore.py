@@ -41,7 +41,7 @@ def test_a_fetch_is_written_with_tombstones_and_its_offset_and_options_come_back
     mode = _BulkMode(store, 0)
     assert _options_in_file(tmp_path / "t-0.db", BULK_OPTIONS) == BULK_OPTIONS  # RocksDB persisted the change
     tp, offsets = TP("cl", 0), {}
-    n = FastRecovery._apply(mode, tp, [rec(5, b"a", b"1"), rec(6, b"a", b"2"), rec(7, b"gone", None),
+    n = FastRecovery.apply_fetch(mode, tp, [rec(5, b"a", b"1"), rec(6, b"a", b"2"), rec(7, b"gone", None),
                                        rec(8, b"b", b"3"), rec(9, b"late", b"x")], offsets, end=9)
     assert n == 4 and offsets[tp] == 8  # offset 9 is past the highwater measured: Faust reads it
     mode.close()
@@ -65,5 +65,5 @@ def test_plan_skips_current_partitions_and_starts_after_the_persisted_offset():
     a, b, c = TP("cl", 0), TP("cl", 1), TP("cl", 2)
     rec_.tp_to_table = {a: table, b: table, c: table}
     rec_.active_highwaters = {a: 99, b: 50, c: -1}
-    plan = rec_._plan({a, b, c}, {a: -1, b: 50, c: -1})
+    plan = rec_.plan({a, b, c}, {a: -1, b: 50, c: -1})
     assert plan == {a: (store, 0, 100)}  # b is current, c's topic is empty
