@@ -99,7 +99,7 @@ def clustered_factors(n: int, f: int, n_clusters: int | None = None, seed: int =
 def synthetic_users(assign: np.ndarray, n_users: int, mean_len: float = 15.0, max_len: int = 50,
                     seed: int = 1) -> tuple[list[dict[int, float]], list[int], list[set[int]]]:
     """Users who browse one or two topics: (confidence per item row, query row = last item,
-    bought rows). Confidences follow recsys.confidence defaults (1 + 15 r, r per event type)."""
+    bought rows). Confidences are 1 + 15 r, r per event: 0.25 a look, 0.75 a cart, 1 a purchase."""
     rng = np.random.default_rng(seed)
     by_cluster: dict[int, np.ndarray] = {}
     order = np.argsort(assign, kind="stable")
@@ -132,10 +132,12 @@ def worker_process(bootstrap: str, name: str, port: int, data_dir: Path, model_d
                    env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
     """(command, environment) of a real worker (`python -m streaming.cli.main worker`) whose topics are
     named after `name` (<name>-clicks, -recs, -dlq, -models); `env` adds or overrides settings."""
-    full = {**os.environ, "PYTHONUNBUFFERED": "1", "STREAMREC_APP_ID": name,
-            "STREAMREC_CLICKSTREAM_TOPIC": f"{name}-clicks", "STREAMREC_RECOMMENDATIONS_TOPIC": f"{name}-recs",
-            "STREAMREC_DLQ_TOPIC": f"{name}-dlq", "STREAMREC_MODEL_UPDATES_TOPIC": f"{name}-models",
-            "STREAMREC_PARTITIONS": str(partitions), **env}
+    from recsys.config import child_env, load_config, stream_env
+
+    s = load_config().stream.replace(bootstrap=bootstrap, app_id=name, clickstream_topic=f"{name}-clicks",
+                                     recommendations_topic=f"{name}-recs", dlq_topic=f"{name}-dlq",
+                                     model_updates_topic=f"{name}-models", partitions=partitions)
+    full = child_env({**stream_env(s), "PYTHONUNBUFFERED": "1", **env})
     cmd = [sys.executable, "-m", "streaming.cli.main", "worker", "--bootstrap", bootstrap, "--web-port", str(port),
            "--data-dir", str(data_dir), "--model-dir", str(model_dir)]
     return cmd, full

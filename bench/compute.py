@@ -41,10 +41,9 @@ def run_one(n: int, f: int, batch: int, repeats: int, naive_events: int, ann_min
             log=print) -> dict:
     from implicit.cpu.topk import topk
 
-    from recsys.defaults import SCORING
     from recsys.model.factors import Model
     from recsys.serving.recommender import Recommender
-    from recsys.serving.scoring import Scorer
+    from recsys.serving.scoring import Scorer, ScoringConfig
 
     t0 = time.perf_counter()
     y, assign = clustered_factors(n, f, seed=n + f)
@@ -52,7 +51,7 @@ def run_one(n: int, f: int, batch: int, repeats: int, naive_events: int, ann_min
     pop = np.bincount(np.random.default_rng(0).integers(0, n, 20 * n), minlength=n).astype(np.float32)
     model = Model.from_factors(f"bench-{n}x{f}", ids, y, regularization=0.05, popularity=pop)
     del y
-    scfg = replace(SCORING, ann_min_items=0, num_threads=threads)
+    scfg = replace(ScoringConfig(), ann_min_items=0, num_threads=threads)
     rec = Recommender(model, scfg=scfg, num_threads=threads)
     rows_conf, qrows, bought = synthetic_users(assign, batch, seed=f)
     confs = [{ids[r]: c for r, c in conf.items()} for conf in rows_conf]

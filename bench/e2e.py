@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import queue
 import shutil
 import subprocess
@@ -127,6 +126,7 @@ class Answers:
 class Pipeline:
     def __init__(self, kind: str, bootstrap: str, tmp: Path, model_dir: Path, batch_within_s: float):
         from devtools.broker import free_port
+        from recsys.config import child_env
         from streaming.kafka.admin import ensure_topics
 
         self.kind, self.bootstrap = kind, bootstrap
@@ -137,7 +137,7 @@ class Pipeline:
         port = self.port = free_port()
         data = tmp / f"{name}-data"
         self.log_path = tmp / f"{name}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = child_env({"PYTHONUNBUFFERED": "1"})
         if kind == "worker":
             cmd, env = worker_process(bootstrap, name, port, data, model_dir, PARTITIONS,
                                       {"STREAMREC_BATCH_WITHIN_S": str(batch_within_s), "STREAMREC_LOG_LEVEL": "warning"})
@@ -331,15 +331,14 @@ def main(argv: list[str] | None = None) -> dict:
     half_s = args.half_seconds or (4.0 if args.quick else 20.0)
     repeats = args.repeats or (1 if args.quick else 3)
     if args.batch_within is None:
-        from recsys.settings import Settings
+        from recsys.config import Settings
 
         args.batch_within = Settings().batch_within_s
     items = 2000 if args.quick else args.items
 
     from devtools.broker import broker_from_env
-    from recsys.confidence import build_profiles
+    from recsys.confidence import ConfidenceConfig, build_profiles
     from recsys.data.simulator import SimConfig, simulate
-    from recsys.defaults import CONFIDENCE
     from recsys.model.item_foldin import user_gram
     from recsys.model.store import ModelStore
     from recsys.model.threads import pin_blas_threads
@@ -358,7 +357,8 @@ def main(argv: list[str] | None = None) -> dict:
         events = simulate(SimConfig(n_users=max(500, n_full // 6), n_items=items, events=min(n_sim, 4 * n_full),
                                     seed=7))
         train_events, stream = events[:-n_full], events[-n_full:]
-        model, x, _ = train(build_profiles(train_events, CONFIDENCE), CONFIDENCE,
+        ccfg = ConfidenceConfig()
+        model, x, _ = train(build_profiles(train_events, ccfg), ccfg,
                             TrainConfig(factors=64, iterations=8, num_threads=0))
         store = ModelStore(tmp / "models")
         store.save(model, publish=True, user_gram=user_gram(x))  # as a retrain saves it: new-item fold-in on

@@ -1,6 +1,6 @@
 """Retrain benchmark: recsys.model.train.train on the largest real dataset against implicit called directly.
 
-  project   recsys.model.train.train(profiles, CONFIDENCE, TRAIN): confidence matrix from the users'
+  project   recsys.model.train.train with the default configuration: confidence matrix from the users'
             profiles, implicit ALS fit (BLAS pinned to one thread), Model (YᵀY, norms, popularity)
   direct    implicit.als.AlternatingLeastSquares(same parameters).fit(same matrix), BLAS pinned
             the same way: the floor for this retrain
@@ -52,28 +52,29 @@ def main(argv: list[str] | None = None) -> dict:
     from threadpoolctl import threadpool_limits
 
     from recsys.confidence import build_profiles
+    from recsys.config import Config
     from recsys.data.datasets import load_dataset
-    from recsys.defaults import CONFIDENCE, TRAIN
     from recsys.model.threads import pin_blas_threads
     from recsys.model.train import confidence_matrix, train
 
     pin_blas_threads()
+    ccfg, tdefault = Config().confidence, Config().train
     t_all = time.time()
     if args.quick:
         name, events = args.data or "taobao_small", None
         events = load_dataset(name, lenient=True)
-        tcfg = replace(TRAIN, iterations=2)
+        tcfg = replace(tdefault, iterations=2)
     elif args.data:
         name, events = args.data, load_dataset(args.data, lenient=True)
-        tcfg = TRAIN
+        tcfg = tdefault
     else:
         name, events = largest_dataset()
-        tcfg = TRAIN
+        tcfg = tdefault
     repeats = args.repeats or (1 if args.quick else 3)
     t0 = time.perf_counter()
-    profiles = build_profiles(events, CONFIDENCE)
+    profiles = build_profiles(events, ccfg)
     profiles_s = time.perf_counter() - t0
-    matrix, users, items = confidence_matrix(profiles, CONFIDENCE)
+    matrix, users, items = confidence_matrix(profiles, ccfg)
     print(f"{name}: {len(events):,} events, {len(users):,} users x {len(items):,} items, nnz {matrix.nnz:,}; "
           f"ALS {tcfg.factors} factors x {tcfg.iterations} iterations", flush=True)
 
@@ -88,12 +89,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     def project() -> float:
         t = time.perf_counter()
-        train(profiles, CONFIDENCE, tcfg)
+        train(profiles, ccfg, tcfg)
         return time.perf_counter() - t
 
     def matrix_only() -> float:
         t = time.perf_counter()
-        confidence_matrix(profiles, CONFIDENCE)
+        confidence_matrix(profiles, ccfg)
         return time.perf_counter() - t
 
     direct()  # warm-up (implicit's first fit loads its kernels)

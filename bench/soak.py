@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -133,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=10.0, help="how long to hold the load (default 10)")
     ap.add_argument("--rate", type=float, default=None, help="events/s (default: e2e benchmark's paced rate, else 300)")
     ap.add_argument("--sample-s", type=float, default=10.0, help="sampling interval (default 10 s)")
-    ap.add_argument("--bootstrap", default=os.environ.get("STREAMREC_BOOTSTRAP"), help="existing Kafka (default: a private broker)")
+    ap.add_argument("--bootstrap", default=None,
+                    help="existing Kafka (default: stream.bootstrap, STREAMREC_BOOTSTRAP; else a private broker)")
     ap.add_argument("--users", type=int, default=5000, help="simulated shoppers (default 5000)")
     ap.add_argument("--max-lag-s", type=float, default=5.0, help="allowed lag, in seconds of input (default 5)")
     ap.add_argument("--max-rss-growth", type=float, default=0.10, help="allowed relative RSS growth (default 0.10)")
@@ -144,13 +144,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from devtools.broker import KafkaBroker, free_port
     from recsys.confidence import build_profiles
+    from recsys.config import Settings, load_config
     from recsys.data.simulator import SimConfig, simulate
-    from recsys.defaults import CONFIDENCE, TRAIN
     from recsys.model.item_foldin import user_gram
     from recsys.model.store import ModelStore
     from recsys.model.threads import pin_blas_threads
     from recsys.model.train import train
-    from recsys.settings import Settings
     from streaming.kafka.admin import ensure_topics
     from streaming.topics import topic_specs
 
@@ -160,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     worker = None
     feeder = None
     try:
-        if args.bootstrap:
-            bootstrap = args.bootstrap
+        cfg = load_config()
+        if args.bootstrap or cfg.stream.bootstrap:
+            bootstrap = args.bootstrap or cfg.stream.bootstrap
         else:
             broker = KafkaBroker(data_dir=tmp / "kafka")
             broker.start(timeout=120)
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_topics(bootstrap, topic_specs(s))
         print(f"simulating {args.users} shoppers ...", file=sys.stderr, flush=True)
         events = simulate(SimConfig(n_users=args.users, n_items=5000, events=60_000, seed=3))
-        model, x, _ = train(build_profiles(events, CONFIDENCE), CONFIDENCE, TRAIN)
+        model, x, _ = train(build_profiles(events, cfg.confidence), cfg.confidence, cfg.train)
         ModelStore(tmp / "models").save(model, publish=True, user_gram=user_gram(x))
 
         port = free_port()

@@ -371,9 +371,8 @@ def main(argv: list[str] | None = None) -> dict:
     n_restore = args.restore_users if args.restore_users is not None else (2_000 if args.quick else 1_000_000)
 
     from devtools.broker import broker_from_env
-    from recsys.confidence import build_profiles
+    from recsys.confidence import ConfidenceConfig, build_profiles
     from recsys.data.simulator import SimConfig, simulate
-    from recsys.defaults import CONFIDENCE
     from recsys.model.store import ModelStore
     from recsys.model.threads import pin_blas_threads
     from recsys.model.train import TrainConfig, train
@@ -401,8 +400,9 @@ def main(argv: list[str] | None = None) -> dict:
         if n_restore:
             broker = broker_from_env(tmp / "kafka")
             broker.start()
-            model = train(build_profiles(simulate(SimConfig(events=20_000, n_items=5000, seed=3)), CONFIDENCE),
-                          CONFIDENCE, TrainConfig(factors=64, iterations=5))[0]
+            ccfg = ConfidenceConfig()
+            model = train(build_profiles(simulate(SimConfig(events=20_000, n_items=5000, seed=3)), ccfg),
+                          ccfg, TrainConfig(factors=64, iterations=5))[0]
             ModelStore(tmp / "models").save(model)
 
             def empty_start() -> dict:

@@ -27,35 +27,36 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from recsys import defaults
 from recsys.confidence import ConfidenceConfig
+from recsys.config import Config
 from recsys.data.datasets import load_dataset, time_split
 from recsys.evaluation.streaming import StreamEvalConfig, stream_evaluate
 from recsys.model.threads import pin_blas_threads
-from recsys.model.train import TrainConfig
+from recsys.model.train import BPR, TrainConfig
 from recsys.serving.scoring import ScoringConfig
 
+DEFAULTS = Config()  # the project's current defaults: trial 0
 EVAL = StreamEvalConfig(methods=("system",), chunk_max=1024)
 
 
 def configs(params: dict) -> tuple[ConfidenceConfig, TrainConfig, ScoringConfig]:
-    w = dict(defaults.CONFIDENCE.weights)
+    w = dict(DEFAULTS.confidence.weights)
     for t in ("favorite", "addtocart", "transaction"):
         if t in params:
             w[t] = params[t]
     hl = params.get("half_life_days")
-    ccfg = replace(defaults.CONFIDENCE, weights=w, alpha=params.get("alpha", defaults.CONFIDENCE.alpha),
+    ccfg = replace(DEFAULTS.confidence, weights=w, alpha=params.get("alpha", DEFAULTS.confidence.alpha),
                    half_life_days=None if not params.get("decay", hl is not None) else hl)
-    tcfg = replace(defaults.TRAIN, factors=params.get("factors", defaults.TRAIN.factors),
-                   regularization=params.get("regularization", defaults.TRAIN.regularization))
-    scfg = replace(defaults.SCORING, user_weight=params.get("user_weight", defaults.SCORING.user_weight),
-                   item_norm_power=params.get("item_norm_power", defaults.SCORING.item_norm_power),
-                   repeat_weight=params.get("repeat_weight", defaults.SCORING.repeat_weight))
+    tcfg = replace(DEFAULTS.train, factors=params.get("factors", DEFAULTS.train.factors),
+                   regularization=params.get("regularization", DEFAULTS.train.regularization))
+    scfg = replace(DEFAULTS.scoring, user_weight=params.get("user_weight", DEFAULTS.scoring.user_weight),
+                   item_norm_power=params.get("item_norm_power", DEFAULTS.scoring.item_norm_power),
+                   repeat_weight=params.get("repeat_weight", DEFAULTS.scoring.repeat_weight))
     return ccfg, tcfg, scfg
 
 
 def current_params() -> dict:
-    c, t, s = defaults.CONFIDENCE, defaults.TRAIN, defaults.SCORING
+    c, t, s = DEFAULTS.confidence, DEFAULTS.train, DEFAULTS.scoring
     return {"favorite": c.weights["favorite"], "addtocart": c.weights["addtocart"],
             "transaction": c.weights["transaction"], "alpha": c.alpha, "decay": c.half_life_days is not None,
             **({"half_life_days": c.half_life_days} if c.half_life_days is not None else {}),
@@ -142,7 +143,7 @@ def main() -> None:
     # ALS vs BPR on the same validation replays, best confidence + scoring settings.
     compare = {"als": {d: pick[d] for d in data}}
     for lr in (0.01, 0.05):
-        bcfg = replace(defaults.BPR, factors=tcfg.factors, learning_rate=lr)
+        bcfg = replace(BPR, factors=tcfg.factors, learning_rate=lr)
         res = run(ccfg, bcfg, scfg)
         compare[f"bpr(lr={lr})"] = res
         print(f"BPR lr={lr}: " + " ".join(f"{d}:HR={m['HR@10']:.4f},MRR={m['MRR@10']:.4f}" for d, m in res.items()),

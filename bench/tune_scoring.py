@@ -14,8 +14,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from recsys.config import Config
 from recsys.data.datasets import load_dataset, time_split
-from recsys.defaults import SCORING, TRAIN
 from recsys.evaluation.offline import evaluate
 from recsys.model.threads import pin_blas_threads
 
@@ -35,8 +35,8 @@ def main() -> None:
         train, valid = time_split(development, test_fraction=0.2)
         for p in POWERS:
             for w in WEIGHTS:
-                rep = evaluate(train, valid, scfg=replace(SCORING, user_weight=w, item_norm_power=p),
-                               kinds={"als": TRAIN})
+                rep = evaluate(train, valid, scfg=replace(Config().scoring, user_weight=w, item_norm_power=p),
+                               kinds={"als": Config().train})
                 m = rep["methods"]["als:blend"]
                 rows.append({"dataset": name, "item_norm_power": p, "user_weight": w, "cases": rep["cases"], **m})
                 print(f"{name:<10} p={p:<4} w={w:<5} MAP@10={m['MAP@10']:.4f} HR@10={m['HR@10']:.4f} "

@@ -2,27 +2,26 @@
 
 No Kafka distribution is downloaded from apache.org: the broker's jars and their
 runtime dependencies are fetched once from Maven Central with ``mvn`` into a cache
-(``~/.cache/streamrec/kafka/<version>/libs``, root overridable with
+(``~/.cache/streamrec/kafka/<version>/libs``, root: the ``ops.kafka_cache`` setting,
 ``STREAMREC_KAFKA_CACHE``) and the broker runs as ``java -cp '<libs>/*' kafka.Kafka``.
 
 Everything a broker owns lives in its data dir: ``server.properties``,
 ``log4j2.properties``, ``broker.log`` (WARN and up), ``broker.out`` (JVM stdout/err),
 ``logs/`` (the Kafka log dir, with ``meta.properties``) and ``broker.json``
 (pid, ports, version) so that a restarted broker keeps its ports and a different
-process (``python -m devtools.broker stop``) can find it.
+process (``recsys broker stop``) can find it.
 
-CLI::
+CLI (``streaming/cli/broker.py``)::
 
-    python -m devtools.broker start [--data-dir D] [--port P] [--foreground]
-    python -m devtools.broker stop [--data-dir D]
-    python -m devtools.broker status [--data-dir D]
+    recsys broker start [--data-dir D] [--port P] [--foreground]
+    recsys broker stop [--data-dir D]
+    recsys broker status [--data-dir D]
 
-If ``STREAMREC_BOOTSTRAP`` is set, :func:`broker_from_env` starts nothing and
-returns a handle on that existing cluster.
+If the configuration names a Kafka (``stream.bootstrap``, ``STREAMREC_BOOTSTRAP``),
+:func:`broker_from_env` starts nothing and returns a handle on that existing cluster.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import fcntl
@@ -36,10 +35,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
+from recsys.config import Config, env_name, load_config
 from recsys.errors import RecsysError
 
 DEFAULT_KAFKA_VERSION = "4.4.0"
@@ -49,9 +49,10 @@ LOG4J_VERSION = "2.25.5"
 DEPENDENCY_PLUGIN_VERSION = "3.8.1"  # pinned: Maven 3.8's default (2.8) is ancient
 HOST = "127.0.0.1"
 
-ENV_CACHE = "STREAMREC_KAFKA_CACHE"
-ENV_DATA_DIR = "STREAMREC_KAFKA_DIR"
-ENV_BOOTSTRAP = "STREAMREC_BOOTSTRAP"
+# The environment variables of the settings this module uses (read by recsys.config only).
+ENV_CACHE = env_name("ops", "kafka_cache")
+ENV_DATA_DIR = env_name("ops", "kafka_dir")
+ENV_BOOTSTRAP = env_name("stream", "bootstrap")
 
 JVM_OPTS = [
     "-Xmx512m", "-Xms256m",
@@ -73,9 +74,9 @@ class BrokerNotReady(BrokerError, TimeoutError):
 
 # --------------------------------------------------------------------- jars
 
-def kafka_cache_root() -> Path:
-    env = os.environ.get(ENV_CACHE)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "streamrec" / "kafka"
+def kafka_cache_root(cache: str | None = None) -> Path:
+    """The jar cache: `cache` (a configuration's ``ops.kafka_cache``), else the process's."""
+    return Path(cache if cache is not None else load_config().ops.kafka_cache).expanduser()
 
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -266,6 +267,7 @@ class KafkaBroker:
     version: str = DEFAULT_KAFKA_VERSION
     controller_port: int | None = None
     external: str | None = field(default=None, repr=False)  # bootstrap of a broker we don't manage
+    jar_cache: str | None = field(default=None, repr=False)  # None: the configuration's ops.kafka_cache
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     started_in: float | None = field(default=None, init=False, repr=False)  # seconds, last start()
     _atexit_registered: bool = field(default=False, init=False, repr=False)
@@ -418,7 +420,7 @@ class KafkaBroker:
         if self.is_running():
             wait_until_ready(self.bootstrap, timeout, log_file=self.log_file, alive=self.is_running)
             return
-        libs = ensure_kafka_jars(self.version)
+        libs = ensure_kafka_jars(self.version, self.jar_cache)
         # Free ports are picked by binding port 0 and releasing it, so another process
         # can grab one before the JVM binds. Only auto-picked ports may be re-picked.
         fresh_ports = self.port is None and self.controller_port is None
@@ -501,7 +503,7 @@ class KafkaBroker:
             time.sleep(0.1)
         return not _pid_alive(self.pid)
 
-    def __enter__(self) -> "KafkaBroker":
+    def __enter__(self) -> KafkaBroker:
         self.start()
         return self
 
@@ -518,82 +520,35 @@ def new_cluster_id() -> str:
             return cid
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get(ENV_DATA_DIR) or Path.cwd() / "var" / "kafka")
+def default_data_dir(kafka_dir: str | None = None) -> Path:
+    """The project's broker's data dir: `kafka_dir` (a configuration's ``ops.kafka_dir``), else
+    the process's; relative to the working directory."""
+    p = Path(kafka_dir if kafka_dir is not None else load_config().ops.kafka_dir).expanduser()
+    return p if p.is_absolute() else Path.cwd() / p
 
 
-def broker_from_env(data_dir: Path | None = None, **kw) -> KafkaBroker:
-    """A broker handle: the existing cluster in ``STREAMREC_BOOTSTRAP`` if set
-    (start/stop are then no-ops), else a managed broker in ``data_dir``."""
-    boot = os.environ.get(ENV_BOOTSTRAP)
-    if boot:
-        return KafkaBroker(data_dir=data_dir or default_data_dir(), external=boot)
-    return KafkaBroker(data_dir=data_dir or default_data_dir(), **kw)
+def broker_from_env(data_dir: Path | None = None, config: Config | None = None, **kw) -> KafkaBroker:
+    """A broker handle: the existing cluster the configuration names (``stream.bootstrap``,
+    ``STREAMREC_BOOTSTRAP``; start/stop are then no-ops), else a managed broker in ``data_dir``."""
+    cfg = config if config is not None else load_config()
+    where = data_dir or default_data_dir(cfg.ops.kafka_dir)
+    if cfg.stream.bootstrap:
+        return KafkaBroker(data_dir=where, external=cfg.stream.bootstrap)
+    return KafkaBroker(data_dir=where, **kw)
 
 
-def resolve_bootstrap(explicit: str | None = None) -> str:
-    """Where Kafka is: the explicit setting, else $STREAMREC_BOOTSTRAP, else the project's
-    own running broker (var/kafka). Raises BrokerError saying how to get one."""
+def resolve_bootstrap(explicit: str | None = None, config: Config | None = None) -> str:
+    """Where Kafka is: `explicit`, else the configuration's ``stream.bootstrap`` (default: the
+    process's), else the project's own running broker (``ops.kafka_dir``). Raises BrokerError
+    saying how to get one."""
     if explicit:
         return explicit
-    if os.environ.get(ENV_BOOTSTRAP):
-        return os.environ[ENV_BOOTSTRAP]
-    own = KafkaBroker(data_dir=default_data_dir())
+    cfg = config if config is not None else load_config()
+    if cfg.stream.bootstrap:
+        return cfg.stream.bootstrap
+    where = default_data_dir(cfg.ops.kafka_dir)
+    own = KafkaBroker(data_dir=where)
     if own.state_file.exists() and own.is_running():
         return own.bootstrap
     raise BrokerError(f"no Kafka broker: start the project's own with `recsys broker start` "
-                      f"(data in {default_data_dir()}), or set {ENV_BOOTSTRAP}=host:port")
-
-
-# ---------------------------------------------------------------------- CLI
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m devtools.broker", description=__doc__.split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    for name in ("start", "stop", "status"):
-        p = sub.add_parser(name)
-        p.add_argument("--data-dir", type=Path, default=None, help=f"default: ${ENV_DATA_DIR} or ./var/kafka")
-        if name == "start":
-            p.add_argument("--port", type=int, default=None)
-            p.add_argument("--foreground", action="store_true", help="run until Ctrl-C instead of detaching")
-            p.add_argument("--timeout", type=float, default=60.0)
-    args = ap.parse_args(argv)
-    broker = KafkaBroker(data_dir=args.data_dir or default_data_dir(), port=getattr(args, "port", None))
-
-    if args.cmd == "status":
-        if broker.is_running():
-            print(f"running pid={broker.pid} bootstrap={broker.bootstrap} data_dir={broker.data_dir}")
-            return 0
-        print(f"not running (data_dir={broker.data_dir})")
-        return 1
-    if args.cmd == "stop":
-        if not broker.is_running():
-            print(f"not running (data_dir={broker.data_dir})")
-            return 0
-        broker.stop()
-        print("stopped")
-        return 0
-
-    if broker.is_running():
-        print(f"already running pid={broker.pid} bootstrap={broker.bootstrap}")
-        return 0
-    try:
-        broker.start(timeout=args.timeout, detach=not args.foreground)
-    except BrokerError as e:
-        print(e, file=sys.stderr)
-        return 1
-    print(f"Kafka {broker.version} ready at {broker.bootstrap} (pid {broker.pid}, data {broker.data_dir})", flush=True)
-    if not args.foreground:
-        return 0
-    try:
-        while broker.is_running():
-            time.sleep(0.5)
-        print("broker exited; see " + str(broker.log_file), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        broker.stop()
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+                      f"(data in {where}), or set {ENV_BOOTSTRAP}=host:port")

@@ -1,7 +1,7 @@
 """`recsys demo`: the whole system, live, on this machine, for a bounded time.
 
-  1. Kafka: the project's own broker (fetched from Maven Central once), unless
-     STREAMREC_BOOTSTRAP names one.
+  1. Kafka: the project's own broker (fetched from Maven Central once), unless the
+     configuration names one (`stream.bootstrap`: --bootstrap, STREAMREC_BOOTSTRAP).
   2. Data: the real Taobao clickstream in the shared data folder when present, else the
      simulator. The earlier 80% (by time) is the history: it trains the first model and is
      replayed through the worker as fast as it goes, so the users' state (and every retrain
@@ -12,12 +12,14 @@
   5. After --duration seconds (or Ctrl-C): everything stopped, a summary printed.
 
 Each run uses its own topics, consumer group, state and model store under var/demo/<run>/
-and deletes its topics at the end, so runs never see each other's data.
+and deletes its topics at the end, so runs never see each other's data. Everything else comes
+from the one configuration (`recsys.config`), which the worker and the retrain loop get
+through their environment (`Config.to_env`).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -26,26 +28,38 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recsys import defaults
-from streaming.cli.library import say
 from recsys.confidence import build_profiles
+from recsys.config import Config, Settings, child_env
 from recsys.errors import RecsysError
 from recsys.model.item_foldin import user_gram
 from recsys.model.store import ModelStore
 from recsys.model.train import train
+from recsys.progress import say
 
-from recsys.settings import Settings
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What a demo run does besides the configuration (`recsys demo`'s own options)."""
+
+    duration: float = 90.0          # seconds of live replay
+    rate: float = 200.0             # events per second replayed
+    retrain_every: float = 30.0     # seconds between retrains
+    print_every: float = 1.0        # print one recommendation this often (s)
+    simulate_events: int = 40_000   # events to simulate without real data
+    workdir: str = "var/demo"       # where runs keep their state and logs
+    no_history: bool = False        # skip replaying the history through the worker
 
 
-def _load_data(events_limit: int) -> tuple[list, str]:
+def _load_data(events_limit: int, folder: str) -> tuple[list, str]:
     from recsys.data.datasets import DATASETS, data_dir, load_events
 
-    path = data_dir() / DATASETS["taobao"]
+    path = data_dir(folder) / DATASETS["taobao"]
     if path.exists():
         return load_events(path), f"Taobao UserBehavior ({path})"
     from recsys.data.simulator import SimConfig, simulate
@@ -64,7 +78,7 @@ def _metric(url: str, name: str) -> float:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             text = r.read().decode()
-    except Exception:
+    except Exception:  # noqa: BLE001 - a page not (yet) served counts as nothing so far
         return 0.0
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name) and not line.startswith("#"))
@@ -74,13 +88,13 @@ def _get(url: str) -> Any:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
             return json.loads(r.read())
-    except Exception:
+    except Exception:  # noqa: BLE001 - not up yet, or not JSON: asked again
         return None
 
 
 class Demo:
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
+    def __init__(self, args: DemoOptions, config: Config):
+        self.args, self.config = args, config
         self.run_id = time.strftime("%Y%m%d-%H%M%S")
         self.root = Path(args.workdir) / self.run_id
         self.procs: list[subprocess.Popen] = []
@@ -96,10 +110,11 @@ class Demo:
     def start_broker(self) -> str:
         from devtools.broker import KafkaBroker, default_data_dir
 
-        if os.environ.get("STREAMREC_BOOTSTRAP"):
-            say(f"using the Kafka at {os.environ['STREAMREC_BOOTSTRAP']} (STREAMREC_BOOTSTRAP)")
-            return os.environ["STREAMREC_BOOTSTRAP"]
-        broker = KafkaBroker(data_dir=default_data_dir())
+        cfg = self.config
+        if cfg.stream.bootstrap:
+            say(f"using the Kafka at {cfg.stream.bootstrap} (stream.bootstrap: {cfg.source('stream.bootstrap')})")
+            return cfg.stream.bootstrap
+        broker = KafkaBroker(data_dir=default_data_dir(cfg.ops.kafka_dir), jar_cache=cfg.ops.kafka_cache)
         if broker.state_file.exists() and broker.is_running():
             say(f"using the project's running broker at {broker.bootstrap}")
             return broker.bootstrap
@@ -111,42 +126,41 @@ class Demo:
 
     def settings(self, bootstrap: str) -> Settings:
         name = f"demo-{self.run_id}"
-        return Settings(bootstrap=bootstrap, app_id=name, clickstream_topic=f"{name}-clickstream",
-                        recommendations_topic=f"{name}-recommendations", dlq_topic=f"{name}-dlq",
-                        model_updates_topic=f"{name}-model-updates", partitions=self.args.partitions,
-                        model_dir=str(self.root / "models"), data_dir=str(self.root / "worker"),
-                        web_port=self.args.web_port)
+        return self.config.stream.replace(
+            bootstrap=bootstrap, app_id=name, clickstream_topic=f"{name}-clickstream",
+            recommendations_topic=f"{name}-recommendations", dlq_topic=f"{name}-dlq",
+            model_updates_topic=f"{name}-model-updates", model_dir=str(self.root / "models"),
+            data_dir=str(self.root / "worker"))
 
     def env(self, s: Settings) -> dict[str, str]:
-        keys = ("app_id", "clickstream_topic", "recommendations_topic", "dlq_topic", "model_updates_topic",
-                "partitions")
-        return {**os.environ, **{f"STREAMREC_{k.upper()}": str(getattr(s, k)) for k in keys},
-                "PYTHONUNBUFFERED": "1"}
+        """The children's environment: this run's configuration, every setting of it."""
+        return child_env({**dataclasses.replace(self.config, stream=s).to_env(), "PYTHONUNBUFFERED": "1"})
 
     def spawn(self, name: str, argv: list[str], s: Settings) -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "ab")
-        p = subprocess.Popen([sys.executable, "-m", "streaming.cli.main", *argv], stdout=log, stderr=subprocess.STDOUT,
-                             env=self.env(s), start_new_session=True)
+        with open(self.root / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+            p = subprocess.Popen([sys.executable, "-m", "streaming.cli.main", *argv], stdout=log,
+                                 stderr=subprocess.STDOUT, env=self.env(s), start_new_session=True)
         self.procs.append(p)
         return p
 
     # -- the run --------------------------------------------------------------------------
     def run(self) -> int:
-        from streaming.topics import topic_specs
         from streaming.jobs.replay import replay
         from streaming.kafka.admin import delete_topics, ensure_topics
+        from streaming.topics import topic_specs
 
         self.root.mkdir(parents=True, exist_ok=True)
         bootstrap = self.start_broker()
         s = self.settings(bootstrap)
         try:
             ensure_topics(bootstrap, topic_specs(s))
-            events, source = _load_data(self.args.simulate_events)
+            events, source = _load_data(self.args.simulate_events, self.config.ops.data)
             cut = int(len(events) * 0.8)
             history, live = events[:cut], events[cut:]
             say(f"data: {len(events)} events from {source}; first model from {len(history)}, "
                 f"replaying {len(live)} live")
-            model, x, _ = train(build_profiles(history, defaults.CONFIDENCE), defaults.CONFIDENCE, defaults.TRAIN,
+            ccfg = self.config.confidence
+            model, x, _ = train(build_profiles(history, ccfg), ccfg, self.config.train,
                                 metadata={"data_source": source})
             ModelStore(s.model_dir).save(model, publish=True, user_gram=user_gram(x))
             say(f"initial model {model.version}: {model.n_items} items x {model.factors} factors "
@@ -180,7 +194,7 @@ class Demo:
             self.shutdown()
             try:
                 delete_topics(bootstrap, list(topic_specs(s)) + [s.changelog_topic])
-            except Exception as e:  # the broker may already be gone on Ctrl-C
+            except Exception as e:  # noqa: BLE001 - the broker may already be gone on Ctrl-C
                 say(f"could not delete the demo topics: {e}")
             if self.broker is not None:
                 self.broker.stop()
@@ -266,19 +280,5 @@ class Demo:
             say("worker and retrain loop stopped")
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    return Demo(args).run()
-
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("demo", help="run the whole system live for a while: broker, worker, retrains, replay")
-    p.add_argument("--duration", type=float, default=90.0, help="seconds of live replay (default 90)")
-    p.add_argument("--rate", type=float, default=200.0, help="events per second replayed (default 200)")
-    p.add_argument("--retrain-every", type=float, default=30.0, help="seconds between retrains (default 30)")
-    p.add_argument("--partitions", type=int, default=4)
-    p.add_argument("--web-port", type=int, default=6066)
-    p.add_argument("--print-every", type=float, default=1.0, help="print one recommendation this often (s)")
-    p.add_argument("--simulate-events", type=int, default=40_000, help="events to simulate without real data")
-    p.add_argument("--workdir", default="var/demo", help="where runs keep their state and logs")
-    p.add_argument("--no-history", action="store_true", help="skip replaying the history through the worker")
-    p.set_defaults(func=cmd_demo)
+def run_demo(options: DemoOptions, config: Config) -> int:
+    return Demo(options, config).run()

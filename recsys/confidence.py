@@ -18,36 +18,35 @@ both therefore produce the same numbers, bit for bit.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from recsys.errors import ConfigError
 from recsys.events import EVENT_TYPES, TYPE_CODES, Event
-
-# The seed notebook weighed 0.25 per click and 1 per buy with alpha 15. Views sit with
-# clicks; a wish-list or cart is a stronger intent than a look, weaker than a purchase.
-DEFAULT_WEIGHTS: dict[str, float] = {
-    "view": 0.25,
-    "click": 0.25,
-    "favorite": 0.5,
-    "addtocart": 0.75,
-    "transaction": 1.0,
-}
+from recsys.fields import setting
 
 
 @dataclass(frozen=True)
 class ConfidenceConfig:
-    weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    alpha: float = 15.0
-    # Dwell: an event of `dwell` seconds counts (1 + dwell / dwell_unit_s) times, at most dwell_cap.
-    dwell_unit_s: float = 30.0
-    dwell_cap: float = 3.0
-    # Recency: a raw value halves every half_life_days (None: no decay).
-    half_life_days: float | None = None
-    # Items one user keeps; past it the weakest item is dropped.
-    max_items: int = 200
-    # Recent item ids kept for query items and "recently viewed" lists.
-    history_len: int = 20
+    """Events to confidence, `c = 1 + alpha * r`; the `[confidence]` configuration section."""
+
+    # Views and clicks are the unit; the other weights, alpha and the half-life come from the
+    # search on a validation window, never the test window (`python -m bench.tune`,
+    # docs/evaluation.md "Searching the defaults"). A cart is the strongest signal of what
+    # comes next; a purchase adds almost nothing: bought items are filtered from lists, and a
+    # purchase ends interest in the item rather than predicting the next one.
+    weights: Mapping[str, float] = setting(
+        doc="raw value one event of each type adds (keys: view, click, favorite, addtocart, transaction)",
+        factory=lambda: {"view": 0.25, "click": 0.25, "favorite": 0.55, "addtocart": 1.76, "transaction": 0.06})
+    alpha: float = setting(80.8, "confidence scale: c = 1 + alpha * r")
+    # Dwell is not searched (no shared dataset has dwell times): a long look counts up to 3 looks.
+    dwell_unit_s: float = setting(30.0, "an event with dwell d seconds counts (1 + d / dwell_unit_s) times ...")
+    dwell_cap: float = setting(3.0, "... at most this many times")
+    # Recency dominates on both datasets: what a shopper did 17 hours ago counts half.
+    half_life_days: float | None = setting(
+        0.727, "recency decay: a raw value halves every this many days; none: no decay")
+    max_items: int = setting(200, "items kept per user; past it the weakest is dropped")
+    history_len: int = setting(20, "recent item ids kept per user")
 
     def __post_init__(self) -> None:
         unknown = set(self.weights) - set(EVENT_TYPES)

@@ -2,21 +2,27 @@
 
     defaults  <  a TOML file  <  environment variables  <  command-line overrides
 
-Sections compose the project's own dataclasses, whose ``__post_init__`` validate their values:
+Five sections, each a frozen dataclass whose field defaults are the project's defaults (the
+tuned ones, declared once, at the field) and whose ``__post_init__`` validates its values:
 
-    [stream]      recsys.settings.Settings      env STREAMREC_<FIELD>
-    [confidence]  recsys.confidence.ConfidenceConfig env STREAMREC_CONFIDENCE_<FIELD>
+    [stream]      recsys.config.Settings                  env STREAMREC_<FIELD>
+    [confidence]  recsys.confidence.ConfidenceConfig      env STREAMREC_CONFIDENCE_<FIELD>
     [train]       recsys.model.train.TrainConfig          env STREAMREC_TRAIN_<FIELD>
-    [scoring]     recsys.serving.scoring.ScoringConfig      env STREAMREC_SCORING_<FIELD>
-    [ops]         Operations (below)                env STREAMREC_<FIELD>
+    [scoring]     recsys.serving.scoring.ScoringConfig    env STREAMREC_SCORING_<FIELD>
+    [ops]         recsys.config.Operations                env STREAMREC_<FIELD>
 
-Defaults are the project's defaults (``Settings()``, ``recsys.defaults.CONFIDENCE/TRAIN/SCORING``).
-A mapping (``confidence.weights``) is merged key by key: ``confidence.weights.view = 0.3``
-changes one weight and keeps the others. The file is ``--file``, else ``$STREAMREC_CONFIG``.
-Any bad value stops start-up with a ``ConfigError`` naming the setting and where it came from.
+Every field is declared with ``recsys.fields.setting(default, doc)``: its description lives next
+to it and the reference page is generated from it. A mapping (``confidence.weights``) is merged
+key by key: ``confidence.weights.view = 0.3`` changes one weight and keeps the others. The file
+is the one the caller names, else ``$STREAMREC_CONFIG``. Any bad value stops start-up with a
+``ConfigError`` naming the setting and where it came from.
 
-    recsys config [--file F] [--set section.key=value ...] [--json]   the effective configuration
-    python -m recsys.config --markdown > docs/configuration.md      the reference, generated
+This module is the only reader of the process environment in recsys/, streaming/, devtools/
+and bench/; `Config.to_env` / `stream_env` / `child_env` build the environment of child
+processes from a configuration.
+
+    recsys config [--config F] [--set section.key=value ...] [--json]   the effective configuration
+    python -m recsys.config --markdown > docs/configuration.md        the reference, generated
 """
 
 from __future__ import annotations
@@ -32,139 +38,219 @@ import sys
 import tomllib
 import types
 import typing
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from recsys import defaults
+from recsys import fields as setting_fields
 from recsys.confidence import ConfidenceConfig
 from recsys.errors import ConfigError
-from recsys.serving.scoring import ScoringConfig
+from recsys.fields import setting
 from recsys.model.train import TrainConfig
-
-from recsys.settings import Settings
+from recsys.serving.scoring import ScoringConfig
 
 ENV_CONFIG_FILE = "STREAMREC_CONFIG"
 LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
-class Operations:
-    """Operational settings that belong to no library dataclass."""
+class Settings:
+    """The `[stream]` section: where Kafka is, topic names and sizes, micro-batches, paths and
+    ports of the streaming workers and the retrain job."""
 
-    log_format: str = "text"
-    retrain_metrics_port: int = 0
-    kafka_dir: str = "var/kafka"
-    kafka_cache: str = "~/.cache/streamrec/kafka"
-    data: str = "../shared/data"
+    bootstrap: str = setting(
+        "", "Kafka bootstrap servers, `host:port[,host:port]`; empty: the project's own broker (`recsys broker start`)"
+    )
+    app_id: str = setting(
+        "streamrec", "Faust application id = Kafka consumer group; also names the state changelog topic"
+    )
+    clickstream_topic: str = setting("clickstream", "input topic: one JSON event per message, key = user id")
+    recommendations_topic: str = setting(
+        "recommendations", "output topic: one JSON recommendation list per message, key = user id"
+    )
+    dlq_topic: str = setting(
+        "clickstream-dlq", "dead-letter topic: rejected messages, original bytes, reason in headers"
+    )
+    model_updates_topic: str = setting("model-updates", 'model announcements `{"version": ...}` read by every worker')
+    partitions: int = setting(
+        4, "partitions of the clickstream, recommendations and state topics = the most workers that share the load"
+    )
+    batch_max: int = setting(500, "events per micro-batch at most")
+    # The latency sweep in BENCHMARKS.md chose the window.
+    batch_within_s: float = setting(
+        0.03,
+        "a micro-batch takes what arrives this long (seconds) after its first event (longer when the "
+        "broker already holds a full batch: a worker behind fills it): shorter cuts latency at low load, "
+        "too short saturates the worker sooner",
+    )
+    model_dir: str = setting("var/models", "model store, shared by the retrain job (writes) and every worker (reads)")
+    data_dir: str = setting("var/worker", "this worker's RocksDB tables (one directory per worker)")
+    web_port: int = setting(6066, "worker HTTP port: /recommendations, /similar, /health, /ready, /metrics")
+    web_host: str = setting("127.0.0.1", "the host name other workers and clients use to reach this worker's web port")
+    top_n: int = setting(10, "items per published recommendation list")
+    standby_replicas: int = setting(0, "standby copies of each state partition on other workers (fast fail-over)")
+    # A worker killed without leaving its group holds its partitions until its session times out:
+    # Faust's own default (60 s) would be the fail-over time.
+    broker_session_timeout_s: float = setting(
+        10.0,
+        "Kafka consumer session timeout (seconds): a worker that stops heartbeating loses its partitions "
+        "after this long (fail-over time)",
+        env_aliases=("BROKER_SESSION_TIMEOUT",),
+    )
+    broker_heartbeat_interval_s: float = setting(
+        1.0,
+        "Kafka consumer heartbeat interval (seconds); well below the session timeout",
+        env_aliases=("BROKER_HEARTBEAT_INTERVAL",),
+    )
+    retrain_every_s: float = setting(300.0, "seconds between scheduled retrains")
+    retrain_tolerance: float = setting(
+        0.1, "a candidate model may be this much (relative) worse on held-out MAP@10 and still be published"
+    )
+    log_level: str = setting("info", "log level: debug, info, warning, error")
+    bulk_restore: bool = setting(
+        True,
+        "on an empty or stale data dir, load the changelog into RocksDB in bulk before Faust's per-record "
+        "recovery (~10x faster); off: Faust's recovery only",
+    )
+    item_foldin: bool = setting(
+        True,
+        "fold in items the serving model lacks from the users who touch them (item-side least squares "
+        "against their folded-in factors), so they are recommended and work as query items before the "
+        "next retrain; needs XᵀX stored with the model (`recsys retrain` and `recsys train` store it). "
+        "Topics `<app_id>-item-evidence` and `<app_id>-item-factors`",
+    )
+    item_foldin_refresh_s: float = setting(
+        5.0,
+        "new-item rows are solved and published, and each worker swaps "
+        "in the extended model, at most this often (seconds)",
+    )
+    # See docs/evaluation.md (new items).
+    item_foldin_min_users: int = setting(2, "distinct users a new item needs before it gets a row")
+    item_foldin_max_users: int = setting(50, "evidence kept per new item: its latest this many users")
+    item_foldin_max_items: int = setting(
+        10_000, "new items a worker keeps evidence for; past it the least recently touched is dropped"
+    )
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ConfigError(f"partitions must be >= 1, got {self.partitions}")
+        if self.batch_max < 1 or not self.batch_within_s > 0:
+            raise ConfigError("batch_max must be >= 1 and batch_within_s > 0")
+        if not 0 < self.web_port < 65536:
+            raise ConfigError(f"web_port must be a TCP port, got {self.web_port}")
+        if self.top_n < 1:
+            raise ConfigError(f"top_n must be >= 1, got {self.top_n}")
+        if not (self.broker_session_timeout_s > 0 and self.broker_heartbeat_interval_s > 0):
+            raise ConfigError("broker_session_timeout_s and broker_heartbeat_interval_s must be > 0")
+        if not 0 <= self.retrain_tolerance < 1:
+            raise ConfigError(f"retrain_tolerance must be in [0, 1), got {self.retrain_tolerance}")
+        if not self.item_foldin_refresh_s > 0:
+            raise ConfigError(f"item_foldin_refresh_s must be > 0, got {self.item_foldin_refresh_s}")
+        if min(self.item_foldin_min_users, self.item_foldin_max_users, self.item_foldin_max_items) < 1:
+            raise ConfigError("item_foldin_min_users, item_foldin_max_users and item_foldin_max_items must be >= 1")
+
+    @property
+    def table_name(self) -> str:
+        return "user-state"
+
+    @property
+    def changelog_topic(self) -> str:
+        # Faust names a table's changelog "<app id>-<table>-changelog".
+        return f"{self.app_id}-{self.table_name}-changelog"
+
+    @property
+    def item_evidence_topic(self) -> str:
+        """New-item evidence from the workers' batches, keyed by item (streaming/worker/new_items.py)."""
+        return f"{self.app_id}-item-evidence"
+
+    @property
+    def item_factors_topic(self) -> str:
+        """Folded-in new-item rows, keyed by item, compacted; every worker reads all of it."""
+        return f"{self.app_id}-item-factors"
+
+    def replace(self, **kw: Any) -> Settings:
+        """A copy with the given fields changed; None leaves a field as it is."""
+        return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Operations:
+    """The `[ops]` section: operational settings that belong to no library dataclass."""
+
+    log_format: str = setting("text", "text, or json: one JSON object per line (also `recsys --log-json ...`)")
+    retrain_metrics_port: int = setting(
+        0, "the retrain job's Prometheus port (`recsys retrain --metrics-port`); 0: off"
+    )
+    kafka_dir: str = setting("var/kafka", "data directory of the project's own Kafka broker (`recsys broker start`)")
+    kafka_cache: str = setting("~/.cache/streamrec/kafka", "where the broker's jars (from Maven Central) are cached")
+    data: str = setting(
+        "",
+        "the shared real datasets folder (Taobao, YOOCHOOSE, ...); empty: `../shared/data` "
+        "next to the project's checkout",
+    )
 
     def __post_init__(self) -> None:
         if self.log_format not in LOG_FORMATS:
             raise ConfigError(f"ops.log_format must be one of {LOG_FORMATS}, got {self.log_format!r}")
         if not 0 <= self.retrain_metrics_port < 65536:
-            raise ConfigError(f"ops.retrain_metrics_port must be 0 (off) or a TCP port, got {self.retrain_metrics_port}")
+            raise ConfigError(
+                f"ops.retrain_metrics_port must be 0 (off) or a TCP port, got {self.retrain_metrics_port}"
+            )
 
 
 @dataclass(frozen=True)
 class Section:
     name: str
     cls: type
-    base: Any              # the default instance
     env_prefix: str
     doc: str
 
+    @property
+    def base(self) -> Any:
+        """The section's defaults: its class with no arguments."""
+        return self.cls()
 
-SECTIONS: dict[str, Section] = {s.name: s for s in (
-    Section("stream", Settings, Settings(), "STREAMREC_",
+
+SECTIONS: dict[str, Section] = {
+    s.name: s
+    for s in (
+        Section(
+            "stream",
+            Settings,
+            "STREAMREC_",
             "Kafka, topics, partitions, micro-batches, paths and ports of the streaming workers and the "
-            "retrain job (`recsys.settings.Settings`)."),
-    Section("confidence", ConfidenceConfig, defaults.CONFIDENCE, "STREAMREC_CONFIDENCE_",
+            "retrain job (`recsys.config.Settings`).",
+        ),
+        Section(
+            "confidence",
+            ConfidenceConfig,
+            "STREAMREC_CONFIDENCE_",
             "Events to confidence, `c = 1 + alpha * r` (`recsys.confidence.ConfidenceConfig`). The stream and "
-            "the retrain must use the same values: a change applies to new events only."),
-    Section("train", TrainConfig, defaults.TRAIN, "STREAMREC_TRAIN_",
-            "The model the retrain job fits (`recsys.model.train.TrainConfig`; defaults are `recsys.defaults.TRAIN`)."),
-    Section("scoring", ScoringConfig, defaults.SCORING, "STREAMREC_SCORING_",
-            "How recommendations are scored (`recsys.serving.scoring.ScoringConfig`; defaults are "
-            "`recsys.defaults.SCORING`, chosen on a validation window, see docs/evaluation.md)."),
-    Section("ops", Operations, Operations(), "STREAMREC_",
+            "the retrain must use the same values: a change applies to new events only.",
+        ),
+        Section(
+            "train",
+            TrainConfig,
+            "STREAMREC_TRAIN_",
+            "The model the retrain job and `recsys train` fit (`recsys.model.train.TrainConfig`; "
+            "`recsys.model.train.BPR` is the BPR preset `--kind bpr` starts from).",
+        ),
+        Section(
+            "scoring",
+            ScoringConfig,
+            "STREAMREC_SCORING_",
+            "How recommendations are scored (`recsys.serving.scoring.ScoringConfig`; defaults chosen on a "
+            "validation window, see docs/evaluation.md).",
+        ),
+        Section(
+            "ops",
+            Operations,
+            "STREAMREC_",
             "Operations: log format, the retrain job's metrics port, where the project's own Kafka and the "
-            "shared datasets live (`recsys.config.Operations`)."),
-)}
-
-DESCRIPTIONS: dict[str, str] = {
-    "stream.bootstrap": "Kafka bootstrap servers, `host:port[,host:port]`; empty: the project's own broker "
-                        "(`recsys broker start`)",
-    "stream.app_id": "Faust application id = Kafka consumer group; also names the state changelog topic",
-    "stream.clickstream_topic": "input topic: one JSON event per message, key = user id",
-    "stream.recommendations_topic": "output topic: one JSON recommendation list per message, key = user id",
-    "stream.dlq_topic": "dead-letter topic: rejected messages, original bytes, reason in headers",
-    "stream.model_updates_topic": "model announcements `{\"version\": ...}` read by every worker",
-    "stream.partitions": "partitions of the clickstream, recommendations and state topics = the most workers "
-                         "that share the load",
-    "stream.batch_max": "events per micro-batch at most",
-    "stream.batch_within_s": "a micro-batch takes what arrives this long (seconds) after its first event "
-                             "(longer when the broker already holds a full batch: a worker behind fills "
-                             "it): shorter cuts latency at low load, too short saturates the worker sooner",
-    "stream.model_dir": "model store, shared by the retrain job (writes) and every worker (reads)",
-    "stream.data_dir": "this worker's RocksDB tables (one directory per worker)",
-    "stream.web_port": "worker HTTP port: /recommendations, /similar, /health, /ready, /metrics",
-    "stream.web_host": "the host name other workers and clients use to reach this worker's web port",
-    "stream.top_n": "items per published recommendation list",
-    "stream.standby_replicas": "standby copies of each state partition on other workers (fast fail-over)",
-    "stream.retrain_every_s": "seconds between scheduled retrains",
-    "stream.retrain_tolerance": "a candidate model may be this much (relative) worse on MAP@10 and still be "
-                                "published",
-    "stream.log_level": "log level: debug, info, warning, error",
-    "stream.bulk_restore": "on an empty or stale data dir, load the changelog into RocksDB in bulk before Faust's "
-                           "per-record recovery (~10x faster); off: Faust's recovery only",
-    "stream.item_foldin": "fold in items the serving model lacks from the users who touch them (item-side "
-                          "least squares against their folded-in factors), so they are recommended and work as "
-                          "query items before the next retrain; needs XᵀX stored with the model (`recsys "
-                          "retrain` and `recsys train` store it). Topics `<app_id>-item-evidence` and `<app_id>-item-factors`",
-    "stream.item_foldin_refresh_s": "new-item rows are solved and published, and each worker swaps in the "
-                                    "extended model, at most this often (seconds)",
-    "stream.item_foldin_min_users": "distinct users a new item needs before it gets a row",
-    "stream.item_foldin_max_users": "evidence kept per new item: its latest this many users",
-    "stream.item_foldin_max_items": "new items a worker keeps evidence for; past it the least recently touched "
-                                    "is dropped",
-    "confidence.weights": "raw value one event of each type adds (keys: view, click, favorite, addtocart, "
-                          "transaction)",
-    "confidence.alpha": "confidence scale: c = 1 + alpha * r",
-    "confidence.dwell_unit_s": "an event with dwell d seconds counts (1 + d / dwell_unit_s) times ...",
-    "confidence.dwell_cap": "... at most this many times",
-    "confidence.half_life_days": "recency decay: a raw value halves every this many days; none: no decay",
-    "confidence.max_items": "items kept per user; past it the weakest is dropped",
-    "confidence.history_len": "recent item ids kept per user",
-    "train.kind": "model: als (implicit ALS) or bpr",
-    "train.factors": "latent factors per item and user",
-    "train.regularization": "L2 regularization (lambda)",
-    "train.iterations": "training iterations (epochs)",
-    "train.learning_rate": "learning rate (BPR only)",
-    "train.num_threads": "training threads; 0: all cores",
-    "train.random_state": "random seed; none: a different model each run",
-    "scoring.n": "list length when the caller gives none",
-    "scoring.user_weight": "blend: 1 = user score only, 0 = similarity to the item on screen only",
-    "scoring.item_norm_power": "divide item scores by norm^p: 0 keeps popularity, 1 gives cosines",
-    "scoring.exclude_types": "items the user did this to are not recommended (e.g. already bought)",
-    "scoring.exclude_query": "the item on screen is not recommended next to itself",
-    "scoring.num_threads": "threads of a batch's fold-in and scoring; 0: all cores (one process per core scales better)",
-    "scoring.repeat_weight": "bonus for items the user already looked at (re-visits); 0: off",
-    "scoring.repeat_power": "the re-visit bonus uses strength^power: below 1 lifts weaker own items",
-    "scoring.repeat_half_life_days": "own items' strength decays by the age of their last touch with this "
-                                     "half-life (recency of re-visits); none: no extra decay",
-    "scoring.repeat_rate_prior": "per-user re-visit weight: a user gets repeat_weight * min(1, r/m), r = their "
-                                 "re-visit rate (returns / moves) smoothed toward m = this; none: every user "
-                                 "gets repeat_weight (docs/evaluation.md: off, it costs Taobao)",
-    "scoring.repeat_rate_strength": "prior weight of repeat_rate_prior, in moves: a user who never returned "
-                                    "gets repeat_weight * n0 / (moves + n0)",
-    "scoring.ann_min_items": "approximate top-k (recsys/serving/ann.py) for catalogues of at least this many items; "
-                             "0: never",
-    "scoring.ann_nprobe": "IVF lists scanned per approximate query; 0: recsys.serving.ann's default",
-    "ops.log_format": "text, or json: one JSON object per line (also `recsys --log-json ...`)",
-    "ops.retrain_metrics_port": "the retrain job's Prometheus port (`recsys retrain --metrics-port`); 0: off",
-    "ops.kafka_dir": "data directory of the project's own Kafka broker (`recsys broker start`)",
-    "ops.kafka_cache": "where the broker's jars (from Maven Central) are cached",
-    "ops.data": "the shared real datasets folder (Taobao, YOOCHOOSE, ...)",
+            "shared datasets live (`recsys.config.Operations`).",
+        ),
+    )
 }
 
 
@@ -257,21 +343,37 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def env_name(section: str, name: str) -> str:
+    """The environment variable of setting `section.name` (a table's keys add `_<KEY>`)."""
     return SECTIONS[section].env_prefix + name.upper()
+
+
+def env_names(section: str, name: str) -> tuple[str, ...]:
+    """Every variable read for `section.name`, weakest first: older aliases, then its own name."""
+    f = {f.name: f for f in fields(SECTIONS[section].cls)}[name]
+    return (*setting_fields.env_aliases(f), env_name(section, name))
+
+
+def describe(section: str, name: str) -> str:
+    """The one-line description declared with the field."""
+    return setting_fields.doc({f.name: f for f in fields(SECTIONS[section].cls)}[name])
 
 
 # -- the configuration --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Config:
-    stream: Settings
-    confidence: ConfidenceConfig
-    train: TrainConfig
-    scoring: ScoringConfig
-    ops: Operations
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False)   # key -> where it was set
+    stream: Settings = field(default_factory=Settings)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    ops: Operations = field(default_factory=Operations)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # key -> where it was set
 
     def section(self, name: str) -> Any:
         return getattr(self, name)
+
+    def with_stream(self, **kw: Any) -> Config:
+        """A copy with stream settings changed (None leaves one as it is)."""
+        return dataclasses.replace(self, stream=self.stream.replace(**kw))
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -285,6 +387,14 @@ class Config:
 
     def source(self, key: str) -> str:
         return self.sources.get(key, "default")
+
+    def to_env(self, sections: Iterable[str] | None = None) -> dict[str, str]:
+        """The environment variables that give a child process this configuration: every setting
+        of `sections` (default: all), so inherited variables cannot leave a different value."""
+        out: dict[str, str] = {}
+        for name in SECTIONS if sections is None else sections:
+            out.update(section_env(name, self.section(name)))
+        return out
 
     def to_toml(self, annotate: bool = True) -> str:
         lines = ["# streamrec: the effective configuration (defaults < file < environment < --set)"]
@@ -301,9 +411,41 @@ class Config:
                 lines.append(f"\n[{name}.{k}]")
                 for sk, sv in table.items():
                     note = self.source(f"{name}.{k}.{sk}")
-                    lines.append(f"{_toml_key(sk)} = {_toml_value(sv)}"
-                                 + (f"  # {note}" if annotate and note != "default" else ""))
+                    lines.append(
+                        f"{_toml_key(sk)} = {_toml_value(sv)}"
+                        + (f"  # {note}" if annotate and note != "default" else "")
+                    )
         return "\n".join(lines) + "\n"
+
+
+def _env_text(v: Any) -> str:
+    """A value as environment text that `coerce` reads back as the same value."""
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, Mapping):
+        return json.dumps(dict(v))
+    if isinstance(v, (list, tuple)):
+        return ",".join(str(x) for x in v)
+    return str(v)
+
+
+def section_env(section: str, obj: Any) -> dict[str, str]:
+    """STREAMREC_* variables for every field of one section's object."""
+    return {env_name(section, f.name): _env_text(getattr(obj, f.name)) for f in fields(obj)}
+
+
+def stream_env(settings: Settings) -> dict[str, str]:
+    """STREAMREC_* variables for the stream settings (a worker or retrain child process)."""
+    return section_env("stream", settings)
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child process: this process's, plus `extra` (e.g. `Config.to_env()`)."""
+    return {**os.environ, **(extra or {})}
 
 
 def _toml_key(k: str) -> str:
@@ -378,7 +520,7 @@ def _set(values: dict[str, dict[str, Any]], sources: dict[str, str], key: str, r
 
 
 def _env_settings(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
-    """(key, raw value, origin) for every STREAMREC_* variable that names a setting."""
+    """(key, raw value, origin) for every variable that names a setting, weakest first."""
     out = []
     for sname, sec in SECTIONS.items():
         for name, tp in field_types(sec.cls).items():
@@ -386,11 +528,13 @@ def _env_settings(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
             if _is_mapping(tp):
                 for k, v in env.items():
                     if k.startswith(var + "_"):
-                        out.append((f"{sname}.{name}.{k[len(var) + 1:].lower()}", v, f"env {k}"))
+                        out.append((f"{sname}.{name}.{k[len(var) + 1 :].lower()}", v, f"env {k}"))
                 if var in env:
                     out.append((f"{sname}.{name}", env[var], f"env {var}"))
-            elif var in env:
-                out.append((f"{sname}.{name}", env[var], f"env {var}"))
+                continue
+            for var in env_names(sname, name):
+                if var in env:
+                    out.append((f"{sname}.{name}", env[var], f"env {var}"))
     return out
 
 
@@ -407,13 +551,17 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"configuration file {p} is unreadable: {e}") from None
 
 
-def load_config(file: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
-                overrides: Mapping[str, Any] | Sequence[str] = {}) -> Config:
+def load_config(
+    file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | Sequence[str | tuple[str, Any]] = (),
+) -> Config:
     """The effective configuration: defaults < file < environment < overrides.
 
-    `file`: a TOML file (default: $STREAMREC_CONFIG if set). `overrides`: {"stream.partitions": 8},
-    {"stream": {"partitions": 8}} or ["stream.partitions=8", ...] (text is converted like the
-    environment's). Raises ConfigError naming the setting and its origin."""
+    `file`: a TOML file (default: $STREAMREC_CONFIG if set). `env`: the variables to read
+    (default: this process's). `overrides`: {"stream.partitions": 8}, {"stream": {"partitions": 8}},
+    or a list of "stream.partitions=8" texts and ("stream.partitions", 8) pairs, applied in order
+    (text is converted like the environment's). Raises ConfigError naming the setting and its origin."""
     env = os.environ if env is None else env
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     sources: dict[str, str] = {}
@@ -423,14 +571,17 @@ def load_config(file: str | os.PathLike[str] | None = None, env: Mapping[str, st
             _set(values, sources, key, raw, f"file {file}")
     for key, raw, origin in _env_settings(env):
         _set(values, sources, key, raw, origin)
+    items: list[tuple[str, Any]] = []
     if isinstance(overrides, Mapping):
         items = list(_flatten(overrides).items())
     else:
-        items = []
-        for text in overrides:
-            if "=" not in text:
-                raise ConfigError(f"--set {text!r}: expected section.key=value")
-            k, v = text.split("=", 1)
+        for o in overrides:
+            if isinstance(o, tuple):
+                items.append(o)
+                continue
+            if "=" not in o:
+                raise ConfigError(f"--set {o!r}: expected section.key=value")
+            k, v = o.split("=", 1)
             items.append((k.strip(), v))
     for key, raw in items:
         _set(values, sources, key, raw, "command line")
@@ -441,10 +592,12 @@ def load_config(file: str | os.PathLike[str] | None = None, env: Mapping[str, st
         except ConfigError as e:
             msg = str(e)
             if not msg.startswith(f"{name}."):
-                msg = f"{name}.{msg}" if re.match(r"[a-z_]+ ", msg) and msg.split()[0] in field_types(sec.cls) \
+                msg = (
+                    f"{name}.{msg}"
+                    if re.match(r"[a-z_]+ ", msg) and msg.split()[0] in field_types(sec.cls)
                     else f"[{name}] {msg}"
-            where = [f"{k} from {o}" for k, o in sources.items() if k.startswith(name + ".")
-                     and k.split(".")[1] in msg]
+                )
+            where = [f"{k} from {o}" for k, o in sources.items() if k.startswith(name + ".") and k.split(".")[1] in msg]
             raise ConfigError(msg + (f" ({'; '.join(where)})" if where else "")) from None
     return Config(**built, sources=sources)
 
@@ -466,10 +619,11 @@ def markdown() -> str:
         "",
         "Every setting lives in one typed configuration, `recsys.config.load_config()`, built in layers:",
         "",
-        "1. the defaults below (the project's own: `recsys.settings.Settings()` and `recsys.defaults`),",
-        f"2. a TOML file: `recsys config --file FILE`, or the file named by `${ENV_CONFIG_FILE}`,",
+        "1. the defaults below: each section's dataclass field defaults, the project's tuned values,",
+        f"2. a TOML file: `recsys <command> --config FILE`, or the file named by `${ENV_CONFIG_FILE}`,",
         "3. environment variables (the names below),",
-        "4. command-line overrides: `recsys config --set section.key=value`.",
+        "4. the command line: `recsys <command> --set section.key=value`, and a command's own options "
+        "(`--partitions`, `--model-dir`, `--bootstrap`, ...), which set the same settings.",
         "",
         "A later layer wins. A value of the wrong type, out of range, or an unknown key stops start-up with a "
         "message naming the setting and where its value came from, e.g. "
@@ -499,44 +653,34 @@ def markdown() -> str:
         "view = 0.3",
         "```",
         "",
-        "The streaming commands today read the `[stream]` variables from the environment "
-        "(`Settings.from_env`) and their own options; the library commands take their options. "
-        "`recsys config` shows what a process started with the same file and environment gets.",
+        "Every `recsys` command (the streaming ones, the library ones, `replay` and `tail` included) takes "
+        "`--config FILE` and `--set section.key=value` and runs with this configuration; processes it starts "
+        "(the demo's worker and retrain loop) get it through their environment. "
+        "`recsys config` shows what a command started with the same file, environment and options gets.",
     ]
     for name, sec in SECTIONS.items():
-        out += ["", f"## [{name}]", "", sec.doc, "", "| key | type | default | environment | meaning |",
-                "|---|---|---|---|---|"]
+        out += [
+            "",
+            f"## [{name}]",
+            "",
+            sec.doc,
+            "",
+            "| key | type | default | environment | meaning |",
+            "|---|---|---|---|---|",
+        ]
         for f in fields(sec.base):
             tp = field_types(sec.cls)[f.name]
             var = env_name(name, f.name)
             env_col = f"`{var}_<KEY>`" if _is_mapping(tp) else f"`{var}`"
-            desc = DESCRIPTIONS.get(f"{name}.{f.name}", "(undocumented)").replace("|", "\\|")
-            out.append(f"| `{name}.{f.name}` | {type_name(tp)} | {_md_default(getattr(sec.base, f.name))} "
-                       f"| {env_col} | {desc} |")
+            aliases = setting_fields.env_aliases(f)
+            if aliases:
+                env_col += " (also " + ", ".join(f"`{a}`" for a in aliases) + ")"
+            desc = (setting_fields.doc(f) or "(undocumented)").replace("|", "\\|")
+            out.append(
+                f"| `{name}.{f.name}` | {type_name(tp)} | {_md_default(getattr(sec.base, f.name))} "
+                f"| {env_col} | {desc} |"
+            )
     return "\n".join(out) + "\n"
-
-
-# -- CLI ------------------------------------------------------------------------------------------
-def cmd_config(args: argparse.Namespace) -> int:
-    cfg = load_config(args.file, overrides=args.set or [])
-    if args.json:
-        print(json.dumps({"config": cfg.as_dict(), "sources": dict(cfg.sources)}, indent=2))
-    else:
-        sys.stdout.write(cfg.to_toml())
-    return 0
-
-
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("config", help="print the effective configuration (defaults < file < env < --set)",
-                       description="Print the effective configuration as TOML (readable back with --file), "
-                                   "noting where each non-default value came from. Invalid values: exit 2 "
-                                   "with a message naming the setting.")
-    p.add_argument("--file", metavar="FILE", help=f"TOML configuration file (default: ${ENV_CONFIG_FILE})")
-    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="override one setting (repeatable), e.g. stream.partitions=8")
-    p.add_argument("--json", action="store_true", help="JSON with the values and their sources instead")
-    p.set_defaults(func=cmd_config)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:

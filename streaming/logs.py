@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-ENV_LOG_FORMAT = "STREAMREC_LOG_FORMAT"
+from recsys.config import load_config
+from recsys.errors import ConfigError
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FLAG = "--log-json"
 
@@ -67,7 +69,7 @@ def _current_partition() -> int | None:
     try:
         ev = streams.current_event()
         return None if ev is None else int(ev.message.partition)
-    except Exception:  # no event context, or an event without a message
+    except Exception:  # noqa: BLE001 - no event context, or an event without a message
         return None
 
 
@@ -79,14 +81,19 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def json_requested(env: Any = None) -> bool:
-    env = os.environ if env is None else env
-    return str(env.get(ENV_LOG_FORMAT, "")).strip().lower() == "json"
+def json_requested(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the configuration (`ops.log_format`: $STREAMREC_LOG_FORMAT, the file) asks for JSON.
+    An invalid configuration reads as "no" here: the command reports it once it loads it."""
+    try:
+        return load_config(env=env).ops.log_format == "json"
+    except ConfigError:
+        return False
 
 
 def take_flag(argv: Sequence[str]) -> tuple[list[str], bool]:
     """Remove --log-json from argv wherever it stands (it is global); returns (argv, found)."""
-    rest, found = [], False
+    rest: list[str] = []
+    found = False
     for i, a in enumerate(argv):
         if a == "--":
             rest.extend(argv[i:])
@@ -107,11 +114,10 @@ def make_handler(as_json: bool, stream: Any = None) -> logging.Handler:
 def setup(as_json: bool | None = None, level: int | str = logging.INFO) -> bool:
     """Configure the root logger for a `recsys` process; returns whether JSON is on.
 
-    JSON when asked here or by $STREAMREC_LOG_FORMAT=json. When asked here, the variable is
-    set too, so the worker's Faust logging and child processes (the demo's) follow."""
+    JSON when asked here or by the configuration (`ops.log_format`, $STREAMREC_LOG_FORMAT=json).
+    The commands carry the choice on in their configuration: to the worker's Faust logging
+    (`worker_logging_config`) and to child processes (the demo's) through `Config.to_env`."""
     as_json = json_requested() if as_json is None else (as_json or json_requested())
-    if as_json:
-        os.environ[ENV_LOG_FORMAT] = "json"
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -123,10 +129,11 @@ def setup(as_json: bool | None = None, level: int | str = logging.INFO) -> bool:
     return as_json
 
 
-def worker_logging_config(level: str = "info") -> dict[str, Any] | None:
+def worker_logging_config(level: str = "info", as_json: bool | None = None) -> dict[str, Any] | None:
     """A dictConfig for `faust.Worker(logging_config=...)` with the JSON formatter when JSON logs
-    are asked for; None (Faust's own coloured console logs) otherwise."""
-    if not json_requested():
+    are asked for (`as_json`; None: as the configuration says); None (Faust's own coloured
+    console logs) otherwise."""
+    if not (json_requested() if as_json is None else as_json):
         return None
     return {
         "version": 1,

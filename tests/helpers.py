@@ -41,11 +41,11 @@ def profiles_of(events, cfg: ConfidenceConfig = ConfidenceConfig()):
 
 def train_into(store, seed: int = 1, version: str | None = None, publish: bool = True):
     """A small ALS model on clustered events, saved to `store` (published unless told not to)."""
-    from recsys.defaults import CONFIDENCE
     from recsys.model.train import TrainConfig, train
 
-    profiles = build_profiles(clustered_events(seed=seed), CONFIDENCE)
-    model, _, _ = train(profiles, CONFIDENCE, TrainConfig(factors=8, iterations=8, random_state=seed),
+    cfg = ConfidenceConfig()
+    profiles = build_profiles(clustered_events(seed=seed), cfg)
+    model, _, _ = train(profiles, cfg, TrainConfig(factors=8, iterations=8, random_state=seed),
                         version=version)
     store.save(model, publish=publish)
     return model

@@ -17,7 +17,7 @@ from pathlib import Path
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from devtools.broker import free_port
-from recsys.settings import Settings
+from recsys.config import Settings, stream_env
 
 
 def stream_settings(bootstrap: str, name: str | None = None, partitions: int = 4, **kw) -> Settings:
@@ -28,9 +28,8 @@ def stream_settings(bootstrap: str, name: str | None = None, partitions: int = 4
 
 
 def settings_env(s: Settings) -> dict[str, str]:
-    keys = ("app_id", "clickstream_topic", "recommendations_topic", "dlq_topic", "model_updates_topic",
-            "partitions", "batch_max", "batch_within_s", "standby_replicas")
-    return {f"STREAMREC_{k.upper()}": str(getattr(s, k)) for k in keys}
+    """The environment that gives a worker or retrain process these stream settings."""
+    return stream_env(s)
 
 
 class WorkerProcess:

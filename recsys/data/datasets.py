@@ -52,10 +52,11 @@ from typing import Any
 
 from recsys.errors import ConfigError, DataError, EventError
 from recsys.events import MAX_FUTURE_SKEW_MS, MAX_ID_LEN, MIN_TS_MS, Event, parse_event
+from recsys.progress import say
 
 __all__ = [
     "DATASETS", "FORMATS", "RETAILROCKET_EPOCH_MS", "LoadStats",
-    "data_dir", "dataset_path", "load_dataset", "detect_format", "load_events",
+    "data_dir", "dataset_path", "load_dataset", "load", "detect_format", "load_events",
     "load_taobao", "load_yoochoose", "load_rees46", "load_retailrocket", "load_otto",
     "load_canonical", "write_canonical", "time_split",
 ]
@@ -132,11 +133,16 @@ class _Ignored(_Bad):
 
 # --------------------------------------------------------------------------- locations
 
-def data_dir() -> Path:
-    """$STREAMREC_DATA if set, else ``<repo>/../shared/data`` (repo = parent of `recsys/`)."""
-    env = os.environ.get("STREAMREC_DATA")
-    if env:
-        return Path(env)
+def data_dir(folder: str | None = None) -> Path:
+    """The shared datasets folder: `folder` (a configuration's ``ops.data``) if given, else the
+    process's configuration's (``$STREAMREC_DATA``); empty: ``<repo>/../shared/data`` (repo =
+    parent of `recsys/`)."""
+    if folder is None:
+        from recsys.config import load_config
+
+        folder = load_config().ops.data
+    if folder:
+        return Path(folder)
     return Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
@@ -155,6 +161,20 @@ def dataset_path(name: str) -> Path:
 def load_dataset(name: str, **kw: Any) -> list[Event]:
     """`load_events(dataset_path(name), **kw)`."""
     return load_events(dataset_path(name), **kw)
+
+
+def load(source: str, fmt: str = "auto", lenient: bool = False,
+         progress: Callable[[str], None] | None = say) -> tuple[list[Event], Path]:
+    """(events, path) from a shared dataset's short name or a file path, with one progress line
+    (how many, from where, how long, what was skipped) unless `progress` is None."""
+    path = dataset_path(source) if source in DATASETS else Path(source)
+    stats = LoadStats()
+    t0 = time.time()
+    events = load_events(path, fmt=fmt, lenient=lenient, stats=stats)
+    if progress is not None:
+        note = f", skipped {stats.skipped} malformed rows ({dict(stats.reasons)})" if stats.skipped else ""
+        progress(f"loaded {len(events)} events from {path} in {time.time() - t0:.1f}s{note}")
+    return events, path
 
 
 # --------------------------------------------------------------------------- row checks

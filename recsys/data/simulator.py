@@ -459,7 +459,8 @@ def describe(events: Sequence[Event]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- CLI
 
-def _parse_start(s: str) -> int:
+def parse_start(s: str) -> int:
+    """A start time given as ms since the epoch or an ISO date (UTC unless it says otherwise)."""
     try:
         return int(s)
     except ValueError:
@@ -473,32 +474,23 @@ def _parse_start(s: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def add_sim_args(p: argparse.ArgumentParser) -> None:
-    """Options for the simulator's main sizes (shared with `recsys replay --simulate`)."""
-    p.add_argument("--users", type=int, default=SimConfig.n_users, help=f"shoppers (default {SimConfig.n_users})")
-    p.add_argument("--items", type=int, default=SimConfig.n_items, help=f"catalogue size (default {SimConfig.n_items})")
-    p.add_argument("--topics", type=int, default=SimConfig.n_topics, help=f"latent topics (default {SimConfig.n_topics})")
-    p.add_argument("--days", type=float, default=SimConfig.days, help=f"time span (default {SimConfig.days:g})")
-    p.add_argument("--seed", type=int, default=SimConfig.seed)
-    p.add_argument("--start", type=_parse_start, default=DEFAULT_START_MS, metavar="MS|ISO",
-                   help="first arrival time (default 2026-06-01T00:00Z)")
-
-
-def config_from_args(args: argparse.Namespace, events: int) -> SimConfig:
-    return SimConfig(n_users=args.users, n_items=args.items, n_topics=args.topics, events=events,
-                     days=args.days, seed=args.seed, start_ms=args.start)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m recsys.data.simulator",
                                  description="Write a simulated clickstream in the canonical format.")
     ap.add_argument("out", help="output file: .csv, .jsonl (add .gz to compress)")
     ap.add_argument("--events", type=int, default=SimConfig.events, help=f"events (default {SimConfig.events})")
-    add_sim_args(ap)
+    ap.add_argument("--users", type=int, default=SimConfig.n_users, help=f"shoppers (default {SimConfig.n_users})")
+    ap.add_argument("--items", type=int, default=SimConfig.n_items, help=f"catalogue size (default {SimConfig.n_items})")
+    ap.add_argument("--topics", type=int, default=SimConfig.n_topics, help=f"latent topics (default {SimConfig.n_topics})")
+    ap.add_argument("--days", type=float, default=SimConfig.days, help=f"time span (default {SimConfig.days:g})")
+    ap.add_argument("--seed", type=int, default=SimConfig.seed)
+    ap.add_argument("--start", type=parse_start, default=DEFAULT_START_MS, metavar="MS|ISO",
+                    help="first arrival time (default 2026-06-01T00:00Z)")
     ap.add_argument("--describe", action="store_true", help="print realism figures as JSON on stdout")
     args = ap.parse_args(argv)
     try:
-        cfg = config_from_args(args, args.events)
+        cfg = SimConfig(n_users=args.users, n_items=args.items, n_topics=args.topics, events=args.events,
+                        days=args.days, seed=args.seed, start_ms=args.start)
         events = simulate(cfg)
         from recsys.data.datasets import write_canonical
 

@@ -23,7 +23,6 @@ count on <body data-charts-rendered>, which is what tests/unit/test_report.py re
 
 from __future__ import annotations
 
-import argparse
 import html
 import io
 import json
@@ -364,23 +363,6 @@ def build_report(input_path: str | Path, output: str | Path, title: str | None =
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    out = build_report(args.input, args.output or str(Path(args.input).with_suffix(".html")), args.title)
-    print(out)
-    return 0
-
-
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("report", help="turn an evaluation or benchmark JSON into a self-contained HTML page",
-                       description="Render INPUT.json (recsys evaluate --output, a bench/ result, "
-                                   "{name: number}, ...) as one HTML file with inline SVG charts.")
-    p.add_argument("input", metavar="INPUT.json")
-    p.add_argument("-o", "--output", metavar="OUT.html", help="default: INPUT with .html")
-    p.add_argument("--title", help="page title (default: from the input)")
-    p.set_defaults(func=cmd_report)
-    return p
 
 
 def iter_chart_names(page: str) -> Iterable[str]:

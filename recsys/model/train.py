@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -12,6 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from recsys.confidence import ConfidenceConfig, UserProfile
 from recsys.errors import ConfigError, RecsysError
+from recsys.fields import setting
 from recsys.model.factors import Model
 from recsys.model.store import new_version_name
 
@@ -20,13 +22,18 @@ KINDS = ("als", "bpr")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    kind: str = "als"
-    factors: int = 64
-    regularization: float = 0.05
-    iterations: int = 15
-    learning_rate: float = 0.01   # BPR only
-    num_threads: int = 0          # 0: all cores
-    random_state: int | None = 42
+    """The model the retrain job fits; the `[train]` configuration section.
+
+    ALS: factors and regularization as the search on a validation window picked them
+    (`python -m bench.tune`, docs/evaluation.md "Searching the defaults")."""
+
+    kind: str = setting("als", "model: als (implicit ALS) or bpr")
+    factors: int = setting(128, "latent factors per item and user")
+    regularization: float = setting(0.018, "L2 regularization (lambda)")
+    iterations: int = setting(15, "training iterations (epochs)")
+    learning_rate: float = setting(0.01, "learning rate (BPR only)")
+    num_threads: int = setting(0, "training threads; 0: all cores")
+    random_state: int | None = setting(42, "random seed; none: a different model each run")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -37,6 +44,11 @@ class TrainConfig:
             raise ConfigError(f"train.regularization must be >= 0, got {self.regularization}")
         if self.num_threads < 0:
             raise ConfigError("train.num_threads must be >= 0")
+
+
+# BPR, for comparison (`recsys evaluate --kinds als,bpr`, `--kind bpr`): the notebook's settings.
+# On the same validation replays it stays behind ALS (docs/evaluation.md), so it is not the default.
+BPR = TrainConfig(kind="bpr", factors=64, regularization=0.01, iterations=100, learning_rate=0.05)
 
 
 def confidence_matrix(

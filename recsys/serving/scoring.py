@@ -49,6 +49,7 @@ import scipy.sparse as sp
 from recsys.confidence import ConfidenceConfig, UserProfile
 from recsys.errors import ConfigError
 from recsys.events import EVENT_TYPES
+from recsys.fields import setting
 from recsys.model.factors import Model
 
 FILTERED = -1e30  # implicit's top-k scores filtered items at -FLT_MAX
@@ -56,25 +57,42 @@ FILTERED = -1e30  # implicit's top-k scores filtered items at -FLT_MAX
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    n: int = 10
-    user_weight: float = 0.9        # w above: 1 = user score only, 0 = query similarity only
-    item_norm_power: float = 0.5    # p above
-    exclude_types: tuple[str, ...] = ("transaction",)  # items the user did this to are not shown
-    exclude_query: bool = True      # the item on screen is not recommended next to itself
-    num_threads: int = 0
-    repeat_weight: float = 0.0      # β above: bonus for the user's own items (0 = off)
-    repeat_power: float = 1.0       # γ: the bonus uses s^γ (γ < 1 lifts older / weaker own items)
-    # Re-visit recency: an own item's strength also halves every this many days since the user
-    # last touched it (None: the confidence value alone). See own_item_scores.
-    repeat_half_life_days: float | None = None
-    # Per-user β, learned online from the user's own returns (no extra state): β·min(1, r̂/m),
-    # r̂ = (returns + m·n0) / (moves + n0), m = repeat_rate_prior (None: every user gets β),
-    # n0 = repeat_rate_strength (pseudo-moves). See repeat_weight_for.
-    repeat_rate_prior: float | None = None
-    repeat_rate_strength: float = 1.0
-    # Approximate top-k (recsys/serving/ann.py) for catalogues of at least this many items; 0 = never.
-    ann_min_items: int = 1_000_000
-    ann_nprobe: int = 0             # IVF lists scanned per query (0: recsys.serving.ann tunes it at build time)
+    """How recommendations are scored; the `[scoring]` configuration section.
+
+    w, p and β come from the search on a validation window, the re-visit half-life from its
+    follow-up grid (`python -m bench.tune`, docs/evaluation.md "Searching the defaults")."""
+
+    n: int = setting(10, "list length when the caller gives none")
+    user_weight: float = setting(0.576, "blend: 1 = user score only, 0 = similarity to the item on screen only")
+    item_norm_power: float = setting(0.592, "divide item scores by norm^p: 0 keeps popularity, 1 gives cosines")
+    exclude_types: tuple[str, ...] = setting(
+        ("transaction",), "items the user did this to are not recommended (e.g. already bought)")
+    exclude_query: bool = setting(True, "the item on screen is not recommended next to itself")
+    # A worker is one process (more cores: more workers). OpenMP across the few users of a
+    # micro-batch costs more than it saves: fold-in of 18 users took 33 ms on all cores, 7 ms on one.
+    num_threads: int = setting(
+        1, "threads of a batch's fold-in and scoring; 0: all cores (one process per core scales better)")
+    # Shoppers come back to what they looked at: Taobao gains up to β = 100 (the search's range
+    # of 0-3 was too narrow, a 1-D follow-up went on), YOOCHOOSE stays flat.
+    repeat_weight: float = setting(100.0, "bonus for items the user already looked at (re-visits); 0: off")
+    repeat_power: float = setting(1.0, "the re-visit bonus uses strength^power: below 1 lifts weaker own items")
+    # The items touched last come back first: a 2.4 h half-life on top of the confidence decay.
+    repeat_half_life_days: float | None = setting(
+        0.1, "own items' strength decays by the age of their last touch with this half-life "
+             "(recency of re-visits); none: no extra decay")
+    # Per-user β (`repeat_weight_for`) is off: it lifts YOOCHOOSE (long sessions that move on) but
+    # costs Taobao, whose shoppers come back to own items even when they have not yet; no (m, n0)
+    # regresses neither dataset (docs/evaluation.md "Per-user re-visit weight").
+    repeat_rate_prior: float | None = setting(
+        None, "per-user re-visit weight: a user gets repeat_weight * min(1, r/m), r = their re-visit rate "
+              "(returns / moves) smoothed toward m = this; none: every user gets repeat_weight "
+              "(docs/evaluation.md: off, it costs Taobao)")
+    repeat_rate_strength: float = setting(
+        0.01, "prior weight of repeat_rate_prior, in moves: a user who never returned gets "
+              "repeat_weight * n0 / (moves + n0)")
+    ann_min_items: int = setting(
+        1_000_000, "approximate top-k (recsys/serving/ann.py) for catalogues of at least this many items; 0: never")
+    ann_nprobe: int = setting(0, "IVF lists scanned per approximate query; 0: recsys.serving.ann's default")
 
     def __post_init__(self) -> None:
         if self.n < 1:

@@ -20,14 +20,14 @@ and reconnects with backoff, so a broker restart in the middle of a replay delay
 but loses none (unless it outlasts the delivery timeout). Every send's outcome is counted
 from its callback/errback; the replay flushes at the end and reports sent/failed.
 
-CLI (also ``recsys replay`` via `add_replay_parser`)::
+CLI (``streaming/cli/replay.py``)::
 
     recsys replay FILE|NAME [--bootstrap B] [--topic T] [--rate R | --speedup X]
                                [--no-retime] [--limit N] [--simulate N]
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import sys
 import threading
@@ -38,13 +38,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from recsys.data.simulator import SimConfig
 from recsys.errors import ConfigError
 from recsys.events import Event
 
-from devtools.broker import ENV_BOOTSTRAP, resolve_bootstrap
-
-__all__ = ["ReplayStats", "replay", "send_raw", "encode_event", "make_producer",
-           "add_replay_parser", "cmd_replay"]
+__all__ = ["ReplayStats", "replay", "send_raw", "encode_event", "make_producer", "events_from"]
 
 DEFAULT_TOPIC = "clickstream"
 
@@ -203,10 +201,8 @@ def replay(events: Iterable[Event], bootstrap: str, topic: str, *, rate: float |
     finally:
         if bar is not None:
             bar.close()
-        try:
+        with contextlib.suppress(Exception):  # closing is best effort: the outcome is counted already
             producer.close(timeout=5)
-        except Exception:  # noqa: BLE001
-            pass
     with out.lock:
         stats.sent = out.ok
         stats.failed = len(evs) - out.ok          # errbacks + send errors + never acknowledged
@@ -224,10 +220,8 @@ def _flush(producer: Any, out: _Outcomes, n: int, timeout: float | None) -> None
 
     if timeout is None:
         timeout = producer.config.get("delivery_timeout_ms", 120_000) / 1000.0 + 10.0
-    try:
+    with contextlib.suppress(KafkaTimeoutError):  # what is still pending is counted as failed below
         producer.flush(timeout=timeout)
-    except KafkaTimeoutError:
-        pass
     # flush() returns when the batches are done; their callbacks may still be running.
     deadline = time.monotonic() + 5.0
     while time.monotonic() < deadline:
@@ -254,84 +248,24 @@ def send_raw(bootstrap: str, topic: str, items: Sequence[tuple[bytes | None, byt
     return len(futures)
 
 
-# --------------------------------------------------------------------------- CLI
+# --------------------------------------------------------------------------- sources
 
-def add_replay_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register the ``replay`` subcommand (``set_defaults(func=cmd_replay)``)."""
-    from recsys.data.simulator import add_sim_args
-
-    p = subparsers.add_parser(
-        "replay", help="replay events (a file, a dataset, or a simulation) into the clickstream topic",
-        description="Produce events to Kafka in time order: key = user, value = event JSON.")
-    p.add_argument("source", nargs="?", metavar="FILE|NAME",
-                   help="events file (any supported format) or shared dataset name; omit with --simulate")
-    p.add_argument("--bootstrap", default=None,
-                   help=f"Kafka bootstrap servers (default: ${ENV_BOOTSTRAP}, else the project's broker)")
-    p.add_argument("--topic", default=None, help="clickstream topic (default: settings, 'clickstream')")
-    pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=float, default=None, help="events per second")
-    pace.add_argument("--speedup", type=float, default=None,
-                      help="replay the original gaps between events this many times faster")
-    p.add_argument("--no-retime", dest="retime", action="store_false",
-                   help="keep the original event times (default: ts = wall clock at send)")
-    p.add_argument("--limit", type=int, default=None, help="replay only the first N events")
-    p.add_argument("--simulate", type=int, default=None, metavar="N",
-                   help="replay N simulated events instead of a file")
-    p.add_argument("--partitions", type=int, default=None,
-                   help="partitions if the topic must be created (default: settings, 4)")
-    p.add_argument("--lenient", action="store_true", help="skip malformed rows of the file")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    sim = p.add_argument_group("simulation (with --simulate)")
-    add_sim_args(sim)
-    p.set_defaults(func=cmd_replay)
-    return p
-
-
-def _load(args: argparse.Namespace) -> list[Event]:
-    if args.simulate is not None:
-        if args.source:
+def events_from(source: str | None, simulate: SimConfig | None = None, lenient: bool = False) -> list[Event]:
+    """The events to replay: a file (any supported format), a shared dataset's name, or a
+    simulation (`simulate`). ConfigError when the choice is missing, double or unknown."""
+    if simulate is not None:
+        if source:
             raise ConfigError("replay: give a FILE|NAME or --simulate N, not both")
-        from recsys.data.simulator import config_from_args, simulate
+        from recsys.data.simulator import simulate as run_simulation
 
-        if args.simulate < 1:
-            raise ConfigError("replay: --simulate needs N >= 1")
-        return simulate(config_from_args(args, args.simulate))
-    if not args.source:
+        return run_simulation(simulate)
+    if not source:
         raise ConfigError("replay: give an events FILE, a dataset NAME, or --simulate N")
     from recsys.data.datasets import DATASETS, load_dataset, load_events
 
-    kw = {"lenient": True} if args.lenient else {}
-    if args.source in DATASETS and not Path(args.source).exists():
-        return load_dataset(args.source, **kw)
-    if not Path(args.source).exists():
-        raise ConfigError(f"replay: {args.source!r} is neither a file nor a dataset name "
+    if source in DATASETS and not Path(source).exists():
+        return load_dataset(source, lenient=lenient)
+    if not Path(source).exists():
+        raise ConfigError(f"replay: {source!r} is neither a file nor a dataset name "
                           f"({', '.join(DATASETS)})")
-    return load_events(args.source, **kw)
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    from recsys.settings import Settings
-    from streaming.kafka.admin import ensure_topics
-
-    settings = Settings.from_env()
-    topic = args.topic or settings.clickstream_topic
-    bootstrap = resolve_bootstrap(args.bootstrap or settings.bootstrap)
-    events = _load(args)
-    try:
-        ensure_topics(bootstrap, {topic: args.partitions or settings.partitions})
-    except ValueError:
-        pass                                 # exists with another partition count: use it as it is
-    except Exception as e:  # noqa: BLE001 - unreachable broker etc.: one clear line
-        raise ConfigError(f"replay: cannot reach Kafka at {bootstrap} to check topic {topic!r}: "
-                          f"{type(e).__name__}: {e}") from None
-    pace = f"{args.rate:g}/s" if args.rate else f"x{args.speedup:g}" if args.speedup else "as fast as possible"
-    print(f"replaying {min(len(events), args.limit if args.limit is not None else len(events))} events "
-          f"to {topic} at {bootstrap} ({pace})", file=sys.stderr)
-    try:
-        stats = replay(events, bootstrap, topic, rate=args.rate, speedup=args.speedup, retime=args.retime,
-                       limit=args.limit, progress=args.progress)
-    except KeyboardInterrupt:
-        print("replay interrupted", file=sys.stderr)
-        return 130
-    print(stats.summary(), file=sys.stderr)
-    return 1 if stats.failed else 0
+    return load_events(source, lenient=lenient)

@@ -20,7 +20,6 @@ model-updates topic; the factors never travel through Kafka.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -29,15 +28,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from recsys import defaults
 from recsys.confidence import UserProfile, build_profiles
+from recsys.config import Config, Settings
+from recsys.data.datasets import load
 from recsys.errors import RecsysError
 from recsys.evaluation.offline import evaluate_model, holdout_users
 from recsys.model.item_foldin import user_gram
 from recsys.model.store import ModelStore
 from recsys.model.train import train
-
-from recsys.settings import Settings
 from streaming.worker.state import StateDecodeError, decode
 
 log = logging.getLogger("streamrec.retrain")
@@ -120,8 +118,8 @@ def retrain_once(profiles: dict[str, UserProfile], store: ModelStore, settings: 
     `config` (recsys.config.Config) supplies confidence, training and scoring settings."""
     metrics = metrics or RetrainMetrics()
     t0 = time.time()
-    ccfg, tcfg, scfg = ((config.confidence, config.train, config.scoring) if config is not None
-                        else (defaults.CONFIDENCE, defaults.TRAIN, defaults.SCORING))
+    config = config if config is not None else Config()
+    ccfg, tcfg, scfg = config.confidence, config.train, config.scoring
     if not profiles:
         raise RecsysError("no training data: the state changelog is empty and no history file was given")
     gate: dict[str, Any] = {"passed": True}
@@ -182,10 +180,8 @@ def run(settings: Settings, *, data: str | None, every_s: float | None, metrics_
         t0 = time.time()
         try:
             if data:
-                from streaming.cli.library import load
-
-                events, path = load(argparse.Namespace(data=data, format="auto", lenient=False))
-                ccfg = config.confidence if config is not None else defaults.CONFIDENCE
+                events, path = load(data)
+                ccfg = config.confidence if config is not None else Config().confidence
                 profiles, source = build_profiles(events, ccfg), str(path)
             else:
                 profiles = read_changelog(settings.bootstrap, settings.changelog_topic)
@@ -235,40 +231,3 @@ def interrupted_writes(store: ModelStore, metrics: RetrainMetrics) -> int:
                   "version was never visible; removed it", pid, tmp.name)
         shutil.rmtree(tmp, ignore_errors=True)
     return found
-
-
-def parse_duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        if text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except (ValueError, IndexError):
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 5m, 1h)") from None
-
-
-def cmd_retrain(args: argparse.Namespace) -> int:
-    from streaming.cli.main import config_from
-
-    cfg = config_from(args)
-    if not args.once and args.every is None:
-        raise RecsysError("say --once or --every DURATION")
-    return run(cfg.stream, data=args.data, every_s=None if args.once else args.every,
-               metrics_port=args.metrics_port or cfg.ops.retrain_metrics_port or None, max_runs=args.max_runs,
-               config=cfg, metrics_host=args.metrics_host)
-
-
-def add_parser(sub: Any) -> None:
-    from streaming.cli.main import add_settings_args
-
-    p = sub.add_parser("retrain", help="retrain from the state changelog (or a history file) and announce")
-    add_settings_args(p)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--once", action="store_true", help="one retrain, then exit")
-    g.add_argument("--every", type=parse_duration, metavar="DURATION", help="retrain on a schedule (e.g. 5m)")
-    p.add_argument("--data", metavar="FILE|NAME", help="train from this history file instead of the changelog")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    p.add_argument("--metrics-host", default="127.0.0.1",
-                   help="address the metrics server binds (0.0.0.0 in a container; default 127.0.0.1)")
-    p.add_argument("--max-runs", type=int, help="with --every: stop after this many runs")
-    p.set_defaults(func=cmd_retrain)

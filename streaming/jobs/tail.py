@@ -4,7 +4,7 @@
 of tails can watch), every partition assigned, positioned at the end (only what is
 published from now on) or at the beginning. Messages that are not JSON objects are skipped.
 
-CLI (also ``recsys tail`` via `add_tail_parser`)::
+CLI (``streaming/cli/tail.py``)::
 
     recsys tail [--bootstrap B] [--topic recommendations] [--from-beginning]
                              [--user U] [-n/--max N]
@@ -14,18 +14,16 @@ event time to publication, in ms), then the top items.
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
-import os
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from recsys.errors import ConfigError
 
-__all__ = ["tail", "Tail", "format_recommendation", "add_tail_parser", "cmd_tail"]
+__all__ = ["tail", "Tail", "format_recommendation"]
 
 DEFAULT_TOPIC = "recommendations"
 
@@ -116,22 +114,18 @@ class Tail(Iterator[dict]):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            try:
+            with contextlib.suppress(Exception):  # closing is best effort
                 self._consumer.close()
-            except Exception:  # noqa: BLE001
-                pass
 
-    def __enter__(self) -> "Tail":
+    def __enter__(self) -> Tail:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
     def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
+        with contextlib.suppress(Exception):  # at interpreter exit anything may be gone
             self.close()
-        except Exception:  # noqa: BLE001
-            pass
 
 
 def tail(bootstrap: str, topic: str = DEFAULT_TOPIC, *, from_beginning: bool = False,
@@ -174,51 +168,3 @@ def format_recommendation(d: dict, top: int = 5) -> str:
     return (f"{_clock(pub if pub is not None else None)}  user={d.get('user', '?')}  "
             f"src={d.get('source', '?')}  model={d.get('model_version', '-')}  "
             f"latency={latency}{query}  [{shown}]")
-
-
-# --------------------------------------------------------------------------- CLI
-
-def add_tail_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register the ``tail`` subcommand (``set_defaults(func=cmd_tail)``)."""
-    from streaming.jobs.replay import ENV_BOOTSTRAP
-
-    p = subparsers.add_parser("tail", help="print recommendations as they are published",
-                              description="Follow the recommendations topic, one line per recommendation.")
-    p.add_argument("--bootstrap", default=None,
-                   help=f"Kafka bootstrap servers (default: ${ENV_BOOTSTRAP}, else the project's broker)")
-    p.add_argument("--topic", default=None, help=f"recommendations topic (default: settings, {DEFAULT_TOPIC!r})")
-    p.add_argument("--from-beginning", action="store_true", help="start at the oldest retained message")
-    p.add_argument("--user", default=None, help="only this user's recommendations")
-    p.add_argument("-n", "--max", type=int, default=None, metavar="N", help="stop after N recommendations")
-    p.add_argument("--top", type=int, default=5, help="items shown per line (default 5)")
-    p.add_argument("--json", action="store_true", help="print the raw JSON objects instead")
-    p.set_defaults(func=cmd_tail)
-    return p
-
-
-def cmd_tail(args: argparse.Namespace) -> int:
-    from devtools.broker import resolve_bootstrap
-    from recsys.settings import Settings
-
-    settings = Settings.from_env()
-    topic = args.topic or settings.recommendations_topic
-    bootstrap = resolve_bootstrap(args.bootstrap or settings.bootstrap)
-    it: Tail | None = None
-    try:
-        it = tail(bootstrap, topic, from_beginning=args.from_beginning, max_messages=args.max,
-                  user=args.user)
-        print(f"tailing {topic} at {bootstrap} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-        for d in it:
-            line = json.dumps(d, ensure_ascii=False) if args.json else format_recommendation(d, args.top)
-            print(line, flush=True)
-    except KeyboardInterrupt:
-        pass
-    except BrokenPipeError:                  # `| head`: the reader is gone, nothing is wrong
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
-    finally:
-        if it is not None:
-            it.close()
-    return 0

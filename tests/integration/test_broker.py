@@ -151,7 +151,7 @@ def test_cli_detached_start_status_stop(tmp_path):
     env.pop("STREAMREC_BOOTSTRAP", None)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "devtools.broker", *args], cwd=REPO, env=env,
+        return subprocess.run([sys.executable, "-m", "streaming.cli.main", "broker", *args], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=120)
 
     started = cli("start")

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from recsys import config as C
-from recsys import defaults
+from recsys.confidence import ConfidenceConfig
 from recsys.data.datasets import write_canonical
 from recsys.errors import ConfigError
-from recsys.settings import Settings
+from recsys.model.train import TrainConfig
+from recsys.serving.scoring import ScoringConfig
 from streaming.logs import JsonFormatter, take_flag, worker_logging_config
 from tests.helpers import clustered_events
 
@@ -34,9 +35,9 @@ def recsys(*args, env=None, cwd=ROOT):
 # -- layering -------------------------------------------------------------------------------------
 def test_defaults_are_the_projects_defaults():
     cfg = C.load_config(env={})
-    assert cfg.stream == Settings()
-    assert cfg.confidence == defaults.CONFIDENCE and cfg.train == defaults.TRAIN and cfg.scoring == defaults.SCORING
-    assert cfg.ops == C.Operations() and dict(cfg.sources) == {}
+    assert cfg == C.Config() and cfg.stream == C.Settings() and cfg.ops == C.Operations()
+    assert cfg.confidence == ConfidenceConfig() and cfg.train == TrainConfig() and cfg.scoring == ScoringConfig()
+    assert dict(cfg.sources) == {}
 
 
 def test_file_then_environment_then_overrides(tmp_path):
@@ -51,9 +52,9 @@ def test_file_then_environment_then_overrides(tmp_path):
     assert cfg.stream.partitions == 8                                # env beats file
     assert cfg.stream.web_port == 7100                               # override beats file
     assert cfg.train.factors == 32 and cfg.train.iterations == 7 and cfg.train.random_state is None
-    assert cfg.train.regularization == defaults.TRAIN.regularization  # untouched: default
+    assert cfg.train.regularization == TrainConfig().regularization  # untouched: default
     # A table merges key by key: two weights changed, the others kept.
-    assert dict(cfg.confidence.weights) == {**defaults.CONFIDENCE.weights, "view": 0.5, "click": 0.4}
+    assert dict(cfg.confidence.weights) == {**ConfidenceConfig().weights, "view": 0.5, "click": 0.4}
     assert cfg.scoring.exclude_types == ("transaction", "addtocart") and cfg.ops.log_format == "json"
     assert cfg.source("stream.bootstrap") == f"file {f}"
     assert cfg.source("stream.partitions") == "env STREAMREC_PARTITIONS"
@@ -111,14 +112,16 @@ def test_every_setting_has_one_environment_variable_and_a_description():
             var = C.env_name(sname, f.name)
             assert var not in names, f"{var} names both {names[var]} and {sname}.{f.name}"
             names[var] = f"{sname}.{f.name}"
-            assert f"{sname}.{f.name}" in C.DESCRIPTIONS, f"describe {sname}.{f.name} in recsys/config.py"
+            assert C.describe(sname, f.name), f"describe {sname}.{f.name} where it is declared: setting(default, doc)"
     # The names the code already reads on its own are the same ones.
     assert names["STREAMREC_BOOTSTRAP"] == "stream.bootstrap" and names["STREAMREC_MODEL_DIR"] == "stream.model_dir"
     assert names["STREAMREC_DATA"] == "ops.data" and names["STREAMREC_KAFKA_DIR"] == "ops.kafka_dir"
     assert names["STREAMREC_LOG_FORMAT"] == "ops.log_format"
-    # Settings.from_env (what the worker reads today) agrees with the typed configuration.
-    env = {"STREAMREC_PARTITIONS": "5", "STREAMREC_BATCH_WITHIN_S": "0.2", "STREAMREC_APP_ID": "x"}
-    assert Settings.from_env(env) == C.load_config(env=env).stream
+    # A child process given Config.to_env() gets the same configuration back.
+    cfg = C.load_config(env={"STREAMREC_PARTITIONS": "5", "STREAMREC_BATCH_WITHIN_S": "0.2", "STREAMREC_APP_ID": "x",
+                             "STREAMREC_CONFIDENCE_WEIGHTS_VIEW": "0.5", "STREAMREC_SCORING_REPEAT_RATE_PRIOR": "0.2"})
+    assert C.load_config(env=cfg.to_env()) == cfg
+    assert C.load_config(env=C.stream_env(cfg.stream)).stream == cfg.stream
 
 
 def test_configuration_reference_is_generated_and_up_to_date():

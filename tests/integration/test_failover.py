@@ -27,14 +27,15 @@ import time
 
 import pytest
 
-from recsys.confidence import build_profiles
-from recsys.defaults import CONFIDENCE
+from recsys.confidence import ConfidenceConfig, build_profiles
 from recsys.events import Event
 from streaming.jobs.replay import encode_event, make_producer
 from streaming.kafka.admin import ensure_topics
 from streaming.topics import topic_specs
 from tests.integration.test_reliability import FAST_GROUP, Feeder, known_stream, report, train_small, wait_state
 from tests.stream_fixture import TopicReader, WorkerProcess, stream_settings, wait_for
+
+CONFIDENCE = ConfidenceConfig()  # the project's defaults
 
 
 @pytest.fixture(scope="module")

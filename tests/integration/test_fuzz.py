@@ -33,14 +33,15 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hseed
 from hypothesis import strategies as st
 
-from recsys.confidence import build_profiles
-from recsys.defaults import CONFIDENCE
+from recsys.confidence import ConfidenceConfig, build_profiles
 from recsys.events import EVENT_TYPES, MAX_ID_LEN, MIN_TS_MS, TYPE_ALIASES, Event
 from streaming.jobs.replay import make_producer
 from streaming.kafka.admin import ensure_topics
 from streaming.topics import topic_specs
 from tests.integration.test_reliability import FAST_GROUP, report
 from tests.stream_fixture import TopicReader, WorkerProcess, changelog_profiles, profile_diff, stream_settings, wait_for
+
+CONFIDENCE = ConfidenceConfig()  # the project's defaults
 
 pytestmark = pytest.mark.kafka
 

@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from recsys.confidence import build_profiles
-from recsys.defaults import CONFIDENCE
+from recsys.confidence import ConfidenceConfig, build_profiles
 from recsys.model.item_foldin import user_gram
 from recsys.model.store import ModelStore
 from recsys.model.train import TrainConfig, train
@@ -18,6 +17,8 @@ from streaming.topics import topic_specs
 from streaming.worker.new_items import encode_evidence, encode_row
 from tests.helpers import T0, clustered_events, ev
 from tests.stream_fixture import TopicReader, WorkerProcess, event_bytes, produce, stream_settings, wait_for
+
+CONFIDENCE = ConfidenceConfig()  # the project's defaults
 
 pytestmark = pytest.mark.kafka
 

@@ -28,8 +28,7 @@ from pathlib import Path
 import pytest
 
 from devtools.broker import KafkaBroker
-from recsys.confidence import build_profiles
-from recsys.defaults import CONFIDENCE
+from recsys.confidence import ConfidenceConfig, build_profiles
 from recsys.events import EVENT_TYPES, Event
 from recsys.model.store import ModelStore
 from recsys.model.train import TrainConfig, train
@@ -47,13 +46,15 @@ from tests.stream_fixture import (
     wait_for,
 )
 
+CONFIDENCE = ConfidenceConfig()  # the project's defaults
+
 pytestmark = pytest.mark.kafka
 
 REPEAT = int(os.environ.get("STREAMREC_CRASH_REPEAT", "1"))
 KILLS = int(os.environ.get("STREAMREC_CRASH_KILLS", "3"))
 # A SIGKILLed worker keeps its partitions until its group session times out; the broker's
 # minimum is 6 s. Production uses the worker's default (10 s, see streaming/worker/app.py).
-FAST_GROUP = {"BROKER_SESSION_TIMEOUT": "6", "BROKER_HEARTBEAT_INTERVAL": "1"}
+FAST_GROUP = {"STREAMREC_BROKER_SESSION_TIMEOUT_S": "6", "STREAMREC_BROKER_HEARTBEAT_INTERVAL_S": "1"}
 ROOT = Path(__file__).resolve().parents[2]
 
 

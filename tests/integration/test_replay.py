@@ -1,7 +1,6 @@
 """Replaying events into Kafka and tailing recommendations, against the real broker."""
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
@@ -13,8 +12,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from devtools.broker import KafkaBroker
 from recsys.data.simulator import SimConfig, simulate
 from recsys.events import parse_event
-from streaming.jobs.replay import add_replay_parser, replay, send_raw
-from streaming.jobs.tail import add_tail_parser, format_recommendation, tail
+from streaming.jobs.replay import replay, send_raw
+from streaming.jobs.tail import format_recommendation, tail
 from streaming.kafka.admin import ensure_topics
 
 pytestmark = pytest.mark.kafka
@@ -156,19 +155,24 @@ def test_tail_reads_recommendations(kafka_broker, topic_factory):
     assert "user=u0" in line and "src=blend" in line and "latency=40ms" in line and "i0 i1 i2" in line
 
 
-def test_cli_parsers_plug_into_a_main_parser(kafka_broker, topic_factory, capsys):
-    ap = argparse.ArgumentParser(prog="recsys")
-    sub = ap.add_subparsers(dest="cmd")
-    add_replay_parser(sub)
-    add_tail_parser(sub)
+def test_replay_and_tail_commands_take_the_configuration(kafka_broker, topic_factory, tmp_path, capsys):
+    """`recsys replay` and `recsys tail` read their topics and Kafka from the one configuration:
+    a --config file and --set, like every command."""
+    from streaming.cli.main import build_parser, run
+
     topic = topic_factory(partitions=2)
-    args = ap.parse_args(["replay", "--simulate", "120", "--users", "10", "--items", "50", "--topics", "3",
-                          "--bootstrap", kafka_broker.bootstrap, "--topic", topic, "--no-progress"])
-    assert args.func(args) == 0
+    conf = tmp_path / "streamrec.toml"
+    conf.write_text(f'[stream]\nbootstrap = "{kafka_broker.bootstrap}"\nclickstream_topic = "{topic}"\n')
+    assert run(build_parser(), ["replay", "--simulate", "120", "--users", "10", "--items", "50", "--topics", "3",
+                                "--config", str(conf), "--no-progress"]) == 0
     assert "sent 120 events" in capsys.readouterr().err
     assert len(read_all(kafka_broker.bootstrap, topic, 120)) == 120
-    args = ap.parse_args(["tail", "--bootstrap", kafka_broker.bootstrap, "--topic", topic, "-n", "1"])
-    assert args.func.__name__ == "cmd_tail" and args.max == 1
+    # tail: the topic from --set, Kafka from the file (events are JSON objects too: printed as they are)
+    assert run(build_parser(), ["tail", "--config", str(conf), "--set", f"stream.recommendations_topic={topic}",
+                                "--from-beginning", "-n", "2", "--json"]) == 0
+    out = capsys.readouterr()
+    assert f"tailing {topic} at {kafka_broker.bootstrap}" in out.err
+    assert len(out.out.splitlines()) == 2 and all(json.loads(line)["user"] for line in out.out.splitlines())
 
 
 def test_cli_errors_are_one_line(tmp_path):

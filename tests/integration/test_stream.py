@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from recsys.confidence import build_profiles
-from recsys.defaults import CONFIDENCE
+from recsys.confidence import ConfidenceConfig, build_profiles
 from recsys.events import Event
 from recsys.model.store import ModelStore
 from streaming.jobs.retrain import announce
@@ -18,6 +17,8 @@ from streaming.topics import topic_specs
 from streaming.worker.state import decode
 from tests.helpers import clustered_events, train_into
 from tests.stream_fixture import TopicReader, WorkerProcess, event_bytes, produce, settings_env, stream_settings
+
+CONFIDENCE = ConfidenceConfig()  # the project's defaults
 
 pytestmark = pytest.mark.kafka
 

@@ -13,8 +13,8 @@ import json
 
 import pytest
 
-from recsys import defaults
 from recsys.confidence import build_profiles
+from recsys.config import Config
 from recsys.data.datasets import load_events, time_split
 from recsys.evaluation.streaming import StreamEvalConfig, rank_of, stream_evaluate
 from recsys.model.store import ModelStore
@@ -29,13 +29,13 @@ pytestmark = pytest.mark.kafka
 
 def worker_scoring():
     """The scoring the worker applies (Processor -> Recommender.recommend, re-visit term included)."""
-    return defaults.SCORING
+    return Config().scoring
 
 
 def test_worker_lists_and_hit_rate_equal_stream_eval(kafka_broker, tmp_path):
     events = load_events(require_dataset("taobao_small"))
     tr, te = time_split(events, test_fraction=0.2)
-    ccfg = defaults.CONFIDENCE
+    ccfg = Config().confidence
     model, x, users = train(build_profiles(tr, ccfg), ccfg, TrainConfig(factors=16, iterations=10, num_threads=1),
                             version="v-slice")
     ModelStore(tmp_path / "models").save(model, publish=True)

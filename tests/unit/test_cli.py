@@ -11,7 +11,7 @@ from tests.helpers import clustered_events
 
 
 def recsys(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "streaming.cli.library", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "streaming.cli.main", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120)
 
 

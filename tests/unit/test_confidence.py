@@ -7,10 +7,12 @@ from recsys.errors import ConfigError
 from tests.helpers import T0, ev
 
 DAY = 86_400_000
+# The seed notebook's weights (0.25 per view/click, 1 per purchase), which these tests' numbers use.
+NOTEBOOK_WEIGHTS = {"view": 0.25, "click": 0.25, "favorite": 0.5, "addtocart": 0.75, "transaction": 1.0}
 
 
 def test_notebook_weights_and_one_plus_alpha():
-    cfg = ConfidenceConfig()  # 0.25 per view/click, 1 per purchase, alpha 15
+    cfg = ConfidenceConfig(weights=NOTEBOOK_WEIGHTS, alpha=15.0, half_life_days=None)
     p = build_profiles([ev("u", "a", "click"), ev("u", "a", "click"), ev("u", "b", "transaction")], cfg)["u"]
     conf = p.confidence(cfg)
     assert conf["a"] == pytest.approx(1 + 15 * 0.5)
@@ -41,7 +43,7 @@ def test_dwell_scales_weight_with_a_cap():
 
 
 def test_recency_decay_half_life_and_order_independence_of_late_events():
-    cfg = ConfidenceConfig(half_life_days=1.0)
+    cfg = ConfidenceConfig(weights=NOTEBOOK_WEIGHTS, half_life_days=1.0)
     p = build_profiles([ev("u", "a", "transaction", T0), ev("u", "b", "transaction", T0 + DAY)], cfg)["u"]
     vals = p.values(cfg)
     assert vals["a"] == pytest.approx(0.5)
@@ -53,7 +55,7 @@ def test_recency_decay_half_life_and_order_independence_of_late_events():
 
 
 def test_bound_on_items_drops_the_weakest():
-    cfg = ConfidenceConfig(max_items=3)
+    cfg = ConfidenceConfig(weights=NOTEBOOK_WEIGHTS, half_life_days=None, max_items=3)
     events = [ev("u", "buy", "transaction", T0)] + [ev("u", f"v{k}", "view", T0 + k + 1) for k in range(5)]
     p = build_profiles(events, cfg)["u"]
     assert len(p.items) == 3

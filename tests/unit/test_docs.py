@@ -132,12 +132,10 @@ def test_relative_links_point_at_files():
 
 def test_cheap_documented_commands_run(tmp_path, monkeypatch, capsys):
     """`recsys config ...` and `recsys models ...` as documented, against a small model store."""
-    from recsys.confidence import build_profiles
-    from recsys.defaults import CONFIDENCE
+    from recsys.confidence import ConfidenceConfig, build_profiles
     from recsys.model.store import ModelStore
     from recsys.model.train import TrainConfig, train
-    from streaming.cli import library as lib_cli
-    from streaming.cli.main import build_parser
+    from streaming.cli.main import build_parser, run
     from tests.helpers import clustered_events
 
     for k in [k for k in __import__("os").environ if k.startswith("STREAMREC_")]:
@@ -146,7 +144,8 @@ def test_cheap_documented_commands_run(tmp_path, monkeypatch, capsys):
     store = ModelStore(tmp_path / "models")
     versions = []
     for seed in (1, 2):
-        model, _, _ = train(build_profiles(clustered_events(seed=seed), CONFIDENCE), CONFIDENCE,
+        cfg = ConfidenceConfig()
+        model, _, _ = train(build_profiles(clustered_events(seed=seed), cfg), cfg,
                             TrainConfig(factors=4, iterations=2, random_state=seed),
                             version=f"20260101T00000{seed}Z-00000{seed}")
         store.save(model, publish=True)
@@ -160,7 +159,7 @@ def test_cheap_documented_commands_run(tmp_path, monkeypatch, capsys):
             argv = [a for a in argv if a not in ("--model-dir", "/models")] + ["--model-dir", str(store.root)]
             store.pin(None)                  # each example starts from the same store: 2 versions,
             store.publish(versions[-1])      # the newer one serving
-        rc = lib_cli.run(build_parser(), argv)
+        rc = run(build_parser(), argv)
         out = capsys.readouterr()
         assert rc == 0, f"{f}:{n}: `{command}` exited {rc}: {out.err}"
         if argv[0] == "config" and "--json" in argv:

@@ -4,13 +4,14 @@ import random
 
 from prometheus_client import CollectorRegistry
 
-from recsys.confidence import build_profiles
-from recsys.defaults import CONFIDENCE
+from recsys.confidence import ConfidenceConfig, build_profiles
+from recsys.config import Settings
 from recsys.events import Event
 from recsys.model.store import ModelStore
-from recsys.settings import Settings
 from streaming.jobs.retrain import RetrainMetrics, retrain_once
 from tests.helpers import clustered_events
+
+CONFIDENCE = ConfidenceConfig()  # the project's defaults
 
 
 def test_gate_rejects_a_candidate_that_lost_the_structure_and_keeps_serving(tmp_path):

@@ -1,0 +1,83 @@
+"""`recsys models`: list versions, show one, roll back, pin; optionally tell the workers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from recsys.errors import ConfigError, ExitCode, RecsysError
+from streaming.cli import options
+
+
+def add_parser(sub: Any) -> None:
+    m = options.command(sub, "models", help="list model versions, show the serving one, roll back, pin")
+    m.add_argument("action", nargs="?", default="list", choices=("list", "show", "rollback", "pin", "unpin"))
+    m.add_argument("version", nargs="?")
+    m.add_argument(
+        "--announce",
+        action="store_true",
+        help="with rollback/pin/unpin: also tell the running workers (model-updates topic)",
+    )
+    options.add_common(m)
+    m.set_defaults(func=cmd_models)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from recsys.model.store import ModelStore
+
+    cfg = options.load(args)
+    store = ModelStore(cfg.stream.model_dir)
+    if args.announce and args.action not in ("rollback", "pin", "unpin"):
+        raise ConfigError("--announce goes with rollback, pin or unpin")
+    if args.action == "rollback":
+        print(store.rollback())
+    elif args.action == "pin":
+        store.pin(args.version)
+        print(args.version)
+    elif args.action == "unpin":
+        store.pin(None)
+    elif args.action == "show":
+        version = args.version or store.current()
+        if version is None:
+            raise RecsysError(f"no model in {store.root}: train one first (recsys train)")
+        meta = store.metadata(version)
+        print(
+            json.dumps(
+                {
+                    "version": version,
+                    "serving": version == store.current(),
+                    "pinned": store.pinned() == version,
+                    "metadata": meta,
+                },
+                indent=2,
+            )
+        )
+    else:
+        cur = store.current()
+        for v in store.versions():
+            try:
+                meta = store.metadata(v)
+                metrics = meta.get("metrics", {})
+                brief = " ".join(f"{k}={v_:.4f}" for k, v_ in metrics.items() if isinstance(v_, (int, float)))
+                line = f"{v}  {meta.get('kind', '?'):<4} items={meta.get('n_items')} {brief}"
+            except RecsysError as e:
+                line = f"{v}  BROKEN: {e}"
+            print(("* " if v == cur else "  ") + line)
+    if args.announce:
+        announce(args)
+    return ExitCode.OK
+
+
+def announce(args: argparse.Namespace) -> None:
+    """Tell the running workers to load what the store now serves (after rollback, pin or unpin)."""
+    from recsys.model.store import ModelStore
+    from streaming.jobs.retrain import announce as send
+
+    s = options.kafka_config(args).stream
+    version = ModelStore(s.model_dir).current()
+    if version is None:
+        raise ConfigError(f"no model to announce in {s.model_dir}")
+    send(s.bootstrap, s.model_updates_topic, version, {"reason": args.action})
+    print(f"announced {version} on {s.model_updates_topic}", file=sys.stderr)
