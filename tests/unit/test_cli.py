@@ -78,3 +78,73 @@ def test_corrupt_model_is_refused(trained, tmp_path):
     f.write_bytes(f.read_bytes()[:-8] + b"\0" * 8)
     r = recsys("similar", "--item", "i4", "--model-dir", str(models), cwd=tmp_path)
     assert r.returncode == 2 and "checksum" in r.stderr
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "streaming.cli.main", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+def commands() -> list[list[str]]:
+    """Every command of the real parser, as argv prefixes (`broker start` ...)."""
+    import argparse
+
+    from streaming.cli.main import build_parser
+
+    def walk(p: argparse.ArgumentParser, prefix: list[str]) -> list[list[str]]:
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001 - argparse has no public walk
+        if not subs:
+            return [prefix]
+        return [prefix] * bool(prefix) + [c for name, sp in subs[0].choices.items() for c in walk(sp, [*prefix, name])]
+
+    return walk(build_parser(), [])
+
+
+def test_every_command_has_help_naming_recsys():
+    import contextlib
+    import io
+
+    from streaming.cli.main import build_parser
+
+    found = commands()
+    assert {"broker start", "broker stop", "broker status", "replay", "tail", "config", "demo"} <= \
+        {" ".join(c) for c in found}
+    for argv in found:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
+            build_parser().parse_args([*argv, "-h"])
+        assert e.value.code == 0, argv
+        usage = out.getvalue().splitlines()[0]
+        assert usage.startswith(f"usage: recsys {' '.join(argv)}"), (argv, usage)
+        if argv[0] != "broker" or len(argv) > 1:      # every command takes the configuration options
+            assert "--config FILE" in out.getvalue() and "--set SECTION.KEY=VALUE" in out.getvalue(), argv
+
+
+def test_broker_help_and_usage_are_recsys_broker():
+    r = cli("broker", "-h")
+    assert r.returncode == 0 and r.stdout.startswith("usage: recsys broker") and "start" in r.stdout
+    r = cli("broker", "start", "-h")
+    assert r.returncode == 0 and r.stdout.startswith("usage: recsys broker start") and "--foreground" in r.stdout
+    r = cli("broker")
+    assert r.returncode == 2 and "usage: recsys broker" in r.stderr
+
+
+@pytest.mark.parametrize("argv", [["train", "--data", "x", "--bogus"], ["broker", "status", "--bogus"],
+                                  ["replay", "--bogus"], ["tail", "--bogus", "1"], ["config", "--bogus"]])
+def test_an_unknown_option_prints_that_commands_usage_and_exits_2(argv):
+    r = cli(*argv)
+    name = " ".join(a for a in argv if not a.startswith("-") and a not in ("x", "1"))
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"usage: recsys {name} ") and "unrecognized arguments: --bogus" in r.stderr
+    assert f"recsys {name}: error:" in r.stderr
+
+
+def test_exit_codes_are_the_documented_ones():
+    from pathlib import Path
+
+    from recsys.errors import ExitCode
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md").read_text()
+    assert "recsys.errors.ExitCode" in doc
+    for code in ExitCode:
+        assert f"| {int(code)} | `{code.name}` |" in doc, f"docs/troubleshooting.md: document exit code {code.name}"
