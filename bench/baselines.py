@@ -29,13 +29,16 @@ log = logging.getLogger("streamrec.baselines")
 
 
 def create_app(kind: str, args: argparse.Namespace):
+    from recsys.config import Settings
     from streaming.faust_compat import App  # the worker's transport ...
-    from streaming.worker.app import PRODUCER_LINGER_MS  # ... and producer linger
+
+    worker = Settings()  # ... fetch wait and producer linger
 
     app = App(
         args.app_id, broker=f"kafka://{args.bootstrap}", store="rocksdb://", datadir=args.data_dir,
         web_host="127.0.0.1", web_port=args.web_port, topic_partitions=args.partitions,
-        consumer_auto_offset_reset="earliest", producer_acks=-1, producer_linger_ms=PRODUCER_LINGER_MS,
+        consumer_auto_offset_reset="earliest", producer_acks=-1, producer_linger_ms=worker.producer_linger_ms,
+        fetch_max_wait_ms=worker.fetch_max_wait_ms,
         broker_commit_interval=1.0, stream_wait_empty=False, logging_config=None,
     )
     clicks = app.topic(args.clicks, key_type=bytes, value_type=bytes, key_serializer="raw",

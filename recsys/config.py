@@ -84,6 +84,31 @@ class Settings:
         "broker already holds a full batch: a worker behind fills it): shorter cuts latency at low load, "
         "too short saturates the worker sooner",
     )
+    # A worker behind (a full batch's worth waits at the broker) keeps filling its batch this long
+    # after the first event: draining a backlog went from ~4,500 to 5,400-5,900 events/s
+    # (BENCHMARKS.md §2).
+    batch_behind_wait_s: float = setting(
+        0.1, "a micro-batch of a worker that is behind keeps filling up to this long (seconds) after its first event"
+    )
+    # 2 lets one batch settle at the broker while the next is computed: the broker's ack took
+    # ~a third of a batch's time when each batch waited for it.
+    max_unsettled_batches: int = setting(
+        2, "batches computed but not yet acknowledged by the broker; more waits (streaming/worker/checkpoint.py)"
+    )
+    # 5 ms: at 1 ms a batch's records went out in several requests, each one more wake-up of the
+    # broker on the same cores (a backlog drained ~10% slower; BENCHMARKS.md §2).
+    producer_linger_ms: int = setting(5, "the worker's producer waits this long (ms) to fill a request")
+    # Faust fixes 1500 ms, seen as 1.1-1.4 s delivery gaps (streaming/faust_compat); an idle worker
+    # then sends ~20 empty fetches a second, which a broker answers from memory.
+    fetch_max_wait_ms: int = setting(
+        50, "the worker's consumer waits at most this long (ms) for data in a fetch: bounds delivery gaps"
+    )
+    # 8 h, as chosen in docs/evaluation.md.
+    popularity_half_life_s: float = setting(
+        8 * 3600.0,
+        "half-life (seconds) of the worker's recent popularity: the list for a user the model cannot place "
+        "yet, and everyone's list before any model exists",
+    )
     model_dir: str = setting("var/models", "model store, shared by the retrain job (writes) and every worker (reads)")
     data_dir: str = setting("var/worker", "this worker's RocksDB tables (one directory per worker)")
     web_port: int = setting(6066, "worker HTTP port: /recommendations, /similar, /health, /ready, /metrics")
@@ -135,8 +160,12 @@ class Settings:
     def __post_init__(self) -> None:
         if self.partitions < 1:
             raise ConfigError(f"partitions must be >= 1, got {self.partitions}")
-        if self.batch_max < 1 or not self.batch_within_s > 0:
-            raise ConfigError("batch_max must be >= 1 and batch_within_s > 0")
+        if self.batch_max < 1 or not self.batch_within_s > 0 or self.batch_behind_wait_s < 0:
+            raise ConfigError("batch_max must be >= 1, batch_within_s > 0 and batch_behind_wait_s >= 0")
+        if self.max_unsettled_batches < 1 or self.producer_linger_ms < 0 or self.fetch_max_wait_ms < 0:
+            raise ConfigError("max_unsettled_batches must be >= 1, producer_linger_ms and fetch_max_wait_ms >= 0")
+        if not self.popularity_half_life_s > 0:
+            raise ConfigError(f"popularity_half_life_s must be > 0, got {self.popularity_half_life_s}")
         if not 0 < self.web_port < 65536:
             raise ConfigError(f"web_port must be a TCP port, got {self.web_port}")
         if self.top_n < 1:

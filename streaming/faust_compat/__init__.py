@@ -23,10 +23,9 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 # aiokafka keeps at most one fetch in flight per broker and answers a fetch for partitions
-# with nothing new only when one of them gets data or this wait runs out; meanwhile records
-# on the other partitions wait at the broker. Faust fixes 1500 ms, seen as 1.1-1.4 s delivery
-# gaps (BENCHMARKS.md, the latency tail); an idle worker then sends ~20 empty fetches a second.
-FETCH_MAX_WAIT_MS = 50
+# with nothing new only when one of them gets data or the fetch wait runs out; meanwhile
+# records on the other partitions wait at the broker. Faust fixes the wait at 1500 ms.
+FAUST_FETCH_MAX_WAIT_MS = 1500
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,8 @@ async def committed_offset(app: faust.App, tp: Any) -> int | None:
 class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # the Fetcher takes it when the consumer starts
+        app: Any = self.app  # our App (below): AppT does not declare fetch_max_wait_ms
+        consumer._fetch_max_wait_ms = app.fetch_max_wait_ms  # the Fetcher takes it when the consumer starts
         return consumer
 
 
@@ -110,7 +110,11 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class App(faust.App):
-    """A faust.App whose worker consumer waits at most FETCH_MAX_WAIT_MS per fetch."""
+    """A faust.App whose worker consumer waits at most `fetch_max_wait_ms` per fetch."""
+
+    def __init__(self, *args: Any, fetch_max_wait_ms: int = FAUST_FETCH_MAX_WAIT_MS, **kwargs: Any):
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

@@ -39,12 +39,6 @@ from streaming.worker.table import UserStateTable
 
 log = logging.getLogger("streamrec.worker")
 
-# The producer waits this long to fill a request. A micro-batch sends its records within a
-# millisecond or two; at 1 ms they went out in several requests per batch, each one more
-# wake-up of the broker competing for the same two cores (BENCHMARKS.md §2).
-PRODUCER_LINGER_MS = 5
-
-
 class StreamWorker:
     """One worker process: reads a batch, applies it, writes and publishes what it produced,
     and hands it to the checkpoint."""
@@ -55,7 +49,8 @@ class StreamWorker:
         self.serving = ServingModel(metrics)
         self.updates = ModelUpdates(ModelStore(s.model_dir), self.serving, config.confidence, config.scoring,
                                     with_user_gram=s.item_foldin)
-        self.processor = Processor(config.confidence, metrics, self.serving, top_n=s.top_n)
+        self.processor = Processor(config.confidence, metrics, self.serving, top_n=s.top_n,
+                                   popularity_half_life_s=s.popularity_half_life_s)
         self.table = UserStateTable(app, s.table_name, s.partitions)
         self.publisher = BatchPublisher(app)
         self.guard = OffsetGuard(app)
@@ -64,7 +59,7 @@ class StreamWorker:
     async def run(self, reader: BatchReader) -> None:
         """The clickstream loop. A batch that fails unexpectedly (a bug: bad input goes to the
         DLQ) stops the process before its offsets can be committed."""
-        checkpoint = Checkpoint(reader)
+        checkpoint = Checkpoint(reader, self.settings.max_unsettled_batches)
         while True:
             events = await reader.next_batch()
             try:
@@ -142,7 +137,8 @@ def create_app(config: Config | None = None, metrics: WorkerMetrics | None = Non
         table_standby_replicas=settings.standby_replicas,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        producer_linger_ms=PRODUCER_LINGER_MS,
+        producer_linger_ms=settings.producer_linger_ms,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         broker_commit_interval=1.0,
         # A worker killed without leaving its group holds its partitions until its session
         # times out: Faust's default (60 s) would be the fail-over time (stream.broker_session_timeout_s).
@@ -159,7 +155,7 @@ def create_app(config: Config | None = None, metrics: WorkerMetrics | None = Non
                        value_serializer="raw", partitions=settings.partitions)
     app.on_partitions_revoked.connect(worker.guard.forget)
     app.on_partitions_assigned.connect(worker.guard.forget)
-    reader = BatchReader(app, clicks, settings.batch_max, settings.batch_within_s)
+    reader = BatchReader(app, clicks, settings.batch_max, settings.batch_within_s, settings.batch_behind_wait_s)
 
     @app.task
     async def clickstream() -> None:

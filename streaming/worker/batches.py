@@ -13,7 +13,7 @@ a buffer task; together ~20 µs an event, a third of what reaching an agent cost
 
 which is what `take_events(max_events, within=within_s)` yields, with one change for a
 worker that is behind: when the window closes on a short batch while the broker already
-holds the rest of a full one, the batch keeps filling (up to BEHIND_WAIT_S after its first
+holds the rest of a full one, the batch keeps filling (up to `behind_wait_s` after its first
 event). A worker that keeps up sees the window; one working off a backlog, full batches. The other difference is
 the point: events are not acknowledged when the next batch is taken. The caller acks a batch
 (`ack`) once its output is durable, so one batch can be settling at the broker while the
@@ -37,16 +37,12 @@ from typing import Any
 
 from streaming import faust_compat
 
-POLL_S = 0.002  # how often a filling batch looks at the queue again (the window: 30 ms by default)
-# Behind (a full batch's worth waits at the broker): keep filling up to this long after the
-# first event. Bigger batches coalesce more of a user's events and spread a batch's fixed
-# costs: draining a backlog went from ~4,500 to 5,400-5,900 events/s (BENCHMARKS.md §2).
-BEHIND_WAIT_S = 0.1
+POLL_S = 0.002  # how often a filling batch looks at the queue again (the window is tens of ms)
 
 
 class BatchReader:
-    def __init__(self, app: Any, topic: Any, max_events: int, within_s: float):
-        self.app, self.max_events, self.within_s = app, max_events, within_s
+    def __init__(self, app: Any, topic: Any, max_events: int, within_s: float, behind_wait_s: float = 0.1):
+        self.app, self.max_events, self.within_s, self.behind_wait_s = app, max_events, within_s, behind_wait_s
         # Iterating a topic clones it as the channel the conductor delivers to, and subscribes
         # the consumer to it (what an agent does when it starts): done here, before the
         # worker starts, so that the first subscription includes it.
@@ -76,7 +72,7 @@ class BatchReader:
                 if extended or not self._behind(batch, limit - len(batch)):
                     return batch
                 # the rest of a full batch is at the broker: keep filling
-                extended, deadline = True, start + max(BEHIND_WAIT_S, self.within_s)
+                extended, deadline = True, start + max(self.behind_wait_s, self.within_s)
                 continue
             await asyncio.sleep(min(left, POLL_S))
 

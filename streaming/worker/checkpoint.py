@@ -27,13 +27,8 @@ from streaming.worker.batches import BatchReader
 
 log = logging.getLogger("streamrec.worker")
 
-# Batches computed but not yet acknowledged by the broker: 2 lets one settle while the next
-# is computed (the broker's ack took ~a third of a batch's time when each batch waited for it).
-MAX_UNSETTLED = 2
-
-
 class Checkpoint:
-    def __init__(self, reader: BatchReader, max_unsettled: int = MAX_UNSETTLED):
+    def __init__(self, reader: BatchReader, max_unsettled: int):
         self.reader, self.max_unsettled = reader, max_unsettled
         self._unsettled: deque[asyncio.Future[None]] = deque()
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from recsys.confidence import ConfidenceConfig
+from recsys.config import Settings
 from recsys.errors import EventError
 from recsys.events import Event, parse_event
 from recsys.serving.popularity import RecentPopularity
@@ -93,14 +94,15 @@ def decode_event(msg: Incoming) -> Event:
 
 class Processor:
     def __init__(self, ccfg: ConfidenceConfig, metrics: WorkerMetrics, serving: ServingModel | None = None,
-                 top_n: int = 10, clock: Callable[[], float] = time.time):
+                 top_n: int = 10, clock: Callable[[], float] = time.time,
+                 popularity_half_life_s: float = Settings().popularity_half_life_s):
         self.ccfg, self.metrics, self.top_n, self.clock = ccfg, metrics, top_n, clock
         # Read, never written here: streaming/worker/serving.py owns it.
         self.serving = serving if serving is not None else ServingModel(metrics)
-        # What shoppers touch now (8 h half-life, as chosen in docs/evaluation.md): the list for
-        # a user the model cannot place yet, and everyone's list before any model exists.
-        # Counts the events of this worker's partitions only.
-        self.recent_popularity = RecentPopularity(half_life_s=8 * 3600)
+        # What shoppers touch now (stream.popularity_half_life_s): the list for a user the model
+        # cannot place yet, and everyone's list before any model exists. Counts the events of
+        # this worker's partitions only.
+        self.recent_popularity = RecentPopularity(half_life_s=popularity_half_life_s)
 
     def process(self, batch: Sequence[Incoming], load: Callable[[bytes, Incoming], UserState | None]) -> BatchResult:
         """Apply a batch. `load(key, msg)` returns a user's stored state (or None)."""

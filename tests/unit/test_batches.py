@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from streaming.worker import batches
 from streaming.worker.batches import BatchReader
 
 
@@ -70,11 +69,11 @@ def test_a_batch_is_what_came_within_the_window_when_not_behind():
     asyncio.run(main())
 
 
-def test_a_worker_behind_fills_the_batch_from_the_broker(monkeypatch):
-    monkeypatch.setattr(batches, "BEHIND_WAIT_S", 30.0)  # bounded by max_events here, not time
+def test_a_worker_behind_fills_the_batch_from_the_broker():
     async def main():
         f = Fake(highwater={0: 10})                   # offsets 2..9 are waiting at the broker
-        reader = BatchReader(f.app, f.topic, max_events=10, within_s=0.01)
+        # behind_wait_s: bounded by max_events here, not time
+        reader = BatchReader(f.app, f.topic, max_events=10, within_s=0.01, behind_wait_s=30.0)
         f.put(0, [0, 1])
         asyncio.get_running_loop().call_later(0.05, f.put, 0, range(2, 12))
         batch = await reader.next_batch()
@@ -83,11 +82,10 @@ def test_a_worker_behind_fills_the_batch_from_the_broker(monkeypatch):
     asyncio.run(main())
 
 
-def test_filling_stops_at_the_cap_when_the_waiting_events_do_not_come(monkeypatch):
-    monkeypatch.setattr(batches, "BEHIND_WAIT_S", 0.05)
+def test_filling_stops_at_the_cap_when_the_waiting_events_do_not_come():
     async def main():
         f = Fake(highwater={0: 100})
-        reader = BatchReader(f.app, f.topic, max_events=10, within_s=0.01)
+        reader = BatchReader(f.app, f.topic, max_events=10, within_s=0.01, behind_wait_s=0.05)
         f.put(0, [0, 1, 2])
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -138,11 +136,10 @@ def test_a_batch_of_only_stale_events_is_skipped_not_returned_empty():
 
 
 @pytest.mark.parametrize("within", [0.0001, 0.2])
-def test_a_window_longer_than_the_cap_is_still_the_window(monkeypatch, within):
-    monkeypatch.setattr(batches, "BEHIND_WAIT_S", 0.05)
+def test_a_window_longer_than_the_cap_is_still_the_window(within):
     async def main():
         f = Fake(highwater={0: 100})
-        reader = BatchReader(f.app, f.topic, max_events=10, within_s=within)
+        reader = BatchReader(f.app, f.topic, max_events=10, within_s=within, behind_wait_s=0.05)
         f.put(0, [0])
         loop = asyncio.get_running_loop()
         t0 = loop.time()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from streaming import faust_compat
 from streaming.faust_compat import TOUCH_POINTS, TouchPoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,4 +81,3 @@ def test_no_private_faust_or_aiokafka_access_outside_the_compat_package():
                     offenders += [f"{f.relative_to(ROOT)}: from {node.module} import {a.name}"
                                   for a in node.names if a.name.startswith("_")]
     assert not offenders, offenders
-    assert faust_compat.FETCH_MAX_WAIT_MS < 1500
