@@ -146,14 +146,14 @@ class Demo:
     # -- the run --------------------------------------------------------------------------
     def run(self) -> int:
         from streaming.jobs.replay import replay
-        from streaming.kafka.admin import delete_topics, ensure_topics
-        from streaming.topics import topic_specs
+        from streaming.kafka.admin import delete_topics
+        from streaming.topics import ensure, topics
 
         self.root.mkdir(parents=True, exist_ok=True)
         bootstrap = self.start_broker()
         s = self.settings(bootstrap)
         try:
-            ensure_topics(bootstrap, topic_specs(s))
+            ensure(bootstrap, topics(s).core)
             events, source = _load_data(self.args.simulate_events, self.config.ops.data)
             cut = int(len(events) * 0.8)
             history, live = events[:cut], events[cut:]
@@ -193,7 +193,7 @@ class Demo:
                 self.tailer.join(timeout=5)
             self.shutdown()
             try:
-                delete_topics(bootstrap, list(topic_specs(s)) + [s.changelog_topic])
+                delete_topics(bootstrap, [t.name for t in topics(s).all])  # every topic the run made
             except Exception as e:  # noqa: BLE001 - the broker may already be gone on Ctrl-C
                 say(f"could not delete the demo topics: {e}")
             if self.broker is not None:

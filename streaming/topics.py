@@ -3,8 +3,8 @@ what it carries, and who creates it.
 
 Names come from the stream settings (`recsys.config`); everything else about a topic is here.
 `recsys topics` and the worker's start create the `core` topics; the worker also creates the
-new-item topics when `stream.item_foldin` is on; Faust creates the state changelog. The demo
-and the tests delete `all` of them.
+new-item topics when `stream.item_foldin` is on; Faust creates the state changelog and its
+leader-election topic. The demo deletes `all` of them.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class Topics:
     changelog: Topic
     item_evidence: Topic
     item_factors: Topic
+    leader: Topic
 
     @property
     def core(self) -> list[Topic]:
@@ -50,7 +51,7 @@ class Topics:
 
     @property
     def all(self) -> list[Topic]:
-        return [*self.core, self.changelog, *self.new_items]
+        return [*self.core, self.changelog, *self.new_items, self.leader]
 
 
 def topics(s: Any) -> Topics:
@@ -66,6 +67,7 @@ def topics(s: Any) -> Topics:
                             {"retention.ms": str(EVIDENCE_RETENTION_MS)}),
         item_factors=Topic(s.item_factors_topic, 1, "item id", "folded-in new-item rows, read by every worker",
                            {"cleanup.policy": "compact,delete", "retention.ms": str(ROWS_RETENTION_MS)}),
+        leader=Topic(f"{s.app_id}-__assignor-__leader", 1, "none", "Faust's leader election (Faust creates it)"),
     )
 
 

@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from recsys.config import ENV_CONFIG_FILE, Config, load_config
+from recsys.errors import ConfigError
 from recsys.model.train import BPR, TrainConfig
 
 # The library commands' shorthands for settings: option dest -> section.key.
@@ -93,9 +94,14 @@ def load(args: argparse.Namespace, **stream: Any) -> Config:
 def kafka_config(args: argparse.Namespace, **stream: Any) -> Config:
     """`load`, with the Kafka bootstrap resolved: the project's own running broker when the
     configuration names none (an error saying how to start one if it is not running either)."""
-    from devtools.broker import resolve_bootstrap
-
     cfg = load(args, **stream)
+    if cfg.stream.bootstrap:
+        return cfg
+    try:  # the developer tools are not in the runtime image: there, Kafka is always configured
+        from devtools.broker import resolve_bootstrap
+    except ImportError:
+        raise ConfigError("stream.bootstrap is empty: name the Kafka to use (STREAMREC_BOOTSTRAP=host:port "
+                          "or --bootstrap)") from None
     return cfg.with_stream(bootstrap=resolve_bootstrap(config=cfg))
 
 

@@ -95,3 +95,9 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout: float = 30.0) -
             if time.monotonic() >= deadline:
                 raise KafkaTimeoutError(f"topics still present after {timeout:g}s: {sorted(left)}")
             time.sleep(0.1)
+
+
+def list_topics(bootstrap: str, timeout: float = 30.0) -> list[str]:
+    """The topics the cluster has (internal ones included)."""
+    with _admin(bootstrap, timeout) as admin:
+        return sorted(admin.list_topics())
