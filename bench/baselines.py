@@ -35,24 +35,45 @@ def create_app(kind: str, args: argparse.Namespace):
     worker = Settings()  # ... fetch wait and producer linger
 
     app = App(
-        args.app_id, broker=f"kafka://{args.bootstrap}", store="rocksdb://", datadir=args.data_dir,
-        web_host="127.0.0.1", web_port=args.web_port, topic_partitions=args.partitions,
-        consumer_auto_offset_reset="earliest", producer_acks=-1, producer_linger_ms=worker.producer_linger_ms,
+        args.app_id,
+        broker=f"kafka://{args.bootstrap}",
+        store="rocksdb://",
+        datadir=args.data_dir,
+        web_host="127.0.0.1",
+        web_port=args.web_port,
+        topic_partitions=args.partitions,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_linger_ms=worker.producer_linger_ms,
         fetch_max_wait_ms=worker.fetch_max_wait_ms,
-        broker_commit_interval=1.0, stream_wait_empty=False, logging_config=None,
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+        logging_config=None,
     )
-    clicks = app.topic(args.clicks, key_type=bytes, value_type=bytes, key_serializer="raw",
-                       value_serializer="raw", partitions=args.partitions)
+    clicks = app.topic(
+        args.clicks,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=args.partitions,
+    )
     recs = app.topic(args.recs, key_serializer="raw", value_serializer="raw")
 
     if kind == "passthrough":
+
         @app.agent(clicks, name="passthrough")
         async def passthrough(stream: Any) -> None:
             async for event in stream.events():
                 msg = event.message
-                await recs.send(key=msg.key, value=json.dumps(
-                    {"partition": msg.partition, "offset": msg.offset,
-                     "published_ts": int(time.time() * 1000)}, separators=(",", ":")).encode())
+                await recs.send(
+                    key=msg.key,
+                    value=json.dumps(
+                        {"partition": msg.partition, "offset": msg.offset, "published_ts": int(time.time() * 1000)},
+                        separators=(",", ":"),
+                    ).encode(),
+                )
+
         return app
 
     if kind != "naive":
@@ -92,16 +113,30 @@ def create_app(kind: str, args: argparse.Namespace):
             if row.nnz:
                 ids, scores = als.recommend(0, row, N=10, recalculate_user=True)
                 items = [model.item_ids[i] for i in np.asarray(ids) if i >= 0]
-                scores = [round(float(s), 6) for s in np.asarray(scores)[:len(items)]]
+                scores = [round(float(s), 6) for s in np.asarray(scores)[: len(items)]]
             else:
                 items, scores = [], []
             state.last_items, state.last_version = items, model.version
             state.last_published_ms = int(time.time() * 1000)
             table[msg.key] = encode(state)
-            await recs.send(key=msg.key, value=json.dumps(
-                {"user": ev.user, "items": items, "scores": scores, "model_version": model.version,
-                 "query": ev.item, "event_ts": ev.ts, "partition": msg.partition, "offset": msg.offset,
-                 "published_ts": state.last_published_ms}, separators=(",", ":")).encode())
+            await recs.send(
+                key=msg.key,
+                value=json.dumps(
+                    {
+                        "user": ev.user,
+                        "items": items,
+                        "scores": scores,
+                        "model_version": model.version,
+                        "query": ev.item,
+                        "event_ts": ev.ts,
+                        "partition": msg.partition,
+                        "offset": msg.offset,
+                        "published_ts": state.last_published_ms,
+                    },
+                    separators=(",", ":"),
+                ).encode(),
+            )
+
     return app
 
 

@@ -47,8 +47,15 @@ def machine() -> dict[str, Any]:
         load = os.getloadavg()
     except OSError:
         load = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gb": mem_gb, "python": sys.version.split()[0],
-            "platform": platform.platform(), "loadavg_at_start": load, "versions": versions}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "mem_gb": mem_gb,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "loadavg_at_start": load,
+        "versions": versions,
+    }
 
 
 def median(xs: list[float]) -> float:
@@ -96,8 +103,9 @@ def clustered_factors(n: int, f: int, n_clusters: int | None = None, seed: int =
     return np.ascontiguousarray(y, np.float32), assign
 
 
-def synthetic_users(assign: np.ndarray, n_users: int, mean_len: float = 15.0, max_len: int = 50,
-                    seed: int = 1) -> tuple[list[dict[int, float]], list[int], list[set[int]]]:
+def synthetic_users(
+    assign: np.ndarray, n_users: int, mean_len: float = 15.0, max_len: int = 50, seed: int = 1
+) -> tuple[list[dict[int, float]], list[int], list[set[int]]]:
     """Users who browse one or two topics: (confidence per item row, query row = last item,
     bought rows). Confidences are 1 + 15 r, r per event: 0.25 a look, 0.75 a cart, 1 a purchase."""
     rng = np.random.default_rng(seed)
@@ -128,18 +136,37 @@ def synthetic_users(assign: np.ndarray, n_users: int, mean_len: float = 15.0, ma
     return confs, queries, bought
 
 
-def worker_process(bootstrap: str, name: str, port: int, data_dir: Path, model_dir: Path, partitions: int,
-                   env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+def worker_process(
+    bootstrap: str, name: str, port: int, data_dir: Path, model_dir: Path, partitions: int, env: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
     """(command, environment) of a real worker (`python -m streaming.cli.main worker`) whose topics are
     named after `name` (<name>-clicks, -recs, -dlq, -models); `env` adds or overrides settings."""
     from recsys.config import child_env, load_config, stream_env
 
-    s = load_config().stream.replace(bootstrap=bootstrap, app_id=name, clickstream_topic=f"{name}-clicks",
-                                     recommendations_topic=f"{name}-recs", dlq_topic=f"{name}-dlq",
-                                     model_updates_topic=f"{name}-models", partitions=partitions)
+    s = load_config().stream.replace(
+        bootstrap=bootstrap,
+        app_id=name,
+        clickstream_topic=f"{name}-clicks",
+        recommendations_topic=f"{name}-recs",
+        dlq_topic=f"{name}-dlq",
+        model_updates_topic=f"{name}-models",
+        partitions=partitions,
+    )
     full = child_env({**stream_env(s), "PYTHONUNBUFFERED": "1", **env})
-    cmd = [sys.executable, "-m", "streaming.cli.main", "worker", "--bootstrap", bootstrap, "--web-port", str(port),
-           "--data-dir", str(data_dir), "--model-dir", str(model_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streaming.cli.main",
+        "worker",
+        "--bootstrap",
+        bootstrap,
+        "--web-port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--model-dir",
+        str(model_dir),
+    ]
     return cmd, full
 
 

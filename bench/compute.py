@@ -32,13 +32,27 @@ import numpy as np
 
 from bench.common import clustered_factors, machine, median, plot_setup, synthetic_users, write_json
 
-FULL: dict[str, Any] = {"sizes": [50_000, 500_000, 2_000_000], "factors": [64, 128], "batch": 256, "repeats": 5,
-        "naive_events": 64, "ann_min": 500_000}
-QUICK: dict[str, Any] = {"sizes": [5_000], "factors": [16], "batch": 64, "repeats": 2, "naive_events": 16, "ann_min": 5_000}
+FULL: dict[str, Any] = {
+    "sizes": [50_000, 500_000, 2_000_000],
+    "factors": [64, 128],
+    "batch": 256,
+    "repeats": 5,
+    "naive_events": 64,
+    "ann_min": 500_000,
+}
+QUICK: dict[str, Any] = {
+    "sizes": [5_000],
+    "factors": [16],
+    "batch": 64,
+    "repeats": 2,
+    "naive_events": 16,
+    "ann_min": 5_000,
+}
 
 
-def run_one(n: int, f: int, batch: int, repeats: int, naive_events: int, ann_min: int, threads: int = 1,
-            log=print) -> dict:
+def run_one(
+    n: int, f: int, batch: int, repeats: int, naive_events: int, ann_min: int, threads: int = 1, log=print
+) -> dict:
     from implicit.cpu.topk import topk
 
     from recsys.model.factors import Model
@@ -59,7 +73,7 @@ def run_one(n: int, f: int, batch: int, repeats: int, naive_events: int, ann_min
     excludes = [{ids[r] for r in b} for b in bought]
     setup_s = time.perf_counter() - t0
 
-    x, known = rec.fold_in(confs)          # warm-up (and the ceiling's input)
+    x, known = rec.fold_in(confs)  # warm-up (and the ceiling's input)
     exact = rec.scorer.recommend(x, known, queries, excludes)
     items_f = np.asarray(model.item_factors)
     topk(items_f, x, 10, num_threads=threads)
@@ -116,26 +130,49 @@ def run_one(n: int, f: int, batch: int, repeats: int, naive_events: int, ann_min
                 approx = scorer_ann.recommend(x, known, queries, excludes)
                 ts.append(time.perf_counter() - t)
             hits = sum(len(set(a.items[:10]) & set(e.items[:10])) for a, e in zip(approx, exact, strict=True))
-            sweep.append({"nprobe": npb, "recall_at_10": hits / sum(len(e.items[:10]) for e in exact),
-                          "scoring_ms": median(ts) * 1e3, "speedup_vs_exact": median(t_exact_score) / median(ts)})
+            sweep.append(
+                {
+                    "nprobe": npb,
+                    "recall_at_10": hits / sum(len(e.items[:10]) for e in exact),
+                    "scoring_ms": median(ts) * 1e3,
+                    "speedup_vs_exact": median(t_exact_score) / median(ts),
+                }
+            )
         ann.nprobe = base
     ceiling, batched = median(t_ceiling), median(t_batched)
     naive_per_event = median(t_naive)
     out: dict[str, Any] = {
-        "items": n, "factors": f, "batch_users": batch, "repeats": repeats, "threads": threads, "setup_s": round(setup_s, 2),
-        "ceiling_ms": ceiling * 1e3, "batched_ms": batched * 1e3, "foldin_ms": median(t_fold) * 1e3,
-        "scoring_ms": median(t_score) * 1e3, "naive_ms_per_event": naive_per_event * 1e3,
-        "ceiling_users_per_s": batch / ceiling, "batched_users_per_s": batch / batched,
+        "items": n,
+        "factors": f,
+        "batch_users": batch,
+        "repeats": repeats,
+        "threads": threads,
+        "setup_s": round(setup_s, 2),
+        "ceiling_ms": ceiling * 1e3,
+        "batched_ms": batched * 1e3,
+        "foldin_ms": median(t_fold) * 1e3,
+        "scoring_ms": median(t_score) * 1e3,
+        "naive_ms_per_event": naive_per_event * 1e3,
+        "ceiling_users_per_s": batch / ceiling,
+        "batched_users_per_s": batch / batched,
         "naive_users_per_s": 1.0 / naive_per_event,
         "batched_over_ceiling": batched / ceiling,
         "batched_speedup_vs_naive": (batch / batched) * naive_per_event,
     }
     if ann is not None:
-        out.update({"ann_build_s": build_s, "ann_nlist": ann.nlist, "ann_nprobe": ann.nprobe,
-                    "ann_tuned_recall": ann.tuned_recall,
-                    "ann_scoring_ms": median(t_ann) * 1e3, "exact_scoring_ms": median(t_exact_score) * 1e3,
-                    "ann_speedup_vs_exact": median(t_exact_score) / median(t_ann), "ann_recall_at_10": recall,
-                    "ann_nprobe_sweep": sweep})
+        out.update(
+            {
+                "ann_build_s": build_s,
+                "ann_nlist": ann.nlist,
+                "ann_nprobe": ann.nprobe,
+                "ann_tuned_recall": ann.tuned_recall,
+                "ann_scoring_ms": median(t_ann) * 1e3,
+                "exact_scoring_ms": median(t_exact_score) * 1e3,
+                "ann_speedup_vs_exact": median(t_exact_score) / median(t_ann),
+                "ann_recall_at_10": recall,
+                "ann_nprobe_sweep": sweep,
+            }
+        )
     log(_line(out))
     del rec, scorer_ann, ann, model
     gc.collect()
@@ -143,17 +180,23 @@ def run_one(n: int, f: int, batch: int, repeats: int, naive_events: int, ann_min
 
 
 def _line(r: dict) -> str:
-    s = (f"{r['items']:>9,} x {r['factors']:<3} batch {r['batch_users']}: ceiling {r['ceiling_ms']:.1f} ms, "
-         f"batched {r['batched_ms']:.1f} ms (fold-in {r['foldin_ms']:.1f} + scoring {r['scoring_ms']:.1f}) "
-         f"= {r['batched_over_ceiling']:.2f}x ceiling; naive {r['naive_ms_per_event']:.2f} ms/event -> "
-         f"batched {r['batched_speedup_vs_naive']:.1f}x naive")
+    s = (
+        f"{r['items']:>9,} x {r['factors']:<3} batch {r['batch_users']}: ceiling {r['ceiling_ms']:.1f} ms, "
+        f"batched {r['batched_ms']:.1f} ms (fold-in {r['foldin_ms']:.1f} + scoring {r['scoring_ms']:.1f}) "
+        f"= {r['batched_over_ceiling']:.2f}x ceiling; naive {r['naive_ms_per_event']:.2f} ms/event -> "
+        f"batched {r['batched_speedup_vs_naive']:.1f}x naive"
+    )
     if "ann_recall_at_10" in r:
         tuned = f" tuned for R@10 {r['ann_tuned_recall']:.3f} on pseudo-queries" if r.get("ann_tuned_recall") else ""
-        s += (f"; ANN (nlist {r['ann_nlist']}, nprobe {r['ann_nprobe']}{tuned}, built in {r['ann_build_s']:.0f} s): "
-              f"scoring {r['ann_scoring_ms']:.1f} ms vs exact {r['exact_scoring_ms']:.1f} ms = "
-              f"{r['ann_speedup_vs_exact']:.1f}x, recall@10 {r['ann_recall_at_10']:.3f}; sweep "
-              + ", ".join(f"nprobe {w['nprobe']}: R@10 {w['recall_at_10']:.3f} {w['speedup_vs_exact']:.1f}x"
-                          for w in r["ann_nprobe_sweep"]))
+        s += (
+            f"; ANN (nlist {r['ann_nlist']}, nprobe {r['ann_nprobe']}{tuned}, built in {r['ann_build_s']:.0f} s): "
+            f"scoring {r['ann_scoring_ms']:.1f} ms vs exact {r['exact_scoring_ms']:.1f} ms = "
+            f"{r['ann_speedup_vs_exact']:.1f}x, recall@10 {r['ann_recall_at_10']:.3f}; sweep "
+            + ", ".join(
+                f"nprobe {w['nprobe']}: R@10 {w['recall_at_10']:.3f} {w['speedup_vs_exact']:.1f}x"
+                for w in r["ann_nprobe_sweep"]
+            )
+        )
     return s
 
 
@@ -170,13 +213,24 @@ def plot(results: list[dict], path: str) -> None:
         ax[0].loglog(xs, [r["naive_users_per_s"] for r in rs], mark + ":", label=f"naive f={f}")
         ra = [r for r in rs if "ann_scoring_ms" in r]
         if ra:
-            ax[1].loglog([r["items"] for r in ra], [r["batch_users"] / r["ann_scoring_ms"] * 1e3 for r in ra],
-                         mark + "-", label=f"ANN scoring f={f}")
-            ax[1].loglog([r["items"] for r in ra], [r["batch_users"] / r["exact_scoring_ms"] * 1e3 for r in ra],
-                         mark + "--", label=f"exact scoring f={f}")
+            ax[1].loglog(
+                [r["items"] for r in ra],
+                [r["batch_users"] / r["ann_scoring_ms"] * 1e3 for r in ra],
+                mark + "-",
+                label=f"ANN scoring f={f}",
+            )
+            ax[1].loglog(
+                [r["items"] for r in ra],
+                [r["batch_users"] / r["exact_scoring_ms"] * 1e3 for r in ra],
+                mark + "--",
+                label=f"exact scoring f={f}",
+            )
             for r in ra:
-                ax[1].annotate(f"R@10 {r['ann_recall_at_10']:.2f}", (r["items"], r["batch_users"] / r["ann_scoring_ms"] * 1e3),
-                               fontsize=7)
+                ax[1].annotate(
+                    f"R@10 {r['ann_recall_at_10']:.2f}",
+                    (r["items"], r["batch_users"] / r["ann_scoring_ms"] * 1e3),
+                    fontsize=7,
+                )
     ax[0].set(xlabel="catalogue items", ylabel="users per second (fold-in + top-10)", title="fold-in + top-N")
     ax[1].set(xlabel="catalogue items", ylabel="users per second (scoring only)", title="approximate vs exact scoring")
     for a in ax:
@@ -194,8 +248,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--factors", help="comma-separated factor counts (default 64,128)")
     ap.add_argument("--batch", type=int)
     ap.add_argument("--repeats", type=int)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="implicit/faiss threads for every variant (default 1: stable on a shared box; 0 = all cores)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="implicit/faiss threads for every variant (default 1: stable on a shared box; 0 = all cores)",
+    )
     ap.add_argument("--output", default="bench/out/compute.json")
     ap.add_argument("--plot", default=None, help="PNG chart (e.g. docs/img/bench-compute.png)")
     args = ap.parse_args(argv)
@@ -214,11 +272,16 @@ def main(argv: list[str] | None = None) -> dict:
     for n in cfg["sizes"]:
         for f in cfg["factors"]:
             reps = cfg["repeats"] if n < 1_000_000 else min(cfg["repeats"], 3)
-            results.append(run_one(n, f, cfg["batch"], reps, cfg["naive_events"], cfg["ann_min"],
-                                   args.threads))
+            results.append(run_one(n, f, cfg["batch"], reps, cfg["naive_events"], cfg["ann_min"], args.threads))
             sys.stdout.flush()
-    report = {"bench": "compute", "quick": args.quick, "config": cfg, "machine": machine(),
-              "seconds": round(time.time() - t0, 1), "results": results}
+    report = {
+        "bench": "compute",
+        "quick": args.quick,
+        "config": cfg,
+        "machine": machine(),
+        "seconds": round(time.time() - t0, 1),
+        "results": results,
+    }
     write_json(args.output, report)
     if args.plot:
         plot(results, args.plot)

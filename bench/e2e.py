@@ -54,8 +54,14 @@ PARTITIONS = 4
 def _consume(bootstrap: str, topic: str, out: mp.Queue, stop: EventType) -> None:
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                      auto_offset_reset="earliest", fetch_max_wait_ms=5, max_poll_records=2000)
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=5,
+        max_poll_records=2000,
+    )
     parts = None
     while not parts and not stop.is_set():
         parts = c.partitions_for_topic(topic)
@@ -132,19 +138,46 @@ class Pipeline:
         self.kind, self.bootstrap = kind, bootstrap
         name = f"b{kind[:4]}{uuid.uuid4().hex[:6]}"
         self.clicks, self.recs = f"{name}-clicks", f"{name}-recs"
-        ensure_topics(bootstrap, {self.clicks: PARTITIONS, self.recs: PARTITIONS, f"{name}-dlq": 1,
-                                  f"{name}-models": 1})
+        ensure_topics(
+            bootstrap, {self.clicks: PARTITIONS, self.recs: PARTITIONS, f"{name}-dlq": 1, f"{name}-models": 1}
+        )
         port = self.port = free_port()
         data = tmp / f"{name}-data"
         self.log_path = tmp / f"{name}.log"
         env = child_env({"PYTHONUNBUFFERED": "1"})
         if kind == "worker":
-            cmd, env = worker_process(bootstrap, name, port, data, model_dir, PARTITIONS,
-                                      {"STREAMREC_BATCH_WITHIN_S": str(batch_within_s), "STREAMREC_LOG_LEVEL": "warning"})
+            cmd, env = worker_process(
+                bootstrap,
+                name,
+                port,
+                data,
+                model_dir,
+                PARTITIONS,
+                {"STREAMREC_BATCH_WITHIN_S": str(batch_within_s), "STREAMREC_LOG_LEVEL": "warning"},
+            )
         else:
-            cmd = [sys.executable, "-m", "bench.baselines", kind, "--bootstrap", bootstrap, "--app-id", name,
-                   "--clicks", self.clicks, "--recs", self.recs, "--model-dir", str(model_dir),
-                   "--data-dir", str(data), "--web-port", str(port), "--partitions", str(PARTITIONS)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.baselines",
+                kind,
+                "--bootstrap",
+                bootstrap,
+                "--app-id",
+                name,
+                "--clicks",
+                self.clicks,
+                "--recs",
+                self.recs,
+                "--model-dir",
+                str(model_dir),
+                "--data-dir",
+                str(data),
+                "--web-port",
+                str(port),
+                "--partitions",
+                str(PARTITIONS),
+            ]
         with open(self.log_path, "ab") as log:  # the worker keeps its own copy of the descriptor
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         self.answers = Answers(bootstrap, self.recs)
@@ -185,7 +218,8 @@ class Pipeline:
         for fam in text_string_to_metric_families(text):
             for smp in fam.samples:
                 if smp.name.endswith(("_sum", "_count")) and any(
-                        k in smp.name for k in ("foldin", "scoring", "batch_events", "batch_users", "event_to_publish")):
+                    k in smp.name for k in ("foldin", "scoring", "batch_events", "batch_users", "event_to_publish")
+                ):
                     out[smp.name] = out.get(smp.name, 0.0) + smp.value
         return out
 
@@ -216,6 +250,7 @@ def drive(pipe: Pipeline, producer, events, rate: float | None, timeout: float) 
     def on_ok(i):
         def cb(meta):
             offsets[i] = meta.offset
+
         return cb
 
     with pipe.answers.lock:
@@ -261,11 +296,21 @@ def drive(pipe: Pipeline, producer, events, rate: float | None, timeout: float) 
     lat = (answered[ok] - sent_at[ok]) * 1000.0
     span = (np.nanmax(answered) - sent_at[0]) if ok.any() else float("nan")
     return {
-        "events": n, "answered": int(ok.sum()), "unanswered": int((~ok).sum()), "target_rate": rate,
-        "producer_events_per_s": n / produced_s, "seconds": span,
-        "events_per_s": int(ok.sum()) / span, "recs_per_s": msgs / span, "recs": msgs,
-        "latency_ms": {"p50": percentile(lat, 50), "p95": percentile(lat, 95), "p99": percentile(lat, 99),
-                       "max": float(lat.max()) if len(lat) else float("nan")},
+        "events": n,
+        "answered": int(ok.sum()),
+        "unanswered": int((~ok).sum()),
+        "target_rate": rate,
+        "producer_events_per_s": n / produced_s,
+        "seconds": span,
+        "events_per_s": int(ok.sum()) / span,
+        "recs_per_s": msgs / span,
+        "recs": msgs,
+        "latency_ms": {
+            "p50": percentile(lat, 50),
+            "p95": percentile(lat, 95),
+            "p99": percentile(lat, 99),
+            "max": float(lat.max()) if len(lat) else float("nan"),
+        },
         "latency_hist_ms": np.histogram(lat, bins=np.logspace(0, 5, 51))[0].tolist() if len(lat) else [],
     }
 
@@ -275,16 +320,22 @@ def _profile(m: dict, label: str) -> dict:
         return float(m.get(name, 0.0))
 
     batches = g("streamrec_batch_events_count") or float("nan")
-    prof = {"batches": batches, "events_per_batch": g("streamrec_batch_events_sum") / batches,
-            "users_per_batch": g("streamrec_batch_users_sum") / batches,
-            "foldin_ms_per_batch": 1e3 * g("streamrec_foldin_seconds_sum") / batches,
-            "scoring_ms_per_batch": 1e3 * g("streamrec_scoring_seconds_sum") / batches,
-            "event_to_publish_ms_mean": 1e3 * g("streamrec_event_to_publish_seconds_sum")
-            / (g("streamrec_event_to_publish_seconds_count") or float("nan"))}
-    print(f"worker at {label}: {prof['batches']:.0f} batches of {prof['events_per_batch']:.1f} events / "
-          f"{prof['users_per_batch']:.1f} users; fold-in {prof['foldin_ms_per_batch']:.1f} ms + scoring "
-          f"{prof['scoring_ms_per_batch']:.1f} ms per batch; broker ingest -> publish {prof['event_to_publish_ms_mean']:.0f} ms mean",
-          flush=True)
+    prof = {
+        "batches": batches,
+        "events_per_batch": g("streamrec_batch_events_sum") / batches,
+        "users_per_batch": g("streamrec_batch_users_sum") / batches,
+        "foldin_ms_per_batch": 1e3 * g("streamrec_foldin_seconds_sum") / batches,
+        "scoring_ms_per_batch": 1e3 * g("streamrec_scoring_seconds_sum") / batches,
+        "event_to_publish_ms_mean": 1e3
+        * g("streamrec_event_to_publish_seconds_sum")
+        / (g("streamrec_event_to_publish_seconds_count") or float("nan")),
+    }
+    print(
+        f"worker at {label}: {prof['batches']:.0f} batches of {prof['events_per_batch']:.1f} events / "
+        f"{prof['users_per_batch']:.1f} users; fold-in {prof['foldin_ms_per_batch']:.1f} ms + scoring "
+        f"{prof['scoring_ms_per_batch']:.1f} ms per batch; broker ingest -> publish {prof['event_to_publish_ms_mean']:.0f} ms mean",
+        flush=True,
+    )
     return prof
 
 
@@ -306,22 +357,33 @@ def _median_round(rounds: list[dict]) -> dict:
 
 def _line(name: str, r: dict) -> str:
     lat = r["latency_ms"]
-    return (f"{name:<22} {r['events']:>6} events: {r['events_per_s']:8,.0f} events/s, {r['recs_per_s']:8,.0f} recs/s "
-            f"(producer {r['producer_events_per_s']:,.0f}/s); latency p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, "
-            f"p99 {lat['p99']:.0f} ms; unanswered {r['unanswered']}")
+    return (
+        f"{name:<22} {r['events']:>6} events: {r['events_per_s']:8,.0f} events/s, {r['recs_per_s']:8,.0f} recs/s "
+        f"(producer {r['producer_events_per_s']:,.0f}/s); latency p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, "
+        f"p99 {lat['p99']:.0f} ms; unanswered {r['unanswered']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small stream, for CI: checks it runs")
     ap.add_argument("--events", type=int, help="events per full-load run (default 20000; quick 1500)")
-    ap.add_argument("--naive-events", type=int, help="events for the naive pipeline (default 4000: ~8 s, long enough to be steady; quick 300)")
+    ap.add_argument(
+        "--naive-events",
+        type=int,
+        help="events for the naive pipeline (default 4000: ~8 s, long enough to be steady; quick 300)",
+    )
     ap.add_argument("--half-seconds", type=float, help="length of the half-load run (default 20 s; quick 4 s)")
-    ap.add_argument("--batch-within", type=float, default=None,
-                    help="worker micro-batch time bound (s; default: the worker's, stream.batch_within_s)")
+    ap.add_argument(
+        "--batch-within",
+        type=float,
+        default=None,
+        help="worker micro-batch time bound (s; default: the worker's, stream.batch_within_s)",
+    )
     ap.add_argument("--items", type=int, default=20_000, help="simulated catalogue")
-    ap.add_argument("--repeats", type=int, help="rounds of all four runs, interleaved; figures are medians "
-                                                "(default 3; quick 1)")
+    ap.add_argument(
+        "--repeats", type=int, help="rounds of all four runs, interleaved; figures are medians (default 3; quick 1)"
+    )
     ap.add_argument("--output", default="bench/out/e2e.json")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
@@ -354,17 +416,22 @@ def main(argv: list[str] | None = None) -> dict:
         broker.start()
         broker_s = time.time() - t0
         n_sim = n_full + 200_000 // (10 if args.quick else 1)
-        events = simulate(SimConfig(n_users=max(500, n_full // 6), n_items=items, events=min(n_sim, 4 * n_full),
-                                    seed=7))
+        events = simulate(
+            SimConfig(n_users=max(500, n_full // 6), n_items=items, events=min(n_sim, 4 * n_full), seed=7)
+        )
         train_events, stream = events[:-n_full], events[-n_full:]
         ccfg = ConfidenceConfig()
-        model, x, _ = train(build_profiles(train_events, ccfg), ccfg,
-                            TrainConfig(factors=64, iterations=8, num_threads=0))
+        model, x, _ = train(
+            build_profiles(train_events, ccfg), ccfg, TrainConfig(factors=64, iterations=8, num_threads=0)
+        )
         store = ModelStore(tmp / "models")
         store.save(model, publish=True, user_gram=user_gram(x))  # as a retrain saves it: new-item fold-in on
         producer = make_producer(broker.bootstrap, {"linger_ms": 2, "client_id": "bench-e2e"})
-        print(f"broker {broker.bootstrap} up in {broker_s:.1f}s; model {model.n_items} items x {model.factors}; "
-              f"stream {len(stream)} events of {len({e.user for e in stream})} users", flush=True)
+        print(
+            f"broker {broker.bootstrap} up in {broker_s:.1f}s; model {model.n_items} items x {model.factors}; "
+            f"stream {len(stream)} events of {len({e.user for e in stream})} users",
+            flush=True,
+        )
 
         results: dict = {}
 
@@ -412,14 +479,26 @@ def main(argv: list[str] | None = None) -> dict:
         # medians over the rounds (each ratio from its own round: same broker, same minute)
         ratios = {k: float(np.median([r["ratios"][k] for r in rounds])) for k in rounds[0]["ratios"]}
         results = _median_round(rounds)
-        print(f"worker / naive throughput {ratios['worker_vs_naive_throughput']:.1f}x (target >= 10x); "
-              f"worker / pass-through {ratios['worker_vs_passthrough_throughput']:.2f} (target >= 0.5); "
-              f"p99 at half load {ratios['half_load_p99_ms']:.0f} ms (target < 250)"
-              + (f"; medians of {repeats} rounds" if repeats > 1 else ""))
-        report = {"bench": "e2e", "quick": args.quick, "machine": machine(), "partitions": PARTITIONS,
-                  "batch_within_s": args.batch_within, "catalogue_items": model.n_items, "factors": model.factors,
-                  "seconds": round(time.time() - t_all, 1), "repeats": repeats, "results": results,
-                  "ratios": ratios, "rounds": rounds}
+        print(
+            f"worker / naive throughput {ratios['worker_vs_naive_throughput']:.1f}x (target >= 10x); "
+            f"worker / pass-through {ratios['worker_vs_passthrough_throughput']:.2f} (target >= 0.5); "
+            f"p99 at half load {ratios['half_load_p99_ms']:.0f} ms (target < 250)"
+            + (f"; medians of {repeats} rounds" if repeats > 1 else "")
+        )
+        report = {
+            "bench": "e2e",
+            "quick": args.quick,
+            "machine": machine(),
+            "partitions": PARTITIONS,
+            "batch_within_s": args.batch_within,
+            "catalogue_items": model.n_items,
+            "factors": model.factors,
+            "seconds": round(time.time() - t_all, 1),
+            "repeats": repeats,
+            "results": results,
+            "ratios": ratios,
+            "rounds": rounds,
+        }
         write_json(args.output, report)
         if args.plot:
             plot(report, args.plot)
@@ -446,8 +525,9 @@ def plot(report: dict, path: str) -> None:
         if h.sum():
             ax[1].step(edges[1:], np.cumsum(h) / h.sum(), label=k)
     ax[1].axvline(250, color="k", ls=":", lw=1)
-    ax[1].set(xscale="log", xlabel="send -> recommendation arrival (ms)", ylabel="fraction of events",
-              title="latency CDF")
+    ax[1].set(
+        xscale="log", xlabel="send -> recommendation arrival (ms)", ylabel="fraction of events", title="latency CDF"
+    )
     ax[1].legend(fontsize=8)
     ax[1].grid(True, which="both", alpha=0.3)
     fig.tight_layout()

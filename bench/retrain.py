@@ -75,13 +75,22 @@ def main(argv: list[str] | None = None) -> dict:
     profiles = build_profiles(events, ccfg)
     profiles_s = time.perf_counter() - t0
     matrix, users, items = confidence_matrix(profiles, ccfg)
-    print(f"{name}: {len(events):,} events, {len(users):,} users x {len(items):,} items, nnz {matrix.nnz:,}; "
-          f"ALS {tcfg.factors} factors x {tcfg.iterations} iterations", flush=True)
+    print(
+        f"{name}: {len(events):,} events, {len(users):,} users x {len(items):,} items, nnz {matrix.nnz:,}; "
+        f"ALS {tcfg.factors} factors x {tcfg.iterations} iterations",
+        flush=True,
+    )
 
     def direct() -> float:
-        als = AlternatingLeastSquares(factors=tcfg.factors, regularization=tcfg.regularization, alpha=1.0,
-                                      iterations=tcfg.iterations, dtype=np.float32, num_threads=tcfg.num_threads,
-                                      random_state=tcfg.random_state)
+        als = AlternatingLeastSquares(
+            factors=tcfg.factors,
+            regularization=tcfg.regularization,
+            alpha=1.0,
+            iterations=tcfg.iterations,
+            dtype=np.float32,
+            num_threads=tcfg.num_threads,
+            random_state=tcfg.random_state,
+        )
         t = time.perf_counter()
         with threadpool_limits(1, "blas"):
             als.fit(matrix, show_progress=False)
@@ -104,14 +113,29 @@ def main(argv: list[str] | None = None) -> dict:
         t_project.append(project())
         t_matrix.append(matrix_only())
     d, p = median(t_direct), median(t_project)
-    res = {"bench": "retrain", "quick": args.quick, "machine": machine(), "dataset": name, "events": len(events),
-           "users": len(users), "items": len(items), "nnz": int(matrix.nnz),
-           "train": {"factors": tcfg.factors, "iterations": tcfg.iterations, "regularization": tcfg.regularization},
-           "repeats": repeats, "profiles_s": profiles_s, "direct_s": d, "project_s": p,
-           "matrix_s": median(t_matrix), "project_over_direct": p / d, "runs": {"direct": t_direct, "project": t_project},
-           "seconds": round(time.time() - t_all, 1)}
-    print(f"retrain: project {p:.2f} s vs implicit direct {d:.2f} s = {p / d:.2f}x "
-          f"(confidence matrix {res['matrix_s']:.2f} s; profiles from events {profiles_s:.2f} s, once)")
+    res = {
+        "bench": "retrain",
+        "quick": args.quick,
+        "machine": machine(),
+        "dataset": name,
+        "events": len(events),
+        "users": len(users),
+        "items": len(items),
+        "nnz": int(matrix.nnz),
+        "train": {"factors": tcfg.factors, "iterations": tcfg.iterations, "regularization": tcfg.regularization},
+        "repeats": repeats,
+        "profiles_s": profiles_s,
+        "direct_s": d,
+        "project_s": p,
+        "matrix_s": median(t_matrix),
+        "project_over_direct": p / d,
+        "runs": {"direct": t_direct, "project": t_project},
+        "seconds": round(time.time() - t_all, 1),
+    }
+    print(
+        f"retrain: project {p:.2f} s vs implicit direct {d:.2f} s = {p / d:.2f}x "
+        f"(confidence matrix {res['matrix_s']:.2f} s; profiles from events {profiles_s:.2f} s, once)"
+    )
     write_json(args.output, res)
     if args.plot:
         plt = plot_setup()

@@ -49,8 +49,11 @@ from bench.common import worker_process  # noqa: E402 - after the path above
 def default_rate() -> float:
     try:
         report = json.loads((ROOT / "bench" / "out" / "e2e.json").read_text())
-        half = report["results"]["worker_half"]["target_rate"] if "results" in report else \
-            report["worker_half"]["target_rate"]
+        half = (
+            report["results"]["worker_half"]["target_rate"]
+            if "results" in report
+            else report["worker_half"]["target_rate"]
+        )
         return float(half)
     except (OSError, KeyError, TypeError, ValueError):
         return 300.0
@@ -78,8 +81,10 @@ def rss_mb(pid: int) -> float:
 
 
 def histogram_quantile(m: dict[str, float], name: str, q: float) -> float | None:
-    buckets = sorted(((float(k.split("le=")[1].rstrip("}")), v) for k, v in m.items()
-                      if k.startswith(f"{name}_bucket{{")), key=lambda x: x[0])
+    buckets = sorted(
+        ((float(k.split("le=")[1].rstrip("}")), v) for k, v in m.items() if k.startswith(f"{name}_bucket{{")),
+        key=lambda x: x[0],
+    )
     if not buckets or buckets[-1][1] == 0:
         return None
     total = buckets[-1][1]
@@ -132,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=10.0, help="how long to hold the load (default 10)")
     ap.add_argument("--rate", type=float, default=None, help="events/s (default: e2e benchmark's paced rate, else 300)")
     ap.add_argument("--sample-s", type=float, default=10.0, help="sampling interval (default 10 s)")
-    ap.add_argument("--bootstrap", default=None,
-                    help="existing Kafka (default: stream.bootstrap, STREAMREC_BOOTSTRAP; else a private broker)")
+    ap.add_argument(
+        "--bootstrap",
+        default=None,
+        help="existing Kafka (default: stream.bootstrap, STREAMREC_BOOTSTRAP; else a private broker)",
+    )
     ap.add_argument("--users", type=int, default=5000, help="simulated shoppers (default 5000)")
     ap.add_argument("--max-lag-s", type=float, default=5.0, help="allowed lag, in seconds of input (default 5)")
     ap.add_argument("--max-rss-growth", type=float, default=0.10, help="allowed relative RSS growth (default 0.10)")
@@ -167,9 +175,15 @@ def main(argv: list[str] | None = None) -> int:
             broker.start(timeout=120)
             bootstrap = broker.bootstrap
         name = f"soak{uuid.uuid4().hex[:6]}"
-        s = Settings(bootstrap=bootstrap, app_id=name, clickstream_topic=f"{name}-clicks",
-                     recommendations_topic=f"{name}-recs", dlq_topic=f"{name}-dlq",
-                     model_updates_topic=f"{name}-models", partitions=4)
+        s = Settings(
+            bootstrap=bootstrap,
+            app_id=name,
+            clickstream_topic=f"{name}-clicks",
+            recommendations_topic=f"{name}-recs",
+            dlq_topic=f"{name}-dlq",
+            model_updates_topic=f"{name}-models",
+            partitions=4,
+        )
         ensure_topics(bootstrap, topic_specs(s))
         print(f"simulating {args.users} shoppers ...", file=sys.stderr, flush=True)
         events = simulate(SimConfig(n_users=args.users, n_items=5000, events=60_000, seed=3))
@@ -205,12 +219,16 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
             m = metrics(port)
             lag = sum(v for k, v in m.items() if k == "streamrec_consumer_lag")
-            sample: dict[str, Any] = {"t_s": round(time.monotonic() - t0, 1), "sent": feeder.sent, "lag": lag,
-                      "processed": m.get("streamrec_events_in_total", 0.0),
-                      "rejected": m.get("streamrec_events_rejected_total", 0.0),
-                      "recs": m.get("streamrec_recommendations_out_total", 0.0),
-                      "rss_mb": round(rss_mb(worker.pid), 1),
-                      "latency_p99_le_s": histogram_quantile(m, "streamrec_event_to_publish_seconds", 0.99)}
+            sample: dict[str, Any] = {
+                "t_s": round(time.monotonic() - t0, 1),
+                "sent": feeder.sent,
+                "lag": lag,
+                "processed": m.get("streamrec_events_in_total", 0.0),
+                "rejected": m.get("streamrec_events_rejected_total", 0.0),
+                "recs": m.get("streamrec_recommendations_out_total", 0.0),
+                "rss_mb": round(rss_mb(worker.pid), 1),
+                "latency_p99_le_s": histogram_quantile(m, "streamrec_event_to_publish_seconds", 0.99),
+            }
             samples.append(sample)
             print(json.dumps(sample), file=sys.stderr, flush=True)
             if worker.poll() is not None:
@@ -225,27 +243,39 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
         final = metrics(port)
         text = log_path.read_bytes()[log_mark:].decode(errors="replace")
-        errors = [ln for ln in text.splitlines() if "[ERROR]" in ln or "[CRITICAL]" in ln or " ERROR " in ln
-                  or " CRITICAL " in ln or "Traceback" in ln]
+        errors = [
+            ln
+            for ln in text.splitlines()
+            if "[ERROR]" in ln or "[CRITICAL]" in ln or " ERROR " in ln or " CRITICAL " in ln or "Traceback" in ln
+        ]
         q = max(1, len(samples) // 4)
-        rss_warm = sum(x["rss_mb"] for x in samples[q:2 * q]) / len(samples[q:2 * q])
+        rss_warm = sum(x["rss_mb"] for x in samples[q : 2 * q]) / len(samples[q : 2 * q])
         rss_end = sum(x["rss_mb"] for x in samples[-q:]) / len(samples[-q:])
         lag_max = max(x["lag"] for x in samples)
         elapsed = samples[-1]["t_s"] if samples else 0.0
         result = {
-            "minutes": args.minutes, "rate_target": rate, "sent": feeder.sent, "acked": feeder.acked,
-            "send_failures": feeder.failed, "achieved_rate": round(feeder.sent / max(elapsed, 1e-9), 1),
+            "minutes": args.minutes,
+            "rate_target": rate,
+            "sent": feeder.sent,
+            "acked": feeder.acked,
+            "send_failures": feeder.failed,
+            "achieved_rate": round(feeder.sent / max(elapsed, 1e-9), 1),
             "processed": final.get("streamrec_events_in_total", 0.0),
             "rejected": final.get("streamrec_events_rejected_total", 0.0),
             "recommendations": final.get("streamrec_recommendations_out_total", 0.0),
-            "lag_max": lag_max, "lag_max_s_of_input": round(lag_max / rate, 2),
+            "lag_max": lag_max,
+            "lag_max_s_of_input": round(lag_max / rate, 2),
             "lag_mean": round(sum(x["lag"] for x in samples) / len(samples), 1),
-            "rss_mb_start": samples[0]["rss_mb"], "rss_mb_second_quarter": round(rss_warm, 1),
-            "rss_mb_last_quarter": round(rss_end, 1), "rss_growth": round(rss_end / rss_warm - 1, 4),
+            "rss_mb_start": samples[0]["rss_mb"],
+            "rss_mb_second_quarter": round(rss_warm, 1),
+            "rss_mb_last_quarter": round(rss_end, 1),
+            "rss_growth": round(rss_end / rss_warm - 1, 4),
             "rss_mb_max": max(x["rss_mb"] for x in samples),
             "latency_p99_le_s": histogram_quantile(final, "streamrec_event_to_publish_seconds", 0.99),
             "latency_p50_le_s": histogram_quantile(final, "streamrec_event_to_publish_seconds", 0.50),
-            "errors_in_log": len(errors), "error_lines": errors[:5], "worker_restarts": 0 if worker.poll() is None else 1,
+            "errors_in_log": len(errors),
+            "error_lines": errors[:5],
+            "worker_restarts": 0 if worker.poll() is None else 1,
             "samples": samples,
         }
         checks = {

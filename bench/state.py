@@ -66,8 +66,14 @@ def real_shape(seed: int = 0) -> tuple[np.ndarray, list[str]]:
 POOL = 50_000  # distinct synthetic users; more users reuse their records under new keys
 
 
-def make_records(n_users: int, lengths: np.ndarray, items: list[str], fixed_len: int | None = None,
-                 seed: int = 0, max_items: int = 200):
+def make_records(
+    n_users: int,
+    lengths: np.ndarray,
+    items: list[str],
+    fixed_len: int | None = None,
+    seed: int = 0,
+    max_items: int = 200,
+):
     """Yield (key, encoded state) for n_users synthetic users shaped like the real ones (the first
     POOL are generated, then reused under new keys: building records in Python is the slow part)."""
     pool: list[bytes] = []
@@ -124,9 +130,15 @@ def rocksdb_size(n_users: int, lengths, items, fixed_len: int | None, tmp: Path,
     db.close()
     disk = tree_bytes(path)
     shutil.rmtree(path, ignore_errors=True)
-    return {"users": n_users, "items_per_user": fixed_len or "real mix", "encoded_bytes_per_user": raw / n_users,
-            "disk_bytes_per_user": disk / n_users, "disk_mb": disk / 1e6, "write_users_per_s": n_users / write_s,
-            "read_decode_us": read_s / read_n * 1e6}
+    return {
+        "users": n_users,
+        "items_per_user": fixed_len or "real mix",
+        "encoded_bytes_per_user": raw / n_users,
+        "disk_bytes_per_user": disk / n_users,
+        "disk_mb": disk / 1e6,
+        "write_users_per_s": n_users / write_s,
+        "read_decode_us": read_s / read_n * 1e6,
+    }
 
 
 def produce_changelog(bootstrap: str, topic: str, n_users: int, lengths, items, seed: int) -> dict:
@@ -140,8 +152,9 @@ async def _produce_changelog(bootstrap: str, topic: str, records) -> dict:
     from aiokafka import AIOKafkaProducer
     from aiokafka.partitioner import DefaultPartitioner
 
-    prod = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20,
-                            client_id="bench-state")
+    prod = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20, client_id="bench-state"
+    )
     await prod.start()
     t0 = time.perf_counter()
     n = total = 0
@@ -169,14 +182,28 @@ async def _produce_changelog(bootstrap: str, topic: str, records) -> dict:
     return {"records": n, "mb": total / 1e6, "seconds": time.perf_counter() - t0}
 
 
-def start_worker(bootstrap: str, name: str, tmp: Path, model_dir: Path, data_dir: Path | None = None,
-                 tag: str = "", extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
+def start_worker(
+    bootstrap: str,
+    name: str,
+    tmp: Path,
+    model_dir: Path,
+    data_dir: Path | None = None,
+    tag: str = "",
+    extra_env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], Path]:
     """A real worker process; JSON logs at info level in tmp/<name><tag>.log (the recovery phases
     are read from them, see recovery_phases). Returns the process and its log's path."""
     from devtools.broker import free_port
 
-    cmd, env = worker_process(bootstrap, name, free_port(), data_dir or tmp / f"{name}-data", model_dir, PARTITIONS,
-                              {"STREAMREC_LOG_LEVEL": "info", "STREAMREC_LOG_FORMAT": "json", **(extra_env or {})})
+    cmd, env = worker_process(
+        bootstrap,
+        name,
+        free_port(),
+        data_dir or tmp / f"{name}-data",
+        model_dir,
+        PARTITIONS,
+        {"STREAMREC_LOG_LEVEL": "info", "STREAMREC_LOG_FORMAT": "json", **(extra_env or {})},
+    )
     log_path = tmp / f"{name}{tag}.log"
     with open(log_path, "ab") as log:  # the worker keeps its own copy of the descriptor
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -194,8 +221,13 @@ def time_to_serve(bootstrap: str, name: str, proc, timeout: float, t0: float | N
     t0 = time.time() if t0 is None else t0
     prefix = f"probe-{uuid.uuid4().hex[:8]}-"
     prod = make_producer(bootstrap, {"linger_ms": 0, "client_id": "bench-state-probe"})
-    cons = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                         enable_auto_commit=False, fetch_max_wait_ms=20)
+    cons = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=20,
+    )
     topic = f"{name}-recs"
     tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
     cons.assign(tps)
@@ -209,8 +241,13 @@ def time_to_serve(bootstrap: str, name: str, proc, timeout: float, t0: float | N
             if proc.poll() is not None:
                 raise RuntimeError(f"worker {name} exited with {proc.returncode}")
             user = f"{prefix}{k}"
-            prod.send(f"{name}-clicks", key=user.encode(), value=json.dumps(
-                {"user": user, "item": "probe", "type": "view", "ts": int(time.time() * 1000)}).encode())
+            prod.send(
+                f"{name}-clicks",
+                key=user.encode(),
+                value=json.dumps(
+                    {"user": user, "item": "probe", "type": "view", "ts": int(time.time() * 1000)}
+                ).encode(),
+            )
             prod.flush()
             end = time.time() + 1.0
             while time.time() < end:
@@ -224,9 +261,13 @@ def time_to_serve(bootstrap: str, name: str, proc, timeout: float, t0: float | N
         cons.close()
 
 
-PHASES = {"bulk_started": "Restoring state from changelog topics (bulk)", "bulk_done": "Bulk-loaded",
-          "restore_started": "Restoring state from changelog topics...", "restore_done": "Done reading from changelog",
-          "worker_ready": "Worker ready"}
+PHASES = {
+    "bulk_started": "Restoring state from changelog topics (bulk)",
+    "bulk_done": "Bulk-loaded",
+    "restore_started": "Restoring state from changelog topics...",
+    "restore_done": "Done reading from changelog",
+    "worker_ready": "Worker ready",
+}
 
 
 def recovery_phases(log_path: Path, t_start: float) -> dict:
@@ -276,8 +317,11 @@ def changelog_tail(bootstrap: str, topic: str, data_dir: Path) -> dict:
                 db.close()
             persisted = int(raw) if raw is not None else None
         last = ends[TopicPartition(topic, p)] - 1
-        parts[p] = {"persisted": persisted, "last": last,
-                    "to_replay": last - (persisted if persisted is not None else -1)}
+        parts[p] = {
+            "persisted": persisted,
+            "last": last,
+            "to_replay": last - (persisted if persisted is not None else -1),
+        }
     return {"partitions": parts, "records_to_replay": sum(v["to_replay"] for v in parts.values())}
 
 
@@ -296,8 +340,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
-def run_worker(bootstrap: str, name: str, tmp: Path, model_dir: Path, timeout: float, tag: str,
-               extra_env: dict[str, str] | None = None) -> dict:
+def run_worker(
+    bootstrap: str,
+    name: str,
+    tmp: Path,
+    model_dir: Path,
+    timeout: float,
+    tag: str,
+    extra_env: dict[str, str] | None = None,
+) -> dict:
     """Start a worker on tmp/<name>-data, time it to serving, measure it, stop it (SIGTERM)."""
     t_start = time.time()
     proc, log_path = start_worker(bootstrap, name, tmp, model_dir, tag=tag, extra_env=extra_env)
@@ -309,13 +360,28 @@ def run_worker(bootstrap: str, name: str, tmp: Path, model_dir: Path, timeout: f
         data = tree_bytes(tmp / f"{name}-data")
     finally:
         _stop(proc)
-    return {"start_to_serving_s": serve_s, "worker_cpu_s_to_serving": cpu,
-            "phases_s": recovery_phases(log_path, t_start),
-            "worker_rss_mb": rss / 1e6, "worker_data_dir_mb": data / 1e6}
+    return {
+        "start_to_serving_s": serve_s,
+        "worker_cpu_s_to_serving": cpu,
+        "phases_s": recovery_phases(log_path, t_start),
+        "worker_rss_mb": rss / 1e6,
+        "worker_data_dir_mb": data / 1e6,
+    }
 
 
-def restore(bootstrap: str, n_users: int, lengths, items, tmp: Path, model_dir: Path, seed: int,
-            timeout: float, restarts_n: int = 0, baseline=None, extra_env: dict[str, str] | None = None) -> dict:
+def restore(
+    bootstrap: str,
+    n_users: int,
+    lengths,
+    items,
+    tmp: Path,
+    model_dir: Path,
+    seed: int,
+    timeout: float,
+    restarts_n: int = 0,
+    baseline=None,
+    extra_env: dict[str, str] | None = None,
+) -> dict:
     """n_users state records in a fresh changelog; a worker restores them into an empty data dir
     and serves. Then, restarts_n times: that worker is stopped (SIGTERM) and started again on its
     data dir (the normal restart), each after a call of baseline() (an empty worker's start)."""
@@ -323,11 +389,23 @@ def restore(bootstrap: str, n_users: int, lengths, items, tmp: Path, model_dir: 
 
     name = f"bstate{uuid.uuid4().hex[:6]}"
     changelog = f"{name}-user-state-changelog"
-    ensure_topics(bootstrap, {f"{name}-clicks": PARTITIONS, f"{name}-recs": PARTITIONS, f"{name}-dlq": 1,
-                              f"{name}-models": 1, changelog: PARTITIONS}, config={"cleanup.policy": "compact"})
+    ensure_topics(
+        bootstrap,
+        {
+            f"{name}-clicks": PARTITIONS,
+            f"{name}-recs": PARTITIONS,
+            f"{name}-dlq": 1,
+            f"{name}-models": 1,
+            changelog: PARTITIONS,
+        },
+        config={"cleanup.policy": "compact"},
+    )
     prod = produce_changelog(bootstrap, changelog, n_users, lengths, items, seed) if n_users else None
-    out = {"users": n_users, "changelog": prod,
-           **run_worker(bootstrap, name, tmp, model_dir, timeout, "-restore", extra_env)}
+    out = {
+        "users": n_users,
+        "changelog": prod,
+        **run_worker(bootstrap, name, tmp, model_dir, timeout, "-restore", extra_env),
+    }
     out["restore_records_per_s"] = (n_users / out["start_to_serving_s"]) if n_users else None
     ph = out["phases_s"]
     began = [ph[k] for k in ("bulk_started", "restore_started") if k in ph]
@@ -356,14 +434,21 @@ def restore(bootstrap: str, n_users: int, lengths, items, tmp: Path, model_dir: 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--users", type=int,
-                    help="users in the RocksDB size test (default 1,000,000; quick 5,000; 0 skips it)")
-    ap.add_argument("--restore-users", type=int,
-                    help="users in the changelog restore test and the restarts (default 1,000,000, the target's "
-                         "size; quick 2,000; 0 skips them)")
-    ap.add_argument("--restarts", type=int,
-                    help="restarts of the restored worker on its own data dir, each after an empty worker's "
-                         "start (default 3; quick 1)")
+    ap.add_argument(
+        "--users", type=int, help="users in the RocksDB size test (default 1,000,000; quick 5,000; 0 skips it)"
+    )
+    ap.add_argument(
+        "--restore-users",
+        type=int,
+        help="users in the changelog restore test and the restarts (default 1,000,000, the target's "
+        "size; quick 2,000; 0 skips them)",
+    )
+    ap.add_argument(
+        "--restarts",
+        type=int,
+        help="restarts of the restored worker on its own data dir, each after an empty worker's "
+        "start (default 3; quick 1)",
+    )
     ap.add_argument("--output", default="bench/out/state.json")
     ap.add_argument("--plot", default=None)
     args = ap.parse_args(argv)
@@ -381,66 +466,113 @@ def main(argv: list[str] | None = None) -> dict:
     t_all = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-state-"))
     lengths, items = real_shape()
-    print(f"history lengths from real data: median {np.median(lengths):.0f}, mean {lengths.mean():.1f}, "
-          f"p99 {np.percentile(lengths, 99):.0f} distinct items/user; {len(items)} item ids", flush=True)
-    report: dict = {"bench": "state", "quick": args.quick, "machine": machine(),
-                    "history_lengths": {"median": float(np.median(lengths)), "mean": float(lengths.mean()),
-                                        "p99": float(np.percentile(lengths, 99))}}
+    print(
+        f"history lengths from real data: median {np.median(lengths):.0f}, mean {lengths.mean():.1f}, "
+        f"p99 {np.percentile(lengths, 99):.0f} distinct items/user; {len(items)} item ids",
+        flush=True,
+    )
+    report: dict = {
+        "bench": "state",
+        "quick": args.quick,
+        "machine": machine(),
+        "history_lengths": {
+            "median": float(np.median(lengths)),
+            "mean": float(lengths.mean()),
+            "p99": float(np.percentile(lengths, 99)),
+        },
+    }
     broker = None
     try:
         if n_users:
             mix = rocksdb_size(n_users, lengths, items, None, tmp, 1)
-            print(f"RocksDB, {mix['users']:,} users (real mix): {mix['disk_bytes_per_user']:.0f} B/user on disk, "
-                  f"{mix['encoded_bytes_per_user']:.0f} B/user encoded; decode {mix['read_decode_us']:.1f} us", flush=True)
+            print(
+                f"RocksDB, {mix['users']:,} users (real mix): {mix['disk_bytes_per_user']:.0f} B/user on disk, "
+                f"{mix['encoded_bytes_per_user']:.0f} B/user encoded; decode {mix['read_decode_us']:.1f} us",
+                flush=True,
+            )
             n50 = min(n_users, 100_000)
             fifty = rocksdb_size(n50, lengths, items, 50, tmp, 2)
-            print(f"RocksDB, {n50:,} users x 50 items: {fifty['disk_bytes_per_user']:.0f} B/user on disk "
-                  f"(target < 2048), {fifty['encoded_bytes_per_user']:.0f} B/user encoded", flush=True)
+            print(
+                f"RocksDB, {n50:,} users x 50 items: {fifty['disk_bytes_per_user']:.0f} B/user on disk "
+                f"(target < 2048), {fifty['encoded_bytes_per_user']:.0f} B/user encoded",
+                flush=True,
+            )
             report["rocksdb"] = {"real_mix": mix, "fifty_items": fifty}
         if n_restore:
             broker = broker_from_env(tmp / "kafka")
             broker.start()
             ccfg = ConfidenceConfig()
-            model = train(build_profiles(simulate(SimConfig(events=20_000, n_items=5000, seed=3)), ccfg),
-                          ccfg, TrainConfig(factors=64, iterations=5))[0]
+            model = train(
+                build_profiles(simulate(SimConfig(events=20_000, n_items=5000, seed=3)), ccfg),
+                ccfg,
+                TrainConfig(factors=64, iterations=5),
+            )[0]
             ModelStore(tmp / "models").save(model)
 
             def empty_start() -> dict:
                 return restore(broker.bootstrap, 0, lengths, items, tmp, tmp / "models", 0, 120)
 
             empty = empty_start()
-            print(f"worker with no users: serving {empty['start_to_serving_s']:.1f} s after start, "
-                  f"RSS {empty['worker_rss_mb']:.0f} MB", flush=True)
-            full = restore(broker.bootstrap, n_restore, lengths, items, tmp, tmp / "models", 1, 3600,
-                           restarts_n=args.restarts if args.restarts is not None else (1 if args.quick else 3),
-                           baseline=empty_start)
+            print(
+                f"worker with no users: serving {empty['start_to_serving_s']:.1f} s after start, "
+                f"RSS {empty['worker_rss_mb']:.0f} MB",
+                flush=True,
+            )
+            full = restore(
+                broker.bootstrap,
+                n_restore,
+                lengths,
+                items,
+                tmp,
+                tmp / "models",
+                1,
+                3600,
+                restarts_n=args.restarts if args.restarts is not None else (1 if args.quick else 3),
+                baseline=empty_start,
+            )
             full["rss_delta_bytes_per_user"] = (full["worker_rss_mb"] - empty["worker_rss_mb"]) * 1e6 / n_restore
-            read = (f"; changelog read {full['changelog_read_s']:.1f} s = "
-                    f"{full['changelog_read_records_per_s']:,.0f} records/s") if "changelog_read_s" in full else ""
-            print(f"worker restoring {n_restore:,} users from the changelog ({full['changelog']['mb']:.0f} MB, "
-                  f"produced in {full['changelog']['seconds']:.0f} s): serving {full['start_to_serving_s']:.1f} s "
-                  f"after start ({full['restore_records_per_s']:,.0f} records/s; target < 60 s at 1M){read}, "
-                  f"RSS {full['worker_rss_mb']:.0f} MB ({full['rss_delta_bytes_per_user']:.0f} B/user over empty), "
-                  f"data dir {full['worker_data_dir_mb']:.0f} MB", flush=True)
-            report["restore"] = {"empty": empty, "full": full,
-                                 "start_to_serving_ratio_vs_empty": full["start_to_serving_s"] / empty["start_to_serving_s"]}
+            read = (
+                (
+                    f"; changelog read {full['changelog_read_s']:.1f} s = "
+                    f"{full['changelog_read_records_per_s']:,.0f} records/s"
+                )
+                if "changelog_read_s" in full
+                else ""
+            )
+            print(
+                f"worker restoring {n_restore:,} users from the changelog ({full['changelog']['mb']:.0f} MB, "
+                f"produced in {full['changelog']['seconds']:.0f} s): serving {full['start_to_serving_s']:.1f} s "
+                f"after start ({full['restore_records_per_s']:,.0f} records/s; target < 60 s at 1M){read}, "
+                f"RSS {full['worker_rss_mb']:.0f} MB ({full['rss_delta_bytes_per_user']:.0f} B/user over empty), "
+                f"data dir {full['worker_data_dir_mb']:.0f} MB",
+                flush=True,
+            )
+            report["restore"] = {
+                "empty": empty,
+                "full": full,
+                "start_to_serving_ratio_vs_empty": full["start_to_serving_s"] / empty["start_to_serving_s"],
+            }
             if full.get("restarts"):
                 rs, es = full["restarts"], full["empty_starts"]
                 replayed = [r["changelog_tail"]["records_to_replay"] for r in rs]
-                report["restart"] = {"users": n_restore, "restarts": len(rs),
-                                     "start_to_serving_s_median": median([r["start_to_serving_s"] for r in rs]),
-                                     "empty_start_to_serving_s_median":
-                                         median([e["start_to_serving_s"] for e in [empty, *es]]),
-                                     "changelog_records_to_replay": replayed,
-                                     "read_changelog": [r["read_changelog"] for r in rs]}
+                report["restart"] = {
+                    "users": n_restore,
+                    "restarts": len(rs),
+                    "start_to_serving_s_median": median([r["start_to_serving_s"] for r in rs]),
+                    "empty_start_to_serving_s_median": median([e["start_to_serving_s"] for e in [empty, *es]]),
+                    "changelog_records_to_replay": replayed,
+                    "read_changelog": [r["read_changelog"] for r in rs],
+                }
                 rr = report["restart"]
-                print(f"restart of that worker on its own data dir ({n_restore:,} users, {len(rs)} restarts): serving "
-                      f"{rr['start_to_serving_s_median']:.1f} s after start (median; "
-                      f"{_secs(rs)}) vs an empty worker "
-                      f"{rr['empty_start_to_serving_s_median']:.1f} s "
-                      f"({_secs([empty, *es])}); changelog records past the "
-                      f"persisted offsets: {replayed}; read the changelog at start: {rr['read_changelog']}",
-                      flush=True)
+                print(
+                    f"restart of that worker on its own data dir ({n_restore:,} users, {len(rs)} restarts): serving "
+                    f"{rr['start_to_serving_s_median']:.1f} s after start (median; "
+                    f"{_secs(rs)}) vs an empty worker "
+                    f"{rr['empty_start_to_serving_s_median']:.1f} s "
+                    f"({_secs([empty, *es])}); changelog records past the "
+                    f"persisted offsets: {replayed}; read the changelog at start: {rr['read_changelog']}",
+                    flush=True,
+                )
     finally:
         if broker is not None:
             broker.stop()
@@ -463,10 +595,16 @@ def plot(report: dict, path: str) -> None:
     r = report.get("rocksdb")
     if r:
         names = ["real mix", "50 items"]
-        ax[0].bar(names, [r["real_mix"]["disk_bytes_per_user"], r["fifty_items"]["disk_bytes_per_user"]],
-                  label="on disk")
-        ax[0].bar(names, [r["real_mix"]["encoded_bytes_per_user"], r["fifty_items"]["encoded_bytes_per_user"]],
-                  fill=False, edgecolor="k", label="encoded")
+        ax[0].bar(
+            names, [r["real_mix"]["disk_bytes_per_user"], r["fifty_items"]["disk_bytes_per_user"]], label="on disk"
+        )
+        ax[0].bar(
+            names,
+            [r["real_mix"]["encoded_bytes_per_user"], r["fifty_items"]["encoded_bytes_per_user"]],
+            fill=False,
+            edgecolor="k",
+            label="encoded",
+        )
         ax[0].axhline(2048, color="r", ls=":", label="target 2 KB")
         ax[0].set(ylabel="bytes per user", title="RocksDB state size")
         ax[0].legend(fontsize=8)

@@ -45,23 +45,41 @@ def configs(params: dict) -> tuple[ConfidenceConfig, TrainConfig, ScoringConfig]
         if t in params:
             w[t] = params[t]
     hl = params.get("half_life_days")
-    ccfg = replace(DEFAULTS.confidence, weights=w, alpha=params.get("alpha", DEFAULTS.confidence.alpha),
-                   half_life_days=None if not params.get("decay", hl is not None) else hl)
-    tcfg = replace(DEFAULTS.train, factors=params.get("factors", DEFAULTS.train.factors),
-                   regularization=params.get("regularization", DEFAULTS.train.regularization))
-    scfg = replace(DEFAULTS.scoring, user_weight=params.get("user_weight", DEFAULTS.scoring.user_weight),
-                   item_norm_power=params.get("item_norm_power", DEFAULTS.scoring.item_norm_power),
-                   repeat_weight=params.get("repeat_weight", DEFAULTS.scoring.repeat_weight))
+    ccfg = replace(
+        DEFAULTS.confidence,
+        weights=w,
+        alpha=params.get("alpha", DEFAULTS.confidence.alpha),
+        half_life_days=None if not params.get("decay", hl is not None) else hl,
+    )
+    tcfg = replace(
+        DEFAULTS.train,
+        factors=params.get("factors", DEFAULTS.train.factors),
+        regularization=params.get("regularization", DEFAULTS.train.regularization),
+    )
+    scfg = replace(
+        DEFAULTS.scoring,
+        user_weight=params.get("user_weight", DEFAULTS.scoring.user_weight),
+        item_norm_power=params.get("item_norm_power", DEFAULTS.scoring.item_norm_power),
+        repeat_weight=params.get("repeat_weight", DEFAULTS.scoring.repeat_weight),
+    )
     return ccfg, tcfg, scfg
 
 
 def current_params() -> dict:
     c, t, s = DEFAULTS.confidence, DEFAULTS.train, DEFAULTS.scoring
-    return {"favorite": c.weights["favorite"], "addtocart": c.weights["addtocart"],
-            "transaction": c.weights["transaction"], "alpha": c.alpha, "decay": c.half_life_days is not None,
-            **({"half_life_days": c.half_life_days} if c.half_life_days is not None else {}),
-            "factors": t.factors, "regularization": t.regularization, "user_weight": s.user_weight,
-            "item_norm_power": s.item_norm_power, "repeat_weight": s.repeat_weight}
+    return {
+        "favorite": c.weights["favorite"],
+        "addtocart": c.weights["addtocart"],
+        "transaction": c.weights["transaction"],
+        "alpha": c.alpha,
+        "decay": c.half_life_days is not None,
+        **({"half_life_days": c.half_life_days} if c.half_life_days is not None else {}),
+        "factors": t.factors,
+        "regularization": t.regularization,
+        "user_weight": s.user_weight,
+        "item_norm_power": s.item_norm_power,
+        "repeat_weight": s.repeat_weight,
+    }
 
 
 def main() -> None:
@@ -97,8 +115,10 @@ def main() -> None:
     print("current defaults:", json.dumps(base), flush=True)
 
     def score(res: dict) -> float:
-        return sum((res[d]["HR@10"] / max(base[d]["HR@10"], 1e-9) + res[d]["MRR@10"] / max(base[d]["MRR@10"], 1e-9)) / 2
-                   for d in res) / len(res)
+        return sum(
+            (res[d]["HR@10"] / max(base[d]["HR@10"], 1e-9) + res[d]["MRR@10"] / max(base[d]["MRR@10"], 1e-9)) / 2
+            for d in res
+        ) / len(res)
 
     rows = []
 
@@ -122,8 +142,12 @@ def main() -> None:
         for d, m in res.items():
             trial.set_user_attr(d, m)
         rows.append({"trial": trial.number, "params": p, "objective": val, **res})
-        print(f"trial {trial.number}: {val:.4f} " + " ".join(
-            f"{d}:HR={m['HR@10']:.4f},MRR={m['MRR@10']:.4f}" for d, m in res.items()) + f" {p}", flush=True)
+        print(
+            f"trial {trial.number}: {val:.4f} "
+            + " ".join(f"{d}:HR={m['HR@10']:.4f},MRR={m['MRR@10']:.4f}" for d, m in res.items())
+            + f" {p}",
+            flush=True,
+        )
         return val
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=args.seed))
@@ -132,13 +156,17 @@ def main() -> None:
     study.optimize(objective, n_trials=args.trials)
     # The pick: the best objective among trials that regress neither dataset on HR@10 or MRR@10
     # (the mean of ratios alone can trade one dataset for the other); the study's best if none.
-    ok = [r for r in rows if all(r[d]["HR@10"] >= base[d]["HR@10"] and r[d]["MRR@10"] >= base[d]["MRR@10"]
-                                 for d in data)]
+    ok = [
+        r for r in rows if all(r[d]["HR@10"] >= base[d]["HR@10"] and r[d]["MRR@10"] >= base[d]["MRR@10"] for d in data)
+    ]
     pick = max(ok, key=lambda r: r["objective"]) if ok else max(rows, key=lambda r: r["objective"])
     best = dict(pick["params"])
     ccfg, tcfg, scfg = configs(best)
-    print(f"picked trial {pick['trial']}: {pick['objective']:.4f} {best} (study best: trial "
-          f"{study.best_trial.number}, {study.best_value:.4f})", flush=True)
+    print(
+        f"picked trial {pick['trial']}: {pick['objective']:.4f} {best} (study best: trial "
+        f"{study.best_trial.number}, {study.best_value:.4f})",
+        flush=True,
+    )
 
     # ALS vs BPR on the same validation replays, best confidence + scoring settings.
     compare = {"als": {d: pick[d] for d in data}}
@@ -146,13 +174,24 @@ def main() -> None:
         bcfg = replace(BPR, factors=tcfg.factors, learning_rate=lr)
         res = run(ccfg, bcfg, scfg)
         compare[f"bpr(lr={lr})"] = res
-        print(f"BPR lr={lr}: " + " ".join(f"{d}:HR={m['HR@10']:.4f},MRR={m['MRR@10']:.4f}" for d, m in res.items()),
-              flush=True)
-    report = {"base": base, "best_params": best, "picked_trial": pick["trial"], "best_value": pick["objective"],
-              "trials": rows,
-              "best": {"confidence": {**asdict(ccfg), "weights": dict(ccfg.weights)}, "train": asdict(tcfg),
-                       "scoring": asdict(scfg)},
-              "als_vs_bpr": compare, "seconds": round(time.time() - t_start, 1)}
+        print(
+            f"BPR lr={lr}: " + " ".join(f"{d}:HR={m['HR@10']:.4f},MRR={m['MRR@10']:.4f}" for d, m in res.items()),
+            flush=True,
+        )
+    report = {
+        "base": base,
+        "best_params": best,
+        "picked_trial": pick["trial"],
+        "best_value": pick["objective"],
+        "trials": rows,
+        "best": {
+            "confidence": {**asdict(ccfg), "weights": dict(ccfg.weights)},
+            "train": asdict(tcfg),
+            "scoring": asdict(scfg),
+        },
+        "als_vs_bpr": compare,
+        "seconds": round(time.time() - t_start, 1),
+    }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {args.output} in {report['seconds']}s", flush=True)

@@ -35,12 +35,19 @@ def main() -> None:
         train, valid = time_split(development, test_fraction=0.2)
         for p in POWERS:
             for w in WEIGHTS:
-                rep = evaluate(train, valid, scfg=replace(Config().scoring, user_weight=w, item_norm_power=p),
-                               kinds={"als": Config().train})
+                rep = evaluate(
+                    train,
+                    valid,
+                    scfg=replace(Config().scoring, user_weight=w, item_norm_power=p),
+                    kinds={"als": Config().train},
+                )
                 m = rep["methods"]["als:blend"]
                 rows.append({"dataset": name, "item_norm_power": p, "user_weight": w, "cases": rep["cases"], **m})
-                print(f"{name:<10} p={p:<4} w={w:<5} MAP@10={m['MAP@10']:.4f} HR@10={m['HR@10']:.4f} "
-                      f"NDCG@10={m['NDCG@10']:.4f}", flush=True)
+                print(
+                    f"{name:<10} p={p:<4} w={w:<5} MAP@10={m['MAP@10']:.4f} HR@10={m['HR@10']:.4f} "
+                    f"NDCG@10={m['NDCG@10']:.4f}",
+                    flush=True,
+                )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(rows, indent=2))
 

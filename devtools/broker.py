@@ -20,6 +20,7 @@ CLI (``streaming/cli/broker.py``)::
 If the configuration names a Kafka (``stream.bootstrap``, ``STREAMREC_BOOTSTRAP``),
 :func:`broker_from_env` starts nothing and returns a handle on that existing cluster.
 """
+
 from __future__ import annotations
 
 import base64
@@ -55,11 +56,16 @@ ENV_DATA_DIR = env_name("ops", "kafka_dir")
 ENV_BOOTSTRAP = env_name("stream", "bootstrap")
 
 JVM_OPTS = [
-    "-Xmx512m", "-Xms256m",
-    "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+    "-Xmx512m",
+    "-Xms256m",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
     # fewer JIT/GC threads: the box has 2 cores shared with the Python workers
-    "-XX:CICompilerCount=2", "-XX:ParallelGCThreads=2", "-XX:ConcGCThreads=1",
-    "-Xshare:auto", "-Djava.awt.headless=true",
+    "-XX:CICompilerCount=2",
+    "-XX:ParallelGCThreads=2",
+    "-XX:ConcGCThreads=1",
+    "-Xshare:auto",
+    "-Djava.awt.headless=true",
 ]
 MARKER = ".complete"
 
@@ -73,6 +79,7 @@ class BrokerNotReady(BrokerError, TimeoutError):
 
 
 # --------------------------------------------------------------------- jars
+
 
 def kafka_cache_root(cache: str | None = None) -> Path:
     """The jar cache: `cache` (a configuration's ``ops.kafka_cache``), else the process's."""
@@ -119,12 +126,22 @@ def ensure_kafka_jars(version: str = DEFAULT_KAFKA_VERSION, cache: Path | str | 
         tmp = vdir / "libs.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(libs, ignore_errors=True)
-        cmd = [mvn, "-B", "-q", "-f", str(vdir / "pom.xml"), "dependency:copy-dependencies",
-               f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"]
+        cmd = [
+            mvn,
+            "-B",
+            "-q",
+            "-f",
+            str(vdir / "pom.xml"),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={tmp}",
+            "-DincludeScope=runtime",
+        ]
         res = subprocess.run(cmd, cwd=vdir, capture_output=True, text=True)
         if res.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
-            raise BrokerError(f"fetching Kafka {version} with Maven failed (rc={res.returncode}):\n"
-                              + _tail(res.stdout + res.stderr, 40))
+            raise BrokerError(
+                f"fetching Kafka {version} with Maven failed (rc={res.returncode}):\n"
+                + _tail(res.stdout + res.stderr, 40)
+            )
         tmp.rename(libs)
         (vdir / MARKER).write_text(f"{version}\n")
         n = len(list(libs.glob("*.jar")))
@@ -133,6 +150,7 @@ def ensure_kafka_jars(version: str = DEFAULT_KAFKA_VERSION, cache: Path | str | 
 
 
 # --------------------------------------------------------------- readiness
+
 
 def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
@@ -157,8 +175,9 @@ def _split(bootstrap: str) -> tuple[str, int]:
     return host or HOST, int(port)
 
 
-def wait_until_ready(bootstrap: str, timeout: float = 60.0, *, log_file: Path | None = None,
-                     alive: Callable[[], bool] | None = None) -> None:
+def wait_until_ready(
+    bootstrap: str, timeout: float = 60.0, *, log_file: Path | None = None, alive: Callable[[], bool] | None = None
+) -> None:
     """Block until ``bootstrap`` accepts connections and answers admin metadata requests.
 
     Raises :class:`BrokerNotReady` after ``timeout`` seconds (or as soon as
@@ -197,8 +216,9 @@ def wait_until_ready(bootstrap: str, timeout: float = 60.0, *, log_file: Path | 
         ms = max(1000, int(min(5.0, left) * 1000))
         admin = None
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-ready",
-                                     request_timeout_ms=ms, bootstrap_timeout_ms=ms)
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap, client_id="streamrec-ready", request_timeout_ms=ms, bootstrap_timeout_ms=ms
+            )
             cluster = admin.describe_cluster()
             if any(not b.get("is_fenced") for b in cluster.get("brokers", ())):
                 admin.list_topics()
@@ -216,6 +236,7 @@ def wait_until_ready(bootstrap: str, timeout: float = 60.0, *, log_file: Path | 
 
 
 # ------------------------------------------------------------------- broker
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -254,6 +275,7 @@ def _die_with_parent_fn() -> Callable[[], None] | None:
         return None
     try:
         import ctypes
+
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
@@ -316,8 +338,13 @@ class KafkaBroker:
             self.controller_port = st.get("controller_port")
 
     def _write_state(self, pid: int | None) -> None:
-        st = {"pid": pid, "port": self.port, "controller_port": self.controller_port,
-              "version": self.version, "bootstrap": f"{HOST}:{self.port}"}
+        st = {
+            "pid": pid,
+            "port": self.port,
+            "controller_port": self.controller_port,
+            "version": self.version,
+            "bootstrap": f"{HOST}:{self.port}",
+        }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(st, indent=2) + "\n")
         tmp.replace(self.state_file)
@@ -389,9 +416,15 @@ class KafkaBroker:
         java = shutil.which("java")
         if java is None:
             raise BrokerError("java (17+) is needed to run Kafka but is not on PATH")
-        return [java, *JVM_OPTS,
-                f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-                "-cp", f"{libs}/*", main, *args]
+        return [
+            java,
+            *JVM_OPTS,
+            f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
+            "-cp",
+            f"{libs}/*",
+            main,
+            *args,
+        ]
 
     def _format(self, libs: Path, config: Path) -> None:
         cluster_id = new_cluster_id()
@@ -400,8 +433,12 @@ class KafkaBroker:
         cmd.insert(1, "-XX:TieredStopAtLevel=1")
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
-            raise BrokerError(f"formatting Kafka storage in {self.log_dir} failed (rc={res.returncode}):\n"
-                              + _tail(res.stdout + res.stderr) + "\n" + _file_tail(self.log_file))
+            raise BrokerError(
+                f"formatting Kafka storage in {self.log_dir} failed (rc={res.returncode}):\n"
+                + _tail(res.stdout + res.stderr)
+                + "\n"
+                + _file_tail(self.log_file)
+            )
 
     # lifecycle
     def start(self, timeout: float = 60.0, *, detach: bool = False) -> None:
@@ -447,11 +484,17 @@ class KafkaBroker:
         with open(self.out_file, "ab") as out:
             self._proc = subprocess.Popen(
                 self._java(libs, "kafka.Kafka", str(config)),
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.data_dir,
-                start_new_session=detach, preexec_fn=None if detach else _die_with_parent_fn())
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                start_new_session=detach,
+                preexec_fn=None if detach else _die_with_parent_fn(),
+            )
         self._write_state(self._proc.pid)
         if not detach and not self._atexit_registered:
             import atexit
+
             atexit.register(self._stop_quietly)
             self._atexit_registered = True
         try:
@@ -550,5 +593,7 @@ def resolve_bootstrap(explicit: str | None = None, config: Config | None = None)
     own = KafkaBroker(data_dir=where)
     if own.state_file.exists() and own.is_running():
         return own.bootstrap
-    raise BrokerError(f"no Kafka broker: start the project's own with `recsys broker start` "
-                      f"(data in {where}), or set {ENV_BOOTSTRAP}=host:port")
+    raise BrokerError(
+        f"no Kafka broker: start the project's own with `recsys broker start` "
+        f"(data in {where}), or set {ENV_BOOTSTRAP}=host:port"
+    )

@@ -47,13 +47,13 @@ from recsys.progress import say
 class DemoOptions:
     """What a demo run does besides the configuration (`recsys demo`'s own options)."""
 
-    duration: float = 90.0          # seconds of live replay
-    rate: float = 200.0             # events per second replayed
-    retrain_every: float = 30.0     # seconds between retrains
-    print_every: float = 1.0        # print one recommendation this often (s)
-    simulate_events: int = 40_000   # events to simulate without real data
-    workdir: str = "var/demo"       # where runs keep their state and logs
-    no_history: bool = False        # skip replaying the history through the worker
+    duration: float = 90.0  # seconds of live replay
+    rate: float = 200.0  # events per second replayed
+    retrain_every: float = 30.0  # seconds between retrains
+    print_every: float = 1.0  # print one recommendation this often (s)
+    simulate_events: int = 40_000  # events to simulate without real data
+    workdir: str = "var/demo"  # where runs keep their state and logs
+    no_history: bool = False  # skip replaying the history through the worker
 
 
 def _load_data(events_limit: int, folder: str) -> tuple[list, str]:
@@ -80,8 +80,11 @@ def _metric(url: str, name: str) -> float:
             text = r.read().decode()
     except Exception:  # noqa: BLE001 - a page not (yet) served counts as nothing so far
         return 0.0
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name) and not line.startswith("#"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
 
 
 def _get(url: str) -> Any:
@@ -127,10 +130,15 @@ class Demo:
     def settings(self, bootstrap: str) -> Settings:
         name = f"demo-{self.run_id}"
         return self.config.stream.replace(
-            bootstrap=bootstrap, app_id=name, clickstream_topic=f"{name}-clickstream",
-            recommendations_topic=f"{name}-recommendations", dlq_topic=f"{name}-dlq",
-            model_updates_topic=f"{name}-model-updates", model_dir=str(self.root / "models"),
-            data_dir=str(self.root / "worker"))
+            bootstrap=bootstrap,
+            app_id=name,
+            clickstream_topic=f"{name}-clickstream",
+            recommendations_topic=f"{name}-recommendations",
+            dlq_topic=f"{name}-dlq",
+            model_updates_topic=f"{name}-model-updates",
+            model_dir=str(self.root / "models"),
+            data_dir=str(self.root / "worker"),
+        )
 
     def env(self, s: Settings) -> dict[str, str]:
         """The children's environment: this run's configuration, every setting of it."""
@@ -138,8 +146,13 @@ class Demo:
 
     def spawn(self, name: str, argv: list[str], s: Settings) -> subprocess.Popen:
         with open(self.root / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
-            p = subprocess.Popen([sys.executable, "-m", "streaming.cli.main", *argv], stdout=log,
-                                 stderr=subprocess.STDOUT, env=self.env(s), start_new_session=True)
+            p = subprocess.Popen(
+                [sys.executable, "-m", "streaming.cli.main", *argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env(s),
+                start_new_session=True,
+            )
         self.procs.append(p)
         return p
 
@@ -157,24 +170,56 @@ class Demo:
             events, source = _load_data(self.args.simulate_events, self.config.ops.data)
             cut = int(len(events) * 0.8)
             history, live = events[:cut], events[cut:]
-            say(f"data: {len(events)} events from {source}; first model from {len(history)}, "
-                f"replaying {len(live)} live")
+            say(
+                f"data: {len(events)} events from {source}; first model from {len(history)}, replaying {len(live)} live"
+            )
             ccfg = self.config.confidence
-            model, x, _ = train(build_profiles(history, ccfg), ccfg, self.config.train,
-                                metadata={"data_source": source})
+            model, x, _ = train(
+                build_profiles(history, ccfg), ccfg, self.config.train, metadata={"data_source": source}
+            )
             ModelStore(s.model_dir).save(model, publish=True, user_gram=user_gram(x))
-            say(f"initial model {model.version}: {model.n_items} items x {model.factors} factors "
-                f"({model.metadata['train_seconds']}s)")
+            say(
+                f"initial model {model.version}: {model.n_items} items x {model.factors} factors "
+                f"({model.metadata['train_seconds']}s)"
+            )
 
-            self.spawn("worker", ["worker", "--bootstrap", bootstrap, "--web-port", str(s.web_port),
-                                  "--data-dir", s.data_dir, "--model-dir", s.model_dir], s)
+            self.spawn(
+                "worker",
+                [
+                    "worker",
+                    "--bootstrap",
+                    bootstrap,
+                    "--web-port",
+                    str(s.web_port),
+                    "--data-dir",
+                    s.data_dir,
+                    "--model-dir",
+                    s.model_dir,
+                ],
+                s,
+            )
             metrics_port = _free_port()
-            self.spawn("retrain", ["retrain", "--every", f"{self.args.retrain_every}s", "--bootstrap", bootstrap,
-                                   "--model-dir", s.model_dir, "--metrics-port", str(metrics_port)], s)
+            self.spawn(
+                "retrain",
+                [
+                    "retrain",
+                    "--every",
+                    f"{self.args.retrain_every}s",
+                    "--bootstrap",
+                    bootstrap,
+                    "--model-dir",
+                    s.model_dir,
+                    "--metrics-port",
+                    str(metrics_port),
+                ],
+                s,
+            )
             self.wait_ready(s)
             web = f"http://127.0.0.1:{s.web_port}"
-            say(f"worker ready: {web}/recommendations/<user>/  {web}/similar/<item>/  {web}/metrics  "
-                f"| retrain metrics http://127.0.0.1:{metrics_port}/metrics | logs in {self.root}")
+            say(
+                f"worker ready: {web}/recommendations/<user>/  {web}/similar/<item>/  {web}/metrics  "
+                f"| retrain metrics http://127.0.0.1:{metrics_port}/metrics | logs in {self.root}"
+            )
 
             self.catch_up(replay, history, s, web)
             self.tailer = threading.Thread(target=self.tail, args=(s,), daemon=True)
@@ -221,18 +266,27 @@ class Demo:
         deadline = time.time() + max(120.0, len(history) / 200)
         done = 0.0
         while time.time() < deadline:
-            done = _metric(f"{web}/metrics", "streamrec_events_in_total") + \
-                _metric(f"{web}/metrics", "streamrec_events_rejected_total")
+            done = _metric(f"{web}/metrics", "streamrec_events_in_total") + _metric(
+                f"{web}/metrics", "streamrec_events_rejected_total"
+            )
             if done >= stats.sent:
                 break
             time.sleep(0.5)
         took = time.time() - t0
-        say(f"worker caught up with {done:.0f}/{stats.sent} history events in {took:.1f}s "
-            f"({done / took:,.0f} events/s end to end)")
+        say(
+            f"worker caught up with {done:.0f}/{stats.sent} history events in {took:.1f}s "
+            f"({done / took:,.0f} events/s end to end)"
+        )
 
     def replay(self, replay_fn: Any, events: list, s: Settings) -> None:
-        stats = replay_fn(events, s.bootstrap, s.clickstream_topic, rate=self.args.rate,
-                          limit=int(self.args.rate * self.args.duration), progress=False)
+        stats = replay_fn(
+            events,
+            s.bootstrap,
+            s.clickstream_topic,
+            rate=self.args.rate,
+            limit=int(self.args.rate * self.args.duration),
+            progress=False,
+        )
         say(f"replay: {stats.summary()}")
 
     def tail(self, s: Settings) -> None:
@@ -260,11 +314,13 @@ class Demo:
     def summary(self, s: Settings, web: str) -> None:
         lat = np.array(self.latencies or [0.0])
         rejected = _metric(f"{web}/metrics", "streamrec_events_rejected_total")
-        say("summary: "
+        say(
+            "summary: "
             f"{self.received} recommendation messages ({', '.join(f'{k}: {v}' for k, v in self.sources.items())}); "
             f"latency Kafka->published p50 {np.percentile(lat, 50):.0f} ms, p95 {np.percentile(lat, 95):.0f} ms, "
             f"p99 {np.percentile(lat, 99):.0f} ms; model versions seen: {', '.join(self.versions) or 'none'}; "
-            f"dead-lettered: {rejected:.0f}")
+            f"dead-lettered: {rejected:.0f}"
+        )
 
     def shutdown(self) -> None:
         for p in self.procs:

@@ -37,14 +37,16 @@ class ConfidenceConfig:
     # purchase ends interest in the item rather than predicting the next one.
     weights: Mapping[str, float] = setting(
         doc="raw value one event of each type adds (keys: view, click, favorite, addtocart, transaction)",
-        factory=lambda: {"view": 0.25, "click": 0.25, "favorite": 0.55, "addtocart": 1.76, "transaction": 0.06})
+        factory=lambda: {"view": 0.25, "click": 0.25, "favorite": 0.55, "addtocart": 1.76, "transaction": 0.06},
+    )
     alpha: float = setting(80.8, "confidence scale: c = 1 + alpha * r")
     # Dwell is not searched (no shared dataset has dwell times): a long look counts up to 3 looks.
     dwell_unit_s: float = setting(30.0, "an event with dwell d seconds counts (1 + d / dwell_unit_s) times ...")
     dwell_cap: float = setting(3.0, "... at most this many times")
     # Recency dominates on both datasets: what a shopper did 17 hours ago counts half.
     half_life_days: float | None = setting(
-        0.727, "recency decay: a raw value halves every this many days; none: no decay")
+        0.727, "recency decay: a raw value halves every this many days; none: no decay"
+    )
     max_items: int = setting(200, "items kept per user; past it the weakest is dropped")
     history_len: int = setting(20, "recent item ids kept per user")
 
@@ -93,8 +95,7 @@ class ItemState:
         self.value, self.ts, self.mask = value, ts, mask
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ItemState) and (self.value, self.ts, self.mask) == (
-            other.value, other.ts, other.mask)
+        return isinstance(other, ItemState) and (self.value, self.ts, self.mask) == (other.value, other.ts, other.mask)
 
     def __repr__(self) -> str:
         return f"ItemState(value={self.value!r}, ts={self.ts}, mask={self.mask:#x})"
@@ -117,8 +118,7 @@ class UserProfile:
         self.events: int = 0
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, UserProfile) and all(
-            getattr(self, k) == getattr(other, k) for k in self.__slots__)
+        return isinstance(other, UserProfile) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
 
     def __repr__(self) -> str:
         return f"UserProfile(items={len(self.items)}, last_ts={self.last_ts}, events={self.events})"
@@ -149,8 +149,8 @@ class UserProfile:
         # outcome never depends on dict order.
         excess = len(self.items) - cfg.max_items
         ranked = sorted(
-            self.items.items(),
-            key=lambda kv: (cfg.decay(kv[1].value, self.last_ts - kv[1].ts), kv[1].ts, kv[0]))
+            self.items.items(), key=lambda kv: (cfg.decay(kv[1].value, self.last_ts - kv[1].ts), kv[1].ts, kv[0])
+        )
         for item, _ in ranked[:excess]:
             del self.items[item]
 

@@ -19,13 +19,13 @@ class ExitCode(enum.IntEnum):
     """Exit statuses of every `recsys` command and of the worker process."""
 
     OK = 0
-    FAILED = 1              # the command ran but did not succeed (replay: events not delivered;
-                            # broker: not running, or it would not start)
-    USAGE = 2               # a user error: bad option, bad file, bad setting (one line on stderr)
-    DELIVERY_FAILED = 70    # worker: records of a batch could not be delivered to Kafka
-    OFFSET_HOLE = 71        # worker: the consumer skipped input offsets
-    BATCH_FAILED = 72       # worker: an unexpected error while applying a batch (a bug)
-    INTERRUPTED = 130       # Ctrl-C
+    FAILED = 1  # the command ran but did not succeed (replay: events not delivered;
+    # broker: not running, or it would not start)
+    USAGE = 2  # a user error: bad option, bad file, bad setting (one line on stderr)
+    DELIVERY_FAILED = 70  # worker: records of a batch could not be delivered to Kafka
+    OFFSET_HOLE = 71  # worker: the consumer skipped input offsets
+    BATCH_FAILED = 72  # worker: an unexpected error while applying a batch (a bug)
+    INTERRUPTED = 130  # Ctrl-C
 
 
 class RecsysError(Exception):

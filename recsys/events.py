@@ -25,17 +25,24 @@ TYPE_CODES: dict[str, int] = {t: i for i, t in enumerate(EVENT_TYPES)}
 
 # Dataset and common synonyms -> canonical type.
 TYPE_ALIASES: dict[str, str] = {
-    "pv": "view", "views": "view", "page_view": "view",
+    "pv": "view",
+    "views": "view",
+    "page_view": "view",
     "clicks": "click",
-    "fav": "favorite", "wishlist": "favorite",
-    "cart": "addtocart", "carts": "addtocart", "add_to_cart": "addtocart",
-    "buy": "transaction", "purchase": "transaction", "order": "transaction",
+    "fav": "favorite",
+    "wishlist": "favorite",
+    "cart": "addtocart",
+    "carts": "addtocart",
+    "add_to_cart": "addtocart",
+    "buy": "transaction",
+    "purchase": "transaction",
+    "order": "transaction",
     "orders": "transaction",
 }
 
-MAX_ID_LEN = 256                    # ids longer than this are rejected, not truncated
+MAX_ID_LEN = 256  # ids longer than this are rejected, not truncated
 MAX_FUTURE_SKEW_MS = 24 * 3600_000  # events more than a day ahead of the clock are absurd
-MIN_TS_MS = 946_684_800_000         # 2000-01-01: older times are corrupt, not history
+MIN_TS_MS = 946_684_800_000  # 2000-01-01: older times are corrupt, not history
 MAX_DWELL_S = 24 * 3600.0
 
 
@@ -43,9 +50,9 @@ MAX_DWELL_S = 24 * 3600.0
 class Event:
     user: str
     item: str
-    type: str          # one of EVENT_TYPES
-    ts: int            # event time, ms since epoch, UTC
-    dwell: float | None = None    # seconds the shopper spent on the item
+    type: str  # one of EVENT_TYPES
+    ts: int  # event time, ms since epoch, UTC
+    dwell: float | None = None  # seconds the shopper spent on the item
     session: str | None = None
     price: float | None = None
     event_id: str | None = None

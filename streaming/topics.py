@@ -63,10 +63,20 @@ def topics(s: Any) -> Topics:
         dlq=Topic(s.dlq_topic, 1, "the rejected message's key", "rejected messages: original bytes, reason in headers"),
         model_updates=Topic(s.model_updates_topic, 1, "none", "model announcements read by every worker"),
         changelog=Topic(s.changelog_topic, p, "user id", "the user-state table's changelog (Faust creates it)"),
-        item_evidence=Topic(s.item_evidence_topic, p, "item id", "new-item evidence from the workers' batches",
-                            {"retention.ms": str(EVIDENCE_RETENTION_MS)}),
-        item_factors=Topic(s.item_factors_topic, 1, "item id", "folded-in new-item rows, read by every worker",
-                           {"cleanup.policy": "compact,delete", "retention.ms": str(ROWS_RETENTION_MS)}),
+        item_evidence=Topic(
+            s.item_evidence_topic,
+            p,
+            "item id",
+            "new-item evidence from the workers' batches",
+            {"retention.ms": str(EVIDENCE_RETENTION_MS)},
+        ),
+        item_factors=Topic(
+            s.item_factors_topic,
+            1,
+            "item id",
+            "folded-in new-item rows, read by every worker",
+            {"cleanup.policy": "compact,delete", "retention.ms": str(ROWS_RETENTION_MS)},
+        ),
         leader=Topic(f"{s.app_id}-__assignor-__leader", 1, "none", "Faust's leader election (Faust creates it)"),
     )
 

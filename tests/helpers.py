@@ -15,8 +15,9 @@ def ev(user: str, item: str, type_: str = "view", ts: int = T0, **kw) -> Event:
     return Event(user, item, type_, ts, **kw)
 
 
-def random_model(n_items: int = 300, factors: int = 16, seed: int = 0, version: str = "v-test",
-                 regularization: float = 0.1) -> Model:
+def random_model(
+    n_items: int = 300, factors: int = 16, seed: int = 0, version: str = "v-test", regularization: float = 0.1
+) -> Model:
     rng = np.random.default_rng(seed)
     y = rng.normal(size=(n_items, factors)).astype(np.float32)
     pop = rng.integers(0, 100, n_items).astype(np.float32)
@@ -45,7 +46,6 @@ def train_into(store, seed: int = 1, version: str | None = None, publish: bool =
 
     cfg = ConfidenceConfig()
     profiles = build_profiles(clustered_events(seed=seed), cfg)
-    model, _, _ = train(profiles, cfg, TrainConfig(factors=8, iterations=8, random_state=seed),
-                        version=version)
+    model, _, _ = train(profiles, cfg, TrainConfig(factors=8, iterations=8, random_state=seed), version=version)
     store.save(model, publish=publish)
     return model

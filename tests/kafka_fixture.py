@@ -5,6 +5,7 @@ for the whole session, or uses the cluster in ``STREAMREC_BOOTSTRAP`` if set.
 ``topic_factory`` (function scope) makes uniquely named topics on it and deletes
 them afterwards, so tests sharing the session broker don't see each other's data.
 """
+
 from __future__ import annotations
 
 import contextlib

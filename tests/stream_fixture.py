@@ -22,9 +22,16 @@ from recsys.config import Settings, stream_env
 
 def stream_settings(bootstrap: str, name: str | None = None, partitions: int = 4, **kw) -> Settings:
     name = name or f"t{uuid.uuid4().hex[:8]}"
-    return Settings(bootstrap=bootstrap, app_id=name, clickstream_topic=f"{name}-clicks",
-                    recommendations_topic=f"{name}-recs", dlq_topic=f"{name}-dlq",
-                    model_updates_topic=f"{name}-models", partitions=partitions, **kw)
+    return Settings(
+        bootstrap=bootstrap,
+        app_id=name,
+        clickstream_topic=f"{name}-clicks",
+        recommendations_topic=f"{name}-recs",
+        dlq_topic=f"{name}-dlq",
+        model_updates_topic=f"{name}-models",
+        partitions=partitions,
+        **kw,
+    )
 
 
 def settings_env(s: Settings) -> dict[str, str]:
@@ -33,8 +40,14 @@ def settings_env(s: Settings) -> dict[str, str]:
 
 
 class WorkerProcess:
-    def __init__(self, settings: Settings, workdir: Path, model_dir: Path, web_port: int | None = None,
-                 env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path,
+        model_dir: Path,
+        web_port: int | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.settings, self.workdir, self.model_dir = settings, Path(workdir), Path(model_dir)
         self.web_port = web_port or free_port()
         self.data_dir = self.workdir / f"worker-{self.web_port}"
@@ -44,11 +57,24 @@ class WorkerProcess:
 
     def start(self, timeout: float = 90.0, wait_ready: bool = True) -> WorkerProcess:
         env = {**os.environ, **settings_env(self.settings), "PYTHONUNBUFFERED": "1", **self.env}
-        cmd = [sys.executable, "-m", "streaming.cli.main", "worker", "--bootstrap", self.settings.bootstrap,
-               "--web-port", str(self.web_port), "--data-dir", str(self.data_dir), "--model-dir", str(self.model_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "streaming.cli.main",
+            "worker",
+            "--bootstrap",
+            self.settings.bootstrap,
+            "--web-port",
+            str(self.web_port),
+            "--data-dir",
+            str(self.data_dir),
+            "--model-dir",
+            str(self.model_dir),
+        ]
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         cwd=Path(__file__).resolve().parents[1])
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1]
+            )
         if wait_ready:
             self.wait_ready(timeout)
         return self
@@ -131,8 +157,9 @@ class TopicReader:
     """Reads a topic from the beginning (no consumer group) and accumulates what it saw."""
 
     def __init__(self, bootstrap: str, topic: str):
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                                      auto_offset_reset="earliest")
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
         parts = None
         deadline = time.time() + 30
         while not parts and time.time() < deadline:
@@ -156,6 +183,7 @@ class TopicReader:
 
 
 # ---------------------------------------------------------------- reliability helpers (issue 5)
+
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     """Poll `predicate()` until it returns a truthy value (returned) or `timeout` seconds pass."""
@@ -189,8 +217,11 @@ def profile_diff(expected: dict, got: dict) -> dict:
         ne, ng = (e.events if e else 0), (g.events if g else 0)
         lost += max(0, ne - ng)
         doubled += max(0, ng - ne)
-        same = e is not None and g is not None and (e.items, e.last_ts, e.history, e.events) == (
-            g.items, g.last_ts, g.history, g.events)
+        same = (
+            e is not None
+            and g is not None
+            and (e.items, e.last_ts, e.history, e.events) == (g.items, g.last_ts, g.history, g.events)
+        )
         if not same:
             differ += 1
             if len(examples) < 5:

@@ -55,10 +55,24 @@ from recsys.events import MAX_FUTURE_SKEW_MS, MAX_ID_LEN, MIN_TS_MS, Event, pars
 from recsys.progress import say
 
 __all__ = [
-    "DATASETS", "FORMATS", "RETAILROCKET_EPOCH_MS", "LoadStats",
-    "data_dir", "dataset_path", "load_dataset", "load", "detect_format", "load_events",
-    "load_taobao", "load_yoochoose", "load_rees46", "load_retailrocket", "load_otto",
-    "load_canonical", "write_canonical", "time_split",
+    "DATASETS",
+    "FORMATS",
+    "RETAILROCKET_EPOCH_MS",
+    "LoadStats",
+    "data_dir",
+    "dataset_path",
+    "load_dataset",
+    "load",
+    "detect_format",
+    "load_events",
+    "load_taobao",
+    "load_yoochoose",
+    "load_rees46",
+    "load_retailrocket",
+    "load_otto",
+    "load_canonical",
+    "write_canonical",
+    "time_split",
 ]
 
 # Short name -> file name in data_dir() (see /work/shared/data/README.md).
@@ -77,8 +91,17 @@ DATASETS: dict[str, str] = {
 _HEADERS: dict[str, tuple[str, ...]] = {
     "taobao": ("user_id", "item_id", "category_id", "behavior", "timestamp"),
     "yoochoose": ("sessionid", "itemid", "time"),
-    "rees46": ("event_time", "event_type", "product_id", "category_id", "category_code",
-               "brand", "price", "user_id", "user_session"),
+    "rees46": (
+        "event_time",
+        "event_type",
+        "product_id",
+        "category_id",
+        "category_code",
+        "brand",
+        "price",
+        "user_id",
+        "user_session",
+    ),
     "retailrocket": ("visitorid", "itemid", "event"),
     "otto": ("session", "aid", "ts", "type"),
     "canonical": ("user", "item", "type", "ts"),
@@ -133,6 +156,7 @@ class _Ignored(_Bad):
 
 # --------------------------------------------------------------------------- locations
 
+
 def data_dir(folder: str | None = None) -> Path:
     """The shared datasets folder: `folder` (a configuration's ``ops.data``) if given, else the
     process's configuration's (``$STREAMREC_DATA``); empty: ``<repo>/../shared/data`` (repo =
@@ -154,7 +178,9 @@ def dataset_path(name: str) -> Path:
     if not p.is_file():
         raise DataError(
             f"dataset {name!r} not found (looked in {data_dir()}); set STREAMREC_DATA to the "
-            "directory holding the shared data files", str(p))
+            "directory holding the shared data files",
+            str(p),
+        )
     return p
 
 
@@ -163,8 +189,9 @@ def load_dataset(name: str, **kw: Any) -> list[Event]:
     return load_events(dataset_path(name), **kw)
 
 
-def load(source: str, fmt: str = "auto", lenient: bool = False,
-         progress: Callable[[str], None] | None = say) -> tuple[list[Event], Path]:
+def load(
+    source: str, fmt: str = "auto", lenient: bool = False, progress: Callable[[str], None] | None = say
+) -> tuple[list[Event], Path]:
     """(events, path) from a shared dataset's short name or a file path, with one progress line
     (how many, from where, how long, what was skipped) unless `progress` is None."""
     path = dataset_path(source) if source in DATASETS else Path(source)
@@ -178,6 +205,7 @@ def load(source: str, fmt: str = "auto", lenient: bool = False,
 
 
 # --------------------------------------------------------------------------- row checks
+
 
 def _idv(s: str, what: str) -> str:
     if not s:
@@ -240,7 +268,7 @@ def _price(s: str) -> float | None:
         p = float(s)
     except ValueError:
         raise _Bad("bad_price", f"unparseable price {s!r}") from None
-    if not (0.0 <= p <= 1e12):          # also rejects nan
+    if not (0.0 <= p <= 1e12):  # also rejects nan
         raise _Bad("bad_price", f"price {s!r} is outside [0, 1e12]")
     return p
 
@@ -267,6 +295,7 @@ def _conv_taobao(header: Sequence[str], max_ts: int) -> Conv:
         if not MIN_TS_MS <= ts <= max_ts:
             _ts_range(ts, max_ts)
         return Event(u, i, typ, ts)
+
     return conv
 
 
@@ -284,6 +313,7 @@ def _conv_yoochoose(header: Sequence[str], max_ts: int) -> Conv:
         if not MIN_TS_MS <= ts <= max_ts:
             _ts_range(ts, max_ts)
         return Event(s, i, "click", ts, None, s)
+
     return conv
 
 
@@ -307,8 +337,10 @@ def _conv_rees46(header: Sequence[str], max_ts: int) -> Conv:
             if len(cache) > 200_000:
                 cache.clear()
             cache[t] = ts
-        return Event(_idv(u, "user"), _idv(i, "item"), typ, ts, None,
-                     _idv(sess, "session") if sess else None, _price(p))
+        return Event(
+            _idv(u, "user"), _idv(i, "item"), typ, ts, None, _idv(sess, "session") if sess else None, _price(p)
+        )
+
     return conv
 
 
@@ -321,6 +353,7 @@ def _conv_retailrocket(header: Sequence[str], max_ts: int) -> Conv:
         if not (0 < len(u) <= L and 0 < len(i) <= L and u.isprintable() and i.isprintable()):
             _idv(u, "user"), _idv(i, "item")
         return Event(u, i, typ, RETAILROCKET_EPOCH_MS + idx)
+
     return conv
 
 
@@ -336,6 +369,7 @@ def _conv_otto(header: Sequence[str], max_ts: int) -> Conv:
             raise _Bad("bad_ts", f"ts {t!r} is not integer milliseconds") from None
         s = _idv(s, "user")
         return Event(s, _idv(i, "item"), typ, _ts_range(ts, max_ts), None, s)
+
     return conv
 
 
@@ -346,7 +380,7 @@ def _canonical_ts(v: str) -> int | float:
     except ValueError:
         pass
     try:
-        return float(v)            # parse_event truncates; seconds by mistake -> ts_too_old
+        return float(v)  # parse_event truncates; seconds by mistake -> ts_too_old
     except ValueError:
         pass
     return _iso_ms(v)
@@ -374,7 +408,7 @@ def _conv_canonical(header: Sequence[str], max_ts: int) -> Conv:
             if v == "":
                 if name in required:
                     raise _Bad(f"empty_{name}", f"empty {name}")
-                continue                 # optional field left blank = absent
+                continue  # optional field left blank = absent
             if name == "ts":
                 d[name] = _canonical_ts(v)
             elif name in ("dwell", "price"):
@@ -385,6 +419,7 @@ def _conv_canonical(header: Sequence[str], max_ts: int) -> Conv:
             else:
                 d[name] = v
         return _parse_canonical(d, now_ms)
+
     return conv
 
 
@@ -399,16 +434,22 @@ def _conv_jsonl(max_ts: int) -> Conv:
         if isinstance(d, dict) and isinstance(d.get("ts"), str):
             d = dict(d, ts=_canonical_ts(d["ts"]) if d["ts"] else None)
         return _parse_canonical(d, now_ms)
+
     return conv
 
 
 _CONVERTERS: dict[str, Callable[[Sequence[str], int], Conv]] = {
-    "taobao": _conv_taobao, "yoochoose": _conv_yoochoose, "rees46": _conv_rees46,
-    "retailrocket": _conv_retailrocket, "otto": _conv_otto, "canonical": _conv_canonical,
+    "taobao": _conv_taobao,
+    "yoochoose": _conv_yoochoose,
+    "rees46": _conv_rees46,
+    "retailrocket": _conv_retailrocket,
+    "otto": _conv_otto,
+    "canonical": _conv_canonical,
 }
 
 
 # --------------------------------------------------------------------------- detection
+
 
 def _norm_header(row: Sequence[str]) -> tuple[str, ...]:
     return tuple(h.strip().lower() for h in row)
@@ -427,18 +468,21 @@ def _match_header(hdr: tuple[str, ...]) -> str | None:
 def _headerless_taobao(path: Path, row: Sequence[str]) -> bool:
     """The official UserBehavior.csv has no header: accept it by name + a data-shaped row."""
     name = path.name.lower()
-    return (("userbehavior" in name or "taobao" in name) and len(row) == 5
-            and row[3] in TAOBAO_TYPES and row[4].isdigit())
+    return (
+        ("userbehavior" in name or "taobao" in name) and len(row) == 5 and row[3] in TAOBAO_TYPES and row[4].isdigit()
+    )
 
 
 def _supported() -> str:
-    shown = {"yoochoose": "SessionId<TAB>ItemId<TAB>Time (tab-separated)",
-             "canonical": "user,item,type,ts[,dwell,session,price,event_id] or JSON lines"}
-    return "supported formats: " + "; ".join(
-        f"{fmt} ({shown.get(fmt, ','.join(h))})" for fmt, h in _HEADERS.items())
+    shown = {
+        "yoochoose": "SessionId<TAB>ItemId<TAB>Time (tab-separated)",
+        "canonical": "user,item,type,ts[,dwell,session,price,event_id] or JSON lines",
+    }
+    return "supported formats: " + "; ".join(f"{fmt} ({shown.get(fmt, ','.join(h))})" for fmt, h in _HEADERS.items())
 
 
 # --------------------------------------------------------------------------- reading
+
 
 def _open_text(path: Path) -> io.TextIOWrapper:
     sp = str(path)
@@ -507,8 +551,9 @@ def _detect(path: Path, first: str, lead: int = 0) -> tuple[str, bool, str, list
     raise DataError(f"unknown header {shown!r}; {_supported()}", str(path), lead + 1)
 
 
-def load_events(path: str | os.PathLike[str], fmt: str = "auto", lenient: bool = False,
-                stats: LoadStats | None = None) -> list[Event]:
+def load_events(
+    path: str | os.PathLike[str], fmt: str = "auto", lenient: bool = False, stats: LoadStats | None = None
+) -> list[Event]:
     """Load one file (plain or gzip) into events sorted by time (stable).
 
     fmt: "auto" (detect from the header row / first line) or one of FORMATS; an explicit
@@ -528,7 +573,7 @@ def load_events(path: str | os.PathLike[str], fmt: str = "auto", lenient: bool =
     max_ts = int(time.time() * 1000) + MAX_FUTURE_SKEW_MS
 
     events: list[Event] = []
-    line_of: Callable[[], int] = lambda: 1   # noqa: E731  (line being read, for errors)
+    line_of: Callable[[], int] = lambda: 1  # noqa: E731  (line being read, for errors)
     with _open_text(p) as f:
         try:
             first, lead = _first_line(f)
@@ -538,9 +583,12 @@ def load_events(path: str | os.PathLike[str], fmt: str = "auto", lenient: bool =
             if fmt != "auto" and found != fmt:
                 raise DataError(
                     f"header {first.strip()[:200]!r} does not match format {fmt!r} "
-                    f"(expected {','.join(_HEADERS[fmt])})", sp, lead + 1)
+                    f"(expected {','.join(_HEADERS[fmt])})",
+                    sp,
+                    lead + 1,
+                )
             st.fmt = found
-            if not delim:                                   # JSON lines
+            if not delim:  # JSON lines
                 numbered = enumerate(itertools.chain([first], f), lead + 1)
                 cur = [0]
 
@@ -548,15 +596,16 @@ def load_events(path: str | os.PathLike[str], fmt: str = "auto", lenient: bool =
                     for cur[0], line in numbered:
                         if line.strip():
                             yield line
-                line_of = lambda: cur[0]                    # noqa: E731
+
+                line_of = lambda: cur[0]  # noqa: E731
                 _consume(_conv_jsonl(max_ts), nonblank(), line_of, st, events, lenient, sp)
             else:
                 source = itertools.chain([] if has_header else [first], f)
                 reader = csv.reader(source, delimiter=delim, strict=True)
                 header = _norm_header(first_row) if has_header else _HEADERS["taobao"]
                 base = lead + (1 if has_header else 0)
-                line_of = lambda: reader.line_num + base    # noqa: E731
-                rows = (row for row in reader if row)       # blank lines are not rows
+                line_of = lambda: reader.line_num + base  # noqa: E731
+                rows = (row for row in reader if row)  # blank lines are not rows
                 _consume(_CONVERTERS[found](header, max_ts), rows, line_of, st, events, lenient, sp)
         except DataError:
             raise
@@ -568,13 +617,20 @@ def load_events(path: str | os.PathLike[str], fmt: str = "auto", lenient: bool =
             raise DataError(f"corrupt or truncated gzip data ({e})", sp, line_of() + 1) from None
         except OSError as e:
             raise DataError(f"read error: {e.strerror or e}", sp, line_of() + 1) from None
-    events.sort(key=attrgetter("ts"))      # list.sort is stable: ties keep file order
+    events.sort(key=attrgetter("ts"))  # list.sort is stable: ties keep file order
     st.loaded = len(events)
     return events
 
 
-def _consume(conv: Conv, rows: Iterable[Any], line_of: Callable[[], int], st: LoadStats,
-             events: list[Event], lenient: bool, sp: str) -> None:
+def _consume(
+    conv: Conv,
+    rows: Iterable[Any],
+    line_of: Callable[[], int],
+    st: LoadStats,
+    events: list[Event],
+    lenient: bool,
+    sp: str,
+) -> None:
     append = events.append
     n = 0
     try:
@@ -593,40 +649,65 @@ def _consume(conv: Conv, rows: Iterable[Any], line_of: Callable[[], int], st: Lo
 
 
 def _loader(fmt: str, doc: str) -> Callable[..., list[Event]]:
-    def load(path: str | os.PathLike[str], lenient: bool = False,
-             stats: LoadStats | None = None) -> list[Event]:
+    def load(path: str | os.PathLike[str], lenient: bool = False, stats: LoadStats | None = None) -> list[Event]:
         return load_events(path, fmt=fmt, lenient=lenient, stats=stats)
+
     load.__name__ = load.__qualname__ = f"load_{fmt}"
     load.__doc__ = doc + f"\n\nSame as load_events(path, fmt={fmt!r}, ...)."
     return load
 
 
-load_taobao = _loader("taobao", (
-    "Taobao UserBehavior: user_id,item_id,category_id,behavior,timestamp (Unix seconds). "
-    "pv/cart/fav/buy -> view/addtocart/favorite/transaction; ts = seconds*1000; category "
-    "dropped. The header-less official UserBehavior.csv is accepted too."))
-load_yoochoose = _loader("yoochoose", (
-    "YOOCHOOSE clicks (session-rec TSV): SessionId<TAB>ItemId<TAB>Time (float seconds). "
-    "YOOCHOOSE has sessions, not users: the session is the user (user = session = SessionId). "
-    "Every event is a 'click'; ts = round(Time*1000)."))
-load_rees46 = _loader("rees46", (
-    "REES46 'eCommerce behavior data': event_time ('2019-10-01 00:00:00 UTC'), event_type "
-    "view/cart/purchase -> view/addtocart/transaction, product_id = item, user_id = user, "
-    "user_session = session, price kept. remove_from_cart rows are skipped and counted."))
-load_retailrocket = _loader("retailrocket", (
-    "RetailRocket (CaseRecommender derivative): visitorid,itemid,event. It has NO time: "
-    "ts = 2015-05-03 00:00 UTC (RETAILROCKET_EPOCH_MS) + row index in ms, only to keep "
-    "file order. Use for static user-item matrix tests only, never for time splits."))
-load_otto = _loader("otto", (
-    "OTTO (flattened): session,aid,ts (ms),type; clicks/carts/orders -> "
-    "click/addtocart/transaction. The session is the user (user = session = session id)."))
-load_canonical = _loader("canonical", (
-    "The project's own format: CSV with header user,item,type,ts[,dwell,session,price,event_id] "
-    "or JSON lines with the same fields. ts = integer ms or ISO-8601 with timezone. Every row "
-    "is validated by recsys.events.parse_event; other columns/fields are ignored."))
+load_taobao = _loader(
+    "taobao",
+    (
+        "Taobao UserBehavior: user_id,item_id,category_id,behavior,timestamp (Unix seconds). "
+        "pv/cart/fav/buy -> view/addtocart/favorite/transaction; ts = seconds*1000; category "
+        "dropped. The header-less official UserBehavior.csv is accepted too."
+    ),
+)
+load_yoochoose = _loader(
+    "yoochoose",
+    (
+        "YOOCHOOSE clicks (session-rec TSV): SessionId<TAB>ItemId<TAB>Time (float seconds). "
+        "YOOCHOOSE has sessions, not users: the session is the user (user = session = SessionId). "
+        "Every event is a 'click'; ts = round(Time*1000)."
+    ),
+)
+load_rees46 = _loader(
+    "rees46",
+    (
+        "REES46 'eCommerce behavior data': event_time ('2019-10-01 00:00:00 UTC'), event_type "
+        "view/cart/purchase -> view/addtocart/transaction, product_id = item, user_id = user, "
+        "user_session = session, price kept. remove_from_cart rows are skipped and counted."
+    ),
+)
+load_retailrocket = _loader(
+    "retailrocket",
+    (
+        "RetailRocket (CaseRecommender derivative): visitorid,itemid,event. It has NO time: "
+        "ts = 2015-05-03 00:00 UTC (RETAILROCKET_EPOCH_MS) + row index in ms, only to keep "
+        "file order. Use for static user-item matrix tests only, never for time splits."
+    ),
+)
+load_otto = _loader(
+    "otto",
+    (
+        "OTTO (flattened): session,aid,ts (ms),type; clicks/carts/orders -> "
+        "click/addtocart/transaction. The session is the user (user = session = session id)."
+    ),
+)
+load_canonical = _loader(
+    "canonical",
+    (
+        "The project's own format: CSV with header user,item,type,ts[,dwell,session,price,event_id] "
+        "or JSON lines with the same fields. ts = integer ms or ISO-8601 with timezone. Every row "
+        "is validated by recsys.events.parse_event; other columns/fields are ignored."
+    ),
+)
 
 
 # --------------------------------------------------------------------------- writing
+
 
 def write_canonical(events: Iterable[Event], path: str | os.PathLike[str]) -> int:
     """Write events in the canonical format; returns the number written.
@@ -655,8 +736,10 @@ def write_canonical(events: Iterable[Event], path: str | os.PathLike[str]) -> in
                     w = csv.writer(f, lineterminator="\n")
                     w.writerow(CANONICAL_FIELDS)
                     for e in events:
-                        w.writerow("" if v is None else v for v in
-                                    (e.user, e.item, e.type, e.ts, e.dwell, e.session, e.price, e.event_id))
+                        w.writerow(
+                            "" if v is None else v
+                            for v in (e.user, e.item, e.type, e.ts, e.dwell, e.session, e.price, e.event_id)
+                        )
                         n += 1
             if gz:
                 binary.close()
@@ -670,8 +753,10 @@ def write_canonical(events: Iterable[Event], path: str | os.PathLike[str]) -> in
 
 # --------------------------------------------------------------------------- splitting
 
-def time_split(events: Sequence[Event], test_fraction: float = 0.2, *,
-               at: int | None = None) -> tuple[list[Event], list[Event]]:
+
+def time_split(
+    events: Sequence[Event], test_fraction: float = 0.2, *, at: int | None = None
+) -> tuple[list[Event], list[Event]]:
     """Split by time into (train, test), both sorted by time (stable).
 
     With ``at`` (ms): train = ts < at, test = ts >= at. Otherwise the cut is the event-count
@@ -682,8 +767,11 @@ def time_split(events: Sequence[Event], test_fraction: float = 0.2, *,
     """
     ordered = sorted(events, key=attrgetter("ts"))
     if at is None:
-        if not (isinstance(test_fraction, (int, float)) and 0.0 <= test_fraction <= 1.0
-                and not isinstance(test_fraction, bool)):
+        if not (
+            isinstance(test_fraction, (int, float))
+            and 0.0 <= test_fraction <= 1.0
+            and not isinstance(test_fraction, bool)
+        ):
             raise ConfigError(f"time_split: test_fraction must be in [0, 1], got {test_fraction!r}")
         n = len(ordered)
         k = math.floor(n * (1.0 - test_fraction))
@@ -692,5 +780,5 @@ def time_split(events: Sequence[Event], test_fraction: float = 0.2, *,
         at = ordered[k].ts
     elif isinstance(at, bool) or not isinstance(at, int):
         raise ConfigError(f"time_split: at must be integer ms since the epoch, got {at!r}")
-    lo = bisect.bisect_left(ordered, at, key=attrgetter("ts"))   # first ts >= at
+    lo = bisect.bisect_left(ordered, at, key=attrgetter("ts"))  # first ts >= at
     return ordered[:lo], ordered[lo:]

@@ -59,7 +59,7 @@ from recsys.events import MAX_DWELL_S, MIN_TS_MS, Event
 
 __all__ = ["SimConfig", "simulate", "write", "describe", "DEFAULT_START_MS", "main"]
 
-DEFAULT_START_MS = 1_780_272_000_000   # 2026-06-01 00:00 UTC: a fixed date in the recent past
+DEFAULT_START_MS = 1_780_272_000_000  # 2026-06-01 00:00 UTC: a fixed date in the recent past
 _DAY_MS = 86_400_000
 _HOUR_MS = 3_600_000
 
@@ -69,60 +69,79 @@ class SimConfig:
     n_users: int = 2000
     n_items: int = 5000
     n_topics: int = 20
-    events: int = 50_000               # exactly this many events are returned
+    events: int = 50_000  # exactly this many events are returned
     start_ms: int = DEFAULT_START_MS
-    days: float = 28.0                 # time the shopper arrivals and sessions are spread over
+    days: float = 28.0  # time the shopper arrivals and sessions are spread over
     seed: int = 0
     # popularity
-    zipf_a: float = 1.1                # item popularity inside a topic ~ 1 / rank**zipf_a
-    topic_zipf_a: float = 0.8          # topic popularity ~ 1 / rank**topic_zipf_a
+    zipf_a: float = 1.1  # item popularity inside a topic ~ 1 / rank**zipf_a
+    topic_zipf_a: float = 0.8  # topic popularity ~ 1 / rank**topic_zipf_a
     # shoppers
-    taste_concentration: float = 1.0   # total Dirichlet mass of a taste vector (small: narrow)
-    activity_sigma: float = 1.0        # log-normal spread of shopper activity
-    initial_users: float = 0.4         # share of shoppers present at the start
+    taste_concentration: float = 1.0  # total Dirichlet mass of a taste vector (small: narrow)
+    activity_sigma: float = 1.0  # log-normal spread of shopper activity
+    initial_users: float = 0.4  # share of shoppers present at the start
     # sessions
-    session_mean: float = 6.0          # mean number of item views per session (geometric)
-    topic_switch: float = 0.08         # per step: move to another topic the shopper likes
-    explore: float = 0.04              # per step: any item, by global popularity
-    repeat_view: float = 0.15          # per step: view again an item seen in this session
-    revisit: float = 0.06              # per step: return to an item from an earlier session
+    session_mean: float = 6.0  # mean number of item views per session (geometric)
+    topic_switch: float = 0.08  # per step: move to another topic the shopper likes
+    explore: float = 0.04  # per step: any item, by global popularity
+    repeat_view: float = 0.15  # per step: view again an item seen in this session
+    revisit: float = 0.06  # per step: return to an item from an earlier session
     # funnel
-    cart_rate: float = 0.07            # share of viewed items the shopper means to cart
-    buy_rate: float = 0.35             # share of carted items bought at the session's end
-    favorite_rate: float = 0.025       # share of views that also add to the wish list
+    cart_rate: float = 0.07  # share of viewed items the shopper means to cart
+    buy_rate: float = 0.35  # share of carted items bought at the session's end
+    favorite_rate: float = 0.025  # share of views that also add to the wish list
     # timing (seconds)
     dwell_median_s: float = 12.0
     dwell_sigma: float = 0.9
-    intent_dwell: float = 2.5          # dwell multiplier for items the shopper will cart
-    gap_median_s: float = 5.0          # navigation time between two steps, on top of the dwell
-    diurnal: bool = True               # fewer sessions at night (UTC)
+    intent_dwell: float = 2.5  # dwell multiplier for items the shopper will cart
+    gap_median_s: float = 5.0  # navigation time between two steps, on top of the dwell
+    diurnal: bool = True  # fewer sessions at night (UTC)
     price_median: float = 25.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
             if not ok:
                 raise ConfigError(f"simulator: {what}")
+
         for name in ("n_users", "n_items", "n_topics", "events"):
             v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be an integer >= 1, got {v!r}")
+            need(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be an integer >= 1, got {v!r}"
+            )
         need(self.n_topics <= self.n_items, f"n_topics ({self.n_topics}) must be <= n_items ({self.n_items})")
-        need(isinstance(self.start_ms, int) and self.start_ms >= MIN_TS_MS,
-             f"start_ms must be integer ms after 2000-01-01, got {self.start_ms!r}")
+        need(
+            isinstance(self.start_ms, int) and self.start_ms >= MIN_TS_MS,
+            f"start_ms must be integer ms after 2000-01-01, got {self.start_ms!r}",
+        )
         need(isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}")
-        for name in ("days", "taste_concentration", "session_mean", "dwell_median_s", "gap_median_s",
-                     "price_median", "intent_dwell"):
+        for name in (
+            "days",
+            "taste_concentration",
+            "session_mean",
+            "dwell_median_s",
+            "gap_median_s",
+            "price_median",
+            "intent_dwell",
+        ):
             v = getattr(self, name)
             need(math.isfinite(v) and v > 0, f"{name} must be > 0, got {v!r}")
         need(self.session_mean >= 1, f"session_mean must be >= 1, got {self.session_mean}")
         for name in ("zipf_a", "topic_zipf_a", "activity_sigma", "dwell_sigma"):
             v = getattr(self, name)
             need(math.isfinite(v) and v >= 0, f"{name} must be >= 0, got {v!r}")
-        for name in ("initial_users", "topic_switch", "explore", "repeat_view", "revisit",
-                     "cart_rate", "buy_rate", "favorite_rate"):
+        for name in (
+            "initial_users",
+            "topic_switch",
+            "explore",
+            "repeat_view",
+            "revisit",
+            "cart_rate",
+            "buy_rate",
+            "favorite_rate",
+        ):
             v = getattr(self, name)
             need(0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v!r}")
-        need(self.explore + self.repeat_view + self.revisit <= 1.0,
-             "explore + repeat_view + revisit must be <= 1")
+        need(self.explore + self.repeat_view + self.revisit <= 1.0, "explore + repeat_view + revisit must be <= 1")
 
     @property
     def end_ms(self) -> int:
@@ -130,6 +149,7 @@ class SimConfig:
 
 
 # --------------------------------------------------------------------------- randomness
+
 
 class _Draws:
     """Buffered uniforms and normals from one Generator: fast scalar draws, reproducible."""
@@ -190,14 +210,15 @@ _DIURNAL_MEAN = 0.625
 
 # --------------------------------------------------------------------------- the world
 
+
 @dataclass
 class _Shop:
     item_ids: list[str]
-    item_topic: np.ndarray              # topic of each item
-    topic_items: list[list[int]]        # items of each topic, most popular first
-    topic_cdf: list[list[float]]        # cumulative in-topic popularity
-    global_cdf: list[float]             # cumulative popularity over the whole catalogue
-    appeal: list[float]                 # item's cart propensity multiplier (mean ~1)
+    item_topic: np.ndarray  # topic of each item
+    topic_items: list[list[int]]  # items of each topic, most popular first
+    topic_cdf: list[list[float]]  # cumulative in-topic popularity
+    global_cdf: list[float]  # cumulative popularity over the whole catalogue
+    appeal: list[float]  # item's cart propensity multiplier (mean ~1)
     price: list[float]
 
 
@@ -206,13 +227,13 @@ def _build_shop(cfg: SimConfig, rng: np.random.Generator) -> _Shop:
     topic_pop = _zipf(k, cfg.topic_zipf_a)
     topic_pop /= topic_pop.sum()
     # Topic sizes: popular topics tend to be bigger, with noise; every topic gets >= 1 item.
-    size_w = topic_pop ** 0.5 * rng.lognormal(0.0, 0.3, k)
+    size_w = topic_pop**0.5 * rng.lognormal(0.0, 0.3, k)
     sizes = np.ones(k, dtype=np.int64)
     rest = cfg.n_items - k
     if rest:
         sizes += rng.multinomial(rest, size_w / size_w.sum())
     topic_of = np.repeat(np.arange(k), sizes)
-    perm = rng.permutation(cfg.n_items)          # item number -> shuffled slot
+    perm = rng.permutation(cfg.n_items)  # item number -> shuffled slot
     item_topic = np.empty(cfg.n_items, dtype=np.int64)
     item_topic[perm] = topic_of
     topic_items: list[list[int]] = []
@@ -220,20 +241,27 @@ def _build_shop(cfg: SimConfig, rng: np.random.Generator) -> _Shop:
     weights = np.zeros(cfg.n_items)
     start = 0
     for t in range(k):
-        members = perm[start:start + sizes[t]]   # already in random order: that is the rank
+        members = perm[start : start + sizes[t]]  # already in random order: that is the rank
         start += sizes[t]
         w = _zipf(len(members), cfg.zipf_a)
         w /= w.sum()
         weights[members] = topic_pop[t] * w
         topic_items.append(members.tolist())
         topic_cdf.append(list(accumulate(w.tolist())))
-    appeal = rng.lognormal(-0.125, 0.5, cfg.n_items)            # mean 1
+    appeal = rng.lognormal(-0.125, 0.5, cfg.n_items)  # mean 1
     topic_price = cfg.price_median * rng.lognormal(0.0, 0.8, k)
     price = np.round(topic_price[item_topic] * rng.lognormal(0.0, 0.4, cfg.n_items), 2)
     price = np.maximum(price, 0.5)
     width = len(str(cfg.n_items - 1))
-    return _Shop([f"i{j:0{width}d}" for j in range(cfg.n_items)], item_topic, topic_items, topic_cdf,
-                 list(accumulate(weights.tolist())), appeal.tolist(), price.tolist())
+    return _Shop(
+        [f"i{j:0{width}d}" for j in range(cfg.n_items)],
+        item_topic,
+        topic_items,
+        topic_cdf,
+        list(accumulate(weights.tolist())),
+        appeal.tolist(),
+        price.tolist(),
+    )
 
 
 @dataclass
@@ -262,18 +290,23 @@ def _build_shoppers(cfg: SimConfig, rng: np.random.Generator) -> list[_Shopper]:
         arrivals[n_initial:] = cfg.start_ms + np.sort(rng.integers(0, span, late))
     width = len(str(cfg.n_users - 1))
     # Ids in order of arrival, as a shop numbers its new accounts.
-    return [_Shopper(f"u{u:0{width}d}", int(arrivals[u]), float(activity[u]),
-                     list(accumulate(tastes[u].tolist())), tastes[u]) for u in range(cfg.n_users)]
+    return [
+        _Shopper(
+            f"u{u:0{width}d}", int(arrivals[u]), float(activity[u]), list(accumulate(tastes[u].tolist())), tastes[u]
+        )
+        for u in range(cfg.n_users)
+    ]
 
 
 # --------------------------------------------------------------------------- sessions
+
 
 def _session_starts(cfg: SimConfig, sh: _Shopper, rate_per_ms: float, d: _Draws) -> list[int]:
     """Session start times of one shopper: Poisson, thinned by the daily cycle."""
     starts: list[int] = []
     t = sh.arrival
     if sh.arrival > cfg.start_ms:
-        starts.append(sh.arrival)       # a new shopper's first visit is their arrival
+        starts.append(sh.arrival)  # a new shopper's first visit is their arrival
     lam = rate_per_ms * sh.activity / (_DIURNAL_MEAN if cfg.diurnal else 1.0)
     if lam <= 0:
         return starts
@@ -299,12 +332,12 @@ def _simulate_once(cfg: SimConfig, scale: float) -> list[Event]:
     exposure = sum(s.activity * (cfg.end_ms - s.arrival) for s in shoppers)
     rate = max(want_sessions - late, 0.05 * want_sessions) / exposure if exposure > 0 else 0.0
 
-    events: list[tuple[int, int, Event]] = []   # (ts, order, event): order keeps per-user sequence
+    events: list[tuple[int, int, Event]] = []  # (ts, order, event): order keeps per-user sequence
     order = 0
     session_no = 0
     for sh in shoppers:
-        history: list[int] = []          # distinct items of earlier sessions, most recent last
-        pending_carts: list[int] = []    # carted, not bought yet
+        history: list[int] = []  # distinct items of earlier sessions, most recent last
+        pending_carts: list[int] = []  # carted, not bought yet
         last_end = -1
         for start in _session_starts(cfg, sh, rate, d):
             t = max(start, last_end + int(d.lognormal(2.0, 1.0) * _HOUR_MS)) if last_end >= 0 else start
@@ -324,14 +357,15 @@ def _simulate_once(cfg: SimConfig, scale: float) -> list[Event]:
     return [e for _, _, e in events]
 
 
-def _session(cfg: SimConfig, shop: _Shop, sh: _Shopper, d: _Draws, t: int, sid: str,
-             history: list[int], pending_carts: list[int]) -> tuple[list[Event], int, list[int]]:
+def _session(
+    cfg: SimConfig, shop: _Shop, sh: _Shopper, d: _Draws, t: int, sid: str, history: list[int], pending_carts: list[int]
+) -> tuple[list[Event], int, list[int]]:
     out: list[Event] = []
     uid = sh.uid
     topic = d.pick(sh.taste_cdf)
     steps = min(d.geometric(cfg.session_mean), 200)
-    seen: list[int] = []                 # distinct items viewed this session, in order
-    intent: dict[int, bool] = {}         # item -> will the shopper cart it
+    seen: list[int] = []  # distinct items viewed this session, in order
+    intent: dict[int, bool] = {}  # item -> will the shopper cart it
     carted: list[int] = []
     fav: set[int] = set()
     max_taste = float(sh.taste.max())
@@ -358,7 +392,7 @@ def _session(cfg: SimConfig, shop: _Shop, sh: _Shopper, d: _Draws, t: int, sid: 
                 topic = d.pick(sh.taste_cdf)
             item = shop.topic_items[topic][d.pick(shop.topic_cdf[topic])]
         if item not in intent:
-            liking = float(sh.taste[shop.item_topic[item]]) / max_taste     # 1 for the favourite topic
+            liking = float(sh.taste[shop.item_topic[item]]) / max_taste  # 1 for the favourite topic
             p = cfg.cart_rate * shop.appeal[item] * (0.4 + 0.9 * liking)
             if item in pending_carts:
                 p = max(p, 0.5)
@@ -401,6 +435,7 @@ def _session(cfg: SimConfig, shop: _Shop, sh: _Shopper, d: _Draws, t: int, sid: 
 
 # --------------------------------------------------------------------------- API
 
+
 def simulate(cfg: SimConfig = SimConfig()) -> list[Event]:
     """Exactly ``cfg.events`` events, sorted by time; deterministic given the config.
 
@@ -412,9 +447,9 @@ def simulate(cfg: SimConfig = SimConfig()) -> list[Event]:
         if len(evs) >= cfg.events:
             break
         scale *= 1.3 * cfg.events / max(len(evs), 1)
-    else:   # pragma: no cover - only with absurd configs (e.g. session rate zero)
+    else:  # pragma: no cover - only with absurd configs (e.g. session rate zero)
         raise ConfigError(f"simulator: could not produce {cfg.events} events with this config")
-    evs = evs[:cfg.events]
+    evs = evs[: cfg.events]
     return [replace(e, event_id=f"sim{cfg.seed}-{k}") for k, e in enumerate(evs)]
 
 
@@ -445,10 +480,13 @@ def describe(events: Sequence[Event]) -> dict[str, Any]:
         "items": len(per_item),
         "sessions": int(len(per_session)),
         "types": {t: round(types[t] / n, 4) for t in sorted(types, key=lambda t: -types[t])},
-        "events_per_user": {"mean": round(float(per_user.mean()), 2), "median": float(np.median(per_user)),
-                            "p90": float(np.percentile(per_user, 90)), "max": int(per_user.max())},
-        "events_per_session": {"mean": round(float(per_session.mean()), 2),
-                               "median": float(np.median(per_session))},
+        "events_per_user": {
+            "mean": round(float(per_user.mean()), 2),
+            "median": float(np.median(per_user)),
+            "p90": float(np.percentile(per_user, 90)),
+            "max": int(per_user.max()),
+        },
+        "events_per_session": {"mean": round(float(per_session.mean()), 2), "median": float(np.median(per_session))},
         "top1pct_items_share": round(float(per_item[-top1:].sum() / n), 4),
         "view_to_cart": round(len(carted & viewed) / max(len(viewed), 1), 4),
         "cart_to_buy": round(len(bought & carted) / max(len(carted), 1), 4),
@@ -458,6 +496,7 @@ def describe(events: Sequence[Event]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- CLI
+
 
 def parse_start(s: str) -> int:
     """A start time given as ms since the epoch or an ISO date (UTC unless it says otherwise)."""
@@ -475,22 +514,39 @@ def parse_start(s: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m recsys.data.simulator",
-                                 description="Write a simulated clickstream in the canonical format.")
+    ap = argparse.ArgumentParser(
+        prog="python -m recsys.data.simulator", description="Write a simulated clickstream in the canonical format."
+    )
     ap.add_argument("out", help="output file: .csv, .jsonl (add .gz to compress)")
     ap.add_argument("--events", type=int, default=SimConfig.events, help=f"events (default {SimConfig.events})")
     ap.add_argument("--users", type=int, default=SimConfig.n_users, help=f"shoppers (default {SimConfig.n_users})")
-    ap.add_argument("--items", type=int, default=SimConfig.n_items, help=f"catalogue size (default {SimConfig.n_items})")
-    ap.add_argument("--topics", type=int, default=SimConfig.n_topics, help=f"latent topics (default {SimConfig.n_topics})")
+    ap.add_argument(
+        "--items", type=int, default=SimConfig.n_items, help=f"catalogue size (default {SimConfig.n_items})"
+    )
+    ap.add_argument(
+        "--topics", type=int, default=SimConfig.n_topics, help=f"latent topics (default {SimConfig.n_topics})"
+    )
     ap.add_argument("--days", type=float, default=SimConfig.days, help=f"time span (default {SimConfig.days:g})")
     ap.add_argument("--seed", type=int, default=SimConfig.seed)
-    ap.add_argument("--start", type=parse_start, default=DEFAULT_START_MS, metavar="MS|ISO",
-                    help="first arrival time (default 2026-06-01T00:00Z)")
+    ap.add_argument(
+        "--start",
+        type=parse_start,
+        default=DEFAULT_START_MS,
+        metavar="MS|ISO",
+        help="first arrival time (default 2026-06-01T00:00Z)",
+    )
     ap.add_argument("--describe", action="store_true", help="print realism figures as JSON on stdout")
     args = ap.parse_args(argv)
     try:
-        cfg = SimConfig(n_users=args.users, n_items=args.items, n_topics=args.topics, events=args.events,
-                        days=args.days, seed=args.seed, start_ms=args.start)
+        cfg = SimConfig(
+            n_users=args.users,
+            n_items=args.items,
+            n_topics=args.topics,
+            events=args.events,
+            days=args.days,
+            seed=args.seed,
+            start_ms=args.start,
+        )
         events = simulate(cfg)
         from recsys.data.datasets import write_canonical
 
@@ -506,5 +562,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":   # pragma: no cover
+if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -42,11 +42,12 @@ class EvalCase:
     user: str
     query: str
     relevant: set[str]
-    profile: UserProfile          # training history + the query event
+    profile: UserProfile  # training history + the query event
 
 
-def build_cases(train_profiles: dict[str, UserProfile], test_events: Sequence[Event],
-               ccfg: ConfidenceConfig) -> list[EvalCase]:
+def build_cases(
+    train_profiles: dict[str, UserProfile], test_events: Sequence[Event], ccfg: ConfidenceConfig
+) -> list[EvalCase]:
     by_user: dict[str, list[Event]] = defaultdict(list)
     for e in test_events:
         by_user[e.user].append(e)
@@ -79,10 +80,16 @@ def score_lists(lists: Sequence[Sequence[str]], cases: Sequence[EvalCase], n_ite
     }
 
 
-def evaluate(train_events: Sequence[Event], test_events: Sequence[Event], *,
-             ccfg: ConfidenceConfig = ConfidenceConfig(), scfg: ScoringConfig = ScoringConfig(),
-             kinds: dict[str, TrainConfig] | None = None, batch: int = 1024,
-             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def evaluate(
+    train_events: Sequence[Event],
+    test_events: Sequence[Event],
+    *,
+    ccfg: ConfidenceConfig = ConfidenceConfig(),
+    scfg: ScoringConfig = ScoringConfig(),
+    kinds: dict[str, TrainConfig] | None = None,
+    batch: int = 1024,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run the protocol; returns {"methods": {name: metrics}, "cases": n, ...}."""
     say = progress or (lambda _m: None)
     kinds = kinds or {"als": TrainConfig(kind="als")}
@@ -113,26 +120,38 @@ def evaluate(train_events: Sequence[Event], test_events: Sequence[Event], *,
             rec = Recommender(model, ccfg, cfg)
             lists: list[list[str]] = []
             for s in range(0, len(cases), batch):
-                chunk = cases[s:s + batch]
+                chunk = cases[s : s + batch]
                 if popular_only and name == "popularity":
                     out = [rec.scorer.popular(exclude=c.profile.items_with(cfg.exclude_types)) for c in chunk]
                 elif name == "similar":
                     # Query similarity alone: the user's factors play no part.
-                    out = rec.scorer.recommend(np.zeros((len(chunk), model.factors), np.float32),
-                                               [False] * len(chunk), [c.query for c in chunk],
-                                               [c.profile.items_with(cfg.exclude_types) for c in chunk])
+                    out = rec.scorer.recommend(
+                        np.zeros((len(chunk), model.factors), np.float32),
+                        [False] * len(chunk),
+                        [c.query for c in chunk],
+                        [c.profile.items_with(cfg.exclude_types) for c in chunk],
+                    )
                 else:
-                    out = rec.recommend([c.profile for c in chunk],
-                                        [c.query if use_query else None for c in chunk])
+                    out = rec.recommend([c.profile for c in chunk], [c.query if use_query else None for c in chunk])
                 lists.extend(o.items for o in out)
             key = "popularity" if name == "popularity" else f"{kind}:{name}"
             results[key] = score_lists(lists, cases, catalogue)
             say(f"  {key:<14} " + "  ".join(f"{m}={results[key][m]:.4f}" for m in METRICS))
-    return {"methods": results, "cases": len(cases), "train_events": len(train_events),
-            "test_events": len(test_events), "train_users": len(profiles), "models": info,
-            "scoring": {"user_weight": scfg.user_weight, "item_norm_power": scfg.item_norm_power,
-                        "exclude_types": list(scfg.exclude_types), "exclude_query": scfg.exclude_query},
-            "seconds": round(time.time() - t0, 2)}
+    return {
+        "methods": results,
+        "cases": len(cases),
+        "train_events": len(train_events),
+        "test_events": len(test_events),
+        "train_users": len(profiles),
+        "models": info,
+        "scoring": {
+            "user_weight": scfg.user_weight,
+            "item_norm_power": scfg.item_norm_power,
+            "exclude_types": list(scfg.exclude_types),
+            "exclude_query": scfg.exclude_query,
+        },
+        "seconds": round(time.time() - t0, 2),
+    }
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -167,8 +186,9 @@ def iter_metrics(report: dict[str, Any]) -> Iterable[tuple[str, str, float]]:
             yield name, m, v
 
 
-def holdout_users(profiles: dict[str, UserProfile], fraction: float = 0.1,
-                  min_items: int = 3) -> tuple[dict[str, UserProfile], list[EvalCase]]:
+def holdout_users(
+    profiles: dict[str, UserProfile], fraction: float = 0.1, min_items: int = 3
+) -> tuple[dict[str, UserProfile], list[EvalCase]]:
     """Split aggregated profiles (what a retrain reads from the state changelog) for a gate.
 
     A stable share of users (by a hash of the id, so consecutive retrains hold out the same
@@ -198,13 +218,14 @@ def holdout_users(profiles: dict[str, UserProfile], fraction: float = 0.1,
     return train_profiles, cases
 
 
-def evaluate_model(model: Model, cases: Sequence[EvalCase], ccfg: ConfidenceConfig, scfg: ScoringConfig,
-                   batch: int = 1024) -> dict[str, float]:
+def evaluate_model(
+    model: Model, cases: Sequence[EvalCase], ccfg: ConfidenceConfig, scfg: ScoringConfig, batch: int = 1024
+) -> dict[str, float]:
     """The serving path (fold-in + blend) of one model on prepared cases."""
     rec = Recommender(model, ccfg, scfg)
     lists: list[list[str]] = []
     for s in range(0, len(cases), batch):
-        chunk = cases[s:s + batch]
+        chunk = cases[s : s + batch]
         lists.extend(o.items for o in rec.recommend([c.profile for c in chunk], [c.query for c in chunk]))
     out = score_lists(lists, cases, model.n_items)
     # Sampling error of MAP@10 over these cases, so a gate can tell noise from a regression.

@@ -38,7 +38,7 @@ from recsys.errors import RecsysError
 from recsys.evaluation.plotting import pyplot
 
 TIME_KEYS = ("t", "ts", "time", "timestamp", "elapsed_s", "elapsed", "t_s")
-MIN_SAMPLES = 10   # a shorter list of numbers is a parameter (sizes, factors), not a distribution
+MIN_SAMPLES = 10  # a shorter list of numbers is a parameter (sizes, factors), not a distribution
 MAX_SERIES = 12
 _chart_ids = count(1)
 
@@ -48,15 +48,15 @@ def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _is_table(v: Any) -> bool:          # {name: number}
+def _is_table(v: Any) -> bool:  # {name: number}
     return isinstance(v, dict) and len(v) > 0 and all(_num(x) for x in v.values())
 
 
-def _is_grouped(v: Any) -> bool:        # {name: {metric: number}}
+def _is_grouped(v: Any) -> bool:  # {name: {metric: number}}
     return isinstance(v, dict) and len(v) > 0 and all(_is_table(x) for x in v.values())
 
 
-def _is_numbers(v: Any) -> bool:        # [number, ...], enough of them to be a distribution
+def _is_numbers(v: Any) -> bool:  # [number, ...], enough of them to be a distribution
     return isinstance(v, list) and len(v) >= MIN_SAMPLES and all(_num(x) for x in v)
 
 
@@ -64,23 +64,29 @@ def _is_distributions(v: Any) -> bool:  # {name: [number, ...]}
     return isinstance(v, dict) and len(v) > 0 and all(_is_numbers(x) for x in v.values())
 
 
-def _is_records(v: Any) -> bool:        # [{column: value}, ...] with numbers in them
-    return (isinstance(v, list) and len(v) > 0 and all(isinstance(r, dict) for r in v)
-            and any(_num(x) for r in v for x in r.values()))
+def _is_records(v: Any) -> bool:  # [{column: value}, ...] with numbers in them
+    return (
+        isinstance(v, list)
+        and len(v) > 0
+        and all(isinstance(r, dict) for r in v)
+        and any(_num(x) for r in v for x in r.values())
+    )
 
 
 def _metric_like(name: str) -> bool:
     n = name.lower()
-    return ("@" in n or n in ("coverage", "hit_rate", "throughput", "eps", "events_per_s", "rate")
-            or any(n.endswith(s) for s in ("_ms", "_s", "_seconds", "_per_s", "_rate", "_p50", "_p95", "_p99"))
-            or n.startswith(("map", "ndcg", "recall", "hr", "latency", "p50", "p95", "p99")))
+    return (
+        "@" in n
+        or n in ("coverage", "hit_rate", "throughput", "eps", "events_per_s", "rate")
+        or any(n.endswith(s) for s in ("_ms", "_s", "_seconds", "_per_s", "_rate", "_p50", "_p95", "_p99"))
+        or n.startswith(("map", "ndcg", "recall", "hr", "latency", "p50", "p95", "p99"))
+    )
 
 
 # -- charts (matplotlib -> inline SVG) ------------------------------------------------------------
 def _plt() -> ModuleType:
     plt = pyplot("the HTML report's charts")
-    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
-                         "axes.spines.right": False})
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
     return plt
 
 
@@ -89,9 +95,11 @@ def _svg(fig: Any, name: str) -> str:
     fig.savefig(buf, format="svg", bbox_inches="tight")
     _plt().close(fig)
     text = buf.getvalue()
-    text = text[text.index("<svg"):]   # drop the XML declaration and DOCTYPE: the SVG is inline
-    return (f'<figure class="chart" id="chart-{next(_chart_ids)}" data-chart="{html.escape(name)}">'
-            f"{text}<figcaption>{html.escape(name)}</figcaption></figure>")
+    text = text[text.index("<svg") :]  # drop the XML declaration and DOCTYPE: the SVG is inline
+    return (
+        f'<figure class="chart" id="chart-{next(_chart_ids)}" data-chart="{html.escape(name)}">'
+        f"{text}<figcaption>{html.escape(name)}</figcaption></figure>"
+    )
 
 
 def bar_chart(title: str, values: dict[str, float], ylabel: str = "") -> str:
@@ -99,7 +107,9 @@ def bar_chart(title: str, values: dict[str, float], ylabel: str = "") -> str:
     fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(values) + 2), 3.2))
     names = list(values)
     ax.bar(range(len(names)), [values[n] for n in names], color="#4c72b0")
-    ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    ax.set_xticks(
+        range(len(names)), names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center"
+    )
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     for i, n in enumerate(names):
@@ -107,8 +117,7 @@ def bar_chart(title: str, values: dict[str, float], ylabel: str = "") -> str:
     return _svg(fig, title)
 
 
-def grouped_bar_chart(title: str, groups: dict[str, dict[str, float]], metrics: Sequence[str],
-                      ylabel: str = "") -> str:
+def grouped_bar_chart(title: str, groups: dict[str, dict[str, float]], metrics: Sequence[str], ylabel: str = "") -> str:
     import numpy as np
 
     plt = _plt()
@@ -124,15 +133,16 @@ def grouped_bar_chart(title: str, groups: dict[str, dict[str, float]], metrics: 
     return _svg(fig, title)
 
 
-def line_chart(title: str, x: Sequence[float], series: dict[str, Sequence[float]], xlabel: str,
-               ylabel: str = "") -> str:
+def line_chart(
+    title: str, x: Sequence[float], series: dict[str, Sequence[float]], xlabel: str, ylabel: str = ""
+) -> str:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     for name, ys in list(series.items())[:MAX_SERIES]:
-        ax.plot(x[:len(ys)], ys, marker="o" if len(ys) <= 30 else None, markersize=3, label=name)
+        ax.plot(x[: len(ys)], ys, marker="o" if len(ys) <= 30 else None, markersize=3, label=name)
     xs = [v for v in x if _num(v)]
     if xs and min(xs) > 0 and max(xs) / min(xs) >= 100:
-        ax.set_xscale("log")     # catalogue sizes, rates: orders of magnitude apart
+        ax.set_xscale("log")  # catalogue sizes, rates: orders of magnitude apart
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -169,20 +179,31 @@ def _fmt(v: Any) -> str:
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     columns = list(columns or dict.fromkeys(k for r in rows for k in r))
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(
-        f"<td class=\"{'num' if _num(r.get(c)) else ''}\">{html.escape(_fmt(r.get(c, '')))}</td>" for c in columns)
-        + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="{"num" if _num(r.get(c)) else ""}">{html.escape(_fmt(r.get(c, "")))}</td>' for c in columns
+        )
+        + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def facts(d: dict[str, Any]) -> str:
-    plain = {k: (", ".join(_fmt(x) for x in v) if isinstance(v, list) else v) for k, v in d.items()
-             if not isinstance(v, dict) and not (isinstance(v, list) and (len(v) >= MIN_SAMPLES
-                                                                          or any(isinstance(x, (dict, list)) for x in v)))}
+    plain = {
+        k: (", ".join(_fmt(x) for x in v) if isinstance(v, list) else v)
+        for k, v in d.items()
+        if not isinstance(v, dict)
+        and not (isinstance(v, list) and (len(v) >= MIN_SAMPLES or any(isinstance(x, (dict, list)) for x in v)))
+    }
     if not plain:
         return ""
-    return "<dl class=\"facts\">" + "".join(
-        f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(_fmt(v))}</dd>" for k, v in plain.items()) + "</dl>"
+    return (
+        '<dl class="facts">'
+        + "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(_fmt(v))}</dd>" for k, v in plain.items())
+        + "</dl>"
+    )
 
 
 def section(title: str, *parts: str) -> str:
@@ -194,15 +215,25 @@ def evaluation_sections(rep: dict[str, Any]) -> list[str]:
     methods: dict[str, dict[str, float]] = rep["methods"]
     metrics = list(dict.fromkeys(m for vals in methods.values() for m in vals))
     ranking = [m for m in metrics if m != "coverage" and not m.endswith("_se")]
-    out = [section("Evaluation", facts(rep)),
-           section("Ranking metrics per method",
-                   grouped_bar_chart("Ranking metrics per method (higher is better)", methods, ranking, "score"))]
+    out = [
+        section("Evaluation", facts(rep)),
+        section(
+            "Ranking metrics per method",
+            grouped_bar_chart("Ranking metrics per method (higher is better)", methods, ranking, "score"),
+        ),
+    ]
     if "coverage" in metrics:
-        out.append(section("Catalogue coverage",
-                           bar_chart("Catalogue coverage of top-10 lists", {k: v.get("coverage", 0.0)
-                                                                           for k, v in methods.items()}, "share")))
-    out.append(section("All results", table([{"method": k, **v} for k, v in methods.items()],
-                                            ["method", *metrics])))
+        out.append(
+            section(
+                "Catalogue coverage",
+                bar_chart(
+                    "Catalogue coverage of top-10 lists",
+                    {k: v.get("coverage", 0.0) for k, v in methods.items()},
+                    "share",
+                ),
+            )
+        )
+    out.append(section("All results", table([{"method": k, **v} for k, v in methods.items()], ["method", *metrics])))
     models = rep.get("models")
     if isinstance(models, dict) and models and all(isinstance(v, dict) for v in models.values()):
         out.append(section("Models", table([{"model": k, **v} for k, v in models.items()])))
@@ -240,8 +271,15 @@ def records_sections(title: str, rows: list[dict[str, Any]]) -> list[str]:
                         name = ", ".join(f"{o}={_fmt(r.get(o))}" for o in others) or m
                         series.setdefault(name, {})[r[xkey]] = r[m]
                 xs = sorted({r[xkey] for r in rows if xkey in r})
-                out.append(line_chart(f"{title}: {m} by {xkey}", xs,
-                                      {k: [v.get(x, math.nan) for x in xs] for k, v in series.items()}, xkey, m))
+                out.append(
+                    line_chart(
+                        f"{title}: {m} by {xkey}",
+                        xs,
+                        {k: [v.get(x, math.nan) for x in xs] for k, v in series.items()},
+                        xkey,
+                        m,
+                    )
+                )
         elif measures:
             name_col = labels[0] if labels else None
             for m in measures:
@@ -250,9 +288,13 @@ def records_sections(title: str, rows: list[dict[str, Any]]) -> list[str]:
     return [section(title, *out, table(rows, columns))]
 
 
-def _is_results(v: Any) -> bool:      # {name: {field: number | {k: number} | [...]}} (benchmark runs)
-    return (isinstance(v, dict) and len(v) > 0 and all(isinstance(x, dict) for x in v.values())
-            and all(any(_num(y) for y in x.values()) for x in v.values()))
+def _is_results(v: Any) -> bool:  # {name: {field: number | {k: number} | [...]}} (benchmark runs)
+    return (
+        isinstance(v, dict)
+        and len(v) > 0
+        and all(isinstance(x, dict) for x in v.values())
+        and all(any(_num(y) for y in x.values()) for x in v.values())
+    )
 
 
 def results_sections(title: str, runs: dict[str, dict[str, Any]]) -> list[str]:
@@ -272,7 +314,7 @@ def results_sections(title: str, runs: dict[str, dict[str, Any]]) -> list[str]:
         if f == "latency_hist_ms" and n == 50:
             import numpy as np
 
-            edges = np.logspace(0, 5, 51)   # bench/e2e.py's bins: 1 ms .. 100 s, log-spaced
+            edges = np.logspace(0, 5, 51)  # bench/e2e.py's bins: 1 ms .. 100 s, log-spaced
             x = list(np.sqrt(edges[:-1] * edges[1:]))
             xlabel = "latency (ms)"
         else:
@@ -285,8 +327,14 @@ def distribution_section(title: str, values: Sequence[float]) -> str:
     import numpy as np
 
     v = np.asarray(values, float)
-    stats = {"n": len(v), "mean": float(v.mean()), "p50": float(np.percentile(v, 50)),
-             "p95": float(np.percentile(v, 95)), "p99": float(np.percentile(v, 99)), "max": float(v.max())}
+    stats = {
+        "n": len(v),
+        "mean": float(v.mean()),
+        "p50": float(np.percentile(v, 50)),
+        "p95": float(np.percentile(v, 95)),
+        "p99": float(np.percentile(v, 99)),
+        "max": float(v.max()),
+    }
     return section(title, histogram(f"{title}: distribution", values), table([stats]))
 
 
@@ -295,8 +343,13 @@ def generic_sections(title: str, data: Any, depth: int = 0) -> list[str]:
         return evaluation_sections(data)
     if _is_grouped(data):
         metrics = list(dict.fromkeys(m for vals in data.values() for m in vals))
-        return [section(title, grouped_bar_chart(title, data, metrics),
-                        table([{"name": k, **v} for k, v in data.items()], ["name", *metrics]))]
+        return [
+            section(
+                title,
+                grouped_bar_chart(title, data, metrics),
+                table([{"name": k, **v} for k, v in data.items()], ["name", *metrics]),
+            )
+        ]
     if _is_table(data):
         return [section(title, bar_chart(title, data), table([data]))]
     if _is_numbers(data):
@@ -339,13 +392,20 @@ def render(data: Any, title: str, source: str = "") -> str:
     sections = generic_sections(title, data)
     n_charts = sum(s.count('<figure class="chart"') for s in sections)
     if not n_charts:
-        raise RecsysError(f"{source or 'input'}: nothing to chart (expected an evaluation report, result rows, "
-                          "{name: number} or lists of numbers)")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width\"><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head>\n<body data-charts=\"{n_charts}\">"
-            f"<h1>{html.escape(title)}</h1><p class=\"sub\">{html.escape(source)}</p>\n"
-            + "\n".join(sections) + "\n" + CHECK_SCRIPT + "\n</body></html>\n")
+        raise RecsysError(
+            f"{source or 'input'}: nothing to chart (expected an evaluation report, result rows, "
+            "{name: number} or lists of numbers)"
+        )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width"><title>{html.escape(title)}</title>'
+        f'<style>{CSS}</style></head>\n<body data-charts="{n_charts}">'
+        f'<h1>{html.escape(title)}</h1><p class="sub">{html.escape(source)}</p>\n'
+        + "\n".join(sections)
+        + "\n"
+        + CHECK_SCRIPT
+        + "\n</body></html>\n"
+    )
 
 
 def build_report(input_path: str | Path, output: str | Path, title: str | None = None) -> Path:
@@ -356,8 +416,11 @@ def build_report(input_path: str | Path, output: str | Path, title: str | None =
         raise RecsysError(f"{src}: no such file") from None
     except (OSError, ValueError) as e:
         raise RecsysError(f"{src}: not readable JSON: {e}") from None
-    title = title or (f"Evaluation: {Path(str(data.get('data', src.stem))).name}"
-                      if isinstance(data, dict) and "methods" in data else src.stem.replace("_", " "))
+    title = title or (
+        f"Evaluation: {Path(str(data.get('data', src.stem))).name}"
+        if isinstance(data, dict) and "methods" in data
+        else src.stem.replace("_", " ")
+    )
     page = render(data, title, str(src))
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)

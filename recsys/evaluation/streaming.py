@@ -82,8 +82,16 @@ from recsys.serving.popularity import RecentPopularity
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import ScoringConfig, own_item_scores
 
-METHODS = ("popularity", "own-items", "similar", "static", "system", "system-norepeat",
-           "system+items", "system+retrain")
+METHODS = (
+    "popularity",
+    "own-items",
+    "similar",
+    "static",
+    "system",
+    "system-norepeat",
+    "system+items",
+    "system+retrain",
+)
 METRICS = ("HR@10", "MRR@10", "NDCG@10")
 SEGMENTS = ("cold", "new 2-5", "new 6+", "known", "target known", "target new")
 
@@ -93,12 +101,12 @@ class StreamEvalConfig:
     k: int = 10
     chunk_max: int = 512
     pop_half_life_hours: float | None = 8.0  # popularity = decayed counts (RecentPopularity); None: window
-    pop_window_hours: float = 24.0         # only when pop_half_life_hours is None: trailing window, 0: all
-    pop_refresh: int = 25                  # popularity list recomputed every this many events
-    retrain_hours: float = 6.0             # system+retrain: event-time hours between retrains
-    item_foldin_every: int = 200           # system+items: events between new-item refreshes
+    pop_window_hours: float = 24.0  # only when pop_half_life_hours is None: trailing window, 0: all
+    pop_refresh: int = 25  # popularity list recomputed every this many events
+    retrain_hours: float = 6.0  # system+retrain: event-time hours between retrains
+    item_foldin_every: int = 200  # system+items: events between new-item refreshes
     item_foldin_min_users: int = 1
-    system_popular: bool = True            # system*: cold-start / padding list = the popularity baseline's
+    system_popular: bool = True  # system*: cold-start / padding list = the popularity baseline's
     methods: tuple[str, ...] = METHODS
 
 
@@ -129,24 +137,33 @@ def rank_of(target: str, items: Sequence[str], k: int) -> int | None:
 @dataclass
 class _Snap:
     """What the list shown before one event depends on: its user's profile at that moment."""
+
     event: Event
     query: str | None
-    conf: dict[str, float]          # p.confidence(ccfg), as the worker folds it in
-    excl: set[str]                  # p.items_with(scfg.exclude_types)
-    own: dict[str, float]           # own_item_scores(p, ccfg, scfg.repeat_half_life_days)
-    own_list: list[str]             # own items by confidence, filters applied (method own-items)
-    pop_list: list[str]             # popularity at that moment, filters applied
-    pop_top: list[str]              # the same ranking unfiltered (the system's cold-start list)
-    static_row: int                 # row of the user in the training user factors, -1: none
-    segment: str                    # activity segment
+    conf: dict[str, float]  # p.confidence(ccfg), as the worker folds it in
+    excl: set[str]  # p.items_with(scfg.exclude_types)
+    own: dict[str, float]  # own_item_scores(p, ccfg, scfg.repeat_half_life_days)
+    own_list: list[str]  # own items by confidence, filters applied (method own-items)
+    pop_list: list[str]  # popularity at that moment, filters applied
+    pop_top: list[str]  # the same ranking unfiltered (the system's cold-start list)
+    static_row: int  # row of the user in the training user factors, -1: none
+    segment: str  # activity segment
 
 
-def _snapshot(e: Event, p: UserProfile | None, ccfg: ConfidenceConfig, scfg: ScoringConfig, k: int,
-              pop_top: list[str], known_user: bool, static_row: int) -> _Snap:
+def _snapshot(
+    e: Event,
+    p: UserProfile | None,
+    ccfg: ConfidenceConfig,
+    scfg: ScoringConfig,
+    k: int,
+    pop_top: list[str],
+    known_user: bool,
+    static_row: int,
+) -> _Snap:
     p = p or UserProfile()
     query = p.history[-1] if p.history else None
     vals = p.values(ccfg)
-    conf = ccfg.to_confidences(vals)                                   # == p.confidence(ccfg)
+    conf = ccfg.to_confidences(vals)  # == p.confidence(ccfg)
     excl = p.items_with(scfg.exclude_types)
     banned = excl | {query} if query is not None else excl
     own = own_item_scores(p, ccfg, scfg.repeat_half_life_days, values=vals) if scfg.repeat_weight > 0 else {}
@@ -163,12 +180,20 @@ def _snapshot(e: Event, p: UserProfile | None, ccfg: ConfidenceConfig, scfg: Sco
     return _Snap(e, query, conf, excl, own, own_list, pop_list, pop_top, static_row, seg)
 
 
-def stream_evaluate(train_events: Sequence[Event], test_events: Sequence[Event], *,
-                    ccfg: ConfidenceConfig = ConfidenceConfig(), scfg: ScoringConfig = ScoringConfig(),
-                    tcfg: TrainConfig = TrainConfig(), ecfg: StreamEvalConfig = StreamEvalConfig(),
-                    model: Model | None = None, user_factors: np.ndarray | None = None,
-                    user_ids: Sequence[str] | None = None, keep_lists: Sequence[str] = (),
-                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def stream_evaluate(
+    train_events: Sequence[Event],
+    test_events: Sequence[Event],
+    *,
+    ccfg: ConfidenceConfig = ConfidenceConfig(),
+    scfg: ScoringConfig = ScoringConfig(),
+    tcfg: TrainConfig = TrainConfig(),
+    ecfg: StreamEvalConfig = StreamEvalConfig(),
+    model: Model | None = None,
+    user_factors: np.ndarray | None = None,
+    user_ids: Sequence[str] | None = None,
+    keep_lists: Sequence[str] = (),
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Replay `test_events` after `train_events`; returns the report (see format_table).
 
     `model` (+ `user_factors`, `user_ids` for the static method) skips training. `keep_lists`:
@@ -223,7 +248,7 @@ def stream_evaluate(train_events: Sequence[Event], test_events: Sequence[Event],
     step_ms = int(ecfg.retrain_hours * 3_600_000)
     next_retrain = (test_events[0].ts + step_ms) if (test_events and "system+retrain" in methods) else None
     rec_items = rec
-    touched: dict[str, dict[str, bool]] = defaultdict(dict)   # new item -> users who touched it
+    touched: dict[str, dict[str, bool]] = defaultdict(dict)  # new item -> users who touched it
     folded_items = 0
 
     accs: dict[str, defaultdict[str, _Acc]] = {m: defaultdict(_Acc) for m in methods}
@@ -242,8 +267,9 @@ def stream_evaluate(train_events: Sequence[Event], test_events: Sequence[Event],
             t = time.time()
             m6, _, _ = train(profiles, ccfg, tcfg, version=f"retrain-{len(retrains) + 1}")
             rec_retrain = Recommender(m6, ccfg, scfg)
-            retrains.append({"at_ts": now, "users": len(profiles), "items": m6.n_items,
-                             "seconds": round(time.time() - t, 2)})
+            retrains.append(
+                {"at_ts": now, "users": len(profiles), "items": m6.n_items, "seconds": round(time.time() - t, 2)}
+            )
             say(f"retrain {len(retrains)}: {len(profiles)} users, {m6.n_items} items")
             while next_retrain <= now:
                 next_retrain += step_ms
@@ -287,23 +313,41 @@ def stream_evaluate(train_events: Sequence[Event], test_events: Sequence[Event],
                 a[sn.segment].add(r)
                 a[tgt].add(r)
             if keep_lists:
-                kept.append({"user": e.user, "item": e.item, "ts": e.ts, "query": sn.query,
-                             "inputs": (sorted(sn.conf.items()), sorted(sn.excl), sorted(sn.own.items())),
-                             "lists": {m: lists[m][j] for m in keep_lists if m in lists}})
+                kept.append(
+                    {
+                        "user": e.user,
+                        "item": e.item,
+                        "ts": e.ts,
+                        "query": sn.query,
+                        "inputs": (sorted(sn.conf.items()), sorted(sn.excl), sorted(sn.own.items())),
+                        "lists": {m: lists[m][j] for m in keep_lists if m in lists},
+                    }
+                )
         if n_chunks % 10 == 0:
             say(f"  {i}/{n} events, {n_chunks} chunks, {time.time() - t0:.0f}s")
 
     report = {
-        "methods": {m: {seg: acc.result() for seg, acc in sorted(accs[m].items(), key=lambda kv: _seg_order(kv[0]))}
-                    for m in methods},
-        "train_events": len(train_events), "test_events": n,
+        "methods": {
+            m: {seg: acc.result() for seg, acc in sorted(accs[m].items(), key=lambda kv: _seg_order(kv[0]))}
+            for m in methods
+        },
+        "train_events": len(train_events),
+        "test_events": n,
         "scored_events": accs[methods[0]]["all"].n if methods else 0,
-        "skipped_same_item": skipped_same, "chunks": n_chunks, "train_users": len(train_users),
+        "skipped_same_item": skipped_same,
+        "chunks": n_chunks,
+        "train_users": len(train_users),
         "test_users": len({e.user for e in test_events}),
         "new_test_users": len({e.user for e in test_events} - train_users),
-        "model_items": model.n_items, "retrains": retrains, "folded_in_items_at_end": folded_items,
-        "config": {"confidence": {**asdict(ccfg), "weights": dict(ccfg.weights)}, "scoring": asdict(scfg),
-                   "train": asdict(tcfg), "stream_eval": asdict(ecfg)},
+        "model_items": model.n_items,
+        "retrains": retrains,
+        "folded_in_items_at_end": folded_items,
+        "config": {
+            "confidence": {**asdict(ccfg), "weights": dict(ccfg.weights)},
+            "scoring": asdict(scfg),
+            "train": asdict(tcfg),
+            "stream_eval": asdict(ecfg),
+        },
         "seconds": round(time.time() - t0, 1),
     }
     report["lifts"] = lifts(report)
@@ -316,9 +360,16 @@ def _seg_order(seg: str) -> int:
     return 0 if seg == "all" else 1 + SEGMENTS.index(seg)
 
 
-def _refresh_items(rec: Recommender, model: Model, xtx: np.ndarray, touched: dict[str, dict[str, bool]],
-                   profiles: dict[str, UserProfile], ccfg: ConfidenceConfig, scfg: ScoringConfig,
-                   min_users: int) -> Recommender:
+def _refresh_items(
+    rec: Recommender,
+    model: Model,
+    xtx: np.ndarray,
+    touched: dict[str, dict[str, bool]],
+    profiles: dict[str, UserProfile],
+    ccfg: ConfidenceConfig,
+    scfg: ScoringConfig,
+    min_users: int,
+) -> Recommender:
     """Fold in every new item from its users' current factors (against the base model) and
     their current confidence in it; returns a Recommender on the extended model."""
     users = sorted({u for by in touched.values() for u in by})
@@ -331,9 +382,15 @@ def _refresh_items(rec: Recommender, model: Model, xtx: np.ndarray, touched: dic
     return Recommender(ext, ccfg, scfg)
 
 
-def _system(rec: Recommender, snaps: Sequence[_Snap], k: int, repeat: bool = True,
-            x: np.ndarray | None = None, known: np.ndarray | None = None,
-            popular: bool = True) -> list[list[str]]:
+def _system(
+    rec: Recommender,
+    snaps: Sequence[_Snap],
+    k: int,
+    repeat: bool = True,
+    x: np.ndarray | None = None,
+    known: np.ndarray | None = None,
+    popular: bool = True,
+) -> list[list[str]]:
     """The system's lists; with `popular`, the cold-start / padding ranking of each event is the
     popularity baseline's at that moment (`Scorer.recommend(popular=...)`). That ranking is
     refreshed every `pop_refresh` events, so the rows are scored in runs sharing one ranking."""
@@ -347,17 +404,31 @@ def _system(rec: Recommender, snaps: Sequence[_Snap], k: int, repeat: bool = Tru
         groups[id(s.pop_top) if popular else 0].append(j)
     for rows in groups.values():
         sub = [snaps[j] for j in rows]
-        recs = rec.scorer.recommend(x[rows], known[rows], [s.query for s in sub], [s.excl for s in sub], k,
-                                    own=[s.own for s in sub] if use_own else None,
-                                    popular=sub[0].pop_top if popular else None)
+        recs = rec.scorer.recommend(
+            x[rows],
+            known[rows],
+            [s.query for s in sub],
+            [s.excl for s in sub],
+            k,
+            own=[s.own for s in sub] if use_own else None,
+            popular=sub[0].pop_top if popular else None,
+        )
         for j, r in zip(rows, recs, strict=True):
             out[j] = r.items
     return out
 
 
-def _lists(methods: Sequence[str], snaps: list[_Snap], rec: Recommender, rec_items: Recommender,
-           rec_retrain: Recommender, static_x: np.ndarray | None, k: int,
-           scfg: ScoringConfig, popular: bool = True) -> dict[str, list[list[str]]]:
+def _lists(
+    methods: Sequence[str],
+    snaps: list[_Snap],
+    rec: Recommender,
+    rec_items: Recommender,
+    rec_retrain: Recommender,
+    static_x: np.ndarray | None,
+    k: int,
+    scfg: ScoringConfig,
+    popular: bool = True,
+) -> dict[str, list[list[str]]]:
     out: dict[str, list[list[str]]] = {}
     rows = len(snaps)
     f = rec.model.factors
@@ -417,16 +488,18 @@ def format_table(report: dict[str, Any], segments: Sequence[str] = ("all", *SEGM
         head = f"{met:<16}" + "".join(f"{s:>13}" for s in segments)
         lines.append(head)
         for m, segs in ms.items():
-            lines.append(f"{m:<16}" + "".join(f"{segs[s][met]:>13.4f}" if s in segs else f"{'-':>13}"
-                                              for s in segments))
+            lines.append(
+                f"{m:<16}" + "".join(f"{segs[s][met]:>13.4f}" if s in segs else f"{'-':>13}" for s in segments)
+            )
         lines.append("")
     first = next(iter(ms.values()))
     lines.append("events" + " " * 10 + "".join(f"{first[s]['n'] if s in first else 0:>13}" for s in segments))
     return "\n".join(lines)
 
 
-def format_markdown(report: dict[str, Any], segments: Sequence[str] = ("all", *SEGMENTS),
-                    metrics: Sequence[str] = ("HR@10", "MRR@10")) -> str:
+def format_markdown(
+    report: dict[str, Any], segments: Sequence[str] = ("all", *SEGMENTS), metrics: Sequence[str] = ("HR@10", "MRR@10")
+) -> str:
     ms = report["methods"]
     first = next(iter(ms.values()))
     head = "| method | " + " | ".join(f"{s} {m}" for s in segments for m in metrics) + " |"
@@ -434,8 +507,9 @@ def format_markdown(report: dict[str, Any], segments: Sequence[str] = ("all", *S
     for name, segs in ms.items():
         cells = [f"{segs[s][m]:.4f}" if s in segs else "-" for s in segments for m in metrics]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    rows.append("| events | " + " | ".join(str(first[s]["n"]) if s in first else "0"
-                                          for s in segments for _ in metrics) + " |")
+    rows.append(
+        "| events | " + " | ".join(str(first[s]["n"]) if s in first else "0" for s in segments for _ in metrics) + " |"
+    )
     return "\n".join(rows)
 
 
@@ -451,8 +525,11 @@ def plot(report: dict[str, Any], path: str, title: str = "") -> None:
         for j, name in enumerate(names):
             vals = [ms[name].get(s, {}).get(met, 0.0) for s in segs]
             ax.bar(np.arange(len(segs)) + j * width, vals, width, label=name)
-        ax.set_xticks(np.arange(len(segs)) + 0.4 - width / 2,
-                      [f"{s}\n(n={ms[names[0]].get(s, {}).get('n', 0)})" for s in segs], fontsize=8)
+        ax.set_xticks(
+            np.arange(len(segs)) + 0.4 - width / 2,
+            [f"{s}\n(n={ms[names[0]].get(s, {}).get('n', 0)})" for s in segs],
+            fontsize=8,
+        )
         ax.set_title(met)
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(title or f"Streaming evaluation (predict, then update): {report['scored_events']} events")

@@ -26,8 +26,13 @@ class FoldIn:
 
         self.model = model
         # alpha=1: callers pass confidences c = 1 + alpha*r already (confidence.py).
-        self._als = AlternatingLeastSquares(factors=model.factors, regularization=model.regularization,
-                                            alpha=1.0, dtype=np.float32, num_threads=num_threads)
+        self._als = AlternatingLeastSquares(
+            factors=model.factors,
+            regularization=model.regularization,
+            alpha=1.0,
+            dtype=np.float32,
+            num_threads=num_threads,
+        )
         self._als.item_factors = model.item_factors
         # implicit computes YᵀY lazily into this cache and has no public setter; ours is stored with the model.
         self._als._YtY = np.ascontiguousarray(model.yty, dtype=np.float32)  # noqa: SLF001
@@ -48,8 +53,10 @@ class FoldIn:
                     indices.append(k)
                     data.append(c)
             indptr.append(len(indices))
-        m = sp.csr_matrix((np.asarray(data, np.float32), np.asarray(indices, np.int32), np.asarray(indptr, np.int64)),
-                          shape=(len(confidences), self.model.n_items))
+        m = sp.csr_matrix(
+            (np.asarray(data, np.float32), np.asarray(indices, np.int32), np.asarray(indptr, np.int64)),
+            shape=(len(confidences), self.model.n_items),
+        )
         m.sort_indices()
         return m
 

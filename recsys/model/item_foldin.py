@@ -35,8 +35,9 @@ def user_gram(user_factors: np.ndarray) -> np.ndarray:
     return x.T @ x
 
 
-def fold_in_items(users: Sequence[np.ndarray], confidences: Sequence[np.ndarray], xtx: np.ndarray,
-                  regularization: float) -> np.ndarray:
+def fold_in_items(
+    users: Sequence[np.ndarray], confidences: Sequence[np.ndarray], xtx: np.ndarray, regularization: float
+) -> np.ndarray:
     """Item factors for each new item j from (users[j] = factors of the users who touched it,
     (n_j, f); confidences[j] = their c_uj, (n_j,)). Returns (n_new, f) float32; an item with
     no users gets zeros. All items are solved in one batched call."""
@@ -53,15 +54,20 @@ def fold_in_items(users: Sequence[np.ndarray], confidences: Sequence[np.ndarray]
         if len(c) == 0:
             empty[j] = True
             continue
-        a[j] += (x * (c - 1.0)[:, None]).T @ x       # Xᵀ(Cⱼ−I)X over the touching users
-        b[j] = c @ x                                  # XᵀCⱼp(j)
+        a[j] += (x * (c - 1.0)[:, None]).T @ x  # Xᵀ(Cⱼ−I)X over the touching users
+        b[j] = c @ x  # XᵀCⱼp(j)
     y = np.linalg.solve(a, b[:, :, None])[:, :, 0]
     y[empty] = 0.0
     return y.astype(np.float32)
 
 
-def extend_model(model: Model, item_ids: Sequence[str], item_factors: np.ndarray,
-                 popularity: np.ndarray | None = None, version: str | None = None) -> Model:
+def extend_model(
+    model: Model,
+    item_ids: Sequence[str],
+    item_factors: np.ndarray,
+    popularity: np.ndarray | None = None,
+    version: str | None = None,
+) -> Model:
     """A new Model with rows for `item_ids` appended (items it already has are skipped).
 
     Same version by default: the trained rows are unchanged, only the catalogue grew (the
@@ -70,15 +76,17 @@ def extend_model(model: Model, item_ids: Sequence[str], item_factors: np.ndarray
     keep = [k for k, i in enumerate(item_ids) if i not in model.item_index]
     ids = [item_ids[k] for k in keep]
     y_new = np.asarray(item_factors, np.float32).reshape(-1, model.factors)[keep]
-    pop_new = (np.zeros(len(keep), np.float32) if popularity is None
-               else np.asarray(popularity, np.float32)[keep])
+    pop_new = np.zeros(len(keep), np.float32) if popularity is None else np.asarray(popularity, np.float32)[keep]
     meta = dict(model.metadata)
     meta["folded_in_items"] = meta.get("folded_in_items", 0) + len(ids)
-    return Model.from_factors(version or model.version, list(model.item_ids) + ids,
-                              np.vstack([np.asarray(model.item_factors, np.float32), y_new]),
-                              model.regularization,
-                              popularity=np.concatenate([np.asarray(model.popularity, np.float32), pop_new]),
-                              metadata=meta)
+    return Model.from_factors(
+        version or model.version,
+        list(model.item_ids) + ids,
+        np.vstack([np.asarray(model.item_factors, np.float32), y_new]),
+        model.regularization,
+        popularity=np.concatenate([np.asarray(model.popularity, np.float32), pop_new]),
+        metadata=meta,
+    )
 
 
 class ItemFoldIn:
@@ -90,8 +98,9 @@ class ItemFoldIn:
     def __init__(self, model: Model, xtx: np.ndarray, min_users: int = 1):
         self.model, self.xtx, self.min_users = model, np.asarray(xtx, np.float64), min_users
 
-    def solve(self, touched: Mapping[str, Mapping[str, float]],
-              factors_of: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarray]:
+    def solve(
+        self, touched: Mapping[str, Mapping[str, float]], factors_of: Mapping[str, np.ndarray]
+    ) -> tuple[list[str], np.ndarray]:
         ids, xs, cs = [], [], []
         for item, by_user in touched.items():
             if item in self.model.item_index:
@@ -104,8 +113,7 @@ class ItemFoldIn:
             cs.append(np.array([by_user[u] for u in users], np.float64))
         return ids, fold_in_items(xs, cs, self.xtx, self.model.regularization)
 
-    def extend(self, touched: Mapping[str, Mapping[str, float]],
-               factors_of: Mapping[str, np.ndarray]) -> Model:
+    def extend(self, touched: Mapping[str, Mapping[str, float]], factors_of: Mapping[str, np.ndarray]) -> Model:
         ids, y = self.solve(touched, factors_of)
         pop = np.array([len(touched[i]) for i in ids], np.float32)
         return extend_model(self.model, ids, y, popularity=pop) if ids else self.model

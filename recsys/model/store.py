@@ -89,9 +89,14 @@ class ModelStore:
                 np.save(tmp / USER_GRAM, gram)
                 files = FILES + (USER_GRAM,)
             meta = dict(model.metadata)
-            meta.update(format=FORMAT, version=model.version, n_items=model.n_items, factors=model.factors,
-                        regularization=model.regularization,
-                        files={f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files})
+            meta.update(
+                format=FORMAT,
+                version=model.version,
+                n_items=model.n_items,
+                factors=model.factors,
+                regularization=model.regularization,
+                files={f: {"sha256": _sha256(tmp / f), "bytes": (tmp / f).stat().st_size} for f in files},
+            )
             meta.setdefault("created", time.time())
             (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
             for f in tmp.iterdir():  # durable before it becomes visible
@@ -110,8 +115,11 @@ class ModelStore:
         """Complete version directories, oldest first (temporary ones are invisible)."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not p.name.startswith(".") and (p / "metadata.json").exists())
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / "metadata.json").exists()
+        )
 
     def _pointer(self, name: str) -> str | None:
         p = self.root / name
@@ -159,14 +167,22 @@ class ModelStore:
         expect = {"item_factors": (n, f), "yty": (f, f), "item_norms": (n,), "popularity": (n,)}
         for a, shape in expect.items():
             if arrays[a].shape != shape or arrays[a].dtype != np.float32:
-                raise ModelStoreError(f"model version {version!r}: {a} has shape {arrays[a].shape} "
-                                      f"{arrays[a].dtype}, expected {shape} float32")
+                raise ModelStoreError(
+                    f"model version {version!r}: {a} has shape {arrays[a].shape} "
+                    f"{arrays[a].dtype}, expected {shape} float32"
+                )
         if meta.get("n_items") != n:
             raise ModelStoreError(f"model version {version!r}: {n} item ids but metadata says {meta.get('n_items')}")
-        return Model(version=version, item_ids=item_ids, item_factors=arrays["item_factors"],
-                     yty=np.asarray(arrays["yty"]), item_norms=np.asarray(arrays["item_norms"]),
-                     popularity=np.asarray(arrays["popularity"]),
-                     regularization=float(meta["regularization"]), metadata=meta)
+        return Model(
+            version=version,
+            item_ids=item_ids,
+            item_factors=arrays["item_factors"],
+            yty=np.asarray(arrays["yty"]),
+            item_norms=np.asarray(arrays["item_norms"]),
+            popularity=np.asarray(arrays["popularity"]),
+            regularization=float(meta["regularization"]),
+            metadata=meta,
+        )
 
     def _check_file(self, version: str, path: Path, want: dict[str, Any] | None, verify: bool) -> None:
         if want is None or not path.exists():
@@ -191,8 +207,10 @@ class ModelStore:
             raise ModelStoreError(f"model version {version!r}: unreadable {USER_GRAM}: {e}") from None
         f = int(meta.get("factors", -1))
         if gram.shape != (f, f) or gram.dtype != np.float64 or not np.isfinite(gram).all():
-            raise ModelStoreError(f"model version {version!r}: {USER_GRAM} has shape {gram.shape} {gram.dtype}, "
-                                  f"expected ({f}, {f}) float64, finite")
+            raise ModelStoreError(
+                f"model version {version!r}: {USER_GRAM} has shape {gram.shape} {gram.dtype}, "
+                f"expected ({f}, {f}) float64, finite"
+            )
         return gram
 
     # -- operator actions ------------------------------------------------------------------

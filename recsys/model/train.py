@@ -52,7 +52,9 @@ BPR = TrainConfig(kind="bpr", factors=64, regularization=0.01, iterations=100, l
 
 
 def confidence_matrix(
-    profiles: Mapping[str, UserProfile], cfg: ConfidenceConfig, item_ids: Sequence[str] | None = None,
+    profiles: Mapping[str, UserProfile],
+    cfg: ConfidenceConfig,
+    item_ids: Sequence[str] | None = None,
 ) -> tuple[sp.csr_matrix, list[str], list[str]]:
     """Users x items CSR of confidences c = 1 + alpha*r. Items: `item_ids` if given (others
     dropped), else every item seen, in first-seen order."""
@@ -71,8 +73,10 @@ def confidence_matrix(
             data.append(c)
         indptr.append(len(indices))
     items = list(index) if grow else list(item_ids)  # type: ignore[arg-type]
-    m = sp.csr_matrix((np.asarray(data, np.float32), np.asarray(indices, np.int32), np.asarray(indptr, np.int64)),
-                      shape=(len(users), len(items)))
+    m = sp.csr_matrix(
+        (np.asarray(data, np.float32), np.asarray(indices, np.int32), np.asarray(indptr, np.int64)),
+        shape=(len(users), len(items)),
+    )
     m.sort_indices()
     return m, users, items
 
@@ -87,13 +91,24 @@ def fit_factors(matrix: sp.csr_matrix, cfg: TrainConfig, progress: bool = False)
     if cfg.kind == "als":
         # alpha=1: the matrix already holds confidences (see confidence.py).
         model: Any = AlternatingLeastSquares(
-            factors=cfg.factors, regularization=cfg.regularization, alpha=1.0, iterations=cfg.iterations,
-            dtype=np.float32, num_threads=cfg.num_threads, random_state=cfg.random_state)
+            factors=cfg.factors,
+            regularization=cfg.regularization,
+            alpha=1.0,
+            iterations=cfg.iterations,
+            dtype=np.float32,
+            num_threads=cfg.num_threads,
+            random_state=cfg.random_state,
+        )
     else:
         model = BayesianPersonalizedRanking(
-            factors=cfg.factors, learning_rate=cfg.learning_rate, regularization=cfg.regularization,
-            iterations=cfg.iterations, dtype=np.float32, num_threads=cfg.num_threads,
-            random_state=cfg.random_state)
+            factors=cfg.factors,
+            learning_rate=cfg.learning_rate,
+            regularization=cfg.regularization,
+            iterations=cfg.iterations,
+            dtype=np.float32,
+            num_threads=cfg.num_threads,
+            random_state=cfg.random_state,
+        )
     # implicit runs its own thread pool; a threaded BLAS underneath it oversubscribes the cores.
     with threadpool_limits(1, "blas"):
         model.fit(matrix, show_progress=progress)
@@ -101,8 +116,13 @@ def fit_factors(matrix: sp.csr_matrix, cfg: TrainConfig, progress: bool = False)
 
 
 def train(
-    profiles: Mapping[str, UserProfile], ccfg: ConfidenceConfig, tcfg: TrainConfig, *,
-    progress: bool = False, version: str | None = None, metadata: Mapping[str, Any] | None = None,
+    profiles: Mapping[str, UserProfile],
+    ccfg: ConfidenceConfig,
+    tcfg: TrainConfig,
+    *,
+    progress: bool = False,
+    version: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> tuple[Model, np.ndarray, list[str]]:
     """Train a model on user profiles. Returns (model, user_factors, user ids in row order)."""
     t0 = time.time()
@@ -116,11 +136,14 @@ def train(
         "confidence": {**asdict(ccfg), "weights": dict(ccfg.weights)},
         "n_users": len(users),
         "nnz": int(matrix.nnz),
-        "data_window": {"last_event_ts_min": first,
-                        "last_event_ts_max": max((p.last_ts for p in profiles.values()), default=0)},
+        "data_window": {
+            "last_event_ts_min": first,
+            "last_event_ts_max": max((p.last_ts for p in profiles.values()), default=0),
+        },
         "train_seconds": round(time.time() - t0, 3),
     }
     meta.update(metadata or {})
-    model = Model.from_factors(version or new_version_name(), items, item_factors, tcfg.regularization,
-                               popularity=popularity, metadata=meta)
+    model = Model.from_factors(
+        version or new_version_name(), items, item_factors, tcfg.regularization, popularity=popularity, metadata=meta
+    )
     return model, user_factors, users

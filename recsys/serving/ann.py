@@ -49,15 +49,15 @@ __all__ = ["AnnConfig", "MipsIndex", "scaled_items", "exact_search", "recall_at_
 
 @dataclass(frozen=True)
 class AnnConfig:
-    nlist: int = 0                 # inverted lists (k-means cells); 0: 4·√n
-    nprobe: int = 0                # lists scanned per query; 0: tuned at build time for target_recall
-    target_recall: float = 0.97    # recall@tune_k the tuned nprobe reaches on the build's pseudo-queries
-    tune_queries: int = 256        # pseudo-queries for that tuning (an exact search of each at build)
+    nlist: int = 0  # inverted lists (k-means cells); 0: 4·√n
+    nprobe: int = 0  # lists scanned per query; 0: tuned at build time for target_recall
+    target_recall: float = 0.97  # recall@tune_k the tuned nprobe reaches on the build's pseudo-queries
+    tune_queries: int = 256  # pseudo-queries for that tuning (an exact search of each at build)
     tune_k: int = 10
-    train_per_list: int = 16       # k-means training sample: this many rows per list
-    niter: int = 10                # k-means iterations
-    extra_fetch: int = 8           # fetched beyond k + a row's exclusions
-    num_threads: int = 0           # faiss OpenMP threads; 0: all cores
+    train_per_list: int = 16  # k-means training sample: this many rows per list
+    niter: int = 10  # k-means iterations
+    extra_fetch: int = 8  # fetched beyond k + a row's exclusions
+    num_threads: int = 0  # faiss OpenMP threads; 0: all cores
     seed: int = 1234
 
     def __post_init__(self) -> None:
@@ -80,8 +80,15 @@ class MipsIndex:
     `tuned_recall`: the recall@tune_k the build measured at the chosen nprobe on its
     pseudo-queries (None when nprobe was given)."""
 
-    def __init__(self, index, rows: np.ndarray, max_norm: float, cfg: AnnConfig, build_seconds: float,
-                 tuned_recall: float | None = None):
+    def __init__(
+        self,
+        index,
+        rows: np.ndarray,
+        max_norm: float,
+        cfg: AnnConfig,
+        build_seconds: float,
+        tuned_recall: float | None = None,
+    ):
         self._index, self.rows, self.max_norm, self.cfg = index, rows, max_norm, cfg
         self.build_seconds, self.tuned_recall = build_seconds, tuned_recall
 
@@ -124,8 +131,9 @@ class MipsIndex:
             index.nprobe, tuned = _tune_nprobe(index.quantizer, rows, aug, cfg)
         return cls(index, rows, max_norm, cfg, time.perf_counter() - t0, tuned)
 
-    def search(self, queries: np.ndarray, k: int,
-               exclude_rows: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, exclude_rows: Sequence[Sequence[int]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows by inner product for each query, minus that query's exclude_rows.
 
         Returns (ids int64 (q, k), scores float32 (q, k)), best first; slots that could not be
@@ -148,7 +156,7 @@ class MipsIndex:
         safe = np.where(cand >= 0, cand, 0)
         scores = np.einsum("qkf,qf->qk", self.rows[safe], q)
         ids, sc = _drop_excluded(cand, scores, exclude_rows if n_ex else None, k)
-        ids_out[:, :ids.shape[1]], sc_out[:, :sc.shape[1]] = ids, sc
+        ids_out[:, : ids.shape[1]], sc_out[:, : sc.shape[1]] = ids, sc
         return ids_out, sc_out
 
 
@@ -203,11 +211,11 @@ def _tune_nprobe(quantizer, rows: np.ndarray, aug: np.ndarray, cfg: AnnConfig) -
     pq = rows[pick] / np.maximum(np.linalg.norm(rows[pick], axis=1, keepdims=True), 1e-10)
     true_ids, _ = exact_search(rows, pq, k, [[int(i)] for i in pick], cfg.num_threads)
     qi, slot = np.nonzero(true_ids >= 0)
-    home = quantizer.assign(aug[true_ids[qi, slot]], 1).ravel()    # the list each neighbour is in
-    _, order = quantizer.search(_query_side(pq), nlist)               # each query's lists, nearest first
+    home = quantizer.assign(aug[true_ids[qi, slot]], 1).ravel()  # the list each neighbour is in
+    _, order = quantizer.search(_query_side(pq), nlist)  # each query's lists, nearest first
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.broadcast_to(np.arange(nlist), order.shape), axis=1)
-    need = np.sort(rank[qi, home] + 1)                                 # probes that reach each neighbour
+    need = np.sort(rank[qi, home] + 1)  # probes that reach each neighbour
     if len(need) == 0:
         return nlist, 1.0
     nprobe = int(need[max(0, math.ceil(cfg.target_recall * len(need)) - 1)])
@@ -246,9 +254,13 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int = 10) -> f
     return hits / total if total else 1.0
 
 
-def exact_search(rows: np.ndarray, queries: np.ndarray, k: int,
-                 exclude_rows: Sequence[Sequence[int]] | None = None,
-                 num_threads: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def exact_search(
+    rows: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    exclude_rows: Sequence[Sequence[int]] | None = None,
+    num_threads: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by inner product with pre-scaled rows (one product + implicit's top-k), with
     exclusions applied by over-fetching k + (most exclusions of any row) and dropping them:
     no per-row sparse filter, whose row slicing costs more than the product at 50k items.
@@ -266,7 +278,7 @@ def exact_search(rows: np.ndarray, queries: np.ndarray, k: int,
 
 def _drop_excluded(cand: np.ndarray, scores: np.ndarray, exclude_rows, k: int) -> tuple[np.ndarray, np.ndarray]:
     scores = np.where(cand >= 0, scores, -np.inf).astype(np.float32)
-    scores[scores <= -3e38] = -np.inf                      # implicit's -FLT_MAX fillers
+    scores[scores <= -3e38] = -np.inf  # implicit's -FLT_MAX fillers
     if exclude_rows is not None:
         scores[_excluded_mask(cand, exclude_rows)] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -28,8 +28,8 @@ import heapq
 import math
 from collections.abc import Iterable
 
-_REBASE = 512.0          # rescale when the newest event is this many half-lives past t₀
-_CANDIDATES = 128        # items kept ranked between full passes (top asks for n + 64 in the worker)
+_REBASE = 512.0  # rescale when the newest event is this many half-lives past t₀
+_CANDIDATES = 128  # items kept ranked between full passes (top asks for n + 64 in the worker)
 
 
 class RecentPopularity:
@@ -42,14 +42,14 @@ class RecentPopularity:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         self.half_life_s, self.max_items = half_life_s, max_items
         self._per_ms = 0.0 if half_life_s is None else 1.0 / (half_life_s * 1000.0)
-        self._t0: int | None = None       # reference time (ms) of the stored counts
-        self._c: dict[str, float] = {}          # insertion order = the order items were first counted
-        self._ranked: list[str] | None = None   # cache: the best items, best first (None: stale)
+        self._t0: int | None = None  # reference time (ms) of the stored counts
+        self._c: dict[str, float] = {}  # insertion order = the order items were first counted
+        self._ranked: list[str] | None = None  # cache: the best items, best first (None: stale)
         # Candidates for the top: every item that can rank in the best len(ranking) (None: unknown,
         # rank all), and the count an item needs to join them (the weakest at the last ranking).
         self._cand: set[str] | None = None
         self._floor = -math.inf
-        self._seq: dict[str, int] = {}          # first-counted order, to break ties as `_c` does
+        self._seq: dict[str, int] = {}  # first-counted order, to break ties as `_c` does
         self._next_seq = 0
         self.last_ts: int | None = None
 
@@ -73,7 +73,7 @@ class RecentPopularity:
             self._cand.add(item)
         if len(self._c) > 2 * self.max_items:
             keep = set(heapq.nlargest(self.max_items, self._c, key=self._c.__getitem__))
-            self._c = {i: v for i, v in self._c.items() if i in keep}   # first-counted order kept
+            self._c = {i: v for i, v in self._c.items() if i in keep}  # first-counted order kept
             self._seq = {i: q for i, q in self._seq.items() if i in keep}
             self._cand = None
 
@@ -85,7 +85,7 @@ class RecentPopularity:
         """The decayed count of `item` at `now` (ms; default: the latest event time seen)."""
         c = self._c.get(item, 0.0)
         now = self.last_ts if now is None else now
-        if not c or self._t0 is None or now is None:   # nothing counted yet
+        if not c or self._t0 is None or now is None:  # nothing counted yet
             return 0.0
         return c * 2.0 ** ((self._t0 - now) * self._per_ms)
 

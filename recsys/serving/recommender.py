@@ -16,8 +16,13 @@ from recsys.serving.scoring import Recommendations, Scorer, ScoringConfig, own_i
 
 
 class Recommender:
-    def __init__(self, model: Model, ccfg: ConfidenceConfig = ConfidenceConfig(),
-                 scfg: ScoringConfig = ScoringConfig(), num_threads: int | None = None):
+    def __init__(
+        self,
+        model: Model,
+        ccfg: ConfidenceConfig = ConfidenceConfig(),
+        scfg: ScoringConfig = ScoringConfig(),
+        num_threads: int | None = None,
+    ):
         self.model, self.ccfg, self.scfg = model, ccfg, scfg
         # fold-in threads: the scorer's (scfg.num_threads) unless given
         self.fold_in = FoldIn(model, num_threads=scfg.num_threads if num_threads is None else num_threads)
@@ -27,9 +32,14 @@ class Recommender:
     def version(self) -> str:
         return self.model.version
 
-    def recommend(self, profiles: Sequence[UserProfile], queries: Sequence[str | None],
-                  n: int | None = None, timings: dict[str, float] | None = None,
-                  popular: Sequence[str] | None = None) -> list[Recommendations]:
+    def recommend(
+        self,
+        profiles: Sequence[UserProfile],
+        queries: Sequence[str | None],
+        n: int | None = None,
+        timings: dict[str, float] | None = None,
+        popular: Sequence[str] | None = None,
+    ) -> list[Recommendations]:
         """Fold in every profile at once, then score the batch with one product + top-k (plus
         the user's own items when the re-visit term is on). The worker and the evaluations
         both come through here. `timings`, if given, receives fold-in and scoring seconds.
@@ -42,8 +52,14 @@ class Recommender:
         x, known = self.fold_in([ccfg.to_confidences(vs) for vs in values])
         t1 = time.perf_counter()
         excludes = [p.items_with(self.scfg.exclude_types) for p in profiles]
-        own = ([own_item_scores(p, ccfg, self.scfg.repeat_half_life_days, values=vs) for p, vs in zip(profiles, values, strict=True)]
-               if self.scfg.repeat_weight > 0 else None)
+        own = (
+            [
+                own_item_scores(p, ccfg, self.scfg.repeat_half_life_days, values=vs)
+                for p, vs in zip(profiles, values, strict=True)
+            ]
+            if self.scfg.repeat_weight > 0
+            else None
+        )
         out = self.scorer.recommend(x, known, queries, excludes, n, own=own, popular=popular)
         if timings is not None:
             timings["foldin"], timings["scoring"] = t1 - t0, time.perf_counter() - t1

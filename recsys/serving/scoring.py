@@ -66,32 +66,40 @@ class ScoringConfig:
     user_weight: float = setting(0.576, "blend: 1 = user score only, 0 = similarity to the item on screen only")
     item_norm_power: float = setting(0.592, "divide item scores by norm^p: 0 keeps popularity, 1 gives cosines")
     exclude_types: tuple[str, ...] = setting(
-        ("transaction",), "items the user did this to are not recommended (e.g. already bought)")
+        ("transaction",), "items the user did this to are not recommended (e.g. already bought)"
+    )
     exclude_query: bool = setting(True, "the item on screen is not recommended next to itself")
     # A worker is one process (more cores: more workers). OpenMP across the few users of a
     # micro-batch costs more than it saves: fold-in of 18 users took 33 ms on all cores, 7 ms on one.
     num_threads: int = setting(
-        1, "threads of a batch's fold-in and scoring; 0: all cores (one process per core scales better)")
+        1, "threads of a batch's fold-in and scoring; 0: all cores (one process per core scales better)"
+    )
     # Shoppers come back to what they looked at: Taobao gains up to β = 100 (the search's range
     # of 0-3 was too narrow, a 1-D follow-up went on), YOOCHOOSE stays flat.
     repeat_weight: float = setting(100.0, "bonus for items the user already looked at (re-visits); 0: off")
     repeat_power: float = setting(1.0, "the re-visit bonus uses strength^power: below 1 lifts weaker own items")
     # The items touched last come back first: a 2.4 h half-life on top of the confidence decay.
     repeat_half_life_days: float | None = setting(
-        0.1, "own items' strength decays by the age of their last touch with this half-life "
-             "(recency of re-visits); none: no extra decay")
+        0.1,
+        "own items' strength decays by the age of their last touch with this half-life "
+        "(recency of re-visits); none: no extra decay",
+    )
     # Per-user β (`repeat_weight_for`) is off: it lifts YOOCHOOSE (long sessions that move on) but
     # costs Taobao, whose shoppers come back to own items even when they have not yet; no (m, n0)
     # regresses neither dataset (docs/evaluation.md "Per-user re-visit weight").
     repeat_rate_prior: float | None = setting(
-        None, "per-user re-visit weight: a user gets repeat_weight * min(1, r/m), r = their re-visit rate "
-              "(returns / moves) smoothed toward m = this; none: every user gets repeat_weight "
-              "(docs/evaluation.md: off, it costs Taobao)")
+        None,
+        "per-user re-visit weight: a user gets repeat_weight * min(1, r/m), r = their re-visit rate "
+        "(returns / moves) smoothed toward m = this; none: every user gets repeat_weight "
+        "(docs/evaluation.md: off, it costs Taobao)",
+    )
     repeat_rate_strength: float = setting(
-        0.01, "prior weight of repeat_rate_prior, in moves: a user who never returned gets "
-              "repeat_weight * n0 / (moves + n0)")
+        0.01,
+        "prior weight of repeat_rate_prior, in moves: a user who never returned gets repeat_weight * n0 / (moves + n0)",
+    )
     ann_min_items: int = setting(
-        1_000_000, "approximate top-k (recsys/serving/ann.py) for catalogues of at least this many items; 0: never")
+        1_000_000, "approximate top-k (recsys/serving/ann.py) for catalogues of at least this many items; 0: never"
+    )
     ann_nprobe: int = setting(0, "IVF lists scanned per approximate query; 0: recsys.serving.ann's default")
 
     def __post_init__(self) -> None:
@@ -109,12 +117,15 @@ class ScoringConfig:
         if not 0.0 <= self.repeat_power <= 1.0:
             raise ConfigError(f"scoring.repeat_power must be in [0, 1], got {self.repeat_power}")
         if self.repeat_half_life_days is not None and not (
-                np.isfinite(self.repeat_half_life_days) and self.repeat_half_life_days > 0):
+            np.isfinite(self.repeat_half_life_days) and self.repeat_half_life_days > 0
+        ):
             raise ConfigError(f"scoring.repeat_half_life_days must be > 0 or None, got {self.repeat_half_life_days}")
         if self.repeat_rate_prior is not None and not 0.0 < self.repeat_rate_prior <= 1.0:
             raise ConfigError(f"scoring.repeat_rate_prior must be in (0, 1] or None, got {self.repeat_rate_prior}")
         if not (np.isfinite(self.repeat_rate_strength) and self.repeat_rate_strength > 0):
-            raise ConfigError(f"scoring.repeat_rate_strength must be a finite number > 0, got {self.repeat_rate_strength}")
+            raise ConfigError(
+                f"scoring.repeat_rate_strength must be a finite number > 0, got {self.repeat_rate_strength}"
+            )
         if self.ann_min_items < 0 or self.ann_nprobe < 0:
             raise ConfigError("scoring.ann_min_items and scoring.ann_nprobe must be >= 0")
 
@@ -123,7 +134,7 @@ class ScoringConfig:
 class Recommendations:
     items: list[str]
     scores: list[float]
-    source: str          # blend | user | similar | popular
+    source: str  # blend | user | similar | popular
     model_version: str | None = None
     extra: dict = field(default_factory=dict)
 
@@ -132,7 +143,7 @@ class Scorer:
     def __init__(self, model: Model, cfg: ScoringConfig = ScoringConfig()):
         self.model, self.cfg = model, cfg
         norms = np.maximum(np.asarray(model.item_norms, np.float32), 1e-10)
-        self._unit = np.asarray(model.item_factors, np.float32) / norms[:, None]   # for the query term
+        self._unit = np.asarray(model.item_factors, np.float32) / norms[:, None]  # for the query term
         self._div = norms ** np.float32(cfg.item_norm_power)
         self._cos_div = norms
         self._pop_order = np.argsort(-np.asarray(model.popularity), kind="stable")
@@ -144,10 +155,16 @@ class Scorer:
             self.ann = MipsIndex.build(self._scaled, AnnConfig(nprobe=cfg.ann_nprobe, num_threads=cfg.num_threads))
 
     # ------------------------------------------------------------------------------------
-    def recommend(self, user_factors: np.ndarray, has_user: Sequence[bool] | np.ndarray,
-                  queries: Sequence[str | None], excludes: Sequence[AbstractSet[str]], n: int | None = None,
-                  own: Sequence[dict[str, float]] | None = None,
-                  popular: Sequence[str] | None = None) -> list[Recommendations]:
+    def recommend(
+        self,
+        user_factors: np.ndarray,
+        has_user: Sequence[bool] | np.ndarray,
+        queries: Sequence[str | None],
+        excludes: Sequence[AbstractSet[str]],
+        n: int | None = None,
+        own: Sequence[dict[str, float]] | None = None,
+        popular: Sequence[str] | None = None,
+    ) -> list[Recommendations]:
         """Score a batch: row k is user_factors[k] looking at queries[k], minus excludes[k].
 
         `own[k]` (optional): the user's own items and strengths in [0, 1] (`own_item_scores`),
@@ -183,19 +200,22 @@ class Scorer:
             else:  # exact: over-fetch + drop exclusions (cheaper than implicit's per-row sparse filter)
                 from recsys.serving.ann import exact_search
 
-                ids, scores = exact_search(self._scaled, query[scored], k, [ex_rows[r] for r in scored],
-                                           self.cfg.num_threads)
+                ids, scores = exact_search(
+                    self._scaled, query[scored], k, [ex_rows[r] for r in scored], self.cfg.num_threads
+                )
             for j, r in enumerate(scored.tolist()):
                 keep = scores[j] > FILTERED
-                out[r] = Recommendations([m.item_ids[i] for i in ids[j][keep]], scores[j][keep].tolist(),
-                                         str(source[r]), m.version)
+                out[r] = Recommendations(
+                    [m.item_ids[i] for i in ids[j][keep]], scores[j][keep].tolist(), str(source[r]), m.version
+                )
         own_rows = own if self.cfg.repeat_weight > 0 else None
         results: list[Recommendations] = []
         for r in range(rows):
             rec = out[r]
             if own_rows is not None and own_rows[r]:
-                rec = self._add_own(rec, query[r] if (has_u[r] or has_q[r]) else None, own_rows[r], excludes[r],
-                                    queries[r], n)
+                rec = self._add_own(
+                    rec, query[r] if (has_u[r] or has_q[r]) else None, own_rows[r], excludes[r], queries[r], n
+                )
             if rec is None:
                 rec = Recommendations([], [], "popular", m.version)
             if len(rec.items) < n and popular is not None:
@@ -205,8 +225,9 @@ class Scorer:
             results.append(rec)
         return results
 
-    def similar(self, item: str, n: int | None = None,
-                exclude: AbstractSet[str] = frozenset()) -> Recommendations | None:
+    def similar(
+        self, item: str, n: int | None = None, exclude: AbstractSet[str] = frozenset()
+    ) -> Recommendations | None:
         """Items most similar to `item` (cosine of item factors); None if the model lacks it."""
         from implicit.cpu.topk import topk
 
@@ -216,11 +237,18 @@ class Scorer:
         n = n or self.cfg.n
         ex = self._excluded_rows(exclude, item)
         filt = _rows_to_csr([ex], self.model.n_items)
-        ids, scores = topk(self._items_for_topk(), self._unit[row:row + 1], min(n, self.model.n_items),
-                           item_norms=self._cos_div, filter_query_items=filt, num_threads=self.cfg.num_threads)
+        ids, scores = topk(
+            self._items_for_topk(),
+            self._unit[row : row + 1],
+            min(n, self.model.n_items),
+            item_norms=self._cos_div,
+            filter_query_items=filt,
+            num_threads=self.cfg.num_threads,
+        )
         keep = scores[0] > FILTERED
-        return Recommendations([self.model.item_ids[i] for i in ids[0][keep]], scores[0][keep].tolist(),
-                               "similar", self.model.version)
+        return Recommendations(
+            [self.model.item_ids[i] for i in ids[0][keep]], scores[0][keep].tolist(), "similar", self.model.version
+        )
 
     def popular(self, n: int | None = None, exclude: AbstractSet[str] = frozenset()) -> Recommendations:
         rec = Recommendations([], [], "popular", self.model.version)
@@ -228,8 +256,15 @@ class Scorer:
         return rec
 
     # ------------------------------------------------------------------------------------
-    def _add_own(self, rec: Recommendations | None, qvec: np.ndarray | None, strengths: dict[str, float],
-                 exclude: AbstractSet[str], query: str | None, n: int) -> Recommendations | None:
+    def _add_own(
+        self,
+        rec: Recommendations | None,
+        qvec: np.ndarray | None,
+        strengths: dict[str, float],
+        exclude: AbstractSet[str],
+        query: str | None,
+        n: int,
+    ) -> Recommendations | None:
         """Merge the user's own items, with their re-visit bonus, into a row's top-N (exact):
         `rec` updated in place, or a new list when the row had none (None: nothing to merge)."""
         items, scores = (rec.items, rec.scores) if rec is not None else ([], [])
@@ -254,10 +289,10 @@ class Scorer:
             base = final.get(item)
             if base is None:
                 base = base_of.get(item, 0.0)
-            final[item] = base + beta * s ** power * scale
+            final[item] = base + beta * s**power * scale
         if not final:
             return rec
-        ranked = sorted(final.items(), key=lambda kv: -kv[1])[:n]   # stable: ties keep blend order
+        ranked = sorted(final.items(), key=lambda kv: -kv[1])[:n]  # stable: ties keep blend order
         if rec is None:
             rec = Recommendations([], [], "repeat", self.model.version)
         rec.items, rec.scores = [i for i, _ in ranked], [float(v) for _, v in ranked]
@@ -274,8 +309,9 @@ class Scorer:
             rows.append(idx[query])
         return rows
 
-    def _pad_with_ranking(self, rec: Recommendations, ranking: Sequence[str], exclude: AbstractSet[str],
-                          query: str | None, n: int) -> None:
+    def _pad_with_ranking(
+        self, rec: Recommendations, ranking: Sequence[str], exclude: AbstractSet[str], query: str | None, n: int
+    ) -> None:
         """Append items of `ranking` (best first), minus the row's filters, up to n. Scores:
         a "popular" list gets 1/(1+rank); padding sits below every scored item."""
         taken = set(rec.items)
@@ -305,7 +341,9 @@ class Scorer:
                 taken.add(item)
                 rec.items.append(item)
                 # Below every scored item, ordered by popularity.
-                rec.scores.append(float(lowest - 1.0 - 1.0 / (1.0 + pop[r])) if rec.source != "popular" else float(pop[r]))
+                rec.scores.append(
+                    float(lowest - 1.0 - 1.0 / (1.0 + pop[r])) if rec.source != "popular" else float(pop[r])
+                )
             if rec.items:
                 return
 
@@ -364,8 +402,12 @@ def repeat_weight_for(cfg: ScoringConfig, own: dict[str, float] | None = None) -
     return beta * min(1.0, rate / m)
 
 
-def own_item_scores(profile: UserProfile, ccfg: ConfidenceConfig, half_life_days: float | None = None,
-                    values: Mapping[str, float] | None = None) -> OwnItems:
+def own_item_scores(
+    profile: UserProfile,
+    ccfg: ConfidenceConfig,
+    half_life_days: float | None = None,
+    values: Mapping[str, float] | None = None,
+) -> OwnItems:
     """The user's own items with strengths in (0, 1]: raw value (decayed to the user's last
     event) over the largest one. Input of the re-visit term (`Scorer.recommend(own=...)`).
 

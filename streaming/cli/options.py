@@ -100,8 +100,9 @@ def kafka_config(args: argparse.Namespace, **stream: Any) -> Config:
     try:  # the developer tools are not in the runtime image: there, Kafka is always configured
         from devtools.broker import resolve_bootstrap
     except ImportError:
-        raise ConfigError("stream.bootstrap is empty: name the Kafka to use (STREAMREC_BOOTSTRAP=host:port "
-                          "or --bootstrap)") from None
+        raise ConfigError(
+            "stream.bootstrap is empty: name the Kafka to use (STREAMREC_BOOTSTRAP=host:port or --bootstrap)"
+        ) from None
     return cfg.with_stream(bootstrap=resolve_bootstrap(config=cfg))
 
 

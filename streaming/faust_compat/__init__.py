@@ -31,45 +31,83 @@ FAUST_FETCH_MAX_WAIT_MS = 1500
 @dataclass(frozen=True)
 class TouchPoint:
     module: str
-    name: str          # attribute path inside the module ("Class.attr")
+    name: str  # attribute path inside the module ("Class.attr")
     reason: str
     instance_attr: bool = False  # set in __init__, so looked for on an instance
 
 
 TOUCH_POINTS: tuple[TouchPoint, ...] = (
-    TouchPoint("faust.streams", "_current_event",
-               "a table write takes its partition (RocksDB store and changelog) from the current event; "
-               "a micro-batch writes users of several partitions, each under its own event"),
-    TouchPoint("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread._ensure_consumer",
-               "the committed offset of an input partition (offset-hole check); no public Faust call"),
-    TouchPoint("faust.transport.drivers.aiokafka", "AIOKafkaConsumerThread._create_worker_consumer",
-               "the hook where Faust builds the worker's aiokafka consumer (to shorten its fetch wait)"),
-    TouchPoint("faust.transport.drivers.aiokafka", "Consumer._new_consumer_thread",
-               "Faust's factory of the consumer thread above"),
+    TouchPoint(
+        "faust.streams",
+        "_current_event",
+        "a table write takes its partition (RocksDB store and changelog) from the current event; "
+        "a micro-batch writes users of several partitions, each under its own event",
+    ),
+    TouchPoint(
+        "faust.transport.drivers.aiokafka",
+        "AIOKafkaConsumerThread._ensure_consumer",
+        "the committed offset of an input partition (offset-hole check); no public Faust call",
+    ),
+    TouchPoint(
+        "faust.transport.drivers.aiokafka",
+        "AIOKafkaConsumerThread._create_worker_consumer",
+        "the hook where Faust builds the worker's aiokafka consumer (to shorten its fetch wait)",
+    ),
+    TouchPoint(
+        "faust.transport.drivers.aiokafka",
+        "Consumer._new_consumer_thread",
+        "Faust's factory of the consumer thread above",
+    ),
     TouchPoint("faust.app.base", "App._new_transport", "Faust picks transports by URL scheme only"),
-    TouchPoint("aiokafka.consumer.consumer", "AIOKafkaConsumer._fetch_max_wait_ms",
-               "read by aiokafka's Fetcher at start; Faust passes a fixed 1500 ms", instance_attr=True),
-    TouchPoint("aiokafka.consumer.consumer", "AIOKafkaConsumer._client",
-               "a metadata refresh, so that a consumer without a group sees a topic created after it started "
-               "(AIOKafkaConsumer.topics() fetches metadata without keeping it)", instance_attr=True),
-    TouchPoint("faust.transport.drivers.aiokafka", "Producer._ensure_producer",
-               "the app's aiokafka producer, for one produce batch per partition (send_batch)"),
-    TouchPoint("faust.tables.recovery", "Recovery._seek_offsets",
-               "the moment before Faust reads the active changelog partitions: the bulk restore runs there"),
-    TouchPoint("faust.tables.manager", "TableManager._recovery", "where TableManager keeps its Recovery",
-               instance_attr=True),
-    TouchPoint("faust.transport.consumer", "Consumer.track_message",
-               "events taken from a channel queue without a Stream are tracked as a Stream tracks them"),
-    TouchPoint("faust.types.tuples", "Message.tracked", "the flag a Stream sets when it tracks a message",
-               instance_attr=True),
+    TouchPoint(
+        "aiokafka.consumer.consumer",
+        "AIOKafkaConsumer._fetch_max_wait_ms",
+        "read by aiokafka's Fetcher at start; Faust passes a fixed 1500 ms",
+        instance_attr=True,
+    ),
+    TouchPoint(
+        "aiokafka.consumer.consumer",
+        "AIOKafkaConsumer._client",
+        "a metadata refresh, so that a consumer without a group sees a topic created after it started "
+        "(AIOKafkaConsumer.topics() fetches metadata without keeping it)",
+        instance_attr=True,
+    ),
+    TouchPoint(
+        "faust.transport.drivers.aiokafka",
+        "Producer._ensure_producer",
+        "the app's aiokafka producer, for one produce batch per partition (send_batch)",
+    ),
+    TouchPoint(
+        "faust.tables.recovery",
+        "Recovery._seek_offsets",
+        "the moment before Faust reads the active changelog partitions: the bulk restore runs there",
+    ),
+    TouchPoint(
+        "faust.tables.manager", "TableManager._recovery", "where TableManager keeps its Recovery", instance_attr=True
+    ),
+    TouchPoint(
+        "faust.transport.consumer",
+        "Consumer.track_message",
+        "events taken from a channel queue without a Stream are tracked as a Stream tracks them",
+    ),
+    TouchPoint(
+        "faust.types.tuples", "Message.tracked", "the flag a Stream sets when it tracks a message", instance_attr=True
+    ),
     TouchPoint("faust.events", "Event.ack", "acking without a Stream, as a Stream acks"),
-    TouchPoint("faust.stores.rocksdb", "Store._db_for_partition",
-               "a partition's rocksdict DB, for bulk WriteBatches that carry Faust's offset key"),
-    TouchPoint("faust.tables.base", "Collection._on_changelog_event",
-               "a table with a changelog callback must see every record: no bulk restore for it",
-               instance_attr=True),
-    TouchPoint("faust.stores.rocksdb", "Store._dbs", "the open partition DBs, for RocksDB's key estimate",
-               instance_attr=True),
+    TouchPoint(
+        "faust.stores.rocksdb",
+        "Store._db_for_partition",
+        "a partition's rocksdict DB, for bulk WriteBatches that carry Faust's offset key",
+    ),
+    TouchPoint(
+        "faust.tables.base",
+        "Collection._on_changelog_event",
+        "a table with a changelog callback must see every record: no bulk restore for it",
+        instance_attr=True,
+    ),
+    TouchPoint(
+        "faust.stores.rocksdb", "Store._dbs", "the open partition DBs, for RocksDB's key estimate", instance_attr=True
+    ),
 )
 
 

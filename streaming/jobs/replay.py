@@ -25,6 +25,7 @@ CLI (``streaming/cli/replay.py``)::
     recsys replay FILE|NAME [--bootstrap B] [--topic T] [--rate R | --speedup X]
                                [--no-retime] [--limit N] [--simulate N]
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,11 +49,11 @@ DEFAULT_TOPIC = "clickstream"
 
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
-    "enable_idempotence": True,        # retries cannot duplicate or reorder a partition's records
-    "retries": 2_147_483_647,          # bounded by delivery_timeout_ms instead
-    "delivery_timeout_ms": 120_000,    # a record may wait this long for a restarting broker
+    "enable_idempotence": True,  # retries cannot duplicate or reorder a partition's records
+    "retries": 2_147_483_647,  # bounded by delivery_timeout_ms instead
+    "delivery_timeout_ms": 120_000,  # a record may wait this long for a restarting broker
     "request_timeout_ms": 30_000,
-    "max_block_ms": 60_000,            # send() blocks at most this long for metadata / buffer
+    "max_block_ms": 60_000,  # send() blocks at most this long for metadata / buffer
     "retry_backoff_ms": 200,
     "reconnect_backoff_ms": 200,
     "reconnect_backoff_max_ms": 5_000,
@@ -72,8 +73,8 @@ class ReplayStats:
     failed: int = 0
     seconds: float = 0.0
     rate: float = 0.0
-    errors: Counter = field(default_factory=Counter)   # failure reason -> count
-    first_ts: int | None = None                        # ts of the first / last event as sent
+    errors: Counter = field(default_factory=Counter)  # failure reason -> count
+    first_ts: int | None = None  # ts of the first / last event as sent
     last_ts: int | None = None
 
     @property
@@ -91,6 +92,7 @@ class ReplayStats:
 # --------------------------------------------------------------------------- bootstrap
 
 # --------------------------------------------------------------------------- producing
+
 
 def make_producer(bootstrap: str, producer_config: Mapping[str, Any] | None = None):
     from kafka import KafkaProducer
@@ -136,10 +138,19 @@ def _sleep_until(deadline: float) -> None:
         time.sleep(min(left, 0.5))
 
 
-def replay(events: Iterable[Event], bootstrap: str, topic: str, *, rate: float | None = None,
-           speedup: float | None = None, retime: bool = True, limit: int | None = None,
-           progress: bool = True, producer_config: Mapping[str, Any] | None = None,
-           flush_timeout: float | None = None) -> ReplayStats:
+def replay(
+    events: Iterable[Event],
+    bootstrap: str,
+    topic: str,
+    *,
+    rate: float | None = None,
+    speedup: float | None = None,
+    retime: bool = True,
+    limit: int | None = None,
+    progress: bool = True,
+    producer_config: Mapping[str, Any] | None = None,
+    flush_timeout: float | None = None,
+) -> ReplayStats:
     """Produce ``events`` to ``topic`` in time order (stable sort by ts); see the module doc.
 
     ``limit``: at most this many events (the earliest). ``flush_timeout``: seconds to wait
@@ -169,8 +180,9 @@ def replay(events: Iterable[Event], bootstrap: str, topic: str, *, rate: float |
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(evs), unit="ev", file=sys.stderr, desc=f"replay -> {topic}",
-                   dynamic_ncols=True, mininterval=0.5)
+        bar = tqdm(
+            total=len(evs), unit="ev", file=sys.stderr, desc=f"replay -> {topic}", dynamic_ncols=True, mininterval=0.5
+        )
     t0_event = evs[0].ts
     try:
         start = time.monotonic()
@@ -205,7 +217,7 @@ def replay(events: Iterable[Event], bootstrap: str, topic: str, *, rate: float |
             producer.close(timeout=5)
     with out.lock:
         stats.sent = out.ok
-        stats.failed = len(evs) - out.ok          # errbacks + send errors + never acknowledged
+        stats.failed = len(evs) - out.ok  # errbacks + send errors + never acknowledged
         stats.errors = Counter(out.errors)
         pending = len(evs) - out.ok - out.failed
         if pending > 0:
@@ -231,8 +243,14 @@ def _flush(producer: Any, out: _Outcomes, n: int, timeout: float | None) -> None
         time.sleep(0.01)
 
 
-def send_raw(bootstrap: str, topic: str, items: Sequence[tuple[bytes | None, bytes]], *,
-             producer_config: Mapping[str, Any] | None = None, timeout: float = 60.0) -> int:
+def send_raw(
+    bootstrap: str,
+    topic: str,
+    items: Sequence[tuple[bytes | None, bytes]],
+    *,
+    producer_config: Mapping[str, Any] | None = None,
+    timeout: float = 60.0,
+) -> int:
     """Send (key, value) byte pairs exactly as given (for malformed-message tests).
 
     Returns the number acknowledged; raises the first delivery error if any failed.
@@ -250,6 +268,7 @@ def send_raw(bootstrap: str, topic: str, items: Sequence[tuple[bytes | None, byt
 
 # --------------------------------------------------------------------------- sources
 
+
 def events_from(source: str | None, simulate: SimConfig | None = None, lenient: bool = False) -> list[Event]:
     """The events to replay: a file (any supported format), a shared dataset's name, or a
     simulation (`simulate`). ConfigError when the choice is missing, double or unknown."""
@@ -266,6 +285,5 @@ def events_from(source: str | None, simulate: SimConfig | None = None, lenient: 
     if source in DATASETS and not Path(source).exists():
         return load_dataset(source, lenient=lenient)
     if not Path(source).exists():
-        raise ConfigError(f"replay: {source!r} is neither a file nor a dataset name "
-                          f"({', '.join(DATASETS)})")
+        raise ConfigError(f"replay: {source!r} is neither a file nor a dataset name ({', '.join(DATASETS)})")
     return load_events(source, lenient=lenient)

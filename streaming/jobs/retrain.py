@@ -46,20 +46,30 @@ class RetrainMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         r = registry or CollectorRegistry()
         self.registry = r
-        self.runs = Counter("streamrec_retrain_runs", "Retrain runs, by result (published, rejected, failed)",
-                            ["result"], registry=r)
-        self.duration = Histogram("streamrec_retrain_duration_seconds", "Wall time of a retrain",
-                                  buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800), registry=r)
-        self.offline = Gauge("streamrec_retrain_offline_metric", "Offline metrics of the last gate, by model",
-                             ["metric", "model"], registry=r)
-        self.last_success = Gauge("streamrec_retrain_last_success_timestamp_seconds",
-                                  "When a retrain last published a model", registry=r)
+        self.runs = Counter(
+            "streamrec_retrain_runs", "Retrain runs, by result (published, rejected, failed)", ["result"], registry=r
+        )
+        self.duration = Histogram(
+            "streamrec_retrain_duration_seconds",
+            "Wall time of a retrain",
+            buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.offline = Gauge(
+            "streamrec_retrain_offline_metric",
+            "Offline metrics of the last gate, by model",
+            ["metric", "model"],
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "streamrec_retrain_last_success_timestamp_seconds", "When a retrain last published a model", registry=r
+        )
         self.users = Gauge("streamrec_retrain_users", "Users in the last retrain's training data", registry=r)
 
 
 @dataclass
 class RetrainResult:
-    result: str                     # published | rejected | failed
+    result: str  # published | rejected | failed
     version: str | None = None
     gate: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -70,8 +80,13 @@ def read_changelog(bootstrap: str, topic: str, timeout_s: float = 60.0) -> dict[
     """Every user's latest state from the table's changelog, read to its current end."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", consumer_timeout_ms=1000)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=1000,
+    )
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
@@ -112,8 +127,14 @@ def announce(bootstrap: str, topic: str, version: str, extra: dict[str, Any] | N
         producer.close()
 
 
-def retrain_once(profiles: dict[str, UserProfile], store: ModelStore, settings: Settings,
-                 metrics: RetrainMetrics | None = None, source: str = "", config: Any = None) -> RetrainResult:
+def retrain_once(
+    profiles: dict[str, UserProfile],
+    store: ModelStore,
+    settings: Settings,
+    metrics: RetrainMetrics | None = None,
+    source: str = "",
+    config: Any = None,
+) -> RetrainResult:
     """Train, gate, publish. Does not announce (the caller does, if it published).
     `config` (recsys.config.Config) supplies confidence, training and scoring settings."""
     metrics = metrics or RetrainMetrics()
@@ -150,11 +171,16 @@ def retrain_once(profiles: dict[str, UserProfile], store: ModelStore, settings: 
         gate["note"] = f"only {len(cases)} held-out users with enough history: too few to judge, not gated"
     if not gate["passed"]:
         metrics.runs.labels("rejected").inc()
-        log.warning("retrain rejected: candidate held-out MAP@10 %.4f is below the serving model's %.4f "
-                    "by more than noise and the tolerance", gate["candidate_map10"], gate["current_map10"])
+        log.warning(
+            "retrain rejected: candidate held-out MAP@10 %.4f is below the serving model's %.4f "
+            "by more than noise and the tolerance",
+            gate["candidate_map10"],
+            gate["current_map10"],
+        )
         return RetrainResult("rejected", None, gate, time.time() - t0, len(profiles))
-    model, user_factors, _ = train(profiles, ccfg, tcfg, metadata={"gate": gate, "data_source": source,
-                                                                   "holdout": holdout, "metrics": holdout})
+    model, user_factors, _ = train(
+        profiles, ccfg, tcfg, metadata={"gate": gate, "data_source": source, "holdout": holdout, "metrics": holdout}
+    )
     # XᵀX of the training users goes with the version: workers fold new items in against it.
     store.save(model, publish=True, user_gram=user_gram(user_factors))
     seconds = time.time() - t0
@@ -162,13 +188,27 @@ def retrain_once(profiles: dict[str, UserProfile], store: ModelStore, settings: 
     metrics.duration.observe(seconds)
     metrics.last_success.set(time.time())
     metrics.users.set(len(profiles))
-    log.info("published model %s (%d users, %d items) in %.1fs; gate %s", model.version, len(profiles),
-             model.n_items, seconds, gate)
+    log.info(
+        "published model %s (%d users, %d items) in %.1fs; gate %s",
+        model.version,
+        len(profiles),
+        model.n_items,
+        seconds,
+        gate,
+    )
     return RetrainResult("published", model.version, gate, seconds, len(profiles))
 
 
-def run(settings: Settings, *, data: str | None, every_s: float | None, metrics_port: int | None,
-        max_runs: int | None = None, config: Any = None, metrics_host: str = "127.0.0.1") -> int:
+def run(
+    settings: Settings,
+    *,
+    data: str | None,
+    every_s: float | None,
+    metrics_port: int | None,
+    max_runs: int | None = None,
+    config: Any = None,
+    metrics_host: str = "127.0.0.1",
+) -> int:
     metrics = RetrainMetrics()
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
@@ -189,8 +229,18 @@ def run(settings: Settings, *, data: str | None, every_s: float | None, metrics_
             res = retrain_once(profiles, store, settings, metrics, source, config)
             if res.version:
                 announce(settings.bootstrap, settings.model_updates_topic, res.version, {"gate": res.gate})
-            print(json.dumps({"result": res.result, "version": res.version, "users": res.users,
-                              "seconds": round(res.seconds, 2), "gate": res.gate}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "result": res.result,
+                        "version": res.version,
+                        "users": res.users,
+                        "seconds": round(res.seconds, 2),
+                        "gate": res.gate,
+                    }
+                ),
+                flush=True,
+            )
         except Exception as e:  # a failed retrain never takes the system down: count, log, go on
             metrics.runs.labels("failed").inc()
             log.error("retrain failed: %s", e, exc_info=not isinstance(e, RecsysError))
@@ -220,14 +270,18 @@ def interrupted_writes(store: ModelStore, metrics: RetrainMetrics) -> int:
             continue
         try:
             os.kill(pid, 0)
-            continue            # its writer is still running (another retrain): leave it be
+            continue  # its writer is still running (another retrain): leave it be
         except ProcessLookupError:
             pass
         except PermissionError:
             continue
         found += 1
         metrics.runs.labels("failed").inc()
-        log.error("retrain failed: a previous run (pid %d) was killed while writing %s; the incomplete "
-                  "version was never visible; removed it", pid, tmp.name)
+        log.error(
+            "retrain failed: a previous run (pid %d) was killed while writing %s; the incomplete "
+            "version was never visible; removed it",
+            pid,
+            tmp.name,
+        )
         shutil.rmtree(tmp, ignore_errors=True)
     return found

@@ -12,6 +12,7 @@ CLI (``streaming/cli/tail.py``)::
 A line: publish time, user, source, model version, latency (published_ts - event_ts, i.e.
 event time to publication, in ms), then the top items.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,22 +36,36 @@ class Tail(Iterator[dict]):
     exhausted.
     """
 
-    def __init__(self, bootstrap: str, topic: str, *, from_beginning: bool = False,
-                 max_messages: int | None = None, timeout_s: float | None = None,
-                 user: str | None = None, consumer_config: dict[str, Any] | None = None,
-                 wait_for_topic_s: float = 10.0, should_stop: Callable[[], bool] | None = None):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        from_beginning: bool = False,
+        max_messages: int | None = None,
+        timeout_s: float | None = None,
+        user: str | None = None,
+        consumer_config: dict[str, Any] | None = None,
+        wait_for_topic_s: float = 10.0,
+        should_stop: Callable[[], bool] | None = None,
+    ):
         from kafka import KafkaConsumer, TopicPartition
 
         self.topic, self.user = topic, user
         self.max_messages, self.timeout_s = max_messages, timeout_s
         self.should_stop = should_stop  # asked between polls (every 0.5 s at most): True ends the iteration
-        self.count = 0          # dicts yielded
-        self.skipped = 0        # messages that were not JSON objects
+        self.count = 0  # dicts yielded
+        self.skipped = 0  # messages that were not JSON objects
         self._buf: list[dict] = []
         self._closed = False
-        cfg = {"client_id": "streamrec-tail", "enable_auto_commit": False,
-               "request_timeout_ms": 30_000, "reconnect_backoff_ms": 200,
-               "reconnect_backoff_max_ms": 5_000, **(consumer_config or {})}
+        cfg = {
+            "client_id": "streamrec-tail",
+            "enable_auto_commit": False,
+            "request_timeout_ms": 30_000,
+            "reconnect_backoff_ms": 200,
+            "reconnect_backoff_max_ms": 5_000,
+            **(consumer_config or {}),
+        }
         self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **cfg)
         try:
             parts = None
@@ -68,7 +83,7 @@ class Tail(Iterator[dict]):
                 self._consumer.seek_to_beginning(*tps)
             else:
                 self._consumer.seek_to_end(*tps)
-            for tp in tps:                  # resolve the offsets now, not at the first poll
+            for tp in tps:  # resolve the offsets now, not at the first poll
                 self._consumer.position(tp)
         except BaseException:
             self.close()
@@ -77,8 +92,11 @@ class Tail(Iterator[dict]):
 
     def __next__(self) -> dict:
         while True:
-            if self._closed or (self.max_messages is not None and self.count >= self.max_messages) or \
-                    (self.should_stop is not None and self.should_stop()):
+            if (
+                self._closed
+                or (self.max_messages is not None and self.count >= self.max_messages)
+                or (self.should_stop is not None and self.should_stop())
+            ):
                 self.close()
                 raise StopIteration
             if self._buf:
@@ -92,7 +110,9 @@ class Tail(Iterator[dict]):
                     raise StopIteration
                 wait_ms = max(1, min(wait_ms, int(left * 1000)))
             polled = self._consumer.poll(timeout_ms=wait_ms)
-            records = sorted((r for rs in polled.values() for r in rs), key=lambda r: (r.timestamp, r.partition, r.offset))
+            records = sorted(
+                (r for rs in polled.values() for r in rs), key=lambda r: (r.timestamp, r.partition, r.offset)
+            )
             for r in records:
                 self._last = time.monotonic()
                 try:
@@ -128,9 +148,15 @@ class Tail(Iterator[dict]):
             self.close()
 
 
-def tail(bootstrap: str, topic: str = DEFAULT_TOPIC, *, from_beginning: bool = False,
-         max_messages: int | None = None, timeout_s: float | None = None,
-         user: str | None = None) -> Tail:
+def tail(
+    bootstrap: str,
+    topic: str = DEFAULT_TOPIC,
+    *,
+    from_beginning: bool = False,
+    max_messages: int | None = None,
+    timeout_s: float | None = None,
+    user: str | None = None,
+) -> Tail:
     """Recommendation dicts from ``topic``, oldest first per poll.
 
     Positioned when called: at the end of every partition (only recommendations published
@@ -138,11 +164,13 @@ def tail(bootstrap: str, topic: str = DEFAULT_TOPIC, *, from_beginning: bool = F
     dicts or after ``timeout_s`` seconds without a new message; otherwise runs forever.
     ``user``: only that user's recommendations.
     """
-    return Tail(bootstrap, topic, from_beginning=from_beginning, max_messages=max_messages,
-                timeout_s=timeout_s, user=user)
+    return Tail(
+        bootstrap, topic, from_beginning=from_beginning, max_messages=max_messages, timeout_s=timeout_s, user=user
+    )
 
 
 # --------------------------------------------------------------------------- printing
+
 
 def _clock(ms: Any) -> str:
     try:
@@ -165,6 +193,8 @@ def format_recommendation(d: dict, top: int = 5) -> str:
     if len(items) > top:
         shown += f" … (+{len(items) - top})"
     query = f" q={d['query']}" if d.get("query") is not None else ""
-    return (f"{_clock(pub if pub is not None else None)}  user={d.get('user', '?')}  "
-            f"src={d.get('source', '?')}  model={d.get('model_version', '-')}  "
-            f"latency={latency}{query}  [{shown}]")
+    return (
+        f"{_clock(pub if pub is not None else None)}  user={d.get('user', '?')}  "
+        f"src={d.get('source', '?')}  model={d.get('model_version', '-')}  "
+        f"latency={latency}{query}  [{shown}]"
+    )

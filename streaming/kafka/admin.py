@@ -5,6 +5,7 @@ has accepted it, but the broker's metadata may lag. Callers (tests, workers abou
 to produce) want the topic *usable*, so both helpers poll metadata, bounded by
 ``timeout``.
 """
+
 from __future__ import annotations
 
 import time
@@ -16,8 +17,9 @@ from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError, UnknownTopi
 
 def _admin(bootstrap: str, timeout: float) -> KafkaAdminClient:
     ms = int(max(timeout, 1.0) * 1000)
-    return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-topics",
-                            request_timeout_ms=ms, bootstrap_timeout_ms=ms)
+    return KafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="streamrec-topics", request_timeout_ms=ms, bootstrap_timeout_ms=ms
+    )
 
 
 def _partition_counts(admin: KafkaAdminClient, names: Iterable[str]) -> dict[str, tuple[int, int]]:
@@ -31,8 +33,13 @@ def _partition_counts(admin: KafkaAdminClient, names: Iterable[str]) -> dict[str
     return out
 
 
-def ensure_topics(bootstrap: str, specs: Mapping[str, int], replication: int = 1,
-                  config: Mapping[str, str] | None = None, timeout: float = 30.0) -> list[str]:
+def ensure_topics(
+    bootstrap: str,
+    specs: Mapping[str, int],
+    replication: int = 1,
+    config: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> list[str]:
     """Create the topics in ``specs`` (name -> partitions) that don't exist yet.
 
     ``config`` (topic-level configs, e.g. ``{"cleanup.policy": "compact"}``) applies to
@@ -49,8 +56,10 @@ def ensure_topics(bootstrap: str, specs: Mapping[str, int], replication: int = 1
         missing = {n: p for n, p in specs.items() if n not in existing}
         created: list[str] = []
         if missing:
-            req = {n: {"num_partitions": p, "replication_factor": replication, "configs": dict(config or {})}
-                   for n, p in missing.items()}
+            req = {
+                n: {"num_partitions": p, "replication_factor": replication, "configs": dict(config or {})}
+                for n, p in missing.items()
+            }
             res = admin.create_topics(req, timeout_ms=int(timeout * 1000), raise_errors=False)
             for t in res["topics"]:
                 err = for_code(t["error_code"])
@@ -65,8 +74,7 @@ def ensure_topics(bootstrap: str, specs: Mapping[str, int], replication: int = 1
                 # A pre-existing topic won't change size by waiting; say so now.
                 if name in counts and counts[name][0] != specs[name]:
                     raise ValueError(f"topic {name!r} exists with {counts[name][0]} partitions, wanted {specs[name]}")
-            pending = {n: counts.get(n, (0, 0))[1] for n, want in specs.items()
-                       if counts.get(n) != (want, want)}
+            pending = {n: counts.get(n, (0, 0))[1] for n, want in specs.items() if counts.get(n) != (want, want)}
             if not pending:
                 return created
             if time.monotonic() >= deadline:

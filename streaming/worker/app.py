@@ -39,6 +39,7 @@ from streaming.worker.table import UserStateTable
 
 log = logging.getLogger("streamrec.worker")
 
+
 class StreamWorker:
     """One worker process: reads a batch, applies it, writes and publishes what it produced,
     and hands it to the checkpoint."""
@@ -47,10 +48,12 @@ class StreamWorker:
         s = config.stream
         self.app, self.settings, self.metrics = app, s, metrics
         self.serving = ServingModel(metrics)
-        self.updates = ModelUpdates(ModelStore(s.model_dir), self.serving, config.confidence, config.scoring,
-                                    with_user_gram=s.item_foldin)
-        self.processor = Processor(config.confidence, metrics, self.serving, top_n=s.top_n,
-                                   popularity_half_life_s=s.popularity_half_life_s)
+        self.updates = ModelUpdates(
+            ModelStore(s.model_dir), self.serving, config.confidence, config.scoring, with_user_gram=s.item_foldin
+        )
+        self.processor = Processor(
+            config.confidence, metrics, self.serving, top_n=s.top_n, popularity_half_life_s=s.popularity_half_life_s
+        )
         self.table = UserStateTable(app, s.table_name, s.partitions)
         self.publisher = BatchPublisher(app)
         self.guard = OffsetGuard(app)
@@ -67,8 +70,9 @@ class StreamWorker:
             except Exception:  # noqa: BLE001 - a bug, not bad input: fail-stop
                 from recsys.errors import ExitCode, fail_stop
 
-                fail_stop(ExitCode.BATCH_FAILED, "a batch failed: stopping before its offsets can be committed",
-                          exc_info=True)
+                fail_stop(
+                    ExitCode.BATCH_FAILED, "a batch failed: stopping before its offsets can be committed", exc_info=True
+                )
             await checkpoint.ack_when_settled(sends, events)
 
     async def handle(self, events: list[Any]) -> list[Any]:
@@ -98,8 +102,15 @@ class StreamWorker:
             dead = []
             for dl in res.dead:
                 dead.append(dead_letter_record(dl, s.clickstream_topic))
-                log.warning("dead-lettered %s/%d/%d: %s %s", s.clickstream_topic, dl.partition,
-                            dl.offset, dl.reason, dl.detail[:200], extra={"partition": dl.partition})
+                log.warning(
+                    "dead-lettered %s/%d/%d: %s %s",
+                    s.clickstream_topic,
+                    dl.partition,
+                    dl.offset,
+                    dl.reason,
+                    dl.detail[:200],
+                    extra={"partition": dl.partition},
+                )
             sends += await publish(s.dlq_topic, dead)
             if res.evidence:  # new-item evidence (only with item_foldin on)
                 sends += await publish(s.item_evidence_topic, [(k, v, ()) for k, v in res.evidence])
@@ -151,8 +162,14 @@ def create_app(config: Config | None = None, metrics: WorkerMetrics | None = Non
     worker = StreamWorker(app, config, metrics or WorkerMetrics())
     app.streamrec = worker  # type: ignore[attr-defined]  # tests and the web views reach the worker here
 
-    clicks = app.topic(settings.clickstream_topic, key_type=bytes, value_type=bytes, key_serializer="raw",
-                       value_serializer="raw", partitions=settings.partitions)
+    clicks = app.topic(
+        settings.clickstream_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.partitions,
+    )
     app.on_partitions_revoked.connect(worker.guard.forget)
     app.on_partitions_assigned.connect(worker.guard.forget)
     reader = BatchReader(app, clicks, settings.batch_max, settings.batch_within_s, settings.batch_behind_wait_s)

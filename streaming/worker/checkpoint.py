@@ -27,6 +27,7 @@ from streaming.worker.batches import BatchReader
 
 log = logging.getLogger("streamrec.worker")
 
+
 class Checkpoint:
     def __init__(self, reader: BatchReader, max_unsettled: int):
         self.reader, self.max_unsettled = reader, max_unsettled
@@ -43,8 +44,14 @@ class Checkpoint:
         results = await asyncio.gather(*sends, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
-            fail_stop(ExitCode.DELIVERY_FAILED, "%d of %d records of a batch could not be delivered (%r): stopping "
-                      "so that the batch is redone on restart instead of committed", len(errors), len(sends), errors[0])
+            fail_stop(
+                ExitCode.DELIVERY_FAILED,
+                "%d of %d records of a batch could not be delivered (%r): stopping "
+                "so that the batch is redone on restart instead of committed",
+                len(errors),
+                len(sends),
+                errors[0],
+            )
         self.reader.ack(events)
 
 
@@ -74,7 +81,7 @@ class OffsetGuard:
 
     def __init__(self, app: faust.App):
         self.app = app
-        self.last: dict[int, int] = {}                       # partition -> last offset handled since assignment
+        self.last: dict[int, int] = {}  # partition -> last offset handled since assignment
         self._committed_at_start: dict[Any, int | None] = {}  # TP -> committed offset at assignment
 
     def forget(self, *_: Any, **__: Any) -> None:
@@ -104,6 +111,9 @@ class OffsetGuard:
             if last is None or o > last:
                 self.last[p] = o
         if holes:
-            fail_stop(ExitCode.OFFSET_HOLE, "input offsets skipped by the consumer %s (partition, last handled, "
-                      "next, committed): stopping before they can be committed, so that a restart reads them",
-                      holes[:10])
+            fail_stop(
+                ExitCode.OFFSET_HOLE,
+                "input offsets skipped by the consumer %s (partition, last handled, "
+                "next, committed): stopping before they can be committed, so that a restart reads them",
+                holes[:10],
+            )

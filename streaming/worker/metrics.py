@@ -20,52 +20,85 @@ class WorkerMetrics:
         r = registry
         self.registry = registry
         self.events_in = Counter("streamrec_events_in", "Accepted events, by event type", ["type"], registry=r)
-        self.rejected = Counter("streamrec_events_rejected", "Messages sent to the dead-letter topic, by reason",
-                                ["reason"], registry=r)
-        self.duplicates = Counter("streamrec_events_duplicate",
-                                  "Redelivered events skipped because the user's state already has them", registry=r)
-        self.recs_out = Counter("streamrec_recommendations_out", "Recommendation messages published, by source",
-                                ["source"], registry=r)
-        self.latency = Histogram("streamrec_event_to_publish_seconds",
-                                 "From the event's arrival in Kafka (record timestamp) to its recommendation's "
-                                 "publication", buckets=LATENCY_BUCKETS, registry=r)
-        self.foldin_seconds = Histogram("streamrec_foldin_seconds", "Fold-in time per batch",
-                                        buckets=COMPUTE_BUCKETS, registry=r)
-        self.scoring_seconds = Histogram("streamrec_scoring_seconds", "Scoring (product + top-k) time per batch",
-                                         buckets=COMPUTE_BUCKETS, registry=r)
-        self.batch_events = Histogram("streamrec_batch_events", "Events per micro-batch", buckets=SIZE_BUCKETS,
-                                      registry=r)
-        self.batch_users = Histogram("streamrec_batch_users", "Distinct users per micro-batch", buckets=SIZE_BUCKETS,
-                                     registry=r)
+        self.rejected = Counter(
+            "streamrec_events_rejected", "Messages sent to the dead-letter topic, by reason", ["reason"], registry=r
+        )
+        self.duplicates = Counter(
+            "streamrec_events_duplicate",
+            "Redelivered events skipped because the user's state already has them",
+            registry=r,
+        )
+        self.recs_out = Counter(
+            "streamrec_recommendations_out", "Recommendation messages published, by source", ["source"], registry=r
+        )
+        self.latency = Histogram(
+            "streamrec_event_to_publish_seconds",
+            "From the event's arrival in Kafka (record timestamp) to its recommendation's publication",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.foldin_seconds = Histogram(
+            "streamrec_foldin_seconds", "Fold-in time per batch", buckets=COMPUTE_BUCKETS, registry=r
+        )
+        self.scoring_seconds = Histogram(
+            "streamrec_scoring_seconds", "Scoring (product + top-k) time per batch", buckets=COMPUTE_BUCKETS, registry=r
+        )
+        self.batch_events = Histogram(
+            "streamrec_batch_events", "Events per micro-batch", buckets=SIZE_BUCKETS, registry=r
+        )
+        self.batch_users = Histogram(
+            "streamrec_batch_users", "Distinct users per micro-batch", buckets=SIZE_BUCKETS, registry=r
+        )
         self.users = Gauge("streamrec_users_in_state", "Users whose state this worker holds", registry=r)
-        self.model_version = Gauge("streamrec_model_info", "The serving model version (value 1)", ["version"],
-                                   registry=r)
-        self.model_created = Gauge("streamrec_model_created_timestamp_seconds",
-                                   "When the serving model was trained (age = time() - this)", registry=r)
-        self.model_swaps = Counter("streamrec_model_loads", "Model load attempts, by result (ok, refused)",
-                                   ["result"], registry=r)
-        self.consumer_lag = Gauge("streamrec_consumer_lag", "Clickstream messages not yet processed, by partition",
-                                  ["partition"], registry=r)
-        self.hits = Counter("streamrec_live_hits",
-                            "Events on an item that was in the user's last published list, by model version",
-                            ["model_version"], registry=r)
-        self.hit_checks = Counter("streamrec_live_hit_checks",
-                                  "Events of users who had a published list, by that list's model version",
-                                  ["model_version"], registry=r)
+        self.model_version = Gauge(
+            "streamrec_model_info", "The serving model version (value 1)", ["version"], registry=r
+        )
+        self.model_created = Gauge(
+            "streamrec_model_created_timestamp_seconds",
+            "When the serving model was trained (age = time() - this)",
+            registry=r,
+        )
+        self.model_swaps = Counter(
+            "streamrec_model_loads", "Model load attempts, by result (ok, refused)", ["result"], registry=r
+        )
+        self.consumer_lag = Gauge(
+            "streamrec_consumer_lag", "Clickstream messages not yet processed, by partition", ["partition"], registry=r
+        )
+        self.hits = Counter(
+            "streamrec_live_hits",
+            "Events on an item that was in the user's last published list, by model version",
+            ["model_version"],
+            registry=r,
+        )
+        self.hit_checks = Counter(
+            "streamrec_live_hit_checks",
+            "Events of users who had a published list, by that list's model version",
+            ["model_version"],
+            registry=r,
+        )
         # New items before the next retrain (streaming/worker/new_items.py)
-        self.item_evidence_sent = Counter("streamrec_item_evidence_sent",
-                                          "New-item evidence records this worker's batches produced", registry=r)
-        self.item_evidence = Counter("streamrec_item_evidence",
-                                     "New-item evidence records received, by result (accepted; stale: for "
-                                     "another model version or an item it knows; rejected: malformed)",
-                                     ["result"], registry=r)
-        self.items_folded = Counter("streamrec_items_folded_in",
-                                    "New-item rows this worker solved and published", registry=r)
-        self.item_rows = Counter("streamrec_item_factor_rows",
-                                 "New-item rows read, by result (applied; ignored: another model version; "
-                                 "rejected: malformed)", ["result"], registry=r)
-        self.new_items_served = Gauge("streamrec_new_items_served",
-                                      "Folded-in items in the serving model (not in its training data)", registry=r)
+        self.item_evidence_sent = Counter(
+            "streamrec_item_evidence_sent", "New-item evidence records this worker's batches produced", registry=r
+        )
+        self.item_evidence = Counter(
+            "streamrec_item_evidence",
+            "New-item evidence records received, by result (accepted; stale: for "
+            "another model version or an item it knows; rejected: malformed)",
+            ["result"],
+            registry=r,
+        )
+        self.items_folded = Counter(
+            "streamrec_items_folded_in", "New-item rows this worker solved and published", registry=r
+        )
+        self.item_rows = Counter(
+            "streamrec_item_factor_rows",
+            "New-item rows read, by result (applied; ignored: another model version; rejected: malformed)",
+            ["result"],
+            registry=r,
+        )
+        self.new_items_served = Gauge(
+            "streamrec_new_items_served", "Folded-in items in the serving model (not in its training data)", registry=r
+        )
         self._version: str | None = None
 
     def set_model(self, version: str | None, created: float | None) -> None:

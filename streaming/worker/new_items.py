@@ -53,9 +53,9 @@ from streaming.worker.serving import Serving, ServingModel
 
 log = logging.getLogger("streamrec.items")
 
-EVIDENCE_BATCH = 1000              # evidence records per solve at most (else every refresh_s)
+EVIDENCE_BATCH = 1000  # evidence records per solve at most (else every refresh_s)
 MAX_FACTORS = 4096
-MAX_ABS = 1e6                      # factors and confidences are far below this; bigger is garbage
+MAX_ABS = 1e6  # factors and confidences are far below this; bigger is garbage
 
 
 # -- records -----------------------------------------------------------------------------------
@@ -64,21 +64,24 @@ class Evidence:
     version: str
     item: str
     user: str
-    x: np.ndarray   # (f,) float32: the user's factors against the trained model
-    c: float        # the user's confidence in the item, c = 1 + alpha * r
+    x: np.ndarray  # (f,) float32: the user's factors against the trained model
+    c: float  # the user's confidence in the item, c = 1 + alpha * r
 
 
 @dataclass
 class Row:
     version: str
     item: str
-    y: np.ndarray   # (f,) float32
-    users: int      # how many users it was folded in from
+    y: np.ndarray  # (f,) float32
+    users: int  # how many users it was folded in from
 
 
 def _floats(v: Any, what: str) -> np.ndarray:
-    if not isinstance(v, list) or not 0 < len(v) <= MAX_FACTORS or any(
-            isinstance(a, bool) or not isinstance(a, (int, float)) for a in v):
+    if (
+        not isinstance(v, list)
+        or not 0 < len(v) <= MAX_FACTORS
+        or any(isinstance(a, bool) or not isinstance(a, (int, float)) for a in v)
+    ):
         raise ValueError(f"{what} is not a list of numbers")
     arr = np.asarray(v, np.float64)
     if not (np.isfinite(arr).all() and np.abs(arr).max() < MAX_ABS):
@@ -101,8 +104,16 @@ def _object(key: bytes | None, value: bytes | None) -> tuple[dict[str, Any], str
 
 
 def encode_evidence(version: str, item: str, user: str, x: np.ndarray, c: float) -> bytes:
-    return json.dumps({"v": version, "item": item, "user": user, "x": np.round(np.asarray(x, np.float64), 6).tolist(),
-                       "c": round(float(c), 6)}, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "v": version,
+            "item": item,
+            "user": user,
+            "x": np.round(np.asarray(x, np.float64), 6).tolist(),
+            "c": round(float(c), 6),
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def decode_evidence(key: bytes | None, value: bytes | None) -> Evidence:
@@ -117,8 +128,10 @@ def decode_evidence(key: bytes | None, value: bytes | None) -> Evidence:
 
 
 def encode_row(version: str, item: str, y: np.ndarray, users: int) -> bytes:
-    return json.dumps({"v": version, "item": item, "y": np.round(np.asarray(y, np.float64), 7).tolist(),
-                       "users": int(users)}, separators=(",", ":")).encode()
+    return json.dumps(
+        {"v": version, "item": item, "y": np.round(np.asarray(y, np.float64), 7).tolist(), "users": int(users)},
+        separators=(",", ":"),
+    ).encode()
 
 
 def decode_row(key: bytes | None, value: bytes | None) -> Row:
@@ -130,7 +143,9 @@ def decode_row(key: bytes | None, value: bytes | None) -> Row:
 
 
 # -- the worker's side: evidence from a batch ----------------------------------------------------
-def new_item_evidence(base: Recommender, users: Sequence[tuple[str, UserProfile, set[str]]]) -> list[tuple[bytes, bytes]]:
+def new_item_evidence(
+    base: Recommender, users: Sequence[tuple[str, UserProfile, set[str]]]
+) -> list[tuple[bytes, bytes]]:
     """(key, value) evidence records for (user, profile after the batch, new items they touched).
     The users are folded in against `base` (the trained model, not the extended one: as measured
     offline, and so a new item's row never feeds back into its own evidence)."""
@@ -138,10 +153,10 @@ def new_item_evidence(base: Recommender, users: Sequence[tuple[str, UserProfile,
     x, known = base.fold_in(confs)
     out = []
     for (user, _, items), conf, xu, has in zip(users, confs, x, known, strict=True):
-        if not has:        # no trained item yet: the user has no place in the space to lend
+        if not has:  # no trained item yet: the user has no place in the space to lend
             continue
         for item in sorted(items):
-            if item in conf:   # else already evicted from the profile (max_items)
+            if item in conf:  # else already evicted from the profile (max_items)
                 out.append((item.encode(), encode_evidence(base.version, item, user, xu, conf[item])))
     return out
 
@@ -187,8 +202,9 @@ class EvidenceSolver:
     def take(self, served_users: Callable[[str], int]) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
         """The changed items ready to solve: enough users, and no fewer than the served row's.
         A snapshot (copies of references), so the solve can run off the event loop."""
-        ids = [i for i in self.changed if i in self.items
-               and len(self.items[i]) >= max(self.min_users, served_users(i))]
+        ids = [
+            i for i in self.changed if i in self.items and len(self.items[i]) >= max(self.min_users, served_users(i))
+        ]
         self.changed.clear()
         xs = [np.stack([x for x, _ in self.items[i].values()]) for i in ids]
         cs = [np.array([c for _, c in self.items[i].values()], np.float64) for i in ids]
@@ -202,15 +218,22 @@ class NewItems:
     def __init__(self, app: Any, serving: ServingModel, settings: Any):
         self.app, self.serving, self.settings, self.metrics = app, serving, settings, serving.metrics
         serving.on_new_version(self.on_model)
-        self.evidence_topic = app.topic(settings.item_evidence_topic, key_serializer="raw", value_serializer="raw",
-                                        key_type=bytes, value_type=bytes, partitions=settings.partitions)
+        self.evidence_topic = app.topic(
+            settings.item_evidence_topic,
+            key_serializer="raw",
+            value_serializer="raw",
+            key_type=bytes,
+            value_type=bytes,
+            partitions=settings.partitions,
+        )
         self.factors_topic = app.topic(settings.item_factors_topic, key_serializer="raw", value_serializer="raw")
-        self.solver = EvidenceSolver(settings.item_foldin_min_users, settings.item_foldin_max_users,
-                                     settings.item_foldin_max_items)
+        self.solver = EvidenceSolver(
+            settings.item_foldin_min_users, settings.item_foldin_max_users, settings.item_foldin_max_items
+        )
         # version -> item -> latest row: the serving version's, and newer ones (another worker may
         # swap first and publish for its version before this one swaps)
         self.rows: dict[str, dict[str, Row]] = {}
-        self.dirty = False               # rows of the serving version changed since the last build
+        self.dirty = False  # rows of the serving version changed since the last build
         self.built_at = 0.0
 
     # -- model swaps (ServingModel.swap calls this in the same loop step) ----------------------
@@ -231,8 +254,12 @@ class NewItems:
                     result = self.solver.add(decode_evidence(ev.message.key, ev.message.value))
                 except (ValueError, RecursionError) as e:
                     result = "rejected"
-                    log.warning("bad new-item evidence record at %s/%s: %s", ev.message.partition,
-                                ev.message.offset, str(e)[:200])
+                    log.warning(
+                        "bad new-item evidence record at %s/%s: %s",
+                        ev.message.partition,
+                        ev.message.offset,
+                        str(e)[:200],
+                    )
                 self.metrics.item_evidence.labels(result).inc()
             await self.publish()
         except Exception:
@@ -246,16 +273,23 @@ class NewItems:
         if not ids:
             return
         y = await asyncio.to_thread(fold_in_items, xs, cs, xtx, model.regularization)
-        if solver.model is not model:   # a model swap while solving: these rows are for the old space
+        if solver.model is not model:  # a model swap while solving: these rows are for the old space
             return
-        sends = [await self.factors_topic.send(key=i.encode(), value=encode_row(model.version, i, y[k], len(xs[k])))
-                 for k, i in enumerate(ids) if np.isfinite(y[k]).all()]
+        sends = [
+            await self.factors_topic.send(key=i.encode(), value=encode_row(model.version, i, y[k], len(xs[k])))
+            for k, i in enumerate(ids)
+            if np.isfinite(y[k]).all()
+        ]
         results = await asyncio.gather(*sends, return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         self.metrics.items_folded.inc(len(sends) - len(failed))
         if failed:
-            log.warning("%d of %d new-item rows were not published (%r); the next evidence re-solves them",
-                        len(failed), len(sends), failed[0])
+            log.warning(
+                "%d of %d new-item rows were not published (%r); the next evidence re-solves them",
+                len(failed),
+                len(sends),
+                failed[0],
+            )
 
     def served_users(self, item: str) -> int:
         base = self.serving.snapshot.item_base
@@ -297,16 +331,21 @@ class NewItems:
 
     @staticmethod
     def _extend(base: Recommender, rows: list[Row]) -> Recommender:
-        model = extend_model(base.model, [r.item for r in rows], np.stack([r.y for r in rows]),
-                             popularity=np.array([r.users for r in rows], np.float32))
+        model = extend_model(
+            base.model,
+            [r.item for r in rows],
+            np.stack([r.y for r in rows]),
+            popularity=np.array([r.users for r in rows], np.float32),
+        )
         return Recommender(model, base.ccfg, base.scfg)
 
     async def listen_for_rows(self) -> None:
         """Read the rows topic from the beginning on every worker (no consumer group), applying
         rows as they come and rebuilding at most every refresh_s."""
         refresh = self.settings.item_foldin_refresh_s
-        async with broadcast_consumer(self.settings.bootstrap, self.settings.item_factors_topic,
-                                      from_beginning=True) as consumer:
+        async with broadcast_consumer(
+            self.settings.bootstrap, self.settings.item_factors_topic, from_beginning=True
+        ) as consumer:
             while True:
                 for records in (await consumer.getmany(timeout_ms=int(min(refresh, 1.0) * 1000))).values():
                     for r in records:

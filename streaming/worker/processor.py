@@ -55,18 +55,21 @@ class DeadLetter:
     offset: int
 
     def headers(self, source_topic: str) -> list[tuple[str, bytes]]:
-        return [("reason", self.reason.encode()), ("detail", self.detail.encode()[:1000]),
-                ("source", f"{source_topic}/{self.partition}/{self.offset}".encode())]
+        return [
+            ("reason", self.reason.encode()),
+            ("detail", self.detail.encode()[:1000]),
+            ("source", f"{source_topic}/{self.partition}/{self.offset}".encode()),
+        ]
 
 
 @dataclass
 class BatchResult:
-    states: dict[bytes, UserState] = field(default_factory=dict)        # to write back
-    messages: list[tuple[bytes, bytes]] = field(default_factory=list)   # (key, JSON) recommendations
+    states: dict[bytes, UserState] = field(default_factory=dict)  # to write back
+    messages: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, JSON) recommendations
     dead: list[DeadLetter] = field(default_factory=list)
     accepted: int = 0
     duplicates: int = 0
-    repaired: int = 0   # users written back only because redelivered events were already in their state
+    repaired: int = 0  # users written back only because redelivered events were already in their state
     evidence: list[tuple[bytes, bytes]] = field(default_factory=list)  # (item, JSON) new-item evidence
 
 
@@ -93,9 +96,15 @@ def decode_event(msg: Incoming) -> Event:
 
 
 class Processor:
-    def __init__(self, ccfg: ConfidenceConfig, metrics: WorkerMetrics, serving: ServingModel | None = None,
-                 top_n: int = 10, clock: Callable[[], float] = time.time,
-                 popularity_half_life_s: float = Settings().popularity_half_life_s):
+    def __init__(
+        self,
+        ccfg: ConfidenceConfig,
+        metrics: WorkerMetrics,
+        serving: ServingModel | None = None,
+        top_n: int = 10,
+        clock: Callable[[], float] = time.time,
+        popularity_half_life_s: float = Settings().popularity_half_life_s,
+    ):
         self.ccfg, self.metrics, self.top_n, self.clock = ccfg, metrics, top_n, clock
         # Read, never written here: streaming/worker/serving.py owns it.
         self.serving = serving if serving is not None else ServingModel(metrics)
@@ -180,20 +189,36 @@ class Processor:
             state.last_version = rec.model_version or ""
             state.last_published_ms = now_ms
             res.states[key] = state
-            res.messages.append((key, json.dumps({
-                "user": last_event.user, "items": rec.items, "scores": [round(s, 6) for s in rec.scores],
-                "source": rec.source, "model_version": rec.model_version, "query": last_event.item,
-                "event_ts": last_event.ts, "ingest_ts": last_msg.timestamp_ms, "published_ts": now_ms,
-                "offset": last_msg.offset, "partition": last_msg.partition,
-            }, separators=(",", ":")).encode()))
+            res.messages.append(
+                (
+                    key,
+                    json.dumps(
+                        {
+                            "user": last_event.user,
+                            "items": rec.items,
+                            "scores": [round(s, 6) for s in rec.scores],
+                            "source": rec.source,
+                            "model_version": rec.model_version,
+                            "query": last_event.item,
+                            "event_ts": last_event.ts,
+                            "ingest_ts": last_msg.timestamp_ms,
+                            "published_ts": now_ms,
+                            "offset": last_msg.offset,
+                            "partition": last_msg.partition,
+                        },
+                        separators=(",", ":"),
+                    ).encode(),
+                )
+            )
             sources[rec.source] = sources.get(rec.source, 0) + 1
             for msg in applied:
                 m.latency.observe(max(0.0, now_ms - msg.timestamp_ms) / 1000.0)
         for source, k in sources.items():
             m.recs_out.labels(source).inc(k)
         if new_items and base is not None:
-            res.evidence = new_item_evidence(base, [(t[3].user, t[1].profile, new_items[t[0]])
-                                                    for t in touched if t[0] in new_items])
+            res.evidence = new_item_evidence(
+                base, [(t[3].user, t[1].profile, new_items[t[0]]) for t in touched if t[0] in new_items]
+            )
             m.item_evidence_sent.inc(len(res.evidence))
         return res
 
@@ -206,8 +231,13 @@ class Processor:
                 out.append(Recommendations(items, [pop.count(i) for i in items], "popular", None))
             return out
         timings: dict[str, float] = {}
-        out = rec.recommend([s.profile for s in states], queries, self.top_n, timings,
-                            popular=self.recent_popularity.top(self.top_n + 64))
+        out = rec.recommend(
+            [s.profile for s in states],
+            queries,
+            self.top_n,
+            timings,
+            popular=self.recent_popularity.top(self.top_n + 64),
+        )
         self.metrics.foldin_seconds.observe(timings["foldin"])
         self.metrics.scoring_seconds.observe(timings["scoring"])
         return out

@@ -28,7 +28,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from streaming import faust_compat
 
-Record = tuple[bytes | None, bytes, Sequence[tuple[str, bytes]]]   # key, value, headers
+Record = tuple[bytes | None, bytes, Sequence[tuple[str, bytes]]]  # key, value, headers
 
 _partitioner = DefaultPartitioner()
 
@@ -80,10 +80,13 @@ def dead_letter_record(dl: Any, source_topic: str) -> Record:
     headers = dl.headers(source_topic)
     size = len(key or b"") + len(value)
     if size > DLQ_MAX_BYTES:
-        headers += [("truncated", b"1"), ("original_key_bytes", str(len(key or b"")).encode()),
-                    ("original_value_bytes", str(len(value)).encode()),
-                    ("original_value_sha256", hashlib.sha256(value).hexdigest().encode())]
+        headers += [
+            ("truncated", b"1"),
+            ("original_key_bytes", str(len(key or b"")).encode()),
+            ("original_value_bytes", str(len(value)).encode()),
+            ("original_value_sha256", hashlib.sha256(value).hexdigest().encode()),
+        ]
         if key is not None and len(key) > DLQ_MAX_BYTES // 2:
-            key = key[:DLQ_MAX_BYTES // 2]
-        value = value[:DLQ_MAX_BYTES - len(key or b"")]
+            key = key[: DLQ_MAX_BYTES // 2]
+        value = value[: DLQ_MAX_BYTES - len(key or b"")]
     return key, value, headers

@@ -54,15 +54,23 @@ from streaming import faust_compat
 
 log = logging.getLogger("streamrec.restore")
 
-BUDGET_FRACTION = 0.6              # of broker_request_timeout, see the module docstring
+BUDGET_FRACTION = 0.6  # of broker_request_timeout, see the module docstring
 FETCH_BYTES_PER_PARTITION = 16 << 20
 FETCH_MAX_BYTES = 64 << 20
-STALL_S = 15.0                     # no progress for this long: leave the partition to Faust
+STALL_S = 15.0  # no progress for this long: leave the partition to Faust
 # Mutable RocksDB options changed for the bulk load, with the values they get while loading.
-BULK_OPTIONS = {"disable_auto_compactions": "true", "level0_slowdown_writes_trigger": "1000",
-                "level0_stop_writes_trigger": "1000"}
-ROCKSDB_DEFAULTS = {"disable_auto_compactions": "false", "level0_slowdown_writes_trigger": "20",
-                    "level0_stop_writes_trigger": "36"}  # RocksDB 8's, if the OPTIONS file is unreadable
+BULK_OPTIONS = {
+    "disable_auto_compactions": "true",
+    "level0_slowdown_writes_trigger": "1000",
+    "level0_stop_writes_trigger": "1000",
+}
+ROCKSDB_DEFAULTS = {
+    "disable_auto_compactions": "false",
+    "level0_slowdown_writes_trigger": "20",
+    "level0_stop_writes_trigger": "36",
+}  # RocksDB 8's, if the OPTIONS file is unreadable
+
+
 def _rocksdb_store(table: Any) -> Any:
     """The table's Faust RocksDB store (rocksdict driver), or None if bulk loading does not apply."""
     try:
@@ -149,8 +157,12 @@ class FastRecovery(faust_compat.PreSeekRecovery):
         budget = conf.broker_request_timeout * BUDGET_FRACTION
         # Faust's own words for a restore (its "Restoring state from changelog topics..." only
         # appears if something is left for its per-record path), so that logs read the same.
-        self.log.info("Restoring state from changelog topics (bulk): %d records into %d partitions "
-                      "(budget %.0f s)", total, len(plan), budget)
+        self.log.info(
+            "Restoring state from changelog topics (bulk): %d records into %d partitions (budget %.0f s)",
+            total,
+            len(plan),
+            budget,
+        )
         t0 = time.monotonic()
         deadline = t0 + budget
         transport: Any = app.transport  # the aiokafka driver's (TransportT lacks default_port)
@@ -200,8 +212,11 @@ class FastRecovery(faust_compat.PreSeekRecovery):
                         del left[ktp_]
                         consumer.pause(ktp_)
                 if left and time.monotonic() - last_progress > STALL_S:
-                    self.log.warning("Bulk restore: no progress for %.0f s on %s; Faust's recovery reads the rest",
-                                     STALL_S, sorted(str(t) for t in left.values()))
+                    self.log.warning(
+                        "Bulk restore: no progress for %.0f s on %s; Faust's recovery reads the rest",
+                        STALL_S,
+                        sorted(str(t) for t in left.values()),
+                    )
                     break
                 await asyncio.sleep(0)  # let the web server, heartbeats' callbacks etc. run
         finally:
@@ -215,9 +230,13 @@ class FastRecovery(faust_compat.PreSeekRecovery):
             if errors:
                 raise errors[0]
         secs = time.monotonic() - t0
-        self.log.info("Bulk-loaded %d changelog records in %.1f s (%.0f records/s)%s", done_records, secs,
-                      done_records / max(secs, 1e-6),
-                      f"; Faust's recovery reads the rest of {len(left)} partitions" if left else "")
+        self.log.info(
+            "Bulk-loaded %d changelog records in %.1f s (%.0f records/s)%s",
+            done_records,
+            secs,
+            done_records / max(secs, 1e-6),
+            f"; Faust's recovery reads the rest of {len(left)} partitions" if left else "",
+        )
 
     @staticmethod
     def apply_fetch(mode: _BulkMode, tp: TP, records: list, offsets: Any, end: int) -> int:

@@ -40,10 +40,10 @@ log = logging.getLogger("streamrec.models")
 class Serving:
     """What one batch reads: one reference, so one model version per batch."""
 
-    trained: Recommender | None = None   # the version as the retrain wrote it
-    current: Recommender | None = None   # trained + folded-in new items: what lists come from
-    xtx: np.ndarray | None = None        # XᵀX of the trained version's users; None: no new-item fold-in
-    new_items: int = 0                   # folded-in items in `current`
+    trained: Recommender | None = None  # the version as the retrain wrote it
+    current: Recommender | None = None  # trained + folded-in new items: what lists come from
+    xtx: np.ndarray | None = None  # XᵀX of the trained version's users; None: no new-item fold-in
+    new_items: int = 0  # folded-in items in `current`
 
     @classmethod
     def of(cls, rec: Recommender, xtx: np.ndarray | None = None) -> Serving:
@@ -89,7 +89,9 @@ class ServingModel:
             self.loaded_at = time.time()
             self.metrics.set_model(rec.version, float(rec.model.metadata.get("created", 0)))
             self.metrics.model_swaps.labels("ok").inc()
-            log.info("serving model %s (%d items)", rec.version, rec.model.n_items, extra={"model_version": rec.version})
+            log.info(
+                "serving model %s (%d items)", rec.version, rec.model.n_items, extra={"model_version": rec.version}
+            )
             for callback in self._on_new_version:
                 callback(new)
         return True
@@ -98,24 +100,39 @@ class ServingModel:
 class ModelUpdates:
     """Versions from the store into the ServingModel: at start-up, then on announcements."""
 
-    def __init__(self, store: ModelStore, serving: ServingModel, ccfg: ConfidenceConfig, scfg: ScoringConfig,
-                 *, with_user_gram: bool):
+    def __init__(
+        self,
+        store: ModelStore,
+        serving: ServingModel,
+        ccfg: ConfidenceConfig,
+        scfg: ScoringConfig,
+        *,
+        with_user_gram: bool,
+    ):
         self.store, self.serving, self.ccfg, self.scfg = store, serving, ccfg, scfg
         self.with_user_gram = with_user_gram  # XᵀX is read only when new items are folded in
-        self.listening = False                # positioned on model-updates: announcements from now on are heard
+        self.listening = False  # positioned on model-updates: announcements from now on are heard
 
     def _build(self, version: str | None) -> Serving:
         model = self.store.load(version)
         xtx = self.store.user_gram(model.version) if self.with_user_gram else None
         if self.with_user_gram and xtx is None:
-            log.warning("model %s has no XᵀX (user_gram.npy): new items are not folded in until a retrain "
-                        "stores one", model.version, extra={"model_version": model.version})
+            log.warning(
+                "model %s has no XᵀX (user_gram.npy): new items are not folded in until a retrain stores one",
+                model.version,
+                extra={"model_version": model.version},
+            )
         return Serving.of(Recommender(model, self.ccfg, self.scfg), xtx)
 
     def _refuse(self, version: str | None, err: Exception) -> None:
         self.serving.metrics.model_swaps.labels("refused").inc()
-        log.error("refused model %s: %s; still serving %s", version, err, self.serving.version,
-                  extra={"model_version": self.serving.version})
+        log.error(
+            "refused model %s: %s; still serving %s",
+            version,
+            err,
+            self.serving.version,
+            extra={"model_version": self.serving.version},
+        )
 
     def load_initial(self) -> bool:
         """At start-up: serve the store's current version if there is one (else cold start)."""

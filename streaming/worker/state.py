@@ -36,8 +36,8 @@ class StateDecodeError(ValueError):
 @dataclass
 class UserState:
     profile: UserProfile = field(default_factory=UserProfile)
-    last_items: list[str] = field(default_factory=list)   # the list last published
-    last_version: str = ""                                 # the model version that produced it
+    last_items: list[str] = field(default_factory=list)  # the list last published
+    last_version: str = ""  # the model version that produced it
     last_published_ms: int = 0
 
 
@@ -45,8 +45,11 @@ def encode(state: UserState) -> bytes:
     p = state.profile
     history = p.history[-255:]
     last = state.last_items[:255]
-    out = [_HEAD.pack(FORMAT_VERSION, p.offset, p.last_ts, min(p.events, 0xFFFFFFFF), len(p.items),
-                      len(history), len(last))]
+    out = [
+        _HEAD.pack(
+            FORMAT_VERSION, p.offset, p.last_ts, min(p.events, 0xFFFFFFFF), len(p.items), len(history), len(last)
+        )
+    ]
     for item, st in p.items.items():
         b = item.encode()
         out.append(_LEN.pack(len(b)))
@@ -76,7 +79,7 @@ def decode(data: bytes) -> UserState:
             nonlocal pos
             (n,) = _LEN.unpack_from(data, pos)
             pos += 2
-            s = data[pos:pos + n].decode()
+            s = data[pos : pos + n].decode()
             if len(s.encode()) != n:
                 raise StateDecodeError("truncated id")
             pos += n

@@ -22,8 +22,12 @@ from streaming.worker.state import UserState, decode, encode
 # cache *per partition*, so a worker's memory crept up for hours as memtables filled (the soak,
 # bench/soak.py). State records are a few kB: 8 MB x 2 buffers and a 32 MB cache per partition
 # bound memory; reads of hot users are served from the memtables and the cache.
-ROCKSDB_OPTIONS = {"write_buffer_size": 8 << 20, "max_write_buffer_number": 2, "block_cache_size": 32 << 20,
-                   "block_cache_compressed_size": 8 << 20}
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 8 << 20,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 32 << 20,
+    "block_cache_compressed_size": 8 << 20,
+}
 
 
 class ChangelogTrackingTable(faust.Table):
@@ -42,8 +46,16 @@ class ChangelogTrackingTable(faust.Table):
 class UserStateTable:
     def __init__(self, app: faust.App, name: str, partitions: int):
         # bytes in, bytes out: Faust stores our own compact encoding (streaming/worker/state.py) as is.
-        self.table = ChangelogTrackingTable(app, name=name, key_type=bytes, value_type=bytes, partitions=partitions,
-                                            default=None, options=dict(ROCKSDB_OPTIONS), beacon=app.tables.beacon)
+        self.table = ChangelogTrackingTable(
+            app,
+            name=name,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=partitions,
+            default=None,
+            options=dict(ROCKSDB_OPTIONS),
+            beacon=app.tables.beacon,
+        )
         app.tables.add(self.table)
 
     def load(self, key: bytes, event: Any) -> UserState | None:

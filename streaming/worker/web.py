@@ -1,10 +1,10 @@
 """HTTP views on Faust's web server (JSON; 404 with a reason for unknown users and items).
 
-    GET /recommendations/{user}/   last list published for the user (routed to the owner worker)
-    GET /similar/{item}/?n=10      items similar to an item under the serving model
-    GET /health                    liveness + what is serving
-    GET /ready                     200 once partitions are assigned and state is recovered
-    GET /metrics                   Prometheus exposition
+GET /recommendations/{user}/   last list published for the user (routed to the owner worker)
+GET /similar/{item}/?n=10      items similar to an item under the serving model
+GET /health                    liveness + what is serving
+GET /ready                     200 once partitions are assigned and state is recovered
+GET /metrics                   Prometheus exposition
 """
 
 from __future__ import annotations
@@ -29,9 +29,16 @@ def register_views(app: faust.App, worker: Any) -> None:
             state = worker.table.get(user)
             if state is None or not state.last_items:
                 return self.json({"error": f"no recommendations for user {user!r}", "user": user}, status=404)
-            return self.json({"user": user, "items": state.last_items, "model_version": state.last_version or None,
-                              "published_ts": state.last_published_ms, "events": state.profile.events,
-                              "served_by": app.conf.web_port})
+            return self.json(
+                {
+                    "user": user,
+                    "items": state.last_items,
+                    "model_version": state.last_version or None,
+                    "published_ts": state.last_published_ms,
+                    "events": state.profile.events,
+                    "served_by": app.conf.web_port,
+                }
+            )
 
     @app.page("/similar/{item}/")
     class Similar(View):
@@ -47,8 +54,7 @@ def register_views(app: faust.App, worker: Any) -> None:
                 return self.json({"error": "n must be an integer in 1..1000"}, status=400)
             out = rec.scorer.similar(item, n)
             if out is None:
-                return self.json({"error": f"item {item!r} is not in model {rec.version}", "item": item},
-                                 status=404)
+                return self.json({"error": f"item {item!r} is not in model {rec.version}", "item": item}, status=404)
             return self.json({"item": item, "items": out.items, "scores": out.scores, "model_version": rec.version})
 
     @app.page("/health")
@@ -65,8 +71,12 @@ def register_views(app: faust.App, worker: Any) -> None:
             tables: Any = app.tables  # Faust's TableManager (its TableManagerT type lacks .recovery)
             recovered = tables.recovery.completed.is_set() and not app.rebalancing and listening
             assigned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == s.clickstream_topic)
-            body = {"ready": recovered, "partitions": assigned, "model_version": worker.serving.version,
-                    "models_listening": listening}
+            body = {
+                "ready": recovered,
+                "partitions": assigned,
+                "model_version": worker.serving.version,
+                "models_listening": listening,
+            }
             return self.json(body, status=200 if recovered else 503)
 
     @app.page("/metrics")

@@ -19,8 +19,17 @@ def test_compute_quick(tmp_path):
     rep = compute.main(["--quick", "--output", str(out), "--plot", str(tmp_path / "c.png")])
     assert json.loads(out.read_text())["bench"] == "compute" and (tmp_path / "c.png").stat().st_size > 0
     (r,) = rep["results"]
-    for k in ("ceiling_ms", "batched_ms", "foldin_ms", "scoring_ms", "naive_ms_per_event",
-              "batched_over_ceiling", "batched_speedup_vs_naive", "ann_build_s", "ann_scoring_ms"):
+    for k in (
+        "ceiling_ms",
+        "batched_ms",
+        "foldin_ms",
+        "scoring_ms",
+        "naive_ms_per_event",
+        "batched_over_ceiling",
+        "batched_speedup_vs_naive",
+        "ann_build_s",
+        "ann_scoring_ms",
+    ):
         assert finite_pos(r[k]), k
     assert 0.5 <= r["ann_recall_at_10"] <= 1.0
     assert all(0.0 <= w["recall_at_10"] <= 1.0 for w in r["ann_nprobe_sweep"])
@@ -53,8 +62,21 @@ def test_e2e_quick(tmp_path, kafka_broker, monkeypatch):
     from bench import e2e
 
     monkeypatch.setenv("STREAMREC_BOOTSTRAP", kafka_broker.bootstrap)
-    rep = e2e.main(["--quick", "--events", "600", "--naive-events", "150", "--half-seconds", "2",
-                    "--output", str(tmp_path / "e.json"), "--plot", str(tmp_path / "e.png")])
+    rep = e2e.main(
+        [
+            "--quick",
+            "--events",
+            "600",
+            "--naive-events",
+            "150",
+            "--half-seconds",
+            "2",
+            "--output",
+            str(tmp_path / "e.json"),
+            "--plot",
+            str(tmp_path / "e.png"),
+        ]
+    )
     for name in ("passthrough", "worker_full", "worker_half", "naive"):
         r = rep["results"][name]
         assert r["unanswered"] == 0 and r["answered"] == r["events"], name

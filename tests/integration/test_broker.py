@@ -1,4 +1,5 @@
 """Real-broker tests for devtools.broker / streaming.kafka.admin (kafka-python and aiokafka clients)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -43,8 +44,13 @@ def test_round_trip_consumer_group(kafka_broker, topic_factory):
     topic = topic_factory(partitions=3)
     sent = _produce(kafka_broker.bootstrap, topic, 100)
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_broker.bootstrap, group_id=f"g-{uuid.uuid4().hex[:8]}",
-                             auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=kafka_broker.bootstrap,
+        group_id=f"g-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     try:
         got = _consume_all(consumer, 100)
         consumer.commit()
@@ -73,6 +79,7 @@ def test_ensure_topics_idempotent_and_delete(kafka_broker):
         ensure_topics(boot, {a: 4})
     delete_topics(boot, [a, b, "never-existed"])
     from kafka import KafkaAdminClient
+
     with KafkaAdminClient(bootstrap_servers=boot) as admin:
         assert not {a, b} & set(admin.list_topics())
 
@@ -91,8 +98,12 @@ def test_aiokafka_round_trip(kafka_broker, topic_factory):
             await producer.flush()
         finally:
             await producer.stop()
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_broker.bootstrap,
-                                    group_id=f"ag-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=kafka_broker.bootstrap,
+            group_id=f"ag-{uuid.uuid4().hex[:8]}",
+            auto_offset_reset="earliest",
+        )
         await consumer.start()
         got: list[tuple[bytes, bytes]] = []
         try:
@@ -151,8 +162,14 @@ def test_cli_detached_start_status_stop(tmp_path):
     env.pop("STREAMREC_BOOTSTRAP", None)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "streaming.cli.main", "broker", *args], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "streaming.cli.main", "broker", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     started = cli("start")
     try:

@@ -28,8 +28,14 @@ def recsys(*args, env=None, cwd=ROOT):
     import os
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    return subprocess.run([sys.executable, "-m", "streaming.cli.main", *args], capture_output=True, text=True,
-                          timeout=120, cwd=cwd, env={**base, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "streaming.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**base, **(env or {})},
+    )
 
 
 # -- layering -------------------------------------------------------------------------------------
@@ -42,15 +48,22 @@ def test_defaults_are_the_projects_defaults():
 
 def test_file_then_environment_then_overrides(tmp_path):
     f = tmp_path / "streamrec.toml"
-    f.write_text('[stream]\npartitions = 6\nbootstrap = "kafka:9092"\nweb_port = 7000\n'
-                 '[train]\nfactors = 32\n[confidence.weights]\nview = 0.5\n')
-    env = {"STREAMREC_PARTITIONS": "8", "STREAMREC_TRAIN_ITERATIONS": "7", "STREAMREC_CONFIDENCE_WEIGHTS_CLICK": "0.4",
-           "STREAMREC_LOG_FORMAT": "json", "STREAMREC_SCORING_EXCLUDE_TYPES": "transaction, addtocart",
-           "UNRELATED": "x"}
+    f.write_text(
+        '[stream]\npartitions = 6\nbootstrap = "kafka:9092"\nweb_port = 7000\n'
+        "[train]\nfactors = 32\n[confidence.weights]\nview = 0.5\n"
+    )
+    env = {
+        "STREAMREC_PARTITIONS": "8",
+        "STREAMREC_TRAIN_ITERATIONS": "7",
+        "STREAMREC_CONFIDENCE_WEIGHTS_CLICK": "0.4",
+        "STREAMREC_LOG_FORMAT": "json",
+        "STREAMREC_SCORING_EXCLUDE_TYPES": "transaction, addtocart",
+        "UNRELATED": "x",
+    }
     cfg = C.load_config(f, env=env, overrides={"stream.web_port": "7100", "train": {"random_state": "none"}})
-    assert cfg.stream.bootstrap == "kafka:9092"                      # file
-    assert cfg.stream.partitions == 8                                # env beats file
-    assert cfg.stream.web_port == 7100                               # override beats file
+    assert cfg.stream.bootstrap == "kafka:9092"  # file
+    assert cfg.stream.partitions == 8  # env beats file
+    assert cfg.stream.web_port == 7100  # override beats file
     assert cfg.train.factors == 32 and cfg.train.iterations == 7 and cfg.train.random_state is None
     assert cfg.train.regularization == TrainConfig().regularization  # untouched: default
     # A table merges key by key: two weights changed, the others kept.
@@ -69,22 +82,29 @@ def test_config_file_from_the_environment(tmp_path):
     assert C.load_config(env={"STREAMREC_CONFIG": str(f)}).stream.top_n == 5
 
 
-@pytest.mark.parametrize("file,env,overrides,message", [
-    (None, {"STREAMREC_PARTITIONS": "eight"}, {}, "stream.partitions: expected an integer, got 'eight' "
-                                                  "(env STREAMREC_PARTITIONS)"),
-    (None, {"STREAMREC_PARTITIONS": "0"}, {}, "stream.partitions must be >= 1"),
-    ("[train]\nfactors = 0\n", {}, {}, "train.factors"),
-    ("[train]\nfactors = 1.5\n", {}, {}, "train.factors: expected an integer"),
-    ("[train]\nfactorz = 3\n", {}, {}, "unknown setting train.factorz"),
-    ("[nope]\nx = 1\n", {}, {}, "unknown setting 'nope.x'"),
-    ("[stream\n", {}, {}, "not valid TOML"),
-    (None, {}, ["scoring.user_weight=2"], "scoring.user_weight must be in [0, 1], got 2.0"),
-    (None, {}, ["confidence.weights.teleport=1"], "confidence.weights: unknown event types ['teleport']"),
-    (None, {"STREAMREC_CONFIDENCE_ALPHA": "-1"}, {}, "confidence.alpha must be > 0"),
-    (None, {"STREAMREC_LOG_FORMAT": "xml"}, {}, "ops.log_format"),
-    (None, {"STREAMREC_SCORING_EXCLUDE_QUERY": "maybe"}, {}, "scoring.exclude_query: expected true or false"),
-    (None, {}, ["stream.web_port"], "expected section.key=value"),
-])
+@pytest.mark.parametrize(
+    "file,env,overrides,message",
+    [
+        (
+            None,
+            {"STREAMREC_PARTITIONS": "eight"},
+            {},
+            "stream.partitions: expected an integer, got 'eight' (env STREAMREC_PARTITIONS)",
+        ),
+        (None, {"STREAMREC_PARTITIONS": "0"}, {}, "stream.partitions must be >= 1"),
+        ("[train]\nfactors = 0\n", {}, {}, "train.factors"),
+        ("[train]\nfactors = 1.5\n", {}, {}, "train.factors: expected an integer"),
+        ("[train]\nfactorz = 3\n", {}, {}, "unknown setting train.factorz"),
+        ("[nope]\nx = 1\n", {}, {}, "unknown setting 'nope.x'"),
+        ("[stream\n", {}, {}, "not valid TOML"),
+        (None, {}, ["scoring.user_weight=2"], "scoring.user_weight must be in [0, 1], got 2.0"),
+        (None, {}, ["confidence.weights.teleport=1"], "confidence.weights: unknown event types ['teleport']"),
+        (None, {"STREAMREC_CONFIDENCE_ALPHA": "-1"}, {}, "confidence.alpha must be > 0"),
+        (None, {"STREAMREC_LOG_FORMAT": "xml"}, {}, "ops.log_format"),
+        (None, {"STREAMREC_SCORING_EXCLUDE_QUERY": "maybe"}, {}, "scoring.exclude_query: expected true or false"),
+        (None, {}, ["stream.web_port"], "expected section.key=value"),
+    ],
+)
 def test_invalid_values_are_rejected_naming_the_setting(tmp_path, file, env, overrides, message):
     path = None
     if file is not None:
@@ -96,9 +116,14 @@ def test_invalid_values_are_rejected_naming_the_setting(tmp_path, file, env, ove
 
 
 def test_printed_configuration_reads_back_as_the_same_configuration(tmp_path):
-    cfg = C.load_config(env={"STREAMREC_PARTITIONS": "3", "STREAMREC_CONFIDENCE_HALF_LIFE_DAYS": "30"},
-                        overrides=["train.random_state=none", "scoring.exclude_types=transaction,addtocart",
-                                   'stream.app_id=shop "one"'])
+    cfg = C.load_config(
+        env={"STREAMREC_PARTITIONS": "3", "STREAMREC_CONFIDENCE_HALF_LIFE_DAYS": "30"},
+        overrides=[
+            "train.random_state=none",
+            "scoring.exclude_types=transaction,addtocart",
+            'stream.app_id=shop "one"',
+        ],
+    )
     f = tmp_path / "printed.toml"
     f.write_text(cfg.to_toml())
     again = C.load_config(f, env={})
@@ -118,16 +143,24 @@ def test_every_setting_has_one_environment_variable_and_a_description():
     assert names["STREAMREC_DATA"] == "ops.data" and names["STREAMREC_KAFKA_DIR"] == "ops.kafka_dir"
     assert names["STREAMREC_LOG_FORMAT"] == "ops.log_format"
     # A child process given Config.to_env() gets the same configuration back.
-    cfg = C.load_config(env={"STREAMREC_PARTITIONS": "5", "STREAMREC_BATCH_WITHIN_S": "0.2", "STREAMREC_APP_ID": "x",
-                             "STREAMREC_CONFIDENCE_WEIGHTS_VIEW": "0.5", "STREAMREC_SCORING_REPEAT_RATE_PRIOR": "0.2"})
+    cfg = C.load_config(
+        env={
+            "STREAMREC_PARTITIONS": "5",
+            "STREAMREC_BATCH_WITHIN_S": "0.2",
+            "STREAMREC_APP_ID": "x",
+            "STREAMREC_CONFIDENCE_WEIGHTS_VIEW": "0.5",
+            "STREAMREC_SCORING_REPEAT_RATE_PRIOR": "0.2",
+        }
+    )
     assert C.load_config(env=cfg.to_env()) == cfg
     assert C.load_config(env=C.stream_env(cfg.stream)).stream == cfg.stream
 
 
 def test_configuration_reference_is_generated_and_up_to_date():
     doc = ROOT / "docs" / "configuration.md"
-    assert doc.read_text() == C.markdown(), \
+    assert doc.read_text() == C.markdown(), (
         "docs/configuration.md is stale: run `.venv/bin/python -m recsys.config --markdown > docs/configuration.md`"
+    )
     assert "(undocumented)" not in doc.read_text()
 
 
@@ -143,8 +176,9 @@ def test_recsys_config_command(tmp_path):
     r = recsys("config", env={"STREAMREC_WEB_PORT": "99999"})
     assert r.returncode == 2 and "web_port" in r.stderr and "STREAMREC_WEB_PORT" in r.stderr
     assert "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "recsys.config", "--markdown"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "recsys.config", "--markdown"], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
     assert r.returncode == 0 and r.stdout == C.markdown()
 
 
@@ -157,8 +191,9 @@ def test_json_formatter_one_object_per_line_with_context_fields():
     log.addHandler(h)
     log.propagate = False
     try:
-        log.warning("dead-lettered %s\nsecond line", "x", extra={"partition": 3, "model_version": "v1",
-                                                                  "detail": b"\xffbytes"})
+        log.warning(
+            "dead-lettered %s\nsecond line", "x", extra={"partition": 3, "model_version": "v1", "detail": b"\xffbytes"}
+        )
         try:
             raise ValueError("boom")
         except ValueError:
@@ -179,7 +214,7 @@ def test_log_flag_and_environment(monkeypatch):
     assert take_flag(["--log-json", "config"]) == (["config"], True)
     assert take_flag(["replay", "--", "--log-json"]) == (["replay", "--", "--log-json"], False)
     monkeypatch.delenv("STREAMREC_LOG_FORMAT", raising=False)
-    assert worker_logging_config() is None                 # Faust's own console logs
+    assert worker_logging_config() is None  # Faust's own console logs
     monkeypatch.setenv("STREAMREC_LOG_FORMAT", "json")
     conf = worker_logging_config("warning")
     import logging.config
@@ -190,14 +225,20 @@ def test_log_flag_and_environment(monkeypatch):
 
 def test_cli_logs_json_when_asked(tmp_path):
     """`recsys --log-json` and STREAMREC_LOG_FORMAT=json make the process's log records JSON lines."""
-    code = ("import logging, sys; from streaming.cli.main import main; "
-            "sys.exit(main(sys.argv[1:] + ['config']) or logging.getLogger('streamrec.x').warning("
-            "'hello', extra={'model_version': 'v9'}))")
+    code = (
+        "import logging, sys; from streaming.cli.main import main; "
+        "sys.exit(main(sys.argv[1:] + ['config']) or logging.getLogger('streamrec.x').warning("
+        "'hello', extra={'model_version': 'v9'}))"
+    )
     for args, env in ((["--log-json"], {}), ([], {"STREAMREC_LOG_FORMAT": "json"})):
-        r = subprocess.run([sys.executable, "-c", code.replace("sys.exit(", "rc = ("), *args], capture_output=True,
-                           text=True, cwd=ROOT, timeout=60,
-                           env={**{k: v for k, v in __import__("os").environ.items() if not k.startswith("STREAMREC_")},
-                                **env})
+        r = subprocess.run(
+            [sys.executable, "-c", code.replace("sys.exit(", "rc = ("), *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            env={**{k: v for k, v in __import__("os").environ.items() if not k.startswith("STREAMREC_")}, **env},
+        )
         assert r.returncode == 0, r.stderr
         rec = json.loads(r.stderr.strip().splitlines()[-1])
         assert rec["message"] == "hello" and rec["model_version"] == "v9"
@@ -208,8 +249,18 @@ def test_models_show_list_pin_rollback(tmp_path):
     write_canonical(clustered_events(), tmp_path / "events.csv")
     versions = []
     for _ in range(2):
-        r = recsys("train", "--data", str(tmp_path / "events.csv"), "--factors", "8", "--iterations", "3",
-                   "--model-dir", str(tmp_path / "models"), cwd=tmp_path)
+        r = recsys(
+            "train",
+            "--data",
+            str(tmp_path / "events.csv"),
+            "--factors",
+            "8",
+            "--iterations",
+            "3",
+            "--model-dir",
+            str(tmp_path / "models"),
+            cwd=tmp_path,
+        )
         assert r.returncode == 0, r.stderr
         versions.append(r.stdout.strip())
     r = recsys("models", "show", "--model-dir", str(tmp_path / "models"))

@@ -15,13 +15,39 @@ def test_demo_runs_and_ends_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "STREAMREC_BOOTSTRAP"}
     env["STREAMREC_KAFKA_DIR"] = str(tmp_path / "kafka")  # its own broker, started and stopped by the demo
     work = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "streaming.cli.main", "demo", "--duration", "15", "--retrain-every", "8",
-                        "--no-history", "--rate", "100", "--web-port", str(free_port()), "--workdir", str(work)],
-                       capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streaming.cli.main",
+            "demo",
+            "--duration",
+            "15",
+            "--retrain-every",
+            "8",
+            "--no-history",
+            "--rate",
+            "100",
+            "--web-port",
+            str(free_port()),
+            "--workdir",
+            str(work),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    for expected in ("Kafka 4.4.0 ready", "initial model", "worker ready", "summary:", "worker and retrain loop stopped",
-                     "Kafka stopped"):
+    for expected in (
+        "Kafka 4.4.0 ready",
+        "initial model",
+        "worker ready",
+        "summary:",
+        "worker and retrain loop stopped",
+        "Kafka stopped",
+    ):
         assert expected in out, f"{expected!r} missing from:\n{out[-3000:]}"
     lines = [line for line in r.stdout.splitlines() if "user=" in line and "model=" in line]
     assert lines, "no recommendation was printed"
@@ -38,12 +64,31 @@ def test_demo_on_a_given_kafka_deletes_every_topic_it_made(kafka_broker, tmp_pat
 
     before = set(list_topics(kafka_broker.bootstrap))
     env = {**os.environ, "STREAMREC_BOOTSTRAP": kafka_broker.bootstrap}
-    r = subprocess.run([sys.executable, "-m", "streaming.cli.main", "demo", "--duration", "12", "--retrain-every", "6",
-                        "--no-history", "--rate", "100", "--web-port", str(free_port()),
-                        "--workdir", str(tmp_path / "demo")],
-                       capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streaming.cli.main",
+            "demo",
+            "--duration",
+            "12",
+            "--retrain-every",
+            "6",
+            "--no-history",
+            "--rate",
+            "100",
+            "--web-port",
+            str(free_port()),
+            "--workdir",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    assert "user=" in r.stdout, out[-3000:]   # it did run: recommendations were printed
+    assert "user=" in r.stdout, out[-3000:]  # it did run: recommendations were printed
     made = set(list_topics(kafka_broker.bootstrap)) - before
-    assert {t for t in made if not t.startswith("__")} == set()   # __consumer_offsets is the broker's own
+    assert {t for t in made if not t.startswith("__")} == set()  # __consumer_offsets is the broker's own

@@ -92,8 +92,12 @@ def exported_metrics() -> dict[str, set[str]]:
             for m in registry._names_to_collectors.values():  # noqa: SLF001
                 if getattr(m, "_name", None) == fam.name:
                     labels = set(m._labelnames)  # noqa: SLF001
-            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
-                        "gauge": [""], "summary": ["_sum", "_count", ""]}.get(fam.type, [""])
+            suffixes = {
+                "counter": ["_total"],
+                "histogram": ["_bucket", "_sum", "_count"],
+                "gauge": [""],
+                "summary": ["_sum", "_count", ""],
+            }.get(fam.type, [""])
             for s in suffixes:
                 out[fam.name + s] = labels | ({"le"} if s == "_bucket" else set())
     return out
@@ -128,9 +132,9 @@ def test_compose_uses_the_official_kafka_image_in_kraft_mode_at_the_tested_versi
     from devtools.broker import DEFAULT_KAFKA_VERSION
 
     kafka = services()["kafka"]
-    assert kafka["image"] == f"apache/kafka:{DEFAULT_KAFKA_VERSION}"   # the version the test suite runs
+    assert kafka["image"] == f"apache/kafka:{DEFAULT_KAFKA_VERSION}"  # the version the test suite runs
     env = kafka["environment"]
-    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}   # KRaft, no ZooKeeper
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}  # KRaft, no ZooKeeper
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
     assert "zookeeper" not in COMPOSE.read_text().lower()
 
@@ -153,7 +157,7 @@ def test_app_commands_are_real_recsys_commands_and_options():
         assert isinstance(cmd, list), f"{name}: use the exec form"
         if "entrypoint" in svc:
             continue
-        args = build_parser().parse_args(cmd)        # SystemExit (a failure) on any unknown option
+        args = build_parser().parse_args(cmd)  # SystemExit (a failure) on any unknown option
         assert callable(args.func), name
         assert args.command == cmd[0]
     worker = parse_recsys(services()["worker"]["command"])
@@ -212,8 +216,8 @@ def test_volumes_mount_real_paths_and_share_the_model_store():
     assert used == declared
     worker = parse_recsys(svcs["worker"]["command"])
     retrain = parse_recsys(svcs["retrain"]["command"])
-    assert f"models:{worker.model_dir}:ro" in svcs["worker"]["volumes"]       # workers only read
-    assert f"models:{retrain.model_dir}" in svcs["retrain"]["volumes"]        # the retrain writes
+    assert f"models:{worker.model_dir}:ro" in svcs["worker"]["volumes"]  # workers only read
+    assert f"models:{retrain.model_dir}" in svcs["retrain"]["volumes"]  # the retrain writes
     # Worker state stays in the container (a shared volume would put replicas on one RocksDB):
     assert not any(v.split(":")[1].startswith(worker.data_dir) for v in svcs["worker"].get("volumes", []))
     docker = DOCKERFILE.read_text()
@@ -254,12 +258,16 @@ def test_dockerfile_is_pinned_small_and_non_root():
     for src in re.findall(r"^COPY\s+(?!--from)(.+)\s+\S+$", text, re.M):
         for path in src.split():
             assert (ROOT / path).exists(), f"COPY {path}: not in the repository"
-    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     for src in re.findall(r"^COPY\s+(?!--from)(.+)\s+\S+$", text, re.M):
         for path in src.split():
-            assert not any(path == i or path.startswith(i.rstrip("/") + "/") for i in ignored), \
+            assert not any(path == i or path.startswith(i.rstrip("/") + "/") for i in ignored), (
                 f"{path} is copied but .dockerignore excludes it"
+            )
     entry = json.loads(re.search(r"^ENTRYPOINT\s+(\[.*\])$", text, re.M).group(1))
     assert entry == ["/app/docker-entrypoint.sh"] and (ROOT / "deploy" / "docker-entrypoint.sh").exists()
 
@@ -267,16 +275,27 @@ def test_dockerfile_is_pinned_small_and_non_root():
 def test_the_entry_point_advertises_the_container_address_and_runs_recsys(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    r = subprocess.run(["sh", str(ROOT / "deploy" / "docker-entrypoint.sh"), "config", "--json"], env=env,
-                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    r = subprocess.run(
+        ["sh", str(ROOT / "deploy" / "docker-entrypoint.sh"), "config", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     host = out["config"]["stream"]["web_host"]
     assert host and host != "127.0.0.1" and out["sources"]["stream.web_host"] == "env STREAMREC_WEB_HOST"
     socket.getaddrinfo(host, None)  # resolvable: other workers and Prometheus can reach it
-    r = subprocess.run(["sh", str(ROOT / "deploy" / "docker-entrypoint.sh"), "config", "--json"],
-                       env={**env, "STREAMREC_WEB_HOST": "worker-7"}, capture_output=True, text=True, timeout=60)
-    assert json.loads(r.stdout)["config"]["stream"]["web_host"] == "worker-7"   # an explicit one wins
+    r = subprocess.run(
+        ["sh", str(ROOT / "deploy" / "docker-entrypoint.sh"), "config", "--json"],
+        env={**env, "STREAMREC_WEB_HOST": "worker-7"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert json.loads(r.stdout)["config"]["stream"]["web_host"] == "worker-7"  # an explicit one wins
 
 
 def load_script(path: Path):
@@ -307,8 +326,16 @@ def test_every_dashboard_query_is_valid_promql(tmp_path):
     import yaml
 
     promtool = require_tool("promtool", "prometheus")
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"streamrec:panel_{i}", "expr": expr} for i, (_, expr) in enumerate(dashboard_targets())]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"streamrec:panel_{i}", "expr": expr} for i, (_, expr) in enumerate(dashboard_targets())
+                ],
+            }
+        ]
+    }
     path = tmp_path / "rules.yml"
     path.write_text(yaml.safe_dump(rules))
     r = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
@@ -333,14 +360,19 @@ def test_dashboard_references_only_metrics_and_labels_the_project_exports():
             assert job in jobs, f"{title}: no scrape job {job}"
         for group in re.findall(r"\bby\s*\(([^)]*)\)", expr):
             for label in (g.strip() for g in group.split(",")):
-                assert any(label in metrics[n] for n in names) or label in ("instance", "job", "le"), \
+                assert any(label in metrics[n] for n in names) or label in ("instance", "job", "le"), (
                     f"{title}: no metric in the query has the label {label}"
+                )
     # What the issue asks the dashboard to show.
     wanted = {
-        "throughput": "streamrec_events_in_total", "recommendations": "streamrec_recommendations_out_total",
-        "end-to-end latency": "streamrec_event_to_publish_seconds_bucket", "consumer lag": "streamrec_consumer_lag",
-        "dead-letter rate": "streamrec_events_rejected_total", "model version": "streamrec_model_info",
-        "model age": "streamrec_model_created_timestamp_seconds", "retrain results": "streamrec_retrain_runs_total",
+        "throughput": "streamrec_events_in_total",
+        "recommendations": "streamrec_recommendations_out_total",
+        "end-to-end latency": "streamrec_event_to_publish_seconds_bucket",
+        "consumer lag": "streamrec_consumer_lag",
+        "dead-letter rate": "streamrec_events_rejected_total",
+        "model version": "streamrec_model_info",
+        "model age": "streamrec_model_created_timestamp_seconds",
+        "retrain results": "streamrec_retrain_runs_total",
         "live hit rate": "streamrec_live_hits_total",
     }
     missing = {k: v for k, v in wanted.items() if v not in seen}

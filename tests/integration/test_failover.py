@@ -74,12 +74,14 @@ def assignment(workers) -> dict[int, list[int]]:
 
 def stable_assignment(workers, partitions: int, timeout: float = 120) -> dict[int, list[int]]:
     """Wait until every worker is ready and they own disjoint sets covering every partition."""
+
     def ok():
         a = assignment(workers)
         if any(v is None or not v for v in a.values()):
             return None
         owned = [p for v in a.values() for p in v]
         return a if sorted(owned) == list(range(partitions)) else None
+
     return wait_for(ok, timeout, "a stable assignment of all partitions", interval=0.5)
 
 
@@ -95,10 +97,10 @@ def preload(s, n_users: int, t0: int) -> list[Event]:
     return events
 
 
-def run_failover(kafka_broker, tmp_path, model_dir, *, n_workers: int, standby: int, preload_users: int,
-                 partitions: int = 6) -> dict:
-    s = stream_settings(kafka_broker.bootstrap, partitions=partitions, batch_within_s=0.02,
-                        standby_replicas=standby)
+def run_failover(
+    kafka_broker, tmp_path, model_dir, *, n_workers: int, standby: int, preload_users: int, partitions: int = 6
+) -> dict:
+    s = stream_settings(kafka_broker.bootstrap, partitions=partitions, batch_within_s=0.02, standby_replicas=standby)
     ensure_topics(s.bootstrap, topic_specs(s))
     workers = [WorkerProcess(s, tmp_path, model_dir, env=FAST_GROUP) for _ in range(n_workers)]
     for w in workers:
@@ -146,19 +148,34 @@ def run_failover(kafka_broker, tmp_path, model_dir, *, n_workers: int, standby: 
         assert not feeder.failed and feeder.acked == len(live)
         diff = wait_state(s, expected, 180, "the state after the fail-over")
         # Recommendations flowed after the kill for users on every partition.
-        recs.read_until(lambda rs: {json.loads(r.value)["partition"] for r in rs
-                                    if json.loads(r.value)["published_ts"] > kill_ms} == set(range(partitions)),
-                        timeout=60)
+        recs.read_until(
+            lambda rs: (
+                {json.loads(r.value)["partition"] for r in rs if json.loads(r.value)["published_ts"] > kill_ms}
+                == set(range(partitions))
+            ),
+            timeout=60,
+        )
         recs.close()
         http_after = check_routing(survivors, new_owners, s, expected)
-        http = {"http_lookups": http_before["http_lookups"] + http_after["http_lookups"],
-                "http_routed_to_owner": http_before["http_routed_to_owner"] + http_after["http_routed_to_owner"]}
-        figures = dict(workers=n_workers, standby_replicas=standby, partitions=partitions,
-                       preloaded_users=preload_users, events=len(pre) + len(live), moved_partitions=moved,
-                       failover_s=round(failover_s, 2),
-                       per_partition_s={p: round((t - kill_ms) / 1000, 2) for p, t in sorted(firsts.items())},
-                       lost=diff["lost"], doubled=diff["doubled"], users_differing=diff["differ"],
-                       fail_stop_restarts=sup.restarts, **http)
+        http = {
+            "http_lookups": http_before["http_lookups"] + http_after["http_lookups"],
+            "http_routed_to_owner": http_before["http_routed_to_owner"] + http_after["http_routed_to_owner"],
+        }
+        figures = dict(
+            workers=n_workers,
+            standby_replicas=standby,
+            partitions=partitions,
+            preloaded_users=preload_users,
+            events=len(pre) + len(live),
+            moved_partitions=moved,
+            failover_s=round(failover_s, 2),
+            per_partition_s={p: round((t - kill_ms) / 1000, 2) for p, t in sorted(firsts.items())},
+            lost=diff["lost"],
+            doubled=diff["doubled"],
+            users_differing=diff["differ"],
+            fail_stop_restarts=sup.restarts,
+            **http,
+        )
         report("failover", **figures)
         assert diff["differ"] == 0 and diff["lost"] == 0 and diff["doubled"] == 0, diff
         assert all(w.proc.poll() is None for w in survivors)
@@ -207,5 +224,12 @@ def test_two_workers_one_killed_partitions_move_nothing_lost(kafka_broker, tmp_p
 @pytest.mark.parametrize("n_workers", [2, 3])
 @pytest.mark.parametrize("standby", [0, 1])
 def test_failover_time_with_and_without_standbys(kafka_broker, tmp_path, model_dir, n_workers, standby):
-    run_failover(kafka_broker, tmp_path, model_dir, n_workers=n_workers, standby=standby,
-                 preload_users=int(os.environ.get("STREAMREC_FAILOVER_USERS", "60000")), partitions=6)
+    run_failover(
+        kafka_broker,
+        tmp_path,
+        model_dir,
+        n_workers=n_workers,
+        standby=standby,
+        preload_users=int(os.environ.get("STREAMREC_FAILOVER_USERS", "60000")),
+        partitions=6,
+    )

@@ -54,12 +54,14 @@ MAX_RECORD = 1_000_000  # key + value we produce at most: Kafka's default limit 
 
 ids = st.one_of(
     st.text(st.characters(categories=("L", "N", "P", "S")), min_size=1, max_size=40).filter(str.isprintable),
-    st.integers(-10**12, 10**12),
-    st.text("ab", min_size=MAX_ID_LEN, max_size=MAX_ID_LEN),                 # exactly the longest allowed
+    st.integers(-(10**12), 10**12),
+    st.text("ab", min_size=MAX_ID_LEN, max_size=MAX_ID_LEN),  # exactly the longest allowed
 )
-junk = st.recursive(st.none() | st.booleans() | st.floats() | st.text(max_size=20) | st.integers(),
-                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                    max_leaves=20)
+junk = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.text(max_size=20) | st.integers(),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=20,
+)
 
 
 @st.composite
@@ -68,8 +70,9 @@ def good_event(draw, users):
     user = draw(users)
     item = draw(ids)
     raw_type = draw(st.sampled_from(list(EVENT_TYPES) + list(TYPE_ALIASES) + [" View ", "BUY", "Cart"]))
-    ts = draw(st.one_of(st.integers(MIN_TS_MS, NOW + 3_600_000),
-                        st.floats(MIN_TS_MS, NOW + 3_600_000, allow_nan=False)))
+    ts = draw(
+        st.one_of(st.integers(MIN_TS_MS, NOW + 3_600_000), st.floats(MIN_TS_MS, NOW + 3_600_000, allow_nan=False))
+    )
     body: dict = {"user": user, "item": item, "type": raw_type, "ts": ts}
     dwell = draw(st.none() | st.floats(0, 86_400, allow_nan=False))
     if dwell is not None:
@@ -84,12 +87,12 @@ def good_event(draw, users):
         body["x_deep"] = json.loads("[" * 200 + "]" * 200)
     from recsys.events import canonical_type
 
-    event = Event(str(user), str(item), canonical_type(raw_type), int(ts),
-                  float(dwell) if dwell is not None else None)
+    event = Event(str(user), str(item), canonical_type(raw_type), int(ts), float(dwell) if dwell is not None else None)
     return str(user).encode(), json.dumps(body).encode(), event
 
 
 # ------------------------------------------------------------------------------- bad events
+
 
 def base(user="mal", **over):
     d = {"user": user, "item": "i1", "type": "view", "ts": NOW - 1000}
@@ -101,19 +104,43 @@ def enc(d) -> bytes:
     return json.dumps(d, allow_nan=True).encode()
 
 
-wrong = st.one_of(st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-                  st.booleans(), st.floats(allow_nan=True, allow_infinity=True))
+wrong = st.one_of(
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.booleans(),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
 bad_numbers = st.sampled_from([float("nan"), float("inf"), float("-inf"), -1, -1e-9, -1e300, 1e300, "12", True])
 
 
 @st.composite
 def bad_message(draw):
     """(key, value, why): a message no validator may accept."""
-    kind = draw(st.sampled_from([
-        "random_bytes", "bad_utf8", "nested", "nested_field", "huge_json", "wrong_type", "missing", "bad_number",
-        "empty_id", "long_id", "control_id", "old_ts", "future_ts", "no_key", "wrong_key", "tombstone",
-        "not_object", "bad_type", "big_int",
-    ]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "random_bytes",
+                "bad_utf8",
+                "nested",
+                "nested_field",
+                "huge_json",
+                "wrong_type",
+                "missing",
+                "bad_number",
+                "empty_id",
+                "long_id",
+                "control_id",
+                "old_ts",
+                "future_ts",
+                "no_key",
+                "wrong_key",
+                "tombstone",
+                "not_object",
+                "bad_type",
+                "big_int",
+            ]
+        )
+    )
     key = b"mal"
     if kind == "random_bytes":
         value = draw(st.binary(min_size=0, max_size=300))
@@ -127,14 +154,29 @@ def bad_message(draw):
         value = b"[" * n + b"]" * n
     elif kind == "nested_field":
         n = draw(st.integers(2_000, 20_000))
-        value = enc(base()).rstrip(b"}") + b', "x": ' + b"{\"a\":" * n + b"1" + b"}" * n + b"}"
+        value = enc(base()).rstrip(b"}") + b', "x": ' + b'{"a":' * n + b"1" + b"}" * n + b"}"
     elif kind == "huge_json":
         value = enc(base(x_pad="p" * draw(st.integers(65_536, 300_000))))
     elif kind == "wrong_type":
         field = draw(st.sampled_from(["user", "item", "type", "ts"]))
-        value = enc(base(**{field: draw(wrong.filter(lambda v: not (field == "ts" and isinstance(v, float)
-                                                                     and math.isfinite(v)
-                                                                     and MIN_TS_MS <= v <= NOW + DAY)))}))
+        value = enc(
+            base(
+                **{
+                    field: draw(
+                        wrong.filter(
+                            lambda v: (
+                                not (
+                                    field == "ts"
+                                    and isinstance(v, float)
+                                    and math.isfinite(v)
+                                    and MIN_TS_MS <= v <= NOW + DAY
+                                )
+                            )
+                        )
+                    )
+                }
+            )
+        )
     elif kind == "missing":
         d = base()
         del d[draw(st.sampled_from(["user", "item", "type", "ts"]))]
@@ -150,7 +192,7 @@ def bad_message(draw):
     elif kind == "control_id":
         value = enc(base(item="a\x00b" if draw(st.booleans()) else "tab\there"))
     elif kind == "old_ts":
-        value = enc(base(ts=draw(st.integers(-10**15, MIN_TS_MS - 1))))
+        value = enc(base(ts=draw(st.integers(-(10**15), MIN_TS_MS - 1))))
     elif kind == "future_ts":
         value = enc(base(ts=draw(st.integers(NOW + 2 * DAY, 10**18))))
     elif kind == "no_key":
@@ -160,11 +202,17 @@ def bad_message(draw):
     elif kind == "tombstone":
         value = None
     elif kind == "not_object":
-        value = json.dumps(draw(st.one_of(st.lists(st.integers(), max_size=3), st.integers(), st.text(max_size=5),
-                                          st.none()))).encode()
+        value = json.dumps(
+            draw(st.one_of(st.lists(st.integers(), max_size=3), st.integers(), st.text(max_size=5), st.none()))
+        ).encode()
     elif kind == "bad_type":
-        value = enc(base(type=draw(st.text(max_size=12).filter(
-            lambda t: t.strip().lower() not in set(EVENT_TYPES) | set(TYPE_ALIASES)))))
+        value = enc(
+            base(
+                type=draw(
+                    st.text(max_size=12).filter(lambda t: t.strip().lower() not in set(EVENT_TYPES) | set(TYPE_ALIASES))
+                )
+            )
+        )
     else:  # big_int: more digits than Python will parse
         value = b'{"user":"mal","item":"i1","type":"view","ts":' + b"9" * 5000 + b"}"
     return key, value, kind
@@ -193,8 +241,13 @@ def generate(n_examples: int, seed: int):
     collected: list[tuple[list, list]] = []
 
     @hseed(seed)
-    @settings(max_examples=n_examples, database=None, deadline=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=n_examples,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.lists(good_event(users), max_size=6), st.lists(bad_message(), min_size=1, max_size=6))
     def example(goods, bads):
         collected.append((goods, bads))
@@ -228,12 +281,25 @@ def run_fuzz(kafka_broker, tmp_path, model_dir, n_examples: int, flood: int):
         bads = [b for _, bs in examples for b in bs] + boundary_messages()
         # Floods: one user clicking the same item over and over, one item everyone views.
         t = NOW - 600_000
-        flood_user = [(b"flooder", enc({"user": "flooder", "item": "i3", "type": "view", "ts": t + k}),
-                       Event("flooder", "i3", "view", t + k)) for k in range(flood)]
-        flood_item = [(u.encode(), enc({"user": u, "item": "hot", "type": "click", "ts": t + k}),
-                       Event(u, "hot", "click", t + k)) for k, u in ((k, f"g{k % 40}") for k in range(flood))]
-        stream = interleave(rng, [("good", g) for g in goods], [("bad", b) for b in bads],
-                            [("good", g) for g in flood_user], [("good", g) for g in flood_item])
+        flood_user = [
+            (
+                b"flooder",
+                enc({"user": "flooder", "item": "i3", "type": "view", "ts": t + k}),
+                Event("flooder", "i3", "view", t + k),
+            )
+            for k in range(flood)
+        ]
+        flood_item = [
+            (u.encode(), enc({"user": u, "item": "hot", "type": "click", "ts": t + k}), Event(u, "hot", "click", t + k))
+            for k, u in ((k, f"g{k % 40}") for k in range(flood))
+        ]
+        stream = interleave(
+            rng,
+            [("good", g) for g in goods],
+            [("bad", b) for b in bads],
+            [("good", g) for g in flood_user],
+            [("good", g) for g in flood_item],
+        )
         producer = make_producer(s.bootstrap, {"max_request_size": 1_048_576, "linger_ms": 5})
         sent = []
         for kind, (key, value, extra) in stream:
@@ -250,8 +316,10 @@ def run_fuzz(kafka_broker, tmp_path, model_dir, n_examples: int, flood: int):
 
         dlq = TopicReader(s.bootstrap, s.dlq_topic)
         try:
+
             def sources(rs):
                 return {dict(r.headers)["source"].decode() for r in rs}
+
             want = {f"{s.clickstream_topic}/{p}/{o}" for p, o in bad_at}
             dlq.read_until(lambda rs: want <= sources(rs), timeout=240)
             records = list(dlq.records)
@@ -284,18 +352,30 @@ def run_fuzz(kafka_broker, tmp_path, model_dir, n_examples: int, flood: int):
             key, value, why = bad_at[(p, o)]
             if "truncated" in h:
                 truncated += 1
-                full = (value or b"")
+                full = value or b""
                 assert h["original_value_sha256"].decode() == hashlib.sha256(full).hexdigest()
                 assert int(h["original_value_bytes"]) == len(full)
                 assert full.startswith(r.value or b"") and (key or b"").startswith(r.key or b"")
             else:
                 assert r.key == key and (r.value or b"") == (value or b""), (why, h["reason"])
         status, health = worker.get("/health")
-        report("fuzz", seed=seed, examples=n_examples, messages=len(placed), hostile=len(bad_at),
-               good=len(good_at), dead_lettered=len(records), dead_lettered_distinct=len({
-                   dict(r.headers)["source"] for r in records}), truncated_copies=truncated, reasons=reasons,
-               good_users=len(expected), lost=diff["lost"], doubled=diff["doubled"], users_differing=diff["differ"],
-               hostile_kinds=sorted({w for *_, w in bad_at.values()}))
+        report(
+            "fuzz",
+            seed=seed,
+            examples=n_examples,
+            messages=len(placed),
+            hostile=len(bad_at),
+            good=len(good_at),
+            dead_lettered=len(records),
+            dead_lettered_distinct=len({dict(r.headers)["source"] for r in records}),
+            truncated_copies=truncated,
+            reasons=reasons,
+            good_users=len(expected),
+            lost=diff["lost"],
+            doubled=diff["doubled"],
+            users_differing=diff["differ"],
+            hostile_kinds=sorted({w for *_, w in bad_at.values()}),
+        )
         assert not dead_good, dead_good[:5]
         assert diff["differ"] == 0 and diff["lost"] == 0 and diff["doubled"] == 0, diff
         # Never stopped: the same process, healthy.
@@ -321,5 +401,6 @@ def test_fuzzed_input_never_stops_the_worker_and_every_reject_is_dead_lettered(k
 
 @pytest.mark.slow
 def test_fuzz_long(kafka_broker, tmp_path, model_dir):
-    run_fuzz(kafka_broker, tmp_path, model_dir, int(os.environ.get("STREAMREC_FUZZ_EXAMPLES_SLOW", "1500")),
-             flood=10_000)
+    run_fuzz(
+        kafka_broker, tmp_path, model_dir, int(os.environ.get("STREAMREC_FUZZ_EXAMPLES_SLOW", "1500")), flood=10_000
+    )

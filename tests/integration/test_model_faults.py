@@ -80,8 +80,9 @@ def serving(worker) -> str | None:
 def next_rec(s, recs, user: str, item: str) -> dict:
     ts = int(time.time() * 1000)
     produce(s.bootstrap, s.clickstream_topic, [event_bytes(user, item, ts=ts)])
-    recs.read_until(lambda rs: any(r.key == user.encode() and json.loads(r.value)["event_ts"] == ts for r in rs),
-                    timeout=30)
+    recs.read_until(
+        lambda rs: any(r.key == user.encode() and json.loads(r.value)["event_ts"] == ts for r in rs), timeout=30
+    )
     return [json.loads(r.value) for r in recs.records if r.key == user.encode()][-1]
 
 
@@ -91,11 +92,12 @@ def log_since(worker, mark: int) -> str:
 
 # ------------------------------------------------------------------------- the bad versions
 
+
 def truncated(store, v):
     train_into(store, seed=3, version=v, publish=False)
     f = store.root / v / "item_factors.npy"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    return "has"            # "... item_factors.npy has N bytes, expected M"
+    return "has"  # "... item_factors.npy has N bytes, expected M"
 
 
 def checksum(store, v):
@@ -122,7 +124,7 @@ def wrong_dims(store, v):
 def missing_metadata(store, v):
     train_into(store, seed=3, version=v, publish=False)
     (store.root / v / "metadata.json").unlink()
-    assert v not in store.versions()       # invisible to listings and rollback
+    assert v not in store.versions()  # invisible to listings and rollback
     return "metadata.json is missing"
 
 
@@ -145,10 +147,12 @@ def test_bad_versions_are_refused_and_the_current_model_keeps_serving(system):
         before = wait_for(lambda: refused(worker) is not None and [refused(worker)], 30, "metrics")[0]
         mark = worker.log_path.stat().st_size
         announce(s.bootstrap, s.model_updates_topic, version)
-        wait_for(lambda: refused(worker) == before + 1, 90,
-                 f"{fault.__name__} refused")
-        line = wait_for(lambda: [ln for ln in log_since(worker, mark).splitlines()
-                                 if f"refused model {version}" in ln], 30, "the refusal's log line")[0]
+        wait_for(lambda: refused(worker) == before + 1, 90, f"{fault.__name__} refused")
+        line = wait_for(
+            lambda: [ln for ln in log_since(worker, mark).splitlines() if f"refused model {version}" in ln],
+            30,
+            "the refusal's log line",
+        )[0]
         assert why in line and f"still serving {good}" in line, line
         assert serving(worker) == good
         assert next_rec(s, recs, f"shopper-{k}", "i4")["model_version"] == good
@@ -212,15 +216,30 @@ def test_retrain_killed_mid_write_is_invisible_and_counted_as_failed(system):
     data = history_file(tmp / "history.jsonl")
     marker = tmp / "held"
     marker.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, "retrain", "--once", "--data", str(data),
-                             "--bootstrap", s.bootstrap, "--model-dir", str(store.root)],
-                            env={**retrain_env(s), "HOLD_MARKER": str(marker)}, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            HOLD,
+            "retrain",
+            "--once",
+            "--data",
+            str(data),
+            "--bootstrap",
+            s.bootstrap,
+            "--model-dir",
+            str(store.root),
+        ],
+        env={**retrain_env(s), "HOLD_MARKER": str(marker)},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for(lambda: marker.exists() or proc.poll() is not None, 120, "the retrain writing its version")
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
         tmp_dirs = list(store.root.glob(".tmp-*"))
-        assert len(tmp_dirs) == 1 and any(tmp_dirs[0].iterdir())     # a half-written version on disk
+        assert len(tmp_dirs) == 1 and any(tmp_dirs[0].iterdir())  # a half-written version on disk
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -235,13 +254,37 @@ def test_retrain_killed_mid_write_is_invisible_and_counted_as_failed(system):
     # The next retrain run notices, counts a failed run, cleans up, and then does its job.
     port = free_port()
     with open(tmp / "retrain-next.log", "wb") as log:  # the child keeps its own copy of the descriptor
-        nxt = subprocess.Popen([sys.executable, "-m", "streaming.cli.main", "retrain", "--every", "1h",
-                                "--data", str(data), "--metrics-port", str(port), "--bootstrap", s.bootstrap,
-                                "--model-dir", str(store.root)],
-                               env=retrain_env(s), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        nxt = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streaming.cli.main",
+                "retrain",
+                "--every",
+                "1h",
+                "--data",
+                str(data),
+                "--metrics-port",
+                str(port),
+                "--bootstrap",
+                s.bootstrap,
+                "--model-dir",
+                str(store.root),
+            ],
+            env=retrain_env(s),
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_for(lambda: (scrape(port, "streamrec_retrain_runs_total", {"result": "published"}) or 0) >= 1
-                 or nxt.poll() is not None, 180, "the next retrain publishing")
+        wait_for(
+            lambda: (
+                (scrape(port, "streamrec_retrain_runs_total", {"result": "published"}) or 0) >= 1
+                or nxt.poll() is not None
+            ),
+            180,
+            "the next retrain publishing",
+        )
         assert nxt.poll() is None
         assert scrape(port, "streamrec_retrain_runs_total", {"result": "failed"}) == 1
         text = (tmp / "retrain-next.log").read_text()
@@ -268,19 +311,60 @@ def test_failing_retrain_is_counted_and_the_system_keeps_serving(system):
     counts = {}
     for name, data, model_dir in cases:
         # --once: the failure is the exit status.
-        r = subprocess.run([sys.executable, "-m", "streaming.cli.main", "retrain", "--once", "--data", str(data),
-                            "--bootstrap", s.bootstrap, "--model-dir", str(model_dir)],
-                           env=retrain_env(s), cwd=ROOT, capture_output=True, text=True, timeout=180)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "streaming.cli.main",
+                "retrain",
+                "--once",
+                "--data",
+                str(data),
+                "--bootstrap",
+                s.bootstrap,
+                "--model-dir",
+                str(model_dir),
+            ],
+            env=retrain_env(s),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert r.returncode != 0 and "retrain failed" in r.stderr, (name, r.returncode, r.stderr[-2000:])
         # --every: the job keeps running and counts each failure.
         port = free_port()
-        p = subprocess.Popen([sys.executable, "-m", "streaming.cli.main", "retrain", "--every", "1s", "--data", str(data),
-                              "--metrics-port", str(port), "--bootstrap", s.bootstrap,
-                              "--model-dir", str(model_dir)],
-                             env=retrain_env(s), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streaming.cli.main",
+                "retrain",
+                "--every",
+                "1s",
+                "--data",
+                str(data),
+                "--metrics-port",
+                str(port),
+                "--bootstrap",
+                s.bootstrap,
+                "--model-dir",
+                str(model_dir),
+            ],
+            env=retrain_env(s),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
-            wait_for(lambda: (scrape(port, "streamrec_retrain_runs_total", {"result": "failed"}) or 0) >= 2
-                     or p.poll() is not None, 120, f"{name}: failures counted")
+            wait_for(
+                lambda: (
+                    (scrape(port, "streamrec_retrain_runs_total", {"result": "failed"}) or 0) >= 2
+                    or p.poll() is not None
+                ),
+                120,
+                f"{name}: failures counted",
+            )
             assert p.poll() is None, p.stderr.read().decode()[-2000:]
             counts[name] = scrape(port, "streamrec_retrain_runs_total", {"result": "failed"})
             assert scrape(port, "streamrec_retrain_runs_total", {"result": "published"}) == 0
@@ -294,15 +378,32 @@ def test_failing_retrain_is_counted_and_the_system_keeps_serving(system):
 
 # --------------------------------------------------------------------------------- rollback
 
+
 def test_rollback_command_moves_the_store_back_and_the_workers_follow(system):
     s, worker, store, recs, tmp = system
     announce(s.bootstrap, s.model_updates_topic, store.current())
     wait_for(lambda: serving(worker) == store.current(), 30, "serving the current version")
     before = store.current()
     previous = [v for v in store.versions() if v < before][-1]
-    r = subprocess.run([sys.executable, "-m", "streaming.cli.main", "models", "rollback", "--announce",
-                        "--bootstrap", s.bootstrap, "--model-dir", str(store.root)],
-                       env=retrain_env(s), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streaming.cli.main",
+            "models",
+            "rollback",
+            "--announce",
+            "--bootstrap",
+            s.bootstrap,
+            "--model-dir",
+            str(store.root),
+        ],
+        env=retrain_env(s),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == previous and store.current() == previous
     wait_for(lambda: serving(worker) == previous, 30, "the worker following the rollback")

@@ -43,7 +43,7 @@ def scrape_config_for(worker_port: int, retrain_port: int, prom_port: int) -> di
     conf["global"]["scrape_timeout"] = "1s"
     jobs = {j["job_name"]: j for j in conf["scrape_configs"]}
     worker = jobs["streamrec-worker"]
-    assert worker.pop("dns_sd_configs")[0]["port"] == 6066       # the compose file's discovery, replaced:
+    assert worker.pop("dns_sd_configs")[0]["port"] == 6066  # the compose file's discovery, replaced:
     worker["static_configs"] = [{"targets": [f"127.0.0.1:{worker_port}"]}]
     jobs["streamrec-retrain"]["static_configs"] = [{"targets": [f"127.0.0.1:{retrain_port}"]}]
     jobs["prometheus"]["static_configs"] = [{"targets": [f"127.0.0.1:{prom_port}"]}]
@@ -63,9 +63,17 @@ class Prometheus:
         self.config_path.write_text(yaml.safe_dump(self.config))
         with open(self.workdir / "prometheus.log", "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [self.binary, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.workdir / 'data'}",
-                 f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h"],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+                [
+                    self.binary,
+                    f"--config.file={self.config_path}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--storage.tsdb.retention.time=1h",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
         deadline = time.time() + timeout
         while time.time() < deadline:
             assert self.proc.poll() is None, self.tail()
@@ -142,9 +150,27 @@ def monitored(kafka_broker, tmp_path_factory):
     retrain_port = free_port()
     with open(tmp / "retrain.log", "ab") as retrain_log:  # the child keeps its own copy of the descriptor
         retrain = subprocess.Popen(
-            [sys.executable, "-m", "streaming.cli.main", "retrain", "--every", "1h", "--data", str(history),
-             "--bootstrap", s.bootstrap, "--model-dir", str(store.root), "--metrics-port", str(retrain_port)],
-            stdout=retrain_log, stderr=subprocess.STDOUT, env={**os.environ, **settings_env(s)}, cwd=ROOT)
+            [
+                sys.executable,
+                "-m",
+                "streaming.cli.main",
+                "retrain",
+                "--every",
+                "1h",
+                "--data",
+                str(history),
+                "--bootstrap",
+                s.bootstrap,
+                "--model-dir",
+                str(store.root),
+                "--metrics-port",
+                str(retrain_port),
+            ],
+            stdout=retrain_log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **settings_env(s)},
+            cwd=ROOT,
+        )
     prom = Prometheus(prometheus_bin, scrape_config_for(worker.web_port, retrain_port, 0), tmp)
     prom.config["scrape_configs"][-1]["static_configs"] = [{"targets": [f"127.0.0.1:{prom.port}"]}]
     try:
@@ -179,23 +205,28 @@ def test_key_series_exist_and_move_with_the_traffic(monitored):
     batch1 = [event_bytes(u, f"i{(k * 3 + j) % 30}", ts=now + j) for k, u in enumerate(users) for j in range(3)]
     produce(s.bootstrap, s.clickstream_topic, batch1)
     after1 = prom.wait_for(total, lambda v: v >= before + len(batch1))
-    recs1 = prom.wait_for('sum(streamrec_recommendations_out_total)', lambda v: v > 0)
+    recs1 = prom.wait_for("sum(streamrec_recommendations_out_total)", lambda v: v > 0)
     lat1 = prom.wait_for("sum(streamrec_event_to_publish_seconds_count)", lambda v: v >= len(batch1))
 
     # More traffic from the same shoppers (so live hit checks count), and one malformed message.
     # (A new label set's first value is no increase to Prometheus: views again, so rate() sees them.)
-    batch2 = [event_bytes(u, f"i{(k * 3 + 7) % 30}", type_, ts=now + 100 + j) for k, u in enumerate(users)
-              for j, type_ in enumerate(("view", "addtocart"))]
+    batch2 = [
+        event_bytes(u, f"i{(k * 3 + 7) % 30}", type_, ts=now + 100 + j)
+        for k, u in enumerate(users)
+        for j, type_ in enumerate(("view", "addtocart"))
+    ]
     produce(s.bootstrap, s.clickstream_topic, batch2 + [(b"p0", b"{not json")])
     prom.wait_for(total, lambda v: v >= after1 + len(batch2))
-    prom.wait_for('sum(streamrec_recommendations_out_total)', lambda v: v > recs1)
+    prom.wait_for("sum(streamrec_recommendations_out_total)", lambda v: v > recs1)
     prom.wait_for("sum(streamrec_event_to_publish_seconds_count)", lambda v: v > lat1)
     prom.wait_for('sum(streamrec_events_in_total{type="addtocart"})', lambda v: v >= len(users))
     prom.wait_for('sum(streamrec_events_rejected_total{reason="bad_json"})', lambda v: v >= 1)
     prom.wait_for("sum(streamrec_live_hit_checks_total)", lambda v: v >= len(batch2))
     prom.wait_for("sum(rate(streamrec_events_in_total[1m]))", lambda v: v > 0)
-    prom.wait_for("histogram_quantile(0.95, sum by (le) (rate(streamrec_event_to_publish_seconds_bucket[1m])))",
-                  lambda v: 0 < v < 10)
+    prom.wait_for(
+        "histogram_quantile(0.95, sum by (le) (rate(streamrec_event_to_publish_seconds_bucket[1m])))",
+        lambda v: 0 < v < 10,
+    )
     assert prom.query("streamrec_consumer_lag"), "consumer lag per partition"
     # The retrain job published a model; the worker swapped to it; Prometheus saw both.
     prom.wait_for('sum(streamrec_retrain_runs_total{result="published"})', lambda v: v >= 1, timeout=120)
@@ -209,12 +240,21 @@ def test_every_dashboard_query_evaluates_on_live_data(monitored):
     _, _, prom, *_ = monitored
     prom.wait_for('sum(streamrec_retrain_runs_total{result="published"})', lambda v: v >= 1, timeout=120)
     for _, expr in dashboard_targets():
-        prom.query(expr)                  # raises on a PromQL error
+        prom.query(expr)  # raises on a PromQL error
     # With traffic and a retrain behind us, the panels the issue asks for all have data (a rate
     # needs two scrapes of a series, so give new series a few seconds).
-    wanted = ("Throughput: events in by type", "End-to-end latency (Kafka arrival to published)",
-              "Consumer lag by partition", "Dead-letter rate by reason", "Serving model version per worker",
-              "Model age", "Retrain results", "Live hit rate by model version", "Live hit rate (1h)", "Workers up")
+    wanted = (
+        "Throughput: events in by type",
+        "End-to-end latency (Kafka arrival to published)",
+        "Consumer lag by partition",
+        "Dead-letter rate by reason",
+        "Serving model version per worker",
+        "Model age",
+        "Retrain results",
+        "Live hit rate by model version",
+        "Live hit rate (1h)",
+        "Workers up",
+    )
     exprs = {title: expr for title, expr in dashboard_targets()}
     assert set(wanted) <= set(exprs)
     deadline = time.time() + 30

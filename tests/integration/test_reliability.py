@@ -188,6 +188,7 @@ def wait_state(s, expected: dict, timeout: float, what: str, tick=lambda: True) 
 
 # ------------------------------------------------------------------------------------ crashes
 
+
 @pytest.mark.parametrize("rep", range(REPEAT))
 def test_crash_sigkill_at_random_points_loses_and_doubles_nothing(kafka_broker, model_dir, tmp_path, rep):
     seed = int.from_bytes(os.urandom(4), "little")
@@ -206,13 +207,19 @@ def test_crash_sigkill_at_random_points_loses_and_doubles_nothing(kafka_broker, 
     feeder.start()
     try:
         for k, frac in enumerate(points):
-            wait_for(lambda: sup.tick() and (feeder.submitted >= frac * len(events) or not feeder.is_alive()), 120,
-                     "the feeder reaching the kill point")
+            wait_for(
+                lambda: sup.tick() and (feeder.submitted >= frac * len(events) or not feeder.is_alive()),
+                120,
+                "the feeder reaching the kill point",
+            )
             # Kill while the worker is busy: after it has handled one more batch. Once the whole
             # stream is sent and handled no batch will come, and a quiet worker is a kill point too.
             b0 = batches(worker)
-            wait_for(lambda: sup.tick() and (batches(worker) > b0 or not feeder.is_alive()), 60,
-                     "the worker processing a batch")
+            wait_for(
+                lambda: sup.tick() and (batches(worker) > b0 or not feeder.is_alive()),
+                60,
+                "the worker processing a batch",
+            )
             time.sleep(rng.uniform(0, 0.5))  # a random point in the worker's work, not a correctness wait
             worker.kill()
             # Every other restart also loses the worker's local RocksDB: it must then restore from
@@ -227,9 +234,21 @@ def test_crash_sigkill_at_random_points_loses_and_doubles_nothing(kafka_broker, 
         diff = wait_state(s, expected, 180, "the changelog reaching the uninterrupted run's state", tick=sup.tick)
         sup.tick()
         duplicates = worker.metric("streamrec_events_duplicate_total")
-        report("crash", rep=rep, seed=seed, events=len(events), users=len(expected), kills=KILLS,
-               wiped_restarts=wiped, fail_stop_restarts=sup.restarts, lost=diff["lost"], doubled=diff["doubled"], users_differing=diff["differ"],
-               redelivered_skipped_last_process=duplicates, seconds=round(time.monotonic() - t0, 1))
+        report(
+            "crash",
+            rep=rep,
+            seed=seed,
+            events=len(events),
+            users=len(expected),
+            kills=KILLS,
+            wiped_restarts=wiped,
+            fail_stop_restarts=sup.restarts,
+            lost=diff["lost"],
+            doubled=diff["doubled"],
+            users_differing=diff["differ"],
+            redelivered_skipped_last_process=duplicates,
+            seconds=round(time.monotonic() - t0, 1),
+        )
         assert diff["differ"] == 0 and diff["lost"] == 0 and diff["doubled"] == 0, (diff, worker.tail())
         # The worker serves what the changelog holds (its local state agrees).
         for user in rng.sample(sorted(expected), 10):
@@ -242,6 +261,7 @@ def test_crash_sigkill_at_random_points_loses_and_doubles_nothing(kafka_broker, 
 
 
 # --------------------------------------------------------------------- clean restart and wipe
+
 
 def snapshot(worker: WorkerProcess, users) -> dict:
     out = {}
@@ -257,7 +277,8 @@ def restarted_log(worker: WorkerProcess, since: int) -> str:
 
 
 def test_clean_restart_resumes_from_rocksdb_and_wiped_restart_restores_from_changelog(
-        kafka_broker, model_dir, tmp_path):
+    kafka_broker, model_dir, tmp_path
+):
     s = stream_settings(kafka_broker.bootstrap, partitions=4, batch_within_s=0.02)
     ensure_topics(s.bootstrap, topic_specs(s))
     events = known_stream(n_events=1500, n_users=80, seed=7)
@@ -300,6 +321,7 @@ def test_clean_restart_resumes_from_rocksdb_and_wiped_restart_restores_from_chan
 
 # ------------------------------------------------------------------- broker stop and restart
 
+
 @pytest.fixture
 def private_broker(tmp_path):
     """A broker of this test's own (the session broker is shared): stopped and restarted on
@@ -322,25 +344,42 @@ def test_broker_restart_mid_stream_worker_replay_and_retrain_carry_on(private_br
     events = known_stream(n_events=2000, n_users=120, seed=11)
     stats_box: dict = {}
     # The replay producer (streaming/jobs/replay.py) runs through the outage: paced, so it is mid-stream.
-    t = threading.Thread(target=lambda: stats_box.update(
-        stats=replay(events, s.bootstrap, s.clickstream_topic, rate=250, retime=False, progress=False)),
-        daemon=True)
+    t = threading.Thread(
+        target=lambda: stats_box.update(
+            stats=replay(events, s.bootstrap, s.clickstream_topic, rate=250, retime=False, progress=False)
+        ),
+        daemon=True,
+    )
     retrain = None
     try:
         t.start()
         wait_for(lambda: batches(worker) > 5, 60, "the worker processing")
         b0 = batches(worker)
-        b.stop()                                   # controlled shutdown of the only broker
+        b.stop()  # controlled shutdown of the only broker
         assert not b.is_running()
         # The retrain job starts while the broker is down: it has to wait for it, not die.
         with open(tmp_path / "retrain.log", "wb") as retrain_log:  # the child keeps its own copy of the descriptor
             retrain = subprocess.Popen(
-                [sys.executable, "-m", "streaming.cli.main", "retrain", "--every", "2s",
-                 "--bootstrap", s.bootstrap, "--model-dir", str(models)],
-                stdout=retrain_log, stderr=subprocess.STDOUT, env={**os.environ, **settings_env(s)}, cwd=ROOT)
+                [
+                    sys.executable,
+                    "-m",
+                    "streaming.cli.main",
+                    "retrain",
+                    "--every",
+                    "2s",
+                    "--bootstrap",
+                    s.bootstrap,
+                    "--model-dir",
+                    str(models),
+                ],
+                stdout=retrain_log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **settings_env(s)},
+                cwd=ROOT,
+            )
         outage_started = time.monotonic()
         wait_for(lambda: time.monotonic() - outage_started > 3, 10, "an outage of a few seconds")
-        b.start(timeout=120)                       # same data dir, same ports
+        b.start(timeout=120)  # same data dir, same ports
         t.join(timeout=240)
         assert not t.is_alive()
         stats = stats_box["stats"]
@@ -348,18 +387,36 @@ def test_broker_restart_mid_stream_worker_replay_and_retrain_carry_on(private_br
         diff = wait_state(s, build_profiles(events, CONFIDENCE), 180, "state after the broker restart")
         assert worker.proc.poll() is None, worker.tail()
         assert batches(worker) > b0
-        report("broker_restart", events=len(events), sent=stats.sent, lost=diff["lost"], doubled=diff["doubled"],
-               users_differing=diff["differ"])
+        report(
+            "broker_restart",
+            events=len(events),
+            sent=stats.sent,
+            lost=diff["lost"],
+            doubled=diff["doubled"],
+            users_differing=diff["differ"],
+        )
         assert diff["differ"] == 0 and diff["lost"] == 0 and diff["doubled"] == 0, diff
+
         # The retrain job rode out the outage (runs that found no broker are counted as failed,
         # the job goes on) and, once the broker is back, published from the changelog.
         def published():
             assert retrain.poll() is None, (tmp_path / "retrain.log").read_text()[-3000:]
-            return [o for o in (json.loads(line) for line in (tmp_path / "retrain.log").read_text().splitlines()
-                                if line.startswith("{")) if o["result"] == "published"]
+            return [
+                o
+                for o in (
+                    json.loads(line)
+                    for line in (tmp_path / "retrain.log").read_text().splitlines()
+                    if line.startswith("{")
+                )
+                if o["result"] == "published"
+            ]
+
         wait_for(published, 240, "the retrain job publishing after the broker restart")
-        wait_for(lambda: worker.get("/health")[1]["model_version"] not in (None, first.version), 60,
-                 "the worker swapping to the retrained model")
+        wait_for(
+            lambda: worker.get("/health")[1]["model_version"] not in (None, first.version),
+            60,
+            "the worker swapping to the retrained model",
+        )
     finally:
         if retrain is not None and retrain.poll() is None:
             retrain.kill()
@@ -369,6 +426,7 @@ def test_broker_restart_mid_stream_worker_replay_and_retrain_carry_on(private_br
 
 
 # ---------------------------------------------------------------- one enormous user history
+
 
 def test_enormous_user_stays_bounded_and_does_not_hold_up_others(kafka_broker, model_dir, tmp_path):
     s = stream_settings(kafka_broker.bootstrap, partitions=4, batch_within_s=0.02, batch_max=500)
@@ -392,13 +450,15 @@ def test_enormous_user_stays_bounded_and_does_not_hold_up_others(kafka_broker, m
             producer.send(s.clickstream_topic, key=key, value=value)
         producer.flush()
         producer.close()
-        wait_for(lambda: worker.get("/recommendations/whale/")[1].get("events") == n, 300,
-                 "the whale's history applied")
+        wait_for(
+            lambda: worker.get("/recommendations/whale/")[1].get("events") == n, 300, "the whale's history applied"
+        )
         recs = TopicReader(s.bootstrap, s.recommendations_topic)
         try:
             smalls = {e.user.encode() for e in small}
-            recs.read_until(lambda rs: smalls <= {r.key for r in rs}
-                            and sum(1 for r in rs if r.key == b"whale") >= 1, timeout=60)
+            recs.read_until(
+                lambda rs: smalls <= {r.key for r in rs} and sum(1 for r in rs if r.key == b"whale") >= 1, timeout=60
+            )
             # Everything published so far is in: read to the current end of every partition.
             end = recs.consumer.end_offsets(list(recs.consumer.assignment()))
             recs.read_until(lambda rs: all(recs.consumer.position(tp) >= o for tp, o in end.items()), timeout=60)
@@ -419,14 +479,21 @@ def test_enormous_user_stays_bounded_and_does_not_hold_up_others(kafka_broker, m
         # for these producer-stamped records is the worker's send time).
         ahead = sum(1 for ts in firsts.values() if ts <= last_whale_ts)
         whale_batches = len(whale_recs)
-        report("enormous_user", whale_events=n, whale_items=len(got["whale"].items), whale_batches=whale_batches,
-               others=len(small), others_served_before_whale_finished=ahead)
+        report(
+            "enormous_user",
+            whale_events=n,
+            whale_items=len(got["whale"].items),
+            whale_batches=whale_batches,
+            others=len(small),
+            others_served_before_whale_finished=ahead,
+        )
         assert ahead == len(small), (ahead, len(small), whale_batches)
     finally:
         worker.stop()
 
 
 # ------------------------------------------------ the redelivery repair, without Kafka (exact)
+
 
 def test_redelivered_events_already_in_state_rewrite_the_state_for_the_changelog():
     """The bug the crash test found: a worker killed after its RocksDB write but before the
@@ -445,15 +512,17 @@ def test_redelivered_events_already_in_state_rewrite_the_state_for_the_changelog
     msgs = [Incoming(e.user.encode(), json.dumps(e.to_dict()).encode(), 0, k, e.ts) for k, e in enumerate(events)]
     local: dict[bytes, bytes] = {}
     res = proc.process(msgs, lambda key, _m: decode(local[key]) if key in local else None)
-    local.update({k: encode(v) for k, v in res.states.items()})      # the RocksDB write; changelog lost
+    local.update({k: encode(v) for k, v in res.states.items()})  # the RocksDB write; changelog lost
     assert res.accepted == 40 and res.repaired == 0
     # Redelivery of the whole batch (input offsets were not committed):
     again = proc.process(msgs, lambda key, _m: decode(local[key]) if key in local else None)
     assert again.accepted == 0 and again.duplicates == 40 and again.messages == []
-    assert set(again.states) == set(local) and again.repaired == len(local)   # written again
+    assert set(again.states) == set(local) and again.repaired == len(local)  # written again
     for key, state in again.states.items():
-        assert encode(state) == local[key]                                   # unchanged, exactly
+        assert encode(state) == local[key]  # unchanged, exactly
     # A partial redelivery (some old, some new events) applies only the new ones.
-    tail_ = proc.process(msgs[30:] + [Incoming(msgs[-1].key, msgs[-1].value, 0, 40, msgs[-1].timestamp_ms)],
-                         lambda key, _m: decode(local[key]) if key in local else None)
+    tail_ = proc.process(
+        msgs[30:] + [Incoming(msgs[-1].key, msgs[-1].value, 0, 40, msgs[-1].timestamp_ms)],
+        lambda key, _m: decode(local[key]) if key in local else None,
+    )
     assert tail_.accepted == 1 and tail_.duplicates == 10

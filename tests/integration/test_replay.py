@@ -1,4 +1,5 @@
 """Replaying events into Kafka and tailing recommendations, against the real broker."""
+
 from __future__ import annotations
 
 import json
@@ -54,12 +55,12 @@ def test_replay_round_trip_keyed_and_ordered(kafka_broker, topic_factory):
     per_user = defaultdict(list)
     for r in sorted(got, key=lambda r: (r.partition, r.offset)):
         d = json.loads(r.value.decode("utf-8"))
-        e = parse_event(d)                                     # the worker's validator accepts it
+        e = parse_event(d)  # the worker's validator accepts it
         assert r.key == e.user.encode("utf-8")
-        assert b", " not in r.value and b": " not in r.value   # compact JSON
+        assert b", " not in r.value and b": " not in r.value  # compact JSON
         partitions_of_user[e.user].add(r.partition)
         per_user[e.user].append(e)
-        assert t_before <= e.ts <= t_after                     # retimed to the wall clock at send
+        assert t_before <= e.ts <= t_after  # retimed to the wall clock at send
     assert all(len(p) == 1 for p in partitions_of_user.values())
     assert len({p for ps in partitions_of_user.values() for p in ps}) > 1
     # each user's events arrive in time order, and are the simulated ones in the same order
@@ -69,8 +70,7 @@ def test_replay_round_trip_keyed_and_ordered(kafka_broker, topic_factory):
     assert per_user.keys() == originals.keys()
     for user, evs in per_user.items():
         assert [e.ts for e in evs] == sorted(e.ts for e in evs)
-        assert [(e.item, e.type, e.event_id) for e in evs] == \
-               [(e.item, e.type, e.event_id) for e in originals[user]]
+        assert [(e.item, e.type, e.event_id) for e in evs] == [(e.item, e.type, e.event_id) for e in originals[user]]
 
 
 def test_replay_no_retime_keeps_original_times_and_limit(kafka_broker, topic_factory):
@@ -89,7 +89,7 @@ def test_rate_pacing(kafka_broker, topic_factory):
     stats = replay(events, kafka_broker.bootstrap, topic, rate=400, progress=False)
     elapsed = time.monotonic() - t0
     assert (stats.sent, stats.failed) == (200, 0)
-    assert elapsed >= 0.45            # 199 gaps of 1/400 s: the schedule holds sends back
+    assert elapsed >= 0.45  # 199 gaps of 1/400 s: the schedule holds sends back
     assert stats.seconds >= 0.45
 
 
@@ -98,7 +98,7 @@ def test_speedup_pacing(kafka_broker, topic_factory):
 
     topic = topic_factory(partitions=1)
     t = 1_700_000_000_000
-    events = [Event("u", f"i{k}", "view", t + k * 1000) for k in range(5)]   # 4 s of original time
+    events = [Event("u", f"i{k}", "view", t + k * 1000) for k in range(5)]  # 4 s of original time
     t0 = time.monotonic()
     stats = replay(events, kafka_broker.bootstrap, topic, speedup=10, progress=False)
     assert stats.sent == 5 and time.monotonic() - t0 >= 0.38
@@ -121,9 +121,17 @@ def test_send_raw_bytes_unchanged(kafka_broker, topic_factory):
 
 def _recommendation(user: str, k: int) -> dict:
     now = int(time.time() * 1000)
-    return {"user": user, "items": [f"i{k}", f"i{k + 1}", f"i{k + 2}"], "scores": [0.9, 0.5, 0.1],
-            "source": "blend", "model_version": "20260601-000000", "query": f"i{k + 9}",
-            "event_ts": now - 40, "ingest_ts": now - 30, "published_ts": now}
+    return {
+        "user": user,
+        "items": [f"i{k}", f"i{k + 1}", f"i{k + 2}"],
+        "scores": [0.9, 0.5, 0.1],
+        "source": "blend",
+        "model_version": "20260601-000000",
+        "query": f"i{k + 9}",
+        "event_ts": now - 40,
+        "ingest_ts": now - 30,
+        "published_ts": now,
+    }
 
 
 def test_tail_reads_recommendations(kafka_broker, topic_factory):
@@ -134,7 +142,7 @@ def test_tail_reads_recommendations(kafka_broker, topic_factory):
     try:
         for r in recs:
             producer.send(topic, key=r["user"].encode(), value=json.dumps(r).encode())
-        producer.send(topic, key=b"u0", value=b"garbage")       # skipped, not fatal
+        producer.send(topic, key=b"u0", value=b"garbage")  # skipped, not fatal
         producer.flush(timeout=30)
 
         got = list(tail(boot, topic, from_beginning=True, max_messages=6, timeout_s=20))
@@ -163,13 +171,46 @@ def test_replay_and_tail_commands_take_the_configuration(kafka_broker, topic_fac
     topic = topic_factory(partitions=2)
     conf = tmp_path / "streamrec.toml"
     conf.write_text(f'[stream]\nbootstrap = "{kafka_broker.bootstrap}"\nclickstream_topic = "{topic}"\n')
-    assert run(build_parser(), ["replay", "--simulate", "120", "--users", "10", "--items", "50", "--topics", "3",
-                                "--config", str(conf), "--no-progress"]) == 0
+    assert (
+        run(
+            build_parser(),
+            [
+                "replay",
+                "--simulate",
+                "120",
+                "--users",
+                "10",
+                "--items",
+                "50",
+                "--topics",
+                "3",
+                "--config",
+                str(conf),
+                "--no-progress",
+            ],
+        )
+        == 0
+    )
     assert "sent 120 events" in capsys.readouterr().err
     assert len(read_all(kafka_broker.bootstrap, topic, 120)) == 120
     # tail: the topic from --set, Kafka from the file (events are JSON objects too: printed as they are)
-    assert run(build_parser(), ["tail", "--config", str(conf), "--set", f"stream.recommendations_topic={topic}",
-                                "--from-beginning", "-n", "2", "--json"]) == 0
+    assert (
+        run(
+            build_parser(),
+            [
+                "tail",
+                "--config",
+                str(conf),
+                "--set",
+                f"stream.recommendations_topic={topic}",
+                "--from-beginning",
+                "-n",
+                "2",
+                "--json",
+            ],
+        )
+        == 0
+    )
     out = capsys.readouterr()
     assert f"tailing {topic} at {kafka_broker.bootstrap}" in out.err
     assert len(out.out.splitlines()) == 2 and all(json.loads(line)["user"] for line in out.out.splitlines())
@@ -178,8 +219,21 @@ def test_replay_and_tail_commands_take_the_configuration(kafka_broker, topic_fac
 def test_cli_errors_are_one_line(tmp_path):
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-m", "streaming.cli.main", "replay", str(tmp_path / "missing.csv"),
-                        "--bootstrap", "127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streaming.cli.main",
+            "replay",
+            str(tmp_path / "missing.csv"),
+            "--bootstrap",
+            "127.0.0.1:1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -193,8 +247,9 @@ def test_replay_survives_broker_restart(tmp_path):
         ensure_topics(broker.bootstrap, {topic: 2})
         events = simulate(SimConfig(n_users=30, n_items=100, n_topics=4, events=600, seed=5))
         result = {}
-        th = threading.Thread(target=lambda: result.update(
-            stats=replay(events, broker.bootstrap, topic, rate=100, progress=False)))
+        th = threading.Thread(
+            target=lambda: result.update(stats=replay(events, broker.bootstrap, topic, rate=100, progress=False))
+        )
         th.start()
         time.sleep(1.5)
         broker.stop()

@@ -38,8 +38,11 @@ def pipeline(kafka_broker, tmp_path_factory):
 
 
 def recs_for(reader, user, after_offset=-1):
-    return [json.loads(r.value) for r in reader.records
-            if r.key == user.encode() and json.loads(r.value)["offset"] > after_offset]
+    return [
+        json.loads(r.value)
+        for r in reader.records
+        if r.key == user.encode() and json.loads(r.value)["offset"] > after_offset
+    ]
 
 
 def test_events_produce_a_recommendation_within_seconds_naming_the_model(pipeline):
@@ -56,13 +59,32 @@ def test_events_produce_a_recommendation_within_seconds_naming_the_model(pipelin
 
 
 def test_stored_state_equals_recsys_confidence_exactly(pipeline, kafka_broker):
-    s, worker, *_ , recs, _ = pipeline
+    s, worker, *_, recs, _ = pipeline
     ts = int(time.time() * 1000)
-    events = [Event("bob", f"i{k % 5}", ["view", "addtocart", "transaction", "favorite"][k % 4], ts + k * 1000,
-                    dwell=float(k * 3) if k % 2 else None) for k in range(12)]
+    events = [
+        Event(
+            "bob",
+            f"i{k % 5}",
+            ["view", "addtocart", "transaction", "favorite"][k % 4],
+            ts + k * 1000,
+            dwell=float(k * 3) if k % 2 else None,
+        )
+        for k in range(12)
+    ]
     produce(s.bootstrap, s.clickstream_topic, [(b"bob", json.dumps(e.to_dict()).encode()) for e in events])
-    recs.read_until(lambda rs: sum(1 for r in rs if r.key == b"bob" and json.loads(r.value)["offset"] >= 0
-                                   and json.loads(r.value)["event_ts"] == events[-1].ts) >= 1, timeout=15)
+    recs.read_until(
+        lambda rs: (
+            sum(
+                1
+                for r in rs
+                if r.key == b"bob"
+                and json.loads(r.value)["offset"] >= 0
+                and json.loads(r.value)["event_ts"] == events[-1].ts
+            )
+            >= 1
+        ),
+        timeout=15,
+    )
     changelog = TopicReader(s.bootstrap, s.changelog_topic)
     try:
         changelog.read_until(lambda rs: any(r.key == b"bob" and decode(r.value).profile.events == 12 for r in rs))
@@ -80,7 +102,9 @@ def test_malformed_messages_go_to_the_dlq_and_good_ones_around_them_are_applied(
     s, worker, *_, recs, _ = pipeline
     now = int(time.time() * 1000)
     bad = [
-        (b"carol", b"\xff\xfe not utf-8"), (b"carol", b"{broken json"), (b"carol", b"[1,2,3]"),
+        (b"carol", b"\xff\xfe not utf-8"),
+        (b"carol", b"{broken json"),
+        (b"carol", b"[1,2,3]"),
         (b"carol", json.dumps({"user": "carol", "type": "view", "ts": now}).encode()),
         (b"carol", json.dumps({"user": "carol", "item": ["x"], "type": "view", "ts": now}).encode()),
         (b"carol", json.dumps({"user": "carol", "item": "i1", "type": "teleport", "ts": now}).encode()),
@@ -89,8 +113,17 @@ def test_malformed_messages_go_to_the_dlq_and_good_ones_around_them_are_applied(
         (b"carol", b'{"user":"carol","item":"i1","type":"view","ts":%d,"dwell":NaN}' % now),
         (b"mallory", json.dumps({"user": "carol", "item": "i1", "type": "view", "ts": now}).encode()),
     ]
-    reasons = {"bad_utf8", "bad_json", "not_an_object", "missing_item", "bad_item", "unknown_type", "ts_in_future",
-               "bad_dwell", "key_mismatch"}
+    reasons = {
+        "bad_utf8",
+        "bad_json",
+        "not_an_object",
+        "missing_item",
+        "bad_item",
+        "unknown_type",
+        "ts_in_future",
+        "bad_dwell",
+        "key_mismatch",
+    }
     good = [event_bytes("carol", f"i{k}", ts=now + k) for k in (1, 4, 7)]
     produce(s.bootstrap, s.clickstream_topic, [good[0], *bad[:5], good[1], *bad[5:], good[2]])
     dlq = TopicReader(s.bootstrap, s.dlq_topic)
@@ -99,8 +132,8 @@ def test_malformed_messages_go_to_the_dlq_and_good_ones_around_them_are_applied(
         got = {(r.value, dict(r.headers)["reason"].decode()) for r in dlq.records}
     finally:
         dlq.close()
-    assert {v for v, _ in got} >= {v for _, v in bad}       # original bytes kept
-    assert {r for _, r in got} == reasons                   # each with its reason
+    assert {v for v, _ in got} >= {v for _, v in bad}  # original bytes kept
+    assert {r for _, r in got} == reasons  # each with its reason
     assert worker.proc.poll() is None and worker.get("/health")[0] == 200
     recs.read_until(lambda rs: any(r.key == b"carol" and json.loads(r.value)["query"] == "i7" for r in rs))
     status, body = worker.get("/recommendations/carol/")
@@ -112,8 +145,11 @@ def test_malformed_messages_go_to_the_dlq_and_good_ones_around_them_are_applied(
 def test_http_lookup_similar_and_metrics(pipeline):
     s, worker, store, first, recs, _ = pipeline
     before = worker.metric("streamrec_events_in_total", {"type": "addtocart"})
-    produce(s.bootstrap, s.clickstream_topic, [event_bytes("dave", "i2", "addtocart"),
-                                               event_bytes("dave", "i5", "addtocart")])
+    produce(
+        s.bootstrap,
+        s.clickstream_topic,
+        [event_bytes("dave", "i2", "addtocart"), event_bytes("dave", "i5", "addtocart")],
+    )
     recs.read_until(lambda rs: any(r.key == b"dave" and json.loads(r.value)["query"] == "i5" for r in rs))
     status, body = worker.get("/recommendations/dave/")
     assert status == 200 and body["items"] == recs_for(recs, "dave")[-1]["items"]
@@ -137,9 +173,23 @@ def test_retrain_lands_worker_swaps_and_corrupt_version_is_refused(pipeline):
     produce(s.bootstrap, s.clickstream_topic, traffic)
     recs.read_until(lambda rs: sum(1 for r in rs if r.key == b"u59") >= 1, timeout=30)
     env = {**settings_env(s)}
-    r = subprocess.run([sys.executable, "-m", "streaming.cli.main", "retrain", "--once", "--bootstrap", s.bootstrap,
-                        "--model-dir", str(store.root)], capture_output=True, text=True, timeout=180,
-                       env={**__import__("os").environ, **env})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streaming.cli.main",
+            "retrain",
+            "--once",
+            "--bootstrap",
+            s.bootstrap,
+            "--model-dir",
+            str(store.root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**__import__("os").environ, **env},
+    )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["result"] == "published" and result["users"] >= 60

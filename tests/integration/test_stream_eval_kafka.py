@@ -36,8 +36,9 @@ def test_worker_lists_and_hit_rate_equal_stream_eval(kafka_broker, tmp_path):
     events = load_events(require_dataset("taobao_small"))
     tr, te = time_split(events, test_fraction=0.2)
     ccfg = Config().confidence
-    model, x, users = train(build_profiles(tr, ccfg), ccfg, TrainConfig(factors=16, iterations=10, num_threads=1),
-                            version="v-slice")
+    model, x, users = train(
+        build_profiles(tr, ccfg), ccfg, TrainConfig(factors=16, iterations=10, num_threads=1), version="v-slice"
+    )
     ModelStore(tmp_path / "models").save(model, publish=True)
     counts = {}
     for e in te:
@@ -57,15 +58,22 @@ def test_worker_lists_and_hit_rate_equal_stream_eval(kafka_broker, tmp_path):
     def send_and_wait(evs):
         last = evs[-1]
         produce(s.bootstrap, s.clickstream_topic, [(e.user.encode(), json.dumps(e.to_dict()).encode()) for e in evs])
-        got = recs.read_until(lambda rs: any(r.key == last.user.encode() and json.loads(r.value)["event_ts"] == last.ts
-                                             and json.loads(r.value)["query"] == last.item for r in rs), timeout=30)
+        got = recs.read_until(
+            lambda rs: any(
+                r.key == last.user.encode()
+                and json.loads(r.value)["event_ts"] == last.ts
+                and json.loads(r.value)["query"] == last.item
+                for r in rs
+            ),
+            timeout=30,
+        )
         return [json.loads(r.value) for r in got if r.key == last.user.encode()][-1]
 
     try:
         on_screen = {}
         for u in slice_users:
             on_screen[u] = send_and_wait([e for e in train_slice if e.user == u])["items"]
-        published_before = []                        # the list on screen before each test event
+        published_before = []  # the list on screen before each test event
         for e in test_slice:
             published_before.append(on_screen[e.user])
             msg = send_and_wait([e])
@@ -75,19 +83,31 @@ def test_worker_lists_and_hit_rate_equal_stream_eval(kafka_broker, tmp_path):
         recs.close()
         worker.stop()
 
-    rep = stream_evaluate(train_slice, test_slice, ccfg=ccfg, scfg=worker_scoring(), model=model,
-                          user_factors=x, user_ids=users, keep_lists=("system",),
-                          ecfg=StreamEvalConfig(methods=("system",), chunk_max=1))
+    rep = stream_evaluate(
+        train_slice,
+        test_slice,
+        ccfg=ccfg,
+        scfg=worker_scoring(),
+        model=model,
+        user_factors=x,
+        user_ids=users,
+        keep_lists=("system",),
+        ecfg=StreamEvalConfig(methods=("system",), chunk_max=1),
+    )
     queries = {}
     live_ranks = []
-    for e, shown in zip(test_slice, published_before, strict=True):   # the same skip rule: item already on screen
-        p_query = queries.get(e.user) or build_profiles([x for x in train_slice if x.user == e.user], ccfg)[e.user].history[-1]
+    for e, shown in zip(test_slice, published_before, strict=True):  # the same skip rule: item already on screen
+        p_query = (
+            queries.get(e.user)
+            or build_profiles([x for x in train_slice if x.user == e.user], ccfg)[e.user].history[-1]
+        )
         queries[e.user] = e.item
         if e.item != p_query:
             live_ranks.append((e.user, e.item, shown, rank_of(e.item, shown, 10)))
     assert len(live_ranks) == rep["scored_events"] >= 10
-    assert [(u, i, lst) for u, i, lst, _ in live_ranks] == [(r["user"], r["item"], r["lists"]["system"])
-                                                           for r in rep["events"]]
+    assert [(u, i, lst) for u, i, lst, _ in live_ranks] == [
+        (r["user"], r["item"], r["lists"]["system"]) for r in rep["events"]
+    ]
     hr = sum(r is not None for *_, r in live_ranks) / len(live_ranks)
     mrr = sum(1 / r for *_, r in live_ranks if r) / len(live_ranks)
     assert hr == pytest.approx(rep["methods"]["system"]["all"]["HR@10"])

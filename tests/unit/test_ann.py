@@ -56,8 +56,8 @@ def test_index_recall_and_exact_scores_and_exclusions(data):
     for r in range(len(q)):
         assert excl[r][0] not in ids[r]
         ok = ids[r] >= 0
-        np.testing.assert_allclose(scores[r][ok], z[ids[r][ok]] @ q[r], rtol=1e-4)   # exact scores
-        assert np.all(np.diff(scores[r][ok]) <= 1e-6)                                 # best first
+        np.testing.assert_allclose(scores[r][ok], z[ids[r][ok]] @ q[r], rtol=1e-4)  # exact scores
+        assert np.all(np.diff(scores[r][ok]) <= 1e-6)  # best first
 
 
 def test_nprobe_is_tuned_for_the_target_recall(data):
@@ -80,7 +80,7 @@ def test_probing_every_list_is_exact_for_any_query(data):
     g = rng.standard_normal((40, z.shape[1])).astype(np.float32)
     exact_ids, _ = exact_search(z, g, 10, None, num_threads=1)
     index = MipsIndex.build(z, AnnConfig(num_threads=1))
-    index.nprobe = index.nlist          # every list: exact
+    index.nprobe = index.nlist  # every list: exact
     assert recall_at_k(index.search(g, 10)[0], exact_ids) == 1.0
 
 
@@ -111,7 +111,7 @@ def test_scorer_uses_index_only_above_the_threshold(data):
     y, _, _ = data
     ids = [f"i{k}" for k in range(len(y))]
     model = Model.from_factors("v1", ids, y, 0.05, popularity=np.arange(len(y), dtype=np.float32))
-    assert Scorer(model, ScoringConfig()).ann is None                # default: small catalogues stay exact
+    assert Scorer(model, ScoringConfig()).ann is None  # default: small catalogues stay exact
     exact = Scorer(model, ScoringConfig(ann_min_items=0))
     approx = Scorer(model, ScoringConfig(ann_min_items=1000, num_threads=1))
     assert approx.ann is not None and exact.ann is None

@@ -11,8 +11,9 @@ from tests.helpers import clustered_events
 
 
 def recsys(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "streaming.cli.main", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "streaming.cli.main", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +40,16 @@ def test_train_recommend_similar_models(trained):
     assert r.stdout.startswith(f"* {version}")
 
 
-@pytest.mark.parametrize("args,message", [
-    (["train", "--data", "/no/such/file.csv"], "no/such/file.csv"),
-    (["train", "--data", "bogus_dataset_name"], "bogus_dataset_name"),
-    (["similar", "--item", "i4", "--model-dir", "/no/models"], "train one first"),
-    (["train"], "--data"),
-    (["evaluate", "--data", "x", "--factors", "many"], "invalid int"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--data", "/no/such/file.csv"], "no/such/file.csv"),
+        (["train", "--data", "bogus_dataset_name"], "bogus_dataset_name"),
+        (["similar", "--item", "i4", "--model-dir", "/no/models"], "train one first"),
+        (["train"], "--data"),
+        (["evaluate", "--data", "x", "--factors", "many"], "invalid int"),
+    ],
+)
 def test_bad_arguments_give_one_clear_line_and_exit_2(tmp_path, args, message):
     r = recsys(*args, cwd=tmp_path)
     assert r.returncode == 2
@@ -58,8 +62,9 @@ def test_malformed_file_names_file_and_line(tmp_path):
     bad.write_text("user,item,type,ts\nu1,i1,view,1700000000000\nu2,i2,teleport,1700000000000\n")
     r = recsys("train", "--data", str(bad), "--model-dir", str(tmp_path / "m"), cwd=tmp_path)
     assert r.returncode == 2 and "bad.csv:3" in r.stderr and "Traceback" not in r.stderr
-    r = recsys("train", "--data", str(bad), "--lenient", "--factors", "2", "--model-dir", str(tmp_path / "m"),
-               cwd=tmp_path)
+    r = recsys(
+        "train", "--data", str(bad), "--lenient", "--factors", "2", "--model-dir", str(tmp_path / "m"), cwd=tmp_path
+    )
     assert r.returncode == 0 and "skipped 1 malformed" in r.stderr
 
 
@@ -71,6 +76,7 @@ def test_unknown_item_for_similar(trained):
 
 def test_corrupt_model_is_refused(trained, tmp_path):
     import shutil
+
     d, version = trained
     models = tmp_path / "models"
     shutil.copytree(d / "models", models)
@@ -81,8 +87,9 @@ def test_corrupt_model_is_refused(trained, tmp_path):
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "streaming.cli.main", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "streaming.cli.main", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def commands() -> list[list[str]]:
@@ -107,8 +114,9 @@ def test_every_command_has_help_naming_recsys():
     from streaming.cli.main import build_parser
 
     found = commands()
-    assert {"broker start", "broker stop", "broker status", "replay", "tail", "config", "demo"} <= \
-        {" ".join(c) for c in found}
+    assert {"broker start", "broker stop", "broker status", "replay", "tail", "config", "demo"} <= {
+        " ".join(c) for c in found
+    }
     for argv in found:
         out = io.StringIO()
         with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
@@ -116,7 +124,7 @@ def test_every_command_has_help_naming_recsys():
         assert e.value.code == 0, argv
         usage = out.getvalue().splitlines()[0]
         assert usage.startswith(f"usage: recsys {' '.join(argv)}"), (argv, usage)
-        if argv[0] != "broker" or len(argv) > 1:      # every command takes the configuration options
+        if argv[0] != "broker" or len(argv) > 1:  # every command takes the configuration options
             assert "--config FILE" in out.getvalue() and "--set SECTION.KEY=VALUE" in out.getvalue(), argv
 
 
@@ -129,8 +137,16 @@ def test_broker_help_and_usage_are_recsys_broker():
     assert r.returncode == 2 and "usage: recsys broker" in r.stderr
 
 
-@pytest.mark.parametrize("argv", [["train", "--data", "x", "--bogus"], ["broker", "status", "--bogus"],
-                                  ["replay", "--bogus"], ["tail", "--bogus", "1"], ["config", "--bogus"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--data", "x", "--bogus"],
+        ["broker", "status", "--bogus"],
+        ["replay", "--bogus"],
+        ["tail", "--bogus", "1"],
+        ["config", "--bogus"],
+    ],
+)
 def test_an_unknown_option_prints_that_commands_usage_and_exits_2(argv):
     r = cli(*argv)
     name = " ".join(a for a in argv if not a.startswith("-") and a not in ("x", "1"))

@@ -65,8 +65,15 @@ def test_bound_on_items_drops_the_weakest():
 
 def test_history_and_bought_items():
     cfg = ConfidenceConfig(history_len=3)
-    p = build_profiles([ev("u", x, t, T0 + k) for k, (x, t) in enumerate(
-        [("a", "view"), ("a", "view"), ("b", "addtocart"), ("c", "transaction"), ("d", "view")])], cfg)["u"]
+    p = build_profiles(
+        [
+            ev("u", x, t, T0 + k)
+            for k, (x, t) in enumerate(
+                [("a", "view"), ("a", "view"), ("b", "addtocart"), ("c", "transaction"), ("d", "view")]
+            )
+        ],
+        cfg,
+    )["u"]
     assert p.history == ["b", "c", "d"]
     assert p.items_with(["transaction"]) == {"c"}
     assert p.items_with(["addtocart", "transaction"]) == {"b", "c"}
@@ -75,8 +82,10 @@ def test_history_and_bought_items():
 
 def test_stream_and_batch_agree_exactly():
     cfg = ConfidenceConfig(half_life_days=0.5, dwell_unit_s=10)
-    events = [ev("u", f"i{k % 7}", ["view", "addtocart", "transaction"][k % 3], T0 + k * 3_600_000,
-                 dwell=float(k % 5) * 7) for k in range(60)]
+    events = [
+        ev("u", f"i{k % 7}", ["view", "addtocart", "transaction"][k % 3], T0 + k * 3_600_000, dwell=float(k % 5) * 7)
+        for k in range(60)
+    ]
     batch = build_profiles(events, cfg)["u"]
     stream = UserProfile()
     for e in events:  # the worker's path: one event at a time
@@ -85,11 +94,17 @@ def test_stream_and_batch_agree_exactly():
     assert stream.confidence(cfg) == batch.confidence(cfg)
 
 
-@pytest.mark.parametrize("kw,name", [
-    ({"alpha": 0}, "alpha"), ({"alpha": math.nan}, "alpha"), ({"weights": {"bogus": 1.0}}, "weights"),
-    ({"weights": {"view": -1.0}}, "weights.view"), ({"half_life_days": 0}, "half_life_days"),
-    ({"max_items": 0}, "max_items"),
-])
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        ({"alpha": 0}, "alpha"),
+        ({"alpha": math.nan}, "alpha"),
+        ({"weights": {"bogus": 1.0}}, "weights"),
+        ({"weights": {"view": -1.0}}, "weights.view"),
+        ({"half_life_days": 0}, "half_life_days"),
+        ({"max_items": 0}, "max_items"),
+    ],
+)
 def test_invalid_settings_name_the_setting(kw, name):
     with pytest.raises(ConfigError, match=name):
         ConfidenceConfig(**kw)

@@ -40,25 +40,76 @@ def utc_ms(*args: int) -> int:
 
 # name -> (format, rows, users, items, sessions or None, {canonical type: count}, first, last)
 README = {
-    "taobao": ("taobao", 61_453, 814, 41_887, None,
-               {"view": 55_202, "addtocart": 3_253, "favorite": 1_670, "transaction": 1_328},
-               utc_ms(2017, 9, 11, 8, 16, 39), utc_ms(2017, 12, 1, 15, 59, 24)),
-    "taobao_small": ("taobao", 2_923, 40, 2_235, None,
-                     {"view": 2_675, "addtocart": 111, "favorite": 84, "transaction": 53},
-                     utc_ms(2017, 11, 24, 16, 0, 41), utc_ms(2017, 12, 1, 15, 58, 6)),
-    "yoochoose": ("yoochoose", 70_278, 17_794, 2_933, 17_794, {"click": 70_278},
-                  utc_ms(2014, 4, 1, 1, 2, 21) + 719, utc_ms(2014, 4, 7, 0, 43, 12) + 560),
-    "rees46": ("rees46", 13_884, 3_732, 5_436, 4_184,
-               {"view": 13_593, "transaction": 160, "addtocart": 131},
-               utc_ms(2019, 10, 1), utc_ms(2019, 10, 1, 2, 43, 59)),
-    "rees46_small": ("rees46", 3_000, 1_199, 1_517, 1_281,
-                     {"view": 2_941, "transaction": 36, "addtocart": 23},
-                     utc_ms(2019, 10, 1), utc_ms(2019, 10, 1, 2, 23, 38)),
-    "retailrocket": ("retailrocket", 92_487, 3_431, 8_885, None,
-                     {"view": 78_371, "addtocart": 9_028, "transaction": 5_088},
-                     RETAILROCKET_EPOCH_MS, RETAILROCKET_EPOCH_MS + 92_486),
-    "otto": ("otto", 862, 20, 510, 20, {"click": 800, "addtocart": 52, "transaction": 10},
-             utc_ms(2022, 7, 31, 22, 0, 0) + 25, utc_ms(2022, 8, 28, 21, 59, 57) + 885),
+    "taobao": (
+        "taobao",
+        61_453,
+        814,
+        41_887,
+        None,
+        {"view": 55_202, "addtocart": 3_253, "favorite": 1_670, "transaction": 1_328},
+        utc_ms(2017, 9, 11, 8, 16, 39),
+        utc_ms(2017, 12, 1, 15, 59, 24),
+    ),
+    "taobao_small": (
+        "taobao",
+        2_923,
+        40,
+        2_235,
+        None,
+        {"view": 2_675, "addtocart": 111, "favorite": 84, "transaction": 53},
+        utc_ms(2017, 11, 24, 16, 0, 41),
+        utc_ms(2017, 12, 1, 15, 58, 6),
+    ),
+    "yoochoose": (
+        "yoochoose",
+        70_278,
+        17_794,
+        2_933,
+        17_794,
+        {"click": 70_278},
+        utc_ms(2014, 4, 1, 1, 2, 21) + 719,
+        utc_ms(2014, 4, 7, 0, 43, 12) + 560,
+    ),
+    "rees46": (
+        "rees46",
+        13_884,
+        3_732,
+        5_436,
+        4_184,
+        {"view": 13_593, "transaction": 160, "addtocart": 131},
+        utc_ms(2019, 10, 1),
+        utc_ms(2019, 10, 1, 2, 43, 59),
+    ),
+    "rees46_small": (
+        "rees46",
+        3_000,
+        1_199,
+        1_517,
+        1_281,
+        {"view": 2_941, "transaction": 36, "addtocart": 23},
+        utc_ms(2019, 10, 1),
+        utc_ms(2019, 10, 1, 2, 23, 38),
+    ),
+    "retailrocket": (
+        "retailrocket",
+        92_487,
+        3_431,
+        8_885,
+        None,
+        {"view": 78_371, "addtocart": 9_028, "transaction": 5_088},
+        RETAILROCKET_EPOCH_MS,
+        RETAILROCKET_EPOCH_MS + 92_486,
+    ),
+    "otto": (
+        "otto",
+        862,
+        20,
+        510,
+        20,
+        {"click": 800, "addtocart": 52, "transaction": 10},
+        utc_ms(2022, 7, 31, 22, 0, 0) + 25,
+        utc_ms(2022, 8, 28, 21, 59, 57) + 885,
+    ),
 }
 
 
@@ -89,10 +140,10 @@ def test_real_dataset_matches_readme(name):
 def test_taobao_keeps_stray_early_timestamps():
     evs = load_events(require_dataset("taobao"))
     early = [e for e in evs if e.ts < utc_ms(2017, 11, 24, 16)]
-    assert len(early) == 35                       # real, kept, just sorted to the front
+    assert len(early) == 35  # real, kept, just sorted to the front
     assert evs[:35] == early
     assert early[0].ts == utc_ms(2017, 9, 11, 8, 16, 39)
-    assert evs[0].ts == 1505117799 * 1000          # seconds * 1000
+    assert evs[0].ts == 1505117799 * 1000  # seconds * 1000
 
 
 @pytest.mark.data
@@ -140,30 +191,56 @@ def test_data_dir_and_dataset_path(monkeypatch, tmp_path):
 # ------------------------------------------------------------------ all formats, plain + gzip
 
 SAMPLES = {
-    "taobao": ("user_id,item_id,category_id,behavior,timestamp\n"
-               "1,10,100,pv,1511544070\n1,11,100,buy,1511544071\n2,10,100,fav,1511544000\n"
-               "2,12,101,cart,1511544070\n",
-               [Event("2", "10", "favorite", 1511544000000), Event("1", "10", "view", 1511544070000),
-                Event("2", "12", "addtocart", 1511544070000), Event("1", "11", "transaction", 1511544071000)]),
-    "yoochoose": ("SessionId\tItemId\tTime\n3\t214716935\t1396437466.94\n3\t214832672\t1396438212.318\n",
-                  [Event("3", "214716935", "click", 1396437466940, None, "3"),
-                   Event("3", "214832672", "click", 1396438212318, None, "3")]),
-    "rees46": ("event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
-               "2019-10-01 00:00:01 UTC,purchase,7,99,,,12.50,5,s1\n"
-               "2019-10-01 00:00:00 UTC,cart,7,99,a.b,acme,,5,\n",
-               [Event("5", "7", "addtocart", utc_ms(2019, 10, 1)),
-                Event("5", "7", "transaction", utc_ms(2019, 10, 1, 0, 0, 1), None, "s1", 12.5)]),
-    "retailrocket": ("visitorid,itemid,event\n1,1,view\n1,2,addtocart\n2,1,transaction\n",
-                     [Event("1", "1", "view", RETAILROCKET_EPOCH_MS),
-                      Event("1", "2", "addtocart", RETAILROCKET_EPOCH_MS + 1),
-                      Event("2", "1", "transaction", RETAILROCKET_EPOCH_MS + 2)]),
-    "otto": ("session,aid,ts,type\n0,5,1659304800025,orders\n0,6,1659304800000,carts\n",
-             [Event("0", "6", "addtocart", 1659304800000, None, "0"),
-              Event("0", "5", "transaction", 1659304800025, None, "0")]),
-    "canonical": ("user,item,type,ts,dwell,shop,price\nu1,i1,view,2024-05-01T12:00:00.250+02:00,3.5,x,\n"
-                  "u1,i2,purchase,1714557600300,,y,9.99\n",
-                  [Event("u1", "i1", "view", utc_ms(2024, 5, 1, 10) + 250, 3.5),
-                   Event("u1", "i2", "transaction", 1714557600300, None, None, 9.99)]),
+    "taobao": (
+        "user_id,item_id,category_id,behavior,timestamp\n"
+        "1,10,100,pv,1511544070\n1,11,100,buy,1511544071\n2,10,100,fav,1511544000\n"
+        "2,12,101,cart,1511544070\n",
+        [
+            Event("2", "10", "favorite", 1511544000000),
+            Event("1", "10", "view", 1511544070000),
+            Event("2", "12", "addtocart", 1511544070000),
+            Event("1", "11", "transaction", 1511544071000),
+        ],
+    ),
+    "yoochoose": (
+        "SessionId\tItemId\tTime\n3\t214716935\t1396437466.94\n3\t214832672\t1396438212.318\n",
+        [
+            Event("3", "214716935", "click", 1396437466940, None, "3"),
+            Event("3", "214832672", "click", 1396438212318, None, "3"),
+        ],
+    ),
+    "rees46": (
+        "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+        "2019-10-01 00:00:01 UTC,purchase,7,99,,,12.50,5,s1\n"
+        "2019-10-01 00:00:00 UTC,cart,7,99,a.b,acme,,5,\n",
+        [
+            Event("5", "7", "addtocart", utc_ms(2019, 10, 1)),
+            Event("5", "7", "transaction", utc_ms(2019, 10, 1, 0, 0, 1), None, "s1", 12.5),
+        ],
+    ),
+    "retailrocket": (
+        "visitorid,itemid,event\n1,1,view\n1,2,addtocart\n2,1,transaction\n",
+        [
+            Event("1", "1", "view", RETAILROCKET_EPOCH_MS),
+            Event("1", "2", "addtocart", RETAILROCKET_EPOCH_MS + 1),
+            Event("2", "1", "transaction", RETAILROCKET_EPOCH_MS + 2),
+        ],
+    ),
+    "otto": (
+        "session,aid,ts,type\n0,5,1659304800025,orders\n0,6,1659304800000,carts\n",
+        [
+            Event("0", "6", "addtocart", 1659304800000, None, "0"),
+            Event("0", "5", "transaction", 1659304800025, None, "0"),
+        ],
+    ),
+    "canonical": (
+        "user,item,type,ts,dwell,shop,price\nu1,i1,view,2024-05-01T12:00:00.250+02:00,3.5,x,\n"
+        "u1,i2,purchase,1714557600300,,y,9.99\n",
+        [
+            Event("u1", "i1", "view", utc_ms(2024, 5, 1, 10) + 250, 3.5),
+            Event("u1", "i2", "transaction", 1714557600300, None, None, 9.99),
+        ],
+    ),
 }
 
 
@@ -194,7 +271,7 @@ def test_headerless_original_taobao_file_by_name(tmp_path):
     rows = "1,2268318,2520377,pv,1511544070\n1,2333346,2520771,pv,1511561733\n1,1,1,zz,1\n"
     path = tmp_path / "UserBehavior.csv"
     path.write_text(rows)
-    with pytest.raises(DataError, match=r"UserBehavior\.csv:3: .*'zz'"):   # no header: data on line 1
+    with pytest.raises(DataError, match=r"UserBehavior\.csv:3: .*'zz'"):  # no header: data on line 1
         load_events(path)
     (other := tmp_path / "events.csv").write_text(rows)
     with pytest.raises(DataError, match="unknown header"):
@@ -213,7 +290,7 @@ def test_rees46_remove_from_cart_is_skipped_and_counted(tmp_path):
     path = tmp_path / "rees.csv"
     path.write_text(SAMPLES["rees46"][0] + "2019-11-01 00:00:00 UTC,remove_from_cart,7,99,,,1.0,5,s1\n")
     stats = LoadStats()
-    assert len(load_events(path, stats=stats)) == 2                 # strict mode: not an error
+    assert len(load_events(path, stats=stats)) == 2  # strict mode: not an error
     assert (stats.rows, stats.skipped, stats.reasons) == (3, 1, Counter(ignored_remove_from_cart=1))
 
 
@@ -230,27 +307,68 @@ BAD_ROWS = {
     "empty_user": (TAOBAO_HDR + GOOD + ",10,100,pv,1511544070\n", 3, "empty user", "empty_user"),
     "ts_too_old": (TAOBAO_HDR + "1,10,100,pv,15115440\n" + GOOD, 2, "before 2000", "ts_too_old"),
     "ts_in_future": (TAOBAO_HDR + GOOD + "1,10,100,pv,99999999999\n", 3, "after load time", "ts_in_future"),
-    "rees46_bad_time": ("event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
-                        "2019-10-01 00:00:00 UTC,view,7,99,,,1.0,5,s\n2019-10-01 25:00:00 UTC,view,7,99,,,1.0,5,s\n",
-                        3, "unparseable time", "bad_ts"),
-    "rees46_bad_price": ("event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
-                         "2019-10-01 00:00:00 UTC,view,7,99,,,cheap,5,s\n2019-10-01 00:00:00 UTC,view,7,99,,,1.0,5,s\n",
-                         2, "price 'cheap'", "bad_price"),
-    "yoochoose_nan_time": ("SessionId\tItemId\tTime\n1\t2\tnan\n1\t2\t1396437466.94\n", 2, "not Unix seconds", "bad_ts"),
-    "otto_empty_item": ("session,aid,ts,type\n0,,1659304800025,clicks\n0,5,1659304800025,clicks\n", 2,
-                        "empty item", "empty_item"),
-    "canonical_naive_iso": ("user,item,type,ts\nu,i,view,2024-05-01T12:00:00\nu,i,view,1714557600000\n", 2,
-                            "no timezone", "bad_ts"),
-    "canonical_unknown_type": ("user,item,type,ts\nu,i,view,1714557600000\nu,i,like,1714557600000\n", 3,
-                               "'like'", "unknown_type"),
-    "canonical_bad_dwell": ("user,item,type,ts,dwell\nu,i,view,1714557600000,-3\nu,i,view,1714557600000,2\n", 2,
-                            "dwell", "bad_dwell"),
-    "canonical_empty_user": ("user,item,type,ts\n,i,view,1714557600000\nu,i,view,1714557600000\n", 2,
-                             "empty user", "empty_user"),
-    "jsonl_bad_json": ('{"user":"u","item":"i","type":"view","ts":1714557600000}\n{"user":\n', 2,
-                       "not valid JSON", "bad_json"),
-    "jsonl_missing_item": ('\n{"user":"u","type":"view","ts":1714557600000}\n'
-                           '{"user":"u","item":"i","type":"view","ts":1714557600000}\n', 2, "item", "missing_item"),
+    "rees46_bad_time": (
+        "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+        "2019-10-01 00:00:00 UTC,view,7,99,,,1.0,5,s\n2019-10-01 25:00:00 UTC,view,7,99,,,1.0,5,s\n",
+        3,
+        "unparseable time",
+        "bad_ts",
+    ),
+    "rees46_bad_price": (
+        "event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session\n"
+        "2019-10-01 00:00:00 UTC,view,7,99,,,cheap,5,s\n2019-10-01 00:00:00 UTC,view,7,99,,,1.0,5,s\n",
+        2,
+        "price 'cheap'",
+        "bad_price",
+    ),
+    "yoochoose_nan_time": (
+        "SessionId\tItemId\tTime\n1\t2\tnan\n1\t2\t1396437466.94\n",
+        2,
+        "not Unix seconds",
+        "bad_ts",
+    ),
+    "otto_empty_item": (
+        "session,aid,ts,type\n0,,1659304800025,clicks\n0,5,1659304800025,clicks\n",
+        2,
+        "empty item",
+        "empty_item",
+    ),
+    "canonical_naive_iso": (
+        "user,item,type,ts\nu,i,view,2024-05-01T12:00:00\nu,i,view,1714557600000\n",
+        2,
+        "no timezone",
+        "bad_ts",
+    ),
+    "canonical_unknown_type": (
+        "user,item,type,ts\nu,i,view,1714557600000\nu,i,like,1714557600000\n",
+        3,
+        "'like'",
+        "unknown_type",
+    ),
+    "canonical_bad_dwell": (
+        "user,item,type,ts,dwell\nu,i,view,1714557600000,-3\nu,i,view,1714557600000,2\n",
+        2,
+        "dwell",
+        "bad_dwell",
+    ),
+    "canonical_empty_user": (
+        "user,item,type,ts\n,i,view,1714557600000\nu,i,view,1714557600000\n",
+        2,
+        "empty user",
+        "empty_user",
+    ),
+    "jsonl_bad_json": (
+        '{"user":"u","item":"i","type":"view","ts":1714557600000}\n{"user":\n',
+        2,
+        "not valid JSON",
+        "bad_json",
+    ),
+    "jsonl_missing_item": (
+        '\n{"user":"u","type":"view","ts":1714557600000}\n{"user":"u","item":"i","type":"view","ts":1714557600000}\n',
+        2,
+        "item",
+        "missing_item",
+    ),
 }
 
 
@@ -279,7 +397,7 @@ def test_bad_row_lenient_skips_and_counts(tmp_path, case):
     path.write_text(text)
     stats = LoadStats()
     evs = load_events(path, lenient=True, stats=stats)
-    good = sum(1 for ln in text.splitlines()[(0 if case.startswith("jsonl") else 1):] if ln.strip()) - 1
+    good = sum(1 for ln in text.splitlines()[(0 if case.startswith("jsonl") else 1) :] if ln.strip()) - 1
     assert len(evs) == good == stats.loaded
     assert (stats.rows, stats.skipped, stats.reasons) == (good + 1, 1, Counter({reason: 1}))
 
@@ -363,7 +481,7 @@ def test_write_canonical_round_trip(tmp_path, suffix):
     back = load_events(path, fmt="canonical")
     assert back == sorted(ROUND, key=lambda e: e.ts)
     assert (path.read_bytes()[:2] == b"\x1f\x8b") == suffix.endswith(".gz")
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]          # temp file gone
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp file gone
     if suffix == ".csv":
         assert path.read_text().splitlines()[0] == "user,item,type,ts,dwell,session,price,event_id"
     if suffix == ".jsonl":
@@ -380,20 +498,28 @@ def test_gzip_output_is_reproducible(tmp_path):
 
 def test_canonical_iso_times_and_jsonl_extras(tmp_path):
     path = tmp_path / "shop.jsonl"
-    path.write_text("\n".join([
-        '{"user": 7, "item": "a", "type": "pv", "ts": "2024-05-01T10:00:00Z", "referrer": "x"}',
-        '{"user": "7", "item": "b", "type": "add_to_cart", "ts": "2024-05-01T12:00:00.5+02:00", "dwell": 4}',
-        '{"user": "7", "item": "c", "type": "order", "ts": 1714557600001, "price": 10}',
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                '{"user": 7, "item": "a", "type": "pv", "ts": "2024-05-01T10:00:00Z", "referrer": "x"}',
+                '{"user": "7", "item": "b", "type": "add_to_cart", "ts": "2024-05-01T12:00:00.5+02:00", "dwell": 4}',
+                '{"user": "7", "item": "c", "type": "order", "ts": 1714557600001, "price": 10}',
+            ]
+        )
+        + "\n"
+    )
     evs = load_events(path)
     t0 = utc_ms(2024, 5, 1, 10)
-    assert evs == [Event("7", "a", "view", t0), Event("7", "c", "transaction", t0 + 1, price=10.0),
-                   Event("7", "b", "addtocart", t0 + 500, dwell=4.0)]
+    assert evs == [
+        Event("7", "a", "view", t0),
+        Event("7", "c", "transaction", t0 + 1, price=10.0),
+        Event("7", "b", "addtocart", t0 + 500, dwell=4.0),
+    ]
 
 
 def test_canonical_accepts_history_but_not_far_future(tmp_path):
     path = tmp_path / "c.csv"
-    soon = int(time.time() * 1000) + 3600_000                   # within a day: allowed
+    soon = int(time.time() * 1000) + 3600_000  # within a day: allowed
     later = int(time.time() * 1000) + 3 * 24 * 3600_000
     path.write_text(f"user,item,type,ts\nu,i,view,946684800000\nu,i,view,{soon}\nu,i,view,{later}\n")
     with pytest.raises(DataError, match=r"c\.csv:4: .*ts_in_future"):
@@ -412,6 +538,7 @@ def test_seconds_in_canonical_ts_are_rejected_as_too_old(tmp_path):
 
 # ------------------------------------------------------------------ ordering and splits
 
+
 def test_sort_is_stable_for_equal_times(tmp_path):
     path = tmp_path / "c.csv"
     rows = [f"u{i % 3},i{i},view,{1714557600000 + (i % 4)}" for i in range(40)]
@@ -420,13 +547,18 @@ def test_sort_is_stable_for_equal_times(tmp_path):
     assert [e.ts for e in evs] == sorted(e.ts for e in evs)
     for ts in {e.ts for e in evs}:
         same = [int(e.item[1:]) for e in evs if e.ts == ts]
-        assert same == sorted(same)                        # file order kept within a timestamp
+        assert same == sorted(same)  # file order kept within a timestamp
 
 
 events_st = st.lists(
-    st.builds(lambda u, i, t: Event(f"u{u}", f"i{i}", "view", 1_500_000_000_000 + t),
-              st.integers(0, 5), st.integers(0, 1000), st.integers(0, 50)),
-    max_size=60)
+    st.builds(
+        lambda u, i, t: Event(f"u{u}", f"i{i}", "view", 1_500_000_000_000 + t),
+        st.integers(0, 5),
+        st.integers(0, 1000),
+        st.integers(0, 50),
+    ),
+    max_size=60,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -436,7 +568,7 @@ def test_time_split_fraction_properties(evs, frac):
     assert sorted(train + test, key=lambda e: e.ts) == train + test
     assert Counter(train + test) == Counter(evs)
     if train and test:
-        assert train[-1].ts < test[0].ts                   # strictly before: no leakage
+        assert train[-1].ts < test[0].ts  # strictly before: no leakage
     assert len(test) >= len(evs) - int(len(evs) * (1 - frac)) or not test and len(evs) * frac < 1
     if frac == 0.0:
         assert test == []
@@ -457,7 +589,7 @@ def test_time_split_examples_and_errors():
     train, test = time_split(evs)
     assert (len(train), len(test)) == (8, 2)
     ties = [Event("u", str(i), "view", 1_500_000_000_000 + (i >= 7)) for i in range(10)]
-    assert [len(x) for x in time_split(ties, 0.2)] == [7, 3]   # the whole tied ms goes to test
+    assert [len(x) for x in time_split(ties, 0.2)] == [7, 3]  # the whole tied ms goes to test
     assert time_split([], 0.2) == ([], [])
     for bad in (-0.1, 1.5, "0.2", True):
         with pytest.raises(ConfigError):

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-SHELL_LANGS = {"bash", "sh", "shell", "console"}   # untagged blocks are diagrams
+SHELL_LANGS = {"bash", "sh", "shell", "console"}  # untagged blocks are diagrams
 ENV_ASSIGN = re.compile(r"^[A-Z_][A-Z0-9_]*=\S*$")
 
 
@@ -76,8 +76,9 @@ def test_the_docs_have_commands_to_check():
     assert {"README.md", "docs/operations.md", "docs/troubleshooting.md", "docs/configuration.md"} <= files
 
 
-@pytest.mark.parametrize("where,command,argv", [(f"{f}:{n}", c, a) for f, n, c, a in RECSYS],
-                         ids=[f"{f}:{n}" for f, n, *_ in RECSYS])
+@pytest.mark.parametrize(
+    "where,command,argv", [(f"{f}:{n}", c, a) for f, n, c, a in RECSYS], ids=[f"{f}:{n}" for f, n, *_ in RECSYS]
+)
 def test_recsys_command_parses_with_the_real_cli(where, command, argv):
     from streaming.cli.main import build_parser
 
@@ -145,9 +146,12 @@ def test_cheap_documented_commands_run(tmp_path, monkeypatch, capsys):
     versions = []
     for seed in (1, 2):
         cfg = ConfidenceConfig()
-        model, _, _ = train(build_profiles(clustered_events(seed=seed), cfg), cfg,
-                            TrainConfig(factors=4, iterations=2, random_state=seed),
-                            version=f"20260101T00000{seed}Z-00000{seed}")
+        model, _, _ = train(
+            build_profiles(clustered_events(seed=seed), cfg),
+            cfg,
+            TrainConfig(factors=4, iterations=2, random_state=seed),
+            version=f"20260101T00000{seed}Z-00000{seed}",
+        )
         store.save(model, publish=True)
         versions.append(model.version)
     ran = 0
@@ -157,8 +161,8 @@ def test_cheap_documented_commands_run(tmp_path, monkeypatch, capsys):
         argv = [versions[0] if a == "VERSION" else a for a in argv]
         if argv[0] == "models":
             argv = [a for a in argv if a not in ("--model-dir", "/models")] + ["--model-dir", str(store.root)]
-            store.pin(None)                  # each example starts from the same store: 2 versions,
-            store.publish(versions[-1])      # the newer one serving
+            store.pin(None)  # each example starts from the same store: 2 versions,
+            store.publish(versions[-1])  # the newer one serving
         rc = run(build_parser(), argv)
         out = capsys.readouterr()
         assert rc == 0, f"{f}:{n}: `{command}` exited {rc}: {out.err}"

@@ -18,20 +18,28 @@ def test_ranking_metrics_by_hand():
     assert ranking.recall(ranked, rel, 10) == pytest.approx(2 / 3)
     assert ranking.reciprocal_rank(ranked, rel, 10) == 0.5
     import math
+
     assert ranking.ndcg(ranked, rel, 10) == pytest.approx(
-        (1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3) + 1 / math.log2(4)))
+        (1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3) + 1 / math.log2(4))
+    )
 
 
 def test_protocol_first_test_event_is_query_rest_is_truth():
     cfg = ConfidenceConfig()
     train = build_profiles([ev("u", "old", "view", T0)], cfg)
-    test = [ev("u", "q", "view", T0 + 10), ev("u", "x", "view", T0 + 20), ev("u", "q", "view", T0 + 30),
-            ev("solo", "only", "view", T0 + 5), ev("new", "a", "view", T0 + 1), ev("new", "b", "view", T0 + 2)]
+    test = [
+        ev("u", "q", "view", T0 + 10),
+        ev("u", "x", "view", T0 + 20),
+        ev("u", "q", "view", T0 + 30),
+        ev("solo", "only", "view", T0 + 5),
+        ev("new", "a", "view", T0 + 1),
+        ev("new", "b", "view", T0 + 2),
+    ]
     cases = {c.user: c for c in build_cases(train, test, cfg)}
-    assert set(cases) == {"u", "new"}             # a single test event gives no ground truth
-    assert cases["u"].query == "q" and cases["u"].relevant == {"x"}   # the query item is on screen already
+    assert set(cases) == {"u", "new"}  # a single test event gives no ground truth
+    assert cases["u"].query == "q" and cases["u"].relevant == {"x"}  # the query item is on screen already
     assert set(cases["u"].profile.items) == {"old", "q"}  # history + the query event, as the stream has it
-    assert set(train["u"].items) == {"old"}       # the training profile is not modified
+    assert set(train["u"].items) == {"old"}  # the training profile is not modified
 
 
 @pytest.mark.data

@@ -41,8 +41,13 @@ def test_a_fetch_is_written_with_tombstones_and_its_offset_and_options_come_back
     mode = _BulkMode(store, 0)
     assert _options_in_file(tmp_path / "t-0.db", BULK_OPTIONS) == BULK_OPTIONS  # RocksDB persisted the change
     tp, offsets = TP("cl", 0), {}
-    n = FastRecovery.apply_fetch(mode, tp, [rec(5, b"a", b"1"), rec(6, b"a", b"2"), rec(7, b"gone", None),
-                                       rec(8, b"b", b"3"), rec(9, b"late", b"x")], offsets, end=9)
+    n = FastRecovery.apply_fetch(
+        mode,
+        tp,
+        [rec(5, b"a", b"1"), rec(6, b"a", b"2"), rec(7, b"gone", None), rec(8, b"b", b"3"), rec(9, b"late", b"x")],
+        offsets,
+        end=9,
+    )
     assert n == 4 and offsets[tp] == 8  # offset 9 is past the highwater measured: Faust reads it
     mode.close()
     db = store.db

@@ -43,7 +43,8 @@ def test_touch_point_exists(tp: TouchPoint):
         assert obj is not None, f"faust_compat touch point {tp.module}:{tp.name} ({tp.reason}): {part} is gone"
     if tp.instance_attr:
         assert isinstance(obj, type) and _instance_has(obj, attr), (
-            f"faust_compat touch point {tp.module}:{tp.name} ({tp.reason}): instances no longer get {attr}")
+            f"faust_compat touch point {tp.module}:{tp.name} ({tp.reason}): instances no longer get {attr}"
+        )
     else:
         assert hasattr(obj, attr), f"faust_compat touch point {tp.module}:{tp.name} ({tp.reason}) is gone"
 
@@ -76,8 +77,14 @@ def test_no_private_faust_or_aiokafka_access_outside_the_compat_package():
             if "faust_compat" in f.parts:
                 continue
             for node in ast.walk(ast.parse(f.read_text())):
-                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in (
-                        "faust", "aiokafka", "mode"):
-                    offenders += [f"{f.relative_to(ROOT)}: from {node.module} import {a.name}"
-                                  for a in node.names if a.name.startswith("_")]
+                if (
+                    isinstance(node, ast.ImportFrom)
+                    and node.module
+                    and node.module.split(".")[0] in ("faust", "aiokafka", "mode")
+                ):
+                    offenders += [
+                        f"{f.relative_to(ROOT)}: from {node.module} import {a.name}"
+                        for a in node.names
+                        if a.name.startswith("_")
+                    ]
     assert not offenders, offenders

@@ -22,8 +22,10 @@ def direct_solve(model, conf: dict[str, float]) -> np.ndarray:
 def test_batched_fold_in_matches_the_normal_equations():
     model = random_model(n_items=200, factors=12)
     rng = np.random.default_rng(3)
-    confs = [{f"i{k}": float(1 + 15 * rng.random()) for k in rng.choice(200, size=int(rng.integers(1, 30)), replace=False)}
-             for _ in range(25)]
+    confs = [
+        {f"i{k}": float(1 + 15 * rng.random()) for k in rng.choice(200, size=int(rng.integers(1, 30)), replace=False)}
+        for _ in range(25)
+    ]
     confs[4]["not-in-model"] = 50.0  # unknown items are ignored
     x, known = FoldIn(model)(confs)
     assert known.all()

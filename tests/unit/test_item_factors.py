@@ -52,13 +52,15 @@ def test_store_round_trips_the_user_gram_under_its_checksums(tmp_path, trained):
     raw[-3] ^= 0xFF
     (tmp_path / "v1" / "user_gram.npy").write_bytes(bytes(raw))
     with pytest.raises(ModelStoreError, match="user_gram.npy fails its sha256"):
-        store.load("v1")                       # a corrupt XᵀX refuses the version like any file
+        store.load("v1")  # a corrupt XᵀX refuses the version like any file
     store2 = ModelStore(tmp_path / "plain")
     store2.save(model)
-    assert store2.user_gram("v1") is None      # trained without it: fold-in off for that model
+    assert store2.user_gram("v1") is None  # trained without it: fold-in off for that model
     with pytest.raises(ModelStoreError, match="shape"):
-        store2.save(train(build_profiles(clustered_events(), CFG), CFG, TrainConfig(factors=4, iterations=2),
-                          version="v2")[0], user_gram=np.eye(3))
+        store2.save(
+            train(build_profiles(clustered_events(), CFG), CFG, TrainConfig(factors=4, iterations=2), version="v2")[0],
+            user_gram=np.eye(3),
+        )
 
 
 def test_retrain_stores_the_user_gram(tmp_path):
@@ -80,11 +82,12 @@ def test_a_batch_emits_evidence_for_new_items_only(trained):
     rec = Recommender(model, CFG)
     proc.serving.swap(Serving.of(rec))
     batch = [msg("a", "i1", 1), msg("a", "new", 2), msg("a", "new", 3), msg("b", "new", 4), msg("c", "i4", 5)]
-    assert proc.process(batch, lambda k, m: None).evidence == []          # off: no XᵀX, no item_base
+    assert proc.process(batch, lambda k, m: None).evidence == []  # off: no XᵀX, no item_base
     proc.serving.swap(Serving.of(Recommender(model, CFG), xtx=np.eye(model.factors, dtype=np.float32)))
-    res = proc.process([msg(m_.key.decode(), json.loads(m_.value)["item"], m_.offset + 10) for m_ in batch],
-                       lambda k, m: None)
-    assert [k for k, _ in res.evidence] == [b"new"]   # b has no trained item: no place to lend; c: known item
+    res = proc.process(
+        [msg(m_.key.decode(), json.loads(m_.value)["item"], m_.offset + 10) for m_ in batch], lambda k, m: None
+    )
+    assert [k for k, _ in res.evidence] == [b"new"]  # b has no trained item: no place to lend; c: known item
     ev = decode_evidence(*res.evidence[0])
     assert (ev.version, ev.item, ev.user) == ("v1", "new", "a")
     x, _ = rec.fold_in([build_profiles([e for e in _events(batch[:3])], CFG)["a"].confidence(CFG)])
@@ -101,17 +104,25 @@ def _events(msgs):
 GOOD = json.loads(encode_evidence("v1", "new", "u", np.ones(8), 2.0))
 
 
-@pytest.mark.parametrize("key,value", [
-    (b"new", b"{broken"), (b"new", b"[1]"), (b"new", None), (None, json.dumps(GOOD).encode()),
-    (b"other", json.dumps(GOOD).encode()),
-    (b"new", json.dumps({**GOOD, "x": [1.0, "a"]}).encode()),
-    (b"new", json.dumps({**GOOD, "x": [float("nan")] * 8}).encode()),
-    (b"new", json.dumps({**GOOD, "x": [1e300] * 8}).encode()),
-    (b"new", json.dumps({**GOOD, "x": []}).encode()),
-    (b"new", json.dumps({**GOOD, "c": 0.5}).encode()), (b"new", json.dumps({**GOOD, "c": True}).encode()),
-    (b"new", json.dumps({**GOOD, "user": ""}).encode()), (b"new", json.dumps({**GOOD, "v": 3}).encode()),
-    (b"new", b"[" * 100_000),
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        (b"new", b"{broken"),
+        (b"new", b"[1]"),
+        (b"new", None),
+        (None, json.dumps(GOOD).encode()),
+        (b"other", json.dumps(GOOD).encode()),
+        (b"new", json.dumps({**GOOD, "x": [1.0, "a"]}).encode()),
+        (b"new", json.dumps({**GOOD, "x": [float("nan")] * 8}).encode()),
+        (b"new", json.dumps({**GOOD, "x": [1e300] * 8}).encode()),
+        (b"new", json.dumps({**GOOD, "x": []}).encode()),
+        (b"new", json.dumps({**GOOD, "c": 0.5}).encode()),
+        (b"new", json.dumps({**GOOD, "c": True}).encode()),
+        (b"new", json.dumps({**GOOD, "user": ""}).encode()),
+        (b"new", json.dumps({**GOOD, "v": 3}).encode()),
+        (b"new", b"[" * 100_000),
+    ],
+)
 def test_malformed_evidence_is_a_value_error(key, value):
     with pytest.raises((ValueError, RecursionError)):
         decode_evidence(key, value)
@@ -133,19 +144,21 @@ def test_solver_keeps_the_latest_users_and_items_within_bounds(trained):
     assert s.add(ev("i1", 0)) == "stale" and s.add(ev("n1", 0, v="v0")) == "stale"
     for k in range(5):
         assert s.add(ev("n1", k)) == "accepted"
-    assert list(s.items["n1"]) == users[2:5]                   # the latest max_users users
+    assert list(s.items["n1"]) == users[2:5]  # the latest max_users users
     s.add(ev("n2", 0))
     s.add(ev("n3", 0))
-    assert list(s.items) == ["n2", "n3"]                       # max_items: n1 was touched least recently
+    assert list(s.items) == ["n2", "n3"]  # max_items: n1 was touched least recently
     with pytest.raises(ValueError):
         s.add(Evidence("v1", "n4", "u", np.ones(3, np.float32), 2.0))
     s.add(ev("n3", 1, c=9.0))
     ids, xs, cs = s.take(lambda item: 0)
-    assert ids == ["n3"]                                       # n2 has one user (< min_users)
-    np.testing.assert_allclose(fold_in_items(xs, cs, s.xtx, model.regularization),
-                               fold_in_items([x[[0, 1]]], [np.array([5.0, 9.0])], user_gram(x), model.regularization))
+    assert ids == ["n3"]  # n2 has one user (< min_users)
+    np.testing.assert_allclose(
+        fold_in_items(xs, cs, s.xtx, model.regularization),
+        fold_in_items([x[[0, 1]]], [np.array([5.0, 9.0])], user_gram(x), model.regularization),
+    )
     s.add(ev("n3", 2))
-    assert s.take(lambda item: 5)[0] == []                     # a row from more users serves: keep it
+    assert s.take(lambda item: 5)[0] == []  # a row from more users serves: keep it
 
 
 def test_rows_extend_the_served_model_and_a_swap_drops_them(trained):
@@ -155,13 +168,13 @@ def test_rows_extend_the_served_model_and_a_swap_drops_them(trained):
     app = SimpleNamespace(topic=lambda *a, **k: None)
     items = NewItems(app, serving, Settings())
     base = Recommender(model, CFG)
-    serving.swap(Serving.of(base, user_gram(x)))                # NewItems hears of it (on_new_version)
+    serving.swap(Serving.of(base, user_gram(x)))  # NewItems hears of it (on_new_version)
     assert serving.snapshot.item_base is base and items.solver.model is model
     y = np.asarray(model.item_factors)[model.item_index["i4"]] * 1.1
     items.on_row(b"new", encode_row("v1", "new", y, 4))
-    items.on_row(b"newer", encode_row("v9", "newer", y, 4))    # a model this worker has not swapped to
+    items.on_row(b"newer", encode_row("v9", "newer", y, 4))  # a model this worker has not swapped to
     items.on_row(b"bad", b"\xff")
-    items.on_row(b"x", encode_row("v0", "x", y, 1))           # an older model's
+    items.on_row(b"x", encode_row("v0", "x", y, 1))  # an older model's
     assert items.dirty
     asyncio.run(items.rebuild())
     rec = serving.snapshot.current
@@ -169,12 +182,17 @@ def test_rows_extend_the_served_model_and_a_swap_drops_them(trained):
     assert rec.scorer.similar("new", 3).items[0] == "i4" and serving.snapshot.item_base is base
     sample = metrics.registry.get_sample_value
     assert sample("streamrec_new_items_served") == 1
-    assert {k: sample("streamrec_item_factor_rows_total", {"result": k}) for k in ("applied", "ignored", "rejected")} == {
-        "applied": 1, "ignored": 2, "rejected": 1}
+    assert {
+        k: sample("streamrec_item_factor_rows_total", {"result": k}) for k in ("applied", "ignored", "rejected")
+    } == {"applied": 1, "ignored": 2, "rejected": 1}
 
-    other = Recommender(train(build_profiles(clustered_events(seed=2), CFG), CFG,
-                              TrainConfig(factors=8, iterations=4), version="v2")[0], CFG)
-    serving.swap(Serving.of(other))                            # v2 has no XᵀX
+    other = Recommender(
+        train(build_profiles(clustered_events(seed=2), CFG), CFG, TrainConfig(factors=8, iterations=4), version="v2")[
+            0
+        ],
+        CFG,
+    )
+    serving.swap(Serving.of(other))  # v2 has no XᵀX
     assert serving.snapshot.item_base is None and set(items.rows) == {"v9"} and not items.dirty
     asyncio.run(items.rebuild())
     assert serving.snapshot.current is other and sample("streamrec_new_items_served") == 0
@@ -185,7 +203,7 @@ def test_an_extension_built_for_a_version_that_was_swapped_out_meanwhile_is_drop
     serving = ServingModel(WorkerMetrics(CollectorRegistry()))
     first = Serving.of(Recommender(model, CFG), user_gram(x))
     serving.swap(first)
-    serving.swap(Serving.of(Recommender(model, CFG)))          # a new version lands while rows are built
+    serving.swap(Serving.of(Recommender(model, CFG)))  # a new version lands while rows are built
     extended = dataclasses.replace(first, current=Recommender(model, CFG), new_items=1)
     assert not serving.swap(extended, based_on=first)
     assert serving.snapshot.trained is not first.trained

@@ -22,7 +22,7 @@ def test_decayed_counts_by_hand():
     assert rp.count("a") == pytest.approx(0.5)
     assert rp.count("b") == pytest.approx(1.0)
     assert rp.top(5) == ["b", "a"]
-    rp.add("a", T0 + 2 * H)                       # a = 1.5 now
+    rp.add("a", T0 + 2 * H)  # a = 1.5 now
     assert rp.top(5) == ["a", "b"]
     assert rp.count("a", now=T0 + 3 * H) == pytest.approx(0.75)
     assert rp.top(1, exclude={"a"}) == ["b"]
@@ -33,10 +33,10 @@ def test_decayed_counts_by_hand():
 def test_out_of_order_events_are_exact_and_ties_go_to_the_first_counted():
     rp = RecentPopularity(half_life_s=3600)
     rp.add("x", T0 + H)
-    rp.add("y", T0)                               # late: counts half at T0 + 1h
+    rp.add("y", T0)  # late: counts half at T0 + 1h
     rp.add("y", T0)
     assert rp.count("y") == pytest.approx(1.0) and rp.count("x") == pytest.approx(1.0)
-    assert rp.top(2) == ["x", "y"]                # tie: x was counted first
+    assert rp.top(2) == ["x", "y"]  # tie: x was counted first
 
 
 def test_no_decay_is_plain_counts_and_rebase_keeps_the_ranking():
@@ -45,11 +45,11 @@ def test_no_decay_is_plain_counts_and_rebase_keeps_the_ranking():
         for k in range(n):
             rp.add(item, T0 + k * 10**9)
     assert rp.top(3) == ["b", "a", "c"] and rp.count("b") == 5
-    fast = RecentPopularity(half_life_s=1.0)      # thousands of half-lives: rescaled, no overflow
+    fast = RecentPopularity(half_life_s=1.0)  # thousands of half-lives: rescaled, no overflow
     fast.add("old", T0)
     for k in range(1, 5):
         fast.add("new", T0 + k * 600_000)
-    assert fast.top(2) == ["new"]                  # 2400 half-lives later "old" has decayed to nothing
+    assert fast.top(2) == ["new"]  # 2400 half-lives later "old" has decayed to nothing
     assert np.isfinite(fast.count("new")) and fast.count("new") == pytest.approx(1.0)
 
 
@@ -97,15 +97,15 @@ def test_recommender_passes_popular_through():
 def test_revisit_recency_half_life_orders_own_items_by_last_touch():
     cfg = ConfidenceConfig(half_life_days=None)
     p = UserProfile()
-    p.apply(ev("u", "a", "addtocart", T0), cfg)          # strongest value, touched long ago
+    p.apply(ev("u", "a", "addtocart", T0), cfg)  # strongest value, touched long ago
     p.apply(ev("u", "b", "view", T0 + 24 * H), cfg)
-    p.apply(ev("u", "c", "view", T0 + 48 * H), cfg)      # touched last
+    p.apply(ev("u", "c", "view", T0 + 48 * H), cfg)  # touched last
     plain = own_item_scores(p, cfg)
     assert max(plain, key=plain.get) == "a"
-    s = own_item_scores(p, cfg, half_life_days=0.1)      # 2.4 h: a day is 10 half-lives
+    s = own_item_scores(p, cfg, half_life_days=0.1)  # 2.4 h: a day is 10 half-lives
     assert s["c"] == pytest.approx(1.0)
-    assert s["b"] == pytest.approx(2.0 ** -10)
-    assert s["a"] == pytest.approx(cfg.weights["addtocart"] / cfg.weights["view"] * 2.0 ** -20)
+    assert s["b"] == pytest.approx(2.0**-10)
+    assert s["a"] == pytest.approx(cfg.weights["addtocart"] / cfg.weights["view"] * 2.0**-20)
     with pytest.raises(ConfigError):
         ScoringConfig(repeat_half_life_days=0)
 
@@ -127,7 +127,7 @@ def test_top_kept_incrementally_matches_ranking_everything(half_life_s, max_item
             n = int(rng.choice([int(rng.integers(1, 40)), 124]))  # 124 + 3 excluded: the floor position shows
             exclude = {f"i{int(k)}" for k in rng.integers(0, 20, size=int(rng.integers(0, 4)))}  # up to 3
             raw = rp._c  # noqa: SLF001 - the reference: the stored counts, in first-counted order
-            counted = list(raw)              # first-counted order, as the reference tie-break
+            counted = list(raw)  # first-counted order, as the reference tie-break
             order = {i: k for k, i in enumerate(counted)}
             want = sorted(counted, key=lambda i: (-raw[i], order[i]))
             assert rp.top(n, exclude) == [i for i in want if i not in exclude][:n]

@@ -54,25 +54,51 @@ BAD = [
     (Incoming(b"u", json.dumps({"item": "i", "type": "view", "ts": T0}).encode(), 0, 0, T0), "missing_user"),
     (Incoming(b"u", json.dumps({"user": "u", "item": 5.5, "type": "view", "ts": T0}).encode(), 0, 0, T0), "bad_item"),
     (Incoming(b"u", json.dumps({"user": "u", "item": "", "type": "view", "ts": T0}).encode(), 0, 0, T0), "bad_item"),
-    (Incoming(b"u", json.dumps({"user": "u", "item": "i", "type": "teleport", "ts": T0}).encode(), 0, 0, T0),
-     "unknown_type"),
+    (
+        Incoming(b"u", json.dumps({"user": "u", "item": "i", "type": "teleport", "ts": T0}).encode(), 0, 0, T0),
+        "unknown_type",
+    ),
     (Incoming(b"u", json.dumps({"user": "u", "item": "i", "type": "view"}).encode(), 0, 0, T0), "missing_ts"),
     (Incoming(b"u", json.dumps({"user": "u", "item": "i", "type": "view", "ts": "soon"}).encode(), 0, 0, T0), "bad_ts"),
-    (Incoming(b"u", json.dumps({"user": "u", "item": "i", "type": "view", "ts": 4e15}).encode(), 0, 0, T0),
-     "ts_in_future"),
+    (
+        Incoming(b"u", json.dumps({"user": "u", "item": "i", "type": "view", "ts": 4e15}).encode(), 0, 0, T0),
+        "ts_in_future",
+    ),
     (Incoming(b"u", json.dumps({"user": "u", "item": "i", "type": "view", "ts": 5}).encode(), 0, 0, T0), "ts_too_old"),
-    (Incoming(b"u", b'{"user": "u", "item": "i", "type": "view", "ts": 1700000000000, "dwell": NaN}', 0, 0, T0),
-     "bad_dwell"),
-    (Incoming(b"u", json.dumps({"user": "u", "item": "i", "type": "view", "ts": T0, "dwell": -3}).encode(), 0, 0, T0),
-     "bad_dwell"),
-    (Incoming(b"u", json.dumps({"user": "u", "item": "i", "type": "view", "ts": T0, "dwell": math.inf},
-                               allow_nan=True).encode(), 0, 0, T0), "bad_dwell"),
-    (Incoming(b"other", json.dumps({"user": "u", "item": "i", "type": "view", "ts": T0}).encode(), 0, 0, T0),
-     "key_mismatch"),
-    (Incoming(None, json.dumps({"user": "u", "item": "i", "type": "view", "ts": T0}).encode(), 0, 0, T0),
-     "missing_key"),
-    (Incoming(b"u", json.dumps({"user": "x" * 300, "item": "i", "type": "view", "ts": T0}).encode(), 0, 0, T0),
-     "bad_user"),
+    (
+        Incoming(b"u", b'{"user": "u", "item": "i", "type": "view", "ts": 1700000000000, "dwell": NaN}', 0, 0, T0),
+        "bad_dwell",
+    ),
+    (
+        Incoming(
+            b"u", json.dumps({"user": "u", "item": "i", "type": "view", "ts": T0, "dwell": -3}).encode(), 0, 0, T0
+        ),
+        "bad_dwell",
+    ),
+    (
+        Incoming(
+            b"u",
+            json.dumps(
+                {"user": "u", "item": "i", "type": "view", "ts": T0, "dwell": math.inf}, allow_nan=True
+            ).encode(),
+            0,
+            0,
+            T0,
+        ),
+        "bad_dwell",
+    ),
+    (
+        Incoming(b"other", json.dumps({"user": "u", "item": "i", "type": "view", "ts": T0}).encode(), 0, 0, T0),
+        "key_mismatch",
+    ),
+    (
+        Incoming(None, json.dumps({"user": "u", "item": "i", "type": "view", "ts": T0}).encode(), 0, 0, T0),
+        "missing_key",
+    ),
+    (
+        Incoming(b"u", json.dumps({"user": "x" * 300, "item": "i", "type": "view", "ts": T0}).encode(), 0, 0, T0),
+        "bad_user",
+    ),
 ]
 
 
@@ -122,10 +148,14 @@ def test_redelivered_events_are_not_applied_twice(proc):
 
 def test_stored_state_equals_recsys_confidence_exactly(proc):
     store = Store()
-    events = [ev("s", f"i{k % 4}", ["view", "addtocart", "transaction"][k % 3], T0 + k * 1000, dwell=float(k))
-              for k in range(20)]
+    events = [
+        ev("s", f"i{k % 4}", ["view", "addtocart", "transaction"][k % 3], T0 + k * 1000, dwell=float(k))
+        for k in range(20)
+    ]
     for k in range(0, 20, 6):  # in several batches
-        chunk = [Incoming(b"s", json.dumps(e.to_dict()).encode(), 0, k + j, T0) for j, e in enumerate(events[k:k + 6])]
+        chunk = [
+            Incoming(b"s", json.dumps(e.to_dict()).encode(), 0, k + j, T0) for j, e in enumerate(events[k : k + 6])
+        ]
         store.apply(proc.process(chunk, store.load))
     assert store[b"s"].profile.confidence(CFG) == build_profiles(events, CFG)["s"].confidence(CFG)
 
@@ -149,6 +179,6 @@ def test_live_hit_rate_hand_checked(proc):
     v = proc.serving.version
     store.apply(proc.process([msg("h", shown[0], offset=1, ts=T0 + 1)], store.load))  # hit
     missing = next(i for i in ("i2", "i5", "i8", "i11") if i not in store[b"h"].last_items)
-    store.apply(proc.process([msg("h", missing, offset=2, ts=T0 + 2)], store.load))   # miss
+    store.apply(proc.process([msg("h", missing, offset=2, ts=T0 + 2)], store.load))  # miss
     assert sample(proc, "streamrec_live_hit_checks_total", {"model_version": v}) == 2
     assert sample(proc, "streamrec_live_hits_total", {"model_version": v}) == 1

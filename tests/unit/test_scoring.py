@@ -14,7 +14,7 @@ def brute_force(model, x, q, w, p, exclude, n):
     norms = np.linalg.norm(y, axis=1)
     xhat = x / np.linalg.norm(x)
     qhat = y[model.item_index[q]] / norms[model.item_index[q]]
-    s = y @ (w * xhat + (1 - w) * qhat) / norms ** p
+    s = y @ (w * xhat + (1 - w) * qhat) / norms**p
     for i in exclude:
         s[model.item_index[i]] = -np.inf
     order = np.argsort(-s)[:n]
@@ -48,7 +48,7 @@ def test_filters_bought_items_and_query_item():
     out = rec.recommend([p], ["i9"], n=15)[0]
     assert "i3" not in out.items  # bought
     assert "i9" not in out.items  # on screen
-    assert "i0" in out.items      # only viewed: shoppers come back to those
+    assert "i0" in out.items  # only viewed: shoppers come back to those
     # Explicit exclusions go through the scorer too.
     x, known = rec.fold_in([p.confidence(cfg)])
     out2 = rec.scorer.recommend(x, known, [None], [{"i0", "i6"}])[0]
@@ -104,6 +104,7 @@ def test_invalid_scoring_settings(kw):
 
 # ---- per-user re-visit weight (repeat_rate_prior / repeat_rate_strength) ------------------
 
+
 def _walk(items, cfg=ConfidenceConfig(), user="u"):
     p = UserProfile()
     for k, item in enumerate(items):
@@ -116,9 +117,9 @@ def test_revisit_counts_are_returns_among_moves():
 
     cfg = ConfidenceConfig()
     assert revisit_counts(UserProfile(), cfg) == (0, 0)
-    assert revisit_counts(_walk(["a", "b", "c", "d"]), cfg) == (0, 4)        # keeps moving on
-    assert revisit_counts(_walk(["a", "b", "a", "c", "b"]), cfg) == (2, 5)   # came back twice
-    assert revisit_counts(_walk(["a", "a", "a", "b"]), cfg) == (0, 2)        # reloads are not moves
+    assert revisit_counts(_walk(["a", "b", "c", "d"]), cfg) == (0, 4)  # keeps moving on
+    assert revisit_counts(_walk(["a", "b", "a", "c", "b"]), cfg) == (2, 5)  # came back twice
+    assert revisit_counts(_walk(["a", "a", "a", "b"]), cfg) == (0, 2)  # reloads are not moves
     # Once the history has overflowed: the event counts (events - distinct items of events).
     small = ConfidenceConfig(history_len=3)
     p = _walk(["a", "b", "c", "a", "b", "d"], small)
@@ -187,9 +188,16 @@ def test_a_user_who_moves_on_gets_a_smaller_revisit_boost_than_one_who_returns()
     assert s_moving < top_return.scores[0]
 
 
-@pytest.mark.parametrize("kw", [{"repeat_rate_prior": 0.0}, {"repeat_rate_prior": 1.5},
-                                {"repeat_rate_strength": 0.0}, {"repeat_rate_strength": float("inf")},
-                                {"repeat_rate_strength": -1.0}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"repeat_rate_prior": 0.0},
+        {"repeat_rate_prior": 1.5},
+        {"repeat_rate_strength": 0.0},
+        {"repeat_rate_strength": float("inf")},
+        {"repeat_rate_strength": -1.0},
+    ],
+)
 def test_invalid_repeat_rate_settings(kw):
     with pytest.raises(ConfigError):
         ScoringConfig(**kw)

@@ -1,4 +1,5 @@
 """The clickstream simulator: deterministic, valid, realistic funnel/timing, learnable structure."""
+
 from __future__ import annotations
 
 import time
@@ -37,17 +38,19 @@ def test_exact_count_sorted_and_valid(default_events):
     now = int(time.time() * 1000)
     assert evs[0].ts >= DEFAULT_START_MS and evs[-1].ts < now
     for e in evs:
-        assert parse_event(e.to_dict()) == e              # every event survives the stream's validator
-    assert len({e.event_id for e in evs}) == len(evs)    # unique ids
+        assert parse_event(e.to_dict()) == e  # every event survives the stream's validator
+    assert len({e.event_id for e in evs}) == len(evs)  # unique ids
     sessions = defaultdict(set)
     for e in evs:
         sessions[e.session].add(e.user)
-    assert all(len(u) == 1 for u in sessions.values())   # a session belongs to one shopper
+    assert all(len(u) == 1 for u in sessions.values())  # a session belongs to one shopper
 
 
 def test_small_configs_still_give_exact_counts():
-    for cfg in (SimConfig(n_users=1, n_items=5, n_topics=1, events=50),
-                SimConfig(n_users=3, n_items=30, n_topics=3, events=1000, days=1.0)):
+    for cfg in (
+        SimConfig(n_users=1, n_items=5, n_topics=1, events=50),
+        SimConfig(n_users=3, n_items=30, n_topics=3, events=1000, days=1.0),
+    ):
         evs = simulate(cfg)
         assert len(evs) == cfg.events
         assert all(parse_event(e.to_dict()) == e for e in evs)
@@ -57,7 +60,7 @@ def test_funnel_proportions_plausible(default_events):
     evs = default_events
     shares = Counter(e.type for e in evs)
     n = len(evs)
-    assert 0.80 <= shares["view"] / n <= 0.96           # most events are views
+    assert 0.80 <= shares["view"] / n <= 0.96  # most events are views
     assert 0.015 <= shares["addtocart"] / n <= 0.10
     assert 0.005 <= shares["transaction"] / n < shares["addtocart"] / n
     assert shares["favorite"] / n < 0.05
@@ -85,8 +88,8 @@ def test_timing_users_and_popularity(default_events):
     for user_evs in by_user.values():
         for a, b in pairwise(user_evs):
             (within if a.session == b.session else between).append((b.ts - a.ts) / 1000)
-    assert 3 <= median(within) <= 60                 # seconds to a minute inside a session
-    assert median(between) > 3600                    # hours or more between sessions
+    assert 3 <= median(within) <= 60  # seconds to a minute inside a session
+    assert median(between) > 3600  # hours or more between sessions
     # new shoppers keep arriving: many users' first event is well after the start
     span = evs[-1].ts - evs[0].ts
     firsts = [u[0].ts for u in by_user.values()]
@@ -126,7 +129,24 @@ def test_write_round_trips(tmp_path, name):
 
 def test_cli_writes_file(tmp_path, capsys):
     out = tmp_path / "s.csv"
-    assert main([str(out), "--events", "500", "--users", "50", "--items", "100", "--topics", "5",
-                 "--seed", "7", "--describe"]) == 0
+    assert (
+        main(
+            [
+                str(out),
+                "--events",
+                "500",
+                "--users",
+                "50",
+                "--items",
+                "100",
+                "--topics",
+                "5",
+                "--seed",
+                "7",
+                "--describe",
+            ]
+        )
+        == 0
+    )
     assert len(load_events(out)) == 500
     assert '"types"' in capsys.readouterr().out

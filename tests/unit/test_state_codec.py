@@ -10,13 +10,23 @@ ids = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(ids, st.sampled_from(["view", "addtocart", "transaction", "favorite"]),
-                          st.integers(0, 10**9), st.one_of(st.none(), st.floats(0, 3600))), max_size=60),
-       st.lists(ids, max_size=12), st.text(max_size=30), st.integers(-1, 2**62))
+@given(
+    st.lists(
+        st.tuples(
+            ids,
+            st.sampled_from(["view", "addtocart", "transaction", "favorite"]),
+            st.integers(0, 10**9),
+            st.one_of(st.none(), st.floats(0, 3600)),
+        ),
+        max_size=60,
+    ),
+    st.lists(ids, max_size=12),
+    st.text(max_size=30),
+    st.integers(-1, 2**62),
+)
 def test_round_trip_is_exact(evs, last, version, offset):
     cfg = ConfidenceConfig(half_life_days=3.0)
-    profiles = build_profiles([ev("u", i, t, T0 + dt, dwell=d) for i, t, dt, d in sorted(evs, key=lambda x: x[2])],
-                              cfg)
+    profiles = build_profiles([ev("u", i, t, T0 + dt, dwell=d) for i, t, dt, d in sorted(evs, key=lambda x: x[2])], cfg)
     state = UserState(profiles.get("u") or UserState().profile, last, version, 1234)
     state.profile.offset = offset
     got = decode(encode(state))

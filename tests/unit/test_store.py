@@ -53,6 +53,7 @@ def test_wrong_dimensions_are_refused_even_with_matching_checksums(tmp_path):
     np.save(vdir / "item_factors.npy", np.zeros((300, 8), np.float32))
     meta = json.loads((vdir / "metadata.json").read_text())
     import hashlib
+
     data = (vdir / "item_factors.npy").read_bytes()
     meta["files"]["item_factors.npy"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     (vdir / "metadata.json").write_text(json.dumps(meta))

@@ -43,14 +43,19 @@ def test_batched_replay_equals_event_by_event():
     kw = dict(ccfg=CFG, scfg=scfg, model=model, user_factors=x, user_ids=users, keep_lists=EXACT)
     big = stream_evaluate(tr, te, ecfg=StreamEvalConfig(chunk_max=512, methods=EXACT), **kw)
     one = stream_evaluate(tr, te, ecfg=StreamEvalConfig(chunk_max=1, methods=EXACT), **kw)
-    assert big["chunks"] < one["chunks"] / 50           # real batches, several events per user in one
+    assert big["chunks"] < one["chunks"] / 50  # real batches, several events per user in one
     assert big["scored_events"] == one["scored_events"] == len(te) - big["skipped_same_item"]
-    assert [(e["user"], e["item"], e["query"], e["inputs"]) for e in big["events"]] == \
-        [(e["user"], e["item"], e["query"], e["inputs"]) for e in one["events"]]
+    assert [(e["user"], e["item"], e["query"], e["inputs"]) for e in big["events"]] == [
+        (e["user"], e["item"], e["query"], e["inputs"]) for e in one["events"]
+    ]
     assert [e["lists"]["own-items"] for e in big["events"]] == [e["lists"]["own-items"] for e in one["events"]]
     for m in EXACT:
-        overlap = np.mean([len(set(a["lists"][m]) & set(b["lists"][m])) / 10
-                           for a, b in zip(big["events"], one["events"], strict=True)])
+        overlap = np.mean(
+            [
+                len(set(a["lists"][m]) & set(b["lists"][m])) / 10
+                for a, b in zip(big["events"], one["events"], strict=True)
+            ]
+        )
         assert overlap > 0.75, m
         assert abs(big["methods"][m]["all"]["HR@10"] - one["methods"][m]["all"]["HR@10"]) < 0.03, m
 
@@ -67,12 +72,11 @@ def test_system_lists_are_what_the_worker_published_before_each_event():
     proc = Processor(CFG, WorkerMetrics(CollectorRegistry()), top_n=10)
     proc.serving.swap(Serving.of(Recommender(model, CFG, scfg)))
     store = {}
-    shown = {}                                         # (user, ts) -> list on screen before the event
+    shown = {}  # (user, ts) -> list on screen before the event
     for off, e in enumerate(list(tr) + list(te)):
         key = e.user.encode()
         shown[(e.user, e.ts)] = store[key].last_items if key in store else None
-        res = proc.process([Incoming(key, json.dumps(e.to_dict()).encode(), 0, off, e.ts)],
-                           lambda k, _m: store.get(k))
+        res = proc.process([Incoming(key, json.dumps(e.to_dict()).encode(), 0, off, e.ts)], lambda k, _m: store.get(k))
         store.update(res.states)
     # Cold-start / padding list: the worker's recent popularity once it keeps one (a
     # RecentPopularity fed every applied event, as `Processor.recent_popularity`), else the model's
@@ -80,15 +84,21 @@ def test_system_lists_are_what_the_worker_published_before_each_event():
     # one after event k-1, which is what the worker had when it published after event k-1.
     recent = getattr(proc, "recent_popularity", None)
     wired = isinstance(recent, RecentPopularity)
-    ecfg = StreamEvalConfig(methods=("system",), chunk_max=1, pop_refresh=1, system_popular=wired,
-                            pop_half_life_hours=recent.half_life_s / 3600 if wired else 8.0)
-    rep = stream_evaluate(tr, te, ccfg=CFG, scfg=scfg, model=model, user_factors=x, user_ids=users,
-                          ecfg=ecfg, keep_lists=("system",))
+    ecfg = StreamEvalConfig(
+        methods=("system",),
+        chunk_max=1,
+        pop_refresh=1,
+        system_popular=wired,
+        pop_half_life_hours=recent.half_life_s / 3600 if wired else 8.0,
+    )
+    rep = stream_evaluate(
+        tr, te, ccfg=CFG, scfg=scfg, model=model, user_factors=x, user_ids=users, ecfg=ecfg, keep_lists=("system",)
+    )
     assert len(rep["events"]) == len(te) - rep["skipped_same_item"] > 20
     compared = 0
     for r in rep["events"]:
         before = shown[(r["user"], r["ts"])]
-        if before is None:                    # a new user's first event: the worker showed nothing yet
+        if before is None:  # a new user's first event: the worker showed nothing yet
             assert r["query"] is None
             continue
         assert r["lists"]["system"] == before, r
@@ -98,13 +108,16 @@ def test_system_lists_are_what_the_worker_published_before_each_event():
 
 def test_protocol_by_hand():
     """Two users, hand-checked: query = previous item, segments, same-item events skipped."""
-    tr = [ev("old", f"i{k}", "view", T0 + k) for k in (1, 4, 7, 1)] + \
-         [ev(f"u{k}", f"i{j}", "view", T0 + 10 + k * 10 + j) for k in range(20) for j in range(0, 30, 3)]
-    te = [ev("old", "i4", "view", T0 + 1000),           # own-items: i4 is 2nd by confidence? i1 has 2 views
-          ev("new", "i2", "view", T0 + 1001),           # cold: nothing known
-          ev("new", "i2", "addtocart", T0 + 1002),      # same item as on screen: not scored
-          ev("new", "x-unknown", "view", T0 + 1003),    # new 2-5, target unknown to the model
-          ev("old", "i1", "view", T0 + 1004)]           # query i4 now; own-items: i1 first
+    tr = [ev("old", f"i{k}", "view", T0 + k) for k in (1, 4, 7, 1)] + [
+        ev(f"u{k}", f"i{j}", "view", T0 + 10 + k * 10 + j) for k in range(20) for j in range(0, 30, 3)
+    ]
+    te = [
+        ev("old", "i4", "view", T0 + 1000),  # own-items: i4 is 2nd by confidence? i1 has 2 views
+        ev("new", "i2", "view", T0 + 1001),  # cold: nothing known
+        ev("new", "i2", "addtocart", T0 + 1002),  # same item as on screen: not scored
+        ev("new", "x-unknown", "view", T0 + 1003),  # new 2-5, target unknown to the model
+        ev("old", "i1", "view", T0 + 1004),
+    ]  # query i4 now; own-items: i1 first
     rep = stream_evaluate(tr, te, ccfg=CFG, tcfg=TCFG, ecfg=StreamEvalConfig(retrain_hours=1e-6))
     assert rep["skipped_same_item"] == 1 and rep["scored_events"] == 4
     own = rep["methods"]["own-items"]
@@ -115,7 +128,7 @@ def test_protocol_by_hand():
     assert own["known"]["MRR@10"] == pytest.approx((1 / 2 + 1) / 2)
     assert own["known"]["NDCG@10"] == pytest.approx((1 / np.log2(3) + 1) / 2)
     assert own["cold"]["n"] == 1 and own["cold"]["HR@10"] == 0.0
-    assert own["new 2-5"]["n"] == 1 and own["target new"]["n"] == 2     # i2 and x-unknown
+    assert own["new 2-5"]["n"] == 1 and own["target new"]["n"] == 2  # i2 and x-unknown
     assert set(rep["methods"]) == set(METHODS)
     assert len(rep["retrains"]) >= 1
     text = format_table(rep)
@@ -127,8 +140,24 @@ def test_cli_writes_table_json_and_chart(tmp_path, capsys):
     from streaming.cli.main import main
 
     out, png = tmp_path / "r.json", tmp_path / "r.png"
-    assert main(["stream-eval", "--data", "taobao_small", "--factors", "8", "--iterations", "3",
-                 "--output", str(out), "--plot", str(png)]) == 0
+    assert (
+        main(
+            [
+                "stream-eval",
+                "--data",
+                "taobao_small",
+                "--factors",
+                "8",
+                "--iterations",
+                "3",
+                "--output",
+                str(out),
+                "--plot",
+                str(png),
+            ]
+        )
+        == 0
+    )
     rep = json.loads(out.read_text())
     assert set(rep["methods"]) == set(METHODS) and png.stat().st_size > 10_000
     assert "HR@10" in capsys.readouterr().out
@@ -147,19 +176,19 @@ def test_revisit_term_is_exact_top_n_of_blend_plus_bonus():
     cfg = ScoringConfig(n=8, user_weight=0.6, item_norm_power=0.5, repeat_weight=1.3)
     out = Scorer(model, cfg).recommend(x, [True, True], ["i1", "i2"], excludes, own=own)
     plain = Scorer(model, replace(cfg, repeat_weight=0.0)).recommend(x, [True, True], ["i1", "i2"], excludes)
-    assert out[1].items == plain[1].items                       # no own items: unchanged
+    assert out[1].items == plain[1].items  # no own items: unchanged
     y = np.asarray(model.item_factors, np.float64)
     norms = np.linalg.norm(y, axis=1)
     q = 0.6 * x[0] / np.linalg.norm(x[0]) + 0.4 * y[model.item_index["i1"]] / norms[model.item_index["i1"]]
-    s = y @ q / norms ** 0.5
-    s[[model.item_index["i1"], model.item_index["i9"]]] = -np.inf   # on screen, bought
+    s = y @ q / norms**0.5
+    s[[model.item_index["i1"], model.item_index["i9"]]] = -np.inf  # on screen, bought
     top = np.max(s)
     scores = {model.item_ids[k]: s[k] for k in range(len(s))}
     for item, st in own[0].items():
         if item in scores and np.isfinite(scores[item]):
             scores[item] += 1.3 * st * top
         elif item == "unknown-item":
-            scores[item] = 1.3 * st * top                        # a new item: blend score 0
+            scores[item] = 1.3 * st * top  # a new item: blend score 0
     want = sorted(scores, key=lambda i: -scores[i])[:8]
     assert out[0].items == want
     assert "i5" in out[0].items and "unknown-item" in out[0].items and "i9" not in out[0].items
@@ -173,8 +202,14 @@ def test_cold_start_list_is_the_recent_popularity_baseline():
     te = te + [ev(f"newcomer{k}", f"i{k}", "view", te[-1].ts + 1000 * (k + 1)) for k in range(5)]
     profiles = build_profiles(tr, CFG)
     model, x, users = train(profiles, CFG, TCFG)
-    kw = dict(ccfg=CFG, scfg=ScoringConfig(n=10), model=model, user_factors=x, user_ids=users,
-              keep_lists=("popularity", "system", "system-norepeat"))
+    kw = dict(
+        ccfg=CFG,
+        scfg=ScoringConfig(n=10),
+        model=model,
+        user_factors=x,
+        user_ids=users,
+        keep_lists=("popularity", "system", "system-norepeat"),
+    )
     methods = ("popularity", "system", "system-norepeat")
     rep = stream_evaluate(tr, te, ecfg=StreamEvalConfig(methods=methods), **kw)
     cold = [r for r in rep["events"] if r["query"] is None]
