@@ -1,0 +1,1 @@
+"""Developer tools, not in the runtime image: the project's own Kafka broker and the demo."""

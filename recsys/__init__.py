@@ -1,0 +1,1 @@
+"""The recommender library: events, confidence, models, serving, evaluation, data, configuration. No Kafka."""

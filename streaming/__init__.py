@@ -1,0 +1,1 @@
+"""The Faust application and the jobs around it."""

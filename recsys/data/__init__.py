@@ -1,0 +1,1 @@
+"""The shared datasets and canonical event files, and a synthetic clickstream."""

@@ -1,0 +1,1 @@
+"""The `recsys` command: main.py builds it, one module per command group."""

@@ -1,0 +1,1 @@
+"""Jobs outside the worker: the periodic retrain, dataset replay, tailing recommendations."""

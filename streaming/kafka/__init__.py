@@ -1,0 +1,1 @@
+"""Kafka clients outside Faust: topic administration and broadcast consumers."""

@@ -1,0 +1,1 @@
+"""The Faust worker: clickstream in, user state in RocksDB, recommendations out."""

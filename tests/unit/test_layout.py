@@ -143,3 +143,41 @@ def test_only_the_cli_imports_the_cli():
         if not m.startswith("streaming.cli")
     }
     assert not {m: b for m, b in bad.items() if b}
+
+
+def _layout_rows(doc: Path) -> dict[str, str]:
+    """`folder` -> text of the layout table's rows in a doc (the table that starts `| folder |`)."""
+    import re
+
+    rows, inside = {}, False
+    for line in doc.read_text().splitlines():
+        if line.startswith("| folder |"):
+            inside = True
+            continue
+        if inside and not line.startswith("|"):
+            break
+        if inside and not line.startswith("|---"):
+            cells = line.split("|")
+            for folder in re.findall(r"`([\w/]+/)`", cells[1]):
+                rows[folder] = cells[2]
+    return rows
+
+
+def test_the_documented_layout_is_the_tree():
+    """README.md and docs/architecture.md name every package folder, and every file they name
+    in a folder's row exists there."""
+    import re
+
+    folders = {
+        f"{p.relative_to(ROOT)}/"
+        for pkg in PACKAGES
+        for p in [ROOT / pkg, *(ROOT / pkg).rglob("*")]
+        if p.is_dir() and (p / "__init__.py").exists()
+    }
+    for doc in (ROOT / "README.md", ROOT / "docs" / "architecture.md"):
+        rows = _layout_rows(doc)
+        assert folders <= set(rows), f"{doc.name}: layout table lacks {sorted(folders - set(rows))}"
+        for folder, text in rows.items():
+            assert (ROOT / folder).is_dir(), f"{doc.name}: {folder} does not exist"
+            for name in re.findall(r"`(\w+\.py)`", text):
+                assert (ROOT / folder / name).is_file(), f"{doc.name}: {folder}{name} does not exist"
