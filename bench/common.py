@@ -142,16 +142,9 @@ def worker_process(
     """(command, environment) of a real worker (`python -m streaming.cli.main worker`) whose topics are
     named after `name` (<name>-clicks, -recs, -dlq, -models); `env` adds or overrides settings."""
     from recsys.config import child_env, load_config, stream_env
+    from streaming.topics import isolated
 
-    s = load_config().stream.replace(
-        bootstrap=bootstrap,
-        app_id=name,
-        clickstream_topic=f"{name}-clicks",
-        recommendations_topic=f"{name}-recs",
-        dlq_topic=f"{name}-dlq",
-        model_updates_topic=f"{name}-models",
-        partitions=partitions,
-    )
+    s = isolated(load_config().stream, name, bootstrap=bootstrap, partitions=partitions)
     full = child_env({**stream_env(s), "PYTHONUNBUFFERED": "1", **env})
     cmd = [
         sys.executable,

@@ -175,15 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             broker.start(timeout=120)
             bootstrap = broker.bootstrap
         name = f"soak{uuid.uuid4().hex[:6]}"
-        s = Settings(
-            bootstrap=bootstrap,
-            app_id=name,
-            clickstream_topic=f"{name}-clicks",
-            recommendations_topic=f"{name}-recs",
-            dlq_topic=f"{name}-dlq",
-            model_updates_topic=f"{name}-models",
-            partitions=4,
-        )
+        from streaming.topics import isolated
+
+        s = isolated(Settings(), name, bootstrap=bootstrap, partitions=4)
         ensure_topics(bootstrap, topic_specs(s))
         print(f"simulating {args.users} shoppers ...", file=sys.stderr, flush=True)
         events = simulate(SimConfig(n_users=args.users, n_items=5000, events=60_000, seed=3))

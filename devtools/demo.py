@@ -128,14 +128,12 @@ class Demo:
         return broker.bootstrap
 
     def settings(self, bootstrap: str) -> Settings:
-        name = f"demo-{self.run_id}"
-        return self.config.stream.replace(
+        from streaming.topics import isolated
+
+        return isolated(
+            self.config.stream,
+            f"demo-{self.run_id}",
             bootstrap=bootstrap,
-            app_id=name,
-            clickstream_topic=f"{name}-clickstream",
-            recommendations_topic=f"{name}-recommendations",
-            dlq_topic=f"{name}-dlq",
-            model_updates_topic=f"{name}-model-updates",
             model_dir=str(self.root / "models"),
             data_dir=str(self.root / "worker"),
         )

@@ -94,3 +94,17 @@ def ensure(bootstrap: str, wanted: list[Topic], timeout: float = 30.0) -> list[s
     for t in wanted:
         created += ensure_topics(bootstrap, {t.name: t.partitions}, config=dict(t.config), timeout=timeout)
     return created
+
+
+def isolated(s: Any, name: str, **changes: Any) -> Any:
+    """A copy of stream settings `s` whose consumer group and topics are all named after `name`
+    (<name>-clicks, -recs, -dlq, -models; the changelog and new-item topics follow the app id):
+    runs that share one broker (the demo, tests, benchmarks) never see each other's data."""
+    return s.replace(
+        app_id=name,
+        clickstream_topic=f"{name}-clicks",
+        recommendations_topic=f"{name}-recs",
+        dlq_topic=f"{name}-dlq",
+        model_updates_topic=f"{name}-models",
+        **changes,
+    )

@@ -18,20 +18,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from devtools.broker import free_port
 from recsys.config import Settings, stream_env
+from streaming.topics import isolated
 
 
 def stream_settings(bootstrap: str, name: str | None = None, partitions: int = 4, **kw) -> Settings:
     name = name or f"t{uuid.uuid4().hex[:8]}"
-    return Settings(
-        bootstrap=bootstrap,
-        app_id=name,
-        clickstream_topic=f"{name}-clicks",
-        recommendations_topic=f"{name}-recs",
-        dlq_topic=f"{name}-dlq",
-        model_updates_topic=f"{name}-models",
-        partitions=partitions,
-        **kw,
-    )
+    return isolated(Settings(), name, bootstrap=bootstrap, partitions=partitions, **kw)
 
 
 def settings_env(s: Settings) -> dict[str, str]:
