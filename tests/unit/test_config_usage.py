@@ -185,7 +185,10 @@ def test_the_worker_gets_the_configuration(monkeypatch, how):
 
 
 def test_create_app_configures_faust_and_the_worker_from_the_config(tmp_path):
+    from prometheus_client import CollectorRegistry
+
     from streaming.worker.app import create_app
+    from streaming.worker.metrics import WorkerMetrics
 
     cfg = load_config(
         env={},
@@ -199,7 +202,7 @@ def test_create_app_configures_faust_and_the_worker_from_the_config(tmp_path):
             "confidence.alpha=3",
         ],
     )
-    app = create_app(cfg)
+    app = create_app(cfg, WorkerMetrics(CollectorRegistry()))  # its own registry: other tests made workers
     assert (app.conf.broker_session_timeout, app.conf.broker_heartbeat_interval) == (6.0, 0.5)
     assert app.conf.id == cfg.stream.app_id and app.conf.topic_partitions == cfg.stream.partitions
     # whatever parts of the worker hold confidence or scoring settings hold these ones
