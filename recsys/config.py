@@ -51,6 +51,7 @@ from recsys.model.train import TrainConfig
 from recsys.serving.scoring import ScoringConfig
 
 ENV_CONFIG_FILE = "STREAMREC_CONFIG"
+SECRET_MASK = "********"  # what `recsys config` shows for a password or token that is set
 LOG_FORMATS = ("text", "json")
 
 
@@ -113,6 +114,16 @@ class Settings:
     data_dir: str = setting("var/worker", "this worker's RocksDB tables (one directory per worker)")
     web_port: int = setting(6066, "worker HTTP port: /recommendations, /similar, /health, /ready, /metrics")
     web_host: str = setting("127.0.0.1", "the host name other workers and clients use to reach this worker's web port")
+    web_bind: str = setting(
+        "127.0.0.1",
+        "the address the worker's HTTP server listens on; `0.0.0.0`: every interface (a container)",
+    )
+    web_token: str = setting(
+        "",
+        "a bearer token every HTTP route but /health and /metrics requires (`Authorization: Bearer <token>`); "
+        "empty: no token (a secret: masked in `recsys config`)",
+        secret=True,
+    )
     top_n: int = setting(10, "items per published recommendation list")
     standby_replicas: int = setting(0, "standby copies of each state partition on other workers (fast fail-over)")
     # A worker killed without leaving its group holds its partitions until its session times out:
@@ -228,6 +239,69 @@ class Operations:
             )
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """The `[kafka]` section: how every client (the worker, the jobs, the CLI, the demo) connects
+    to Kafka. streaming/kafka/clients.py turns it into each client library's arguments."""
+
+    security_protocol: str = setting(
+        "PLAINTEXT", "PLAINTEXT, SSL (TLS; with a client certificate: mutual TLS), SASL_PLAINTEXT or SASL_SSL"
+    )
+    sasl_mechanism: str = setting("PLAIN", "with SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    sasl_username: str = setting("", "with SASL_*: the user name")
+    sasl_password: str = setting(
+        "", "with SASL_*: the password (a secret: masked in `recsys config`); or `sasl_password_file`", secret=True
+    )
+    sasl_password_file: str = setting(
+        "", "with SASL_*: a file holding the password (its first line), read when a client is made"
+    )
+    ssl_cafile: str = setting(
+        "", "with SSL/SASL_SSL: PEM file of the CA(s) that signed the broker's certificate; empty: the system's"
+    )
+    ssl_certfile: str = setting("", "mutual TLS: this client's certificate (PEM, chain allowed)")
+    ssl_keyfile: str = setting("", "mutual TLS: this client's private key (PEM)")
+    ssl_key_password: str = setting(
+        "", "mutual TLS: the password of an encrypted `ssl_keyfile` (a secret)", secret=True
+    )
+    ssl_check_hostname: bool = setting(True, "with SSL/SASL_SSL: the broker's certificate must name the host dialled")
+
+    def __post_init__(self) -> None:
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(
+                f"security_protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, got {self.security_protocol!r}"
+            )
+        if self.sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(
+                f"sasl_mechanism must be one of {', '.join(SASL_MECHANISMS)}, got {self.sasl_mechanism!r}"
+            )
+        if self.sasl:
+            if not self.sasl_username:
+                raise ConfigError(f"sasl_username is needed with security_protocol {self.security_protocol}")
+            if bool(self.sasl_password) == bool(self.sasl_password_file):
+                raise ConfigError(
+                    f"sasl_password or sasl_password_file (one of them) is needed with security_protocol "
+                    f"{self.security_protocol}"
+                )
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ConfigError("ssl_certfile and ssl_keyfile go together (mutual TLS)")
+
+    @property
+    def sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def secured(self) -> bool:
+        return self.security_protocol != "PLAINTEXT"
+
+
 @dataclass(frozen=True)
 class Section:
     name: str
@@ -271,6 +345,14 @@ SECTIONS: dict[str, Section] = {
             "STREAMREC_SCORING_",
             "How recommendations are scored (`recsys.serving.scoring.ScoringConfig`; defaults chosen on a "
             "validation window, see docs/evaluation.md).",
+        ),
+        Section(
+            "kafka",
+            KafkaSecurity,
+            "STREAMREC_KAFKA_",
+            "How every Kafka client connects: TLS, SASL (PLAIN, SCRAM) or mutual TLS "
+            "(`recsys.config.KafkaSecurity`; docs/operations.md, connecting to a managed Kafka). "
+            "Secrets are masked in `recsys config`.",
         ),
         Section(
             "ops",
@@ -382,6 +464,10 @@ def env_names(section: str, name: str) -> tuple[str, ...]:
     return (*setting_fields.env_aliases(f), env_name(section, name))
 
 
+def _is_secret(section: str, name: str) -> bool:
+    return setting_fields.is_secret({f.name: f for f in fields(SECTIONS[section].cls)}[name])
+
+
 def describe(section: str, name: str) -> str:
     """The one-line description declared with the field."""
     return setting_fields.doc({f.name: f for f in fields(SECTIONS[section].cls)}[name])
@@ -394,6 +480,7 @@ class Config:
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    kafka: KafkaSecurity = field(default_factory=KafkaSecurity)
     ops: Operations = field(default_factory=Operations)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # key -> where it was set
 
@@ -404,13 +491,16 @@ class Config:
         """A copy with stream settings changed (None leaves one as it is)."""
         return dataclasses.replace(self, stream=self.stream.replace(**kw))
 
-    def as_dict(self) -> dict[str, dict[str, Any]]:
+    def as_dict(self, *, reveal: bool = False) -> dict[str, dict[str, Any]]:
+        """Every setting by section; a secret that is set reads `SECRET_MASK` unless `reveal`."""
         out: dict[str, dict[str, Any]] = {}
         for name in SECTIONS:
             obj = self.section(name)
             out[name] = {}
             for f in fields(obj):
                 v = getattr(obj, f.name)
+                if v and setting_fields.is_secret(f) and not reveal:
+                    v = SECRET_MASK
                 out[name][f.name] = dict(v) if isinstance(v, Mapping) else list(v) if isinstance(v, tuple) else v
         return out
 
@@ -435,6 +525,9 @@ class Config:
                     tables.append((k, v))
                     continue
                 note = self.source(f"{name}.{k}")
+                if v == SECRET_MASK and _is_secret(name, k):  # commented out: reads back as unset
+                    lines.append(f"# {k} = (secret, not shown)" + (f"  # {note}" if annotate else ""))
+                    continue
                 lines.append(f"{k} = {_toml_value(v)}" + (f"  # {note}" if annotate and note != "default" else ""))
             for k, table in tables:
                 lines.append(f"\n[{name}.{k}]")

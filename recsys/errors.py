@@ -22,6 +22,8 @@ class ExitCode(enum.IntEnum):
     FAILED = 1  # the command ran but did not succeed (replay: events not delivered;
     # broker: not running, or it would not start)
     USAGE = 2  # a user error: bad option, bad file, bad setting (one line on stderr)
+    KAFKA_AUTH = 77  # Kafka refused this client at start: wrong credentials or an untrusted
+    # certificate (one line on stderr; not retried)
     DELIVERY_FAILED = 70  # worker: records of a batch could not be delivered to Kafka
     OFFSET_HOLE = 71  # worker: the consumer skipped input offsets
     BATCH_FAILED = 72  # worker: an unexpected error while applying a batch (a bug)

@@ -15,6 +15,7 @@ from typing import Any
 
 DOC = "doc"
 ALIASES = "env_aliases"
+SECRET = "secret"
 
 
 def setting(
@@ -23,14 +24,16 @@ def setting(
     *,
     factory: Callable[[], Any] | None = None,
     env_aliases: Sequence[str] = (),
+    secret: bool = False,
 ) -> Any:
     """A dataclass field with its description (`doc`). `factory` instead of `default` for a
     mutable default. `env_aliases`: further environment variables read for it, below its own
-    name (older names that deployments may still set)."""
-    metadata = {DOC: doc, ALIASES: tuple(env_aliases)}
+    name (older names that deployments may still set). `secret`: a password or token, left out
+    of the dataclass's repr and masked wherever a configuration is shown."""
+    metadata = {DOC: doc, ALIASES: tuple(env_aliases), SECRET: secret}
     if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+        return dataclasses.field(default_factory=factory, metadata=metadata, repr=not secret)
+    return dataclasses.field(default=default, metadata=metadata, repr=not secret)
 
 
 def doc(f: dataclasses.Field) -> str:
@@ -39,3 +42,7 @@ def doc(f: dataclasses.Field) -> str:
 
 def env_aliases(f: dataclasses.Field) -> tuple[str, ...]:
     return tuple(f.metadata.get(ALIASES, ()))
+
+
+def is_secret(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get(SECRET, False))

@@ -18,6 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from devtools.broker import free_port
 from recsys.config import Settings, stream_env
+from streaming.kafka import clients
 from streaming.topics import isolated
 
 
@@ -133,7 +134,7 @@ class WorkerProcess:
 
 
 def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
-    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", **clients.kafka_python())
     for k, v in messages:
         p.send(topic, key=k, value=v)
     p.flush()
@@ -150,7 +151,11 @@ class TopicReader:
 
     def __init__(self, bootstrap: str, topic: str):
         self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **clients.kafka_python(),
         )
         parts = None
         deadline = time.time() + 30

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -37,6 +38,22 @@ FORMAT = 1
 ARRAYS = ("item_factors", "yty", "item_norms", "popularity")
 FILES = ("item_ids.txt",) + tuple(f"{a}.npy" for a in ARRAYS)
 USER_GRAM = "user_gram.npy"  # optional: listed in metadata "files" (and so checksummed) when written
+# A version names one directory right under the root: letters, digits, '.', '_', '-'; no path
+# separator, no leading dot (temporary and hidden entries), no "..", at most 128 characters.
+VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_version(version: object) -> str:
+    """`version` if it is a valid version name, else ModelStoreError. Every version that comes
+    from outside (an announcement, the command line, a pointer file) passes here before it is
+    joined to the store's path."""
+    if not isinstance(version, str) or not VERSION_PATTERN.fullmatch(version) or ".." in version:
+        shown = repr(version)[:80] if isinstance(version, str) else type(version).__name__
+        raise ModelStoreError(
+            f"invalid model version {shown}: a version is 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, without '..'"
+        )
+    return version
 
 
 def new_version_name(now: float | None = None) -> str:
@@ -68,6 +85,7 @@ class ModelStore:
     def save(self, model: Model, *, publish: bool = True, user_gram: np.ndarray | None = None) -> Path:
         """Write `model` as a new version directory; with publish, point CURRENT at it.
         `user_gram`: XᵀX of the training users (`item_foldin.user_gram`), stored with it."""
+        check_version(model.version)
         if any("\n" in i or "\r" in i for i in model.item_ids):
             raise ModelStoreError("item ids may not contain line breaks")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -123,7 +141,8 @@ class ModelStore:
 
     def _pointer(self, name: str) -> str | None:
         p = self.root / name
-        return p.read_text().strip() or None if p.exists() else None
+        value = p.read_text().strip() or None if p.exists() else None
+        return check_version(value) if value is not None else None
 
     def pinned(self) -> str | None:
         """The pinned version, if any (`pin`)."""
@@ -134,6 +153,7 @@ class ModelStore:
         return self._pointer("PINNED") or self._pointer("CURRENT")
 
     def metadata(self, version: str) -> dict[str, Any]:
+        check_version(version)
         path = self.root / version / "metadata.json"
         if not (self.root / version).is_dir():
             raise ModelStoreError(f"model version {version!r} does not exist in {self.root}")
@@ -199,7 +219,7 @@ class ModelStore:
         meta = self.metadata(version)
         if USER_GRAM not in meta["files"]:
             return None
-        path = self.root / version / USER_GRAM
+        path = self.root / check_version(version) / USER_GRAM
         self._check_file(version, path, meta["files"][USER_GRAM], verify=True)
         try:
             gram = np.load(path)
@@ -215,7 +235,7 @@ class ModelStore:
 
     # -- operator actions ------------------------------------------------------------------
     def publish(self, version: str) -> None:
-        self.metadata(version)
+        self.metadata(version)  # checks the name, then that the version exists
         _write_pointer(self.root / "CURRENT", version)
 
     def rollback(self) -> str:

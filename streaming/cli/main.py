@@ -74,7 +74,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None, log_json: b
         return int(func(args))
     except RecsysError as e:
         print(f"recsys {args.command}: error: {e}", file=sys.stderr)
-        return ExitCode.USAGE
+        return int(getattr(e, "exit_code", ExitCode.USAGE))
     except KeyboardInterrupt:
         print(f"recsys {args.command}: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

@@ -87,23 +87,33 @@ def overrides(args: argparse.Namespace, **stream: Any) -> list[str | tuple[str, 
 
 def load(args: argparse.Namespace, **stream: Any) -> Config:
     """The effective configuration of this command (defaults < file < environment < command line);
-    `stream`: further stream settings from the command's own options (None: not given)."""
-    return load_config(getattr(args, "config", None), overrides=overrides(args, **stream))
+    `stream`: further stream settings from the command's own options (None: not given). Its
+    `[kafka]` settings become the ones every Kafka client of this process uses."""
+    from streaming.kafka import clients
+
+    cfg = load_config(getattr(args, "config", None), overrides=overrides(args, **stream))
+    clients.configure(cfg.kafka)
+    return cfg
 
 
 def kafka_config(args: argparse.Namespace, **stream: Any) -> Config:
     """`load`, with the Kafka bootstrap resolved: the project's own running broker when the
-    configuration names none (an error saying how to start one if it is not running either)."""
+    configuration names none (an error saying how to start one if it is not running either).
+    A secured Kafka that refuses this client stops the command here, with one line
+    (streaming/kafka/clients.py `check`)."""
+    from streaming.kafka import clients
+
     cfg = load(args, **stream)
-    if cfg.stream.bootstrap:
-        return cfg
-    try:  # the developer tools are not in the runtime image: there, Kafka is always configured
-        from devtools.broker import resolve_bootstrap
-    except ImportError:
-        raise ConfigError(
-            "stream.bootstrap is empty: name the Kafka to use (STREAMREC_BOOTSTRAP=host:port or --bootstrap)"
-        ) from None
-    return cfg.with_stream(bootstrap=resolve_bootstrap(config=cfg))
+    if not cfg.stream.bootstrap:
+        try:  # the developer tools are not in the runtime image: there, Kafka is always configured
+            from devtools.broker import resolve_bootstrap
+        except ImportError:
+            raise ConfigError(
+                "stream.bootstrap is empty: name the Kafka to use (STREAMREC_BOOTSTRAP=host:port or --bootstrap)"
+            ) from None
+        cfg = cfg.with_stream(bootstrap=resolve_bootstrap(config=cfg))
+    clients.check(cfg.stream.bootstrap, cfg.kafka)
+    return cfg
 
 
 # -- the library commands' options --------------------------------------------------------------

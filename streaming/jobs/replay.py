@@ -97,7 +97,9 @@ class ReplayStats:
 def make_producer(bootstrap: str, producer_config: Mapping[str, Any] | None = None):
     from kafka import KafkaProducer
 
-    cfg = {**PRODUCER_DEFAULTS, **(producer_config or {})}
+    from streaming.kafka import clients
+
+    cfg = {**PRODUCER_DEFAULTS, **clients.kafka_python(), **(producer_config or {})}
     return KafkaProducer(bootstrap_servers=bootstrap, **cfg)
 
 

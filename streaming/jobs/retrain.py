@@ -80,8 +80,11 @@ def read_changelog(bootstrap: str, topic: str, timeout_s: float = 60.0) -> dict[
     """Every user's latest state from the table's changelog, read to its current end."""
     from kafka import KafkaConsumer, TopicPartition
 
+    from streaming.kafka import clients
+
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
+        **clients.kafka_python(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -119,7 +122,9 @@ def read_changelog(bootstrap: str, topic: str, timeout_s: float = 60.0) -> dict[
 def announce(bootstrap: str, topic: str, version: str, extra: dict[str, Any] | None = None) -> None:
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=5)
+    from streaming.kafka import clients
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=5, **clients.kafka_python())
     try:
         body = {"version": version, "announced": time.time(), **(extra or {})}
         producer.send(topic, json.dumps(body).encode()).get(timeout=30)

@@ -51,6 +51,8 @@ class Tail(Iterator[dict]):
     ):
         from kafka import KafkaConsumer, TopicPartition
 
+        from streaming.kafka import clients
+
         self.topic, self.user = topic, user
         self.max_messages, self.timeout_s = max_messages, timeout_s
         self.should_stop = should_stop  # asked between polls (every 0.5 s at most): True ends the iteration
@@ -64,6 +66,7 @@ class Tail(Iterator[dict]):
             "request_timeout_ms": 30_000,
             "reconnect_backoff_ms": 200,
             "reconnect_backoff_max_ms": 5_000,
+            **clients.kafka_python(),
             **(consumer_config or {}),
         }
         self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **cfg)

@@ -14,11 +14,17 @@ from collections.abc import Iterable, Mapping
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError, UnknownTopicOrPartitionError, for_code
 
+from streaming.kafka import clients
+
 
 def _admin(bootstrap: str, timeout: float) -> KafkaAdminClient:
     ms = int(max(timeout, 1.0) * 1000)
     return KafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id="streamrec-topics", request_timeout_ms=ms, bootstrap_timeout_ms=ms
+        bootstrap_servers=bootstrap,
+        client_id="streamrec-topics",
+        request_timeout_ms=ms,
+        bootstrap_timeout_ms=ms,
+        **clients.kafka_python(),
     )
 
 

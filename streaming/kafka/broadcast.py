@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from streaming import faust_compat
+from streaming.kafka import clients
 
 
 @contextlib.asynccontextmanager
@@ -25,6 +26,7 @@ async def broadcast_consumer(bootstrap: str, topic: str, *, from_beginning: bool
         enable_auto_commit=False,
         group_id=None,
         auto_offset_reset="earliest" if from_beginning else "latest",
+        **clients.aiokafka(),
     )
     await consumer.start()
     try:

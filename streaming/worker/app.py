@@ -29,6 +29,7 @@ import faust
 from recsys.config import Config, load_config
 from recsys.model.store import ModelStore
 from streaming import faust_compat
+from streaming.kafka import clients
 from streaming.worker.batches import BatchReader
 from streaming.worker.checkpoint import Checkpoint, OffsetGuard, failed
 from streaming.worker.metrics import WorkerMetrics
@@ -143,6 +144,7 @@ def create_app(config: Config | None = None, metrics: WorkerMetrics | None = Non
         store="rocksdb://",
         datadir=settings.data_dir,
         web_host=settings.web_host,
+        web_bind=settings.web_bind,
         web_port=settings.web_port,
         topic_partitions=settings.partitions,
         table_standby_replicas=settings.standby_replicas,
@@ -157,6 +159,8 @@ def create_app(config: Config | None = None, metrics: WorkerMetrics | None = Non
         broker_heartbeat_interval=settings.broker_heartbeat_interval_s,
         stream_wait_empty=False,
         logging_config=None,
+        # TLS / SASL (the [kafka] settings); the bulk restore's consumer takes them from here too
+        **clients.faust(config.kafka),
         **restore,
     )
     worker = StreamWorker(app, config, metrics or WorkerMetrics())

@@ -27,7 +27,7 @@ import numpy as np
 
 from recsys.confidence import ConfidenceConfig
 from recsys.errors import RecsysError
-from recsys.model.store import ModelStore
+from recsys.model.store import ModelStore, check_version
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import ScoringConfig
 from streaming.kafka.broadcast import broadcast_consumer
@@ -155,6 +155,11 @@ class ModelUpdates:
                 raise ValueError("no version")
         except (ValueError, KeyError, TypeError) as e:
             self._refuse(None, ValueError(f"unreadable announcement {payload[:200]!r}: {e}"))
+            return False
+        try:  # it becomes a path in the store: nothing that could leave it (../, /, a hidden entry)
+            check_version(version)
+        except RecsysError as e:
+            self._refuse(None, e)
             return False
         pinned = self.store.pinned()
         if pinned and pinned != version:

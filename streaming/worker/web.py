@@ -15,12 +15,15 @@ import faust
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
+from streaming.worker.auth import require_token
+
 # Prometheus text format 0.0.4 (aiohttp wants the charset kept out of content_type).
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
 def register_views(app: faust.App, worker: Any) -> None:
     s = worker.settings
+    require_token(app, s.web_token)  # stream.web_token: every route below but /health and /metrics
 
     @app.page("/recommendations/{user}/")
     class Recs(View):

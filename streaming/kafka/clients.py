@@ -1,0 +1,246 @@
+"""How every Kafka client connects: the `[kafka]` settings (recsys.config.KafkaSecurity) as each
+client library's keyword arguments, made here and nowhere else.
+
+    kafka_python(sec)   KafkaProducer / KafkaConsumer / KafkaAdminClient (the jobs, the CLI, the demo)
+    aiokafka(sec)       AIOKafkaConsumer / AIOKafkaProducer (the broadcast listener, tests)
+    faust(sec)          the Faust app's `broker_credentials` (its consumer, producer, and the bulk
+                        restore, which takes Faust's credentials: streaming/worker/restore.py)
+    check(bootstrap)    one connection at start: wrong credentials or an untrusted certificate stop
+                        the command with one line (`KafkaAuthError`, exit code KAFKA_AUTH) instead of
+                        clients retrying for ever
+
+`sec` defaults to the process's settings: the ones a `recsys` command loaded (`configure`, called by
+streaming/cli/options.py), else the environment's. All three libraries get the same `ssl.SSLContext`
+(the CA, the client certificate for mutual TLS, hostname checking), so they cannot disagree. No
+password is ever put in a message: errors name the setting and the user, not the secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from recsys.config import KafkaSecurity, load_config
+from recsys.errors import ConfigError, ExitCode, RecsysError
+
+_configured: KafkaSecurity | None = None
+
+
+class KafkaAuthError(RecsysError):
+    """Kafka refused this client: wrong credentials, an untrusted or invalid certificate, or a
+    listener that speaks another protocol. Not retried: a retry cannot fix it."""
+
+    exit_code = ExitCode.KAFKA_AUTH
+
+
+def configure(sec: KafkaSecurity | None) -> None:
+    """Make `sec` the process's settings (a command calls this once it has loaded its own)."""
+    global _configured
+    _configured = sec
+
+
+@contextlib.contextmanager
+def using(sec: KafkaSecurity) -> Iterator[KafkaSecurity]:
+    """The process's settings are `sec` inside the block (tests that talk to two brokers)."""
+    before = _configured
+    configure(sec)
+    try:
+        yield sec
+    finally:
+        configure(before)
+
+
+def security(sec: KafkaSecurity | None = None) -> KafkaSecurity:
+    """`sec`, else what `configure` set, else the environment's (`STREAMREC_KAFKA_*`)."""
+    if sec is not None:
+        return sec
+    return _configured if _configured is not None else load_config().kafka
+
+
+def password(sec: KafkaSecurity) -> str:
+    """The SASL password: `sasl_password`, else the first line of `sasl_password_file`."""
+    if sec.sasl_password:
+        return sec.sasl_password
+    try:
+        lines = Path(sec.sasl_password_file).expanduser().read_text().splitlines()
+    except OSError as e:
+        raise ConfigError(f"kafka.sasl_password_file {sec.sasl_password_file}: {e.strerror}") from None
+    if not lines or not lines[0]:
+        raise ConfigError(f"kafka.sasl_password_file {sec.sasl_password_file} is empty")
+    return lines[0]
+
+
+def ssl_context(sec: KafkaSecurity) -> ssl.SSLContext:
+    """A client TLS context: TLS 1.2+, the broker verified against `ssl_cafile` (else the system's
+    CAs), its host name checked unless `ssl_check_hostname` is off, and this client's certificate
+    for mutual TLS."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = sec.ssl_check_hostname
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        if sec.ssl_cafile:
+            ctx.load_verify_locations(cafile=str(Path(sec.ssl_cafile).expanduser()))
+        else:
+            ctx.load_default_certs()
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"kafka.ssl_cafile {sec.ssl_cafile}: not a readable PEM CA file ({_reason(e)})") from None
+    if sec.ssl_certfile:
+        try:
+            ctx.load_cert_chain(
+                str(Path(sec.ssl_certfile).expanduser()),
+                str(Path(sec.ssl_keyfile).expanduser()),
+                password=sec.ssl_key_password or None,
+            )
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(
+                f"kafka.ssl_certfile {sec.ssl_certfile} / kafka.ssl_keyfile {sec.ssl_keyfile}: "
+                f"not a readable certificate and matching key ({_reason(e)})"
+            ) from None
+    return ctx
+
+
+def _reason(e: BaseException) -> str:
+    return getattr(e, "reason", None) or getattr(e, "strerror", None) or type(e).__name__
+
+
+def _common(sec: KafkaSecurity) -> dict[str, Any]:
+    """The arguments aiokafka and kafka-python name alike."""
+    out: dict[str, Any] = {"security_protocol": sec.security_protocol}
+    if sec.tls:
+        out["ssl_context"] = ssl_context(sec)
+    if sec.sasl:
+        out.update(
+            sasl_mechanism=sec.sasl_mechanism, sasl_plain_username=sec.sasl_username, sasl_plain_password=password(sec)
+        )
+    return out
+
+
+def kafka_python(sec: KafkaSecurity | None = None) -> dict[str, Any]:
+    """Keyword arguments for kafka-python's KafkaProducer, KafkaConsumer and KafkaAdminClient."""
+    return _common(security(sec))
+
+
+def aiokafka(sec: KafkaSecurity | None = None) -> dict[str, Any]:
+    """Keyword arguments for aiokafka's AIOKafkaConsumer and AIOKafkaProducer."""
+    return _common(security(sec))
+
+
+def faust(sec: KafkaSecurity | None = None) -> dict[str, Any]:
+    """Settings for `faust.App` (`broker_credentials`); empty for PLAINTEXT."""
+    import faust as faust_
+
+    sec = security(sec)
+    if sec.sasl:
+        return {
+            "broker_credentials": faust_.SASLCredentials(
+                username=sec.sasl_username,
+                password=password(sec),
+                mechanism=sec.sasl_mechanism,
+                ssl_context=ssl_context(sec) if sec.tls else None,
+            )
+        }
+    if sec.tls:
+        return {"broker_credentials": faust_.SSLCredentials(ssl_context(sec))}
+    return {}
+
+
+# -- the check at start ---------------------------------------------------------------------------
+# ApiVersions v0 (API key 18): the one request a broker answers before any SASL exchange, so it
+# shows whether TLS (and a client certificate) was accepted without logging in.
+_API_VERSIONS = b"\x00\x12\x00\x00\x00\x00\x00\x01\x00\x0fstreamrec-check"
+
+
+def _split(server: str) -> tuple[str, int]:
+    host, _, port = server.strip().rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _tls_check(server: str, ctx: ssl.SSLContext, timeout: float) -> None:
+    """One TLS connection and one request: a certificate problem, either way, as KafkaAuthError.
+    Unreachable: returns (the clients report that as they always have)."""
+    host, port = _split(server)
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except OSError:
+        return
+    try:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(len(_API_VERSIONS).to_bytes(4, "big") + _API_VERSIONS)
+            if len(tls.recv(4)) < 4:
+                raise KafkaAuthError(
+                    f"Kafka at {server} closed the TLS connection: it did not accept this client "
+                    "(a client certificate it does not trust, or none: kafka.ssl_certfile)"
+                )
+    except ssl.SSLCertVerificationError as e:
+        raise KafkaAuthError(
+            f"Kafka at {server}: its TLS certificate is not trusted ({e.verify_message}); "
+            f"kafka.ssl_cafile must name the CA that signed it (now: {_or_system(ssl_cafile=ctx)})"
+        ) from None
+    except ssl.SSLError as e:
+        reason = e.reason or type(e).__name__
+        if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+            raise KafkaAuthError(
+                f"Kafka at {server} does not speak TLS on that port (kafka.security_protocol is TLS-based)"
+            ) from None
+        raise KafkaAuthError(
+            f"Kafka at {server} refused the TLS connection ({reason}): "
+            "a client certificate it does not accept, or none (kafka.ssl_certfile, kafka.ssl_keyfile)"
+        ) from None
+    except (TimeoutError, ConnectionError, OSError) as e:
+        raise KafkaAuthError(
+            f"Kafka at {server} dropped the TLS connection ({type(e).__name__}): it did not accept this client"
+        ) from None
+
+
+def _or_system(ssl_cafile: ssl.SSLContext) -> str:
+    return "as configured" if ssl_cafile.cert_store_stats().get("x509_ca") else "the system's CAs"
+
+
+def check(bootstrap: str, sec: KafkaSecurity | None = None, timeout: float = 15.0) -> None:
+    """Connect once as the clients will and raise KafkaAuthError (one line, the exit code
+    KAFKA_AUTH) if Kafka refuses this client. PLAINTEXT, or Kafka unreachable: nothing to check
+    here. The clients themselves would retry an authentication failure for ever."""
+    sec = security(sec)
+    if not sec.secured or not bootstrap:
+        return
+    kwargs = kafka_python(sec)  # a missing or unreadable file: ConfigError, naming the setting
+    server = bootstrap.split(",")[0]
+    if sec.tls:
+        _tls_check(server, kwargs["ssl_context"], timeout)
+    if not sec.sasl:
+        return
+    from kafka import KafkaAdminClient
+    from kafka.errors import NoBrokersAvailable, SaslAuthenticationFailedError
+
+    ms = int(timeout * 1000)
+    t0 = time.monotonic()
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id="streamrec-check",
+            request_timeout_ms=ms,
+            bootstrap_timeout_ms=ms,
+            **kwargs,
+        )
+        admin.close()
+    except SaslAuthenticationFailedError:
+        raise KafkaAuthError(_sasl_refused(server, sec)) from None
+    except NoBrokersAvailable as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, SaslAuthenticationFailedError) or "Authentication failed" in str(e):
+            raise KafkaAuthError(_sasl_refused(server, sec)) from None
+        if time.monotonic() - t0 < timeout * 0.9:
+            raise KafkaAuthError(f"Kafka at {server} refused the SASL connection ({type(e).__name__})") from None
+
+
+def _sasl_refused(server: str, sec: KafkaSecurity) -> str:
+    return (
+        f"Kafka at {server} rejected the {sec.sasl_mechanism} login of user {sec.sasl_username!r}: "
+        "wrong user name or password (kafka.sasl_username, kafka.sasl_password / kafka.sasl_password_file)"
+    )
