@@ -8,6 +8,10 @@ image is fetched from anywhere. What the page shows depends on the JSON's shape:
 
   * an evaluation report (`recsys evaluate --output`: {"methods": {method: {metric: value}}, ...}):
     the facts, every ranking metric per method (grouped bars), catalogue coverage, the table;
+  * a streaming evaluation (`recsys stream-eval --output`: {"methods": {method: {segment:
+    {metric: value, "n": count}}}, ...}): one chart per segment with the methods side by side,
+    HR@10 and MRR@10 each on its own axis (the segment's event count in the title, not on an
+    axis), then every result, the lifts, the retrains and the configuration as tables;
   * a list of result rows (a benchmark grid such as `python -m bench.tune_scoring`): each measure
     against the parameter that varies most, one line per combination of the others, plus the
     table; rows with a time column (t, ts, time, elapsed_s, ...) become series over time
@@ -245,6 +249,108 @@ def evaluation_sections(rep: dict[str, Any]) -> list[str]:
     return out
 
 
+STREAM_METRICS = ("HR@10", "MRR@10")
+METHOD_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974")
+
+
+def _is_stream_eval(rep: Any) -> bool:  # {"methods": {method: {segment: {metric: number}}}}
+    methods = rep.get("methods") if isinstance(rep, dict) else None
+    return isinstance(methods, dict) and len(methods) > 0 and all(_is_grouped(v) for v in methods.values())
+
+
+def _gid(*parts: str) -> str:
+    return "-".join(re.sub(r"[^A-Za-z0-9_]+", "_", p) for p in parts)
+
+
+def segment_chart(segment: str, n: Any, by_method: dict[str, dict[str, float]]) -> str:
+    """The methods side by side in one segment: one axis per metric, one bar per method (each
+    bar's SVG id is bar-<segment>-<method>-<metric>)."""
+    plt = _plt()
+    methods = list(by_method)
+    fig, axes = plt.subplots(1, len(STREAM_METRICS), figsize=(max(7.0, 0.9 * len(methods) + 3), 3.4))
+    for ax, metric in zip(axes, STREAM_METRICS, strict=True):
+        vals = [by_method[m].get(metric, 0.0) for m in methods]
+        bars = ax.bar(
+            range(len(methods)), vals, color=[METHOD_COLORS[i % len(METHOD_COLORS)] for i in range(len(methods))]
+        )
+        for bar, m in zip(bars, methods, strict=True):
+            bar.set_gid(_gid("bar", segment, m, metric))
+        ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right")
+        ax.set_ylabel(metric)
+        ax.set_title(metric)
+        for i, v in enumerate(vals):
+            ax.annotate(_fmt(float(v)), (i, v), ha="center", va="bottom", fontsize=7)
+    title = f"{segment}: {n} scored events" if _num(n) else segment
+    fig.suptitle(title)
+    return _svg(fig, f"segment {segment}")
+
+
+def _cell(v: Any) -> str:
+    if v is None or v == "" or v == [] or v == {}:
+        return "none"
+    if isinstance(v, list):
+        return ", ".join(_cell(x) for x in v)
+    return _fmt(v)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested settings as dotted keys -> text (every value shown, none left empty)."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = _cell(v)
+    return out
+
+
+def _filled_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    return table([{c: _cell(r.get(c)) if not _num(r.get(c)) else r[c] for c in columns} for r in rows], columns)
+
+
+def stream_eval_sections(rep: dict[str, Any]) -> list[str]:
+    methods: dict[str, dict[str, dict[str, float]]] = rep["methods"]
+    segments = list(dict.fromkeys(seg for segs in methods.values() for seg in segs))
+    plain = {k: _cell(v) for k, v in rep.items() if not isinstance(v, dict) and k not in ("retrains", "events")}
+    plain["retrains"] = str(len(rep.get("retrains") or []))
+    if "events" in rep:
+        plain["events"] = f"{len(rep['events'])} per-event lists (not shown)"
+    out = [section("Streaming evaluation", facts(plain))]
+    for seg in segments:
+        by_method = {m: segs[seg] for m, segs in methods.items() if seg in segs}
+        n = next((v.get("n") for v in by_method.values() if "n" in v), None)
+        out.append(section(f"Segment: {seg}", segment_chart(seg, n, by_method)))
+    metrics = list(dict.fromkeys(k for segs in methods.values() for v in segs.values() for k in v if k != "n"))
+    rows = [
+        {"segment": seg, "method": m, "n": segs[seg].get("n"), **segs[seg]}
+        for seg in segments
+        for m, segs in methods.items()
+        if seg in segs
+    ]
+    out.append(section("All results", _filled_table(rows, ["segment", "method", "n", *metrics])))
+    lifts = rep.get("lifts")
+    if isinstance(lifts, dict) and lifts:
+        lift_rows = [
+            {"method": m, "segment": seg, **{f"system lift {k}": v for k, v in vals.items()}}
+            for m, segs in lifts.items()
+            for seg, vals in segs.items()
+        ]
+        cols = list(dict.fromkeys(k for r in lift_rows for k in r))
+        out.append(
+            section(
+                "Lift of system over each method (relative; none: the method scored 0)", _filled_table(lift_rows, cols)
+            )
+        )
+    retrains = rep.get("retrains")
+    if isinstance(retrains, list) and retrains and all(isinstance(r, dict) for r in retrains):
+        cols = list(dict.fromkeys(k for r in retrains for k in r))
+        out.append(section("Retrains (system+retrain)", _filled_table(retrains, cols)))
+    if isinstance(rep.get("config"), dict):
+        out.append(section("Configuration", facts(_flat(rep["config"]))))
+    return out
+
+
 def records_sections(title: str, rows: list[dict[str, Any]]) -> list[str]:
     columns = list(dict.fromkeys(k for r in rows for k in r))
     numeric = [c for c in columns if all(_num(r.get(c)) for r in rows if c in r) and any(c in r for r in rows)]
@@ -339,6 +445,8 @@ def distribution_section(title: str, values: Sequence[float]) -> str:
 
 
 def generic_sections(title: str, data: Any, depth: int = 0) -> list[str]:
+    if depth == 0 and _is_stream_eval(data):
+        return stream_eval_sections(data)
     if isinstance(data, dict) and "methods" in data and _is_grouped(data["methods"]):
         return evaluation_sections(data)
     if _is_grouped(data):
@@ -417,7 +525,7 @@ def build_report(input_path: str | Path, output: str | Path, title: str | None =
     except (OSError, ValueError) as e:
         raise RecsysError(f"{src}: not readable JSON: {e}") from None
     title = title or (
-        f"Evaluation: {Path(str(data.get('data', src.stem))).name}"
+        f"{'Streaming evaluation' if _is_stream_eval(data) else 'Evaluation'}: {Path(str(data.get('data', src.stem))).name}"
         if isinstance(data, dict) and "methods" in data
         else src.stem.replace("_", " ")
     )

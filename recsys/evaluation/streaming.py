@@ -57,7 +57,9 @@ system's cold-start list) every `pop_refresh` events, new-item factors at chunk 
 
 Splits: user activity at the time of the event (`cold`: a user unknown to the training
 window, first event; `new 2-5`: unknown to training, events 2-5; `new 6+`; `known`: has
-training-window history) and whether the target item is in the training model's catalogue.
+training-window history), whether the target item is in the training model's catalogue, and
+`target conversion`: the target event is an add-to-cart or a purchase (scored like the others;
+a cart on the item on screen is skipped like any same-item event).
 """
 
 from __future__ import annotations
@@ -93,7 +95,10 @@ METHODS = (
     "system+retrain",
 )
 METRICS = ("HR@10", "MRR@10", "NDCG@10")
-SEGMENTS = ("cold", "new 2-5", "new 6+", "known", "target known", "target new")
+SEGMENTS = ("cold", "new 2-5", "new 6+", "known", "target known", "target new", "target conversion")
+# Targets that are a conversion (docs/evaluation.md "Conversion targets"): the split a shop that
+# weighs carts and purchases reads.
+CONVERSION_TYPES = frozenset(("addtocart", "transaction"))
 
 
 @dataclass(frozen=True)
@@ -312,6 +317,8 @@ def stream_evaluate(
                 a["all"].add(r)
                 a[sn.segment].add(r)
                 a[tgt].add(r)
+                if e.type in CONVERSION_TYPES:
+                    a["target conversion"].add(r)
             if keep_lists:
                 kept.append(
                     {

@@ -58,10 +58,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         cur = store.current()
         for v in store.versions():
             try:
-                meta = store.metadata(v)
-                metrics = meta.get("metrics", {})
-                brief = " ".join(f"{k}={v_:.4f}" for k, v_ in metrics.items() if isinstance(v_, (int, float)))
-                line = f"{v}  {meta.get('kind', '?'):<4} items={meta.get('n_items')} {brief}"
+                line = describe(v, store.metadata(v))
             except RecsysError as e:
                 line = f"{v}  BROKEN: {e}"
             print(("* " if v == cur else "  ") + line)
@@ -81,3 +78,31 @@ def announce(args: argparse.Namespace) -> None:
         raise ConfigError(f"no model to announce in {s.model_dir}")
     send(s.bootstrap, s.model_updates_topic, version, {"reason": args.action})
     print(f"announced {version} on {s.model_updates_topic}", file=sys.stderr)
+
+
+def describe(version: str, meta: dict[str, Any]) -> str:
+    """One `models list` line: version, kind, items, the retrain gate's verdict and the held-out
+    metrics it was judged on (docs/operations.md "Retraining")."""
+    return f"{version}  {meta.get('kind', '?'):<4} items={meta.get('n_items')}  gate={gate_text(meta)}  {metrics_text(meta)}"
+
+
+def gate_text(meta: dict[str, Any]) -> str:
+    gate = meta.get("gate")
+    if not isinstance(gate, dict):
+        return "none (not made by the retrain job)"
+    if gate.get("passed") is False:
+        return "failed"
+    if "current_map10" in gate:
+        return f"passed (MAP@10 {gate.get('candidate_map10', float('nan')):.4f} vs {gate['current_map10']:.4f} of {gate.get('current', '?')})"
+    cases = gate.get("cases")
+    return f"passed, not gated ({cases} held-out users)" if cases is not None else "passed, not gated"
+
+
+def metrics_text(meta: dict[str, Any]) -> str:
+    metrics = meta.get("holdout") or meta.get("metrics") or {}
+    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not k.endswith("_se")}
+    if not shown:
+        return "held-out metrics: none"
+    se = metrics.get("MAP@10_se")
+    text = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+    return text + (f" (MAP@10 ±{se:.4f})" if isinstance(se, (int, float)) and se else "")

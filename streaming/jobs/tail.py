@@ -9,8 +9,10 @@ CLI (``streaming/cli/tail.py``)::
     recsys tail [--bootstrap B] [--topic recommendations] [--from-beginning]
                              [--user U] [-n/--max N]
 
-A line: publish time, user, source, model version, latency (published_ts - event_ts, i.e.
-event time to publication, in ms), then the top items.
+A line: publish time, user, source, model version, both latencies, then the top items:
+`since event` = published_ts - event_ts (from the event's own time, so it includes however late
+the producer sent it) and `since ingest` = published_ts - ingest_ts (from the event's arrival in
+Kafka: the pipeline's own latency, what streamrec_event_to_publish_seconds measures).
 """
 
 from __future__ import annotations
@@ -183,12 +185,15 @@ def _clock(ms: Any) -> str:
         return datetime.now().strftime("%H:%M:%S.%f")[:-3]
 
 
+def _since(pub: Any, start: Any) -> str:
+    ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (pub, start))
+    return f"{int(pub - start)}ms" if ok else "-"
+
+
 def format_recommendation(d: dict, top: int = 5) -> str:
     """One line: time, user, source, model version, latency, top items."""
-    pub, ev = d.get("published_ts"), d.get("event_ts")
-    latency = "-"
-    if isinstance(pub, (int, float)) and isinstance(ev, (int, float)) and not isinstance(pub, bool):
-        latency = f"{int(pub - ev)}ms"
+    pub = d.get("published_ts")
+    latency = f"since event {_since(pub, d.get('event_ts'))}, since ingest {_since(pub, d.get('ingest_ts'))}"
     items = d.get("items") or []
     if not isinstance(items, list):
         items = [items]
@@ -199,5 +204,5 @@ def format_recommendation(d: dict, top: int = 5) -> str:
     return (
         f"{_clock(pub if pub is not None else None)}  user={d.get('user', '?')}  "
         f"src={d.get('source', '?')}  model={d.get('model_version', '-')}  "
-        f"latency={latency}{query}  [{shown}]"
+        f"latency: {latency}{query}  [{shown}]"
     )

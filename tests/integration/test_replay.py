@@ -160,7 +160,8 @@ def test_tail_reads_recommendations(kafka_broker, topic_factory):
         producer.close()
 
     line = format_recommendation(recs[0])
-    assert "user=u0" in line and "src=blend" in line and "latency=40ms" in line and "i0 i1 i2" in line
+    assert "user=u0" in line and "src=blend" in line and "i0 i1 i2" in line
+    assert "latency: since event 40ms, since ingest 30ms" in line
 
 
 def test_replay_and_tail_commands_take_the_configuration(kafka_broker, topic_factory, tmp_path, capsys):

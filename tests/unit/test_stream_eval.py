@@ -117,16 +117,20 @@ def test_protocol_by_hand():
         ev("new", "i2", "addtocart", T0 + 1002),  # same item as on screen: not scored
         ev("new", "x-unknown", "view", T0 + 1003),  # new 2-5, target unknown to the model
         ev("old", "i1", "view", T0 + 1004),
+        ev("old", "i7", "transaction", T0 + 1005),  # a conversion target (query i1)
     ]  # query i4 now; own-items: i1 first
     rep = stream_evaluate(tr, te, ccfg=CFG, tcfg=TCFG, ecfg=StreamEvalConfig(retrain_hours=1e-6))
-    assert rep["skipped_same_item"] == 1 and rep["scored_events"] == 4
+    assert rep["skipped_same_item"] == 1 and rep["scored_events"] == 5
     own = rep["methods"]["own-items"]
     # old, event 1: query i1 (last training item), own items minus i1 = [i7, i4] (0.25 each, the more
     # recent first) -> i4 at rank 2. new, event 1: no items. new, "x-unknown": own = [] (i2 is on screen).
     # old, event 2: query i4, own = [i1 (0.5), i7] -> i1 at rank 1.
-    assert own["known"]["n"] == 2 and own["known"]["HR@10"] == 1.0
-    assert own["known"]["MRR@10"] == pytest.approx((1 / 2 + 1) / 2)
-    assert own["known"]["NDCG@10"] == pytest.approx((1 / np.log2(3) + 1) / 2)
+    # old, event 3 (the purchase of i7): query i1, own = [i4, i7] by recency -> i7 at rank 2.
+    assert own["known"]["n"] == 3 and own["known"]["HR@10"] == 1.0
+    assert own["known"]["MRR@10"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    assert own["known"]["NDCG@10"] == pytest.approx((2 / np.log2(3) + 1) / 3)
+    # only the purchase is a conversion target: the cart on the item on screen is not scored
+    assert own["target conversion"]["n"] == 1 and own["target conversion"]["MRR@10"] == pytest.approx(1 / 2)
     assert own["cold"]["n"] == 1 and own["cold"]["HR@10"] == 0.0
     assert own["new 2-5"]["n"] == 1 and own["target new"]["n"] == 2  # i2 and x-unknown
     assert set(rep["methods"]) == set(METHODS)
