@@ -10,6 +10,7 @@ tuned ones, declared once, at the field) and whose ``__post_init__`` validates i
     [train]       recsys.model.train.TrainConfig          env STREAMREC_TRAIN_<FIELD>
     [scoring]     recsys.serving.scoring.ScoringConfig    env STREAMREC_SCORING_<FIELD>
     [ops]         recsys.config.Operations                env STREAMREC_<FIELD>
+    [input]       recsys.events.InputConfig               env STREAMREC_INPUT_<FIELD>
 
 Every field is declared with ``recsys.fields.setting(default, doc)``: its description lives next
 to it and the reference page is generated from it. A mapping (``confidence.weights``) is merged
@@ -46,6 +47,7 @@ from typing import Any
 from recsys import fields as setting_fields
 from recsys.confidence import ConfidenceConfig
 from recsys.errors import ConfigError
+from recsys.events import InputConfig
 from recsys.fields import setting
 from recsys.model.train import TrainConfig
 from recsys.serving.scoring import ScoringConfig
@@ -361,6 +363,15 @@ SECTIONS: dict[str, Section] = {
             "Operations: log format, the retrain job's metrics port, where the project's own Kafka and the "
             "shared datasets live (`recsys.config.Operations`).",
         ),
+        Section(
+            "input",
+            InputConfig,
+            "STREAMREC_INPUT_",
+            "A shop's own names for the event fields and types, and how its times are written "
+            "(`recsys.events.InputConfig`): every loader and the worker's validator read events through "
+            "it (docs/data-formats.md). Also `--columns`, `--types` and `--time-format` on every command "
+            "that reads events.",
+        ),
     )
 }
 
@@ -482,6 +493,7 @@ class Config:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     kafka: KafkaSecurity = field(default_factory=KafkaSecurity)
     ops: Operations = field(default_factory=Operations)
+    input: InputConfig = field(default_factory=InputConfig)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # key -> where it was set
 
     def section(self, name: str) -> Any:
@@ -727,7 +739,7 @@ def load_config(
 # -- reference documentation ---------------------------------------------------------------------
 def _md_default(v: Any) -> str:
     if isinstance(v, Mapping):
-        return "<br>".join(f"`{k} = {_toml_value(x)}`" for k, x in v.items())
+        return "<br>".join(f"`{k} = {_toml_value(x)}`" for k, x in v.items()) or "`{}`"
     return f"`{_toml_value(v)}`" if v != "" else '`""`'
 
 

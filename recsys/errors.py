@@ -46,10 +46,11 @@ class DataError(RecsysError):
 
 
 class EventError(RecsysError):
-    """One event failed validation. `reason` is a short machine-readable code."""
+    """One event failed validation. `reason` is a short machine-readable code; `value` the
+    offending value, where there is one (a loader's examples of skipped rows show it)."""
 
-    def __init__(self, reason: str, detail: str = ""):
-        self.reason, self.detail = reason, detail
+    def __init__(self, reason: str, detail: str = "", value: object = None):
+        self.reason, self.detail, self.value = reason, detail, value
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 

@@ -51,7 +51,17 @@ from pathlib import Path
 from typing import Any
 
 from recsys.errors import ConfigError, DataError, EventError
-from recsys.events import MAX_FUTURE_SKEW_MS, MAX_ID_LEN, MIN_TS_MS, Event, parse_event
+from recsys.events import (
+    CANONICAL_FIELDS,
+    MAX_FUTURE_SKEW_MS,
+    MAX_ID_LEN,
+    MIN_TS_MS,
+    Event,
+    InputConfig,
+    parse_event,
+    parse_iso,
+    show,
+)
 from recsys.progress import say
 
 __all__ = [
@@ -107,7 +117,9 @@ _HEADERS: dict[str, tuple[str, ...]] = {
     "canonical": ("user", "item", "type", "ts"),
 }
 FORMATS: tuple[str, ...] = tuple(_HEADERS)
-CANONICAL_FIELDS: tuple[str, ...] = ("user", "item", "type", "ts", "dwell", "session", "price", "event_id")
+# The column holding each format's event type (for the lenient loader's per-type check).
+_TYPE_COLUMN = {"taobao": 3, "rees46": 1, "retailrocket": 2, "otto": 3}
+EXAMPLES_PER_REASON = 3
 
 # Each dataset's own vocabulary -> canonical type (exact words of that dataset only).
 TAOBAO_TYPES = {"pv": "view", "cart": "addtocart", "fav": "favorite", "buy": "transaction"}
@@ -133,7 +145,10 @@ class LoadStats:
 
     rows: non-blank data rows read (header excluded); loaded: events returned;
     skipped: rows dropped; reasons: skipped rows by reason code (e.g. ``column_count``,
-    ``bad_ts``, ``unknown_type``, ``empty_user``); fmt: the format that was used.
+    ``bad_ts``, ``unknown_type``, ``empty_user``); fmt: the format that was used;
+    examples: the first few skipped rows of each reason as (line, offending value);
+    messages: the full message of each reason's first skipped row; types_seen /
+    types_skipped: rows by the file's own event type (lenient loads).
     """
 
     rows: int = 0
@@ -141,13 +156,33 @@ class LoadStats:
     skipped: int = 0
     reasons: Counter = field(default_factory=Counter)
     fmt: str | None = None
+    examples: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)
+    types_seen: Counter = field(default_factory=Counter)
+    types_skipped: dict[str, Counter] = field(default_factory=dict)  # type -> skipped rows by reason
+
+    def report(self) -> str:
+        """What was skipped, by reason, with the first examples: '' if nothing was."""
+        if not self.skipped:
+            return ""
+        lines = [f"skipped {self.skipped} of {self.rows} rows:"]
+        for reason, n in self.reasons.most_common():
+            shown = "; ".join(f"line {line}: {value}" for line, value in self.examples.get(reason, []))
+            lines.append(f"  {reason}: {n} rows (e.g. {shown})" if shown else f"  {reason}: {n} rows")
+            if reason in self.messages:
+                lines.append(f"    {self.messages[reason]}")
+        return "\n".join(lines)
+
+    def wholly_skipped_types(self) -> list[str]:
+        """The file's event types none of whose rows were loaded."""
+        return [t for t, why in self.types_skipped.items() if why.total() >= self.types_seen[t]]
 
 
 class _Bad(Exception):
     """One row is unusable: reason code + human message (becomes DataError or a skip)."""
 
-    def __init__(self, reason: str, message: str):
-        self.reason, self.message = reason, message
+    def __init__(self, reason: str, message: str, value: Any = None):
+        self.reason, self.message, self.value = reason, message, value
 
 
 class _Ignored(_Bad):
@@ -190,17 +225,25 @@ def load_dataset(name: str, **kw: Any) -> list[Event]:
 
 
 def load(
-    source: str, fmt: str = "auto", lenient: bool = False, progress: Callable[[str], None] | None = say
+    source: str | Path,
+    fmt: str = "auto",
+    lenient: bool = False,
+    progress: Callable[[str], None] | None = say,
+    *,
+    mapping: InputConfig | None = None,
+    allow_skip_type: bool = False,
 ) -> tuple[list[Event], Path]:
-    """(events, path) from a shared dataset's short name or a file path, with one progress line
-    (how many, from where, how long, what was skipped) unless `progress` is None."""
-    path = dataset_path(source) if source in DATASETS else Path(source)
+    """(events, path) from a shared dataset's short name or a file path, with a progress line
+    (how many, from where, how long) and what was skipped, by reason with the first examples,
+    unless `progress` is None. `mapping` and `allow_skip_type`: as `load_events`."""
+    path = source if isinstance(source, Path) else dataset_path(source) if source in DATASETS else Path(source)
     stats = LoadStats()
     t0 = time.time()
-    events = load_events(path, fmt=fmt, lenient=lenient, stats=stats)
+    events = load_events(path, fmt=fmt, lenient=lenient, stats=stats, mapping=mapping, allow_skip_type=allow_skip_type)
     if progress is not None:
-        note = f", skipped {stats.skipped} malformed rows ({dict(stats.reasons)})" if stats.skipped else ""
-        progress(f"loaded {len(events)} events from {path} in {time.time() - t0:.1f}s{note}")
+        progress(f"loaded {len(events)} events from {path} in {time.time() - t0:.1f}s")
+        if stats.skipped:
+            progress(stats.report())
     return events, path
 
 
@@ -247,18 +290,12 @@ def _fmt_ms(ts: int) -> str:
         return f"{ts} ms"
 
 
-def _iso_ms(s: str) -> int:
+def _iso_ms(s: str, label: str = "'event_time'") -> int:
     """ISO-8601 time with a timezone (``Z``, ``+02:00`` or a trailing `` UTC``) -> ms."""
-    t = s.strip()
-    if t.endswith("UTC"):
-        t = t[:-3].rstrip() + "+00:00"
     try:
-        dt = datetime.fromisoformat(t)
-    except ValueError:
-        raise _Bad("bad_ts", f"unparseable time {s!r}") from None
-    if dt.tzinfo is None:
-        raise _Bad("bad_ts", f"time {s!r} has no timezone (add Z or +hh:mm)")
-    return (dt - _EPOCH) // _MS
+        return parse_iso(s, label)
+    except EventError as e:
+        raise _Bad(e.reason, e.detail, s) from None
 
 
 def _price(s: str) -> float | None:
@@ -373,28 +410,18 @@ def _conv_otto(header: Sequence[str], max_ts: int) -> Conv:
     return conv
 
 
-def _canonical_ts(v: str) -> int | float:
-    """A canonical ``ts`` cell: integer ms (a plain number) or ISO-8601 with timezone."""
+def _parse_canonical(d: Any, now_ms: int, mapping: InputConfig | None, renamed: bool = False) -> Event:
     try:
-        return int(v)
-    except ValueError:
-        pass
-    try:
-        return float(v)  # parse_event truncates; seconds by mistake -> ts_too_old
-    except ValueError:
-        pass
-    return _iso_ms(v)
-
-
-def _parse_canonical(d: dict[str, Any], now_ms: int) -> Event:
-    try:
-        return parse_event(d, now_ms)
+        return parse_event(d, now_ms, mapping, renamed=renamed)
     except EventError as e:
-        raise _Bad(e.reason, e.detail or e.reason) from None
+        raise _Bad(e.reason, e.detail or e.reason, e.value) from None
 
 
-def _conv_canonical(header: Sequence[str], max_ts: int) -> Conv:
+def _conv_canonical(header: Sequence[str], max_ts: int, mapping: InputConfig | None = None) -> Conv:
+    """`header` is the file's, with the mapped names already renamed to canonical ones (the
+    types and time format of `mapping` apply here)."""
     now_ms = max_ts - MAX_FUTURE_SKEW_MS
+    label = {k: f"{v!r} ({k})" for k, v in (mapping.source_names if mapping else {}).items()}
     cols = {name: header.index(name) for name in CANONICAL_FIELDS if name in header}
     n = len(header)
     required = ("user", "item", "type", "ts")
@@ -407,33 +434,35 @@ def _conv_canonical(header: Sequence[str], max_ts: int) -> Conv:
             v = row[j]
             if v == "":
                 if name in required:
-                    raise _Bad(f"empty_{name}", f"empty {name}")
+                    raise _Bad(f"empty_{name}", f"empty {label.get(name, name)}", "")
                 continue  # optional field left blank = absent
-            if name == "ts":
-                d[name] = _canonical_ts(v)
-            elif name in ("dwell", "price"):
+            if name in ("dwell", "price"):
                 try:
                     d[name] = float(v)
                 except ValueError:
-                    raise _Bad(f"bad_{name}", f"unparseable {name} {v!r}") from None
+                    raise _Bad(f"bad_{name}", f"unparseable {label.get(name, name)} {v!r}", v) from None
             else:
                 d[name] = v
-        return _parse_canonical(d, now_ms)
+        return _parse_canonical(d, now_ms, mapping, renamed=True)
 
     return conv
 
 
-def _conv_jsonl(max_ts: int) -> Conv:
+def _conv_jsonl(max_ts: int, mapping: InputConfig | None, raw_type: list[str | None]) -> Conv:
+    """JSON lines; `raw_type[0]` is left holding the line's own event type (lenient checks)."""
     now_ms = max_ts - MAX_FUTURE_SKEW_MS
+    type_key = mapping.source_names.get("type", "type") if mapping else "type"
 
     def conv(line: str, idx: int) -> Event:
+        raw_type[0] = None
         try:
             d = json.loads(line)
         except ValueError as e:
-            raise _Bad("bad_json", f"not valid JSON ({e})") from None
-        if isinstance(d, dict) and isinstance(d.get("ts"), str):
-            d = dict(d, ts=_canonical_ts(d["ts"]) if d["ts"] else None)
-        return _parse_canonical(d, now_ms)
+            raise _Bad("bad_json", f"not valid JSON ({e})", line.strip()[:80]) from None
+        if isinstance(d, dict):
+            t = d.get(type_key, d.get("type"))
+            raw_type[0] = t if isinstance(t, str) else None
+        return _parse_canonical(d, now_ms, mapping)
 
     return conv
 
@@ -453,6 +482,16 @@ _CONVERTERS: dict[str, Callable[[Sequence[str], int], Conv]] = {
 
 def _norm_header(row: Sequence[str]) -> tuple[str, ...]:
     return tuple(h.strip().lower() for h in row)
+
+
+def _mapped_header(hdr: tuple[str, ...], mapping: InputConfig | None) -> tuple[str, ...]:
+    """The header with the shop's column names (`mapping.columns`) renamed to canonical ones; a
+    canonical name the file also has is then shadowed by the mapped column."""
+    if mapping is None or not mapping.columns:
+        return hdr
+    to_canon = {src.strip().lower(): canon for canon, src in mapping.source_names.items()}
+    mapped = {to_canon[h] for h in hdr if h in to_canon}
+    return tuple(to_canon.get(h, f"{h} (shadowed)" if h in mapped else h) for h in hdr)
 
 
 def _match_header(hdr: tuple[str, ...]) -> str | None:
@@ -512,7 +551,7 @@ def _open_text(path: Path) -> io.TextIOWrapper:
     return io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
 
 
-def detect_format(path: str | os.PathLike[str]) -> str:
+def detect_format(path: str | os.PathLike[str], mapping: InputConfig | None = None) -> str:
     """The format `load_events(path)` would use ('canonical' covers CSV and JSON lines)."""
     p = Path(path)
     with _open_text(p) as f:
@@ -520,7 +559,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
             first, lead = _first_line(f)
         except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
             raise DataError(f"cannot read: {e}", str(p), 1) from None
-    return _detect(p, first, lead)[0]
+    return _detect(p, first, lead, mapping)[0]
 
 
 def _first_line(f: io.TextIOWrapper) -> tuple[str, int]:
@@ -533,8 +572,11 @@ def _first_line(f: io.TextIOWrapper) -> tuple[str, int]:
     return line, lead
 
 
-def _detect(path: Path, first: str, lead: int = 0) -> tuple[str, bool, str, list[str]]:
-    """-> (fmt, has_header, delimiter, first_row) from the first line. JSONL -> ('jsonl', ...)."""
+def _detect(
+    path: Path, first: str, lead: int = 0, mapping: InputConfig | None = None
+) -> tuple[str, bool, str, list[str]]:
+    """-> (fmt, has_header, delimiter, header) from the first line. JSONL -> ('jsonl', ...).
+    A header that is no dataset's is read as canonical after renaming the mapped columns."""
     if not first:
         raise DataError("empty file (expected a header row)", str(path))
     if first.lstrip().startswith("{"):
@@ -545,20 +587,36 @@ def _detect(path: Path, first: str, lead: int = 0) -> tuple[str, bool, str, list
     fmt = _match_header(_norm_header(row))
     if fmt is not None:
         return fmt, True, delim, row
+    renamed = _mapped_header(_norm_header(row), mapping)
+    if _match_header(renamed) == "canonical":
+        return "canonical", True, delim, list(renamed)
     if _headerless_taobao(path, row):
         return "taobao", False, delim, row
     shown = line if len(line) <= 200 else line[:200] + "..."
-    raise DataError(f"unknown header {shown!r}; {_supported()}", str(path), lead + 1)
+    hint = "; or map the shop's own column names: --columns user=COL,item=COL,type=COL,ts=COL (docs/data-formats.md)"
+    if mapping is not None and mapping.columns:
+        missing = [c for c in ("user", "item", "type", "ts") if c not in renamed]
+        hint = f"; with the mapping {dict(mapping.source_names)} the columns for {', '.join(missing)} are still missing"
+    raise DataError(f"unknown header {shown!r}; {_supported()}{hint}", str(path), lead + 1)
 
 
 def load_events(
-    path: str | os.PathLike[str], fmt: str = "auto", lenient: bool = False, stats: LoadStats | None = None
+    path: str | os.PathLike[str],
+    fmt: str = "auto",
+    lenient: bool = False,
+    stats: LoadStats | None = None,
+    *,
+    mapping: InputConfig | None = None,
+    allow_skip_type: bool = False,
 ) -> list[Event]:
     """Load one file (plain or gzip) into events sorted by time (stable).
 
     fmt: "auto" (detect from the header row / first line) or one of FORMATS; an explicit
     fmt must agree with the header. lenient: skip malformed rows instead of raising,
-    counting them in `stats` (a LoadStats you pass in; filled in either way).
+    counting them in `stats` (a LoadStats you pass in; filled in either way) with the first
+    examples of each reason; a lenient load that would drop every row of one of the file's
+    event types raises instead, unless `allow_skip_type`. mapping: the shop's column names,
+    type names and time format (the `[input]` section) for canonical files.
     Raises DataError("path:line: what is wrong") for every problem with the file.
     """
     p = Path(path)
@@ -569,6 +627,8 @@ def load_events(
     st.rows = st.loaded = st.skipped = 0
     st.reasons = Counter()
     st.fmt = None
+    st.examples, st.messages = {}, {}
+    st.types_seen, st.types_skipped = Counter(), {}
     # Files may hold any past time, but not times more than a day after this load.
     max_ts = int(time.time() * 1000) + MAX_FUTURE_SKEW_MS
 
@@ -577,7 +637,7 @@ def load_events(
     with _open_text(p) as f:
         try:
             first, lead = _first_line(f)
-            found, has_header, delim, first_row = _detect(p, first, lead)
+            found, has_header, delim, first_row = _detect(p, first, lead, mapping)
             if found == "jsonl":
                 found = "canonical"
             if fmt != "auto" and found != fmt:
@@ -598,7 +658,9 @@ def load_events(
                             yield line
 
                 line_of = lambda: cur[0]  # noqa: E731
-                _consume(_conv_jsonl(max_ts), nonblank(), line_of, st, events, lenient, sp)
+                raw_type: list[str | None] = [None]
+                type_of = (lambda _line: raw_type[0]) if lenient else None
+                _consume(_conv_jsonl(max_ts, mapping, raw_type), nonblank(), line_of, st, events, lenient, sp, type_of)
             else:
                 source = itertools.chain([] if has_header else [first], f)
                 reader = csv.reader(source, delimiter=delim, strict=True)
@@ -606,7 +668,13 @@ def load_events(
                 base = lead + (1 if has_header else 0)
                 line_of = lambda: reader.line_num + base  # noqa: E731
                 rows = (row for row in reader if row)  # blank lines are not rows
-                _consume(_CONVERTERS[found](header, max_ts), rows, line_of, st, events, lenient, sp)
+                if found == "canonical":
+                    conv = _conv_canonical(header, max_ts, mapping)
+                else:
+                    conv = _CONVERTERS[found](header, max_ts)
+                col = header.index("type") if found == "canonical" else _TYPE_COLUMN.get(found)
+                type_of = _column_of(col) if lenient and col is not None else None
+                _consume(conv, rows, line_of, st, events, lenient, sp, type_of)
         except DataError:
             raise
         except csv.Error as e:
@@ -619,7 +687,34 @@ def load_events(
             raise DataError(f"read error: {e.strerror or e}", sp, line_of() + 1) from None
     events.sort(key=attrgetter("ts"))  # list.sort is stable: ties keep file order
     st.loaded = len(events)
+    lost = st.wholly_skipped_types()
+    if lost and not allow_skip_type:
+        what = "; ".join(
+            f"all {st.types_seen[t]} {t!r} rows ({', '.join(st.types_skipped[t])})"
+            for t in sorted(lost, key=lambda t: -st.types_seen[t])
+        )
+        raise DataError(
+            f"refusing to drop every row of an event type: {what}. Map the type "
+            "(--types CANONICAL=NAME, docs/data-formats.md) or fix the rows; --allow-skip-type loads "
+            f"without them.\n{st.report()}",
+            sp,
+        )
     return events
+
+
+def _column_of(col: int) -> Callable[[list[str]], str | None]:
+    def type_of(row: list[str]) -> str | None:
+        return row[col].strip() if len(row) > col else None
+
+    return type_of
+
+
+def _example(b: _Bad, row: Any) -> str:
+    if b.value is not None:
+        return show(b.value)
+    text = row if isinstance(row, str) else ",".join(row)
+    text = text.strip()
+    return repr(text if len(text) <= 80 else text[:80] + "...")
 
 
 def _consume(
@@ -630,9 +725,13 @@ def _consume(
     events: list[Event],
     lenient: bool,
     sp: str,
+    type_of: Callable[[Any], str | None] | None = None,
 ) -> None:
+    """Convert every row; `type_of(row)` (lenient loads) reads a row's own event type, after
+    `conv` has seen it, so that no type is dropped whole without a word."""
     append = events.append
     n = 0
+    seen, skipped = st.types_seen, st.types_skipped
     try:
         for row in rows:
             try:
@@ -643,6 +742,20 @@ def _consume(
                     raise DataError(f"{b.message} [{b.reason}]", sp, line_of()) from None
                 st.skipped += 1
                 st.reasons[b.reason] += 1
+                shown = st.examples.setdefault(b.reason, [])
+                if len(shown) < EXAMPLES_PER_REASON:
+                    shown.append((line_of(), _example(b, row)))
+                    st.messages.setdefault(b.reason, b.message)
+                if type_of is not None and not isinstance(b, _Ignored):
+                    t = type_of(row)
+                    if t:
+                        seen[t] += 1
+                        skipped.setdefault(t, Counter())[b.reason] += 1
+            else:
+                if type_of is not None:
+                    t = type_of(row)
+                    if t:
+                        seen[t] += 1
             n += 1
     finally:
         st.rows = n

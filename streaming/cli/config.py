@@ -21,6 +21,7 @@ def add_parser(sub: Any) -> None:
         "with a message naming the setting.",
     )
     p.add_argument("--json", action="store_true", help="JSON with the values and their sources instead")
+    options.add_input_args(p)  # `recsys config --columns ... > shop.toml` saves a mapping
     options.add_common(p, config_aliases=("--file",))
     p.set_defaults(func=cmd_config)
 

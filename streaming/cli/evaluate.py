@@ -50,13 +50,13 @@ def add_parser(sub: Any) -> None:
     d.set_defaults(func=cmd_demo_offline)
 
 
-def train_test(args: argparse.Namespace) -> tuple[list[Event], list[Event], Path]:
+def train_test(args: argparse.Namespace, cfg: Config) -> tuple[list[Event], list[Event], Path]:
     """(train events, test events, path): --data split by time, or --data and --test."""
     from recsys.data.datasets import load, time_split
 
-    events, path = load(args.data, args.format, args.lenient)
+    events, path = load(args.data, args.format, **options.load_options(args, cfg))
     if args.test:
-        test_events, _ = load(args.test, args.format, args.lenient)
+        test_events, _ = load(args.test, args.format, **options.load_options(args, cfg))
         return events, test_events, path
     return (*time_split(events, test_fraction=args.test_fraction), path)
 
@@ -92,7 +92,7 @@ def run_evaluate(
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = options.load(args)
-    train_events, test_events, path = train_test(args)
+    train_events, test_events, path = train_test(args, cfg)
     kinds = {k: options.train_config(cfg, args, k) for k in args.kinds.split(",")}
     run_evaluate(cfg, train_events, test_events, path, kinds, args.output, args.plot)
     return ExitCode.OK
@@ -109,7 +109,7 @@ def cmd_stream_eval(args: argparse.Namespace) -> int:
     )
 
     cfg = options.load(args)
-    train_events, test_events, path = train_test(args)
+    train_events, test_events, path = train_test(args, cfg)
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     unknown = set(methods) - set(METHODS)
     if unknown:

@@ -42,11 +42,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from recsys.confidence import UserProfile
     from recsys.data.datasets import load
 
-    rec = recommender(options.load(args), args.version)
+    cfg = options.load(args)
+    rec = recommender(cfg, args.version)
     profile = UserProfile()
     source = args.data or rec.model.metadata.get("data_source")
     if source:
-        events, _ = load(source, args.format, args.lenient)
+        events, _ = load(source, args.format, **options.load_options(args, cfg))
         for e in events:
             if e.user == args.user:
                 profile.apply(e, rec.ccfg)

@@ -7,6 +7,12 @@ Every command takes the same configuration options:
     --bootstrap, --partitions, --model-dir
                                 short for stream.bootstrap, stream.partitions, stream.model_dir
 
+and every command that reads events takes the shop's own names (the `[input]` section):
+
+    --columns user=customer,item=sku,type=action,ts=when
+    --types view=page_view,addtocart=add_to_basket,transaction=order
+    --time-format auto|iso8601|epoch_s|epoch_ms
+
 and runs with `load(args)`: defaults < file < environment < command line (its --set, then its
 own options such as --partitions or --alpha, which say the same thing more specifically).
 """
@@ -20,6 +26,7 @@ from typing import Any
 
 from recsys.config import ENV_CONFIG_FILE, Config, load_config
 from recsys.errors import ConfigError
+from recsys.events import TIME_FORMATS
 from recsys.model.train import BPR, TrainConfig
 
 # The library commands' shorthands for settings: option dest -> section.key.
@@ -82,6 +89,10 @@ def overrides(args: argparse.Namespace, **stream: Any) -> list[str | tuple[str, 
     out += [
         (key, getattr(args, dest)) for dest, key in LIBRARY_SETTINGS.items() if getattr(args, dest, None) is not None
     ]
+    out += [(f"input.columns.{k}", v) for k, v in (getattr(args, "columns", None) or {}).items()]
+    out += [(f"input.types.{k}", v) for k, v in (getattr(args, "types", None) or {}).items()]
+    if getattr(args, "time_format", None):
+        out.append(("input.time_format", args.time_format))
     return out
 
 
@@ -116,6 +127,76 @@ def kafka_config(args: argparse.Namespace, **stream: Any) -> Config:
     return cfg
 
 
+# -- reading events: the shop's own names -------------------------------------------------------
+def _pairs(text: str) -> list[tuple[str, str]]:
+    out = []
+    for part in text.split(","):
+        k, sep, v = part.partition("=")
+        if not sep or not k.strip() or not v.strip():
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not CANONICAL=NAME (e.g. user=customer,ts=when or addtocart=add_to_basket)"
+            )
+        out.append((k.strip(), v.strip()))
+    return out
+
+
+def column_map(text: str) -> dict[str, str]:
+    """`user=customer,item=sku` -> {"user": "customer", "item": "sku"}."""
+    return dict(_pairs(text))
+
+
+def type_map(text: str) -> dict[str, tuple[str, ...]]:
+    """`view=page_view,view=pv,transaction=order` -> {"view": ("page_view", "pv"), ...}."""
+    out: dict[str, tuple[str, ...]] = {}
+    for k, v in _pairs(text):
+        out[k] = (*out.get(k, ()), v)
+    return out
+
+
+def add_input_args(p: argparse.ArgumentParser, lenient: bool = False) -> None:
+    """The shop's own field names, type names and time format (input.columns, input.types,
+    input.time_format); with `lenient`, --lenient and --allow-skip-type too."""
+    g = p.add_argument_group("the shop's own names (the [input] section, docs/data-formats.md)")
+    g.add_argument(
+        "--columns",
+        type=column_map,
+        metavar="FIELD=NAME,...",
+        help="the shop's column / JSON key of each event field, e.g. user=customer,item=sku,type=action,ts=when",
+    )
+    g.add_argument(
+        "--types",
+        type=type_map,
+        metavar="TYPE=NAME,...",
+        help="the shop's names of the event types (view, click, favorite, addtocart, transaction), "
+        "e.g. view=page_view,addtocart=add_to_basket,transaction=order",
+    )
+    g.add_argument(
+        "--time-format",
+        choices=TIME_FORMATS,
+        help="how times are written: auto (number = epoch ms, text = ISO-8601), iso8601, epoch_s, epoch_ms",
+    )
+    if lenient:
+        g.add_argument(
+            "--lenient",
+            action="store_true",
+            help="skip malformed rows, reported by reason with the first examples, instead of stopping",
+        )
+        g.add_argument(
+            "--allow-skip-type",
+            action="store_true",
+            help="with --lenient: load even if every row of one of the file's event types is skipped",
+        )
+
+
+def load_options(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+    """The keyword arguments of recsys.data.datasets.load for this command's data options."""
+    return {
+        "lenient": getattr(args, "lenient", False),
+        "mapping": cfg.input,
+        "allow_skip_type": getattr(args, "allow_skip_type", False),
+    }
+
+
 # -- the library commands' options --------------------------------------------------------------
 def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument(
@@ -126,7 +207,7 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         "(taobao, taobao_small, yoochoose, rees46, rees46_small, retailrocket, otto)",
     )
     p.add_argument("--format", default="auto", help="file format (default: detect from the header)")
-    p.add_argument("--lenient", action="store_true", help="skip and count malformed rows instead of stopping")
+    add_input_args(p, lenient=True)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

@@ -35,7 +35,8 @@ def add_parser(sub: Any) -> None:
         "replay",
         help="replay events (a file, a dataset, or a simulation) into the clickstream topic",
         description="Produce events to Kafka in time order: key = user, value = event JSON. "
-        "The topic is created (stream.partitions) if it does not exist.",
+        "The configured clickstream (stream.clickstream_topic) is created (stream.partitions) if it "
+        "does not exist; any other --topic must exist, or be asked for with --create.",
     )
     p.add_argument(
         "source",
@@ -44,6 +45,9 @@ def add_parser(sub: Any) -> None:
         help="events file (any supported format) or shared dataset name; omit with --simulate",
     )
     p.add_argument("--topic", default=None, help="clickstream topic (default: stream.clickstream_topic)")
+    p.add_argument(
+        "--create", action="store_true", help="create --topic if it does not exist (else a missing topic is an error)"
+    )
     pace = p.add_mutually_exclusive_group()
     pace.add_argument("--rate", type=float, default=None, help="events per second")
     pace.add_argument(
@@ -59,7 +63,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--simulate", type=int, default=None, metavar="N", help="replay N simulated events instead of a file"
     )
-    p.add_argument("--lenient", action="store_true", help="skip malformed rows of the file")
+    options.add_input_args(p, lenient=True)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_sim_args(p.add_argument_group("simulation (with --simulate)"))
     options.add_common(p)
@@ -84,17 +88,33 @@ def simulation(args: argparse.Namespace) -> SimConfig | None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from streaming.jobs.replay import events_from, replay
-    from streaming.kafka.admin import ensure_topics
+    from streaming.kafka.admin import ensure_topics, list_topics
 
     if args.simulate is not None and args.source:
         raise ConfigError("replay: give a FILE|NAME or --simulate N, not both")
-    s = options.kafka_config(args).stream
+    cfg = options.kafka_config(args)
+    s = cfg.stream
     topic = args.topic or s.clickstream_topic
-    events = events_from(args.source, simulation(args), args.lenient)
+    events = events_from(
+        args.source,
+        simulation(args),
+        args.lenient,
+        mapping=cfg.input,
+        allow_skip_type=args.allow_skip_type,
+    )
     try:
+        if topic != s.clickstream_topic and not args.create and topic not in list_topics(s.bootstrap):
+            # A typo must not become a new topic nobody reads, with a report of success.
+            raise ConfigError(
+                f"replay: topic {topic!r} does not exist at {s.bootstrap}; the configured clickstream is "
+                f"{s.clickstream_topic!r} (stream.clickstream_topic; leave out --topic to use it). "
+                f"Pass --create to create {topic!r}."
+            )
         ensure_topics(s.bootstrap, {topic: s.partitions})
     except ValueError:
         pass  # exists with another partition count: use it as it is
+    except ConfigError:
+        raise
     except Exception as e:  # noqa: BLE001 - unreachable broker etc.: one clear line
         raise ConfigError(
             f"replay: cannot reach Kafka at {s.bootstrap} to check topic {topic!r}: {type(e).__name__}: {e}"

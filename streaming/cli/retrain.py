@@ -26,6 +26,7 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--once", action="store_true", help="one retrain, then exit")
     g.add_argument("--every", type=parse_duration, metavar="DURATION", help="retrain on a schedule (e.g. 5m)")
     p.add_argument("--data", metavar="FILE|NAME", help="train from this history file instead of the changelog")
+    options.add_input_args(p)
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (ops.retrain_metrics_port)")
     p.add_argument(
         "--metrics-host",

@@ -33,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from recsys.progress import say
 
     cfg = options.load(args)
-    events, path = load(args.data, args.format, args.lenient)
+    events, path = load(args.data, args.format, **options.load_options(args, cfg))
     ccfg, tcfg = cfg.confidence, options.train_config(cfg, args)
     profiles = build_profiles(events, ccfg)
     say(f"training {tcfg.kind.upper()}: {len(profiles)} users, {tcfg.factors} factors, {tcfg.iterations} iterations")

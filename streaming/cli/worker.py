@@ -15,6 +15,7 @@ def add_parser(sub: Any) -> None:
     w.add_argument("--data-dir", help="where this worker's RocksDB tables live (stream.data_dir, default var/worker)")
     w.add_argument("--app-id", help="consumer group / application id (stream.app_id, default streamrec)")
     w.add_argument("--standby-replicas", type=int, help="table standby replicas (stream.standby_replicas, default 0)")
+    options.add_input_args(w)  # the validator reads the shop's own names, as the loaders do
     options.add_common(w)
     w.set_defaults(func=cmd_worker)
 

@@ -41,7 +41,7 @@ from typing import Any
 
 from recsys.data.simulator import SimConfig
 from recsys.errors import ConfigError
-from recsys.events import Event
+from recsys.events import Event, InputConfig
 
 __all__ = ["ReplayStats", "replay", "send_raw", "encode_event", "make_producer", "events_from"]
 
@@ -271,9 +271,18 @@ def send_raw(
 # --------------------------------------------------------------------------- sources
 
 
-def events_from(source: str | None, simulate: SimConfig | None = None, lenient: bool = False) -> list[Event]:
+def events_from(
+    source: str | None,
+    simulate: SimConfig | None = None,
+    lenient: bool = False,
+    *,
+    mapping: InputConfig | None = None,
+    allow_skip_type: bool = False,
+) -> list[Event]:
     """The events to replay: a file (any supported format), a shared dataset's name, or a
-    simulation (`simulate`). ConfigError when the choice is missing, double or unknown."""
+    simulation (`simulate`). ConfigError when the choice is missing, double or unknown.
+    `mapping`: the shop's own column and type names (recsys.events.InputConfig); a lenient
+    load reports what it skipped (recsys.data.datasets.load)."""
     if simulate is not None:
         if source:
             raise ConfigError("replay: give a FILE|NAME or --simulate N, not both")
@@ -282,10 +291,13 @@ def events_from(source: str | None, simulate: SimConfig | None = None, lenient: 
         return run_simulation(simulate)
     if not source:
         raise ConfigError("replay: give an events FILE, a dataset NAME, or --simulate N")
-    from recsys.data.datasets import DATASETS, load_dataset, load_events
+    from recsys.data.datasets import DATASETS, dataset_path, load
 
     if source in DATASETS and not Path(source).exists():
-        return load_dataset(source, lenient=lenient)
-    if not Path(source).exists():
+        path = dataset_path(source)
+    elif Path(source).exists():
+        path = Path(source)
+    else:
         raise ConfigError(f"replay: {source!r} is neither a file nor a dataset name ({', '.join(DATASETS)})")
-    return load_events(source, lenient=lenient)
+    events, _ = load(path, lenient=lenient, mapping=mapping, allow_skip_type=allow_skip_type)
+    return events

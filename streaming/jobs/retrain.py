@@ -225,7 +225,7 @@ def run(
         t0 = time.time()
         try:
             if data:
-                events, path = load(data)
+                events, path = load(data, mapping=config.input if config is not None else None)
                 ccfg = config.confidence if config is not None else Config().confidence
                 profiles, source = build_profiles(events, ccfg), str(path)
             else:

@@ -53,7 +53,12 @@ class StreamWorker:
             ModelStore(s.model_dir), self.serving, config.confidence, config.scoring, with_user_gram=s.item_foldin
         )
         self.processor = Processor(
-            config.confidence, metrics, self.serving, top_n=s.top_n, popularity_half_life_s=s.popularity_half_life_s
+            config.confidence,
+            metrics,
+            self.serving,
+            top_n=s.top_n,
+            popularity_half_life_s=s.popularity_half_life_s,
+            input_config=config.input,
         )
         self.table = UserStateTable(app, s.table_name, s.partitions)
         self.publisher = BatchPublisher(app)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from recsys.confidence import ConfidenceConfig
 from recsys.config import Settings
 from recsys.errors import EventError
-from recsys.events import Event, parse_event
+from recsys.events import Event, InputConfig, parse_event
 from recsys.serving.popularity import RecentPopularity
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import Recommendations
@@ -73,8 +73,9 @@ class BatchResult:
     evidence: list[tuple[bytes, bytes]] = field(default_factory=list)  # (item, JSON) new-item evidence
 
 
-def decode_event(msg: Incoming) -> Event:
-    """Bytes -> validated Event, or EventError with a short reason code."""
+def decode_event(msg: Incoming, mapping: InputConfig | None = None) -> Event:
+    """Bytes -> validated Event, or EventError with a short reason code. `mapping`: the shop's
+    field and type names and time format (the `[input]` section), as for its files."""
     if msg.value is None:
         raise EventError("empty", "message has no value")
     if len(msg.value) > MAX_MESSAGE_BYTES:
@@ -87,11 +88,17 @@ def decode_event(msg: Incoming) -> Event:
         obj = json.loads(text)
     except (ValueError, RecursionError) as e:
         raise EventError("bad_json", str(e)[:200]) from None
-    event = parse_event(obj)
+    event = parse_event(obj, mapping=mapping)
     if msg.key is None:
-        raise EventError("missing_key", "messages must be keyed by user id")
+        raise EventError("missing_key", f"messages must be keyed by user id (here {event.user!r})")
     if msg.key != event.user.encode():
-        raise EventError("key_mismatch", "message key differs from the event's user")
+        key = msg.key.decode("utf-8", "replace")
+        raise EventError(
+            "key_mismatch",
+            f"message key {key[:100]!r} differs from the event's user {event.user!r}: key each message "
+            "by its user id, the same text as the user field",
+            value=key,
+        )
     return event
 
 
@@ -104,8 +111,10 @@ class Processor:
         top_n: int = 10,
         clock: Callable[[], float] = time.time,
         popularity_half_life_s: float = Settings().popularity_half_life_s,
+        input_config: InputConfig | None = None,
     ):
         self.ccfg, self.metrics, self.top_n, self.clock = ccfg, metrics, top_n, clock
+        self.input = input_config  # the shop's own field and type names (recsys.events.InputConfig)
         # Read, never written here: streaming/worker/serving.py owns it.
         self.serving = serving if serving is not None else ServingModel(metrics)
         # What shoppers touch now (stream.popularity_half_life_s): the list for a user the model
@@ -123,7 +132,7 @@ class Processor:
         by_user: OrderedDict[bytes, list[tuple[Incoming, Event]]] = OrderedDict()
         for msg in batch:
             try:
-                event = decode_event(msg)
+                event = decode_event(msg, self.input)
             except EventError as e:
                 res.dead.append(DeadLetter(msg.key, msg.value, e.reason, e.detail, msg.partition, msg.offset))
                 m.rejected.labels(e.reason).inc()

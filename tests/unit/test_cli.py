@@ -62,10 +62,12 @@ def test_malformed_file_names_file_and_line(tmp_path):
     bad.write_text("user,item,type,ts\nu1,i1,view,1700000000000\nu2,i2,teleport,1700000000000\n")
     r = recsys("train", "--data", str(bad), "--model-dir", str(tmp_path / "m"), cwd=tmp_path)
     assert r.returncode == 2 and "bad.csv:3" in r.stderr and "Traceback" not in r.stderr
-    r = recsys(
-        "train", "--data", str(bad), "--lenient", "--factors", "2", "--model-dir", str(tmp_path / "m"), cwd=tmp_path
-    )
-    assert r.returncode == 0 and "skipped 1 malformed" in r.stderr
+    lenient = ("train", "--data", str(bad), "--lenient", "--factors", "2", "--model-dir", str(tmp_path / "m"))
+    r = recsys(*lenient, cwd=tmp_path)  # the only 'teleport' row: the whole type would go
+    assert r.returncode == 2 and "refusing to drop every row" in r.stderr and "--allow-skip-type" in r.stderr
+    r = recsys(*lenient, "--allow-skip-type", cwd=tmp_path)
+    assert r.returncode == 0 and "skipped 1 of 2 rows" in r.stderr
+    assert "unknown_type: 1 rows (e.g. line 3: 'teleport')" in r.stderr
 
 
 def test_unknown_item_for_similar(trained):
