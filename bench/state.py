@@ -2,7 +2,7 @@
 
 Users get realistic histories: the number of distinct items per user and the item ids are
 drawn from the largest real dataset (Taobao, ../shared/data) and encoded with the worker's own
-codec (streaming/worker/state.py), with the default 20-item history and a 10-item last list.
+codec (streaming/worker/state.py), with the default 20-item history and a 10-item last list (with its scores, source and query).
 
   A. RocksDB (rocksdict, as Faust's store): --users records written, flushed and compacted;
      bytes per user on disk and encoded, for the realistic mix and for exactly 50 items a user.
@@ -103,6 +103,10 @@ def _records(n_users: int, lengths: np.ndarray, items: list[str], fixed_len: int
         p.history = [items[r] for r in rows[-20:]]
         st.last_items = [items[r] for r in rng.integers(0, n_items, 10)]
         st.last_version, st.last_published_ms = "20260101T000000Z-abcdef", ts
+        # the rest of the last message (state format 2): scores, source, the query item, times, partition
+        st.last_scores = sorted(rng.random(10).tolist(), reverse=True)
+        st.last_source, st.last_query = "blend", p.history[-1]
+        st.last_event_ts, st.last_ingest_ts, st.last_partition = ts, ts + 12, int(rng.integers(0, PARTITIONS))
         yield f"u{1_000_000_000 + u}".encode(), encode(st)
 
 

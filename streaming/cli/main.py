@@ -10,6 +10,7 @@
     recsys retrain --once | --every                      batch retrain, gate, publish (retrain.py)
     recsys replay FILE|NAME                              produce a dataset to the clickstream (replay.py)
     recsys tail                                          print recommendations as they arrive (tail.py)
+    recsys dlq [--reason R] [--follow]                   print dead letters with their reasons (dlq.py)
     recsys demo                                          all of the above, end to end (demo.py)
     recsys config                                        the effective configuration (config.py)
 
@@ -30,6 +31,7 @@ from streaming.cli import (
     broker,
     config,
     demo,
+    dlq,
     evaluate,
     lookup,
     models,
@@ -43,7 +45,7 @@ from streaming.cli import (
 )
 
 # In the order `recsys -h` lists them.
-GROUPS = (train, evaluate, lookup, models, report, broker, topics, worker, retrain, replay, tail, demo, config)
+GROUPS = (train, evaluate, lookup, models, report, broker, topics, worker, retrain, replay, tail, dlq, demo, config)
 
 
 def build_parser() -> argparse.ArgumentParser:

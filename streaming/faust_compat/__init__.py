@@ -21,6 +21,7 @@ from faust.streams import _current_event
 from faust.tables.manager import TableManager as _FaustTableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 # aiokafka keeps at most one fetch in flight per broker and answers a fetch for partitions
 # with nothing new only when one of them gets data or the fetch wait runs out; meanwhile
@@ -240,6 +241,19 @@ def partition_db(store: Any, partition: int) -> Any:
 def open_partition_dbs(store: Any) -> Sequence[Any]:
     """The partition DBs a Faust RocksDB store has open now."""
     return list(getattr(store, "_dbs", {}).values())
+
+
+def active_partition_dbs(store: Any) -> dict[int, Any]:
+    """Partition -> DB of a Faust RocksDB store, for the partitions this worker is active for
+    (standby copies left out)."""
+    actives = store.app.assignor.assigned_actives()
+    topic = store.table.changelog_topic_name
+    return {p: db for p, db in list(getattr(store, "_dbs", {}).items()) if TP(topic, p) in actives}
+
+
+def count_keys(store: Any, db: Any) -> int:
+    """The table keys in one partition DB (Faust's own offset key left out): a full key scan."""
+    return sum(1 for _ in store._visible_keys(db))
 
 
 def has_changelog_callback(table: Any) -> bool:

@@ -49,7 +49,11 @@ class WorkerMetrics:
         self.batch_users = Histogram(
             "streamrec_batch_users", "Distinct users per micro-batch", buckets=SIZE_BUCKETS, registry=r
         )
-        self.users = Gauge("streamrec_users_in_state", "Users whose state this worker holds", registry=r)
+        self.users = Gauge(
+            "streamrec_users_in_state",
+            "Users whose state this worker serves (an exact count over its active partitions, standbys excluded)",
+            registry=r,
+        )
         self.model_version = Gauge(
             "streamrec_model_info", "The serving model version (value 1)", ["version"], registry=r
         )

@@ -197,6 +197,9 @@ class Processor:
             state.last_items = rec.items
             state.last_version = rec.model_version or ""
             state.last_published_ms = now_ms
+            state.last_scores, state.last_source, state.last_query = rec.scores, rec.source, last_event.item
+            state.last_event_ts, state.last_ingest_ts = last_event.ts, last_msg.timestamp_ms
+            state.last_partition = last_msg.partition
             res.states[key] = state
             res.messages.append(
                 (

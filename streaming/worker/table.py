@@ -57,16 +57,30 @@ class UserStateTable:
             beacon=app.tables.beacon,
         )
         app.tables.add(self.table)
+        # Users per active partition: counted by one key scan when the partition is first seen
+        # recovered, then kept by the writes (a user is added when a batch writes a state its
+        # load did not find). partition -> [its DB object, users]; a reassigned partition gets
+        # a new DB object and is counted again.
+        self._counts: dict[int, list[Any]] = {}
+        self._unseen: set[bytes] = set()
 
     def load(self, key: bytes, event: Any) -> UserState | None:
         """A user's state, read in the partition of `event` (one of the user's events)."""
         with faust_compat.current_event(event):
             raw = self.table.get(key)
-        return decode(raw) if raw is not None else None
+        if raw is None:
+            self._unseen.add(key)
+            return None
+        return decode(raw)
 
     def write(self, key: bytes, state: UserState, event: Any) -> None:
         with faust_compat.current_event(event):
             self.table[key] = encode(state)
+        if key in self._unseen:  # a user new to this worker's state: one more in its partition
+            self._unseen.discard(key)
+            counted = self._counts.get(event.message.partition)
+            if counted is not None:
+                counted[1] += 1
 
     def take_sent(self) -> list[Any]:
         """The futures of the changelog records sent since the last call."""
@@ -79,13 +93,18 @@ class UserStateTable:
         raw = self.table.get(user.encode())
         return decode(raw) if raw is not None else None
 
-    def estimated_users(self) -> int:
-        """RocksDB's key estimate over this worker's partitions (cheap; counting exactly would
-        scan every key)."""
-        total = 0
-        for db in faust_compat.open_partition_dbs(self.table.data):
-            try:
-                total += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
-            except Exception:  # noqa: BLE001 - a partition being closed during a rebalance
-                continue
-        return total
+    def count_users(self, recovered: bool) -> int | None:
+        """Users whose state this worker serves (its active partitions; standbys not counted).
+        A partition not counted yet is scanned once, only when `recovered` (state restored, no
+        rebalance under way); None while some active partition is still uncounted."""
+        store = self.table.data
+        dbs = faust_compat.active_partition_dbs(store)
+        for p in list(self._counts):
+            if dbs.get(p) is not self._counts[p][0]:
+                del self._counts[p]
+        for p, db in dbs.items():
+            if p not in self._counts:
+                if not recovered:
+                    return None
+                self._counts[p] = [db, faust_compat.count_keys(store, db)]
+        return sum(n for _, n in self._counts.values())

@@ -41,7 +41,41 @@ def test_compact_under_2kb_for_50_items():
     assert size < 2048, size
 
 
-@pytest.mark.parametrize("blob", [b"", b"\x02" + b"\0" * 40, encode(UserState())[:-3], encode(UserState()) + b"x"])
+@pytest.mark.parametrize("blob", [b"", b"\x09" + b"\0" * 40, encode(UserState())[:-3], encode(UserState()) + b"x"])
 def test_corrupt_records_raise(blob):
     with pytest.raises(StateDecodeError):
         decode(blob)
+
+
+def test_the_last_message_round_trips():
+    """Version 2 keeps the whole last recommendation message, so the HTTP lookup can return it."""
+    state = UserState(UserState().profile, ["i4", "i7"], "v1", 1764374400051)
+    state.last_scores, state.last_source, state.last_query = [0.91, 0.88], "blend", "i7"
+    state.last_event_ts, state.last_ingest_ts, state.last_partition = 1764374400000, 1764374400012, 2
+    got = decode(encode(state))
+    assert got.last_scores == pytest.approx([0.91, 0.88], rel=1e-6)  # float32
+    assert (got.last_source, got.last_query, got.last_partition) == ("blend", "i7", 2)
+    assert (got.last_event_ts, got.last_ingest_ts) == (1764374400000, 1764374400012)
+
+
+# A record the version-1 encoder wrote (two items, a two-item last list): workers upgraded in
+# place read their existing state and changelog.
+V1_RECORD = bytes.fromhex(
+    "012900000000000000e8cfe8cc9a01000002000000020002020500736b752d31000000000000d03f00cce8cc9a01000001"
+    "0500736b752d32295c8fc2f528fc3fe8cfe8cc9a010000040500736b752d310500736b752d3233cce8cc9a0100001700"
+    "3230323631313239543030333232345a2d3161326233630200693402006937"
+)
+
+
+def test_version_1_records_still_decode():
+    got = decode(V1_RECORD)
+    p = got.profile
+    assert (p.offset, p.events, p.history, sorted(p.items)) == (41, 2, ["sku-1", "sku-2"], ["sku-1", "sku-2"])
+    assert p.items["sku-2"].value == 1.76 and p.items["sku-2"].mask == 4
+    assert (got.last_items, got.last_version, got.last_published_ms) == (
+        ["i4", "i7"],
+        "20261129T003224Z-1a2b3c",
+        1764374400051,
+    )
+    assert (got.last_scores, got.last_source, got.last_query, got.last_partition) == ([], "", "", -1)
+    assert decode(encode(got)).last_items == ["i4", "i7"]  # rewritten as version 2
