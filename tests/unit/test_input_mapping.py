@@ -218,6 +218,8 @@ def test_saved_mapping_reads_back(tmp_path):
 def test_env_sets_the_mapping():
     cfg = load_config(env={"STREAMREC_INPUT_COLUMNS_USER": "customer", "STREAMREC_INPUT_TYPES_VIEW": "pv,page_view"})
     assert cfg.input.columns == {"user": "customer"} and cfg.input.types == {"view": ("pv", "page_view")}
+    # and reaches the processes a command starts (the demo's worker) through their environment
+    assert load_config(env=cfg.to_env(["input"])).input == cfg.input
 
 
 @pytest.mark.parametrize(
