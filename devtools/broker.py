@@ -13,9 +13,18 @@ process (``recsys broker stop``) can find it.
 
 CLI (``streaming/cli/broker.py``)::
 
-    recsys broker start [--data-dir D] [--port P] [--foreground]
+    recsys broker start [--data-dir D] [--port P] [--foreground] [--secure] [--mtls]
     recsys broker stop [--data-dir D]
     recsys broker status [--data-dir D]
+
+``--secure`` makes the one client listener SASL_SSL (SCRAM-SHA-512 and -256), ``--mtls`` makes it
+SSL with client certificates required, both give one of each (the SSL one on ``mtls_port``): a CA,
+the broker's certificate (for 127.0.0.1 and localhost) and a client certificate are made with
+``openssl`` in ``<data dir>/tls`` on first start, the SCRAM users are written at format time
+(``kafka-storage format --add-scram``) with a random password kept in ``tls/client.password``
+(mode 0600), and :meth:`KafkaBroker.client_env` gives the ``STREAMREC_KAFKA_*`` settings a client
+needs. The broker talks to itself over that listener too; only the controller's port (loopback)
+is plaintext.
 
 If the configuration names a Kafka (``stream.bootstrap``, ``STREAMREC_BOOTSTRAP``),
 :func:`broker_from_env` starts nothing and returns a handle on that existing cluster.
@@ -28,6 +37,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -40,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from recsys.config import Config, env_name, load_config
+from recsys.config import Config, KafkaSecurity, env_name, load_config
 from recsys.errors import RecsysError
 
 DEFAULT_KAFKA_VERSION = "4.4.0"
@@ -68,6 +78,9 @@ JVM_OPTS = [
     "-Djava.awt.headless=true",
 ]
 MARKER = ".complete"
+SECURITY_MODES = ("plaintext", "sasl_ssl", "mtls", "both")
+CLIENT_USER = "streamrec"  # the SCRAM user clients log in as
+BROKER_USER = "streamrec-broker"  # the SCRAM user the broker uses on its own listener
 
 
 class BrokerError(RecsysError, RuntimeError):
@@ -176,7 +189,12 @@ def _split(bootstrap: str) -> tuple[str, int]:
 
 
 def wait_until_ready(
-    bootstrap: str, timeout: float = 60.0, *, log_file: Path | None = None, alive: Callable[[], bool] | None = None
+    bootstrap: str,
+    timeout: float = 60.0,
+    *,
+    log_file: Path | None = None,
+    alive: Callable[[], bool] | None = None,
+    security: KafkaSecurity | None = None,
 ) -> None:
     """Block until ``bootstrap`` accepts connections and answers admin metadata requests.
 
@@ -187,6 +205,9 @@ def wait_until_ready(
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaConfigurationError
 
+    from streaming.kafka import clients
+
+    auth = clients.kafka_python(security)
     deadline = time.monotonic() + timeout
     host, port = _split(bootstrap)
     last = "nothing tried yet"
@@ -217,7 +238,11 @@ def wait_until_ready(
         admin = None
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap, client_id="streamrec-ready", request_timeout_ms=ms, bootstrap_timeout_ms=ms
+                bootstrap_servers=bootstrap,
+                client_id="streamrec-ready",
+                request_timeout_ms=ms,
+                bootstrap_timeout_ms=ms,
+                **auth,
             )
             cluster = admin.describe_cluster()
             if any(not b.get("is_fenced") for b in cluster.get("brokers", ())):
@@ -293,9 +318,13 @@ class KafkaBroker:
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     started_in: float | None = field(default=None, init=False, repr=False)  # seconds, last start()
     _atexit_registered: bool = field(default=False, init=False, repr=False)
+    security: str | None = None  # SECURITY_MODES; None: as stored in broker.json, else plaintext
+    mtls_port: int | None = None  # the SSL listener in "both" mode
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
+        if self.security is not None and self.security not in SECURITY_MODES:
+            raise BrokerError(f"security must be one of {SECURITY_MODES}, got {self.security!r}")
 
     # paths
     @property
@@ -336,12 +365,24 @@ class KafkaBroker:
             self.port = st.get("port")
         if self.controller_port is None:
             self.controller_port = st.get("controller_port")
+        if self.security is None:
+            self.security = st.get("security")
+        if self.mtls_port is None:
+            self.mtls_port = st.get("mtls_port")
+
+    @property
+    def mode(self) -> str:
+        if self.security is None:
+            self._load_ports()
+        return self.security or "plaintext"
 
     def _write_state(self, pid: int | None) -> None:
         st = {
             "pid": pid,
             "port": self.port,
             "controller_port": self.controller_port,
+            "security": self.mode,
+            "mtls_port": self.mtls_port,
             "version": self.version,
             "bootstrap": f"{HOST}:{self.port}",
         }
@@ -364,14 +405,17 @@ class KafkaBroker:
 
     # config
     def _write_config(self) -> Path:
+        clients_ = self._listeners()
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listeners": ",".join(
+                [*(f"{n}://{HOST}:{p}" for n, p in clients_.items()), f"CONTROLLER://{HOST}:{self.controller_port}"]
+            ),
+            "advertised.listeners": ",".join(f"{n}://{HOST}:{p}" for n, p in clients_.items()),
+            "listener.security.protocol.map": ",".join(f"{n}:{n}" for n in clients_) + ",CONTROLLER:PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
+            "inter.broker.listener.name": next(iter(clients_)),
             # Static voter set: the controller port is fixed for the life of the data
             # dir anyway (kept in broker.json), and it avoids KIP-853 --standalone.
             "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
@@ -396,9 +440,11 @@ class KafkaBroker:
             # silently delete them, so this dev broker keeps everything.
             "log.retention.ms": "-1",
             "delete.topic.enable": "true",
+            **self._security_props(),
         }
         path = self.data_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        path.chmod(0o600)  # it holds the broker's own SCRAM password in secured modes
         log_path = str(self.log_file).replace("\\", "/")
         (self.data_dir / "log4j2.properties").write_text(
             "status = error\n"
@@ -430,6 +476,13 @@ class KafkaBroker:
         cluster_id = new_cluster_id()
         # The storage tool is short-lived: skip C2 to cut its startup time.
         cmd = self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config))
+        if self.mode in ("sasl_ssl", "both"):
+            # SCRAM users exist before the broker first starts (KIP-900): it needs its own to
+            # reach itself over its SASL_SSL listener.
+            client, broker = self._password("client"), self._password("broker")
+            for mech in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
+                cmd += ["--add-scram", f"{mech}=[name={CLIENT_USER},password={client}]"]
+            cmd += ["--add-scram", f"SCRAM-SHA-512=[name={BROKER_USER},password={broker}]"]
         cmd.insert(1, "-XX:TieredStopAtLevel=1")
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
@@ -455,7 +508,9 @@ class KafkaBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._load_ports()
         if self.is_running():
-            wait_until_ready(self.bootstrap, timeout, log_file=self.log_file, alive=self.is_running)
+            wait_until_ready(
+                self.bootstrap, timeout, log_file=self.log_file, alive=self.is_running, security=self.client_security()
+            )
             return
         libs = ensure_kafka_jars(self.version, self.jar_cache)
         # Free ports are picked by binding port 0 and releasing it, so another process
@@ -466,6 +521,10 @@ class KafkaBroker:
                 self.port = free_port()
             if self.controller_port is None or self.controller_port == self.port:
                 self.controller_port = free_port()
+            if self.mode == "both" and self.mtls_port in (None, self.port, self.controller_port):
+                self.mtls_port = free_port()
+            if self.mode != "plaintext":
+                self._make_tls()
             config = self._write_config()
             if not (self.log_dir / "meta.properties").exists():
                 self._format(libs, config)
@@ -475,7 +534,7 @@ class KafkaBroker:
             except BrokerNotReady as e:
                 if not (fresh_ports and "Address already in use" in str(e) and attempt < 2):
                     raise
-                self.port = self.controller_port = None
+                self.port = self.controller_port = self.mtls_port = None
 
     def _launch(self, libs: Path, config: Path, timeout: float, detach: bool) -> None:
         t0 = time.monotonic()
@@ -498,7 +557,7 @@ class KafkaBroker:
             atexit.register(self._stop_quietly)
             self._atexit_registered = True
         try:
-            wait_until_ready(self.bootstrap, timeout, alive=self.is_running)
+            wait_until_ready(self.bootstrap, timeout, alive=self.is_running, security=self.client_security())
         except BrokerNotReady as e:
             self.stop()
             msg = str(e)
@@ -508,6 +567,118 @@ class KafkaBroker:
                     msg += f"\n--- {path} ---\n{tail}"
             raise BrokerNotReady(msg) from None
         self.started_in = time.monotonic() - t0
+
+    # security
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def mtls_bootstrap(self) -> str:
+        """The mutual-TLS listener ("mtls": the only one; "both": the second)."""
+        if self.mode == "mtls":
+            return self.bootstrap
+        if self.mode != "both" or self.mtls_port is None:
+            raise BrokerError(f"the broker in {self.data_dir} has no mutual-TLS listener (mode {self.mode})")
+        return f"{HOST}:{self.mtls_port}"
+
+    def _listeners(self) -> dict[str, int | None]:
+        """Client listener name (= its security protocol) -> port; the first is the broker's own."""
+        return {
+            "plaintext": {"PLAINTEXT": self.port},
+            "sasl_ssl": {"SASL_SSL": self.port},
+            "mtls": {"SSL": self.port},
+            "both": {"SASL_SSL": self.port, "SSL": self.mtls_port},
+        }[self.mode]
+
+    def _password(self, who: str) -> str:
+        """The SCRAM password of `who` (client, broker): made once, kept in tls/ (mode 0600)."""
+        path = self.tls_dir / f"{who}.password"
+        if not path.exists():
+            self.tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(24) + "\n")
+        return path.read_text().splitlines()[0]
+
+    def _make_tls(self) -> None:
+        """CA, broker and client certificates (once per data dir)."""
+        d = self.tls_dir
+        if (d / "client.pem").exists():
+            return
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)
+        make_ca(d / "ca.key", d / "ca.pem", "streamrec broker CA")
+        issue_cert(d / "ca.key", d / "ca.pem", d / "broker.key", d / "broker.pem", "localhost", server=True)
+        issue_cert(d / "ca.key", d / "ca.pem", d / "client.key", d / "client.pem", CLIENT_USER, server=False)
+        # Kafka's PEM key store: the (PKCS#8, unencrypted) key, then the certificate chain.
+        keystore = d / "broker-keystore.pem"
+        keystore.write_text(
+            (d / "broker.key").read_text() + (d / "broker.pem").read_text() + (d / "ca.pem").read_text()
+        )
+        for p in d.iterdir():
+            p.chmod(0o600)
+
+    def _security_props(self) -> dict[str, str]:
+        mode = self.mode
+        if mode == "plaintext":
+            return {}
+        d = self.tls_dir
+        props = {
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(d / "broker-keystore.pem"),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(d / "ca.pem"),
+            "ssl.enabled.protocols": "TLSv1.3,TLSv1.2",
+        }
+        if mode in ("sasl_ssl", "both"):
+            login = "org.apache.kafka.common.security.scram.ScramLoginModule required"
+            jaas = f'{login} username="{BROKER_USER}" password="{self._password("broker")}";'
+            props.update(
+                {
+                    "sasl.enabled.mechanisms": "SCRAM-SHA-512,SCRAM-SHA-256",
+                    "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+                    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
+                    "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": jaas,
+                    "listener.name.sasl_ssl.ssl.client.auth": "none",
+                }
+            )
+        if mode in ("mtls", "both"):
+            props["listener.name.ssl.ssl.client.auth"] = "required"
+        return props
+
+    def client_security(self, mtls: bool | None = None) -> KafkaSecurity:
+        """The `[kafka]` settings of a client of this broker: SCRAM-SHA-512 over SASL_SSL, or mutual
+        TLS (`mtls`, default: when that is the broker's only listener)."""
+        mode = self.mode
+        if mode == "plaintext":
+            return KafkaSecurity()
+        d = self.tls_dir
+        if mtls or (mtls is None and mode == "mtls"):
+            return KafkaSecurity(
+                security_protocol="SSL",
+                ssl_cafile=str(d / "ca.pem"),
+                ssl_certfile=str(d / "client.pem"),
+                ssl_keyfile=str(d / "client.key"),
+            )
+        self._password("client")
+        return KafkaSecurity(
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username=CLIENT_USER,
+            sasl_password_file=str(d / "client.password"),
+            ssl_cafile=str(d / "ca.pem"),
+        )
+
+    def client_env(self, mtls: bool | None = None) -> dict[str, str]:
+        """STREAMREC_* variables that point a client at this broker (the password by its file)."""
+        from recsys.config import section_env
+
+        sec = self.client_security(mtls)
+        defaults = section_env("kafka", KafkaSecurity())
+        env = {k: v for k, v in section_env("kafka", sec).items() if defaults.get(k) != v}
+        use_mtls = mtls or (mtls is None and self.mode == "mtls")
+        return {ENV_BOOTSTRAP: self.mtls_bootstrap if use_mtls else self.bootstrap, **env}
 
     def _stop_quietly(self) -> None:
         with contextlib.suppress(Exception):
@@ -552,6 +723,42 @@ class KafkaBroker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _openssl(*args: str) -> None:
+    exe = shutil.which("openssl")
+    if exe is None:
+        raise BrokerError("openssl is needed to make the secured broker's certificates but is not on PATH")
+    res = subprocess.run([exe, *args], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise BrokerError(f"openssl {args[0]} failed (rc={res.returncode}):\n{_tail(res.stderr, 10)}")
+
+
+def make_ca(key: Path, cert: Path, name: str, days: int = 30) -> None:
+    """A self-signed CA (EC P-256): `key`, `cert` (PEM)."""
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", str(days), "-subj", f"/CN={name}",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )  # fmt: skip
+
+
+def issue_cert(ca_key: Path, ca_cert: Path, key: Path, cert: Path, name: str, *, server: bool, days: int = 30) -> None:
+    """A certificate for `name` signed by the CA: a server's names 127.0.0.1 and localhost (what
+    clients dial; the broker dials itself too, so it may also act as a client)."""
+    csr, ext = cert.with_suffix(".csr"), cert.with_suffix(".ext")
+    usage = "serverAuth,clientAuth" if server else "clientAuth"
+    ext.write_text(f"extendedKeyUsage={usage}\n" + ("subjectAltName=DNS:localhost,IP:127.0.0.1\n" if server else ""))
+    _openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}",
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(cert), "-days", str(days), "-extfile", str(ext),
+    )  # fmt: skip
+    csr.unlink()
+    ext.unlink()
 
 
 def new_cluster_id() -> str:

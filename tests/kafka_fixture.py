@@ -2,6 +2,8 @@
 
 ``kafka_broker`` (session scope) starts one single-node KRaft broker in a tmp dir
 for the whole session, or uses the cluster in ``STREAMREC_BOOTSTRAP`` if set.
+``secure_kafka_broker`` (session scope) is a second one, secured (SASL_SSL and mutual TLS),
+started only if a test asks for it.
 ``topic_factory`` (function scope) makes uniquely named topics on it and deletes
 them afterwards, so tests sharing the session broker don't see each other's data.
 """
@@ -23,6 +25,21 @@ from streaming.kafka.admin import delete_topics, ensure_topics
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     data_dir = None if os.environ.get(ENV_BOOTSTRAP) else tmp_path_factory.mktemp("kafka")
     broker = broker_from_env(data_dir)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def secure_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """The project's broker with a SASL_SSL listener (SCRAM) and a mutual-TLS one, its own CA and
+    users made at start (`recsys broker start --secure --mtls`); one per session, started only
+    by the tests that ask for it."""
+    if os.environ.get(ENV_BOOTSTRAP):
+        pytest.skip(f"{ENV_BOOTSTRAP} names a Kafka: the secured tests need the project's own broker")
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka-secure"), security="both")
     broker.start()
     try:
         yield broker

@@ -85,9 +85,15 @@ class WorkerProcess:
             time.sleep(0.3)
         raise TimeoutError(f"worker not ready in {timeout}s (last {last}):\n{self.tail()}")
 
-    def get(self, path: str, timeout: float = 5.0) -> tuple[int, dict | str | None]:
+    def get(self, path: str, timeout: float = 5.0, token: str | None = None) -> tuple[int, dict | str | None]:
+        """GET from the worker; with the worker's own bearer token (stream.web_token) unless `token`
+        ("" sends none)."""
+        token = self.env.get("STREAMREC_WEB_TOKEN", "") if token is None else token
+        req = urllib.request.Request(f"http://127.0.0.1:{self.web_port}{path}")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
                 body = r.read().decode()
                 return r.status, (json.loads(body) if r.headers.get_content_type() == "application/json" else body)
         except urllib.error.HTTPError as e:

@@ -31,6 +31,18 @@ def add_parser(sub: Any) -> None:
             p.add_argument("--port", type=int, default=None, help="listener port (default: the last one, else free)")
             p.add_argument("--foreground", action="store_true", help="run until Ctrl-C instead of detaching")
             p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness (default 60)")
+            p.add_argument(
+                "--secure",
+                action="store_true",
+                help="a fresh data dir gets a SASL_SSL listener (SCRAM-SHA-512/256, its own CA); "
+                "prints the client settings",
+            )
+            p.add_argument(
+                "--mtls",
+                action="store_true",
+                help="a fresh data dir gets an SSL listener that requires client certificates "
+                "(with --secure: both listeners)",
+            )
         options.add_common(p)
         p.set_defaults(func=cmd_broker)
 
@@ -39,10 +51,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from devtools.broker import BrokerError, KafkaBroker, default_data_dir
 
     cfg = options.load(args)
+    secure, mtls = getattr(args, "secure", False), getattr(args, "mtls", False)
+    mode = {(False, False): None, (True, False): "sasl_ssl", (False, True): "mtls", (True, True): "both"}
     broker = KafkaBroker(
         data_dir=default_data_dir(args.data_dir or cfg.ops.kafka_dir),
         port=getattr(args, "port", None),
         jar_cache=cfg.ops.kafka_cache,
+        security=mode[secure, mtls],
     )
     if args.action == "status":
         if broker.is_running():
@@ -58,8 +73,17 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print("stopped")
         return ExitCode.OK
 
+    stored = KafkaBroker(data_dir=broker.data_dir).mode if broker.state_file.exists() else None
+    if stored is not None and broker.security is not None and stored != broker.security:
+        print(
+            f"the broker in {broker.data_dir} was made {stored}; its mode is fixed for its data dir "
+            "(stop it and use another --data-dir)",
+            file=sys.stderr,
+        )
+        return ExitCode.USAGE
     if broker.is_running():
         print(f"already running pid={broker.pid} bootstrap={broker.bootstrap}")
+        print_client_env(broker)
         return ExitCode.OK
     try:
         broker.start(timeout=args.timeout, detach=not args.foreground)
@@ -67,6 +91,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return ExitCode.FAILED
     print(f"Kafka {broker.version} ready at {broker.bootstrap} (pid {broker.pid}, data {broker.data_dir})", flush=True)
+    print_client_env(broker)
     if not args.foreground:
         return ExitCode.OK
     try:
@@ -77,3 +102,13 @@ def cmd_broker(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         broker.stop()
         return ExitCode.OK
+
+
+def print_client_env(broker: Any) -> None:
+    """A secured broker: the settings its clients need, as `export` lines (the password by file)."""
+    modes = {"sasl_ssl": [False], "mtls": [True], "both": [False, True]}.get(broker.mode, [])
+    for mtls in modes:
+        print(f"# clients of the {'mutual-TLS' if mtls else 'SASL_SSL (SCRAM-SHA-512)'} listener:")
+        for k, v in broker.client_env(mtls).items():
+            print(f"export {k}={v}")
+    sys.stdout.flush()

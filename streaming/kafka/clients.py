@@ -17,10 +17,10 @@ password is ever put in a message: errors name the setting and the user, not the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,8 +152,29 @@ def faust(sec: KafkaSecurity | None = None) -> dict[str, Any]:
 
 # -- the check at start ---------------------------------------------------------------------------
 # ApiVersions v0 (API key 18): the one request a broker answers before any SASL exchange, so it
-# shows whether TLS (and a client certificate) was accepted without logging in.
-_API_VERSIONS = b"\x00\x12\x00\x00\x00\x00\x00\x01\x00\x0fstreamrec-check"
+# shows whether TLS (and a client certificate) was accepted without logging in. Then, without
+# SASL, Metadata v1 (key 3, all topics): a SASL listener closes the connection instead.
+_CLIENT_ID = b"\x00\x0fstreamrec-check"
+_API_VERSIONS = b"\x00\x12\x00\x00\x00\x00\x00\x01" + _CLIENT_ID
+_METADATA = b"\x00\x03\x00\x01\x00\x00\x00\x02" + _CLIENT_ID + b"\xff\xff\xff\xff"
+
+
+def _request(sock: ssl.SSLSocket, request: bytes) -> bool:
+    """Send one request; True when a whole response came back, False when the broker hung up."""
+    sock.sendall(len(request).to_bytes(4, "big") + request)
+    head = b""
+    while len(head) < 4:
+        chunk = sock.recv(4 - len(head))
+        if not chunk:
+            return False
+        head += chunk
+    left = int.from_bytes(head, "big")
+    while left > 0:
+        chunk = sock.recv(min(left, 1 << 16))
+        if not chunk:
+            return False
+        left -= len(chunk)
+    return True
 
 
 def _split(server: str) -> tuple[str, int]:
@@ -161,9 +182,9 @@ def _split(server: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _tls_check(server: str, ctx: ssl.SSLContext, timeout: float) -> None:
-    """One TLS connection and one request: a certificate problem, either way, as KafkaAuthError.
-    Unreachable: returns (the clients report that as they always have)."""
+def _tls_check(server: str, sec: KafkaSecurity, ctx: ssl.SSLContext, timeout: float) -> None:
+    """One TLS connection and a request or two: a certificate problem, either way, as
+    KafkaAuthError. Unreachable: returns (the clients report that as they always have)."""
     host, port = _split(server)
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
@@ -171,16 +192,20 @@ def _tls_check(server: str, ctx: ssl.SSLContext, timeout: float) -> None:
         return
     try:
         with ctx.wrap_socket(raw, server_hostname=host) as tls:
-            tls.sendall(len(_API_VERSIONS).to_bytes(4, "big") + _API_VERSIONS)
-            if len(tls.recv(4)) < 4:
+            if not _request(tls, _API_VERSIONS):
                 raise KafkaAuthError(
                     f"Kafka at {server} closed the TLS connection: it did not accept this client "
                     "(a client certificate it does not trust, or none: kafka.ssl_certfile)"
                 )
+            if not sec.sasl and not _request(tls, _METADATA):
+                raise KafkaAuthError(
+                    f"Kafka at {server} closed the connection after TLS: that listener wants a SASL login "
+                    "(kafka.security_protocol SASL_SSL)"
+                )
     except ssl.SSLCertVerificationError as e:
         raise KafkaAuthError(
-            f"Kafka at {server}: its TLS certificate is not trusted ({e.verify_message}); "
-            f"kafka.ssl_cafile must name the CA that signed it (now: {_or_system(ssl_cafile=ctx)})"
+            f"Kafka at {server}: its TLS certificate is not trusted ({e.verify_message}); kafka.ssl_cafile "
+            f"must name the CA that signed it (now: {sec.ssl_cafile or 'the system CAs'})"
         ) from None
     except ssl.SSLError as e:
         reason = e.reason or type(e).__name__
@@ -198,10 +223,6 @@ def _tls_check(server: str, ctx: ssl.SSLContext, timeout: float) -> None:
         ) from None
 
 
-def _or_system(ssl_cafile: ssl.SSLContext) -> str:
-    return "as configured" if ssl_cafile.cert_store_stats().get("x509_ca") else "the system's CAs"
-
-
 def check(bootstrap: str, sec: KafkaSecurity | None = None, timeout: float = 15.0) -> None:
     """Connect once as the clients will and raise KafkaAuthError (one line, the exit code
     KAFKA_AUTH) if Kafka refuses this client. PLAINTEXT, or Kafka unreachable: nothing to check
@@ -212,31 +233,31 @@ def check(bootstrap: str, sec: KafkaSecurity | None = None, timeout: float = 15.
     kwargs = kafka_python(sec)  # a missing or unreadable file: ConfigError, naming the setting
     server = bootstrap.split(",")[0]
     if sec.tls:
-        _tls_check(server, kwargs["ssl_context"], timeout)
-    if not sec.sasl:
-        return
-    from kafka import KafkaAdminClient
-    from kafka.errors import NoBrokersAvailable, SaslAuthenticationFailedError
+        _tls_check(server, sec, kwargs["ssl_context"], timeout)
+    if sec.sasl:
+        asyncio.run(_sasl_check(server, sec, timeout))
 
-    ms = int(timeout * 1000)
-    t0 = time.monotonic()
+
+async def _sasl_check(server: str, sec: KafkaSecurity, timeout: float) -> None:
+    """One connection with the SASL login, as aiokafka makes it (kafka-python 3 hides a refused
+    login behind a bootstrap timeout and retries it until then)."""
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismError
+
+    host, port = _split(server)
     try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="streamrec-check",
-            request_timeout_ms=ms,
-            bootstrap_timeout_ms=ms,
-            **kwargs,
+        conn = await asyncio.wait_for(
+            create_conn(host, port, request_timeout_ms=int(timeout * 1000), **aiokafka(sec)), timeout
         )
-        admin.close()
-    except SaslAuthenticationFailedError:
+    except SaslAuthenticationFailed:
         raise KafkaAuthError(_sasl_refused(server, sec)) from None
-    except NoBrokersAvailable as e:
-        cause = e.__cause__ or e.__context__
-        if isinstance(cause, SaslAuthenticationFailedError) or "Authentication failed" in str(e):
-            raise KafkaAuthError(_sasl_refused(server, sec)) from None
-        if time.monotonic() - t0 < timeout * 0.9:
-            raise KafkaAuthError(f"Kafka at {server} refused the SASL connection ({type(e).__name__})") from None
+    except UnsupportedSaslMechanismError:
+        raise KafkaAuthError(
+            f"Kafka at {server} does not offer SASL mechanism {sec.sasl_mechanism} (kafka.sasl_mechanism)"
+        ) from None
+    except (OSError, TimeoutError):
+        return  # unreachable: the clients say so as they always have
+    conn.close()
 
 
 def _sasl_refused(server: str, sec: KafkaSecurity) -> str:
