@@ -281,7 +281,7 @@ def segment_chart(segment: str, n: Any, by_method: dict[str, dict[str, float]]) 
         for i, v in enumerate(vals):
             ax.annotate(_fmt(float(v)), (i, v), ha="center", va="bottom", fontsize=7)
     title = f"{segment}: {n} scored events" if _num(n) else segment
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.03)
     return _svg(fig, f"segment {segment}")
 
 

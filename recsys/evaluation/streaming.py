@@ -490,17 +490,18 @@ def lifts(report: dict[str, Any]) -> dict[str, Any]:
 
 def format_table(report: dict[str, Any], segments: Sequence[str] = ("all", *SEGMENTS)) -> str:
     ms = report["methods"]
+    w = max(13, *(len(s) + 2 for s in segments))  # "target conversion" is wider than a number
     lines = []
     for met in METRICS:
-        head = f"{met:<16}" + "".join(f"{s:>13}" for s in segments)
+        head = f"{met:<16}" + "".join(f"{s:>{w}}" for s in segments)
         lines.append(head)
         for m, segs in ms.items():
             lines.append(
-                f"{m:<16}" + "".join(f"{segs[s][met]:>13.4f}" if s in segs else f"{'-':>13}" for s in segments)
+                f"{m:<16}" + "".join(f"{segs[s][met]:>{w}.4f}" if s in segs else f"{'-':>{w}}" for s in segments)
             )
         lines.append("")
     first = next(iter(ms.values()))
-    lines.append("events" + " " * 10 + "".join(f"{first[s]['n'] if s in first else 0:>13}" for s in segments))
+    lines.append("events" + " " * 10 + "".join(f"{first[s]['n'] if s in first else 0:>{w}}" for s in segments))
     return "\n".join(lines)
 
 
