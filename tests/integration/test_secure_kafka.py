@@ -93,10 +93,23 @@ def test_worker_topics_replay_tail_retrain_over_a_secured_kafka(secure_kafka_bro
         while worker.get("/health")[1]["model_version"] != result["version"]:
             assert time.monotonic() < deadline, worker.tail()
             time.sleep(0.2)
+        outputs.append(str(worker.get("/metrics", token="")[1]))
     finally:
         worker.stop()
+    # A replacement worker with an empty data dir: its state comes back through the bulk restore's
+    # own consumer (streaming/worker/restore.py), which takes Faust's credentials.
+    again = WorkerProcess(s, tmp_path, tmp_path / "models", env=env).start()
+    try:
+        status, body = again.get("/recommendations/u39/")
+        assert status == 200 and body["user"] == "u39"
+    finally:
+        again.stop()
     log = worker.log_path.read_text(errors="replace")
     assert "serving model " + result["version"] in log
+    log2 = again.log_path.read_text(errors="replace")
+    assert "Restoring state from changelog topics (bulk)" in log2, again.tail()
+    log += log2
+    outputs += [broker.log_file.read_text(errors="replace"), broker.out_file.read_text(errors="replace")]
     for secret in [*secrets_of(broker), token]:
         assert secret not in log and all(secret not in out for out in outputs)
 
