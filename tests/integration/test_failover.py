@@ -120,6 +120,11 @@ def run_failover(
         wait_state(s, pre_expected, 180, "the preloaded state")
         # Before the kill: any worker answers for any user, from the user's owner.
         http_before = check_routing(workers, stable_assignment(workers, partitions), s, pre_expected)
+        wait_for(
+            lambda: sum(w.metric("streamrec_users_in_state") for w in workers) == len(pre_expected),
+            30,
+            f"{len(pre_expected)} users in state over the workers",
+        )
         recs = TopicReader(s.bootstrap, s.recommendations_topic)
         feeder = Feeder(s.bootstrap, s.clickstream_topic, live, rate=200.0)
         feeder.start()
@@ -157,6 +162,12 @@ def run_failover(
         )
         recs.close()
         http_after = check_routing(survivors, new_owners, s, expected)
+        # every user counted once, by the worker that now owns their partition (an exact count)
+        wait_for(
+            lambda: sum(w.metric("streamrec_users_in_state") for w in survivors) == len(expected),
+            30,
+            f"{len(expected)} users in state over the survivors",
+        )
         http = {
             "http_lookups": http_before["http_lookups"] + http_after["http_lookups"],
             "http_routed_to_owner": http_before["http_routed_to_owner"] + http_after["http_routed_to_owner"],
@@ -204,7 +215,7 @@ def check_routing(workers, owners, s, expected) -> dict:
         for u in users:
             answers = []
             for w in workers:
-                status, body = w.get(f"/recommendations/{u}/", timeout=10)
+                status, body = w.get(f"/recommendations/{u}" + "/" * (asked % 2), timeout=10)  # both forms
                 assert status == 200, (u, p, w.web_port, status, body)
                 assert body["events"] == expected[u].events
                 assert body["served_by"] == owner_of[p], (u, p, body["served_by"], owner_of)
