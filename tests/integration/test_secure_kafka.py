@@ -22,11 +22,12 @@ import pytest
 from devtools.broker import issue_cert, make_ca
 from recsys.data.datasets import write_canonical
 from recsys.errors import ExitCode
+from streaming.jobs.retrain import announce
 from streaming.kafka import clients
 from streaming.kafka.admin import list_topics
 from streaming.topics import topics
 from tests.helpers import clustered_events
-from tests.stream_fixture import WorkerProcess, settings_env, stream_settings
+from tests.stream_fixture import WorkerProcess, settings_env, stream_settings, wait_for
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,6 +94,16 @@ def test_worker_topics_replay_tail_retrain_over_a_secured_kafka(secure_kafka_bro
         while worker.get("/health")[1]["model_version"] != result["version"]:
             assert time.monotonic() < deadline, worker.tail()
             time.sleep(0.2)
+        # A hostile announcement: refused, counted, logged; the published version keeps serving.
+        refused = worker.metric("streamrec_model_loads_total", {"result": "refused"})
+        with clients.using(broker.client_security(mtls)):
+            announce(s.bootstrap, s.model_updates_topic, "../../etc")
+        wait_for(
+            lambda: worker.metric("streamrec_model_loads_total", {"result": "refused"}) > refused,
+            30,
+            "the announcement of ../../etc refused",
+        )
+        assert worker.get("/health")[1]["model_version"] == result["version"]
         outputs.append(str(worker.get("/metrics", token="")[1]))
     finally:
         worker.stop()
@@ -106,6 +117,7 @@ def test_worker_topics_replay_tail_retrain_over_a_secured_kafka(secure_kafka_bro
         again.stop()
     log = worker.log_path.read_text(errors="replace")
     assert "serving model " + result["version"] in log
+    assert "invalid model version '../../etc'" in log
     log2 = again.log_path.read_text(errors="replace")
     assert "Restoring state from changelog topics (bulk)" in log2, again.tail()
     log += log2
