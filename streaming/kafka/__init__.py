@@ -1,1 +1,2 @@
-"""Kafka clients outside Faust: topic administration and broadcast consumers."""
+"""Kafka clients outside Faust: topic administration, broadcast consumers, and how every client
+(Faust's included) connects (clients.py: TLS, SASL, mutual TLS)."""
