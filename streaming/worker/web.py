@@ -8,6 +8,7 @@ GET /similar/{item}?n=10       items similar to an item under the serving model
 GET /health                    liveness + what is serving
 GET /ready                     200 once partitions are assigned and state is recovered
 GET /metrics                   Prometheus exposition
+any other path                 404 JSON naming these routes
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+from aiohttp import web
 from faust.web import Request, Response, View
 from prometheus_client import generate_latest
 
@@ -102,6 +104,8 @@ def register_views(app: faust.App, worker: Any) -> None:
     for path, view in (("/recommendations/{user}", Recs), ("/similar/{item}", Similar)):
         app.page(path, name=view.__name__)(view)
         app.page(path + "/", name=view.__name__ + "-slash")(type(view.__name__ + "Slash", (view,), {}))
+    server: Any = app.web  # Faust's aiohttp driver (its Web type does not declare web_app)
+    server.web_app.middlewares.append(unknown_path_as_json)
 
     @app.page("/health")
     class Health(View):
@@ -134,6 +138,21 @@ def register_views(app: faust.App, worker: Any) -> None:
             if users is not None:  # else keep the last count until recovery completes
                 worker.metrics.users.set(users)
             return self.bytes(generate_latest(worker.metrics.registry), content_type=METRICS_CONTENT_TYPE)
+
+
+ROUTES_HINT = "routes: GET /recommendations/<user>, /similar/<item>?n=10, /health, /ready, /metrics"
+
+
+@web.middleware
+async def unknown_path_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A path no route matches gets a JSON 404 naming the routes (aiohttp's is plain text)."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPNotFound:
+        return web.json_response(
+            {"error": f"no route {request.method} {request.path}", "hint": ROUTES_HINT}, status=404
+        )
 
 
 async def update_lag(app: faust.App, worker: Any) -> None:

@@ -156,6 +156,7 @@ def test_http_reply_carries_the_documented_fields_with_or_without_the_slash(live
         ("/similar/no-such-item", 404),
         ("/similar/i4?n=0", 400),
         ("/similar/i4/?n=many", 400),
+        ("/recommendation/frank", 404),  # a typo of the route
     ):
         status, err = worker.get(path)
         assert status == code and isinstance(err, dict), (path, status, err)
