@@ -193,3 +193,16 @@ def test_the_secured_broker_has_no_plaintext_client_listener(secure_kafka_broker
     }
     r = recsys("topics", env=env, timeout=60)
     assert r.returncode == ExitCode.KAFKA_AUTH and "wants a SASL login" in r.stderr, r.stderr
+
+
+def test_recsys_broker_start_prints_the_client_settings(secure_kafka_broker):
+    d = str(secure_kafka_broker.data_dir)
+    r = recsys("broker", "start", "--secure", "--mtls", "--data-dir", d, env={})
+    assert r.returncode == 0, r.stderr
+    exports = dict(ln.removeprefix("export ").split("=", 1) for ln in r.stdout.splitlines() if ln.startswith("export "))
+    assert exports["STREAMREC_KAFKA_SASL_PASSWORD_FILE"] == str(secure_kafka_broker.tls_dir / "client.password")
+    assert "STREAMREC_KAFKA_SSL_CERTFILE" in exports and "STREAMREC_KAFKA_SASL_MECHANISM" in exports
+    assert all(secret not in r.stdout + r.stderr for secret in secrets_of(secure_kafka_broker))
+    # its mode is fixed for its data dir
+    r = recsys("broker", "start", "--mtls", "--data-dir", d, env={})
+    assert r.returncode == ExitCode.USAGE and "was made both" in r.stderr
