@@ -112,14 +112,17 @@ class Demo:
     # -- set-up ---------------------------------------------------------------------------
     def start_broker(self) -> str:
         from devtools.broker import KafkaBroker, default_data_dir
+        from streaming.kafka import clients
 
         cfg = self.config
         if cfg.stream.bootstrap:
             say(f"using the Kafka at {cfg.stream.bootstrap} (stream.bootstrap: {cfg.source('stream.bootstrap')})")
+            clients.check(cfg.stream.bootstrap, cfg.kafka)  # refused: one line and exit 77, not a hang
             return cfg.stream.bootstrap
         broker = KafkaBroker(data_dir=default_data_dir(cfg.ops.kafka_dir), jar_cache=cfg.ops.kafka_cache)
         if broker.state_file.exists() and broker.is_running():
             say(f"using the project's running broker at {broker.bootstrap}")
+            clients.check(broker.bootstrap, cfg.kafka)
             return broker.bootstrap
         say("starting the project's Kafka broker (KRaft, loopback; jars fetched from Maven Central the first time)")
         broker.start()
