@@ -191,7 +191,27 @@ def _tls_check(server: str, sec: KafkaSecurity, ctx: ssl.SSLContext, timeout: fl
     except OSError:
         return
     try:
-        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+        tls = ctx.wrap_socket(raw, server_hostname=host)
+    except ssl.SSLCertVerificationError as e:
+        raw.close()
+        raise KafkaAuthError(
+            f"Kafka at {server}: its TLS certificate is not trusted ({e.verify_message}); kafka.ssl_cafile "
+            f"must name the CA that signed it (now: {sec.ssl_cafile or 'the system CAs'})"
+        ) from None
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError) as e:
+        raw.close()
+        raise KafkaAuthError(
+            f"Kafka at {server} hung up during the TLS handshake ({type(e).__name__}): is that a TLS listener? "
+            f"(kafka.security_protocol is {sec.security_protocol})"
+        ) from None
+    except ssl.SSLError as e:
+        raw.close()
+        raise KafkaAuthError(_tls_refused(server, sec, e)) from None
+    except OSError:
+        raw.close()
+        return  # e.g. the broker went away: the clients say so as they always have
+    try:
+        with tls:
             if not _request(tls, _API_VERSIONS):
                 raise KafkaAuthError(
                     f"Kafka at {server} closed the TLS connection: it did not accept this client "
@@ -202,25 +222,22 @@ def _tls_check(server: str, sec: KafkaSecurity, ctx: ssl.SSLContext, timeout: fl
                     f"Kafka at {server} closed the connection after TLS: that listener wants a SASL login "
                     "(kafka.security_protocol SASL_SSL)"
                 )
-    except ssl.SSLCertVerificationError as e:
-        raise KafkaAuthError(
-            f"Kafka at {server}: its TLS certificate is not trusted ({e.verify_message}); kafka.ssl_cafile "
-            f"must name the CA that signed it (now: {sec.ssl_cafile or 'the system CAs'})"
-        ) from None
     except ssl.SSLError as e:
-        reason = e.reason or type(e).__name__
-        if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
-            raise KafkaAuthError(
-                f"Kafka at {server} does not speak TLS on that port (kafka.security_protocol is TLS-based)"
-            ) from None
-        raise KafkaAuthError(
-            f"Kafka at {server} refused the TLS connection ({reason}): "
-            "a client certificate it does not accept, or none (kafka.ssl_certfile, kafka.ssl_keyfile)"
-        ) from None
+        raise KafkaAuthError(_tls_refused(server, sec, e)) from None
     except (TimeoutError, ConnectionError, OSError) as e:
         raise KafkaAuthError(
             f"Kafka at {server} dropped the TLS connection ({type(e).__name__}): it did not accept this client"
         ) from None
+
+
+def _tls_refused(server: str, sec: KafkaSecurity, e: ssl.SSLError) -> str:
+    reason = e.reason or type(e).__name__
+    if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+        return f"Kafka at {server} does not speak TLS on that port (kafka.security_protocol is {sec.security_protocol})"
+    return (
+        f"Kafka at {server} refused the TLS connection ({reason}): "
+        "a client certificate it does not accept, or none (kafka.ssl_certfile, kafka.ssl_keyfile)"
+    )
 
 
 def check(bootstrap: str, sec: KafkaSecurity | None = None, timeout: float = 15.0) -> None:
@@ -242,7 +259,13 @@ async def _sasl_check(server: str, sec: KafkaSecurity, timeout: float) -> None:
     """One connection with the SASL login, as aiokafka makes it (kafka-python 3 hides a refused
     login behind a bootstrap timeout and retries it until then)."""
     from aiokafka.conn import create_conn
-    from aiokafka.errors import SaslAuthenticationFailed, UnsupportedSaslMechanismError
+    from aiokafka.errors import (
+        IllegalSaslStateError,
+        KafkaConnectionError,
+        KafkaError,
+        SaslAuthenticationFailed,
+        UnsupportedSaslMechanismError,
+    )
 
     host, port = _split(server)
     try:
@@ -255,8 +278,15 @@ async def _sasl_check(server: str, sec: KafkaSecurity, timeout: float) -> None:
         raise KafkaAuthError(
             f"Kafka at {server} does not offer SASL mechanism {sec.sasl_mechanism} (kafka.sasl_mechanism)"
         ) from None
-    except (OSError, TimeoutError):
+    except IllegalSaslStateError:
+        raise KafkaAuthError(
+            f"Kafka at {server} does not take a SASL login on that port (kafka.security_protocol is "
+            f"{sec.security_protocol})"
+        ) from None
+    except (OSError, TimeoutError, KafkaConnectionError):
         return  # unreachable: the clients say so as they always have
+    except KafkaError as e:
+        raise KafkaAuthError(f"Kafka at {server} refused the SASL connection ({type(e).__name__})") from None
     conn.close()
 
 

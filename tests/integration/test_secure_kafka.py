@@ -206,3 +206,12 @@ def test_recsys_broker_start_prints_the_client_settings(secure_kafka_broker):
     # its mode is fixed for its data dir
     r = recsys("broker", "start", "--mtls", "--data-dir", d, env={})
     assert r.returncode == ExitCode.USAGE and "was made both" in r.stderr
+
+
+def test_no_plaintext_fallback_a_secured_client_on_a_plaintext_listener_stops_at_start(kafka_broker):
+    base = {"STREAMREC_BOOTSTRAP": kafka_broker.bootstrap}
+    r = recsys("topics", env={**base, "STREAMREC_KAFKA_SECURITY_PROTOCOL": "SSL"}, timeout=60)
+    assert r.returncode == ExitCode.KAFKA_AUTH and "hung up during the TLS handshake" in r.stderr, r.stderr
+    sasl = {"STREAMREC_KAFKA_SASL_USERNAME": "a", "STREAMREC_KAFKA_SASL_PASSWORD": "b"}
+    r = recsys("topics", env={**base, **sasl, "STREAMREC_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}, timeout=60)
+    assert r.returncode == ExitCode.KAFKA_AUTH and "does not take a SASL login" in r.stderr, r.stderr
