@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from recsys.errors import ConfigError
+from recsys.errors import ConfigError, RecsysError
 
 __all__ = ["DeadLetterRecord", "read_dead_letters", "format_dead_letter"]
 
@@ -93,6 +93,7 @@ def read_dead_letters(
     for new ones (until `should_stop()` is true, asked every 0.5 s at most). `new_only`: skip
     the retained ones (only sensible with `follow`). `reason`: only dead letters with that reason."""
     from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
     from streaming.kafka import clients
 
@@ -105,7 +106,13 @@ def read_dead_letters(
         **clients.kafka_python(),
         **(consumer_config or {}),
     }
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **cfg)
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **cfg)
+    except (KafkaTimeoutError, KafkaConnectionError) as e:
+        raise RecsysError(
+            f"cannot reach Kafka at {bootstrap} ({e.__class__.__name__}): is it running "
+            "(`recsys broker status`) and is stream.bootstrap right?"
+        ) from None
     try:
         # the first metadata answer may not know a topic made a moment ago: ask for a few seconds
         deadline = time.monotonic() + 5.0
@@ -113,7 +120,7 @@ def read_dead_letters(
             time.sleep(0.2)
         if not parts:
             raise ConfigError(
-                f"dlq: topic {topic!r} does not exist on {bootstrap} "
+                f"topic {topic!r} does not exist on {bootstrap} "
                 "(it is created by `recsys topics` or a worker's start; set stream.dlq_topic if it has another name)"
             )
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

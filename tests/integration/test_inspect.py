@@ -101,6 +101,10 @@ def test_dlq_prints_each_dead_letter_with_reason_detail_and_source_offset(live):
     assert "key_mismatch" in first and f"source={s.clickstream_topic}/{partition}/{offset}" in first
     assert "bad_json" not in text.stdout and "1 dead letters with reason 'key_mismatch'" in text.stderr
 
+    missing = recsys(s, "dlq", "--topic", "no-such-dlq")
+    assert missing.returncode == 2 and "topic 'no-such-dlq' does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
     # --follow: waits past the retained ones (none has this reason) for the next one
     env = {**os.environ, **settings_env(s)}
     cmd = [sys.executable, "-m", "streaming.cli.main", "dlq", "--follow", "--reason", "missing_key", "-n", "1"]
