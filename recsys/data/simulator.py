@@ -513,40 +513,49 @@ def parse_start(s: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m recsys.data.simulator", description="Write a simulated clickstream in the canonical format."
-    )
-    ap.add_argument("out", help="output file: .csv, .jsonl (add .gz to compress)")
-    ap.add_argument("--events", type=int, default=SimConfig.events, help=f"events (default {SimConfig.events})")
-    ap.add_argument("--users", type=int, default=SimConfig.n_users, help=f"shoppers (default {SimConfig.n_users})")
-    ap.add_argument(
-        "--items", type=int, default=SimConfig.n_items, help=f"catalogue size (default {SimConfig.n_items})"
-    )
-    ap.add_argument(
+def add_sim_args(p: Any) -> None:
+    """The simulation's sizes, span, seed and start as options (this module's `main` and
+    `recsys replay --simulate N`)."""
+    p.add_argument("--users", type=int, default=SimConfig.n_users, help=f"shoppers (default {SimConfig.n_users})")
+    p.add_argument("--items", type=int, default=SimConfig.n_items, help=f"catalogue size (default {SimConfig.n_items})")
+    p.add_argument(
         "--topics", type=int, default=SimConfig.n_topics, help=f"latent topics (default {SimConfig.n_topics})"
     )
-    ap.add_argument("--days", type=float, default=SimConfig.days, help=f"time span (default {SimConfig.days:g})")
-    ap.add_argument("--seed", type=int, default=SimConfig.seed)
-    ap.add_argument(
+    p.add_argument("--days", type=float, default=SimConfig.days, help=f"time span (default {SimConfig.days:g})")
+    p.add_argument("--seed", type=int, default=SimConfig.seed)
+    p.add_argument(
         "--start",
         type=parse_start,
         default=DEFAULT_START_MS,
         metavar="MS|ISO",
         help="first arrival time (default 2026-06-01T00:00Z)",
     )
+
+
+def config_from_args(args: Any, events: int) -> SimConfig:
+    """The SimConfig of options added by `add_sim_args`, for `events` events."""
+    return SimConfig(
+        n_users=args.users,
+        n_items=args.items,
+        n_topics=args.topics,
+        events=events,
+        days=args.days,
+        seed=args.seed,
+        start_ms=args.start,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m recsys.data.simulator", description="Write a simulated clickstream in the canonical format."
+    )
+    ap.add_argument("out", help="output file: .csv, .jsonl (add .gz to compress)")
+    ap.add_argument("--events", type=int, default=SimConfig.events, help=f"events (default {SimConfig.events})")
+    add_sim_args(ap)
     ap.add_argument("--describe", action="store_true", help="print realism figures as JSON on stdout")
     args = ap.parse_args(argv)
     try:
-        cfg = SimConfig(
-            n_users=args.users,
-            n_items=args.items,
-            n_topics=args.topics,
-            events=args.events,
-            days=args.days,
-            seed=args.seed,
-            start_ms=args.start,
-        )
+        cfg = config_from_args(args, args.events)
         events = simulate(cfg)
         from recsys.data.datasets import write_canonical
 

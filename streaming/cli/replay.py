@@ -6,27 +6,9 @@ import argparse
 import sys
 from typing import Any
 
-from recsys.data.simulator import DEFAULT_START_MS, SimConfig, parse_start
+from recsys.data.simulator import SimConfig, add_sim_args, config_from_args
 from recsys.errors import ConfigError, ExitCode
 from streaming.cli import options
-
-
-def add_sim_args(p: Any) -> None:
-    """The simulator's main sizes (`--simulate N`)."""
-    p.add_argument("--users", type=int, default=SimConfig.n_users, help=f"shoppers (default {SimConfig.n_users})")
-    p.add_argument("--items", type=int, default=SimConfig.n_items, help=f"catalogue size (default {SimConfig.n_items})")
-    p.add_argument(
-        "--topics", type=int, default=SimConfig.n_topics, help=f"latent topics (default {SimConfig.n_topics})"
-    )
-    p.add_argument("--days", type=float, default=SimConfig.days, help=f"time span (default {SimConfig.days:g})")
-    p.add_argument("--seed", type=int, default=SimConfig.seed)
-    p.add_argument(
-        "--start",
-        type=parse_start,
-        default=DEFAULT_START_MS,
-        metavar="MS|ISO",
-        help="first arrival time (default 2026-06-01T00:00Z)",
-    )
 
 
 def add_parser(sub: Any) -> None:
@@ -75,15 +57,7 @@ def simulation(args: argparse.Namespace) -> SimConfig | None:
         return None
     if args.simulate < 1:
         raise ConfigError("replay: --simulate needs N >= 1")
-    return SimConfig(
-        n_users=args.users,
-        n_items=args.items,
-        n_topics=args.topics,
-        events=args.simulate,
-        days=args.days,
-        seed=args.seed,
-        start_ms=args.start,
-    )
+    return config_from_args(args, args.simulate)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
