@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages the test suite needs (Debian): Prometheus (prometheus + promtool) for the
-# scrape-configuration checks and the live Prometheus test, Chromium for rendering reports.
+# scrape-configuration checks and the live Prometheus test, Chromium for rendering reports,
+# openssl for the secured test broker's certificates.
 # Idempotent and quiet: installs only what is missing, runs `apt-get update` only then.
 # Called by `make test`; without root or apt-get it says what is missing and exits 0 (the tests
 # that need a missing tool skip with a reason, or fail when CI=true).
@@ -9,6 +10,7 @@ set -euo pipefail
 need=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # certificates of the secured test broker
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
