@@ -11,35 +11,36 @@ from devtools.broker import free_port
 pytestmark = pytest.mark.kafka
 
 
+def run_demo(env: dict[str, str], work, duration: int, retrain_every: int) -> subprocess.CompletedProcess:
+    """`recsys demo` for a short run without the history replay; asserts it exited 0."""
+    argv = [
+        sys.executable,
+        "-m",
+        "streaming.cli.main",
+        "demo",
+        "--duration",
+        str(duration),
+        "--retrain-every",
+        str(retrain_every),
+        "--no-history",
+        "--rate",
+        "100",
+        "--web-port",
+        str(free_port()),
+        "--workdir",
+        str(work),
+    ]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    return r
+
+
 def test_demo_runs_and_ends_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "STREAMREC_BOOTSTRAP"}
     env["STREAMREC_KAFKA_DIR"] = str(tmp_path / "kafka")  # its own broker, started and stopped by the demo
     work = tmp_path / "demo"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streaming.cli.main",
-            "demo",
-            "--duration",
-            "15",
-            "--retrain-every",
-            "8",
-            "--no-history",
-            "--rate",
-            "100",
-            "--web-port",
-            str(free_port()),
-            "--workdir",
-            str(work),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    r = run_demo(env, work, duration=15, retrain_every=8)
     out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-3000:]
     for expected in (
         "Kafka 4.4.0 ready",
         "initial model",
@@ -64,31 +65,7 @@ def test_demo_on_a_given_kafka_deletes_every_topic_it_made(kafka_broker, tmp_pat
 
     before = set(list_topics(kafka_broker.bootstrap))
     env = {**os.environ, "STREAMREC_BOOTSTRAP": kafka_broker.bootstrap}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streaming.cli.main",
-            "demo",
-            "--duration",
-            "12",
-            "--retrain-every",
-            "6",
-            "--no-history",
-            "--rate",
-            "100",
-            "--web-port",
-            str(free_port()),
-            "--workdir",
-            str(tmp_path / "demo"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-3000:]
-    assert "user=" in r.stdout, out[-3000:]  # it did run: recommendations were printed
+    r = run_demo(env, tmp_path / "demo", duration=12, retrain_every=6)
+    assert "user=" in r.stdout, (r.stdout + r.stderr)[-3000:]  # it did run: recommendations were printed
     made = set(list_topics(kafka_broker.bootstrap)) - before
     assert {t for t in made if not t.startswith("__")} == set()  # __consumer_offsets is the broker's own
