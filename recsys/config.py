@@ -55,6 +55,7 @@ from recsys.serving.scoring import ScoringConfig
 ENV_CONFIG_FILE = "STREAMREC_CONFIG"
 SECRET_MASK = "********"  # what `recsys config` shows for a password or token that is set
 LOG_FORMATS = ("text", "json")
+MODEL_TRANSPORTS = ("filesystem", "kafka")
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,34 @@ class Settings:
         "half-life (seconds) of the worker's recent popularity: the list for a user the model cannot place "
         "yet, and everyone's list before any model exists",
     )
-    model_dir: str = setting("var/models", "model store, shared by the retrain job (writes) and every worker (reads)")
+    model_dir: str = setting(
+        "var/models",
+        "model store: the retrain job writes versions here; a worker reads them here (model_transport "
+        "filesystem: the same directory) or caches the ones it fetched from Kafka (kafka: its own)",
+    )
+    # filesystem by default: one host (make demo, tests, a laptop) already shares its disk, and the
+    # kafka transport keeps model_keep_versions copies of the model on the broker for nothing
+    # there; docker-compose.yml and any multi-host deployment set kafka.
+    model_transport: str = setting(
+        "filesystem",
+        "how workers get a model version: `filesystem` (they read model_dir, shared with the retrain job) "
+        "or `kafka` (the retrain job publishes each version in chunks to model_artifacts_topic; a worker "
+        "fetches, verifies and caches it in its own model_dir: no shared volume)",
+    )
+    model_artifacts_topic: str = setting(
+        "model-artifacts",
+        "with model_transport kafka: the compacted topic holding model versions (manifests, pointers, chunks)",
+    )
+    # 256 KiB: well under the 1 MB message limit of a default (or a managed) Kafka.
+    model_chunk_bytes: int = setting(
+        256 * 1024,
+        "with model_transport kafka: bytes per chunk record; must stay under the topic's max.message.bytes",
+    )
+    model_keep_versions: int = setting(
+        5,
+        "with model_transport kafka: the newest this many versions stay on model_artifacts_topic (plus the "
+        "current and the pinned one); older ones are deleted with tombstones when a version is published",
+    )
     data_dir: str = setting("var/worker", "this worker's RocksDB tables (one directory per worker)")
     web_port: int = setting(6066, "worker HTTP port: /recommendations, /similar, /health, /ready, /metrics")
     web_host: str = setting("127.0.0.1", "the host name other workers and clients use to reach this worker's web port")
@@ -196,6 +224,14 @@ class Settings:
     def table_name(self) -> str:
         return "user-state"
 
+        if self.model_transport not in MODEL_TRANSPORTS:
+            raise ConfigError(
+                f"model_transport must be one of {', '.join(MODEL_TRANSPORTS)}, got {self.model_transport!r}"
+            )
+        if not 1024 <= self.model_chunk_bytes <= 64 * 1024 * 1024:
+            raise ConfigError(f"model_chunk_bytes must be between 1 KiB and 64 MiB, got {self.model_chunk_bytes}")
+        if self.model_keep_versions < 1:
+            raise ConfigError(f"model_keep_versions must be >= 1, got {self.model_keep_versions}")
     @property
     def changelog_topic(self) -> str:
         # Faust names a table's changelog "<app id>-<table>-changelog".

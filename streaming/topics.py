@@ -17,6 +17,9 @@ from typing import Any
 # seconds, a day covers a stopped worker.
 ROWS_RETENTION_MS = 7 * 86400_000
 EVIDENCE_RETENTION_MS = 86400_000
+# Model artifacts: compacted, never deleted by age (a pinned version may be months old). Only a
+# closed segment is compacted: an hourly roll lets tombstoned versions go within about an hour.
+ARTIFACTS_SEGMENT_MS = 3600_000
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Topics:
     recommendations: Topic
     dlq: Topic
     model_updates: Topic
+    model_artifacts: Topic
     changelog: Topic
     item_evidence: Topic
     item_factors: Topic
@@ -42,7 +46,7 @@ class Topics:
     @property
     def core(self) -> list[Topic]:
         """What `recsys topics` (and every worker at start) creates."""
-        return [self.clickstream, self.recommendations, self.dlq, self.model_updates]
+        return [self.clickstream, self.recommendations, self.dlq, self.model_updates, self.model_artifacts]
 
     @property
     def new_items(self) -> list[Topic]:
@@ -62,6 +66,14 @@ def topics(s: Any) -> Topics:
         recommendations=Topic(s.recommendations_topic, p, "user id", "one JSON recommendation list per message"),
         dlq=Topic(s.dlq_topic, 1, "the rejected message's key", "rejected messages: original bytes, reason in headers"),
         model_updates=Topic(s.model_updates_topic, 1, "none", "model announcements read by every worker"),
+        model_artifacts=Topic(
+            s.model_artifacts_topic,
+            2,
+            "manifest/<version>, pointer/current, pointer/pinned (partition 0); chunk/<version>/<file>/<n> (1)",
+            "model versions in chunks with a sha256 manifest (stream.model_transport kafka: "
+            "streaming/kafka/model_transport.py)",
+            {"cleanup.policy": "compact", "segment.ms": str(ARTIFACTS_SEGMENT_MS)},
+        ),
         changelog=Topic(s.changelog_topic, p, "user id", "the user-state table's changelog (Faust creates it)"),
         item_evidence=Topic(
             s.item_evidence_topic,
@@ -91,14 +103,18 @@ def ensure(bootstrap: str, wanted: list[Topic], timeout: float = 30.0) -> list[s
     from streaming.kafka.admin import ensure_topics
 
     created: list[str] = []
-    for t in wanted:
-        created += ensure_topics(bootstrap, {t.name: t.partitions}, config=dict(t.config), timeout=timeout)
+    by_config: dict[tuple[tuple[str, str], ...], dict[str, int]] = {}
+    for t in wanted:  # one admin round trip per distinct configuration
+        by_config.setdefault(tuple(sorted(t.config.items())), {})[t.name] = t.partitions
+    for config, specs in by_config.items():
+        created += ensure_topics(bootstrap, specs, config=dict(config), timeout=timeout)
     return created
 
 
 def isolated(s: Any, name: str, **changes: Any) -> Any:
     """A copy of stream settings `s` whose consumer group and topics are all named after `name`
-    (<name>-clicks, -recs, -dlq, -models; the changelog and new-item topics follow the app id):
+    (<name>-clicks, -recs, -dlq, -models, -model-artifacts; the changelog and new-item topics
+    follow the app id):
     runs that share one broker (the demo, tests, benchmarks) never see each other's data."""
     return s.replace(
         app_id=name,
@@ -106,5 +122,6 @@ def isolated(s: Any, name: str, **changes: Any) -> Any:
         recommendations_topic=f"{name}-recs",
         dlq_topic=f"{name}-dlq",
         model_updates_topic=f"{name}-models",
+        model_artifacts_topic=f"{name}-model-artifacts",
         **changes,
     )

@@ -16,11 +16,10 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from streaming.kafka.admin import ensure_topics
-    from streaming.topics import topic_specs
+    from streaming.topics import ensure, topic_specs, topics
 
     s = options.kafka_config(args).stream
-    created = ensure_topics(s.bootstrap, topic_specs(s))
+    created = ensure(s.bootstrap, topics(s).core)  # each with its own configuration (compaction)
     print(
         f"topics on {s.bootstrap}: "
         + ", ".join(f"{t}({n})" for t, n in topic_specs(s).items())

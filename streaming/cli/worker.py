@@ -23,16 +23,15 @@ def add_parser(sub: Any) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
-    from streaming.kafka.admin import ensure_topics
     from streaming.logs import no_spinner, worker_logging_config
-    from streaming.topics import topic_specs
+    from streaming.topics import ensure, topics
     from streaming.worker.app import create_app
 
     cfg = options.kafka_config(
         args, web_port=args.web_port, data_dir=args.data_dir, app_id=args.app_id, standby_replicas=args.standby_replicas
     )
     s = cfg.stream
-    ensure_topics(s.bootstrap, topic_specs(s))
+    ensure(s.bootstrap, topics(s).core)
     app = create_app(cfg)
     # Faust replaces the root log handlers; with JSON logs asked for, it installs ours instead.
     worker = faust.Worker(
