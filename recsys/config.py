@@ -215,6 +215,14 @@ class Settings:
             raise ConfigError("broker_session_timeout_s and broker_heartbeat_interval_s must be > 0")
         if not 0 <= self.retrain_tolerance < 1:
             raise ConfigError(f"retrain_tolerance must be in [0, 1), got {self.retrain_tolerance}")
+        if self.model_transport not in MODEL_TRANSPORTS:
+            raise ConfigError(
+                f"model_transport must be one of {', '.join(MODEL_TRANSPORTS)}, got {self.model_transport!r}"
+            )
+        if not 1024 <= self.model_chunk_bytes <= 64 * 1024 * 1024:
+            raise ConfigError(f"model_chunk_bytes must be between 1 KiB and 64 MiB, got {self.model_chunk_bytes}")
+        if self.model_keep_versions < 1:
+            raise ConfigError(f"model_keep_versions must be >= 1, got {self.model_keep_versions}")
         if not self.item_foldin_refresh_s > 0:
             raise ConfigError(f"item_foldin_refresh_s must be > 0, got {self.item_foldin_refresh_s}")
         if min(self.item_foldin_min_users, self.item_foldin_max_users, self.item_foldin_max_items) < 1:
@@ -224,14 +232,6 @@ class Settings:
     def table_name(self) -> str:
         return "user-state"
 
-        if self.model_transport not in MODEL_TRANSPORTS:
-            raise ConfigError(
-                f"model_transport must be one of {', '.join(MODEL_TRANSPORTS)}, got {self.model_transport!r}"
-            )
-        if not 1024 <= self.model_chunk_bytes <= 64 * 1024 * 1024:
-            raise ConfigError(f"model_chunk_bytes must be between 1 KiB and 64 MiB, got {self.model_chunk_bytes}")
-        if self.model_keep_versions < 1:
-            raise ConfigError(f"model_keep_versions must be >= 1, got {self.model_keep_versions}")
     @property
     def changelog_topic(self) -> str:
         # Faust names a table's changelog "<app id>-<table>-changelog".

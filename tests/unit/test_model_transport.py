@@ -184,3 +184,20 @@ def test_a_hostile_version_never_reaches_the_store(tmp_path, version):
     with pytest.raises(ModelStoreError, match="invalid model version"):
         install(ModelStore(tmp_path / "y"), version, [], Manifest(V, 1, {}, 0, 0))
     assert not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"model_transport": "nfs"}, "model_transport must be one of filesystem, kafka"),
+        ({"model_chunk_bytes": 100}, "model_chunk_bytes must be between"),
+        ({"model_keep_versions": 0}, "model_keep_versions must be >= 1"),
+    ],
+)
+def test_transport_settings_are_checked(change, match):
+    from recsys.config import Settings
+    from recsys.errors import ConfigError
+
+    assert Settings().model_transport == "filesystem"
+    with pytest.raises(ConfigError, match=match):
+        Settings(**change)
