@@ -38,6 +38,16 @@ Methods, all on the same replay and the same state:
   system+items the system on a model extended with new items folded in (item_foldin.py)
                from the users who touched them, refreshed every `item_foldin_every` events
   system+retrain    the system, retrained on all profiles so far every `retrain_hours`
+  own-recent   the user's own items, most recently touched first
+  covisit      item-to-item co-visitation of the user's last items (recsys.candidates.sources)
+  vsknn        V-SKNN (Ludewig & Jannach 2018): session-kNN on the user's recent items
+  stan         STAN (Garg et al. 2019): V-SKNN + neighbour recency + item distance
+               The last four are computed event by event from state updated by every event
+               before (training window included), with the same filters; a short list is padded
+               with the popularity baseline's ranking of that moment, as the system's is.
+  ranker       the candidates of every source above (system, covisit, vsknn, stan, own-recent,
+               popularity) ordered by a LightGBM LambdaRank model trained on the last part of the
+               training window (recsys.candidates.ranker: `train_ranker`, `Features.candidates`)
 
 Batching, and why it is exact: events are cut into time-ordered chunks (at most `chunk_max`
 events; a chunk also ends at a retrain time and at a new-item refresh). Inside a chunk the
@@ -69,11 +79,13 @@ import math
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from recsys.candidates.ranker import Context, Examples, Features, ItemStats, Ranker, RankerConfig, trim
+from recsys.candidates.sources import BASELINES, Sources, SourcesConfig, top_items
 from recsys.confidence import ConfidenceConfig, UserProfile, build_profiles
 from recsys.evaluation.plotting import pyplot
 from recsys.events import Event
@@ -93,6 +105,8 @@ METHODS = (
     "system-norepeat",
     "system+items",
     "system+retrain",
+    *BASELINES,
+    "ranker",
 )
 METRICS = ("HR@10", "MRR@10", "NDCG@10")
 SEGMENTS = ("cold", "new 2-5", "new 6+", "known", "target known", "target new", "target conversion")
@@ -112,6 +126,10 @@ class StreamEvalConfig:
     item_foldin_every: int = 200  # system+items: events between new-item refreshes
     item_foldin_min_users: int = 1
     system_popular: bool = True  # system*: cold-start / padding list = the popularity baseline's
+    sources: SourcesConfig = SourcesConfig()  # own-recent, covisit, vsknn, stan
+    # per-baseline parameters (method -> config) where they differ from `sources`
+    baseline_sources: dict[str, SourcesConfig] = field(default_factory=dict)
+    ranker: RankerConfig = RankerConfig()
     methods: tuple[str, ...] = METHODS
 
 
@@ -153,6 +171,8 @@ class _Snap:
     pop_top: list[str]  # the same ranking unfiltered (the system's cold-start list)
     static_row: int  # row of the user in the training user factors, -1: none
     segment: str  # activity segment
+    base_lists: dict[str, list[str]] | None = None  # the stream baselines' lists at that moment
+    ctx: Context | None = None  # the ranker's inputs at that moment
 
 
 def _snapshot(
@@ -198,11 +218,15 @@ def stream_evaluate(
     user_ids: Sequence[str] | None = None,
     keep_lists: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
+    ranker: Ranker | None = None,
+    collect: Examples | None = None,
 ) -> dict[str, Any]:
     """Replay `test_events` after `train_events`; returns the report (see format_table).
 
     `model` (+ `user_factors`, `user_ids` for the static method) skips training. `keep_lists`:
-    methods whose per-event lists are returned in report["events"] (for exact comparisons)."""
+    methods whose per-event lists are returned in report["events"] (for exact comparisons).
+    `ranker`: the learned ranker for method `ranker` (`recsys.candidates.training.train_ranker`
+    on the training events). `collect`: gather the ranker's training examples of every replayed event."""
     say = progress or (lambda _m: None)
     t0 = time.time()
     k = ecfg.k
@@ -233,8 +257,24 @@ def stream_evaluate(
             counts[e.item] += 1
             seen.append((e.ts, e.item))
 
+    # the stream baselines: one Sources per distinct parameter set, fed every event
+    ranking = "ranker" in methods or collect is not None
+    if "ranker" in methods and ranker is None:
+        raise ValueError("method ranker needs ranker= (recsys.candidates.training.train_ranker)")
+    by_cfg: dict[SourcesConfig, list[str]] = defaultdict(list)
+    for m in BASELINES if ranking else methods:
+        if m in BASELINES:
+            by_cfg[ecfg.baseline_sources.get(m, ecfg.sources)].append(m)
+    sources = [(Sources(c), ms) for c, ms in by_cfg.items()]
+    stats = ItemStats()
+    features = Features(model, ecfg.ranker) if ranking else None
+    pending: list[Event] = []  # the chunk's events, counted into `stats` after its lists
     for e in train_sorted:
         count(e)
+        for src, _ in sources:
+            src.update(e)
+        if ranking:
+            stats.add(e.item, e.ts)
 
     def pop_top(now: int) -> list[str]:
         if recent is not None:
@@ -295,19 +335,39 @@ def stream_evaluate(
             if e.item == snap.query:
                 skipped_same += 1
             else:
+                if sources:
+                    snap.base_lists = {}
+                    ctx = _context(snap, p, ecfg.ranker.per_source) if ranking else None
+                    for src, ms in sources:
+                        snap.base_lists.update(_baseline_lists(src, ms, snap, p, k, methods, ctx))
+                    snap.ctx = ctx
                 snaps.append(snap)
             if p is None:
                 p = profiles[e.user] = UserProfile()
             p.apply(e, ccfg)
             count(e)
+            for src, _ in sources:
+                src.update(e)
+            if ranking:
+                pending.append(e)
             since_pop += 1
             if e.item not in model.item_index:
                 touched[e.item][e.user] = True
             i += 1
         n_chunks += 1
         if not snaps:
+            for e in pending:
+                stats.add(e.item, e.ts)
+            pending.clear()
             continue
         lists = _lists(methods, snaps, rec, rec_items, rec_retrain, static_x, k, scfg, ecfg.system_popular)
+        if features is not None:
+            ranked = _ranked(snaps, rec, features, stats, ranker, collect, k, lists.get("system"))
+            if "ranker" in methods:
+                lists["ranker"] = ranked
+        for e in pending:
+            stats.add(e.item, e.ts)
+        pending.clear()
         for j, sn in enumerate(snaps):
             e = sn.event
             tgt = "target known" if e.item in model.item_index else "target new"
@@ -361,6 +421,98 @@ def stream_evaluate(
     if keep_lists:
         report["events"] = kept
     return report
+
+
+def _baseline_lists(
+    sources: Sources,
+    feeds: Sequence[str],
+    snap: _Snap,
+    p: UserProfile | None,
+    k: int,
+    methods: Sequence[str],
+    ctx: Context | None,
+) -> dict[str, list[str]]:
+    """Each stream baseline's list for the event of `snap`, from the state before it: top k
+    minus bought items and the item on screen, padded with the popularity list. With `ctx`,
+    the sources' scores also go into the ranker's context."""
+    e = snap.event
+    banned = snap.excl | {snap.query} if snap.query is not None else snap.excl
+    out = {}
+    for m in feeds:
+        # the state's time is the user's last event (what a worker has when it scores)
+        scores = sources.scores(m, e.user, p, p.last_ts if p is not None else e.ts)
+        if ctx is not None:
+            ctx.sources[m] = trim(scores, ctx.per_source, banned)
+            if m == "covisit" and snap.query is not None:
+                row = sources.covisit.neighbours(snap.query)
+                tot = sum(row.values()) or 1.0
+                ctx.covisit_query = {i: v / tot for i, v in trim(row, 2 * ctx.per_source, banned).items()}
+        if m not in methods:
+            continue
+        items = top_items(scores, k, banned)
+        if len(items) < k:
+            have = set(items)
+            items += [i for i in snap.pop_list if i not in have][: k - len(items)]
+        out[m] = items
+    return out
+
+
+def _context(snap: _Snap, p: UserProfile | None, per_source: int) -> Context:
+    """The ranker's inputs for the event of `snap` (the user's state before it)."""
+    banned = snap.excl | {snap.query} if snap.query is not None else set(snap.excl)
+    e = snap.event
+    if p is None:
+        return Context(e.user, e.ts, snap.query, banned, {}, {}, 0, per_source=per_source)
+    touched = {i: s.ts for i, s in p.items.items()}
+    return Context(e.user, p.last_ts, snap.query, banned, dict(snap.conf), touched, p.events, per_source=per_source)
+
+
+def _ranked(
+    snaps: Sequence[_Snap],
+    rec: Recommender,
+    features: Features,
+    stats: ItemStats,
+    ranker: Ranker | None,
+    collect: Examples | None,
+    k: int,
+    fallback: list[list[str]] | None,
+) -> list[list[str]]:
+    """The ranker's lists for a chunk (and, with `collect`, its training examples)."""
+    x, known = rec.fold_in([s.conf for s in snaps])
+    known = np.asarray(known, bool)
+    use_own = rec.scfg.repeat_weight > 0
+    recs = rec.scorer.recommend(
+        x,
+        known,
+        [s.query for s in snaps],
+        [s.excl for s in snaps],
+        features.cfg.per_source,
+        own=[s.own for s in snaps] if use_own else None,
+    )
+    cands: list[tuple[list[str], np.ndarray]] = []
+    for j, s in enumerate(snaps):
+        assert s.ctx is not None
+        items, X = features.candidates(
+            s.ctx, (recs[j].items, recs[j].scores), x[j] if known[j] else None, stats, s.pop_top
+        )
+        cands.append((items, X))
+        if collect is not None:
+            collect.add(items, X, s.event.item)
+    if ranker is None:
+        return fallback or [[] for _ in snaps]
+    sc = ranker.scores(np.vstack([X for _, X in cands]))
+    out = []
+    at = 0
+    for j, (items, _) in enumerate(cands):
+        part = sc[at : at + len(items)]
+        at += len(items)
+        lst = [items[r] for r in np.argsort(-part, kind="stable")[:k]]
+        if len(lst) < k:
+            have = set(lst)
+            pad = fallback[j] if fallback else snaps[j].pop_list
+            lst += [i for i in pad if i not in have][: k - len(lst)]
+        out.append(lst)
+    return out
 
 
 def _seg_order(seg: str) -> int:
@@ -443,6 +595,9 @@ def _lists(
     excl = [s.excl for s in snaps]
     if "popularity" in methods:
         out["popularity"] = [s.pop_list for s in snaps]
+    for m in methods:
+        if m in BASELINES:
+            out[m] = [(s.base_lists or {})[m] for s in snaps]
     if "own-items" in methods:
         out["own-items"] = [s.own_list for s in snaps]
     if "similar" in methods:

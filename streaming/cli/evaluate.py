@@ -41,6 +41,20 @@ def add_parser(sub: Any) -> None:
     se.add_argument("--retrain-hours", type=float, default=6.0, help="event-time hours between retrains (default 6)")
     se.add_argument("--item-foldin-every", type=int, default=200, help="events between new-item refreshes")
     se.add_argument("--pop-window-hours", type=float, default=24.0, help="popularity window (0: all so far)")
+    se.add_argument(
+        "--validation",
+        action="store_true",
+        help="replay the validation window instead: the last --test-fraction of the events before the test window "
+        "(train on what precedes it; the test window is not read); for choosing settings",
+    )
+    se.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of the candidate sources / stream baselines (recsys.candidates.sources.SourcesConfig), "
+        "e.g. --source k=200 (every baseline) or --source stan.k=200 (one); repeatable",
+    )
     options.add_common(se)
     se.set_defaults(func=cmd_stream_eval)
 
@@ -99,6 +113,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_stream_eval(args: argparse.Namespace) -> int:
+    from recsys.candidates.sources import BASELINES, SourcesConfig
+    from recsys.data.datasets import time_split
     from recsys.evaluation.streaming import (
         METHODS,
         StreamEvalConfig,
@@ -110,6 +126,23 @@ def cmd_stream_eval(args: argparse.Namespace) -> int:
 
     cfg = options.load(args)
     train_events, test_events, path = train_test(args, cfg)
+    if args.validation:
+        train_events, test_events = time_split(train_events, test_fraction=args.test_fraction)
+    try:
+        pairs = [kv.split("=", 1) for kv in args.source]
+        if any(len(kv) != 2 for kv in pairs):
+            raise ValueError("expected KEY=VALUE or METHOD.KEY=VALUE")
+        sources = SourcesConfig().with_params({k: v for k, v in pairs if "." not in k})
+        per: dict[str, dict[str, str]] = {}
+        for k, v in pairs:
+            if "." in k:
+                m, key = k.split(".", 1)
+                if m not in BASELINES:
+                    raise ValueError(f"{m!r} is not a stream baseline ({', '.join(BASELINES)})")
+                per.setdefault(m, {})[key] = v
+        baseline_sources = {m: sources.with_params(kv) for m, kv in per.items()}
+    except ValueError as exc:
+        raise RecsysError(f"--source: {exc}") from exc
     methods = tuple(args.methods.split(",")) if args.methods else METHODS
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -119,17 +152,27 @@ def cmd_stream_eval(args: argparse.Namespace) -> int:
         item_foldin_every=args.item_foldin_every,
         pop_window_hours=args.pop_window_hours,
         methods=methods,
+        sources=sources,
+        baseline_sources=baseline_sources,
     )
+    tcfg = options.train_config(cfg, args)
+    ranker = None
+    if "ranker" in methods:
+        from recsys.candidates.training import train_ranker
+
+        ranker = train_ranker(train_events, ccfg=cfg.confidence, scfg=cfg.scoring, tcfg=tcfg, ecfg=ecfg, progress=say)
     report = stream_evaluate(
         train_events,
         test_events,
         ccfg=cfg.confidence,
         scfg=cfg.scoring,
-        tcfg=options.train_config(cfg, args),
+        tcfg=tcfg,
         ecfg=ecfg,
         progress=say,
+        ranker=ranker,
     )
     report["data"] = str(path)
+    report["window"] = "validation" if args.validation else "test"
     print(format_table(report))
     print()
     print(format_markdown(report))

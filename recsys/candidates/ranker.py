@@ -1,0 +1,262 @@
+"""Candidates from several sources, ranked by a learned model (LightGBM LambdaRank).
+
+One list = the union of each source's best `per_source` items for the user at that moment
+(the system's blend with its re-visit term, co-visitation, V-SKNN, STAN, own items by recency,
+recent popularity), minus bought items and the item on screen; every candidate gets the
+features of `FEATURES`; the ranker orders them. Without a ranker the system's list serves.
+
+Everything a feature reads is state from *before* the event the list is for: the user's
+profile and the sources' scores are taken when the list is due (`Context`), and the stream-wide
+counters (`ItemStats`: popularity, when an item was last seen) as of the start of the batch of
+events the list belongs to (a worker's micro-batch, a stream-eval chunk), updated after it.
+`build_examples` (called by `train_ranker`, which the retrain job can call) and the stream
+evaluation's `ranker` method go through the same `candidates` function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from recsys.candidates.sources import top_items
+from recsys.model.factors import Model
+from recsys.serving.popularity import RecentPopularity
+
+SOURCE_NAMES = ("system", "covisit", "vsknn", "stan", "own-recent", "popularity")
+FEATURES = (
+    *(f"{s}_{kind}" for s in SOURCE_NAMES for kind in ("score", "rank", "rel")),
+    "n_sources",
+    "own",
+    "own_value",
+    "own_log_minutes",
+    "user_events",
+    "user_items",
+    "pop_log_count",
+    "item_log_minutes_since_seen",
+    "in_model",
+    "cos_query",
+    "cos_user",
+    "covisit_from_query",
+)
+_RANK_ABSENT = 1000.0
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    per_source: int = 50  # candidates taken from each source
+    pop_candidates: int = 20
+    num_leaves: int = 31
+    learning_rate: float = 0.05
+    n_estimators: int = 300
+    min_child_samples: int = 50
+    feature_fraction: float = 0.8
+    example_fraction: float = 0.25  # last share of the training events the examples come from
+    seed: int = 0
+
+
+class ItemStats:
+    """Stream-wide item counters the features read: decayed popularity and last-seen time."""
+
+    def __init__(self, half_life_s: float = 8 * 3600.0):
+        self.pop = RecentPopularity(half_life_s)
+        self.last_seen: dict[str, int] = {}
+        self.now = 0
+
+    def add(self, item: str, ts: int) -> None:
+        self.pop.add(item, ts)
+        if ts > self.last_seen.get(item, -1):
+            self.last_seen[item] = ts
+        self.now = max(self.now, ts)
+
+
+@dataclass
+class Context:
+    """What one user's candidate list depends on, taken when the list is due."""
+
+    user: str
+    now: int  # the user's latest event time (when the worker computes the list)
+    query: str | None
+    banned: set[str]
+    values: dict[str, float]  # the user's own items: decayed confidence values
+    touched: dict[str, int]  # own item -> last touch (ms)
+    events: int
+    sources: dict[str, dict[str, float]] = field(default_factory=dict)  # covisit, vsknn, stan, own-recent
+    covisit_query: Mapping[str, float] = field(default_factory=dict)  # co-visitation row of the query
+    per_source: int = 50  # candidates kept per source
+
+
+def trim(scores: Mapping[str, float], n: int, banned: set[str]) -> dict[str, float]:
+    """A source's best n items with their scores, minus banned."""
+    return {i: scores[i] for i in top_items(scores, n, banned)}
+
+
+class Features:
+    """Builds candidates and their feature rows against one model."""
+
+    def __init__(self, model: Model, cfg: RankerConfig = RankerConfig()):
+        self.model, self.cfg = model, cfg
+        y = np.asarray(model.item_factors, np.float32)
+        self._unit = y / np.maximum(np.linalg.norm(y, axis=1), 1e-10)[:, None]
+
+    def candidates(
+        self,
+        ctx: Context,
+        system: tuple[Sequence[str], Sequence[float]],
+        user_vec: np.ndarray | None,
+        stats: ItemStats,
+        popular: Sequence[str],
+    ) -> tuple[list[str], np.ndarray]:
+        """The candidate items of one list and their feature matrix (rows × FEATURES)."""
+        cfg = self.cfg
+        lists: dict[str, tuple[list[str], list[float]]] = {
+            "system": ([i for i in system[0] if i not in ctx.banned], [])
+        }
+        sys_scores = dict(zip(system[0], system[1], strict=False))
+        lists["system"] = (lists["system"][0], [sys_scores[i] for i in lists["system"][0]])
+        for s in ("covisit", "vsknn", "stan", "own-recent"):
+            d = ctx.sources.get(s, {})
+            items = top_items(d, cfg.per_source, ctx.banned)
+            lists[s] = (items, [d[i] for i in items])
+        pop_items = [i for i in popular if i not in ctx.banned][: cfg.pop_candidates]
+        lists["popularity"] = (pop_items, [1.0 / (1 + r) for r in range(len(pop_items))])
+        cand: dict[str, None] = {}
+        for s in SOURCE_NAMES:
+            for i in lists[s][0]:
+                cand.setdefault(i, None)
+        items = list(cand)
+        n = len(items)
+        X = np.zeros((n, len(FEATURES)), np.float32)
+        if not n:
+            return items, X
+        pos = {i: r for r, i in enumerate(items)}
+        col = 0
+        present = np.zeros(n, np.float32)
+        for s in SOURCE_NAMES:
+            its, scs = lists[s]
+            X[:, col + 1] = _RANK_ABSENT
+            top = max(scs, default=0.0) or 1.0
+            for r, (i, v) in enumerate(zip(its, scs, strict=True)):
+                j = pos[i]
+                X[j, col] = v
+                X[j, col + 1] = r + 1
+                X[j, col + 2] = v / top
+                present[j] += 1
+            col += 3
+        X[:, col] = present
+        col += 1
+        now = ctx.now
+        own = np.array([i in ctx.values for i in items], np.float32)
+        X[:, col] = own
+        X[:, col + 1] = [ctx.values.get(i, 0.0) for i in items]
+        X[:, col + 2] = [
+            math.log1p(max(now - ctx.touched[i], 0) / 60_000.0) if i in ctx.touched else 20.0 for i in items
+        ]
+        X[:, col + 3] = math.log1p(ctx.events)
+        X[:, col + 4] = math.log1p(len(ctx.values))
+        t_stats = stats.pop.last_ts
+        X[:, col + 5] = [math.log1p(stats.pop.count(i, t_stats)) for i in items]
+        seen = stats.last_seen
+        X[:, col + 6] = [math.log1p(max(stats.now - seen[i], 0) / 60_000.0) if i in seen else 20.0 for i in items]
+        idx = self.model.item_index
+        rows = np.array([idx.get(i, -1) for i in items], np.int64)
+        known = rows >= 0
+        X[:, col + 7] = known
+        q = idx.get(ctx.query, -1) if ctx.query is not None else -1
+        if known.any():
+            vecs = self._unit[rows[known]]
+            if q >= 0:
+                X[known, col + 8] = vecs @ self._unit[q]
+            if user_vec is not None:
+                nu = float(np.linalg.norm(user_vec))
+                if nu > 0:
+                    X[known, col + 9] = vecs @ (user_vec / nu)
+        cq = ctx.covisit_query
+        if cq:
+            X[:, col + 10] = [cq.get(i, 0.0) for i in items]
+        return items, X
+
+
+class Ranker:
+    """A trained LambdaRank model over `FEATURES`; `version` ties it to its model version."""
+
+    def __init__(self, booster: Any, cfg: RankerConfig = RankerConfig(), meta: dict[str, Any] | None = None):
+        self.booster, self.cfg = booster, cfg
+        self.meta = meta or {}
+
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        if not len(X):
+            return np.zeros(0)
+        return np.asarray(self.booster.predict(X, num_threads=1))
+
+    def rank(self, items: Sequence[str], X: np.ndarray, n: int) -> list[str]:
+        s = self.scores(X)
+        order = np.argsort(-s, kind="stable")[:n]
+        return [items[j] for j in order]
+
+    def to_bytes(self) -> bytes:
+        return str(self.booster.model_to_string()).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, cfg: RankerConfig = RankerConfig()) -> Ranker:
+        import lightgbm as lgb
+
+        booster = lgb.Booster(model_str=data.decode())
+        if booster.num_feature() != len(FEATURES):
+            raise ValueError(f"ranker has {booster.num_feature()} features, this code builds {len(FEATURES)}")
+        return cls(booster, cfg)
+
+    def checksum(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+
+@dataclass
+class Examples:
+    """Training rows: one group per event whose target was among its candidates."""
+
+    X: list[np.ndarray] = field(default_factory=list)
+    y: list[np.ndarray] = field(default_factory=list)
+    events: int = 0
+    covered: int = 0
+
+    def add(self, items: Sequence[str], X: np.ndarray, target: str) -> None:
+        self.events += 1
+        if target not in items or len(items) < 2:
+            return
+        self.covered += 1
+        self.X.append(X)
+        self.y.append(np.array([1.0 if i == target else 0.0 for i in items], np.float32))
+
+
+def fit(ex: Examples, cfg: RankerConfig = RankerConfig()) -> Ranker:
+    import lightgbm as lgb
+
+    if not ex.X:
+        raise ValueError("no training examples with the target among the candidates")
+    X = np.vstack(ex.X)
+    y = np.concatenate(ex.y)
+    group = [len(a) for a in ex.y]
+    params = {
+        "objective": "lambdarank",
+        "metric": "ndcg",
+        "eval_at": [10],
+        "lambdarank_truncation_level": 20,
+        "num_leaves": cfg.num_leaves,
+        "learning_rate": cfg.learning_rate,
+        "min_child_samples": cfg.min_child_samples,
+        "feature_fraction": cfg.feature_fraction,
+        "bagging_seed": cfg.seed,
+        "feature_fraction_seed": cfg.seed,
+        "seed": cfg.seed,
+        "deterministic": True,
+        "num_threads": 1,
+        "verbose": -1,
+    }
+    ds = lgb.Dataset(X, y, group=group, feature_name=list(FEATURES), free_raw_data=True)
+    booster = lgb.train(params, ds, num_boost_round=cfg.n_estimators)
+    meta = {"events": ex.events, "covered": ex.covered, "rows": int(len(y))}
+    return Ranker(booster, cfg, meta)

@@ -1,0 +1,298 @@
+"""Candidate sources kept incrementally on the stream: co-visitation, session-kNN (V-SKNN, STAN),
+own items by recency.
+
+Every source is updated event by event (`update(event)`, O(1) amortised) and asked for the
+scores of one user *before* that user's next event (`scores(user)`): nothing looks ahead. The
+streaming evaluation uses them as baselines (recsys/evaluation/streaming.py: methods `covisit`,
+`vsknn`, `stan`, `own-recent`) and the learned ranker as candidate generators
+(recsys/candidates/ranker.py); one implementation serves both.
+
+**Sessions.** YOOCHOOSE's users are sessions already; Taobao and REES46 have users with
+histories over days. A user's events are cut into sessions at gaps longer than `session_gap_s`;
+those sessions are the neighbours of session-kNN. The *current* "session" of the user asking is
+their last `current_len` distinct items regardless of gaps (Ludewig & Jannach 2018's
+"recent events as the session" for user-level data), and the user's own ongoing session is never
+its own neighbour (its past sessions may be: they are history, as in session-rec's training set).
+
+**V-SKNN** (Ludewig & Jannach 2018, "Evaluation of session-based recommendation algorithms"):
+neighbour candidates are the `sample` most recently active sessions that share an item with the
+current session; similarity = Σ over shared items of the item's position weight in the current
+session (linear: the i-th of n items weighs i/n, the latest 1); the `k` most similar neighbours
+vote for their items with their similarity.
+
+**STAN** (Garg et al. 2019, "Sequence and time aware neighborhood for session-based
+recommendations"): position weight exp((i − n)/λ₁), similarity normalised by √(n·|neighbour|)
+and multiplied by the neighbour's recency exp(−Δt/λ₂); a neighbour's item votes with
+exp(−|distance to the neighbour's most recent shared item|/λ₃).
+
+**Co-visitation** ("viewed next / viewed together"): when a user touches b, every distinct item
+a among their previous `covisit_back` moves within `covisit_window_s` gains a→b weight 1/d (d =
+moves between them) and b→a `covisit_backward`/d. A user's score for item i is
+Σ_j decay^j · w(a_j → i) over their last `covisit_recent` distinct items a_0 (latest), a_1, …;
+with `covisit_normalize` each row is divided by its total (≈ P(next = i | a)).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from itertools import islice
+from typing import Any
+
+from recsys.confidence import UserProfile
+from recsys.events import Event
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    """Parameters of the candidate sources (searched on validation windows, docs/evaluation.md)."""
+
+    session_gap_s: float = 1800.0  # a gap longer than this starts a new session
+    current_len: int = 10  # items of the asking user's recent history used as their session
+    sample: int = 500  # neighbour candidates: most recently active sessions sharing an item
+    k: int = 100  # neighbours that vote
+    stan_l1: float = 0.0  # λ₁ in positions; 0: the current session's length (the paper's choice)
+    stan_l2_s: float = 86_400.0  # λ₂: neighbour recency, seconds
+    stan_l3: float = 0.0  # λ₃ in positions; 0: the current session's length
+    covisit_window_s: float = 86_400.0
+    covisit_back: int = 10
+    covisit_backward: float = 0.5
+    covisit_recent: int = 3
+    covisit_decay: float = 0.5
+    covisit_normalize: bool = False
+    max_sessions_per_item: int = 2000  # older sessions are dropped from an item's index
+
+    def with_params(self, params: Mapping[str, Any]) -> SourcesConfig:
+        """A copy with `params` (names of fields; values converted to the field's type)."""
+        types = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        bad = set(params) - set(types)
+        if bad:
+            raise ValueError(f"unknown source parameters {sorted(bad)}; known: {', '.join(sorted(types))}")
+        conv: dict[str, Any] = {}
+        for name, v in params.items():
+            t = types[name]
+            if t is bool and isinstance(v, str):
+                conv[name] = v.lower() in ("1", "true", "yes", "on")
+            else:
+                conv[name] = t(v)
+        return replace(self, **conv)
+
+
+def top_items(scores: Mapping[str, float], n: int, banned: Iterable[str] = ()) -> list[str]:
+    """The n best-scored items minus `banned`, best first (ties: the item scored first)."""
+    ban = banned if isinstance(banned, (set, frozenset, dict)) else set(banned)
+    order = {i: j for j, i in enumerate(scores)}
+    best = heapq.nsmallest(n + len(ban), scores, key=lambda i: (-scores[i], order[i]))
+    return [i for i in best if i not in ban][:n]
+
+
+def own_recent(profile: UserProfile | None) -> dict[str, float]:
+    """The user's own items scored by recency of their last touch (latest = highest)."""
+    if profile is None or not profile.items:
+        return {}
+    last = profile.last_ts
+    return {i: 1.0 / (1.0 + max(last - s.ts, 0) / 60_000.0) for i, s in profile.items.items()}
+
+
+class RecentItems:
+    """Each user's last distinct items (latest last) with their last touch time."""
+
+    def __init__(self, keep: int = 30):
+        self.keep = keep
+        self._u: dict[str, dict[str, int]] = {}
+
+    def update(self, e: Event) -> None:
+        d = self._u.get(e.user)
+        if d is None:
+            d = self._u[e.user] = {}
+        d.pop(e.item, None)
+        d[e.item] = e.ts
+        if len(d) > self.keep:
+            del d[next(iter(d))]
+
+    def items(self, user: str, n: int) -> list[str]:
+        """The user's last n distinct items, latest last."""
+        d = self._u.get(user)
+        if not d:
+            return []
+        return list(d)[-n:]
+
+
+class SessionKNN:
+    """Incremental session index; `vsknn` and `stan` score a user's current session."""
+
+    def __init__(self, cfg: SourcesConfig = SourcesConfig()):
+        self.cfg = cfg
+        self._items: list[list[str]] = []  # session id -> its items in order
+        self._last: list[int] = []  # session id -> last event time (ms)
+        self._user_sess: dict[str, tuple[int, int]] = {}  # user -> (current session id, last ts)
+        self._by_item: dict[str, dict[int, None]] = {}  # item -> session ids, least recently added first
+        self.recent = RecentItems(max(cfg.current_len, 1) * 3)
+
+    def update(self, e: Event) -> None:
+        cur = self._user_sess.get(e.user)
+        gap_ms = self.cfg.session_gap_s * 1000.0
+        if cur is None or e.ts - cur[1] > gap_ms:
+            sid = len(self._items)
+            self._items.append([])
+            self._last.append(e.ts)
+        else:
+            sid = cur[0]
+        seq = self._items[sid]
+        if not seq or seq[-1] != e.item:
+            seq.append(e.item)
+        self._last[sid] = max(self._last[sid], e.ts)
+        self._user_sess[e.user] = (sid, e.ts)
+        by = self._by_item.get(e.item)
+        if by is None:
+            by = self._by_item[e.item] = {}
+        by.pop(sid, None)
+        by[sid] = None
+        if len(by) > self.cfg.max_sessions_per_item:
+            del by[next(iter(by))]
+        self.recent.update(e)
+
+    def _neighbours(self, user: str, cur: list[str]) -> list[int]:
+        own = self._user_sess.get(user, (-1, 0))[0]
+        cand: set[int] = set()
+        per_item = self.cfg.sample
+        for it in reversed(cur):
+            by = self._by_item.get(it)
+            if by:
+                cand.update(islice(reversed(by), per_item))
+        cand.discard(own)
+        if len(cand) > self.cfg.sample:
+            last = self._last
+            return heapq.nlargest(self.cfg.sample, cand, key=lambda s: (last[s], s))
+        return list(cand)
+
+    def scores(self, user: str, method: str = "vsknn", now: int | None = None) -> dict[str, float]:
+        cur = self.recent.items(user, self.cfg.current_len)
+        if not cur:
+            return {}
+        n = len(cur)
+        stan = method == "stan"
+        if stan:
+            l1 = self.cfg.stan_l1 or n
+            w1 = {it: math.exp((p + 1 - n) / l1) for p, it in enumerate(cur)}
+        else:
+            w1 = {it: (p + 1) / n for p, it in enumerate(cur)}
+        t_now = now if now is not None else max(self._last) if self._last else 0
+        l2_ms = self.cfg.stan_l2_s * 1000.0
+        sims: list[tuple[float, int]] = []
+        for sid in self._neighbours(user, cur):
+            seq = self._items[sid]
+            nset = set(seq)
+            s = sum(w for it, w in w1.items() if it in nset)
+            if s <= 0:
+                continue
+            if stan:
+                s = s / math.sqrt(n * len(nset)) * math.exp(-max(t_now - self._last[sid], 0) / l2_ms)
+            sims.append((s, sid))
+        best = heapq.nlargest(self.cfg.k, sims)
+        out: dict[str, float] = {}
+        if not stan:
+            for s, sid in best:
+                for it in set(self._items[sid]):
+                    out[it] = out.get(it, 0.0) + s
+            return out
+        l3 = self.cfg.stan_l3 or n
+        for s, sid in best:
+            seq = self._items[sid]
+            # the neighbour's position of the shared item the asking user touched last
+            anchor, anchor_w = 0, -1.0
+            for p, it in enumerate(seq):
+                w = w1.get(it)
+                if w is not None and w >= anchor_w:
+                    anchor, anchor_w = p, w
+            seen: dict[str, float] = {}
+            for p, it in enumerate(seq):
+                v = math.exp(-abs(p - anchor) / l3)
+                if v > seen.get(it, 0.0):
+                    seen[it] = v
+            for it, v in seen.items():
+                out[it] = out.get(it, 0.0) + s * v
+        return out
+
+
+class CoVisitation:
+    """Incremental item-to-item co-visitation counts ("viewed next / viewed together")."""
+
+    def __init__(self, cfg: SourcesConfig = SourcesConfig()):
+        self.cfg = cfg
+        self._buf: dict[str, deque[tuple[str, int]]] = {}
+        self._w: dict[str, dict[str, float]] = {}
+        self._tot: dict[str, float] = {}
+        self.recent = RecentItems(max(cfg.covisit_recent, 1) * 3)
+
+    def _add(self, a: str, b: str, w: float) -> None:
+        row = self._w.get(a)
+        if row is None:
+            row = self._w[a] = {}
+        row[b] = row.get(b, 0.0) + w
+        self._tot[a] = self._tot.get(a, 0.0) + w
+
+    def update(self, e: Event) -> None:
+        buf = self._buf.get(e.user)
+        if buf is None:
+            buf = self._buf[e.user] = deque(maxlen=self.cfg.covisit_back)
+        b = e.item
+        self.recent.update(e)
+        if buf and buf[-1][0] == b:  # a reload or an action on the product on screen: not a move
+            buf[-1] = (b, e.ts)
+            return
+        window = self.cfg.covisit_window_s * 1000.0
+        done: set[str] = {b}
+        for d, (a, ta) in enumerate(reversed(buf), 1):
+            if e.ts - ta > window:
+                break
+            if a in done:
+                continue
+            done.add(a)
+            self._add(a, b, 1.0 / d)
+            if self.cfg.covisit_backward > 0:
+                self._add(b, a, self.cfg.covisit_backward / d)
+        buf.append((b, e.ts))
+
+    def neighbours(self, item: str) -> dict[str, float]:
+        return self._w.get(item, {})
+
+    def scores(self, user: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        w = 1.0
+        for a in reversed(self.recent.items(user, self.cfg.covisit_recent)):
+            row = self._w.get(a)
+            if row:
+                f = w / self._tot[a] if self.cfg.covisit_normalize else w
+                for b, v in row.items():
+                    out[b] = out.get(b, 0.0) + f * v
+            w *= self.cfg.covisit_decay
+        return out
+
+
+BASELINES = ("own-recent", "covisit", "vsknn", "stan")
+
+
+class Sources:
+    """All incremental sources fed by one stream; `lists(...)` gives each baseline's top-n."""
+
+    def __init__(self, cfg: SourcesConfig = SourcesConfig()):
+        self.cfg = cfg
+        self.sknn = SessionKNN(cfg)
+        self.covisit = CoVisitation(cfg)
+
+    def update(self, e: Event) -> None:
+        self.sknn.update(e)
+        self.covisit.update(e)
+
+    def scores(self, method: str, user: str, profile: UserProfile | None, now: int) -> dict[str, float]:
+        if method == "own-recent":
+            return own_recent(profile)
+        if method == "covisit":
+            return self.covisit.scores(user)
+        if method in ("vsknn", "stan"):
+            return self.sknn.scores(user, method, now)
+        raise ValueError(f"unknown source {method!r}")
