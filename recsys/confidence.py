@@ -21,6 +21,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from recsys.errors import ConfigError
 from recsys.events import EVENT_TYPES, TYPE_CODES, Event
 from recsys.fields import setting
@@ -80,6 +82,23 @@ class ConfidenceConfig:
 
     def to_confidence(self, value: float) -> float:
         return 1.0 + self.alpha * value
+
+    def confidences(self, values: np.ndarray, ages_ms: np.ndarray) -> np.ndarray:
+        """The confidence formula, vectorised: c = 1 + alpha * decay(r, age), float64.
+
+        `values` are raw values as stored (ItemState.value), `ages_ms` the time from each one's
+        reference time to `now` (the user's last event). Every matrix ALS trains on is made by this
+        function (the retrain from the changelog, `confidence_matrix`), and so is
+        `UserProfile.confidence`, what the stream folds in. It equals the scalar `decay` and
+        `to_confidence` bit for bit (numpy's float64 `power` is the C library's `pow` here;
+        tests/unit/test_confidence.py and the changelog test check it on real data)."""
+        v = np.asarray(values, np.float64)
+        if self.half_life_days is not None:
+            age = np.asarray(ages_ms, np.int64)
+            with np.errstate(over="ignore"):  # ages <= 0 keep their value; their power is not used
+                decayed = v * np.power(2.0, -age / (self.half_life_days * 86_400_000.0))
+            v = np.where(age > 0, decayed, v)
+        return 1.0 + self.alpha * v
 
     def to_confidences(self, values: Mapping[str, float]) -> dict[str, float]:
         """Raw values per item (`UserProfile.values`) -> confidence per item."""
@@ -161,7 +180,12 @@ class UserProfile:
 
     def confidence(self, cfg: ConfidenceConfig, now: int | None = None) -> dict[str, float]:
         """Confidence per item, c = 1 + alpha * r, as ALS and the fold-in take it."""
-        return cfg.to_confidences(self.values(cfg, now))
+        ref = self.last_ts if now is None else now
+        items = self.items
+        n = len(items)
+        values = np.fromiter((s.value for s in items.values()), np.float64, n)
+        ages = np.fromiter((ref - s.ts for s in items.values()), np.int64, n)
+        return dict(zip(items, cfg.confidences(values, ages).tolist(), strict=True))
 
     def items_with(self, types: Iterable[str]) -> set[str]:
         """Items on which the user did any of `types` (e.g. bought: filtered from lists)."""

@@ -207,15 +207,37 @@ def holdout_users(
         if zlib.crc32(user.encode()) % 1000 >= cutoff:
             train_profiles[user] = p
             continue
-        ordered = sorted(p.items.items(), key=lambda kv: (kv[1].ts, kv[0]))
-        if len(ordered) < min_items:
-            continue
-        half = (len(ordered) + 1) // 2
-        profile = UserProfile()
-        profile.items = {i: ItemState(s.value, s.ts, s.mask) for i, s in ordered[:half]}
-        profile.last_ts = ordered[half - 1][1].ts
-        cases.append(EvalCase(user, ordered[half - 1][0], {i for i, _ in ordered[half:]}, profile))
+        case = holdout_case(user, p, min_items)
+        if case is not None:
+            cases.append(case)
     return train_profiles, cases
+
+
+def holdout_rank(user: bytes) -> int:
+    """Where a user stands in the retrain's hold-out order: the users with the lowest ranks are
+    held out (a hash of the id, so consecutive retrains hold out the same people, and a larger
+    hold-out contains a smaller one)."""
+    import zlib
+
+    return zlib.crc32(user)
+
+
+def holdout_size(n_users: int, fraction: float, floor: int, cap: int) -> int:
+    """How many users a retrain holds out: `fraction` of them, at least `floor` (but never more
+    than a tenth of the users: small systems still get enough gate cases), at most `cap`."""
+    return max(0, min(cap, max(round(fraction * n_users), min(n_users // 10, floor))))
+
+
+def holdout_case(user: str, p: UserProfile, min_items: int = 3) -> EvalCase | None:
+    """A held-out user's case (see holdout_users), or None with fewer than `min_items` items."""
+    ordered = sorted(p.items.items(), key=lambda kv: (kv[1].ts, kv[0]))
+    if len(ordered) < min_items:
+        return None
+    half = (len(ordered) + 1) // 2
+    profile = UserProfile()
+    profile.items = {i: ItemState(s.value, s.ts, s.mask) for i, s in ordered[:half]}
+    profile.last_ts = ordered[half - 1][1].ts
+    return EvalCase(user, ordered[half - 1][0], {i for i, _ in ordered[half:]}, profile)
 
 
 def evaluate_model(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,15 @@ class TrainConfig:
     learning_rate: float = setting(0.01, "learning rate (BPR only)")
     num_threads: int = setting(0, "training threads; 0: all cores")
     random_state: int | None = setting(42, "random seed; none: a different model each run")
+    # A retrain starts from the serving version's item factors (matched by id): most of the
+    # model is already there, so it converges in a few iterations (BENCHMARKS.md, "Retrain").
+    warm_start: bool = setting(True, "ALS retrain: start from the serving model's item factors")
+    converge_tol: float = setting(
+        0.01,
+        "warm start: stop once an iteration moves the item factors by less than this (relative "
+        "Frobenius norm, on a sample of items); at most `iterations`; 0: always run them all",
+    )
+    min_iterations: int = setting(3, "warm start: at least this many iterations")
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -44,6 +54,8 @@ class TrainConfig:
             raise ConfigError(f"train.regularization must be >= 0, got {self.regularization}")
         if self.num_threads < 0:
             raise ConfigError("train.num_threads must be >= 0")
+        if not self.converge_tol >= 0 or self.min_iterations < 1:
+            raise ConfigError("train.converge_tol must be >= 0 and train.min_iterations >= 1")
 
 
 # BPR, for comparison (`recsys evaluate --kinds als,bpr`, `--kind bpr`): the notebook's settings.
@@ -56,38 +68,85 @@ def confidence_matrix(
     cfg: ConfidenceConfig,
     item_ids: Sequence[str] | None = None,
 ) -> tuple[sp.csr_matrix, list[str], list[str]]:
-    """Users x items CSR of confidences c = 1 + alpha*r. Items: `item_ids` if given (others
-    dropped), else every item seen, in first-seen order."""
+    """Users x items CSR of confidences c = 1 + alpha*r (`ConfidenceConfig.confidences`, the one
+    formula). Items: `item_ids` if given (others dropped), else every item seen, in first-seen order."""
     users = list(profiles)
     index: dict[str, int] = {} if item_ids is None else {i: k for k, i in enumerate(item_ids)}
     grow = item_ids is None
-    indptr, indices, data = [0], [], []
+    counts = np.fromiter((len(profiles[u].items) for u in users), np.int64, len(users))
+    nnz = int(counts.sum())
+    values = np.empty(nnz, np.float64)
+    ages = np.empty(nnz, np.int64)
+    cols = np.empty(nnz, np.int64)
+    k = 0
     for u in users:
-        for item, c in profiles[u].confidence(cfg).items():
-            k = index.get(item)
-            if k is None:
-                if not grow:
-                    continue
-                k = index[item] = len(index)
-            indices.append(k)
-            data.append(c)
-        indptr.append(len(indices))
+        p = profiles[u]
+        ref = p.last_ts
+        for item, st in p.items.items():
+            c = index.get(item)
+            if c is None:
+                if grow:
+                    c = index[item] = len(index)
+                else:
+                    c = -1
+            cols[k], values[k], ages[k] = c, st.value, ref - st.ts
+            k += 1
+    conf = cfg.confidences(values, ages).astype(np.float32)
+    indptr = np.zeros(len(users) + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    if not grow:
+        keep = cols >= 0
+        rows = np.repeat(np.arange(len(users)), counts)[keep]
+        indptr = np.zeros(len(users) + 1, np.int64)
+        np.cumsum(np.bincount(rows, minlength=len(users)), out=indptr[1:])
+        cols, conf = cols[keep], conf[keep]
     items = list(index) if grow else list(item_ids)  # type: ignore[arg-type]
-    m = sp.csr_matrix(
-        (np.asarray(data, np.float32), np.asarray(indices, np.int32), np.asarray(indptr, np.int64)),
-        shape=(len(users), len(items)),
-    )
+    m = sp.csr_matrix((conf, cols.astype(np.int32), indptr), shape=(len(users), len(items)))
     m.sort_indices()
     return m, users, items
 
 
-def fit_factors(matrix: sp.csr_matrix, cfg: TrainConfig, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Train implicit on a confidence matrix; returns (user_factors, item_factors) as float32."""
+@dataclass
+class TrainingData:
+    """What a retrain trains on, in arrays: the confidence matrix of the training users, its item
+    ids (column order), and the held-out users' gate cases (recsys.evaluation.offline.EvalCase),
+    kept out of the matrix. Made from the state changelog (streaming/jobs/changelog.py) or from
+    profiles (`from_profiles`). An engine turns it into a Model (`fit`)."""
+
+    matrix: sp.csr_matrix  # users x items, float32 confidences, sorted indices
+    items: list[str]
+    cases: list[Any] = field(default_factory=list)
+    last_ts_min: int = 0
+    last_ts_max: int = 0
+    source: str = ""
+    skipped: int = 0  # unreadable or foreign records left out
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def users(self) -> int:
+        return int(self.matrix.shape[0])
+
+
+def fit_factors(
+    matrix: sp.csr_matrix,
+    cfg: TrainConfig,
+    progress: bool = False,
+    *,
+    init_items: np.ndarray | None = None,
+    stats: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train implicit on a confidence matrix; returns (user_factors, item_factors) as float32.
+
+    `init_items` (ALS only): the item factors to start from (a warm start); the run then stops
+    early once an iteration moves them by less than `cfg.converge_tol` (after at least
+    `cfg.min_iterations`). `stats`, if given, receives the iterations run and the last change."""
     from implicit.als import AlternatingLeastSquares
     from implicit.bpr import BayesianPersonalizedRanking
 
     if matrix.nnz == 0:
         raise RecsysError("cannot train on an empty matrix: no events with a known user and item")
+    stats = stats if stats is not None else {}
+    callback = None
     if cfg.kind == "als":
         # alpha=1: the matrix already holds confidences (see confidence.py).
         model: Any = AlternatingLeastSquares(
@@ -99,6 +158,14 @@ def fit_factors(matrix: sp.csr_matrix, cfg: TrainConfig, progress: bool = False)
             num_threads=cfg.num_threads,
             random_state=cfg.random_state,
         )
+        if init_items is not None:
+            if init_items.shape != (matrix.shape[1], cfg.factors):
+                raise RecsysError(f"warm start: item factors {init_items.shape} do not fit {matrix.shape}")
+            model.item_factors = np.ascontiguousarray(init_items, np.float32)
+            # The first half-iteration solves every user against the given items (conjugate
+            # gradient from zero), so the users need no starting values of their own.
+            model.user_factors = np.zeros((matrix.shape[0], cfg.factors), np.float32)
+            callback = _ConvergenceCheck(model, cfg, stats)
     else:
         model = BayesianPersonalizedRanking(
             factors=cfg.factors,
@@ -109,10 +176,101 @@ def fit_factors(matrix: sp.csr_matrix, cfg: TrainConfig, progress: bool = False)
             num_threads=cfg.num_threads,
             random_state=cfg.random_state,
         )
+    stats["iterations"] = cfg.iterations
     # implicit runs its own thread pool; a threaded BLAS underneath it oversubscribes the cores.
-    with threadpool_limits(1, "blas"):
-        model.fit(matrix, show_progress=progress)
+    with threadpool_limits(1, "blas"), contextlib.suppress(_Converged):  # the warm start's early stop
+        model.fit(matrix, show_progress=progress, callback=callback)
     return np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32)
+
+
+class _Converged(Exception):
+    """Raised by the convergence check to end implicit's iteration loop (it has no early stop)."""
+
+
+class _ConvergenceCheck:
+    """After each ALS iteration: how far did the item factors move? Relative Frobenius norm of
+    the change over a fixed sample of rows (all of them up to 50k items), so checking costs
+    little next to an iteration at millions of items."""
+
+    SAMPLE = 50_000
+
+    def __init__(self, model: Any, cfg: TrainConfig, stats: dict[str, Any]):
+        self.model, self.cfg, self.stats = model, cfg, stats
+        n = model.item_factors.shape[0]
+        rng = np.random.default_rng(0)
+        self.rows = np.sort(rng.choice(n, self.SAMPLE, replace=False)) if n > self.SAMPLE else slice(None)
+        self.before = np.array(model.item_factors[self.rows], np.float32)
+        stats["changes"] = []
+
+    def __call__(self, iteration: int, elapsed: float, loss: float | None) -> None:
+        now = np.array(self.model.item_factors[self.rows], np.float32)
+        change = float(np.linalg.norm(now - self.before)) / max(float(np.linalg.norm(now)), 1e-12)
+        self.before = now
+        self.stats["changes"].append(round(change, 5))
+        self.stats["iterations"] = iteration + 1
+        if iteration + 1 >= self.cfg.min_iterations and change < self.cfg.converge_tol:
+            raise _Converged
+
+
+def warm_start_factors(items: Sequence[str], serving: Model, cfg: TrainConfig) -> tuple[np.ndarray, int]:
+    """Starting item factors for `items`: the serving model's row for each item it knows, a small
+    random vector (as implicit initialises every item) for each new one. Returns them and how
+    many items matched."""
+    rng = np.random.default_rng(cfg.random_state)
+    y = rng.random((len(items), cfg.factors), dtype=np.float32) * 0.01
+    index = serving.item_index
+    pairs = [(k, j) for k, i in enumerate(items) if (j := index.get(i)) is not None]
+    if pairs:
+        mine, theirs = np.asarray(pairs, np.int64).T
+        y[mine] = np.asarray(serving.item_factors)[theirs]
+    return y, len(pairs)
+
+
+def fit(
+    data: TrainingData,
+    ccfg: ConfidenceConfig,
+    tcfg: TrainConfig,
+    *,
+    init: Model | None = None,
+    version: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> tuple[Model, np.ndarray]:
+    """Training data -> (Model, XᵀX of the training users): the engine seam of the retrain.
+    `init`: the serving model, to warm-start from (ALS with `tcfg.warm_start` and the same
+    number of factors; otherwise a cold start)."""
+    from recsys.model.item_foldin import user_gram
+
+    t0 = time.time()
+    stats: dict[str, Any] = {}
+    init_items = None
+    warm = init is not None and tcfg.kind == "als" and tcfg.warm_start and init.factors == tcfg.factors and init.n_items
+    if warm:
+        assert init is not None
+        init_items, matched = warm_start_factors(data.items, init, tcfg)
+        stats.update(warm_start_from=init.version, items_matched=matched)
+    user_factors, item_factors = fit_factors(data.matrix, tcfg, progress, init_items=init_items, stats=stats)
+    popularity = np.bincount(data.matrix.indices, minlength=len(data.items)).astype(np.float32)
+    meta = {
+        "kind": tcfg.kind,
+        "train": asdict(tcfg),
+        "confidence": {**asdict(ccfg), "weights": dict(ccfg.weights)},
+        "n_users": data.users,
+        "nnz": int(data.matrix.nnz),
+        "data_window": {"last_event_ts_min": data.last_ts_min, "last_event_ts_max": data.last_ts_max},
+        "fit": stats,
+        "train_seconds": round(time.time() - t0, 3),
+    }
+    meta.update(metadata or {})
+    model = Model.from_factors(
+        version or new_version_name(),
+        data.items,
+        item_factors,
+        tcfg.regularization,
+        popularity=popularity,
+        metadata=meta,
+    )
+    return model, user_gram(user_factors)
 
 
 def train(

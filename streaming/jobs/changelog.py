@@ -1,0 +1,538 @@
+"""The state changelog -> training data (a confidence CSR and the gate's held-out cases), in arrays.
+
+The retrain reads every user's latest state record from the state table's changelog
+(compacted, but possibly holding several records of a user that compaction has not merged yet)
+and needs the users x items confidence matrix. No per-user Python object is built on the way:
+
+  * Reading: aiokafka (its C record parser and CRC) in large fetches, from the beginning of every
+    partition to the end offsets measured at the start. The latest record per key wins: a key
+    seen again marks its earlier row dead; a tombstone removes the user. A progress bar and the
+    rate go to the log every few seconds; a read that makes no progress for `stall_s` fails (no
+    fixed limit on the whole read: a large changelog takes as long as it takes).
+  * Decoding (`ChunkDecoder`): records are decoded in chunks of a few thousand, all at once, by
+    walking every record of the chunk one field at a time with numpy (the state codec,
+    streaming/worker/state.py, formats 1 and 2; every field is checked as `decode` checks it
+    except that the history and last-list ids are not UTF-8-validated: training does not use
+    them). Each item id becomes a 64-bit key (ids up to 7 bytes exactly; longer ones a hash,
+    whose collisions are detected, never silent) and is interned once into a column number, in
+    first-seen order; the item id text is made once per item. Confidences come from
+    `ConfidenceConfig.confidences`, the one formula. A chunk keeps 8 bytes per non-zero
+    (column int32, confidence float32): memory is a small multiple of the final CSR.
+  * Hold-out: the users with the lowest `holdout_rank` (a hash of the id) are kept apart as raw
+    records (a bounded heap, at most `holdout_max` of them) and become the gate's cases at the end
+    (recsys.evaluation.offline.holdout_case); those not needed go into the matrix.
+
+An unreadable or foreign record (wrong format version, truncated, trailing bytes) is skipped,
+counted and logged with its key; it never stops the retrain. An empty changelog is an error that
+says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.confidence import ConfidenceConfig
+from recsys.errors import RecsysError
+from recsys.evaluation.offline import EvalCase, holdout_case, holdout_rank, holdout_size
+from recsys.model.train import TrainingData
+from streaming.worker.state import StateDecodeError, decode
+
+log = logging.getLogger("streamrec.retrain")
+
+# The state codec's layout (streaming/worker/state.py): header "<BqqIHBB", an item is
+# "<H" id length, the id, "<dqB"; a string is "<H" length + bytes; format 2's tail "<qqh".
+HEAD = 25
+ITEM = 17
+MSG = 18
+READABLE = (1, 2)
+PAD = 65_536 + 64  # past any position a walk can reach from a record's end (one u16 length)
+LONG = np.uint64(1 << 63)
+
+
+@dataclass
+class Chunk:
+    rows: int  # records in the chunk
+    counts: np.ndarray  # (rows,) non-zeros of each row, 0 for a bad record
+    cols: np.ndarray  # (nnz,) int32 global column of each non-zero
+    conf: np.ndarray  # (nnz,) float32 confidence
+    last_ts: np.ndarray  # (rows,) int64
+    bad: np.ndarray  # (rows,) bool: unreadable, skipped
+
+
+class ChunkDecoder:
+    """Decodes chunks of encoded state records into CSR pieces with global item columns."""
+
+    def __init__(self, ccfg: ConfidenceConfig):
+        self.ccfg = ccfg
+        self.keys = np.empty(0, np.uint64)  # sorted interned keys
+        self.ids = np.empty(0, np.int64)  # column of each key
+        self.items: list[str] = []  # column -> item id
+        self.long_ids: dict[int, bytes] = {}  # column -> id bytes, for ids keyed by a hash
+
+    def decode(self, values: Sequence[bytes]) -> Chunk:
+        n = len(values)
+        lens = np.fromiter(map(len, values), np.int64, n)
+        start = np.zeros(n, np.int64)
+        np.cumsum(lens[:-1], out=start[1:])
+        end = start + lens
+        buf = np.frombuffer(b"".join(values) + bytes(PAD), np.uint8)
+        u1 = buf
+        u2 = np.ndarray((len(buf) - 1,), "<u2", buf, 0, (1,))
+        i8 = np.ndarray((len(buf) - 7,), "<i8", buf, 0, (1,))
+        f8 = np.ndarray((len(buf) - 7,), "<f8", buf, 0, (1,))
+        ok = lens >= HEAD
+        hs = np.where(ok, start, 0)
+        ver = u1[hs]
+        last_ts = i8[hs + 9]
+        n_items = u2[hs + 21].astype(np.int64)
+        n_hist = u1[hs + 23].astype(np.int64)
+        n_last = u1[hs + 24].astype(np.int64)
+        ok &= np.isin(ver, READABLE) & (HEAD + n_items * (2 + ITEM) <= lens)
+        n_items = np.where(ok, n_items, 0)
+        row_off = np.zeros(n, np.int64)
+        np.cumsum(n_items[:-1], out=row_off[1:])
+        total = int(n_items.sum())
+        id_pos = np.zeros(total, np.int64)
+        id_len = np.zeros(total, np.int64)
+        value = np.zeros(total, np.float64)
+        ts = np.zeros(total, np.int64)
+        pos = start + HEAD
+        # Items: step j reads the j-th item of every record that has one. Rows are put in order
+        # of decreasing item count, so the rows of step j are a prefix: slices, not masks.
+        order = np.argsort(-n_items, kind="stable")
+        active = np.searchsorted(-n_items[order], -np.arange(int(n_items.max(initial=0))), side="left")
+        pos_o, end_o, off_o = pos[order], end[order], row_off[order]
+        bad_o = ~ok[order]
+        for j, k in enumerate(active.tolist()):
+            p = pos_o[:k]
+            ln = u2[p]
+            after = p + ln + 2
+            dest = off_o[:k] + j
+            id_pos[dest] = p + 2
+            id_len[dest] = ln
+            value[dest] = f8[after]
+            ts[dest] = i8[after + 8]
+            nxt = after + ITEM
+            bad_o[:k] |= nxt > end_o[:k]
+            pos_o[:k] = np.minimum(nxt, end_o[:k])  # a bad record stops at its end
+        ok[order] = ~bad_o
+        pos[order] = pos_o
+        # The rest of the record: history ids, the last published list, format 2's message.
+        pos = self._skip_strings(u2, pos, np.where(ok, n_hist, 0), end, ok)
+        pos = np.where(ok, pos + 8, pos)
+        pos = self._skip_strings(u2, pos, ok.astype(np.int64), end, ok)
+        pos = self._skip_strings(u2, pos, np.where(ok, n_last, 0), end, ok)
+        v2 = ok & (ver >= 2)
+        pos = np.where(v2, pos + 4 * n_last, pos)
+        pos = self._skip_strings(u2, pos, v2.astype(np.int64) * 2, end, ok)
+        pos = np.where(v2, pos + MSG, pos)
+        ok &= pos == end
+        keep = np.repeat(ok, n_items)
+        cols = self._intern(u1, i8, id_pos, id_len, keep)
+        if cols is None:  # an id that is not UTF-8: find its records, drop them, intern again
+            ok &= self._utf8_rows(buf, id_pos, id_len, n_items)
+            keep = np.repeat(ok, n_items)
+            cols = self._intern(u1, i8, id_pos, id_len, keep)
+            assert cols is not None
+        row_of = np.repeat(np.arange(n), n_items)[keep]
+        conf = self.ccfg.confidences(value[keep], last_ts[row_of] - ts[keep]).astype(np.float32)
+        return Chunk(n, np.where(ok, n_items, 0), cols[keep], conf, last_ts, ~ok)
+
+    @staticmethod
+    def _skip_strings(
+        u2: np.ndarray, pos: np.ndarray, count: np.ndarray, end: np.ndarray, ok: np.ndarray
+    ) -> np.ndarray:
+        pos = pos.copy()
+        for j in range(int(count.max(initial=0))):
+            act = np.nonzero(ok & (count > j))[0]
+            nxt = pos[act] + 2 + u2[pos[act]].astype(np.int64)
+            fits = nxt <= end[act]
+            ok[act[~fits]] = False
+            pos[act[fits]] = nxt[fits]
+        return pos
+
+    def _keys(self, i8: np.ndarray, id_pos: np.ndarray, id_len: np.ndarray) -> np.ndarray:
+        """A 64-bit key per id: ids of up to 7 bytes exactly (bytes + length in the top byte),
+        longer ones an FNV-style hash over 8-byte words with the top bit set."""
+        u8 = i8.view(np.uint64)
+        word = u8[id_pos]
+        short = id_len < 8
+        shift = (np.minimum(id_len, 7) * 8).astype(np.uint64)
+        mask = (np.uint64(1) << shift) - np.uint64(1)
+        keys = (word & mask) | (id_len.astype(np.uint64) << np.uint64(56))
+        if not short.all():
+            lg = np.nonzero(~short)[0]
+            p, ln = id_pos[lg], id_len[lg]
+            h = ln.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            for w in range(int((ln.max() + 7) // 8)):
+                valid = np.clip(ln - 8 * w, 0, 8)
+                m = np.where(
+                    valid >= 8,
+                    np.uint64(0xFFFFFFFFFFFFFFFF),
+                    (np.uint64(1) << (valid * 8).astype(np.uint64)) - np.uint64(1),
+                )
+                h = (h ^ (u8[p + 8 * w] & m)) * np.uint64(0x100000001B3)
+                h ^= h >> np.uint64(29)
+            keys[lg] = h | LONG
+        return keys
+
+    def _intern(self, u1: np.ndarray, i8: np.ndarray, id_pos: np.ndarray, id_len: np.ndarray, keep: np.ndarray):
+        """Global column of each kept id, new ids appended in first-seen order; None if a new id
+        is not UTF-8 (nothing is interned then)."""
+        cols = np.full(len(id_pos), -1, np.int64)
+        sel = np.nonzero(keep)[0]
+        if not len(sel):
+            return cols.astype(np.int32)
+        pos, ln = id_pos[sel], id_len[sel]
+        keys = self._keys(i8, pos, ln)
+        if len(self.keys):
+            at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+            found = self.keys[at] == keys
+        else:
+            at, found = np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+        out = np.empty(len(keys), np.int64)
+        out[found] = self.ids[at[found]]
+        miss = np.nonzero(~found)[0]
+        raw = b""
+        if (keys & LONG).any():
+            raw = u1.tobytes()
+            lg = np.nonzero(keys & LONG)[0]
+            _, rep, inv = np.unique(keys[lg], return_index=True, return_inverse=True)
+            self._check_same_bytes(u1, pos[lg], ln[lg], rep[inv.ravel()])
+            for k in rep[found[lg][rep]].tolist():  # one per known hashed key: same bytes as the item?
+                e = lg[k]
+                b, known = raw[pos[e] : pos[e] + ln[e]], self.long_ids[int(out[e])]
+                if b != known:
+                    raise RecsysError(f"item ids {b!r} and {known!r} share a 64-bit key: report this")
+        if len(miss):
+            uniq, first, inv = np.unique(keys[miss], return_index=True, return_inverse=True)
+            first = miss[first]
+            new_order = np.argsort(first, kind="stable")
+            raw = raw or u1.tobytes()
+            names = []
+            longs = {}
+            base = len(self.items)
+            for n, k in enumerate(new_order.tolist()):
+                e = first[k]
+                b = raw[pos[e] : pos[e] + ln[e]]
+                try:
+                    names.append(b.decode())
+                except UnicodeDecodeError:
+                    return None
+                if uniq[k] & LONG:
+                    longs[base + n] = b
+            ucol = np.empty(len(uniq), np.int64)
+            ucol[new_order] = np.arange(base, base + len(uniq))
+            out[miss] = ucol[inv.ravel()]
+            self.items.extend(names)
+            self.long_ids.update(longs)
+            keys_all = np.concatenate([self.keys, uniq])
+            ids_all = np.concatenate([self.ids, ucol])
+            o = np.argsort(keys_all, kind="stable")
+            self.keys, self.ids = keys_all[o], ids_all[o]
+        cols[sel] = out
+        return cols.astype(np.int32)
+
+    @staticmethod
+    def _check_same_bytes(u1: np.ndarray, pos: np.ndarray, ln: np.ndarray, rep: np.ndarray) -> None:
+        """Within a chunk, every hashed id must equal the first id with its key."""
+        same = ln == ln[rep]
+        for b in range(int(ln.max(initial=0))):
+            at = np.minimum(b, ln - 1)
+            same &= (b >= ln) | (u1[pos + at] == u1[pos[rep] + at])
+        if not same.all():
+            raise RecsysError("two item ids share a 64-bit key: report this")
+
+    @staticmethod
+    def _utf8_rows(buf: np.ndarray, id_pos: np.ndarray, id_len: np.ndarray, n_items: np.ndarray) -> np.ndarray:
+        raw = buf.tobytes()
+        good = np.ones(len(id_pos), bool)
+        for e in range(len(id_pos)):
+            try:
+                raw[id_pos[e] : id_pos[e] + id_len[e]].decode()
+            except UnicodeDecodeError:
+                good[e] = False
+        rows = np.repeat(np.arange(len(n_items)), n_items)
+        ok = np.ones(len(n_items), bool)
+        ok[rows[~good]] = False
+        return ok
+
+
+class ChangelogTable:
+    """The latest record per key, decoded in chunks as records arrive (see the module docstring)."""
+
+    def __init__(
+        self,
+        ccfg: ConfidenceConfig,
+        *,
+        holdout_fraction: float = 0.01,
+        holdout_min: int = 500,
+        holdout_max: int = 20_000,
+        chunk_records: int = 20_000,
+        min_items: int = 3,
+    ):
+        self.decoder = ChunkDecoder(ccfg)
+        self.holdout = (holdout_fraction, holdout_min, holdout_max)
+        self.min_items = min_items
+        self.chunk_records = chunk_records
+        self.row_of: dict[bytes, int] = {}
+        self.row_keys: list[bytes] = []
+        self.dead: list[int] = []
+        self.pending: list[bytes] = []
+        self.chunks: list[Chunk] = []
+        self.held: dict[bytes, bytes] = {}
+        self.heap: list[tuple[int, bytes]] = []  # (-rank, key) of held keys: the largest rank on top
+        self.records = 0
+        self.skipped = 0
+        self.live = np.zeros(0, bool)
+
+    def add(self, records: Iterable[Any]) -> None:
+        """Consumer records (anything with .key and .value), in offset order per key."""
+        row_of, held, cap = self.row_of, self.held, self.holdout[2]
+        for r in records:
+            key, value = r.key, r.value
+            self.records += 1
+            if key is None:
+                continue
+            if key in held:
+                if value is None:
+                    del held[key]  # its heap entry goes stale; popping skips it
+                else:
+                    held[key] = value
+                continue
+            row = row_of.pop(key, None)
+            if row is not None:
+                self.dead.append(row)
+            if value is None:
+                continue
+            if row is None and cap > 0:  # a key not seen before: a hold-out candidate?
+                rank = holdout_rank(key)
+                if len(self.heap) < cap or rank < -self.heap[0][0]:
+                    held[key] = value
+                    heapq.heappush(self.heap, (-rank, key))
+                    if len(self.heap) > cap:
+                        _, out = heapq.heappop(self.heap)
+                        if out in held:
+                            self._append(out, held.pop(out))
+                    continue
+            self._append(key, value)
+
+    def _append(self, key: bytes, value: bytes) -> None:
+        self.row_of[key] = len(self.row_keys)
+        self.row_keys.append(key)
+        self.pending.append(value)
+        if len(self.pending) >= self.chunk_records:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            chunk = self.decoder.decode(self.pending)
+            r0 = len(self.row_keys) - len(self.pending)
+            for i in np.nonzero(chunk.bad)[0].tolist():
+                self._skip(self.row_keys[r0 + i], self.pending[i])
+            self.chunks.append(chunk)
+            self.pending = []
+
+    def _skip(self, key: bytes, value: bytes | None = None, why: str = "") -> None:
+        self.skipped += 1
+        if not why and value is not None:
+            try:
+                decode(value)
+                why = "not a readable state record"
+            except StateDecodeError as e:
+                why = str(e)
+        if self.skipped <= 20:
+            log.warning("skipping unreadable state record for key %r: %s", key[:64], why)
+        elif self.skipped == 21:
+            log.warning("more unreadable state records: counted, not logged one by one")
+
+    def training_data(self, source: str = "") -> TrainingData:
+        """Everything read so far as training data: hold-out cases picked, the CSR assembled."""
+        fraction, floor, cap = self.holdout
+        held = sorted((holdout_rank(k), k) for k in self.held)
+        n_users = len(self.row_of) + len(held)
+        want = holdout_size(n_users, fraction, floor, cap)
+        cases: list[EvalCase] = []
+        for _, key in held:
+            value = self.held[key]
+            if len(cases) < want:
+                try:
+                    state = decode(value)
+                    user = key.decode()
+                except (StateDecodeError, UnicodeDecodeError) as e:
+                    self._skip(key, why=str(e))
+                    continue
+                case = holdout_case(user, state.profile, self.min_items)
+                if case is not None:
+                    cases.append(case)
+                    continue
+            self._append(key, value)
+        self.held.clear()
+        self.heap.clear()
+        self.flush()
+        live = np.ones(len(self.row_keys), bool)
+        live[np.asarray(self.dead, np.int64)] = False
+        counts, cols, confs, last = [], [], [], []
+        r0 = 0
+        for ch in self.chunks:
+            keep_rows = live[r0 : r0 + ch.rows] & ~ch.bad
+            live[r0 : r0 + ch.rows] = keep_rows
+            keep = np.repeat(keep_rows, ch.counts)
+            counts.append(ch.counts[keep_rows])
+            cols.append(ch.cols[keep])
+            confs.append(ch.conf[keep])
+            last.append(ch.last_ts[keep_rows])
+            r0 += ch.rows
+        self.chunks = []
+        count = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+        col = np.concatenate(cols) if cols else np.zeros(0, np.int32)
+        data = np.concatenate(confs) if confs else np.zeros(0, np.float32)
+        del cols, confs
+        last_ts = np.concatenate(last) if last else np.zeros(0, np.int64)
+        # Items seen only in superseded or skipped records are left out; the order stays first-seen.
+        used = np.bincount(col, minlength=len(self.decoder.items)) > 0
+        remap = np.cumsum(used) - 1
+        col = remap[col].astype(np.int32) if not used.all() else col
+        items = [i for i, u in zip(self.decoder.items, used.tolist(), strict=True) if u]
+        indptr = np.zeros(len(count) + 1, np.int64)
+        np.cumsum(count, out=indptr[1:])
+        if indptr[-1] == 0 and not cases:
+            raise RecsysError(f"no training data: {source or 'the changelog'} holds no readable user state")
+        matrix = sp.csr_matrix((data, col, indptr), shape=(len(count), len(items)))
+        matrix.sort_indices()
+        self.live = live
+        ts = np.concatenate([last_ts, np.asarray([c.profile.last_ts for c in cases], np.int64)])
+        return TrainingData(
+            matrix,
+            items,
+            cases,
+            last_ts_min=int(ts.min()) if len(ts) else 0,
+            last_ts_max=int(ts.max()) if len(ts) else 0,
+            source=source,
+            skipped=self.skipped,
+        )
+
+    def live_keys(self) -> list[bytes]:
+        """Row keys of the matrix `training_data` assembled (call it first), in row order."""
+        return [k for k, alive in zip(self.row_keys, self.live.tolist(), strict=True) if alive]
+
+
+def read_training_data(
+    bootstrap: str,
+    topic: str,
+    ccfg: ConfidenceConfig,
+    *,
+    stall_s: float = 60.0,
+    holdout_fraction: float = 0.01,
+    holdout_min: int = 500,
+    holdout_max: int = 20_000,
+    progress_every_s: float = 5.0,
+) -> TrainingData:
+    """Every user's latest state in `topic`, read to its end offsets at the start, as training data."""
+    table = ChangelogTable(ccfg, holdout_fraction=holdout_fraction, holdout_min=holdout_min, holdout_max=holdout_max)
+    t0 = time.perf_counter()
+    asyncio.run(_read(bootstrap, topic, table, stall_s, progress_every_s))
+    t1 = time.perf_counter()
+    data = table.training_data(source=f"kafka:{topic}")
+    data.phases["read_decode_s"] = round(time.perf_counter() - t0, 3)
+    data.phases["assemble_s"] = round(time.perf_counter() - t1, 3)
+    data.phases["records"] = table.records
+    log.info(
+        "read %s: %d records, %d users (%d held out for the gate), %d items, %d non-zeros, %d skipped, in %.1f s "
+        "(%.0f records/s)",
+        topic,
+        table.records,
+        data.users + len(data.cases),
+        len(data.cases),
+        len(data.items),
+        data.matrix.nnz,
+        data.skipped,
+        data.phases["read_decode_s"],
+        table.records / max(data.phases["read_decode_s"], 1e-9),
+    )
+    return data
+
+
+def _bar(frac: float, width: int = 20) -> str:
+    done = int(round(frac * width))
+    return "[" + "#" * done + "." * (width - done) + "]"
+
+
+async def _read(bootstrap: str, topic: str, table: ChangelogTable, stall_s: float, every_s: float) -> None:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streaming.kafka import clients
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=16 << 20,
+        fetch_max_bytes=64 << 20,
+        fetch_max_wait_ms=100,
+        client_id="streamrec-retrain",
+        **clients.aiokafka(),
+    )
+    await consumer.start()
+    try:
+        parts = (await consumer.topics()) and consumer.partitions_for_topic(topic)
+        if not parts:
+            raise RecsysError(
+                f"no training data: the state changelog {topic} does not exist on {bootstrap} "
+                "(no worker has run with this app id yet; or give --data FILE)"
+            )
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        begin = await consumer.beginning_offsets(tps)
+        end = await consumer.end_offsets(tps)
+        total = sum(end[tp] - begin[tp] for tp in tps)
+        if total == 0:
+            raise RecsysError(
+                f"no training data: the state changelog {topic} is empty (no user has any state yet: "
+                "run the workers on events first, or give --data FILE)"
+            )
+        await consumer.seek_to_beginning(*tps)
+        left = [tp for tp in tps if end[tp] > begin[tp]]
+        log.info("reading %s: %d records in %d partitions", topic, total, len(tps))
+        t0 = last_report = last_progress = time.monotonic()
+        while left:
+            fetched = await consumer.getmany(*left, timeout_ms=500)
+            now = time.monotonic()
+            for records in fetched.values():
+                if records:
+                    table.add(records)
+                    last_progress = now
+            for tp in list(left):
+                if await consumer.position(tp) >= end[tp]:
+                    left.remove(tp)
+                    consumer.pause(tp)
+            if left and now - last_progress > stall_s:
+                raise RecsysError(
+                    f"reading {topic} stalled: no record for {stall_s:.0f}s with {table.records} of {total} "
+                    "read (retrain.changelog_stall_s)"
+                )
+            if now - last_report >= every_s:
+                last_report = now
+                rate = table.records / max(now - t0, 1e-9)
+                log.info(
+                    "reading %s %s %d/%d records (%.0f%%), %.0f records/s, ~%.0f s left",
+                    topic,
+                    _bar(table.records / total),
+                    table.records,
+                    total,
+                    100 * table.records / total,
+                    rate,
+                    (total - table.records) / max(rate, 1e-9),
+                )
+    finally:
+        await consumer.stop()
