@@ -173,6 +173,19 @@ class Settings:
     retrain_tolerance: float = setting(
         0.1, "a candidate model may be this much (relative) worse on held-out MAP@10 and still be published"
     )
+    # The gate's users are left out of the one training and predicted by fold-in (the way they
+    # are served anyway): a small share is enough for a stable MAP@10 (its standard error is
+    # part of the gate's rule), and the model loses few users.
+    retrain_holdout_fraction: float = setting(0.01, "share of users the retrain holds out for its gate")
+    retrain_holdout_min: int = setting(
+        500, "... at least this many (at most a tenth of the users: small systems still get enough cases)"
+    )
+    retrain_holdout_max: int = setting(20_000, "... at most this many")
+    changelog_stall_s: float = setting(
+        60.0,
+        "the retrain's changelog read fails after this long (seconds) without a record while some are "
+        "left; the read itself has no time limit",
+    )
     log_level: str = setting("info", "log level: debug, info, warning, error")
     bulk_restore: bool = setting(
         True,
@@ -215,6 +228,10 @@ class Settings:
             raise ConfigError("broker_session_timeout_s and broker_heartbeat_interval_s must be > 0")
         if not 0 <= self.retrain_tolerance < 1:
             raise ConfigError(f"retrain_tolerance must be in [0, 1), got {self.retrain_tolerance}")
+        if not 0 <= self.retrain_holdout_fraction < 1 or self.retrain_holdout_min < 0 or self.retrain_holdout_max < 0:
+            raise ConfigError("retrain_holdout_fraction must be in [0, 1), retrain_holdout_min/max >= 0")
+        if not self.changelog_stall_s > 0:
+            raise ConfigError(f"changelog_stall_s must be > 0, got {self.changelog_stall_s}")
         if self.model_transport not in MODEL_TRANSPORTS:
             raise ConfigError(
                 f"model_transport must be one of {', '.join(MODEL_TRANSPORTS)}, got {self.model_transport!r}"

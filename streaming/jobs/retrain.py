@@ -1,42 +1,58 @@
-"""The periodic batch retrain: profiles -> ALS -> regression gate -> model store -> announcement.
+"""The periodic batch retrain: training data -> ALS (once) -> regression gate -> model store -> announcement.
 
 Where the training data comes from:
   * the state table's changelog topic (the users' confidence profiles exactly as the workers
-    keep them; the latest record per user wins), or
-  * a history file, to bootstrap a system that has no state yet.
+    keep them; the latest record per user wins), read and decoded straight into a confidence
+    matrix (streaming/jobs/changelog.py: no per-user objects, memory a small multiple of the
+    matrix), or
+  * a history file, to bootstrap a system that has no state yet (`data_from_profiles`).
 
-The gate (recsys.evaluation.offline.holdout_users): a candidate is trained without a stable 10% of
-users, whose later items it must then predict from their earlier ones (fold-in + blend,
-MAP@10). The serving model's score on the same protocol was recorded in its metadata when it
-was trained; a candidate worse than that by more than `retrain_tolerance` (relative) is not
-published, unless the shortfall is within two standard errors of the candidate's score (few
-held-out users make a noisy score). The serving model cannot simply be re-scored on today's
-data: it was trained on much of it. With too few held-out users, or no recorded score, the
-gate passes and says so. The published model is then trained on every user and records its
-own held-out score; XᵀX of its users is stored with it (workers fold new items in against it,
-streaming/worker/new_items.py). Workers hear of it through a small message on the
-model-updates topic; the factors never travel through Kafka.
+One training. A small, stable sample of users (the lowest `holdout_rank`s: 1%, at least 500 but
+at most a tenth of the users, at most 20,000; `stream.retrain_holdout_*`) is left out of it; each
+of them with at least 3 items is a gate case: their earlier half of items (by time) is the
+profile, its latest item the query, the later half the truth (recsys.evaluation.offline.
+holdout_case). The model trained on everyone else is the candidate, scored on those cases by
+fold-in + blend (MAP@10), the way held-out users are served anyway. The serving model's score on
+the same protocol was recorded in its metadata when it was trained; a candidate worse than that
+by more than `retrain_tolerance` (relative) is not published, unless the shortfall is within two
+standard errors of the candidate's score (few held-out users make a noisy score). The serving
+model cannot simply be re-scored on today's data: it was trained on much of it. With too few
+held-out users, or no recorded score, the gate passes and says so. A candidate that passes is
+published as it is and records its held-out score; XᵀX of its users is stored with it (workers
+fold new items in against it, streaming/worker/new_items.py).
+
+Warm start: ALS starts from the serving version's item factors (items matched by id; new items
+start as implicit starts every item) and stops once an iteration moves the item factors by less
+than `train.converge_tol` (recsys.model.train.fit).
+
+The seams for another engine: `fit_engine(data, ccfg, tcfg, init)` turns TrainingData into a
+Model and the users' XᵀX (recsys.model.train.fit by default); `gate(candidate, cases, ...)`
+judges a candidate on held-out cases. Workers hear of a published model through a small message
+on the model-updates topic; the factors never travel through Kafka.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from recsys.confidence import UserProfile, build_profiles
+from recsys.confidence import ConfidenceConfig, UserProfile, build_profiles
 from recsys.config import Config, Settings
 from recsys.data.datasets import load
 from recsys.errors import RecsysError
-from recsys.evaluation.offline import evaluate_model, holdout_users
-from recsys.model.item_foldin import user_gram
+from recsys.evaluation.offline import EvalCase, evaluate_model, holdout_case, holdout_rank, holdout_size
+from recsys.model.factors import Model
 from recsys.model.store import ModelStore
-from recsys.model.train import train
-from streaming.worker.state import StateDecodeError, decode
+from recsys.model.train import TrainConfig, TrainingData, confidence_matrix, fit
+from recsys.serving.scoring import ScoringConfig
 
 log = logging.getLogger("streamrec.retrain")
 MIN_GATE_CASES = 30
@@ -65,6 +81,14 @@ class RetrainMetrics:
             "streamrec_retrain_last_success_timestamp_seconds", "When a retrain last published a model", registry=r
         )
         self.users = Gauge("streamrec_retrain_users", "Users in the last retrain's training data", registry=r)
+        self.skipped = Counter(
+            "streamrec_retrain_skipped_records",
+            "Unreadable or foreign state records the retrain skipped (each logged with its key)",
+            registry=r,
+        )
+        self.phase = Gauge(
+            "streamrec_retrain_phase_seconds", "Seconds of each phase of the last retrain", ["phase"], registry=r
+        )
 
 
 @dataclass
@@ -74,49 +98,111 @@ class RetrainResult:
     gate: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     users: int = 0
+    phases: dict[str, Any] = field(default_factory=dict)
 
 
-def read_changelog(bootstrap: str, topic: str, timeout_s: float = 60.0) -> dict[str, UserProfile]:
-    """Every user's latest state from the table's changelog, read to its current end."""
-    from kafka import KafkaConsumer, TopicPartition
+def read_changelog(settings: Settings, ccfg: ConfidenceConfig) -> TrainingData:
+    """Every user's latest state from the table's changelog, read to its current end, as training data."""
+    from streaming.jobs.changelog import read_training_data
 
-    from streaming.kafka import clients
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        **clients.kafka_python(),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=1000,
+    return read_training_data(
+        settings.bootstrap,
+        settings.changelog_topic,
+        ccfg,
+        stall_s=settings.changelog_stall_s,
+        holdout_fraction=settings.retrain_holdout_fraction,
+        holdout_min=settings.retrain_holdout_min,
+        holdout_max=settings.retrain_holdout_max,
     )
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            return {}
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        latest: dict[bytes, bytes | None] = {}
-        deadline = time.time() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            if time.time() > deadline:
-                raise RecsysError(f"reading {topic} did not reach its end within {timeout_s}s")
-            for records in consumer.poll(timeout_ms=500).values():
-                for r in records:
-                    latest[r.key] = r.value
-    finally:
-        consumer.close()
-    profiles: dict[str, UserProfile] = {}
-    for key, value in latest.items():
-        if value is None or key is None:
-            continue
+
+
+def data_from_profiles(
+    profiles: dict[str, UserProfile], ccfg: ConfidenceConfig, settings: Settings, source: str = ""
+) -> TrainingData:
+    """Profiles (a history file's, or tests') as training data, with the same hold-out as the changelog's."""
+    if not profiles:
+        raise RecsysError("no training data: the state changelog is empty and no history file was given")
+    want = holdout_size(
+        len(profiles), settings.retrain_holdout_fraction, settings.retrain_holdout_min, settings.retrain_holdout_max
+    )
+    cases: list[EvalCase] = []
+    held: set[str] = set()
+    for user in sorted(profiles, key=lambda u: (holdout_rank(u.encode()), u)):
+        if len(cases) >= want:
+            break
+        case = holdout_case(user, profiles[user])
+        if case is not None:
+            cases.append(case)
+            held.add(user)
+    train_part = {u: p for u, p in profiles.items() if u not in held}
+    matrix, _, items = confidence_matrix(train_part, ccfg)
+    ts = [p.last_ts for p in profiles.values()]
+    return TrainingData(matrix, items, cases, min(ts), max(ts), source)
+
+
+FitEngine = Callable[[TrainingData, ConfidenceConfig, TrainConfig, "Model | None"], tuple[Model, np.ndarray]]
+
+
+def fit_engine(
+    data: TrainingData, ccfg: ConfidenceConfig, tcfg: TrainConfig, init: Model | None
+) -> tuple[Model, np.ndarray]:
+    """The default engine: implicit ALS in this process (recsys.model.train.fit)."""
+    return fit(data, ccfg, tcfg, init=init)
+
+
+def gate(
+    candidate: Model,
+    cases: list[EvalCase],
+    store: ModelStore,
+    settings: Settings,
+    ccfg: ConfidenceConfig,
+    scfg: ScoringConfig,
+    metrics: RetrainMetrics | None = None,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Judge a candidate on held-out cases against the serving model's recorded score.
+    Returns (the gate's verdict and figures, the candidate's held-out metrics)."""
+    metrics = metrics or RetrainMetrics()
+    verdict: dict[str, Any] = {"passed": True, "cases": len(cases)}
+    holdout: dict[str, float] = {}
+    if len(cases) < MIN_GATE_CASES:
+        verdict["note"] = f"only {len(cases)} held-out users with enough history: too few to judge, not gated"
+        return verdict, holdout
+    holdout = evaluate_model(candidate, cases, ccfg, scfg)
+    verdict["candidate_map10"] = holdout["MAP@10"]
+    for k, v in holdout.items():
+        metrics.offline.labels(k, "candidate").set(v)
+    current_version = store.current()
+    previous = None
+    if current_version is not None:
         try:
-            profiles[key.decode()] = decode(value).profile
-        except (StateDecodeError, UnicodeDecodeError) as e:
-            log.warning("skipping unreadable state record for %r: %s", key[:64], e)
-    return profiles
+            previous = store.metadata(current_version).get("holdout", {}).get("MAP@10")
+        except RecsysError as e:
+            verdict["note"] = f"serving model {current_version} unreadable ({e}): not gated"
+    if previous is not None:
+        verdict.update(current=current_version, current_map10=previous)
+        metrics.offline.labels("MAP@10", "current").set(previous)
+        noise = 2 * holdout.get("MAP@10_se", 0.0)
+        verdict["passed"] = holdout["MAP@10"] + noise >= previous * (1 - settings.retrain_tolerance)
+    else:
+        verdict.setdefault("note", "no held-out score recorded for the serving model: not gated")
+    return verdict, holdout
+
+
+def serving_model(store: ModelStore) -> Model | None:
+    """The serving version, to warm-start from; None (a cold start) if there is none or it is unreadable."""
+    current = store.current()
+    if current is None:
+        return None
+    try:
+        return store.load(current)
+    except RecsysError as e:
+        log.warning("serving model %s unreadable (%s): a cold start", current, e)
+        return None
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def announce(bootstrap: str, topic: str, version: str, extra: dict[str, Any] | None = None) -> None:
@@ -133,75 +219,74 @@ def announce(bootstrap: str, topic: str, version: str, extra: dict[str, Any] | N
 
 
 def retrain_once(
-    profiles: dict[str, UserProfile],
+    data: TrainingData | dict[str, UserProfile],
     store: ModelStore,
     settings: Settings,
     metrics: RetrainMetrics | None = None,
     source: str = "",
     config: Any = None,
+    engine: FitEngine | None = None,
 ) -> RetrainResult:
-    """Train, gate, publish. Does not announce (the caller does, if it published).
-    `config` (recsys.config.Config) supplies confidence, training and scoring settings."""
+    """Train once, gate, publish. Does not announce (the caller does, if it published).
+    `data`: TrainingData (from the changelog) or profiles (split here the same way).
+    `config` (recsys.config.Config) supplies confidence, training and scoring settings;
+    `engine` turns the data into a model (default: `fit_engine`)."""
     metrics = metrics or RetrainMetrics()
     t0 = time.time()
     config = config if config is not None else Config()
     ccfg, tcfg, scfg = config.confidence, config.train, config.scoring
-    if not profiles:
-        raise RecsysError("no training data: the state changelog is empty and no history file was given")
-    gate: dict[str, Any] = {"passed": True}
-    train_part, cases = holdout_users(profiles)
-    gate["cases"] = len(cases)
-    holdout: dict[str, float] = {}
-    if len(cases) >= MIN_GATE_CASES:
-        candidate, _, _ = train(train_part, ccfg, tcfg)
-        holdout = evaluate_model(candidate, cases, ccfg, scfg)
-        gate["candidate_map10"] = holdout["MAP@10"]
-        for k, v in holdout.items():
-            metrics.offline.labels(k, "candidate").set(v)
-        current_version = store.current()
-        previous = None
-        if current_version is not None:
-            try:
-                previous = store.metadata(current_version).get("holdout", {}).get("MAP@10")
-            except RecsysError as e:
-                gate["note"] = f"serving model {current_version} unreadable ({e}): not gated"
-        if previous is not None:
-            gate.update(current=current_version, current_map10=previous)
-            metrics.offline.labels("MAP@10", "current").set(previous)
-            noise = 2 * holdout.get("MAP@10_se", 0.0)
-            gate["passed"] = holdout["MAP@10"] + noise >= previous * (1 - settings.retrain_tolerance)
-        else:
-            gate.setdefault("note", "no held-out score recorded for the serving model: not gated")
-    else:
-        gate["note"] = f"only {len(cases)} held-out users with enough history: too few to judge, not gated"
-    if not gate["passed"]:
+    if not isinstance(data, TrainingData):
+        data = data_from_profiles(data, ccfg, settings, source)
+    source = source or data.source
+    if data.skipped:
+        metrics.skipped.inc(data.skipped)
+    if data.users == 0 or data.matrix.nnz == 0:
+        raise RecsysError(f"no training data: {source or 'the input'} has no user with a readable state to train on")
+    phases: dict[str, Any] = {k: v for k, v in data.phases.items() if k.endswith("_s")}
+    t = time.time()
+    init = serving_model(store) if tcfg.warm_start else None
+    phases["load_serving_s"] = round(time.time() - t, 3)
+    t = time.time()
+    model, gram = (engine or fit_engine)(data, ccfg, tcfg, init)
+    phases["fit_s"] = round(time.time() - t, 3)
+    t = time.time()
+    verdict, holdout = gate(model, data.cases, store, settings, ccfg, scfg, metrics)
+    phases["gate_s"] = round(time.time() - t, 3)
+    users = data.users + len(data.cases)
+    if not verdict["passed"]:
         metrics.runs.labels("rejected").inc()
         log.warning(
             "retrain rejected: candidate held-out MAP@10 %.4f is below the serving model's %.4f "
             "by more than noise and the tolerance",
-            gate["candidate_map10"],
-            gate["current_map10"],
+            verdict["candidate_map10"],
+            verdict["current_map10"],
         )
-        return RetrainResult("rejected", None, gate, time.time() - t0, len(profiles))
-    model, user_factors, _ = train(
-        profiles, ccfg, tcfg, metadata={"gate": gate, "data_source": source, "holdout": holdout, "metrics": holdout}
+        return RetrainResult("rejected", None, verdict, time.time() - t0, users, phases)
+    model.metadata.update(
+        gate=verdict, data_source=source, holdout=holdout, metrics=holdout, held_out_users=len(data.cases)
     )
+    t = time.time()
     # XᵀX of the training users goes with the version: workers fold new items in against it.
-    store.save(model, publish=True, user_gram=user_gram(user_factors))
+    store.save(model, publish=True, user_gram=gram)
+    phases["save_s"] = round(time.time() - t, 3)
     seconds = time.time() - t0
+    for k, v in phases.items():
+        metrics.phase.labels(k.removesuffix("_s")).set(v)
     metrics.runs.labels("published").inc()
     metrics.duration.observe(seconds)
     metrics.last_success.set(time.time())
-    metrics.users.set(len(profiles))
+    metrics.users.set(users)
     log.info(
-        "published model %s (%d users, %d items) in %.1fs; gate %s",
+        "published model %s (%d users, %d held out, %d items) in %.1fs (%s); gate %s",
         model.version,
-        len(profiles),
+        users,
+        len(data.cases),
         model.n_items,
         seconds,
-        gate,
+        ", ".join(f"{k} {v}" for k, v in phases.items()),
+        verdict,
     )
-    return RetrainResult("published", model.version, gate, seconds, len(profiles))
+    return RetrainResult("published", model.version, verdict, seconds, users, phases)
 
 
 def run(
@@ -224,14 +309,16 @@ def run(
     while True:
         t0 = time.time()
         try:
+            ccfg = config.confidence if config is not None else Config().confidence
+            training: TrainingData | dict[str, UserProfile]
             if data:
                 events, path = load(data, mapping=config.input if config is not None else None)
-                ccfg = config.confidence if config is not None else Config().confidence
-                profiles, source = build_profiles(events, ccfg), str(path)
+                training, source = build_profiles(events, ccfg), str(path)
             else:
-                profiles = read_changelog(settings.bootstrap, settings.changelog_topic)
+                training = read_changelog(settings, ccfg)
                 source = f"kafka:{settings.changelog_topic}"
-            res = retrain_once(profiles, store, settings, metrics, source, config)
+            res = retrain_once(training, store, settings, metrics, source, config)
+            del training  # the next run reads afresh; the matrix need not outlive this one
             if res.version:
                 announce(settings.bootstrap, settings.model_updates_topic, res.version, {"gate": res.gate})
             print(
@@ -242,6 +329,8 @@ def run(
                         "users": res.users,
                         "seconds": round(res.seconds, 2),
                         "gate": res.gate,
+                        "phases": res.phases,
+                        "peak_rss_mb": round(peak_rss_mb(), 1),
                     }
                 ),
                 flush=True,
