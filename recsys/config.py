@@ -210,6 +210,15 @@ class Settings:
     item_foldin_max_items: int = setting(
         10_000, "new items a worker keeps evidence for; past it the least recently touched is dropped"
     )
+    items_topic: str = setting(
+        "items",
+        "the item catalogue: a compacted topic keyed by item id (docs/formats.md, item records); every "
+        "worker keeps all of it in RocksDB and never shows a hidden, unavailable or deleted item",
+    )
+    events_max_bytes: int = setting(
+        1 << 20, "POST /events: the largest request body (bytes); a bigger one is refused with 413"
+    )
+    events_max_count: int = setting(1000, "POST /events: the most events one request may carry")
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
@@ -244,6 +253,8 @@ class Settings:
             raise ConfigError(f"item_foldin_refresh_s must be > 0, got {self.item_foldin_refresh_s}")
         if min(self.item_foldin_min_users, self.item_foldin_max_users, self.item_foldin_max_items) < 1:
             raise ConfigError("item_foldin_min_users, item_foldin_max_users and item_foldin_max_items must be >= 1")
+        if self.events_max_bytes < 1024 or self.events_max_count < 1:
+            raise ConfigError("events_max_bytes must be >= 1024 and events_max_count >= 1")
 
     @property
     def table_name(self) -> str:

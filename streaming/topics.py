@@ -17,6 +17,9 @@ from typing import Any
 # seconds, a day covers a stopped worker.
 ROWS_RETENTION_MS = 7 * 86400_000
 EVIDENCE_RETENTION_MS = 86400_000
+# The items topic keeps its tombstones: a worker that reads it from the start (a wiped data dir)
+# must see a deleted item as deleted, not as an item it has never heard of (which it would show).
+TOMBSTONES_KEPT_MS = 100 * 365 * 86400_000
 # Model artifacts: compacted, never deleted by age (a pinned version may be months old). Only a
 # closed segment is compacted: an hourly roll lets tombstoned versions go within about an hour.
 ARTIFACTS_SEGMENT_MS = 3600_000
@@ -42,11 +45,12 @@ class Topics:
     item_evidence: Topic
     item_factors: Topic
     leader: Topic
+    items: Topic
 
     @property
     def core(self) -> list[Topic]:
         """What `recsys topics` (and every worker at start) creates."""
-        return [self.clickstream, self.recommendations, self.dlq, self.model_updates, self.model_artifacts]
+        return [self.items, self.clickstream, self.recommendations, self.dlq, self.model_updates, self.model_artifacts]
 
     @property
     def new_items(self) -> list[Topic]:
@@ -90,6 +94,13 @@ def topics(s: Any) -> Topics:
             {"cleanup.policy": "compact,delete", "retention.ms": str(ROWS_RETENTION_MS)},
         ),
         leader=Topic(f"{s.app_id}-__assignor-__leader", 1, "none", "Faust's leader election (Faust creates it)"),
+        items=Topic(
+            s.items_topic,
+            p,
+            "item id",
+            "the item catalogue: one JSON item record per item, a tombstone deletes; read whole by every worker",
+            {"cleanup.policy": "compact", "delete.retention.ms": str(TOMBSTONES_KEPT_MS)},
+        ),
     )
 
 
@@ -122,6 +133,7 @@ def isolated(s: Any, name: str, **changes: Any) -> Any:
         recommendations_topic=f"{name}-recs",
         dlq_topic=f"{name}-dlq",
         model_updates_topic=f"{name}-models",
+        items_topic=f"{name}-items",
         model_artifacts_topic=f"{name}-model-artifacts",
         **changes,
     )

@@ -132,9 +132,14 @@ class MipsIndex:
         return cls(index, rows, max_norm, cfg, time.perf_counter() - t0, tuned)
 
     def search(
-        self, queries: np.ndarray, k: int, exclude_rows: Sequence[Sequence[int]] | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude_rows: Sequence[Sequence[int]] | None = None,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k rows by inner product for each query, minus that query's exclude_rows.
+        """Top-k rows by inner product for each query, minus that query's exclude_rows and the
+        rows `allowed` (bool per row, for every query: the catalogue's mask) rules out.
 
         Returns (ids int64 (q, k), scores float32 (q, k)), best first; slots that could not be
         filled hold id -1 and score -inf."""
@@ -149,12 +154,17 @@ class MipsIndex:
             return ids_out, sc_out
         _threads(faiss, self.cfg.num_threads)
         n_ex = max((len(e) for e in exclude_rows), default=0) if exclude_rows is not None else 0
-        fetch = int(min(self.n_items, k + n_ex + (self.cfg.extra_fetch if n_ex else 0)))
+        fetch = k + n_ex + (self.cfg.extra_fetch if n_ex or allowed is not None else 0)
+        if allowed is not None:  # over-fetch in proportion to what the mask rules out
+            fetch = math.ceil(fetch / max(float(np.count_nonzero(allowed)) / max(len(allowed), 1), 0.01))
+        fetch = int(min(self.n_items, fetch))
         _, cand = self._index.search(_query_side(q), fetch)
         # exact scores of the candidates (the L2 order is the inner-product order; recomputing
         # gives the same numbers as the exact path and ignores the -1 fillers)
         safe = np.where(cand >= 0, cand, 0)
         scores = np.einsum("qkf,qf->qk", self.rows[safe], q)
+        if allowed is not None:
+            scores[~allowed[safe]] = -np.inf
         ids, sc = _drop_excluded(cand, scores, exclude_rows if n_ex else None, k)
         ids_out[:, : ids.shape[1]], sc_out[:, : sc.shape[1]] = ids, sc
         return ids_out, sc_out
@@ -260,19 +270,37 @@ def exact_search(
     k: int,
     exclude_rows: Sequence[Sequence[int]] | None = None,
     num_threads: int = 0,
+    allowed: np.ndarray | None = None,
+    blocked: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by inner product with pre-scaled rows (one product + implicit's top-k), with
     exclusions applied by over-fetching k + (most exclusions of any row) and dropping them:
     no per-row sparse filter, whose row slicing costs more than the product at 50k items.
+    `allowed` (bool per row, all queries; `blocked` = its False rows, if the caller has them):
+    rows it rules out score -inf inside the top-k (implicit's filter_items), or, when it keeps
+    under a quarter of the rows (a category filter), only the kept rows are scored at all.
     Same return convention as MipsIndex.search."""
     from implicit.cpu.topk import topk
 
     q = np.ascontiguousarray(queries, np.float32)
     n = int(rows.shape[0])
-    k = int(min(k, n))
     n_ex = max((len(e) for e in exclude_rows), default=0) if exclude_rows is not None else 0
+    if allowed is not None:
+        if blocked is None:
+            blocked = np.flatnonzero(~allowed).astype(np.int32)
+        if len(blocked) > 0.75 * n:
+            keep = np.flatnonzero(allowed)
+            if len(keep) == 0:
+                return np.full((len(q), 0), -1, np.int64), np.full((len(q), 0), -np.inf, np.float32)
+            pos = np.full(n, -1, np.int64)
+            pos[keep] = np.arange(len(keep))
+            sub_ex = [[int(pos[r]) for r in e if pos[r] >= 0] for e in exclude_rows or ()] if n_ex else None
+            ids, sc = exact_search(np.ascontiguousarray(rows[keep]), q, k, sub_ex, num_threads)
+            return np.where(ids >= 0, keep[np.maximum(ids, 0)], -1), sc
+    k = int(min(k, n))
     fetch = int(min(n, k + n_ex))
-    ids, scores = topk(rows, q, fetch, num_threads=num_threads)
+    filt = blocked if allowed is not None and blocked is not None and len(blocked) else None
+    ids, scores = topk(rows, q, fetch, num_threads=num_threads, filter_items=filt)
     return _drop_excluded(np.asarray(ids, np.int64), np.asarray(scores, np.float32), exclude_rows if n_ex else None, k)
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 
+from recsys.catalogue import ItemMask
 from recsys.confidence import ConfidenceConfig, UserProfile
 from recsys.model.factors import Model
 from recsys.model.foldin import FoldIn
@@ -39,19 +41,25 @@ class Recommender:
         n: int | None = None,
         timings: dict[str, float] | None = None,
         popular: Sequence[str] | None = None,
+        mask: ItemMask | None = None,
+        extra_excludes: Sequence[AbstractSet[str]] | None = None,
     ) -> list[Recommendations]:
         """Fold in every profile at once, then score the batch with one product + top-k (plus
         the user's own items when the re-visit term is on). The worker and the evaluations
         both come through here. `timings`, if given, receives fold-in and scoring seconds.
         `popular` (optional): a recent-popularity ranking (item ids, best first; e.g.
         `recsys.serving.popularity.RecentPopularity.top`) for users with neither usable history nor a
-        known query, and for padding, instead of the model's training popularity."""
+        known query, and for padding, instead of the model's training popularity. `mask`
+        (`recsys.catalogue.Catalogue.mask`): what may be shown at all; `extra_excludes[k]`:
+        more items kept out of row k's list (a request's `exclude=`)."""
         t0 = time.perf_counter()
         ccfg = self.ccfg
         values = [p.values(ccfg) for p in profiles]  # once: confidences and re-visit strengths both start here
         x, known = self.fold_in([ccfg.to_confidences(vs) for vs in values])
         t1 = time.perf_counter()
         excludes = [p.items_with(self.scfg.exclude_types) for p in profiles]
+        if extra_excludes is not None:
+            excludes = [set(e) | set(x) for e, x in zip(excludes, extra_excludes, strict=True)]
         own = (
             [
                 own_item_scores(p, ccfg, self.scfg.repeat_half_life_days, values=vs)
@@ -60,7 +68,7 @@ class Recommender:
             if self.scfg.repeat_weight > 0
             else None
         )
-        out = self.scorer.recommend(x, known, queries, excludes, n, own=own, popular=popular)
+        out = self.scorer.recommend(x, known, queries, excludes, n, own=own, popular=popular, mask=mask)
         if timings is not None:
             timings["foldin"], timings["scoring"] = t1 - t0, time.perf_counter() - t1
         return out

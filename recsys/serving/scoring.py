@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.catalogue import ItemMask
 from recsys.confidence import ConfidenceConfig, UserProfile
 from recsys.errors import ConfigError
 from recsys.events import EVENT_TYPES
@@ -164,9 +165,13 @@ class Scorer:
         n: int | None = None,
         own: Sequence[dict[str, float]] | None = None,
         popular: Sequence[str] | None = None,
+        mask: ItemMask | None = None,
     ) -> list[Recommendations]:
         """Score a batch: row k is user_factors[k] looking at queries[k], minus excludes[k].
 
+        `mask` (optional, one for the whole batch; `recsys.catalogue.Catalogue.mask`): items it
+        rules out (hidden, unavailable, deleted, outside a request's filters) are never in a list:
+        masked inside the top-k, skipped by the re-visit term and by every padding.
         `own[k]` (optional): the user's own items and strengths in [0, 1] (`own_item_scores`),
         boosted by `repeat_weight` (see the module docstring); ignored when it is 0.
         `popular` (optional): item ids, best first, for the rows with neither a usable user
@@ -195,13 +200,20 @@ class Scorer:
         out: list[Recommendations | None] = [None] * rows
         if len(scored):
             k = min(n, m.n_items)
+            allowed = mask.rows if mask is not None else None
             if self.ann is not None:  # approximate: over-fetch, then drop each row's exclusions
-                ids, scores = self.ann.search(query[scored], k, [ex_rows[r] for r in scored])
+                ids, scores = self.ann.search(query[scored], k, [ex_rows[r] for r in scored], allowed)
             else:  # exact: over-fetch + drop exclusions (cheaper than implicit's per-row sparse filter)
                 from recsys.serving.ann import exact_search
 
                 ids, scores = exact_search(
-                    self._scaled, query[scored], k, [ex_rows[r] for r in scored], self.cfg.num_threads
+                    self._scaled,
+                    query[scored],
+                    k,
+                    [ex_rows[r] for r in scored],
+                    self.cfg.num_threads,
+                    allowed,
+                    mask.blocked if mask is not None else None,
                 )
             for j, r in enumerate(scored.tolist()):
                 keep = scores[j] > FILTERED
@@ -214,21 +226,26 @@ class Scorer:
             rec = out[r]
             if own_rows is not None and own_rows[r]:
                 rec = self._add_own(
-                    rec, query[r] if (has_u[r] or has_q[r]) else None, own_rows[r], excludes[r], queries[r], n
+                    rec, query[r] if (has_u[r] or has_q[r]) else None, own_rows[r], excludes[r], queries[r], n, mask
                 )
             if rec is None:
                 rec = Recommendations([], [], "popular", m.version)
             if len(rec.items) < n and popular is not None:
-                self._pad_with_ranking(rec, popular, excludes[r], queries[r], n)
+                self._pad_with_ranking(rec, popular, excludes[r], queries[r], n, mask)
             if len(rec.items) < n:
-                self._pad_with_popular(rec, ex_rows[r], n)
+                self._pad_with_popular(rec, ex_rows[r], n, mask)
             results.append(rec)
         return results
 
     def similar(
-        self, item: str, n: int | None = None, exclude: AbstractSet[str] = frozenset()
+        self,
+        item: str,
+        n: int | None = None,
+        exclude: AbstractSet[str] = frozenset(),
+        mask: ItemMask | None = None,
     ) -> Recommendations | None:
-        """Items most similar to `item` (cosine of item factors); None if the model lacks it."""
+        """Items most similar to `item` (cosine of item factors) that `mask` allows; None if
+        the model lacks `item`."""
         from implicit.cpu.topk import topk
 
         row = self.model.item_index.get(item)
@@ -237,12 +254,14 @@ class Scorer:
         n = n or self.cfg.n
         ex = self._excluded_rows(exclude, item)
         filt = _rows_to_csr([ex], self.model.n_items)
+        blocked = mask.blocked if mask is not None and len(mask.blocked) else None
         ids, scores = topk(
             self._items_for_topk(),
             self._unit[row : row + 1],
             min(n, self.model.n_items),
             item_norms=self._cos_div,
             filter_query_items=filt,
+            filter_items=blocked,
             num_threads=self.cfg.num_threads,
         )
         keep = scores[0] > FILTERED
@@ -250,9 +269,11 @@ class Scorer:
             [self.model.item_ids[i] for i in ids[0][keep]], scores[0][keep].tolist(), "similar", self.model.version
         )
 
-    def popular(self, n: int | None = None, exclude: AbstractSet[str] = frozenset()) -> Recommendations:
+    def popular(
+        self, n: int | None = None, exclude: AbstractSet[str] = frozenset(), mask: ItemMask | None = None
+    ) -> Recommendations:
         rec = Recommendations([], [], "popular", self.model.version)
-        self._pad_with_popular(rec, self._excluded_rows(exclude, None), n or self.cfg.n)
+        self._pad_with_popular(rec, self._excluded_rows(exclude, None), n or self.cfg.n, mask)
         return rec
 
     # ------------------------------------------------------------------------------------
@@ -264,6 +285,7 @@ class Scorer:
         exclude: AbstractSet[str],
         query: str | None,
         n: int,
+        mask: ItemMask | None = None,
     ) -> Recommendations | None:
         """Merge the user's own items, with their re-visit bonus, into a row's top-N (exact):
         `rec` updated in place, or a new list when the row had none (None: nothing to merge)."""
@@ -275,7 +297,11 @@ class Scorer:
         banned = set(exclude)
         if self.cfg.exclude_query and query is not None:
             banned.add(query)
-        own = [(item, s) for item, s in strengths.items() if s > 0 and item not in banned]
+        own = [
+            (item, s)
+            for item, s in strengths.items()
+            if s > 0 and item not in banned and (mask is None or mask.allows(item))
+        ]
         # Own items outside the top list enter with their blend score: one gathered product
         # for all of them (a dot product per item cost ~2 µs each, most of a batch's scoring).
         missing = [item for item, _ in own if item not in final]
@@ -310,7 +336,13 @@ class Scorer:
         return rows
 
     def _pad_with_ranking(
-        self, rec: Recommendations, ranking: Sequence[str], exclude: AbstractSet[str], query: str | None, n: int
+        self,
+        rec: Recommendations,
+        ranking: Sequence[str],
+        exclude: AbstractSet[str],
+        query: str | None,
+        n: int,
+        mask: ItemMask | None = None,
     ) -> None:
         """Append items of `ranking` (best first), minus the row's filters, up to n. Scores:
         a "popular" list gets 1/(1+rank); padding sits below every scored item."""
@@ -322,17 +354,23 @@ class Scorer:
                 return
             if item in taken or item in exclude or (self.cfg.exclude_query and item == query):
                 continue
+            if mask is not None and not mask.allows(item):
+                continue
             taken.add(item)
             rec.items.append(item)
             rec.scores.append(1.0 / (1.0 + rank) if popular else float(lowest - 1.0 - rank / (1.0 + len(ranking))))
 
-    def _pad_with_popular(self, rec: Recommendations, excluded_rows: list[int], n: int) -> None:
+    def _pad_with_popular(
+        self, rec: Recommendations, excluded_rows: list[int], n: int, mask: ItemMask | None = None
+    ) -> None:
         taken = set(rec.items)
         banned = set(excluded_rows)
         pop = self.model.popularity
         lowest = min(rec.scores) if rec.scores else 0.0
-        for relaxed in (False, True):  # relax the filters only if nothing else is left
-            for r in self._pop_order:
+        order = self._pop_order if mask is None else self._pop_order[mask.rows[self._pop_order]]
+        # relax the user's filters (bought, on screen) only if nothing else is left; never the mask
+        for relaxed in (False, True):
+            for r in order:
                 if len(rec.items) >= n:
                     return
                 item = self.model.item_ids[r]

@@ -9,6 +9,7 @@
     recsys worker                                        a Faust worker (worker.py)
     recsys retrain --once | --every                      batch retrain, gate, publish (retrain.py)
     recsys replay FILE|NAME                              produce a dataset to the clickstream (replay.py)
+    recsys items load|set|delete|show                    the item catalogue on the items topic (items.py)
     recsys tail                                          print recommendations as they arrive (tail.py)
     recsys dlq [--reason R] [--follow]                   print dead letters with their reasons (dlq.py)
     recsys demo                                          all of the above, end to end (demo.py)
@@ -33,6 +34,7 @@ from streaming.cli import (
     demo,
     dlq,
     evaluate,
+    items,
     lookup,
     models,
     replay,
@@ -45,7 +47,23 @@ from streaming.cli import (
 )
 
 # In the order `recsys -h` lists them.
-GROUPS = (train, evaluate, lookup, models, report, broker, topics, worker, retrain, replay, tail, dlq, demo, config)
+GROUPS = (
+    train,
+    evaluate,
+    lookup,
+    models,
+    report,
+    broker,
+    topics,
+    worker,
+    retrain,
+    replay,
+    items,
+    tail,
+    dlq,
+    demo,
+    config,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

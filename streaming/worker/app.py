@@ -64,11 +64,14 @@ class StreamWorker:
         self.publisher = BatchPublisher(app)
         self.guard = OffsetGuard(app)
         self.batches = 0
+        self.catalogue: Any = None  # streaming/worker/catalogue.py CatalogueStore, set by create_app
 
     async def run(self, reader: BatchReader) -> None:
         """The clickstream loop. A batch that fails unexpectedly (a bug: bad input goes to the
         DLQ) stops the process before its offsets can be committed."""
         checkpoint = Checkpoint(reader, self.settings.max_unsettled_batches)
+        if self.catalogue is not None:  # no list before the catalogue has caught up once
+            await self.catalogue.ready.wait()
         while True:
             events = await reader.next_batch()
             try:
@@ -182,6 +185,12 @@ def create_app(config: Config | None = None, metrics: WorkerMetrics | None = Non
     app.on_partitions_revoked.connect(worker.guard.forget)
     app.on_partitions_assigned.connect(worker.guard.forget)
     reader = BatchReader(app, clicks, settings.batch_max, settings.batch_within_s, settings.batch_behind_wait_s)
+
+    # the item catalogue, whole on every worker: streaming/worker/catalogue.py
+    from streaming.worker.catalogue import register as register_catalogue
+
+    worker.catalogue = register_catalogue(app, worker, settings)
+    worker.processor.catalogue = worker.catalogue.catalogue
 
     @app.task
     async def clickstream() -> None:

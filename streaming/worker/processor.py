@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from recsys.catalogue import Catalogue, ItemFilter, ItemMask
 from recsys.confidence import ConfidenceConfig
 from recsys.config import Settings
 from recsys.errors import EventError
@@ -112,8 +113,12 @@ class Processor:
         clock: Callable[[], float] = time.time,
         popularity_half_life_s: float = Settings().popularity_half_life_s,
         input_config: InputConfig | None = None,
+        catalogue: Catalogue | None = None,
     ):
         self.ccfg, self.metrics, self.top_n, self.clock = ccfg, metrics, top_n, clock
+        # What may be shown (streaming/worker/catalogue.py keeps it current between batches):
+        # read once per batch in _recommend, applied inside the top-k.
+        self.catalogue = catalogue
         self.input = input_config  # the shop's own field and type names (recsys.events.InputConfig)
         # Read, never written here: streaming/worker/serving.py owns it.
         self.serving = serving if serving is not None else ServingModel(metrics)
@@ -234,14 +239,26 @@ class Processor:
             m.item_evidence_sent.inc(len(res.evidence))
         return res
 
+    def eligibility(self, rec: Recommender | None, flt: ItemFilter | None = None) -> ItemMask | None:
+        """What may be shown under `rec`'s model (and a request's filters): the one mask every
+        list of this worker is scored with, stream and request alike. None: no restriction."""
+        if self.catalogue is None or rec is None:
+            return None
+        return self.catalogue.mask(rec.model, flt)
+
+    def popular_fallback(self, state: UserState, n: int, flt: ItemFilter | None = None) -> Recommendations:
+        """The list before any model exists: recent popularity, minus bought and masked items."""
+        pop, cat = self.recent_popularity, self.catalogue
+        bought = state.profile.items_with(("transaction",))
+        items = pop.top(n + (64 if cat is not None else 0), exclude=bought | set(flt.exclude if flt else ()))
+        if cat is not None:
+            items = [i for i in items if cat.allows(i, flt)]
+        items = items[:n]
+        return Recommendations(items, [pop.count(i) for i in items], "popular", None)
+
     def _recommend(self, rec: Recommender | None, states: list[UserState], queries: list[str]) -> list[Recommendations]:
         if rec is None:
-            pop = self.recent_popularity
-            out = []
-            for s in states:
-                items = pop.top(self.top_n, exclude=s.profile.items_with(("transaction",)))
-                out.append(Recommendations(items, [pop.count(i) for i in items], "popular", None))
-            return out
+            return [self.popular_fallback(s, self.top_n) for s in states]
         timings: dict[str, float] = {}
         out = rec.recommend(
             [s.profile for s in states],
@@ -249,6 +266,7 @@ class Processor:
             self.top_n,
             timings,
             popular=self.recent_popularity.top(self.top_n + 64),
+            mask=self.eligibility(rec),
         )
         self.metrics.foldin_seconds.observe(timings["foldin"])
         self.metrics.scoring_seconds.observe(timings["scoring"])

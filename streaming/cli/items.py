@@ -1,0 +1,119 @@
+"""`recsys items load|set|delete|show`: the item catalogue (streaming/jobs/items.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from recsys.errors import ExitCode
+from streaming.cli import options
+
+
+def add_parser(sub: Any) -> None:
+    p = options.command(
+        sub,
+        "items",
+        help="the item catalogue: load it from a file, hide or show an item, delete one",
+        description="Item records (docs/formats.md) on the items topic (stream.items_topic, created if "
+        "missing). Workers never show an item that is hidden, unavailable or deleted, and filter requests "
+        "by its categories, brand and price.",
+    )
+    cmds = p.add_subparsers(dest="items_command", required=True, metavar="ACTION")
+    ld = options.command(cmds, "load", help="produce the catalogue of a file or a shared dataset")
+    ld.add_argument(
+        "source",
+        metavar="FILE|NAME",
+        help="JSON lines of item records, a REES46 or Taobao CSV (plain or gzip), or a shared dataset name",
+    )
+    ld.add_argument("--format", default="auto", choices=("auto", "jsonl", "rees46", "taobao"))
+    ld.add_argument("--limit", type=int, default=None, help="only the first N items")
+    options.add_common(ld)
+    ld.set_defaults(func=cmd_load)
+
+    st = options.command(cmds, "set", help="change one item's record (the others fields stay)")
+    st.add_argument("item")
+    vis = st.add_mutually_exclusive_group()
+    vis.add_argument("--hidden", dest="hidden", action="store_true", default=None, help="never recommend it")
+    vis.add_argument("--visible", dest="hidden", action="store_false", help="recommend it again (not hidden)")
+    av = st.add_mutually_exclusive_group()
+    av.add_argument("--available", dest="available", action="store_true", default=None, help="in stock")
+    av.add_argument("--unavailable", dest="available", action="store_false", help="out of stock: not recommended")
+    st.add_argument("--category", action="append", default=None, help="its categories (repeat; replaces them)")
+    st.add_argument("--brand", default=None)
+    st.add_argument("--price", type=float, default=None)
+    options.add_common(st)
+    st.set_defaults(func=cmd_set)
+
+    dl = options.command(cmds, "delete", help="delete an item (a tombstone): never recommended again")
+    dl.add_argument("item")
+    options.add_common(dl)
+    dl.set_defaults(func=cmd_delete)
+
+    sh = options.command(cmds, "show", help="print an item's current record on the topic")
+    sh.add_argument("item")
+    options.add_common(sh)
+    sh.set_defaults(func=cmd_show)
+
+
+def _topic(args: argparse.Namespace) -> tuple[str, str]:
+    from streaming.topics import ensure, topics
+
+    s = options.kafka_config(args).stream
+    try:
+        ensure(s.bootstrap, [topics(s).items])
+    except ValueError as e:  # it exists with another partition count: any count serves the catalogue
+        if "exists with" not in str(e):
+            raise
+    return s.bootstrap, s.items_topic
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from recsys.data.datasets import DATASETS, dataset_path
+    from streaming.jobs.items import load
+
+    bootstrap, topic = _topic(args)
+    path = dataset_path(args.source) if args.source in DATASETS else Path(args.source)
+    stats = load(bootstrap, topic, path, args.format, args.limit)
+    print(f"{topic}: {stats.summary()}")
+    return ExitCode.OK
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    from streaming.jobs.items import set_item
+
+    bootstrap, topic = _topic(args)
+    item = set_item(
+        bootstrap,
+        topic,
+        args.item,
+        hidden=args.hidden,
+        available=args.available,
+        categories=tuple(args.category) if args.category is not None else None,
+        brand=args.brand,
+        price=args.price,
+    )
+    print(json.dumps(item.to_json(), ensure_ascii=False))
+    return ExitCode.OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from streaming.jobs.items import produce_one
+
+    bootstrap, topic = _topic(args)
+    produce_one(bootstrap, topic, args.item.encode(), None)
+    print(f"{topic}: deleted {args.item!r}")
+    return ExitCode.OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from streaming.jobs.items import current
+
+    bootstrap, topic = _topic(args)
+    found, item = current(bootstrap, topic, args.item)
+    if item is None:
+        print(f"{topic}: {args.item!r} {'is deleted' if found else 'has no record'}")
+        return ExitCode.OK if found else ExitCode.USAGE
+    print(json.dumps(item.to_json(), ensure_ascii=False))
+    return ExitCode.OK
