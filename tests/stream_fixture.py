@@ -203,9 +203,9 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
 
 def changelog_profiles(bootstrap: str, topic: str) -> dict:
     """user -> UserProfile: the latest state record of every user in a table's changelog."""
-    from streaming.jobs.retrain import read_changelog
+    from streaming.jobs.changelog import read_profiles
 
-    return read_changelog(bootstrap, topic, timeout_s=60.0)
+    return read_profiles(bootstrap, topic)
 
 
 def profile_diff(expected: dict, got: dict) -> dict:

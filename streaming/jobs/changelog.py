@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.confidence import ConfidenceConfig
+from recsys.confidence import ConfidenceConfig, UserProfile
 from recsys.errors import RecsysError
 from recsys.evaluation.offline import EvalCase, holdout_case, holdout_rank, holdout_size
 from recsys.model.train import TrainingData
@@ -462,14 +462,55 @@ def read_training_data(
     return data
 
 
+class _Latest:
+    """The latest value per key (a tombstone removes the key): the small-scale sink, for tools and tests."""
+
+    def __init__(self) -> None:
+        self.latest: dict[bytes, bytes] = {}
+        self.records = 0
+
+    def add(self, records: Iterable[Any]) -> None:
+        for r in records:
+            self.records += 1
+            if r.key is None:
+                continue
+            if r.value is None:
+                self.latest.pop(r.key, None)
+            else:
+                self.latest[r.key] = r.value
+
+
+def read_profiles(bootstrap: str, topic: str, stall_s: float = 60.0) -> dict[str, UserProfile]:
+    """user -> UserProfile from the latest record of every user in `topic` (per-user objects:
+    for inspection and tests at small scale; the retrain uses `read_training_data`). Unreadable
+    records are skipped and logged. An empty or missing changelog gives an empty dict."""
+    sink = _Latest()
+    try:
+        asyncio.run(_read(bootstrap, topic, sink, stall_s, 5.0))
+    except EmptyChangelog:
+        return {}
+    out: dict[str, UserProfile] = {}
+    for key, value in sink.latest.items():
+        try:
+            out[key.decode()] = decode(value).profile
+        except (StateDecodeError, UnicodeDecodeError) as e:
+            log.warning("skipping unreadable state record for key %r: %s", key[:64], e)
+    return out
+
+
+class EmptyChangelog(RecsysError):
+    """The changelog topic is missing or holds no record."""
+
+
 def _bar(frac: float, width: int = 20) -> str:
     done = int(round(frac * width))
     return "[" + "#" * done + "." * (width - done) + "]"
 
 
-async def _read(bootstrap: str, topic: str, table: ChangelogTable, stall_s: float, every_s: float) -> None:
+async def _read(bootstrap: str, topic: str, table: ChangelogTable | _Latest, stall_s: float, every_s: float) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from streaming import faust_compat
     from streaming.kafka import clients
 
     consumer = AIOKafkaConsumer(
@@ -485,9 +526,10 @@ async def _read(bootstrap: str, topic: str, table: ChangelogTable, stall_s: floa
     )
     await consumer.start()
     try:
-        parts = (await consumer.topics()) and consumer.partitions_for_topic(topic)
+        await faust_compat.refresh_metadata(consumer)
+        parts = consumer.partitions_for_topic(topic)
         if not parts:
-            raise RecsysError(
+            raise EmptyChangelog(
                 f"no training data: the state changelog {topic} does not exist on {bootstrap} "
                 "(no worker has run with this app id yet; or give --data FILE)"
             )
@@ -497,7 +539,7 @@ async def _read(bootstrap: str, topic: str, table: ChangelogTable, stall_s: floa
         end = await consumer.end_offsets(tps)
         total = sum(end[tp] - begin[tp] for tp in tps)
         if total == 0:
-            raise RecsysError(
+            raise EmptyChangelog(
                 f"no training data: the state changelog {topic} is empty (no user has any state yet: "
                 "run the workers on events first, or give --data FILE)"
             )

@@ -1,0 +1,157 @@
+"""The retrain's changelog decoder (streaming/jobs/changelog.py): state records straight into a
+confidence CSR equal, bit for bit, to the one built from the users' UserProfiles."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from recsys.confidence import ConfidenceConfig, ItemState, UserProfile, build_profiles
+from recsys.errors import RecsysError
+from recsys.evaluation.offline import holdout_case, holdout_rank
+from recsys.model.train import confidence_matrix
+from streaming.jobs.changelog import ChangelogTable
+from streaming.worker.state import UserState, decode, encode
+from tests.conftest import require_dataset
+
+CFG = ConfidenceConfig()
+
+
+class Rec:
+    def __init__(self, key, value):
+        self.key, self.value = key, value
+
+
+def records(profiles: dict[str, UserProfile], **state) -> list[Rec]:
+    return [Rec(u.encode(), encode(UserState(p, **state))) for u, p in profiles.items()]
+
+
+def table(recs, chunk=97, **kw) -> ChangelogTable:
+    kw.setdefault("holdout_max", 0)
+    t = ChangelogTable(CFG, chunk_records=chunk, **kw)
+    t.add(recs)
+    return t
+
+
+def expected_from_profiles(t: ChangelogTable, profiles: dict[str, UserProfile], items: list[str]):
+    """The matrix from UserProfiles in the decoder's row and column order, two ways: the batch
+    path (confidence_matrix) and the stream's per-user path (UserProfile.confidence)."""
+    rows = [k.decode() for k in t.live_keys()]
+    by_row = {u: profiles[u] for u in rows}
+    batch, _, _ = confidence_matrix(by_row, CFG, item_ids=items)
+    col = {i: k for k, i in enumerate(items)}
+    stream = np.zeros((len(rows), len(items)), np.float32)
+    for r, u in enumerate(rows):
+        for item, c in by_row[u].confidence(CFG).items():
+            stream[r, col[item]] = np.float32(c)
+    return batch, stream
+
+
+def assert_same(got, want) -> None:
+    assert got.shape == want.shape
+    for part in ("indptr", "indices", "data"):
+        a, b = getattr(got, part), getattr(want, part)
+        assert np.array_equal(a, b), part
+    assert got.data.tobytes() == want.data.tobytes()  # bit for bit, not just ==
+
+
+@pytest.mark.data
+def test_matrix_equals_the_userprofile_matrix_bit_for_bit_on_real_data():
+    require_dataset("taobao")
+    from recsys.data.datasets import load_dataset
+
+    events = sorted(load_dataset("taobao", lenient=True), key=lambda e: e.ts)
+    profiles = build_profiles(events, CFG)
+    recs = records(profiles, last_items=["x"], last_scores=[0.5], last_source="blend", last_query="q")
+    t = table(recs, chunk=1000)
+    data = t.training_data()
+    assert data.users == len(profiles) and data.skipped == 0
+    assert set(data.items) == {i for p in profiles.values() for i in p.items}
+    batch, stream = expected_from_profiles(t, profiles, data.items)
+    assert_same(data.matrix, batch)
+    assert np.array_equal(data.matrix.toarray(), stream)
+    assert data.matrix.nnz > 40_000  # real data, real size
+    assert data.last_ts_max == max(p.last_ts for p in profiles.values())
+
+
+def profile(items: dict[str, tuple[float, int]], last_ts: int | None = None) -> UserProfile:
+    p = UserProfile()
+    p.items = {i: ItemState(v, ts, 1) for i, (v, ts) in items.items()}
+    p.last_ts = last_ts if last_ts is not None else max(ts for _, ts in items.values())
+    p.history = list(items)[-3:]
+    return p
+
+
+T = 1_700_000_000_000
+
+
+def test_long_and_unicode_ids_format_1_and_2_latest_record_and_tombstones():
+    users = {
+        "a": profile({"short": (0.25, T), "an-item-id-of-many-bytes-0001": (1.0, T - 86_400_000)}),
+        "b": profile({"an-item-id-of-many-bytes-0002": (0.5, T), "ünïcødé-ïtém": (0.3, T - 5), "short": (2.0, T)}),
+        "c": profile({"12345678": (0.1, T), "1234567": (0.2, T + 10)}),  # late item: age < 0 keeps its value
+        "d": profile({"gone": (1.0, T)}),
+    }
+    recs = records(users)
+    v1 = encode(UserState(users["c"]))
+    recs.append(Rec(b"c", b"\x01" + v1[1:-22]))  # the same user again, written by the previous release (format 1)
+    assert decode(recs[-1].value).profile == users["c"]
+    newer = profile({"short": (9.0, T + 1)})
+    recs.append(Rec(b"a", encode(UserState(newer))))  # the latest record of a wins
+    recs.append(Rec(b"d", None))  # d deleted
+    t = table(recs, chunk=2)
+    data = t.training_data()
+    live = {"a": newer, "b": users["b"], "c": users["c"]}
+    assert sorted(k.decode() for k in t.live_keys()) == ["a", "b", "c"]
+    batch, stream = expected_from_profiles(t, live, data.items)
+    assert_same(data.matrix, batch)
+    assert np.array_equal(data.matrix.toarray(), stream)
+    # items only in superseded or deleted records are not columns
+    assert set(data.items) == {i for p in live.values() for i in p.items}
+
+
+def test_unreadable_and_foreign_records_are_skipped_counted_and_logged_with_their_key(caplog):
+    good = {f"u{i}": profile({f"i{i}": (1.0, T), f"i{i + 1}": (0.5, T - 1000)}) for i in range(20)}
+    recs = records(good)
+    enc = encode(UserState(profile({"x": (1.0, T)})))
+    bad = {
+        b"json": b'{"user": "u1", "items": []}',
+        b"version9": b"\x09" + enc[1:],
+        b"truncated": enc[:-5],
+        b"trailing": enc + b"\x00\x00",
+        b"tiny": b"\x02",
+        b"huge-count": enc[:21] + b"\xff\xff" + enc[23:],
+        b"bad-utf8": encode(UserState(profile({"ok": (1.0, T)}))).replace(b"ok", b"\xff\xfe"),
+    }
+    recs[5:5] = [Rec(k, v) for k, v in bad.items()]
+    with caplog.at_level(logging.WARNING, "streamrec.retrain"):
+        t = table(recs, chunk=8)
+        data = t.training_data()
+    assert data.skipped == len(bad)
+    assert data.users == len(good)
+    logged = caplog.text
+    assert all(repr(k) in logged for k in bad), logged
+    batch, _ = expected_from_profiles(t, good, data.items)
+    assert_same(data.matrix, batch)
+
+
+def test_an_empty_changelog_is_a_clear_error():
+    with pytest.raises(RecsysError, match="no training data"):
+        table([]).training_data(source="kafka:x-changelog")
+    with pytest.raises(RecsysError, match="no training data"):
+        table([Rec(b"a", encode(UserState(profile({"i": (1.0, T)})))), Rec(b"a", None)]).training_data()
+
+
+def test_holdout_takes_the_lowest_ranked_users_out_of_the_matrix_as_gate_cases():
+    users = {f"user{i}": profile({f"i{(i * 7 + j) % 50}": (1.0, T + j) for j in range(4 + i % 3)}) for i in range(400)}
+    users["few"] = profile({"i1": (1.0, T)})  # too few items to be a case: trained on instead
+    t = table(records(users), chunk=50, holdout_fraction=0.01, holdout_min=30, holdout_max=100)
+    data = t.training_data()
+    ranked = sorted(users, key=lambda u: (holdout_rank(u.encode()), u))
+    want = [u for u in ranked if holdout_case(u, users[u]) is not None][:30]
+    assert [c.user for c in sorted(data.cases, key=lambda c: (holdout_rank(c.user.encode()), c.user))] == want
+    assert data.users + len(data.cases) == len(users)
+    assert not {c.user for c in data.cases} & {k.decode() for k in t.live_keys()}
+    c0 = data.cases[0]
+    ref = holdout_case(c0.user, users[c0.user])
+    assert ref is not None and (c0.query, c0.relevant, c0.profile) == (ref.query, ref.relevant, ref.profile)
