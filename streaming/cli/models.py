@@ -1,4 +1,10 @@
-"""`recsys models`: list versions, show one, roll back, pin; optionally tell the workers."""
+"""`recsys models`: list versions, show one, roll back, pin; optionally tell the workers.
+
+With stream.model_transport kafka, `--announce` also puts the version on the artifacts topic if
+it is not there any more, and moves the topic's pointer (current or pinned) before announcing,
+so workers on other hosts fetch it. Run there without a local store (no version in model_dir),
+rollback, pin and unpin work on the topic's versions and pointers alone.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import sys
 from typing import Any
 
 from recsys.errors import ConfigError, ExitCode, RecsysError
+from recsys.model.store import check_version
 from streaming.cli import options
 
 
@@ -31,6 +38,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     store = ModelStore(cfg.stream.model_dir)
     if args.announce and args.action not in ("rollback", "pin", "unpin"):
         raise ConfigError("--announce goes with rollback, pin or unpin")
+    if args.action == "pin" and not args.version:
+        raise ConfigError("pin needs a version: recsys models pin VERSION")
+    if args.announce and cfg.stream.model_transport == "kafka" and not store.versions():
+        return on_topic(args)
     if args.action == "rollback":
         print(store.rollback())
     elif args.action == "pin":
@@ -73,11 +84,65 @@ def announce(args: argparse.Namespace) -> None:
     from streaming.jobs.retrain import announce as send
 
     s = options.kafka_config(args).stream
-    version = ModelStore(s.model_dir).current()
+    store = ModelStore(s.model_dir)
+    version = store.current()
     if version is None:
         raise ConfigError(f"no model to announce in {s.model_dir}")
-    send(s.bootstrap, s.model_updates_topic, version, {"reason": args.action})
+    extra: dict[str, Any] = {"reason": args.action}
+    if s.model_transport == "kafka":
+        from streaming.kafka.model_transport import CURRENT, PINNED, ModelTransport
+
+        transport = ModelTransport.from_settings(s)
+        if version not in transport.index().manifests:  # dropped past the retention: again
+            transport.publish(store, version, current=False)
+            print(f"published {version} on {s.model_artifacts_topic}", file=sys.stderr)
+        if args.action == "rollback":
+            transport.point(CURRENT, version)
+        else:
+            extra["pinned"] = store.pinned()
+            transport.point(PINNED, extra["pinned"])
+    send(s.bootstrap, s.model_updates_topic, version, extra)
     print(f"announced {version} on {s.model_updates_topic}", file=sys.stderr)
+
+
+def on_topic(args: argparse.Namespace) -> int:
+    """rollback, pin, unpin with --announce on a host without the model store (model_transport
+    kafka): the versions and pointers on the artifacts topic."""
+    from streaming.jobs.retrain import announce as send
+    from streaming.kafka.model_transport import CURRENT, PINNED, ModelTransport
+
+    s = options.kafka_config(args).stream
+    transport = ModelTransport.from_settings(s)
+    index = transport.index()
+    extra: dict[str, Any] = {"reason": args.action}
+    if args.action == "rollback":
+        older = [v for v in index.versions if index.current is None or v < index.current]
+        if not older:
+            raise RecsysError(f"no version older than {index.current!r} on {s.model_artifacts_topic} to roll back to")
+        version = older[-1]
+        transport.point(CURRENT, version)
+        print(version)
+    elif args.action == "pin":
+        version = check_version(args.version)
+        if version not in index.manifests:
+            raise RecsysError(
+                f"model version {version!r} is not on {s.model_artifacts_topic}: pin it where its store is "
+                "(the retrain job's model_dir), which publishes it again"
+            )
+        transport.point(PINNED, version)
+        extra["pinned"] = version
+        print(version)
+    else:
+        if index.current is None:
+            raise RecsysError(f"no current version on {s.model_artifacts_topic} to serve once unpinned")
+        version = index.current
+        transport.point(PINNED, None)
+        extra["pinned"] = None
+    if index.pinned and args.action == "rollback":
+        print(f"note: {index.pinned} is pinned; workers keep serving it until `recsys models unpin`", file=sys.stderr)
+    send(s.bootstrap, s.model_updates_topic, version, extra)
+    print(f"announced {version} on {s.model_updates_topic}", file=sys.stderr)
+    return ExitCode.OK
 
 
 def describe(version: str, meta: dict[str, Any]) -> str:

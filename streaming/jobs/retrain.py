@@ -205,11 +205,29 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def announce(bootstrap: str, topic: str, version: str, extra: dict[str, Any] | None = None) -> None:
+def announce(
+    bootstrap: str,
+    topic: str,
+    version: str,
+    extra: dict[str, Any] | None = None,
+    *,
+    settings: Settings | None = None,
+    store: ModelStore | None = None,
+) -> None:
+    """Tell every worker about `version` on model-updates. With `settings.model_transport` kafka
+    the version's files go to the artifacts topic first, from `store`
+    (streaming/kafka/model_transport.py): the announcement stays last, so a worker that hears of
+    a version finds it there complete."""
     from kafka import KafkaProducer
 
     from streaming.kafka import clients
 
+    if settings is not None and settings.model_transport == "kafka":
+        from streaming.kafka.model_transport import ModelTransport
+
+        if store is None:
+            raise RecsysError("model_transport kafka: announcing a version needs the store it is published from")
+        ModelTransport.from_settings(settings).publish(store, version)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", retries=5, **clients.kafka_python())
     try:
         body = {"version": version, "announced": time.time(), **(extra or {})}
@@ -320,7 +338,14 @@ def run(
             res = retrain_once(training, store, settings, metrics, source, config)
             del training  # the next run reads afresh; the matrix need not outlive this one
             if res.version:
-                announce(settings.bootstrap, settings.model_updates_topic, res.version, {"gate": res.gate})
+                announce(
+                    settings.bootstrap,
+                    settings.model_updates_topic,
+                    res.version,
+                    {"gate": res.gate},
+                    settings=settings,
+                    store=store,
+                )
             print(
                 json.dumps(
                     {

@@ -6,6 +6,7 @@
                                                     └──► <app_id>-item-evidence (key = item)
                     ... then Checkpoint: acked once all of it is at the broker
     model-updates ──► every worker (no consumer group) ──► ModelUpdates ──► ServingModel.swap
+                      (stream.model_transport kafka: the version fetched from <model-artifacts> first)
 
     With stream.item_foldin on (streaming/worker/new_items.py), new items before the next retrain:
     <app_id>-item-evidence ──► evidence agent (same group) ──► <app_id>-item-factors (compacted)
@@ -30,6 +31,7 @@ from recsys.config import Config, load_config
 from recsys.model.store import ModelStore
 from streaming import faust_compat
 from streaming.kafka import clients
+from streaming.kafka.model_transport import ModelTransport
 from streaming.worker.batches import BatchReader
 from streaming.worker.checkpoint import Checkpoint, OffsetGuard, failed
 from streaming.worker.metrics import WorkerMetrics
@@ -50,7 +52,12 @@ class StreamWorker:
         self.app, self.settings, self.metrics = app, s, metrics
         self.serving = ServingModel(metrics)
         self.updates = ModelUpdates(
-            ModelStore(s.model_dir), self.serving, config.confidence, config.scoring, with_user_gram=s.item_foldin
+            ModelStore(s.model_dir),
+            self.serving,
+            config.confidence,
+            config.scoring,
+            with_user_gram=s.item_foldin,
+            transport=ModelTransport.from_settings(s) if s.model_transport == "kafka" else None,
         )
         self.processor = Processor(
             config.confidence,

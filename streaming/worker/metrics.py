@@ -65,6 +65,13 @@ class WorkerMetrics:
         self.model_swaps = Counter(
             "streamrec_model_loads", "Model load attempts, by result (ok, refused)", ["result"], registry=r
         )
+        self.model_fetch_refused = Counter(
+            "streamrec_model_fetch_refused",
+            "Model versions fetched from Kafka (stream.model_transport kafka) and refused, by reason "
+            "(missing, corrupt, invalid, unverified, unreachable)",
+            ["reason"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "streamrec_consumer_lag", "Clickstream messages not yet processed, by partition", ["partition"], registry=r
         )

@@ -8,6 +8,9 @@
                    thread and swaps it in; on start-up the store's current version, then every
                    announcement on the model-updates topic. A version that fails verification is
                    refused: logged, counted, and the current one keeps serving.
+                   With stream.model_transport kafka, a version the local store lacks is first
+                   fetched from the artifacts topic (streaming/kafka/model_transport.py), and what
+                   to serve at start, and the pin, come from that topic's pointers.
 
 New items folded in before the next retrain (streaming/worker/new_items.py) swap in an extended
 `current` for the same trained version; a new trained version drops them (their factors live in
@@ -31,6 +34,7 @@ from recsys.model.store import ModelStore, check_version
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import ScoringConfig
 from streaming.kafka.broadcast import broadcast_consumer
+from streaming.kafka.model_transport import ModelTransport, TransportRefused
 from streaming.worker.metrics import WorkerMetrics
 
 log = logging.getLogger("streamrec.models")
@@ -108,12 +112,35 @@ class ModelUpdates:
         scfg: ScoringConfig,
         *,
         with_user_gram: bool,
+        transport: ModelTransport | None = None,
     ):
         self.store, self.serving, self.ccfg, self.scfg = store, serving, ccfg, scfg
         self.with_user_gram = with_user_gram  # XᵀX is read only when new items are folded in
         self.listening = False  # positioned on model-updates: announcements from now on are heard
+        # kafka transport: versions come from the artifacts topic into this worker's own store,
+        # and the pin is the topic's (pointer/pinned, pin announcements), not a file in the store.
+        self.transport = transport
+        self.kafka_pin: str | None = None
 
-    def _build(self, version: str | None) -> Serving:
+    def pinned(self) -> str | None:
+        return self.kafka_pin if self.transport is not None else self.store.pinned()
+
+    def wanted(self) -> str | None:
+        """The version to serve now: the store's pointer (filesystem), else the topic's pinned or
+        current one (kafka; the local store's if the topic cannot be read)."""
+        if self.transport is None:
+            return self.store.current()
+        try:
+            index = self.transport.index()
+        except TransportRefused as e:
+            log.warning("cannot read the model versions on Kafka (%s): serving the local store's", e)
+            return self.store.current()
+        self.kafka_pin = index.pinned
+        return index.pinned or index.current or self.store.current()
+
+    def _build(self, version: str) -> Serving:
+        if self.transport is not None and version not in self.store.versions():
+            self.transport.fetch(self.store, version)
         model = self.store.load(version)
         xtx = self.store.user_gram(model.version) if self.with_user_gram else None
         if self.with_user_gram and xtx is None:
@@ -122,10 +149,15 @@ class ModelUpdates:
                 model.version,
                 extra={"model_version": model.version},
             )
-        return Serving.of(Recommender(model, self.ccfg, self.scfg), xtx)
+        serving = Serving.of(Recommender(model, self.ccfg, self.scfg), xtx)
+        if self.transport is not None:  # this host's own store: a restart without Kafka serves it
+            self.store.publish(model.version)
+        return serving
 
     def _refuse(self, version: str | None, err: Exception) -> None:
         self.serving.metrics.model_swaps.labels("refused").inc()
+        if isinstance(err, TransportRefused):
+            self.serving.metrics.model_fetch_refused.labels(err.reason).inc()
         log.error(
             "refused model %s: %s; still serving %s",
             version,
@@ -135,22 +167,24 @@ class ModelUpdates:
         )
 
     def load_initial(self) -> bool:
-        """At start-up: serve the store's current version if there is one (else cold start)."""
-        current = self.store.current()
+        """At start-up: serve the current version if there is one (else cold start)."""
+        current = self.wanted()
         if current is None:
             log.warning("no model in %s yet: serving stream popularity until a retrain lands", self.store.root)
             return False
         try:
-            self.serving.swap(self._build(None))
+            self.serving.swap(self._build(current))
             return True
         except RecsysError as e:
             self._refuse(current, e)
             return False
 
     async def on_announcement(self, payload: bytes) -> bool:
-        """A model-updates message: {"version": ...}. Loads off the loop, swaps on it."""
+        """A model-updates message: {"version": ...}, with "pinned" (a version or null) from
+        `recsys models pin|unpin --announce`. Loads (fetches) off the loop, swaps on it."""
         try:
-            version = json.loads(payload)["version"]
+            body = json.loads(payload)
+            version = body["version"]
             if not isinstance(version, str) or not version:
                 raise ValueError("no version")
         except (ValueError, KeyError, TypeError) as e:
@@ -158,10 +192,12 @@ class ModelUpdates:
             return False
         try:  # it becomes a path in the store: nothing that could leave it (../, /, a hidden entry)
             check_version(version)
+            if self.transport is not None and "pinned" in body:  # filesystem: the shared store has the pin
+                self.kafka_pin = check_version(body["pinned"]) if body["pinned"] is not None else None
         except RecsysError as e:
             self._refuse(None, e)
             return False
-        pinned = self.store.pinned()
+        pinned = self.pinned()
         if pinned and pinned != version:
             log.warning("ignoring announced model %s: %s is pinned", version, pinned)
             return False
@@ -177,8 +213,8 @@ class ModelUpdates:
     async def listen(self, bootstrap: str, topic: str) -> None:
         """Read model-updates from its end on every worker (no consumer group: a broadcast)."""
         async with broadcast_consumer(bootstrap, topic, from_beginning=False) as consumer:
-            # Announcements made while this worker was starting: the store's pointer has them.
-            current = self.store.current()
+            # Announcements made while this worker was starting: the pointers have them.
+            current = await asyncio.to_thread(self.wanted)
             if current and current != self.serving.version:
                 await self.on_announcement(json.dumps({"version": current}).encode())
             self.listening = True
