@@ -201,7 +201,7 @@ def test_ports_line_up_between_services_prometheus_and_grafana():
     assert any(a == "--config.file=/etc/prometheus/prometheus.yml" for a in svcs["prometheus"]["command"])
 
 
-def test_volumes_mount_real_paths_and_share_the_model_store():
+def test_volumes_mount_real_paths_and_no_model_store_is_shared():
     svcs = services()
     declared = set(compose()["volumes"])
     used = set()
@@ -216,8 +216,14 @@ def test_volumes_mount_real_paths_and_share_the_model_store():
     assert used == declared
     worker = parse_recsys(svcs["worker"]["command"])
     retrain = parse_recsys(svcs["retrain"]["command"])
-    assert f"models:{worker.model_dir}:ro" in svcs["worker"]["volumes"]  # workers only read
-    assert f"models:{retrain.model_dir}" in svcs["retrain"]["volumes"]  # the retrain writes
+    # Models travel through Kafka (docs/operations.md, multi-host): no volume is mounted by both the
+    # retrain job and the workers, none at all at a worker's model dir (it fetches into its own).
+    env = compose()["x-app"]["environment"]
+    assert env["STREAMREC_MODEL_TRANSPORT"] == "kafka"
+    mounted = {name: {v.split(":")[0] for v in svc.get("volumes", [])} for name, svc in svcs.items()}
+    assert not mounted.get("worker", set()) & mounted["retrain"], "a volume shared by the retrain job and the workers"
+    assert not any(v.split(":")[1] == worker.model_dir for v in svcs["worker"].get("volumes", []))
+    assert f"retrain-models:{retrain.model_dir}" in svcs["retrain"]["volumes"]  # its versions outlive it
     # Worker state stays in the container (a shared volume would put replicas on one RocksDB):
     assert not any(v.split(":")[1].startswith(worker.data_dir) for v in svcs["worker"].get("volumes", []))
     docker = DOCKERFILE.read_text()
