@@ -1,154 +1,379 @@
-"""Retrain benchmark: recsys.model.train.train on the largest real dataset against implicit called directly.
+"""Retrain benchmark: `recsys retrain --once` on realistic user states in a real broker's state changelog.
 
-  project   recsys.model.train.train with the default configuration: confidence matrix from the users'
-            profiles, implicit ALS fit (BLAS pinned to one thread), Model (YᵀY, norms, popularity)
-  direct    implicit.als.AlternatingLeastSquares(same parameters).fit(same matrix), BLAS pinned
-            the same way: the floor for this retrain
+For each user count: that many state records shaped like the real users (bench/state.py: item counts
+and ids drawn from the Taobao data, encoded with the worker's codec) are produced into a fresh
+changelog topic of the project's own Kafka broker; then, each in its own process:
 
-Runs alternate, medians reported; the ratio is project / direct, same run. Building the profiles
-from the events (what a retrain from a history file also does) is timed separately.
+  cold      `recsys retrain --once` with an empty model store: read + decode, fit (default model,
+            128 factors x 15 iterations), gate, save; wall, peak RSS (the process's own), phases
+  fit       implicit's own `AlternatingLeastSquares.fit` on the same matrix (read with the same
+            reader, then timed alone; BLAS pinned the same way): the floor a retrain is judged against
+  warm      `recsys retrain --once` again, the cold model now serving: a warm start
 
-    python -m bench.retrain [--quick] [--data NAME] [--repeats 3] [--output bench/out/retrain.json]
+and reports wall / fit (same run), read + decode records/s, and the warm start's time and iterations.
+Then, on real data (the largest shared dataset): a model trained on the first 80% of the events
+serves; the retrain on all of them is run cold and warm, interleaved, medians of --repeats: the
+time saved and held-out MAP@10 (the gate's cases) of each.
+
+    python -m bench.retrain --users 100000,300000,1000000 [--quick] [--output bench/out/retrain.json]
+                            [--plot docs/img/bench-retrain.png]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+import uuid
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from bench.common import machine, median, plot_setup, write_json
 
+ROOT = Path(__file__).resolve().parents[1]
+PARTITIONS = 4
+
+
+def _run_json(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[dict[str, Any], float]:
+    """Run a child process; its last JSON line on stdout, and its wall time."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[-3:])} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    return json.loads(lines[-1]), wall
+
+
+def child_env(bootstrap: str, app_id: str, model_dir: Path, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update(
+        STREAMREC_BOOTSTRAP=bootstrap,
+        STREAMREC_APP_ID=app_id,
+        STREAMREC_MODEL_DIR=str(model_dir),
+        STREAMREC_MODEL_UPDATES_TOPIC=f"{app_id}-models",
+        STREAMREC_LOG_LEVEL="info",
+        PYTHONPATH=str(ROOT),
+        **extra,
+    )
+    return env
+
+
+def fit_only(bootstrap: str, topic: str) -> dict[str, Any]:
+    """(child) The retrain's matrix, then implicit's own fit on it, timed alone."""
+    from implicit.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    from recsys.config import load_config
+    from recsys.model.threads import pin_blas_threads
+    from streaming.jobs.changelog import read_training_data
+    from streaming.jobs.retrain import peak_rss_mb
+
+    pin_blas_threads()
+    cfg = load_config()
+    st, tcfg = cfg.stream, cfg.train
+    data = read_training_data(
+        bootstrap,
+        topic,
+        cfg.confidence,
+        holdout_fraction=st.retrain_holdout_fraction,
+        holdout_min=st.retrain_holdout_min,
+        holdout_max=st.retrain_holdout_max,
+    )
+    rss_read = peak_rss_mb()
+    als = AlternatingLeastSquares(
+        factors=tcfg.factors,
+        regularization=tcfg.regularization,
+        alpha=1.0,
+        iterations=tcfg.iterations,
+        dtype=np.float32,
+        num_threads=tcfg.num_threads,
+        random_state=tcfg.random_state,
+    )
+    t = time.perf_counter()
+    with threadpool_limits(1, "blas"):
+        als.fit(data.matrix, show_progress=False)
+    return {
+        "fit_s": time.perf_counter() - t,
+        "users": data.users,
+        "items": len(data.items),
+        "nnz": int(data.matrix.nnz),
+        "csr_mb": (data.matrix.data.nbytes + data.matrix.indices.nbytes + data.matrix.indptr.nbytes) / 1e6,
+        "peak_rss_mb_after_read": rss_read,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def one_size(
+    bootstrap: str,
+    n_users: int,
+    lengths,
+    items,
+    tmp: Path,
+    extra_env: dict[str, str],
+    timeout: float,
+    direct_max: int,
+):
+    from bench.state import produce_changelog
+    from recsys.model.store import ModelStore
+    from streaming.kafka.admin import ensure_topics
+
+    app_id = f"bretrain{n_users}x{uuid.uuid4().hex[:6]}"
+    topic = f"{app_id}-user-state-changelog"
+    ensure_topics(bootstrap, {topic: PARTITIONS}, config={"cleanup.policy": "compact"})
+    ensure_topics(bootstrap, {f"{app_id}-models": 1})
+    prod = produce_changelog(bootstrap, topic, n_users, lengths, items, seed=1)
+    print(f"{n_users:,} users: {prod['mb']:.0f} MB of state records produced in {prod['seconds']:.0f} s", flush=True)
+    models = tmp / f"models-{n_users}"
+    env = child_env(bootstrap, app_id, models, extra_env)
+    retrain = [sys.executable, "-m", "streaming.cli.main", "retrain", "--once"]
+    cold, cold_wall = _run_json(retrain, {**env, "STREAMREC_TRAIN_WARM_START": "0"}, timeout)
+    print(
+        f"  cold retrain: {cold['result']} in {cold_wall:.1f} s wall, peak RSS {cold['peak_rss_mb']:.0f} MB; "
+        f"phases {cold['phases']}",
+        flush=True,
+    )
+    store = ModelStore(models)
+    cold_fit = store.metadata(cold["version"])["fit"]
+    print(
+        f"  implicit's own fit inside it: {cold_fit['implicit_fit_s']:.1f} s ({cold_fit['iterations']} iterations)",
+        flush=True,
+    )
+    direct: dict[str, Any] = {}
+    if n_users <= direct_max:
+        direct, _ = _run_json([sys.executable, "-m", "bench.retrain", "--fit-only", topic], env, timeout)
+        print(
+            f"  implicit's own fit on the same matrix in a process of its own ({direct['users']:,} x "
+            f"{direct['items']:,}, nnz {direct['nnz']:,}): {direct['fit_s']:.1f} s, peak RSS "
+            f"{direct['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
+    warm, warm_wall = _run_json(retrain, env, timeout)
+    warm_fit = store.metadata(warm["version"])["fit"] if warm.get("version") else {}
+    print(
+        f"  warm retrain: {warm['result']} in {warm_wall:.1f} s wall ({warm_fit.get('iterations')} iterations), "
+        f"peak RSS {warm['peak_rss_mb']:.0f} MB",
+        flush=True,
+    )
+    records = cold["phases"].get("records") or n_users
+    read_s = cold["phases"]["read_decode_s"]
+    meta = store.metadata(cold["version"])
+    nnz = int(meta["nnz"])
+    csr_mb = (nnz * 8 + (meta["n_users"] + 1) * 8) / 1e6  # int32 indices + float32 data + int64 indptr
+    fit_s = cold_fit["implicit_fit_s"]
+    row = {
+        "users": n_users,
+        "changelog_mb": prod["mb"],
+        "produce_s": prod["seconds"],
+        "nnz": nnz,
+        "items": meta["n_items"],
+        "csr_mb": csr_mb,
+        "cold": {**cold, "wall_s": cold_wall, "fit": cold_fit},
+        "implicit_fit_s": fit_s,
+        "direct": direct,
+        "warm": {**warm, "wall_s": warm_wall, "fit": warm_fit},
+        "read_decode_records_per_s": records / read_s if read_s else None,
+        "read_records": records,
+        "wall_over_fit": cold_wall / fit_s,
+        "in_process_over_fit": cold["seconds"] / fit_s,
+        "peak_rss_over_csr": cold["peak_rss_mb"] / csr_mb,
+    }
+    print(
+        f"  => wall / fit {row['wall_over_fit']:.2f}x; read + decode {row['read_decode_records_per_s']:,.0f} "
+        f"records/s; peak RSS {cold['peak_rss_mb'] / 1024:.2f} GB ({row['peak_rss_over_csr']:.1f}x the CSR); "
+        f"warm {warm_wall:.0f} s",
+        flush=True,
+    )
+    return row
+
+
 CANDIDATES = ("taobao", "yoochoose", "rees46", "retailrocket")
 
 
-def largest_dataset(names=CANDIDATES):
+def load_events(name: str | None) -> tuple[str, list]:
+    """A named shared dataset, else the largest of CANDIDATES by events."""
     from recsys.data.datasets import DATASETS, data_dir, load_dataset
 
-    best = None
-    for name in names:
-        if not (data_dir() / DATASETS[name]).exists():
+    if name:
+        return name, load_dataset(name, lenient=True)
+    best: tuple[str, list] | None = None
+    for cand in CANDIDATES:
+        if not (data_dir() / DATASETS[cand]).exists():
             continue
-        events = load_dataset(name, lenient=True)
+        events = load_dataset(cand, lenient=True)
         if best is None or len(events) > len(best[1]):
-            best = (name, events)
+            best = (cand, events)
     if best is None:
         raise SystemExit(f"no real dataset found in {data_dir()} (set STREAMREC_DATA)")
     return best
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small dataset, 2 iterations: checks it runs")
-    ap.add_argument("--data", help=f"dataset name (default: the largest of {', '.join(CANDIDATES)})")
-    ap.add_argument("--repeats", type=int, help="default 3 (quick 1)")
-    ap.add_argument("--output", default="bench/out/retrain.json")
-    ap.add_argument("--plot", default=None)
-    args = ap.parse_args(argv)
+def warm_on_real(name: str | None, repeats: int, iterations: int | None) -> dict[str, Any]:
+    """A model on the first 80% of a real dataset serves; retrain on all of it, cold vs warm."""
     from dataclasses import replace
 
-    from implicit.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
-
     from recsys.confidence import build_profiles
-    from recsys.config import Config
-    from recsys.data.datasets import load_dataset
-    from recsys.model.threads import pin_blas_threads
-    from recsys.model.train import confidence_matrix, train
+    from recsys.config import Config, Settings
+    from recsys.model.store import ModelStore
+    from streaming.jobs.retrain import data_from_profiles, retrain_once
 
-    pin_blas_threads()
-    ccfg, tdefault = Config().confidence, Config().train
-    t_all = time.time()
-    if args.quick:
-        name, events = args.data or "taobao_small", None
-        events = load_dataset(name, lenient=True)
-        tcfg = replace(tdefault, iterations=2)
-    elif args.data:
-        name, events = args.data, load_dataset(args.data, lenient=True)
-        tcfg = tdefault
-    else:
-        name, events = largest_dataset()
-        tcfg = tdefault
-    repeats = args.repeats or (1 if args.quick else 3)
-    t0 = time.perf_counter()
-    profiles = build_profiles(events, ccfg)
-    profiles_s = time.perf_counter() - t0
-    matrix, users, items = confidence_matrix(profiles, ccfg)
+    name, events = load_events(name)
+    events = sorted(events, key=lambda e: e.ts)
+    cfg = Config()
+    if iterations:
+        cfg = replace(cfg, train=replace(cfg.train, iterations=iterations))
+    ccfg = cfg.confidence
+    cut = int(len(events) * 0.8)
+    settings = Settings()
+    old, new = build_profiles(events[:cut], ccfg), build_profiles(events, ccfg)
+    data = data_from_profiles(new, ccfg, settings, name)
+    tmp = Path(tempfile.mkdtemp(prefix="streamrec-warm-"))
+    try:
+        base = ModelStore(tmp / "base")
+        retrain_once(data_from_profiles(old, ccfg, settings, name), base, settings, config=cfg)
+        runs: dict[str, list[dict[str, Any]]] = {"cold": [], "warm": []}
+        for r in range(repeats):
+            for mode in ("cold", "warm"):
+                store = ModelStore(tmp / f"{mode}{r}")
+                shutil.copytree(base.root, store.root)
+                c = replace(cfg, train=replace(cfg.train, warm_start=mode == "warm"))
+                res = retrain_once(data, store, Settings(retrain_tolerance=0.99), config=c)
+                meta = store.metadata(res.version) if res.version else {}
+                runs[mode].append(
+                    {
+                        "fit_s": res.phases["fit_s"],
+                        "iterations": meta.get("fit", {}).get("iterations"),
+                        "map10": res.gate.get("candidate_map10"),
+                        "changes": meta.get("fit", {}).get("changes"),
+                    }
+                )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out: dict[str, Any] = {"dataset": name, "events": len(events), "users": data.users, "cases": len(data.cases)}
+    for mode, rs in runs.items():
+        out[mode] = {k: median([x[k] for x in rs if x[k] is not None]) for k in ("fit_s", "iterations", "map10")}
+        out[mode]["runs"] = rs
+    out["speedup"] = out["cold"]["fit_s"] / out["warm"]["fit_s"]
+    out["map10_ratio"] = out["warm"]["map10"] / out["cold"]["map10"] if out["cold"]["map10"] else float("nan")
     print(
-        f"{name}: {len(events):,} events, {len(users):,} users x {len(items):,} items, nnz {matrix.nnz:,}; "
-        f"ALS {tcfg.factors} factors x {tcfg.iterations} iterations",
+        f"warm start on real data ({name}, {len(events):,} events, {data.users:,} users, {len(data.cases)} gate "
+        f"cases): cold {out['cold']['fit_s']:.2f} s / {out['cold']['iterations']} iterations, MAP@10 "
+        f"{out['cold']['map10']:.4f}; warm {out['warm']['fit_s']:.2f} s / {out['warm']['iterations']} iterations, "
+        f"MAP@10 {out['warm']['map10']:.4f} => {out['speedup']:.2f}x faster, MAP@10 ratio {out['map10_ratio']:.3f}",
         flush=True,
     )
+    return out
 
-    def direct() -> float:
-        als = AlternatingLeastSquares(
-            factors=tcfg.factors,
-            regularization=tcfg.regularization,
-            alpha=1.0,
-            iterations=tcfg.iterations,
-            dtype=np.float32,
-            num_threads=tcfg.num_threads,
-            random_state=tcfg.random_state,
-        )
-        t = time.perf_counter()
-        with threadpool_limits(1, "blas"):
-            als.fit(matrix, show_progress=False)
-        return time.perf_counter() - t
 
-    def project() -> float:
-        t = time.perf_counter()
-        train(profiles, ccfg, tcfg)
-        return time.perf_counter() - t
-
-    def matrix_only() -> float:
-        t = time.perf_counter()
-        confidence_matrix(profiles, ccfg)
-        return time.perf_counter() - t
-
-    direct()  # warm-up (implicit's first fit loads its kernels)
-    t_direct, t_project, t_matrix = [], [], []
-    for _ in range(repeats):
-        t_direct.append(direct())
-        t_project.append(project())
-        t_matrix.append(matrix_only())
-    d, p = median(t_direct), median(t_project)
-    res = {
-        "bench": "retrain",
-        "quick": args.quick,
-        "machine": machine(),
-        "dataset": name,
-        "events": len(events),
-        "users": len(users),
-        "items": len(items),
-        "nnz": int(matrix.nnz),
-        "train": {"factors": tcfg.factors, "iterations": tcfg.iterations, "regularization": tcfg.regularization},
-        "repeats": repeats,
-        "profiles_s": profiles_s,
-        "direct_s": d,
-        "project_s": p,
-        "matrix_s": median(t_matrix),
-        "project_over_direct": p / d,
-        "runs": {"direct": t_direct, "project": t_project},
-        "seconds": round(time.time() - t_all, 1),
-    }
-    print(
-        f"retrain: project {p:.2f} s vs implicit direct {d:.2f} s = {p / d:.2f}x "
-        f"(confidence matrix {res['matrix_s']:.2f} s; profiles from events {profiles_s:.2f} s, once)"
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", default="100000,300000,1000000", help="comma-separated user counts")
+    ap.add_argument("--quick", action="store_true", help="2,000 users, 2 iterations, 32 factors: checks it runs")
+    ap.add_argument("--data", help="real dataset for the warm-start comparison (default: the largest shared one)")
+    ap.add_argument("--repeats", type=int, help="repeats of the real-data warm/cold comparison (default 3; quick 1)")
+    ap.add_argument("--output", default="bench/out/retrain.json")
+    ap.add_argument("--plot", default=None)
+    ap.add_argument("--timeout", type=float, default=7200, help="per child process (seconds)")
+    ap.add_argument(
+        "--direct-max-users",
+        type=int,
+        default=300_000,
+        help="up to this many users, also time implicit's fit in a process of its own on the same matrix "
+        "(a check of the fit timed inside the retrain; default 300,000)",
     )
-    write_json(args.output, res)
+    ap.add_argument("--fit-only", metavar="TOPIC", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.fit_only:
+        from recsys.config import load_config
+
+        res = fit_only(load_config().stream.bootstrap, args.fit_only)
+        print(json.dumps(res), flush=True)
+        return res
+
+    from bench.state import real_shape
+    from devtools.broker import broker_from_env
+    from recsys.model.threads import pin_blas_threads
+
+    pin_blas_threads()
+    sizes = [2000] if args.quick else [int(x) for x in args.users.split(",") if x]
+    extra = (
+        {"STREAMREC_TRAIN_ITERATIONS": "2", "STREAMREC_TRAIN_FACTORS": "32", "STREAMREC_TRAIN_MIN_ITERATIONS": "1"}
+        if args.quick
+        else {}
+    )
+    t_all = time.time()
+    lengths, items = real_shape()
+    report: dict[str, Any] = {"bench": "retrain", "quick": args.quick, "machine": machine(), "sizes": []}
+    tmp = Path(tempfile.mkdtemp(prefix="streamrec-retrain-"))
+    broker = broker_from_env(tmp / "kafka")
+    try:
+        broker.start()
+        for n in sizes:
+            report["sizes"].append(
+                one_size(broker.bootstrap, n, lengths, items, tmp, extra, args.timeout, args.direct_max_users)
+            )
+            write_json(args.output, report)
+    finally:
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    report["warm_real"] = warm_on_real(
+        args.data or ("taobao_small" if args.quick else None),
+        args.repeats or (1 if args.quick else 3),
+        2 if args.quick else None,
+    )
+    report["seconds"] = round(time.time() - t_all, 1)
+    write_json(args.output, report)
+    print(table(report))
     if args.plot:
-        plt = plot_setup()
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.bar(["implicit direct", "recsys.model.train.train"], [d, p], color=["#999", "#48c"])
-        ax.bar(["recsys.model.train.train"], [res["matrix_s"]], color="#fa4", label="confidence matrix")
-        ax.set(ylabel="seconds (median)", title=f"retrain on {name} ({len(events):,} events)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=90)
-        plt.close(fig)
-    print(f"retrain bench done in {res['seconds']} s -> {args.output}")
-    return res
+        plot(report, args.plot)
+    print(f"retrain bench done in {report['seconds']} s -> {args.output}")
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    rows = [
+        "| users | nnz | cold wall | peak RSS | read+decode | fit | gate | save | records/s | implicit fit | "
+        "wall / fit | warm wall (iterations) | warm peak RSS |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["sizes"]:
+        c, w, ph = r["cold"], r["warm"], r["cold"]["phases"]
+        rows.append(
+            f"| {r['users']:,} | {r['nnz']:,} | {c['wall_s']:.1f} s | {c['peak_rss_mb'] / 1024:.2f} GB | "
+            f"{ph['read_decode_s']:.1f} s | {ph['fit_s']:.1f} s | {ph['gate_s']:.1f} s | {ph['save_s']:.1f} s | "
+            f"{r['read_decode_records_per_s']:,.0f} | {r['implicit_fit_s']:.1f} s | {r['wall_over_fit']:.2f}x | "
+            f"{w['wall_s']:.1f} s ({w['fit'].get('iterations')}) | {w['peak_rss_mb'] / 1024:.2f} GB |"
+        )
+    return "\n".join(rows)
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    plt = plot_setup()
+    rs = report["sizes"]
+    users = [r["users"] for r in rs]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax[0].plot(users, [r["cold"]["wall_s"] for r in rs], "o-", label="retrain, cold (wall)")
+    ax[0].plot(users, [r["warm"]["wall_s"] for r in rs], "s-", label="retrain, warm (wall)")
+    ax[0].plot(users, [r["implicit_fit_s"] for r in rs], "^--", color="#999", label="implicit's fit")
+    ax[0].set(xlabel="users", ylabel="seconds", title="retrain time")
+    ax[0].legend(fontsize=8)
+    ax[1].plot(users, [r["cold"]["peak_rss_mb"] / 1024 for r in rs], "o-", label="retrain peak RSS")
+    ax[1].plot(users, [r["csr_mb"] / 1024 for r in rs], "^--", color="#999", label="the CSR itself")
+    ax[1].axhline(4, color="r", ls=":", label="target at 1M: 4 GB")
+    ax[1].set(xlabel="users", ylabel="GB", title="retrain memory")
+    ax[1].legend(fontsize=8)
+    for a in ax:
+        a.ticklabel_format(axis="x", style="plain")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,11 @@ def add_parser(sub: Any) -> None:
         help="address the metrics server binds (0.0.0.0 in a container; default 127.0.0.1)",
     )
     p.add_argument("--max-runs", type=int, help="with --every: stop after this many runs")
+    p.add_argument(
+        "--cold",
+        action="store_true",
+        help="train from scratch, not from the serving model's item factors (train.warm_start off)",
+    )
     options.add_common(p)
     p.set_defaults(func=cmd_retrain)
 
@@ -44,6 +49,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     if not args.once and args.every is None:
         raise RecsysError("say --once or --every DURATION")
     cfg = options.kafka_config(args)
+    if args.cold:
+        from dataclasses import replace
+
+        cfg = replace(cfg, train=replace(cfg.train, warm_start=False))
     rc = run(
         cfg.stream,
         data=args.data,

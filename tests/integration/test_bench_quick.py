@@ -36,13 +36,28 @@ def test_compute_quick(tmp_path):
 
 
 @pytest.mark.data
-def test_retrain_quick(tmp_path):
+@pytest.mark.kafka
+def test_retrain_quick(tmp_path, kafka_broker, monkeypatch):
     require_dataset("taobao_small")
     from bench import retrain
 
-    rep = retrain.main(["--quick", "--output", str(tmp_path / "r.json")])
-    assert rep["events"] > 0 and rep["nnz"] > 0
-    assert finite_pos(rep["direct_s"]) and finite_pos(rep["project_s"]) and finite_pos(rep["project_over_direct"])
+    monkeypatch.setenv("STREAMREC_BOOTSTRAP", kafka_broker.bootstrap)
+    rep = retrain.main(["--quick", "--output", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
+    (size,) = rep["sizes"]
+    assert size["users"] == 2000 and size["nnz"] > 0 and (tmp_path / "r.png").stat().st_size > 0
+    assert size["cold"]["result"] == "published" and size["warm"]["result"] == "published"
+    for k in ("read_decode_s", "fit_s", "gate_s", "save_s"):
+        assert size["cold"]["phases"][k] >= 0, k
+    for x in (
+        size["read_decode_records_per_s"],
+        size["wall_over_fit"],
+        size["cold"]["peak_rss_mb"],
+        size["implicit_fit_s"],
+        size["direct"]["fit_s"],
+    ):
+        assert finite_pos(x)
+    assert size["warm"]["fit"]["warm_start_from"] == size["cold"]["version"]
+    assert finite_pos(rep["warm_real"]["speedup"])
 
 
 @pytest.mark.kafka
