@@ -130,7 +130,15 @@ class Answers:
 
 # ----------------------------------------------------------------------------- one pipeline run
 class Pipeline:
-    def __init__(self, kind: str, bootstrap: str, tmp: Path, model_dir: Path, batch_within_s: float):
+    def __init__(
+        self,
+        kind: str,
+        bootstrap: str,
+        tmp: Path,
+        model_dir: Path,
+        batch_within_s: float,
+        worker_env: dict[str, str] | None = None,
+    ):
         from devtools.broker import free_port
         from recsys.config import child_env
         from streaming.kafka.admin import ensure_topics
@@ -153,7 +161,11 @@ class Pipeline:
                 data,
                 model_dir,
                 PARTITIONS,
-                {"STREAMREC_BATCH_WITHIN_S": str(batch_within_s), "STREAMREC_LOG_LEVEL": "warning"},
+                {
+                    "STREAMREC_BATCH_WITHIN_S": str(batch_within_s),
+                    "STREAMREC_LOG_LEVEL": "warning",
+                    **(worker_env or {}),
+                },
             )
         else:
             cmd = [

@@ -290,6 +290,45 @@ class Catalogue:
         else:
             self.put(item)
 
+    def apply_many(self, records: list[tuple[bytes, Item | None]]) -> None:
+        """Records of the items topic in order (the later of an item's records wins), with one
+        array write per attribute: a fetch of thousands of records costs a few µs each, where
+        `put` (numpy scalar writes) costs ~50 µs: a minute for a million-item catalogue."""
+        last: dict[int, tuple[int, Item | None]] = {}
+        for key, item in records:
+            s = self._slot_for(item.item if item is not None else key.decode("utf-8", "replace"))
+            last[s] = (s, item)
+        if not last:
+            return
+        slots = np.fromiter(last, np.int64, count=len(last))
+        flags = np.empty(len(slots), np.uint8)
+        price = np.full(len(slots), np.nan, np.float32)
+        brand = np.full(len(slots), -1, np.int32)
+        updated = np.zeros(len(slots), np.int64)
+        cats: list[list[int]] = []
+        for j, (_, item) in enumerate(last.values()):
+            if item is None:
+                flags[j] = _DELETED
+                cats.append([])
+                continue
+            flags[j] = _LISTED | (_AVAILABLE if item.available else 0) | (_HIDDEN if item.hidden else 0)
+            if item.price is not None:
+                price[j] = item.price
+            if item.brand is not None:
+                brand[j] = self._code(item.brand, self.brand_code, self.brand_names)
+            updated[j] = item.updated or 0
+            cats.append([self._code(c, self.cat_code, self.cat_names) for c in item.categories])
+        width = max(len(c) for c in cats)
+        if width > self.cats.shape[1]:
+            self.cats = np.hstack([self.cats, np.full((len(self.cats), width - self.cats.shape[1]), -1, np.int32)])
+        cat_rows = np.full((len(slots), self.cats.shape[1]), -1, np.int32)
+        for j, c in enumerate(cats):
+            cat_rows[j, : len(c)] = c
+        self.hidden += int(np.count_nonzero(~_shown(flags))) - int(np.count_nonzero(~_shown(self.flags[slots])))
+        self.flags[slots], self.price[slots], self.brand[slots] = flags, price, brand
+        self.cats[slots], self.updated[slots] = cat_rows, updated
+        self.generation += 1
+
     # -- reads --------------------------------------------------------------------------------
     def get(self, item: str) -> Item | None:
         """The item's record, None if it is not listed (never was, or deleted)."""

@@ -271,37 +271,46 @@ def exact_search(
     exclude_rows: Sequence[Sequence[int]] | None = None,
     num_threads: int = 0,
     allowed: np.ndarray | None = None,
-    blocked: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by inner product with pre-scaled rows (one product + implicit's top-k), with
     exclusions applied by over-fetching k + (most exclusions of any row) and dropping them:
     no per-row sparse filter, whose row slicing costs more than the product at 50k items.
-    `allowed` (bool per row, all queries; `blocked` = its False rows, if the caller has them):
-    rows it rules out score -inf inside the top-k (implicit's filter_items), or, when it keeps
-    under a quarter of the rows (a category filter), only the kept rows are scored at all.
+    `allowed` (bool per row, all queries: the catalogue's mask): what it rules out is dropped
+    the same way, from a fetch scaled by the share it keeps (fetched again, wider, for the rows
+    it leaves short); a mask keeping under a quarter of the rows (a category filter) scores only
+    the kept rows. (implicit's own filter_items took ~20 ms a query at 20k items.)
     Same return convention as MipsIndex.search."""
     from implicit.cpu.topk import topk
 
     q = np.ascontiguousarray(queries, np.float32)
     n = int(rows.shape[0])
     n_ex = max((len(e) for e in exclude_rows), default=0) if exclude_rows is not None else 0
-    if allowed is not None:
-        if blocked is None:
-            blocked = np.flatnonzero(~allowed).astype(np.int32)
-        if len(blocked) > 0.75 * n:
-            keep = np.flatnonzero(allowed)
-            if len(keep) == 0:
-                return np.full((len(q), 0), -1, np.int64), np.full((len(q), 0), -np.inf, np.float32)
-            pos = np.full(n, -1, np.int64)
-            pos[keep] = np.arange(len(keep))
-            sub_ex = [[int(pos[r]) for r in e if pos[r] >= 0] for e in exclude_rows or ()] if n_ex else None
-            ids, sc = exact_search(np.ascontiguousarray(rows[keep]), q, k, sub_ex, num_threads)
-            return np.where(ids >= 0, keep[np.maximum(ids, 0)], -1), sc
-    k = int(min(k, n))
-    fetch = int(min(n, k + n_ex))
-    filt = blocked if allowed is not None and blocked is not None and len(blocked) else None
-    ids, scores = topk(rows, q, fetch, num_threads=num_threads, filter_items=filt)
-    return _drop_excluded(np.asarray(ids, np.int64), np.asarray(scores, np.float32), exclude_rows if n_ex else None, k)
+    ex = exclude_rows if n_ex else None
+    if allowed is None:
+        k = int(min(k, n))
+        ids, scores = topk(rows, q, int(min(n, k + n_ex)), num_threads=num_threads)
+        return _drop_excluded(np.asarray(ids, np.int64), np.asarray(scores, np.float32), ex, k)
+    kept = int(np.count_nonzero(allowed))
+    if kept < 0.25 * n:
+        keep = np.flatnonzero(allowed)
+        if kept == 0:
+            return np.full((len(q), 0), -1, np.int64), np.full((len(q), 0), -np.inf, np.float32)
+        pos = np.full(n, -1, np.int64)
+        pos[keep] = np.arange(kept)
+        sub_ex = [[int(pos[r]) for r in e if pos[r] >= 0] for e in ex] if ex is not None else None
+        sub_ids, sc = exact_search(np.ascontiguousarray(rows[keep]), q, k, sub_ex, num_threads)
+        return np.where(sub_ids >= 0, keep[np.maximum(sub_ids, 0)], -1), sc
+    k = int(min(k, kept))
+    fetch = int(min(n, math.ceil((k + n_ex) * n / kept) + 16))
+    while True:
+        ids, scores = topk(rows, q, fetch, num_threads=num_threads)
+        ids = np.asarray(ids, np.int64)
+        scores = np.asarray(scores, np.float32)
+        scores[~allowed[np.maximum(ids, 0)]] = -np.inf
+        top_ids, top_sc = _drop_excluded(ids, scores, ex, k)
+        if fetch >= n or (top_ids >= 0).all():
+            return top_ids, top_sc
+        fetch = int(min(n, fetch * 4))
 
 
 def _drop_excluded(cand: np.ndarray, scores: np.ndarray, exclude_rows, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -39,6 +39,7 @@ docs/evaluation.md "Per-user re-visit weight").
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -213,7 +214,6 @@ class Scorer:
                     [ex_rows[r] for r in scored],
                     self.cfg.num_threads,
                     allowed,
-                    mask.blocked if mask is not None else None,
                 )
             for j, r in enumerate(scored.tolist()):
                 keep = scores[j] > FILTERED
@@ -254,17 +254,27 @@ class Scorer:
         n = n or self.cfg.n
         ex = self._excluded_rows(exclude, item)
         filt = _rows_to_csr([ex], self.model.n_items)
-        blocked = mask.blocked if mask is not None and len(mask.blocked) else None
-        ids, scores = topk(
-            self._items_for_topk(),
-            self._unit[row : row + 1],
-            min(n, self.model.n_items),
-            item_norms=self._cos_div,
-            filter_query_items=filt,
-            filter_items=blocked,
-            num_threads=self.cfg.num_threads,
-        )
+        n_items = self.model.n_items
+        # a mask: fetch in proportion to what it keeps, wider while the list is short
+        fetch = min(n, n_items) if mask is None else min(n_items, math.ceil(n / max(mask.fraction, 1e-6)) + 16)
+        while True:
+            ids, scores = topk(
+                self._items_for_topk(),
+                self._unit[row : row + 1],
+                fetch,
+                item_norms=self._cos_div,
+                filter_query_items=filt,
+                num_threads=self.cfg.num_threads,
+            )
+            if mask is None:
+                break
+            scores[0][~mask.rows[np.maximum(ids[0], 0)]] = FILTERED
+            if fetch >= n_items or np.count_nonzero(scores[0] > FILTERED) >= n:
+                break
+            fetch = min(n_items, fetch * 4)
         keep = scores[0] > FILTERED
+        if np.count_nonzero(keep) > n:
+            keep &= np.cumsum(keep) <= n
         return Recommendations(
             [self.model.item_ids[i] for i in ids[0][keep]], scores[0][keep].tolist(), "similar", self.model.version
         )

@@ -83,15 +83,20 @@ class CatalogueStore:
         n = 0
         it = self._db.iter()
         it.seek_to_first()
+        chunk: list[tuple[bytes, Any]] = []
         while it.valid():
             key, value = it.key(), it.value()
             if key.startswith(OFFSET_PREFIX):
                 self.offsets[int(key[len(OFFSET_PREFIX) :])] = int(value)
             elif key.startswith(ITEM_PREFIX):
                 item = key[len(ITEM_PREFIX) :]
-                self.catalogue.apply(item, decode_item(item, value) if value else None)
+                chunk.append((item, decode_item(item, value) if value else None))
                 n += 1
+                if len(chunk) >= FETCH_RECORDS:
+                    self.catalogue.apply_many(chunk)
+                    chunk = []
             it.next()
+        self.catalogue.apply_many(chunk)
         del it
         self._gauges()
         if n:
@@ -109,7 +114,7 @@ class CatalogueStore:
 
         batch = WriteBatch(raw_mode=True)
         bad: list[tuple[Any, EventError]] = []
-        applied = 0
+        good: list[tuple[bytes, Any]] = []
         for r in records:
             self.offsets[r.partition] = r.offset
             try:
@@ -118,10 +123,11 @@ class CatalogueStore:
                 bad.append((r, e))
                 self.metrics.rejected.labels(e.reason).inc()
                 continue
-            self.catalogue.apply(r.key, item)
+            good.append((r.key, item))
             # a deleted item keeps an empty value: re-read, it stays deleted
             batch.put(ITEM_PREFIX + r.key, r.value if r.value is not None else b"")
-            applied += 1
+        self.catalogue.apply_many(good)
+        applied = len(good)
         for p, off in self.offsets.items():
             batch.put(OFFSET_PREFIX + str(p).encode(), str(off).encode())
         if self._db is not None:

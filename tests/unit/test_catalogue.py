@@ -131,3 +131,26 @@ def test_posted_events_use_the_stream_validator():
     assert not rejected and records[0][0] == b"u1"
     assert validate_events(b"{", None, 10)[1][0]["reason"] == "bad_json"
     assert validate_events(json.dumps([good] * 3).encode(), None, 2)[1][0]["reason"] == "too_many"
+
+
+def test_apply_many_equals_one_record_at_a_time():
+    rng = np.random.default_rng(2)
+    records = []
+    for k in range(500):
+        item = f"i{int(rng.integers(60))}"
+        if rng.random() < 0.1:
+            records.append((item.encode(), None))
+        else:
+            cats = tuple(f"c{int(c)}" for c in rng.integers(0, 9, int(rng.integers(0, 4))))
+            records.append(
+                (item.encode(), Item(item, bool(rng.random() < 0.8), bool(rng.random() < 0.2), cats, "b", float(k)))
+            )
+    one, many = Catalogue(capacity=2), Catalogue(capacity=2)
+    for key, item in records:
+        one.apply(key, item)
+    for k in range(0, len(records), 37):
+        many.apply_many(records[k : k + 37])
+    model = random_model(n_items=80)
+    assert one.hidden == many.hidden and len(one) == len(many)
+    assert all(one.get(f"i{k}") == many.get(f"i{k}") for k in range(60))
+    assert (one.mask(model).rows == many.mask(model).rows).all()
