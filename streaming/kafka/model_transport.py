@@ -265,6 +265,24 @@ class Assembly:
                 raise TransportRefused("corrupt", f"model version {m.version!r}: {name} fails the manifest's sha256")
 
 
+def abandoned(store: ModelStore) -> list[str]:
+    """Remove what fetches of processes that are gone (a worker killed mid-fetch) left behind in
+    `store` (never visible: a version is renamed into place only when complete); their names."""
+    removed = []
+    for tmp in store.root.glob(".fetch-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+            continue  # its fetcher is alive
+        except ProcessLookupError:
+            pass
+        except (ValueError, IndexError, PermissionError):
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp.name)
+    return removed
+
+
 def install(
     store: ModelStore, version: str, records: Iterable[tuple[bytes | None, bytes | None]], manifest: Manifest
 ) -> Path:
@@ -272,6 +290,7 @@ def install(
     against the manifest and by the store's own load, then renamed into place. Returns its path."""
     check_version(version)
     store.root.mkdir(parents=True, exist_ok=True)
+    abandoned(store)
     incoming = store.root / f".fetch-{version}-{os.getpid()}"
     shutil.rmtree(incoming, ignore_errors=True)
     try:

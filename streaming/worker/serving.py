@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,7 +153,20 @@ class ModelUpdates:
         serving = Serving.of(Recommender(model, self.ccfg, self.scfg), xtx)
         if self.transport is not None:  # this host's own store: a restart without Kafka serves it
             self.store.publish(model.version)
+            self._prune_cache(model.version)
         return serving
+
+    def _prune_cache(self, loaded: str) -> None:
+        """kafka transport: this worker's store is a cache of the topic; it keeps the newest
+        `model_keep_versions` versions, the one just loaded, the serving and the pinned one (a
+        retrain every few minutes would otherwise fill the disk)."""
+        assert self.transport is not None
+        versions = self.store.versions()
+        kept = set(versions[-self.transport.keep :]) | {loaded, self.serving.version, self.kafka_pin}
+        for v in versions:
+            if v not in kept:  # memory maps of a version still in use stay valid after unlinking
+                shutil.rmtree(self.store.root / v, ignore_errors=True)
+                log.info("removed model %s from the local cache %s", v, self.store.root)
 
     def _refuse(self, version: str | None, err: Exception) -> None:
         self.serving.metrics.model_swaps.labels("refused").inc()

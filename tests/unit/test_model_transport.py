@@ -201,3 +201,78 @@ def test_transport_settings_are_checked(change, match):
     assert Settings().model_transport == "filesystem"
     with pytest.raises(ConfigError, match=match):
         Settings(**change)
+
+
+def test_what_a_killed_fetch_left_is_removed_by_the_next_one(source, tmp_path):
+    import os
+    import subprocess
+
+    target = ModelStore(tmp_path / "y")
+    proc = subprocess.Popen(["true"])  # its pid: a process that is gone
+    proc.wait()
+    gone = proc.pid
+    (target.root / f".fetch-{V}-{gone}" / V).mkdir(parents=True)
+    (target.root / f".fetch-{V}-{os.getpid()}-alive").mkdir()  # not a pid suffix: left alone
+    records, manifest = chunked(source)
+    install(target, V, records, manifest)
+    assert sorted(p.name for p in target.root.iterdir()) == sorted([V, f".fetch-{V}-{os.getpid()}-alive"])
+
+
+class TopicStandIn:
+    """What ModelUpdates asks of a ModelTransport, answered from a store (the real one is tested
+    against Kafka in tests/integration/test_model_transport.py)."""
+
+    def __init__(self, source: ModelStore, keep: int):
+        from streaming.kafka.model_transport import Index
+
+        self.source, self.keep, self.fetched = source, keep, []
+        self.idx = Index(manifests={v: b"" for v in source.versions()}, current=source.current())
+
+    def index(self):
+        return self.idx
+
+    def fetch(self, store: ModelStore, version: str, index=None):
+        records, manifest = chunked(self.source, version)
+        self.fetched.append(version)
+        return install(store, version, records, manifest)
+
+
+def updates_with(transport, store):
+    from prometheus_client import CollectorRegistry
+
+    from recsys.confidence import ConfidenceConfig
+    from recsys.serving.scoring import ScoringConfig
+    from streaming.worker.metrics import WorkerMetrics
+    from streaming.worker.serving import ModelUpdates, ServingModel
+
+    serving = ServingModel(WorkerMetrics(CollectorRegistry()))
+    return ModelUpdates(store, serving, ConfidenceConfig(), ScoringConfig(), with_user_gram=False, transport=transport)
+
+
+def test_a_worker_fetches_what_it_lacks_follows_the_topics_pin_and_keeps_a_bounded_cache(tmp_path):
+    import asyncio
+
+    source = ModelStore(tmp_path / "x")
+    versions = [f"2026010{i}T000000000000Z-abcdef" for i in range(1, 6)]
+    for v in versions:
+        source.save(random_model(n_items=40, factors=8, version=v))
+    topic = TopicStandIn(source, keep=2)
+    topic.idx.pinned = versions[0]
+    local = ModelStore(tmp_path / "y")
+    updates = updates_with(topic, local)
+
+    assert updates.load_initial() and updates.serving.version == versions[0]  # the topic's pin wins
+    assert topic.fetched == [versions[0]] and local.versions() == [versions[0]]
+
+    def announce(**body) -> bool:
+        return asyncio.run(updates.on_announcement(json.dumps(body).encode()))
+
+    assert announce(version=versions[1]) is False  # pinned: a retrain's announcement is ignored
+    assert announce(version=versions[1], pinned=None)  # unpin: the announced version serves
+    for v in versions[2:]:
+        assert announce(version=v) and updates.serving.version == v
+    assert topic.fetched == versions
+    assert local.versions() == versions[-2:] and local.current() == versions[-1]  # the cache is bounded
+    assert announce(version=versions[-1]) and topic.fetched == versions  # cached: not fetched again
+    assert announce(version=versions[3], pinned="../../etc") is False  # a hostile pin is refused
+    assert updates.kafka_pin is None
