@@ -6,10 +6,13 @@
      simulator. The earlier 80% (by time) is the history: it trains the first model and is
      replayed through the worker as fast as it goes, so the users' state (and every retrain
      from the state changelog) holds it. The rest is the live part.
-  3. A worker and a retrain loop (from the state changelog) as separate processes.
+  3. The dataset's item catalogue on the items topic (`recsys items load`: Taobao's category
+     ids; the simulator's prices), then a worker and a retrain loop (from the state changelog)
+     as separate processes.
   4. The live part at a steady rate, re-timed to now; recommendations tailed and printed,
      model swaps announced as they land.
-  5. After --duration seconds (or Ctrl-C): everything stopped, a summary printed.
+  5. After --duration seconds (or Ctrl-C): one filtered list on request (the category of the
+     item a shopper looked at last, or a price range), everything stopped, a summary printed.
 
 Each run uses its own topics, consumer group, state and model store under var/demo/<run>/
 and deletes its topics at the end, so runs never see each other's data. Everything else comes
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,15 +60,30 @@ class DemoOptions:
     no_history: bool = False  # skip replaying the history through the worker
 
 
-def _load_data(events_limit: int, folder: str) -> tuple[list, str]:
+def _load_data(events_limit: int, folder: str) -> tuple[list, str, Path | None]:
+    """(events, what they are, the file they came from: None for the simulator)."""
     from recsys.data.datasets import DATASETS, data_dir, load_events
 
     path = data_dir(folder) / DATASETS["taobao"]
     if path.exists():
-        return load_events(path), f"Taobao UserBehavior ({path})"
+        return load_events(path), f"Taobao UserBehavior ({path})", path
     from recsys.data.simulator import SimConfig, simulate
 
-    return simulate(SimConfig(events=events_limit)), "the clickstream simulator (real data not found)"
+    return simulate(SimConfig(events=events_limit)), "the clickstream simulator (real data not found)", None
+
+
+def _load_catalogue(bootstrap: str, topic: str, events: list, path: Path | None, root: Path) -> str:
+    """The dataset's catalogue on the items topic: from the file (`recsys items load`), or for
+    simulated events, each item with the price its events carry."""
+    from streaming.jobs.items import load
+
+    if path is None:
+        from recsys.catalogue import Item
+
+        prices = {e.item: e.price for e in events if e.price is not None}
+        path = root / "items.jsonl"
+        path.write_text("".join(json.dumps(Item(i, price=p).to_json()) + "\n" for i, p in prices.items()))
+    return load(bootstrap, topic, path).summary()
 
 
 def _free_port() -> int:
@@ -108,6 +127,7 @@ class Demo:
         self.versions: list[str] = []
         self.received = 0
         self.sources: dict[str, int] = {}
+        self.last_rec: dict | None = None
 
     # -- set-up ---------------------------------------------------------------------------
     def start_broker(self) -> str:
@@ -168,7 +188,7 @@ class Demo:
         s = self.settings(bootstrap)
         try:
             ensure(bootstrap, topics(s).core)
-            events, source = _load_data(self.args.simulate_events, self.config.ops.data)
+            events, source, path = _load_data(self.args.simulate_events, self.config.ops.data)
             cut = int(len(events) * 0.8)
             history, live = events[:cut], events[cut:]
             say(
@@ -183,6 +203,7 @@ class Demo:
                 f"initial model {model.version}: {model.n_items} items x {model.factors} factors "
                 f"({model.metadata['train_seconds']}s)"
             )
+            say(f"catalogue: {_load_catalogue(bootstrap, s.items_topic, events, path, self.root)}")
 
             self.spawn(
                 "worker",
@@ -231,6 +252,7 @@ class Demo:
             while time.time() < deadline and replayer.is_alive():
                 time.sleep(0.2)
             time.sleep(1.0)  # let the last recommendations arrive
+            self.filtered_request(web)
             self.summary(s, web)
             return 0
         finally:
@@ -301,6 +323,7 @@ class Demo:
                 if self.stop.is_set():
                     return
                 self.received += 1
+                self.last_rec = rec
                 self.sources[rec.get("source", "?")] = self.sources.get(rec.get("source", "?"), 0) + 1
                 self.latencies.append(rec["published_ts"] - rec["ingest_ts"])
                 v = rec.get("model_version")
@@ -311,6 +334,28 @@ class Demo:
                 if time.time() - last_print >= self.args.print_every:
                     print(format_recommendation(rec), flush=True)
                     last_print = time.time()
+
+    def filtered_request(self, web: str) -> None:
+        """One list on request with a filter: the category of the item the last shopper looked
+        at (its catalogue record), or, without categories, a price range around its price."""
+        rec = self.last_rec
+        if rec is None:
+            return
+        user, query = rec["user"], rec.get("query")
+        item = _get(f"{web}/items/{query}") if query else None
+        if item and item.get("categories"):
+            params = f"n=5&category={item['categories'][0]}"
+        elif item and item.get("price") is not None:
+            params = f"n=5&price_max={item['price'] * 1.5:.2f}"
+        else:
+            params = "n=5"
+        url = f"{web}/recommendations/{urllib.parse.quote(user)}/?{params}"
+        body = _get(url)
+        if body is None:
+            say(f"filtered request {url}: no answer")
+            return
+        say(f"filtered request GET {url}")
+        say(f"  -> {body.get('items')} ({body.get('source')}, model {body.get('model_version')})")
 
     def summary(self, s: Settings, web: str) -> None:
         lat = np.array(self.latencies or [0.0])

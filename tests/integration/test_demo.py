@@ -44,7 +44,10 @@ def test_demo_runs_and_ends_cleanly(tmp_path):
     for expected in (
         "Kafka 4.4.0 ready",
         "initial model",
+        "catalogue: 41887 item records produced",  # Taobao's items with their category ids
         "worker ready",
+        "filtered request GET",
+        "category=",
         "summary:",
         "worker and retrain loop stopped",
         "Kafka stopped",
@@ -52,6 +55,8 @@ def test_demo_runs_and_ends_cleanly(tmp_path):
         assert expected in out, f"{expected!r} missing from:\n{out[-3000:]}"
     lines = [line for line in r.stdout.splitlines() if "user=" in line and "model=" in line]
     assert lines, "no recommendation was printed"
+    answer = out[out.index("filtered request GET") :].splitlines()[1]
+    assert "-> ['" in answer, answer  # the filtered list on request is not empty
     # Nothing left running: no process still has this run's work directory on its command line.
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(work) not in ps and str(tmp_path / "kafka") not in ps
