@@ -429,27 +429,36 @@ class ChangelogTable:
         self.flush()
         live = np.ones(len(self.row_keys), bool)
         live[np.asarray(self.dead, np.int64)] = False
-        counts, cols, confs, last = [], [], [], []
+        # Two passes over the chunks: which rows stay, then their non-zeros copied into the final
+        # arrays, each chunk released as soon as it is copied (peak: about one CSR, not three).
+        counts, last, keeps = [], [], []
         r0 = 0
         for ch in self.chunks:
             keep_rows = live[r0 : r0 + ch.rows] & ~ch.bad
             live[r0 : r0 + ch.rows] = keep_rows
-            keep = np.repeat(keep_rows, ch.counts)
+            keeps.append(keep_rows)
             counts.append(ch.counts[keep_rows])
-            cols.append(ch.cols[keep])
-            confs.append(ch.conf[keep])
             last.append(ch.last_ts[keep_rows])
             r0 += ch.rows
-        self.chunks = []
         count = np.concatenate(counts) if counts else np.zeros(0, np.int64)
-        col = np.concatenate(cols) if cols else np.zeros(0, np.int32)
-        data = np.concatenate(confs) if confs else np.zeros(0, np.float32)
-        del cols, confs
         last_ts = np.concatenate(last) if last else np.zeros(0, np.int64)
+        nnz = int(count.sum())
+        col = np.empty(nnz, np.int32)
+        data = np.empty(nnz, np.float32)
+        at = 0
+        for keep_rows in keeps:
+            ch = self.chunks.pop(0)  # released once copied
+            keep = np.repeat(keep_rows, ch.counts)
+            n = int(keep.sum())
+            col[at : at + n] = ch.cols[keep]
+            data[at : at + n] = ch.conf[keep]
+            at += n
         # Items seen only in superseded or skipped records are left out; the order stays first-seen.
         used = np.bincount(col, minlength=len(self.decoder.items)) > 0
-        remap = np.cumsum(used) - 1
-        col = remap[col].astype(np.int32) if not used.all() else col
+        if not used.all():
+            remap = (np.cumsum(used) - 1).astype(np.int32)
+            for a in range(0, nnz, 1 << 24):  # in slices: no int64 copy of every index
+                col[a : a + (1 << 24)] = remap[col[a : a + (1 << 24)]]
         items = [i for i, u in zip(self.decoder.items, used.tolist(), strict=True) if u]
         indptr = np.zeros(len(count) + 1, np.int64)
         np.cumsum(count, out=indptr[1:])
