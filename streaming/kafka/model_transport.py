@@ -533,7 +533,10 @@ class ModelTransport:
             time.monotonic() - t0,
             extra={"model_version": version},
         )
-        self.prune()
+        try:
+            self.prune()
+        except (RecsysError, KafkaError) as e:  # the version is out; old ones go next time
+            log.warning("could not drop old model versions from %s: %s", self.topic, e)
         return manifest
 
     def _send_pointer(self, producer: Any, name: str, version: str | None) -> None:
