@@ -253,6 +253,12 @@ def fit(
         assert init is not None
         init_items, matched = warm_start_factors(data.items, init, tcfg)
         stats.update(warm_start_from=init.version, items_matched=matched)
+    elif init is not None:
+        stats["cold_start"] = (
+            f"the serving model {init.version} has {init.factors} factors, this training {tcfg.factors}"
+            if init.factors != tcfg.factors
+            else f"warm start is for ALS with train.warm_start on (kind {tcfg.kind})"
+        )
     user_factors, item_factors = fit_factors(data.matrix, tcfg, progress, init_items=init_items, stats=stats)
     popularity = np.bincount(data.matrix.indices, minlength=len(data.items)).astype(np.float32)
     meta = {
