@@ -289,7 +289,14 @@ def main(argv: list[str] | None = None) -> dict:
         "(a check of the fit timed inside the retrain; default 300,000)",
     )
     ap.add_argument("--fit-only", metavar="TOPIC", help=argparse.SUPPRESS)
+    ap.add_argument("--report", metavar="JSON", help="print the table (and --plot) of an earlier run's JSON")
     args = ap.parse_args(argv)
+    if args.report:
+        done = json.loads(Path(args.report).read_text())
+        print(table(done))
+        if args.plot:
+            plot(done, args.plot)
+        return done
     if args.fit_only:
         from recsys.config import load_config
 
@@ -314,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-retrain-"))
     broker = broker_from_env(tmp / "kafka")
     try:
-        broker.start()
+        broker.start(timeout=300)  # a loaded machine can take minutes
         for n in sizes:
             report["sizes"].append(
                 one_size(broker.bootstrap, n, lengths, items, tmp, extra, args.timeout, args.direct_max_users)
@@ -343,7 +350,7 @@ def table(report: dict[str, Any]) -> str:
         "wall / fit | warm wall (iterations) | warm peak RSS |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in report["sizes"]:
+    for r in sorted(report["sizes"], key=lambda r: r["users"]):
         c, w, ph = r["cold"], r["warm"], r["cold"]["phases"]
         rows.append(
             f"| {r['users']:,} | {r['nnz']:,} | {c['wall_s']:.1f} s | {c['peak_rss_mb'] / 1024:.2f} GB | "
@@ -356,7 +363,7 @@ def table(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: str) -> None:
     plt = plot_setup()
-    rs = report["sizes"]
+    rs = sorted(report["sizes"], key=lambda r: r["users"])
     users = [r["users"] for r in rs]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     ax[0].plot(users, [r["cold"]["wall_s"] for r in rs], "o-", label="retrain, cold (wall)")
