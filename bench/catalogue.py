@@ -26,6 +26,7 @@ import tempfile
 import time
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -158,7 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--catalogue", type=int, default=None, help="items in the catalogue (default 1,000,000)")
     ap.add_argument("--events", type=int, default=None, help="events per full-load run (default 20000)")
     ap.add_argument("--items", type=int, default=20_000, help="simulated model catalogue")
-    ap.add_argument("--rate", type=float, default=200.0, help="requests per second during the half-load run")
+    ap.add_argument(
+        "--rate", default="200", help="requests per second during a half-load run; a comma list: one run each"
+    )
     ap.add_argument("--request-seconds", type=float, default=None, help="length of the request run (default 20)")
     ap.add_argument("--repeats", type=int, default=None, help="rounds (default 3)")
     ap.add_argument("--output", default="bench/out/catalogue.json")
@@ -168,6 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     req_s = args.request_seconds or (4.0 if args.quick else 20.0)
     repeats = args.repeats or (1 if args.quick else 3)
     items = 2000 if args.quick else args.items
+    rates = [float(x) for x in args.rate.split(",")]
 
     from devtools.broker import broker_from_env
     from recsys.confidence import ConfidenceConfig, build_profiles
@@ -208,55 +212,73 @@ def main(argv: list[str] | None = None) -> dict:
         for rnd in range(repeats):
             print(f"-- round {rnd + 1} of {repeats}", flush=True)
             res: dict = {}
-            plain = Pipeline("worker", broker.bootstrap, tmp, tmp / "models", batch_within)
-            try:
-                plain.warm_up(producer)
-                res["worker_plain"] = drive(plain, producer, stream, None, timeout=max(60.0, n_full / 50.0))
-            finally:
-                plain.stop()
-            cat = Pipeline(
-                "worker", broker.bootstrap, tmp, tmp / "models", batch_within, {"STREAMREC_ITEMS_TOPIC": topic}
-            )
-            try:
-                t0 = time.time()
-                cat.warm_up(producer, timeout=900)
-                res["catalogue_load_s"] = time.time() - t0
-                res["worker_catalogue"] = drive(cat, producer, stream, None, timeout=max(60.0, n_full / 50.0))
-                res["worker_rss_mb"] = rss_bytes(cat.proc.pid) / 2**20
-                half_rate = 0.5 * res["worker_catalogue"]["events_per_s"]
-                n_half = int(min(len(stream), max(200, half_rate * req_s)))
-                ctx = mp.get_context("spawn")
-                q, ready, go = ctx.Queue(), ctx.Event(), ctx.Event()
-                proc = ctx.Process(
-                    target=_requests, args=(cat.port, users, args.rate, req_s, q, ready, go), daemon=True
+
+            def run_plain(res: dict = res) -> None:
+                plain = Pipeline("worker", broker.bootstrap, tmp, tmp / "models", batch_within)
+                try:
+                    plain.warm_up(producer)
+                    res["worker_plain"] = drive(plain, producer, stream, None, timeout=max(60.0, n_full / 50.0))
+                finally:
+                    plain.stop()
+
+            def run_catalogue(res: dict = res) -> None:
+                cat = Pipeline(
+                    "worker", broker.bootstrap, tmp, tmp / "models", batch_within, {"STREAMREC_ITEMS_TOPIC": topic}
                 )
-                proc.start()
-                ready.wait(60)  # the request process has imported aiohttp: start both clocks together
-                go.set()
-                res["worker_half"] = drive(cat, producer, stream[:n_half], half_rate, timeout=max(60.0, n_half / 50.0))
-                got = q.get(timeout=req_s + 120)
-                proc.join(10)
-                lat = np.array([g[0] for g in got]) * 1000.0
-                ok = [g for g in got if g[1] == 200]
-                res["requests"] = {
-                    "rate": args.rate,
-                    "sent": len(got),
-                    "ok": len(ok),
-                    "full_lists": sum(g[2] == 10 for g in ok),
-                    "latency_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": float(lat.max())},
-                }
-                res["lists_checked"], res["violations"] = check_lists(cat, blocked)
-            finally:
-                cat.stop()
+                try:
+                    t0 = time.time()
+                    cat.warm_up(producer, timeout=900)
+                    res["catalogue_load_s"] = time.time() - t0
+                    res["worker_catalogue"] = drive(cat, producer, stream, None, timeout=max(60.0, n_full / 50.0))
+                    res["worker_rss_mb"] = rss_bytes(cat.proc.pid) / 2**20
+                    half_rate = 0.5 * res["worker_catalogue"]["events_per_s"]
+                    n_half = int(min(len(stream), max(200, half_rate * req_s)))
+                    res["requests"] = {}
+                    for rate in rates:
+                        ctx = mp.get_context("spawn")
+                        q, ready, go = ctx.Queue(), ctx.Event(), ctx.Event()
+                        proc = ctx.Process(
+                            target=_requests, args=(cat.port, users, rate, req_s, q, ready, go), daemon=True
+                        )
+                        proc.start()
+                        ready.wait(60)  # the request process has imported aiohttp: start both clocks together
+                        go.set()
+                        half = drive(cat, producer, stream[:n_half], half_rate, timeout=max(60.0, n_half / 50.0))
+                        got = q.get(timeout=req_s + 120)
+                        proc.join(10)
+                        lat = np.array([g[0] for g in got]) * 1000.0
+                        ok = [g for g in got if g[1] == 200]
+                        res["requests"][str(rate)] = {
+                            "rate": rate,
+                            "sent": len(got),
+                            "ok": len(ok),
+                            "full_lists": sum(g[2] == 10 for g in ok),
+                            "latency_ms": {
+                                "p50": percentile(lat, 50),
+                                "p99": percentile(lat, 99),
+                                "max": float(lat.max()),
+                            },
+                            "stream_half_load": half,
+                        }
+                    res["lists_checked"], res["violations"] = check_lists(cat, blocked)
+                finally:
+                    cat.stop()
+
+            # alternate which goes first: the first worker of a round ran measurably slower
+            for run_one in (run_plain, run_catalogue) if rnd % 2 == 0 else (run_catalogue, run_plain):
+                run_one()
             res["throughput_ratio"] = res["worker_catalogue"]["events_per_s"] / res["worker_plain"]["events_per_s"]
-            r = res["requests"]
+            reqs = "; ".join(
+                f"requests at {r['rate']:.0f}/s with the stream at half load: p50 {r['latency_ms']['p50']:.1f} ms, "
+                f"p99 {r['latency_ms']['p99']:.1f} ms, {r['ok']}/{r['sent']} ok, {r['full_lists']} full lists, "
+                f"stream p99 {r['stream_half_load']['latency_ms']['p99']:.0f} ms"
+                for r in res["requests"].values()
+            )
             print(
                 f"plain {res['worker_plain']['events_per_s']:,.0f} ev/s; catalogue {res['worker_catalogue']['events_per_s']:,.0f} "
                 f"ev/s (ratio {res['throughput_ratio']:.3f}; loaded in {res['catalogue_load_s']:.0f}s, RSS "
-                f"{res['worker_rss_mb']:.0f} MB); requests at {r['rate']:.0f}/s with the stream at half load: "
-                f"p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms, {r['ok']}/{r['sent']} ok, "
-                f"{r['full_lists']} full lists; half-load stream p99 {res['worker_half']['latency_ms']['p99']:.0f} ms; "
-                f"{res['violations']} of {res['lists_checked']} lists hold a blocked item",
+                f"{res['worker_rss_mb']:.0f} MB); {reqs}; {res['violations']} of {res['lists_checked']} lists hold "
+                "a blocked item",
                 flush=True,
             )
             rounds.append(res)
@@ -265,20 +287,30 @@ def main(argv: list[str] | None = None) -> dict:
         def med(f) -> float:
             return float(np.median([f(r) for r in rounds]))
 
-        summary = {
+        summary: dict[str, Any] = {
             "throughput_ratio": med(lambda r: r["throughput_ratio"]),
             "plain_events_per_s": med(lambda r: r["worker_plain"]["events_per_s"]),
             "catalogue_events_per_s": med(lambda r: r["worker_catalogue"]["events_per_s"]),
-            "request_p50_ms": med(lambda r: r["requests"]["latency_ms"]["p50"]),
-            "request_p99_ms": med(lambda r: r["requests"]["latency_ms"]["p99"]),
-            "half_load_stream_p99_ms": med(lambda r: r["worker_half"]["latency_ms"]["p99"]),
+            "requests": {
+                str(rate): {
+                    "p50_ms": med(lambda r, k=str(rate): r["requests"][k]["latency_ms"]["p50"]),
+                    "p99_ms": med(lambda r, k=str(rate): r["requests"][k]["latency_ms"]["p99"]),
+                    "stream_p99_ms": med(
+                        lambda r, k=str(rate): r["requests"][k]["stream_half_load"]["latency_ms"]["p99"]
+                    ),
+                }
+                for rate in rates
+            },
             "catalogue_load_s": med(lambda r: r["catalogue_load_s"]),
             "violations": int(sum(r["violations"] for r in rounds)),
         }
         print(
             f"catalogue of {n_cat:,} items: throughput {summary['throughput_ratio']:.3f} of without (target >= 0.9); "
-            f"on-request lists at {args.rate:.0f}/s, stream at half load: p50 {summary['request_p50_ms']:.1f} ms, "
-            f"p99 {summary['request_p99_ms']:.1f} ms; violations {summary['violations']}"
+            + "; ".join(
+                f"on-request lists at {k}/s, stream at half load: p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms"
+                for k, v in summary["requests"].items()
+            )
+            + f"; violations {summary['violations']}"
             + (f"; medians of {repeats} rounds" if repeats > 1 else "")
         )
         report = {

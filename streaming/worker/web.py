@@ -19,6 +19,7 @@ any other path                 404 JSON naming these routes
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import faust
@@ -117,6 +118,7 @@ def register_views(app: faust.App, worker: Any) -> None:
         similar items of `item`, or popular ones), as the stream scores it."""
         from streaming.worker.state import UserState
 
+        t0 = time.perf_counter()
         proc = worker.processor
         state = state if state is not None else UserState()
         rec = worker.serving.snapshot.current
@@ -140,6 +142,7 @@ def register_views(app: faust.App, worker: Any) -> None:
             "model_version": out.model_version,
             "query": query,
             "fresh": True,
+            "compute_ms": round((time.perf_counter() - t0) * 1000, 3),
             "events": state.profile.events,
             "served_by": app.conf.web_port,
         }

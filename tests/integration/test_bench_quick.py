@@ -99,3 +99,21 @@ def test_e2e_quick(tmp_path, kafka_broker, monkeypatch):
         lat = r["latency_ms"]
         assert 0 <= lat["p50"] <= lat["p95"] <= lat["p99"], name
     assert finite_pos(rep["ratios"]["worker_vs_naive_throughput"])
+
+
+@pytest.mark.kafka
+def test_catalogue_quick(tmp_path, kafka_broker, monkeypatch):
+    from bench import catalogue
+
+    monkeypatch.setenv("STREAMREC_BOOTSTRAP", kafka_broker.bootstrap)
+    rep = catalogue.main(
+        ["--quick", "--catalogue", "5000", "--events", "600", "--request-seconds", "2", "--rate", "50"]
+        + ["--output", str(tmp_path / "c.json")]
+    )
+    s = rep["summary"]
+    for k in ("throughput_ratio", "catalogue_load_s"):
+        assert finite_pos(s[k]), k
+    assert finite_pos(s["requests"]["50.0"]["p50_ms"]) and finite_pos(s["requests"]["50.0"]["p99_ms"])
+    (r,) = rep["rounds"]
+    assert r["requests"]["50.0"]["ok"] == r["requests"]["50.0"]["sent"] > 0
+    assert s["violations"] == 0 and r["lists_checked"] > 0
