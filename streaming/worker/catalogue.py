@@ -233,7 +233,14 @@ def register(app: Any, worker: Any, settings: Any) -> CatalogueStore:
     @app.task
     async def catalogue() -> None:
         try:
-            await follow(store, settings.bootstrap, settings.items_topic, dead_letter)
+            while True:
+                try:
+                    await follow(store, settings.bootstrap, settings.items_topic, dead_letter)
+                except Exception:  # e.g. the broker went away: what is held keeps serving
+                    log.exception(
+                        "catalogue: reading %s failed; resuming from the stored offsets in 5 s", settings.items_topic
+                    )
+                    await asyncio.sleep(5.0)
         finally:
             store.close()
 

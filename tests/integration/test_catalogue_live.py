@@ -253,6 +253,19 @@ def test_events_posted_over_http_are_validated_produced_and_change_the_next_list
     assert workers[0].metric("streamrec_http_events_total", {"result": "rejected"}) == 3
 
 
+def test_a_restarted_worker_reads_its_catalogue_back_and_catches_up_before_serving(shop):
+    s, workers, _, _ = shop
+    w, item = workers[0], CLUSTER1[3]
+    w.stop()
+    recsys(s, "items", "set", item, "--unavailable")  # while it is down
+    w.start()  # same data dir: ready only once the catalogue is read to the end it had at start
+    assert w.get(f"/items/{item}")[1]["shown"] is False
+    assert "item records read back" in w.tail(200)
+    assert w.get("/health")[1]["catalogue"]["items"] == N_ITEMS
+    recsys(s, "items", "set", item, "--available")
+    applied(workers, item, True)
+
+
 def test_a_bad_item_record_is_dead_lettered_once_with_its_reason_and_counted(shop):
     s, workers, _, _ = shop
     produce(s.bootstrap, s.items_topic, [(b"i3", b'{"item":"i3","hidden":"yes"}'), (b"zz", b'{"item":"i4"}')])
