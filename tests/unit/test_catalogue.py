@@ -154,3 +154,20 @@ def test_apply_many_equals_one_record_at_a_time():
     assert one.hidden == many.hidden and len(one) == len(many)
     assert all(one.get(f"i{k}") == many.get(f"i{k}") for k in range(60))
     assert (one.mask(model).rows == many.mask(model).rows).all()
+
+
+@pytest.mark.data
+def test_catalogues_of_the_real_datasets():
+    from streaming.jobs.items import LoadStats, read_items
+    from tests.conftest import require_dataset
+
+    stats = LoadStats()
+    items = {i.item: i for i in read_items(require_dataset("rees46_small"), "auto", stats)}
+    assert len(items) == 1517 and stats.rows == 3000 and not stats.rejected
+    first = items["44600062"]  # the month's first row: no category_code, brand shiseido, 35.79
+    assert first.brand == "shiseido" and first.price == 35.79 and first.categories == ("2103807459595387724",)
+    coded = items["3900821"]  # appliances.environment.water_heater: the code and its prefixes
+    assert coded.categories[:3] == ("appliances", "appliances.environment", "appliances.environment.water_heater")
+    stats = LoadStats()
+    taobao = list(read_items(require_dataset("taobao_small"), "auto", stats))
+    assert len(taobao) == 2235 and all(len(i.categories) == 1 and i.price is None for i in taobao)
