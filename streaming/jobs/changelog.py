@@ -56,6 +56,9 @@ MSG = 18
 READABLE = (1, 2)
 PAD = 65_536 + 64  # past any position a walk can reach from a record's end (one u16 length)
 LONG = np.uint64(1 << 63)
+# By id length (0..8): the mask of its bytes in a little-endian word, and the length in the top byte.
+SHORT_MASK = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [(1 << 64) - 1], np.uint64)
+SHORT_LEN = np.array([n << 56 for n in range(9)], np.uint64)
 
 
 @dataclass
@@ -70,7 +73,7 @@ class Chunk:
 
 class KeyTable:
     """A hash table of uint64 keys -> int64 values, looked up and filled a whole array at a time
-    (open addressing, linear probing, at most half full). A binary search of a chunk's million
+    (open addressing, linear probing, at most a quarter full). A binary search of a chunk's million
     ids in a sorted array of keys took ~10x as long."""
 
     EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)  # no item key has it (see ChunkDecoder._keys)
@@ -87,10 +90,14 @@ class KeyTable:
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """The value of each key, -1 where absent."""
-        out = np.full(len(keys), -1, np.int64)
-        todo = np.arange(len(keys))
         slot = self._slot(keys)
+        at = self.keys[slot]
+        hit = at == keys
+        out = np.where(hit, self.values[slot], -1)  # most keys sit in their first slot
+        more = ~hit & (at != self.EMPTY)
         mask = (1 << self.bits) - 1
+        todo = np.nonzero(more)[0]
+        slot = (slot[todo] + 1) & mask
         while len(todo):
             at = self.keys[slot]
             hit = at == keys[todo]
@@ -101,9 +108,9 @@ class KeyTable:
 
     def insert(self, keys: np.ndarray, values: np.ndarray) -> None:
         """Add keys not in the table yet (distinct)."""
-        if 2 * (self.size + len(keys)) > len(self.keys):
+        if 4 * (self.size + len(keys)) > len(self.keys):
             old_k, old_v = self.keys[self.keys != self.EMPTY], self.values[self.keys != self.EMPTY]
-            while 2 * (self.size + len(keys)) > (1 << self.bits):
+            while 4 * (self.size + len(keys)) > (1 << self.bits):
                 self.bits += 1
             self.keys = np.full(1 << self.bits, self.EMPTY, np.uint64)
             self.values = np.full(1 << self.bits, -1, np.int64)
@@ -144,7 +151,7 @@ class ChunkDecoder:
         start = np.zeros(n, np.int64)
         np.cumsum(lens[:-1], out=start[1:])
         end = start + lens
-        buf = np.frombuffer(b"".join(values) + bytes(PAD), np.uint8)
+        buf = np.frombuffer(b"".join([*values, bytes(PAD)]), np.uint8)
         u1 = buf
         u2 = np.ndarray((len(buf) - 1,), "<u2", buf, 0, (1,))
         i8 = np.ndarray((len(buf) - 7,), "<i8", buf, 0, (1,))
@@ -224,11 +231,11 @@ class ChunkDecoder:
         """A 64-bit key per id: ids of up to 7 bytes exactly (bytes + length in the top byte),
         longer ones an FNV-style hash over 8-byte words with the top bit set."""
         u8 = i8.view(np.uint64)
-        word = u8[id_pos]
         short = id_len < 8
-        shift = (np.minimum(id_len, 7) * 8).astype(np.uint64)
-        mask = (np.uint64(1) << shift) - np.uint64(1)
-        keys = (word & mask) | (id_len.astype(np.uint64) << np.uint64(56))
+        n8 = np.minimum(id_len, 8)
+        keys = u8[id_pos]
+        keys &= SHORT_MASK[n8]
+        keys |= SHORT_LEN[n8]
         if not short.all():
             lg = np.nonzero(~short)[0]
             p, ln = id_pos[lg], id_len[lg]
