@@ -1,6 +1,7 @@
 # Two entry points (see README): `make demo` runs the main job, `make test` runs the tests.
 # Both build the virtual environment from nothing when it is missing or pyproject.toml changed,
-# with the test, developer-tool (matplotlib, optuna) and lint extras; the image installs `.` alone.
+# with the test, developer-tool (matplotlib, optuna), lint and spark (pyspark: the spark engine's test)
+# extras; the image installs `.` alone.
 PY ?= python3.11
 VENV ?= .venv
 STAMP := $(VENV)/.installed
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test,tools,dev]'
+	$(VENV)/bin/pip install --quiet -e '.[test,tools,dev,spark]'
 	touch $(STAMP)
 
 demo: $(STAMP)

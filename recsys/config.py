@@ -56,6 +56,7 @@ ENV_CONFIG_FILE = "STREAMREC_CONFIG"
 SECRET_MASK = "********"  # what `recsys config` shows for a password or token that is set
 LOG_FORMATS = ("text", "json")
 MODEL_TRANSPORTS = ("filesystem", "kafka")
+RETRAIN_ENGINES = ("implicit", "spark")
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,13 @@ class Settings:
         "the retrain's changelog read fails after this long (seconds) without a record while some are "
         "left; the read itself has no time limit",
     )
+    # implicit trains in this process (the default up to a few million users on one machine);
+    # spark reads the changelog with Spark's Kafka source and trains MLlib ALS where Spark runs
+    # (streaming/jobs/spark_engine.py; docs/operations.md "Retraining with Spark").
+    retrain_engine: str = setting("implicit", "the retrain's trainer: implicit (this process) or spark (MLlib ALS)")
+    spark_master: str = setting(
+        "local[2]", "with retrain_engine spark: the Spark master URL (local[N], spark://host:7077, yarn, k8s://...)"
+    )
     log_level: str = setting("info", "log level: debug, info, warning, error")
     bulk_restore: bool = setting(
         True,
@@ -237,6 +245,10 @@ class Settings:
             raise ConfigError("broker_session_timeout_s and broker_heartbeat_interval_s must be > 0")
         if not 0 <= self.retrain_tolerance < 1:
             raise ConfigError(f"retrain_tolerance must be in [0, 1), got {self.retrain_tolerance}")
+        if self.retrain_engine not in RETRAIN_ENGINES:
+            raise ConfigError(
+                f"retrain_engine must be one of {', '.join(RETRAIN_ENGINES)}, got {self.retrain_engine!r}"
+            )
         if not 0 <= self.retrain_holdout_fraction < 1 or self.retrain_holdout_min < 0 or self.retrain_holdout_max < 0:
             raise ConfigError("retrain_holdout_fraction must be in [0, 1), retrain_holdout_min/max >= 0")
         if not self.changelog_stall_s > 0:
@@ -290,6 +302,15 @@ class Operations:
     )
     kafka_dir: str = setting("var/kafka", "data directory of the project's own Kafka broker (`recsys broker start`)")
     kafka_cache: str = setting("~/.cache/streamrec/kafka", "where the broker's jars (from Maven Central) are cached")
+    spark_cache: str = setting(
+        "~/.cache/streamrec/spark",
+        "the spark engine's Ivy cache: Spark's Kafka connector, fetched from Maven Central once",
+    )
+    spark_conf: Mapping[str, str] = setting(
+        doc='the spark engine\'s Spark settings (a TOML table, e.g. {"spark.executor.memory" = "8g"}); '
+        "over its defaults spark.driver.memory 4g, spark.ui.enabled false",
+        factory=dict,
+    )
     data: str = setting(
         "",
         "the shared real datasets folder (Taobao, YOOCHOOSE, ...); empty: `../shared/data` "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages the test suite needs (Debian): Prometheus (prometheus + promtool) for the
 # scrape-configuration checks and the live Prometheus test, Chromium for rendering reports,
-# openssl for the secured test broker's certificates.
+# openssl for the secured test broker's certificates, OpenBLAS for Spark MLlib.
 # Idempotent and quiet: installs only what is missing, runs `apt-get update` only then.
 # Called by `make test`; without root or apt-get it says what is missing and exits 0 (the tests
 # that need a missing tool skip with a reason, or fail when CI=true).
@@ -11,6 +11,9 @@ need=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)  # certificates of the secured test broker
+# A native BLAS/LAPACK for Spark MLlib's ALS (the spark engine's test): without libblas.so.3 it
+# falls back to Java code (slower).
+ldconfig -p 2>/dev/null | grep -q 'libblas.so.3 ' || need+=(libopenblas0-pthread)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
