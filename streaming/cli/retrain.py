@@ -39,6 +39,17 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="train from scratch, not from the serving model's item factors (train.warm_start off)",
     )
+    p.add_argument(
+        "--engine",
+        choices=("implicit", "spark"),
+        help="implicit: train in this process; spark: MLlib ALS where Spark runs, the changelog read by "
+        "Spark's Kafka source (stream.retrain_engine; pip install 'streamrec[spark]')",
+    )
+    p.add_argument(
+        "--spark-master",
+        metavar="URL",
+        help="with --engine spark: local[N], spark://host:7077, ... (stream.spark_master)",
+    )
     options.add_common(p)
     p.set_defaults(func=cmd_retrain)
 
@@ -53,6 +64,23 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         cfg = replace(cfg, train=replace(cfg.train, warm_start=False))
+    if args.engine or args.spark_master:
+        from dataclasses import replace
+
+        engine = args.engine or cfg.stream.retrain_engine
+        cfg = replace(
+            cfg,
+            stream=replace(
+                cfg.stream, retrain_engine=engine, spark_master=args.spark_master or cfg.stream.spark_master
+            ),
+        )
+    trainer = None
+    if cfg.stream.retrain_engine == "spark":
+        from streaming.jobs import spark_engine
+
+        def trainer(store: Any, metrics: Any) -> Any:
+            return spark_engine.retrain_once(store, cfg, metrics)
+
     rc = run(
         cfg.stream,
         data=args.data,
@@ -61,5 +89,6 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         max_runs=args.max_runs,
         config=cfg,
         metrics_host=args.metrics_host,
+        trainer=trainer,
     )
     return ExitCode(rc)

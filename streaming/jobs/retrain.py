@@ -316,7 +316,11 @@ def run(
     max_runs: int | None = None,
     config: Any = None,
     metrics_host: str = "127.0.0.1",
+    trainer: Callable[[ModelStore, RetrainMetrics], RetrainResult] | None = None,
 ) -> int:
+    """Retrain once or on a schedule, announcing what it publishes. `trainer`: an engine that
+    reads and trains by itself (`recsys retrain --engine spark`), instead of the changelog read
+    here and `retrain_once`."""
     metrics = RetrainMetrics()
     if metrics_port:
         start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
@@ -329,14 +333,21 @@ def run(
         try:
             ccfg = config.confidence if config is not None else Config().confidence
             training: TrainingData | dict[str, UserProfile]
-            if data:
-                events, path = load(data, mapping=config.input if config is not None else None)
-                training, source = build_profiles(events, ccfg), str(path)
+            if trainer is not None:  # another engine reads and trains (streaming/jobs/spark_engine.py)
+                if data:
+                    raise RecsysError(
+                        "--engine spark trains from the state changelog; --data FILE trains with implicit"
+                    )
+                res = trainer(store, metrics)
             else:
-                training = read_changelog(settings, ccfg)
-                source = f"kafka:{settings.changelog_topic}"
-            res = retrain_once(training, store, settings, metrics, source, config)
-            del training  # the next run reads afresh; the matrix need not outlive this one
+                if data:
+                    events, path = load(data, mapping=config.input if config is not None else None)
+                    training, source = build_profiles(events, ccfg), str(path)
+                else:
+                    training = read_changelog(settings, ccfg)
+                    source = f"kafka:{settings.changelog_topic}"
+                res = retrain_once(training, store, settings, metrics, source, config)
+                del training  # the next run reads afresh; the matrix need not outlive this one
             if res.version:
                 announce(
                     settings.bootstrap,
