@@ -133,6 +133,14 @@ def _requests(
     out.put(asyncio.run(main()))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def check_lists(pipe: Pipeline, blocked: set[str]) -> tuple[int, int]:
     """(lists seen, lists holding a blocked item) among the worker's published messages."""
     from kafka import KafkaConsumer, TopicPartition
@@ -217,7 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
                 plain = Pipeline("worker", broker.bootstrap, tmp, tmp / "models", batch_within)
                 try:
                     plain.warm_up(producer)
+                    c0 = cpu_seconds(plain.proc.pid)
                     res["worker_plain"] = drive(plain, producer, stream, None, timeout=max(60.0, n_full / 50.0))
+                    res["worker_plain"]["cpu_ms_per_event"] = 1000 * (cpu_seconds(plain.proc.pid) - c0) / n_full
                 finally:
                     plain.stop()
 
@@ -229,7 +239,9 @@ def main(argv: list[str] | None = None) -> dict:
                     t0 = time.time()
                     cat.warm_up(producer, timeout=900)
                     res["catalogue_load_s"] = time.time() - t0
+                    c0 = cpu_seconds(cat.proc.pid)
                     res["worker_catalogue"] = drive(cat, producer, stream, None, timeout=max(60.0, n_full / 50.0))
+                    res["worker_catalogue"]["cpu_ms_per_event"] = 1000 * (cpu_seconds(cat.proc.pid) - c0) / n_full
                     res["worker_rss_mb"] = rss_bytes(cat.proc.pid) / 2**20
                     half_rate = 0.5 * res["worker_catalogue"]["events_per_s"]
                     n_half = int(min(len(stream), max(200, half_rate * req_s)))
@@ -268,6 +280,10 @@ def main(argv: list[str] | None = None) -> dict:
             for run_one in (run_plain, run_catalogue) if rnd % 2 == 0 else (run_catalogue, run_plain):
                 run_one()
             res["throughput_ratio"] = res["worker_catalogue"]["events_per_s"] / res["worker_plain"]["events_per_s"]
+            # the worker's own CPU per event: what its throughput on a core of its own would be
+            res["cpu_throughput_ratio"] = (
+                res["worker_plain"]["cpu_ms_per_event"] / res["worker_catalogue"]["cpu_ms_per_event"]
+            )
             reqs = "; ".join(
                 f"requests at {r['rate']:.0f}/s with the stream at half load: p50 {r['latency_ms']['p50']:.1f} ms, "
                 f"p99 {r['latency_ms']['p99']:.1f} ms, {r['ok']}/{r['sent']} ok, {r['full_lists']} full lists, "
@@ -276,7 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
             )
             print(
                 f"plain {res['worker_plain']['events_per_s']:,.0f} ev/s; catalogue {res['worker_catalogue']['events_per_s']:,.0f} "
-                f"ev/s (ratio {res['throughput_ratio']:.3f}; loaded in {res['catalogue_load_s']:.0f}s, RSS "
+                f"ev/s (ratio {res['throughput_ratio']:.3f}; CPU per event {res['worker_plain']['cpu_ms_per_event']:.3f} "
+                f"vs {res['worker_catalogue']['cpu_ms_per_event']:.3f} ms, ratio {res['cpu_throughput_ratio']:.3f}; loaded in {res['catalogue_load_s']:.0f}s, RSS "
                 f"{res['worker_rss_mb']:.0f} MB); {reqs}; {res['violations']} of {res['lists_checked']} lists hold "
                 "a blocked item",
                 flush=True,
@@ -289,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         summary: dict[str, Any] = {
             "throughput_ratio": med(lambda r: r["throughput_ratio"]),
+            "cpu_throughput_ratio": med(lambda r: r["cpu_throughput_ratio"]),
             "plain_events_per_s": med(lambda r: r["worker_plain"]["events_per_s"]),
             "catalogue_events_per_s": med(lambda r: r["worker_catalogue"]["events_per_s"]),
             "requests": {
@@ -305,7 +323,8 @@ def main(argv: list[str] | None = None) -> dict:
             "violations": int(sum(r["violations"] for r in rounds)),
         }
         print(
-            f"catalogue of {n_cat:,} items: throughput {summary['throughput_ratio']:.3f} of without (target >= 0.9); "
+            f"catalogue of {n_cat:,} items: throughput {summary['throughput_ratio']:.3f} of without (target >= 0.9), "
+            f"by the worker's CPU per event {summary['cpu_throughput_ratio']:.3f}; "
             + "; ".join(
                 f"on-request lists at {k}/s, stream at half load: p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms"
                 for k, v in summary["requests"].items()
