@@ -117,3 +117,24 @@ def test_catalogue_quick(tmp_path, kafka_broker, monkeypatch):
     (r,) = rep["rounds"]
     assert r["requests"]["50.0"]["ok"] == r["requests"]["50.0"]["sent"] > 0
     assert s["violations"] == 0 and r["lists_checked"] > 0
+
+
+@pytest.mark.kafka
+def test_scale_quick(tmp_path, kafka_broker, monkeypatch):
+    from bench import scale
+
+    monkeypatch.setenv("STREAMREC_BOOTSTRAP", kafka_broker.bootstrap)
+    rep = scale.main(["--quick", "--output", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")])
+    s = rep["summary"]
+    assert (tmp_path / "s.png").stat().st_size > 0
+    for k in ("sustained_events_per_s", "max_lag", "state_bytes_per_user", "restore_ready_s", "retrain_wall_s"):
+        assert finite_pos(s[k]), k
+    assert 0 < s["events_processed"] <= rep["events"] and finite_pos(s["retrain_peak_rss_mb"])
+    assert rep["retrain"]["result"] == "published" and rep["restore"]["ready"]["ready"] is True
+    # the retrained model and both synthetic ones were swapped to; lists kept coming meanwhile,
+    # from the version being replaced
+    assert [sw["items"] for sw in s["swaps"].values()][1:] == [3000, 8000]
+    for name, sw in s["swaps"].items():
+        assert finite_pos(sw["swap_s"]), name
+        for during in sw["lists_during_swap"].values():
+            assert during["other"] == 0, name
