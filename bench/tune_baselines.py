@@ -17,6 +17,7 @@ import argparse
 import json
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from recsys.candidates.sources import SourcesConfig
@@ -56,19 +57,24 @@ def main() -> None:
     ap.add_argument("--methods", default="covisit,vsknn,stan")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--output", default="/tmp/tune-baselines.json")
+    ap.add_argument("--resume", action="store_true", help="skip the dataset/baseline pairs --output holds")
     args = ap.parse_args()
     from recsys.confidence import ConfidenceConfig, build_profiles
     from recsys.model.train import TrainConfig, train
 
     results: dict[str, Any] = {}
+    if args.resume and Path(args.output).exists():
+        results = json.loads(Path(args.output).read_text())
     for name in args.datasets.split(","):
         events, _ = load(name, progress=None)
         dev, _test = time_split(events, test_fraction=0.2)
         tr, val = time_split(dev, test_fraction=0.2)
         ccfg = ConfidenceConfig()
         model, uf, uids = train(build_profiles(tr, ccfg), ccfg, TrainConfig(), version="tune")
-        results[name] = {}
+        results.setdefault(name, {})
         for method in args.methods.split(","):
+            if method in results[name]:
+                continue
 
             def run(cfg: SourcesConfig, method: str = method, data: tuple = (tr, val, model, uf, uids)) -> tuple:
                 ecfg = StreamEvalConfig(methods=(method,), sources=cfg)

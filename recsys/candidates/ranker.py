@@ -42,6 +42,8 @@ FEATURES = (
     "cos_query",
     "cos_user",
     "covisit_from_query",
+    "next_from_query",
+    "pop_log_count_1h",
 )
 _RANK_ABSENT = 1000.0
 
@@ -52,10 +54,11 @@ class RankerConfig:
     pop_candidates: int = 20
     num_leaves: int = 31
     learning_rate: float = 0.05
-    n_estimators: int = 300
+    n_estimators: int = 100
     min_child_samples: int = 50
     feature_fraction: float = 0.8
     example_fraction: float = 0.25  # last share of the training events the examples come from
+    features: tuple[str, ...] = ()  # FEATURES the model reads (empty: all); the others are zeroed
     seed: int = 0
 
 
@@ -64,11 +67,13 @@ class ItemStats:
 
     def __init__(self, half_life_s: float = 8 * 3600.0):
         self.pop = RecentPopularity(half_life_s)
+        self.pop_1h = RecentPopularity(3600.0)
         self.last_seen: dict[str, int] = {}
         self.now = 0
 
     def add(self, item: str, ts: int) -> None:
         self.pop.add(item, ts)
+        self.pop_1h.add(item, ts)
         if ts > self.last_seen.get(item, -1):
             self.last_seen[item] = ts
         self.now = max(self.now, ts)
@@ -87,6 +92,7 @@ class Context:
     events: int
     sources: dict[str, dict[str, float]] = field(default_factory=dict)  # covisit, vsknn, stan, own-recent
     covisit_query: Mapping[str, float] = field(default_factory=dict)  # co-visitation row of the query
+    next_query: Mapping[str, float] = field(default_factory=dict)  # "viewed next" row of the query
     per_source: int = 50  # candidates kept per source
 
 
@@ -178,6 +184,10 @@ class Features:
         cq = ctx.covisit_query
         if cq:
             X[:, col + 10] = [cq.get(i, 0.0) for i in items]
+        nq = ctx.next_query
+        if nq:
+            X[:, col + 11] = [nq.get(i, 0.0) for i in items]
+        X[:, col + 12] = [math.log1p(stats.pop_1h.count(i, t_stats)) for i in items]
         return items, X
 
 
@@ -202,10 +212,18 @@ class Ranker:
         return str(self.booster.model_to_string()).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes, cfg: RankerConfig = RankerConfig()) -> Ranker:
+    def from_bytes(cls, data: bytes, cfg: RankerConfig = RankerConfig(), sha256: str | None = None) -> Ranker:
+        """The ranker in `data` (LightGBM's text form); `sha256`: refuse it unless it matches
+        (LightGBM parses a truncated file without complaint when the cut misses the trees)."""
         import lightgbm as lgb
 
-        booster = lgb.Booster(model_str=data.decode())
+        if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError("ranker file does not match its checksum")
+
+        try:
+            booster = lgb.Booster(model_str=data.decode())
+        except (UnicodeDecodeError, lgb.basic.LightGBMError) as exc:
+            raise ValueError(f"not a ranker model: {exc}") from exc
         if booster.num_feature() != len(FEATURES):
             raise ValueError(f"ranker has {booster.num_feature()} features, this code builds {len(FEATURES)}")
         return cls(booster, cfg)
@@ -216,20 +234,27 @@ class Ranker:
 
 @dataclass
 class Examples:
-    """Training rows: one group per event whose target was among its candidates."""
+    """Training rows: one group per event whose target was among its candidates (`keep_all`:
+    every event, with `meta` = (segment, rank of the target in the fallback list or 0), for
+    measuring a ranker offline on a replay's cached candidates)."""
 
     X: list[np.ndarray] = field(default_factory=list)
     y: list[np.ndarray] = field(default_factory=list)
     events: int = 0
     covered: int = 0
+    keep_all: bool = False
+    meta: list[tuple[str, int]] = field(default_factory=list)
 
-    def add(self, items: Sequence[str], X: np.ndarray, target: str) -> None:
+    def add(self, items: Sequence[str], X: np.ndarray, target: str, meta: tuple[str, int] = ("", 0)) -> None:
         self.events += 1
-        if target not in items or len(items) < 2:
+        hit = target in items
+        self.covered += hit
+        if not self.keep_all and (not hit or len(items) < 2):
             return
-        self.covered += 1
         self.X.append(X)
         self.y.append(np.array([1.0 if i == target else 0.0 for i in items], np.float32))
+        if self.keep_all:
+            self.meta.append(meta)
 
 
 def fit(ex: Examples, cfg: RankerConfig = RankerConfig()) -> Ranker:
@@ -237,9 +262,15 @@ def fit(ex: Examples, cfg: RankerConfig = RankerConfig()) -> Ranker:
 
     if not ex.X:
         raise ValueError("no training examples with the target among the candidates")
-    X = np.vstack(ex.X)
-    y = np.concatenate(ex.y)
-    group = [len(a) for a in ex.y]
+    keep = [j for j, a in enumerate(ex.y) if len(a) > 1 and a.any()]
+    X = np.vstack([ex.X[j] for j in keep])
+    if cfg.features:
+        unknown = set(cfg.features) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"unknown ranker features {sorted(unknown)}")
+        X[:, [j for j, f in enumerate(FEATURES) if f not in cfg.features]] = 0.0  # constant: never split on
+    y = np.concatenate([ex.y[j] for j in keep])
+    group = [len(ex.y[j]) for j in keep]
     params = {
         "objective": "lambdarank",
         "metric": "ndcg",

@@ -127,6 +127,7 @@ class SessionKNN:
     def __init__(self, cfg: SourcesConfig = SourcesConfig()):
         self.cfg = cfg
         self._items: list[list[str]] = []  # session id -> its items in order
+        self._sets: list[dict[str, None]] = []  # session id -> its distinct items, first-seen order
         self._last: list[int] = []  # session id -> last event time (ms)
         self._user_sess: dict[str, tuple[int, int]] = {}  # user -> (current session id, last ts)
         self._by_item: dict[str, dict[int, None]] = {}  # item -> session ids, least recently added first
@@ -138,12 +139,14 @@ class SessionKNN:
         if cur is None or e.ts - cur[1] > gap_ms:
             sid = len(self._items)
             self._items.append([])
+            self._sets.append({})
             self._last.append(e.ts)
         else:
             sid = cur[0]
         seq = self._items[sid]
         if not seq or seq[-1] != e.item:
             seq.append(e.item)
+            self._sets[sid][e.item] = None
         self._last[sid] = max(self._last[sid], e.ts)
         self._user_sess[e.user] = (sid, e.ts)
         by = self._by_item.get(e.item)
@@ -184,8 +187,7 @@ class SessionKNN:
         l2_ms = self.cfg.stan_l2_s * 1000.0
         sims: list[tuple[float, int]] = []
         for sid in self._neighbours(user, cur):
-            seq = self._items[sid]
-            nset = set(seq)
+            nset = self._sets[sid]
             s = sum(w for it, w in w1.items() if it in nset)
             if s <= 0:
                 continue
@@ -196,7 +198,7 @@ class SessionKNN:
         out: dict[str, float] = {}
         if not stan:
             for s, sid in best:
-                for it in set(self._items[sid]):
+                for it in self._sets[sid]:
                     out[it] = out.get(it, 0.0) + s
             return out
         l3 = self.cfg.stan_l3 or n
@@ -226,6 +228,7 @@ class CoVisitation:
         self._buf: dict[str, deque[tuple[str, int]]] = {}
         self._w: dict[str, dict[str, float]] = {}
         self._tot: dict[str, float] = {}
+        self._next: dict[str, dict[str, float]] = {}  # a -> b: b was the very next move after a
         self.recent = RecentItems(max(cfg.covisit_recent, 1) * 3)
 
     def _add(self, a: str, b: str, w: float) -> None:
@@ -252,6 +255,11 @@ class CoVisitation:
             if a in done:
                 continue
             done.add(a)
+            if d == 1:
+                row = self._next.get(a)
+                if row is None:
+                    row = self._next[a] = {}
+                row[b] = row.get(b, 0.0) + 1.0
             self._add(a, b, 1.0 / d)
             if self.cfg.covisit_backward > 0:
                 self._add(b, a, self.cfg.covisit_backward / d)
@@ -259,6 +267,10 @@ class CoVisitation:
 
     def neighbours(self, item: str) -> dict[str, float]:
         return self._w.get(item, {})
+
+    def next_items(self, item: str) -> dict[str, float]:
+        """How often each item was the very next move after `item` (within the window)."""
+        return self._next.get(item, {})
 
     def scores(self, user: str) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -19,6 +19,26 @@ from recsys.model.train import TrainConfig
 from recsys.serving.scoring import ScoringConfig
 
 
+def ranker_examples(
+    events: Sequence[Event],
+    *,
+    ccfg: ConfidenceConfig = ConfidenceConfig(),
+    scfg: ScoringConfig = ScoringConfig(),
+    tcfg: TrainConfig = TrainConfig(),
+    ecfg: StreamEvalConfig | None = None,
+) -> Examples:
+    """The ranker's training examples from `events` (time-ordered; the retrain job's data).
+
+    The last `example_fraction` of them is the example window; a model is trained on what
+    precedes it and the window is replayed (the streaming evaluation's replay: the candidates
+    each event had *before* it, label = its item)."""
+    ecfg = ecfg or StreamEvalConfig()
+    head, window = time_split(events, test_fraction=ecfg.ranker.example_fraction)
+    ex = Examples()
+    stream_evaluate(head, window, ccfg=ccfg, scfg=scfg, tcfg=tcfg, ecfg=replace(ecfg, methods=("system",)), collect=ex)
+    return ex
+
+
 def train_ranker(
     events: Sequence[Event],
     *,
@@ -28,25 +48,10 @@ def train_ranker(
     ecfg: StreamEvalConfig | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Ranker:
-    """Train the ranker on `events` (time-ordered training events; the retrain job's data).
-
-    The last `example_fraction` of them is the example window; a model is trained on what
-    precedes it, the window is replayed (the streaming evaluation's replay: the candidates
-    each event had *before* it, label = its item), and LambdaRank is fit on those groups. The
-    model that serves with the ranker is trained on all `events`, as the retrain job trains it."""
+    """`ranker_examples` + LambdaRank on them. The model that serves with the ranker is trained
+    on all `events`, as the retrain job trains it."""
     ecfg = ecfg or StreamEvalConfig()
-    rcfg = ecfg.ranker
-    head, window = time_split(events, test_fraction=rcfg.example_fraction)
-    ex = Examples()
-    stream_evaluate(
-        head,
-        window,
-        ccfg=ccfg,
-        scfg=scfg,
-        tcfg=tcfg,
-        ecfg=replace(ecfg, methods=("system",)),
-        collect=ex,
-    )
+    ex = ranker_examples(events, ccfg=ccfg, scfg=scfg, tcfg=tcfg, ecfg=ecfg)
     say = progress or (lambda _m: None)
     say(f"ranker examples: {ex.covered} of {ex.events} events have the target among the candidates")
-    return fit(ex, rcfg)
+    return fit(ex, ecfg.ranker)

@@ -329,19 +329,21 @@ def stream_eval_sections(rep: dict[str, Any]) -> list[str]:
         if seg in segs
     ]
     out.append(section("All results", _filled_table(rows, ["segment", "method", "n", *metrics])))
-    lifts = rep.get("lifts")
-    if isinstance(lifts, dict) and lifts:
-        lift_rows = [
-            {"method": m, "segment": seg, **{f"system lift {k}": v for k, v in vals.items()}}
-            for m, segs in lifts.items()
-            for seg, vals in segs.items()
-        ]
-        cols = list(dict.fromkeys(k for r in lift_rows for k in r))
-        out.append(
-            section(
-                "Lift of system over each method (relative; none: the method scored 0)", _filled_table(lift_rows, cols)
+    for key, of in (("lifts", "system"), ("ranker_lifts", "ranker")):
+        lifts = rep.get(key)
+        if isinstance(lifts, dict) and lifts:
+            lift_rows = [
+                {"method": m, "segment": seg, **{f"{of} lift {k}": v for k, v in vals.items()}}
+                for m, segs in lifts.items()
+                for seg, vals in segs.items()
+            ]
+            cols = list(dict.fromkeys(k for r in lift_rows for k in r))
+            out.append(
+                section(
+                    f"Lift of {of} over each method (relative; none: the method scored 0)",
+                    _filled_table(lift_rows, cols),
+                )
             )
-        )
     retrains = rep.get("retrains")
     if isinstance(retrains, list) and retrains and all(isinstance(r, dict) for r in retrains):
         cols = list(dict.fromkeys(k for r in retrains for k in r))

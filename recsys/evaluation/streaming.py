@@ -108,6 +108,7 @@ METHODS = (
     *BASELINES,
     "ranker",
 )
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "ranker")  # the ranker needs training first
 METRICS = ("HR@10", "MRR@10", "NDCG@10")
 SEGMENTS = ("cold", "new 2-5", "new 6+", "known", "target known", "target new", "target conversion")
 # Targets that are a conversion (docs/evaluation.md "Conversion targets"): the split a shop that
@@ -130,7 +131,7 @@ class StreamEvalConfig:
     # per-baseline parameters (method -> config) where they differ from `sources`
     baseline_sources: dict[str, SourcesConfig] = field(default_factory=dict)
     ranker: RankerConfig = RankerConfig()
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
 
 
 class _Acc:
@@ -418,6 +419,8 @@ def stream_evaluate(
         "seconds": round(time.time() - t0, 1),
     }
     report["lifts"] = lifts(report)
+    if "ranker" in methods:
+        report["ranker_lifts"] = lifts(report, "ranker")
     if keep_lists:
         report["events"] = kept
     return report
@@ -447,6 +450,9 @@ def _baseline_lists(
                 row = sources.covisit.neighbours(snap.query)
                 tot = sum(row.values()) or 1.0
                 ctx.covisit_query = {i: v / tot for i, v in trim(row, 2 * ctx.per_source, banned).items()}
+                nxt = sources.covisit.next_items(snap.query)
+                tot = sum(nxt.values()) or 1.0
+                ctx.next_query = {i: v / tot for i, v in trim(nxt, 2 * ctx.per_source, banned).items()}
         if m not in methods:
             continue
         items = top_items(scores, k, banned)
@@ -497,7 +503,9 @@ def _ranked(
         )
         cands.append((items, X))
         if collect is not None:
-            collect.add(items, X, s.event.item)
+            fb = (fallback[j] if fallback else s.pop_list)[:k]
+            rank = fb.index(s.event.item) + 1 if s.event.item in fb else 0
+            collect.add(items, X, s.event.item, (s.segment if s.ctx.events else "cold", rank))
     if ranker is None:
         return fallback or [[] for _ in snaps]
     sc = ranker.scores(np.vstack([X for _, X in cands]))
@@ -506,6 +514,9 @@ def _ranked(
     for j, (items, _) in enumerate(cands):
         part = sc[at : at + len(items)]
         at += len(items)
+        if not snaps[j].ctx.events:  # type: ignore[union-attr]  # no event at all: the system's list (popular)
+            out.append((fallback[j] if fallback else snaps[j].pop_list)[:k])
+            continue
         lst = [items[r] for r in np.argsort(-part, kind="stable")[:k]]
         if len(lst) < k:
             have = set(lst)
@@ -624,16 +635,16 @@ def _lists(
     return out
 
 
-def lifts(report: dict[str, Any]) -> dict[str, Any]:
-    """Relative lift of `system` over each other method, per segment (HR@10, MRR@10)."""
+def lifts(report: dict[str, Any], of: str = "system") -> dict[str, Any]:
+    """Relative lift of `of` over each other method, per segment (HR@10, MRR@10)."""
     ms = report["methods"]
-    if "system" not in ms:
+    if of not in ms:
         return {}
     out: dict[str, Any] = {}
     for m in ms:
-        if m == "system":
+        if m == of:
             continue
-        for seg, vals in ms["system"].items():
+        for seg, vals in ms[of].items():
             base = ms[m].get(seg)
             if not base or not base["n"]:
                 continue

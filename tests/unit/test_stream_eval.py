@@ -9,7 +9,14 @@ from prometheus_client import CollectorRegistry
 
 from recsys.confidence import ConfidenceConfig, build_profiles
 from recsys.data.datasets import load_events, time_split
-from recsys.evaluation.streaming import METHODS, StreamEvalConfig, format_markdown, format_table, stream_evaluate
+from recsys.evaluation.streaming import (
+    DEFAULT_METHODS,
+    METHODS,
+    StreamEvalConfig,
+    format_markdown,
+    format_table,
+    stream_evaluate,
+)
 from recsys.model.train import TrainConfig, train
 from recsys.serving.popularity import RecentPopularity
 from recsys.serving.recommender import Recommender
@@ -133,7 +140,7 @@ def test_protocol_by_hand():
     assert own["target conversion"]["n"] == 1 and own["target conversion"]["MRR@10"] == pytest.approx(1 / 2)
     assert own["cold"]["n"] == 1 and own["cold"]["HR@10"] == 0.0
     assert own["new 2-5"]["n"] == 1 and own["target new"]["n"] == 2  # i2 and x-unknown
-    assert set(rep["methods"]) == set(METHODS)
+    assert set(rep["methods"]) == set(DEFAULT_METHODS)
     assert len(rep["retrains"]) >= 1
     text = format_table(rep)
     assert "system+retrain" in text and "cold" in text and "| events |" in format_markdown(rep)
