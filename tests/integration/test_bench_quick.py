@@ -37,6 +37,7 @@ def test_compute_quick(tmp_path):
 
 @pytest.mark.data
 @pytest.mark.kafka
+@pytest.mark.timeout(600)  # five child processes (produce, cold, fit, warm) and a real-data comparison
 def test_retrain_quick(tmp_path, kafka_broker, monkeypatch):
     require_dataset("taobao_small")
     from bench import retrain
