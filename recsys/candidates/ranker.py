@@ -57,7 +57,7 @@ class RankerConfig:
     n_estimators: int = 100
     min_child_samples: int = 50
     feature_fraction: float = 0.8
-    example_fraction: float = 0.25  # last share of the training events the examples come from
+    example_fraction: float = 0.5  # last share of the training events the examples come from
     features: tuple[str, ...] = ()  # FEATURES the model reads (empty: all); the others are zeroed
     seed: int = 0
 

@@ -38,6 +38,7 @@ FORMAT = 1
 ARRAYS = ("item_factors", "yty", "item_norms", "popularity")
 FILES = ("item_ids.txt",) + tuple(f"{a}.npy" for a in ARRAYS)
 USER_GRAM = "user_gram.npy"  # optional: listed in metadata "files" (and so checksummed) when written
+RANKER = "ranker.txt"  # optional: the learned ranker (recsys/candidates/ranker.py), checksummed the same way
 # A version names one directory right under the root: letters, digits, '.', '_', '-'; no path
 # separator, no leading dot (temporary and hidden entries), no "..", at most 128 characters.
 VERSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -82,9 +83,12 @@ class ModelStore:
         self.root = Path(root)
 
     # -- writing ---------------------------------------------------------------------------
-    def save(self, model: Model, *, publish: bool = True, user_gram: np.ndarray | None = None) -> Path:
+    def save(
+        self, model: Model, *, publish: bool = True, user_gram: np.ndarray | None = None, ranker: bytes | None = None
+    ) -> Path:
         """Write `model` as a new version directory; with publish, point CURRENT at it.
-        `user_gram`: XᵀX of the training users (`item_foldin.user_gram`), stored with it."""
+        `user_gram`: XᵀX of the training users (`item_foldin.user_gram`), stored with it.
+        `ranker`: the learned ranker trained with this model (`Ranker.to_bytes()`), stored with it."""
         check_version(model.version)
         if any("\n" in i or "\r" in i for i in model.item_ids):
             raise ModelStoreError("item ids may not contain line breaks")
@@ -106,6 +110,9 @@ class ModelStore:
                     raise ModelStoreError(f"user_gram has shape {gram.shape}, expected {(model.factors,) * 2}")
                 np.save(tmp / USER_GRAM, gram)
                 files = FILES + (USER_GRAM,)
+            if ranker is not None:
+                (tmp / RANKER).write_bytes(ranker)
+                files = files + (RANKER,)
             meta = dict(model.metadata)
             meta.update(
                 format=FORMAT,
@@ -232,6 +239,16 @@ class ModelStore:
                 f"expected ({f}, {f}) float64, finite"
             )
         return gram
+
+    def ranker(self, version: str) -> bytes | None:
+        """The ranker file stored with a version, checksum verified (ModelStoreError if it does not
+        match), or None if the version has none: then the system's blend serves alone."""
+        meta = self.metadata(version)
+        if RANKER not in meta["files"]:
+            return None
+        path = self.root / check_version(version) / RANKER
+        self._check_file(version, path, meta["files"][RANKER], verify=True)
+        return path.read_bytes()
 
     # -- operator actions ------------------------------------------------------------------
     def publish(self, version: str) -> None:

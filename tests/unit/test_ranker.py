@@ -55,3 +55,24 @@ def test_ranker_file_round_trips_and_a_foreign_one_is_refused(data) -> None:
         Ranker.from_bytes(b"tree\nversion=v4\nnot a model")
     with pytest.raises(ValueError):
         Ranker.from_bytes(ranker.to_bytes()[:-200], sha256=ranker.checksum())
+
+
+def test_ranker_is_stored_with_its_model_version_and_a_corrupt_file_is_refused(data, tmp_path) -> None:
+    from recsys.errors import ModelStoreError
+    from recsys.model.store import RANKER, ModelStore
+    from tests.helpers import random_model
+
+    train, _ = data
+    ranker = train_ranker(train, ecfg=StreamEvalConfig(ranker=replace(StreamEvalConfig().ranker, n_estimators=5)))
+    store = ModelStore(tmp_path)
+    plain = random_model(version="v1")
+    store.save(plain)
+    assert store.ranker("v1") is None  # without a ranker the blend serves as before
+    m = random_model(version="v2")
+    vdir = store.save(m, ranker=ranker.to_bytes())
+    assert Ranker.from_bytes(store.ranker("v2") or b"").checksum() == ranker.checksum()
+    raw = bytearray((vdir / RANKER).read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    (vdir / RANKER).write_bytes(bytes(raw))
+    with pytest.raises(ModelStoreError, match="checksum"):
+        store.ranker("v2")
