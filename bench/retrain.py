@@ -5,12 +5,15 @@ and ids drawn from the Taobao data, encoded with the worker's codec) are produce
 changelog topic of the project's own Kafka broker; then, each in its own process:
 
   cold      `recsys retrain --once` with an empty model store: read + decode, fit (default model,
-            128 factors x 15 iterations), gate, save; wall, peak RSS (the process's own), phases
-  fit       implicit's own `AlternatingLeastSquares.fit` on the same matrix (read with the same
-            reader, then timed alone; BLAS pinned the same way): the floor a retrain is judged against
+            128 factors x 15 iterations), gate, save; wall, peak RSS (the process's own), phases, and
+            implicit's own `AlternatingLeastSquares.fit` call timed inside it on the same matrix: the
+            floor a retrain is judged against
+  fit       up to --direct-max-users: that fit again in a process of its own (the matrix read with the
+            same reader, then `fit` timed alone, BLAS pinned the same way), a check of the above
   warm      `recsys retrain --once` again, the cold model now serving: a warm start
 
-and reports wall / fit (same run), read + decode records/s, and the warm start's time and iterations.
+and reports wall / implicit's fit (same run), read + decode records/s, and the warm start's time and
+iterations.
 Then, on real data (the largest shared dataset): a model trained on the first 80% of the events
 serves; the retrain on all of them is run cold and warm, interleaved, medians of --repeats: the
 time saved and held-out MAP@10 (the gate's cases) of each.
