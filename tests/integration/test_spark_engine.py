@@ -10,11 +10,12 @@ the implicit engine's on the same changelog, the same hold-out and the same hype
 from __future__ import annotations
 
 import dataclasses
+import uuid
 
 import numpy as np
 import pytest
 
-from recsys.confidence import build_profiles
+from recsys.confidence import ItemState, UserProfile, build_profiles
 from recsys.config import Config
 from recsys.data.datasets import load_dataset
 from recsys.evaluation.offline import evaluate_model
@@ -24,9 +25,10 @@ from recsys.serving.recommender import Recommender
 from streaming.jobs import spark_engine
 from streaming.jobs.changelog import read_training_data
 from streaming.jobs.retrain import RetrainMetrics
+from streaming.kafka import clients
 from streaming.kafka.admin import ensure_topics
 from streaming.topics import topic_specs
-from streaming.worker.state import UserState, encode
+from streaming.worker.state import UserState, decode, encode
 from tests.conftest import require_dataset
 from tests.stream_fixture import WorkerProcess, produce, stream_settings, wait_for
 
@@ -118,3 +120,26 @@ def test_spark_model_matches_implicit_and_a_worker_serves_it(kafka_broker, tmp_p
         assert status == 200 and body["model_version"] == res.version and len(body["items"]) == 10
     finally:
         worker.stop()
+
+
+@pytest.mark.parametrize("mtls", [False, True], ids=["sasl_ssl", "mtls"])
+def test_spark_reads_the_latest_state_per_user_over_a_secured_kafka(secure_kafka_broker, spark, mtls):
+    """The `[kafka]` settings reach Spark's Kafka source (SCRAM over TLS, or a client certificate);
+    the latest record per user wins and a tombstone removes the user."""
+    sec = secure_kafka_broker.client_security(mtls)
+    bootstrap = secure_kafka_broker.mtls_bootstrap if mtls else secure_kafka_broker.bootstrap
+    topic = f"spark-secure-{uuid.uuid4().hex[:8]}"
+
+    def state(n: int) -> bytes:
+        p = UserProfile()
+        p.items = {f"i{k}": ItemState(1.0, 1_000 + k, 1) for k in range(n)}
+        p.last_ts = 1_000 + n
+        return encode(UserState(p))
+
+    with clients.using(sec):
+        ensure_topics(bootstrap, {topic: 2}, config={"cleanup.policy": "compact"})
+        produce(bootstrap, topic, [(b"a", state(1)), (b"b", state(2)), (b"a", state(3)), (b"c", state(1))])
+        produce(bootstrap, topic, [(b"c", None)])  # a tombstone
+    rows = spark_engine.latest_states(spark, bootstrap, topic, sec).collect()
+    got = {bytes(r["key"]): len(decode(bytes(r["value"])).profile.items) for r in rows}
+    assert got == {b"a": 3, b"b": 2}
