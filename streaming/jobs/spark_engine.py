@@ -108,6 +108,16 @@ def _pyspark() -> Any:
     return pyspark
 
 
+# Maven Central only; the local Ivy cache under `spark.jars.ivy` is consulted first by Ivy itself.
+IVY_SETTINGS = """<ivysettings>
+  <settings defaultResolver="central"/>
+  <resolvers>
+    <ibiblio name="central" m2compatible="true" root="https://repo1.maven.org/maven2/"/>
+  </resolvers>
+</ivysettings>
+"""
+
+
 def spark_conf(opts: SparkOptions) -> dict[str, str]:
     """Every Spark setting a session gets (before the session adds its own defaults)."""
     cache = Path(opts.cache).expanduser()
@@ -115,6 +125,10 @@ def spark_conf(opts: SparkOptions) -> dict[str, str]:
     conf["spark.jars.packages"] = ",".join(p for p in (connector_package(), opts.packages) if p)
     # Ivy's own cache and the resolved jars live here: a second run downloads nothing.
     conf["spark.jars.ivy"] = str(cache / "ivy")
+    # Spark's default resolvers include spark-packages.org; ours name Maven Central alone (a site
+    # may point Spark at a mirror with its own spark.jars.ivySettings or spark.jars.repositories).
+    if "spark.jars.ivySettings" not in opts.conf and "spark.jars.repositories" not in opts.conf:
+        conf["spark.jars.ivySettings"] = str(cache / "ivysettings.xml")
     if opts.local:
         conf["spark.checkpoint.dir"] = str(cache / "checkpoints")
     conf.update(opts.conf)
@@ -128,6 +142,8 @@ def session(opts: SparkOptions, app_name: str = "streamrec-retrain") -> SparkSes
 
     conf = spark_conf(opts)
     Path(conf["spark.jars.ivy"]).mkdir(parents=True, exist_ok=True)
+    if conf.get("spark.jars.ivySettings") == str(Path(opts.cache).expanduser() / "ivysettings.xml"):
+        Path(conf["spark.jars.ivySettings"]).write_text(IVY_SETTINGS)
     builder = SparkSession.builder.master(opts.master).appName(app_name)
     for k, v in conf.items():
         builder = builder.config(k, v)

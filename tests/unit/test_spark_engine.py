@@ -77,3 +77,13 @@ def test_session_settings_fetch_the_matching_connector_into_the_cache(tmp_path):
     assert conf["spark.driver.memory"] == "2g" and conf["spark.x"] == "y"  # the configuration wins
     cluster = spark_engine.spark_conf(spark_engine.SparkOptions(master="spark://m:7077", cache=str(tmp_path)))
     assert cluster["spark.driver.memory"] == "4g" and "spark.sql.shuffle.partitions" not in cluster
+
+
+def test_ivy_resolves_from_maven_central_alone_unless_the_site_names_its_own(tmp_path):
+    conf = spark_engine.spark_conf(spark_engine.SparkOptions(cache=str(tmp_path)))
+    assert conf["spark.jars.ivySettings"] == str(tmp_path / "ivysettings.xml")
+    assert "repo1.maven.org" in spark_engine.IVY_SETTINGS and "spark-packages" not in spark_engine.IVY_SETTINGS
+    mirror = {"spark.jars.repositories": "https://mirror.example/maven2"}
+    assert "spark.jars.ivySettings" not in spark_engine.spark_conf(
+        spark_engine.SparkOptions(cache=str(tmp_path), conf=mirror)
+    )
