@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -56,7 +55,10 @@ def _run_json(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[dict
 
 
 def child_env(bootstrap: str, app_id: str, model_dir: Path, extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    from recsys.config import child_env as inherited
+
+    # this run's settings only: none of the caller's STREAMREC_* (its bootstrap, model dir, ...)
+    env = {k: v for k, v in inherited().items() if not k.startswith("STREAMREC_")}
     env.update(
         STREAMREC_BOOTSTRAP=bootstrap,
         STREAMREC_APP_ID=app_id,
