@@ -252,7 +252,7 @@ def retrain_once(
     metrics = metrics or RetrainMetrics()
     t0 = time.time()
     config = config if config is not None else Config()
-    ccfg, tcfg, scfg = config.confidence, config.train, config.scoring
+    ccfg, tcfg = config.confidence, config.train
     if not isinstance(data, TrainingData):
         data = data_from_profiles(data, ccfg, settings, source)
     source = source or data.source
@@ -267,10 +267,29 @@ def retrain_once(
     t = time.time()
     model, gram = (engine or fit_engine)(data, ccfg, tcfg, init)
     phases["fit_s"] = round(time.time() - t, 3)
-    t = time.time()
-    verdict, holdout = gate(model, data.cases, store, settings, ccfg, scfg, metrics)
-    phases["gate_s"] = round(time.time() - t, 3)
     users = data.users + len(data.cases)
+    return gate_and_publish(model, gram, data.cases, store, settings, config, metrics, source, phases, t0, users)
+
+
+def gate_and_publish(
+    model: Model,
+    gram: Any,
+    cases: list[EvalCase],
+    store: ModelStore,
+    settings: Settings,
+    config: Config,
+    metrics: RetrainMetrics,
+    source: str,
+    phases: dict[str, Any],
+    t0: float,
+    users: int,
+    engine: str = "implicit",
+) -> RetrainResult:
+    """Every engine's last steps: the gate on the held-out users, then the store (published) and
+    the metrics, or a rejection. Does not announce (the caller does, if it published)."""
+    t = time.time()
+    verdict, holdout = gate(model, cases, store, settings, config.confidence, config.scoring, metrics)
+    phases["gate_s"] = round(time.time() - t, 3)
     if not verdict["passed"]:
         metrics.runs.labels("rejected").inc()
         log.warning(
@@ -280,9 +299,7 @@ def retrain_once(
             verdict["current_map10"],
         )
         return RetrainResult("rejected", None, verdict, time.time() - t0, users, phases)
-    model.metadata.update(
-        gate=verdict, data_source=source, holdout=holdout, metrics=holdout, held_out_users=len(data.cases)
-    )
+    model.metadata.update(gate=verdict, data_source=source, holdout=holdout, metrics=holdout, held_out_users=len(cases))
     t = time.time()
     # XᵀX of the training users goes with the version: workers fold new items in against it.
     store.save(model, publish=True, user_gram=gram)
@@ -295,10 +312,11 @@ def retrain_once(
     metrics.last_success.set(time.time())
     metrics.users.set(users)
     log.info(
-        "published model %s (%d users, %d held out, %d items) in %.1fs (%s); gate %s",
+        "published model %s (%s; %d users, %d held out, %d items) in %.1fs (%s); gate %s",
         model.version,
+        engine,
         users,
-        len(data.cases),
+        len(cases),
         model.n_items,
         seconds,
         ", ".join(f"{k} {v}" for k, v in phases.items()),

@@ -592,7 +592,7 @@ def retrain_once(
     the held-out users, MAP@10 against the serving model's recorded score) → the store. Does not
     announce (the caller does, if it published). Always a cold start: MLlib's ALS takes no
     initial factors."""
-    from streaming.jobs.retrain import RetrainMetrics, RetrainResult, gate
+    from streaming.jobs.retrain import RetrainMetrics, gate_and_publish
 
     metrics = metrics or RetrainMetrics()
     settings = config.stream
@@ -613,42 +613,9 @@ def retrain_once(
     if res.skipped:
         metrics.skipped.inc(res.skipped)
     phases: dict[str, Any] = {k: v for k, v in res.phases.items() if k != "total_s"}
-    t = time.time()
-    verdict, holdout = gate(res.model, res.cases, store, settings, config.confidence, config.scoring, metrics)
-    phases["gate_s"] = round(time.time() - t, 3)
-    if not verdict["passed"]:
-        metrics.runs.labels("rejected").inc()
-        log.warning(
-            "retrain rejected: candidate held-out MAP@10 %.4f is below the serving model's %.4f "
-            "by more than noise and the tolerance",
-            verdict["candidate_map10"],
-            verdict["current_map10"],
-        )
-        return RetrainResult("rejected", None, verdict, time.time() - t0, res.users, phases)
-    res.model.metadata.update(
-        gate=verdict, data_source=source, holdout=holdout, metrics=holdout, held_out_users=len(res.cases)
+    return gate_and_publish(
+        res.model, res.user_gram, res.cases, store, settings, config, metrics, source, phases, t0, res.users, "spark"
     )
-    t = time.time()
-    store.save(res.model, publish=True, user_gram=res.user_gram)
-    phases["save_s"] = round(time.time() - t, 3)
-    seconds = time.time() - t0
-    for k, v in phases.items():
-        metrics.phase.labels(k.removesuffix("_s")).set(v)
-    metrics.runs.labels("published").inc()
-    metrics.duration.observe(seconds)
-    metrics.last_success.set(time.time())
-    metrics.users.set(res.users)
-    log.info(
-        "published model %s (spark; %d users, %d held out, %d items) in %.1fs (%s); gate %s",
-        res.model.version,
-        res.users,
-        len(res.cases),
-        res.model.n_items,
-        seconds,
-        ", ".join(f"{k} {v}" for k, v in phases.items()),
-        verdict,
-    )
-    return RetrainResult("published", res.model.version, verdict, seconds, res.users, phases)
 
 
 def environment_ready() -> bool:
