@@ -140,9 +140,11 @@ def _count_lists(bootstrap: str, topic: str, out: mp.Queue, stop: EventType) -> 
     last = time.time()
     while not stop.is_set():
         got = c.poll(timeout_ms=50)
-        sec = int(time.time() * BINS)
         for recs in got.values():
             for r in recs:
+                # the record's own timestamp (set by the worker's producer), not the arrival here:
+                # this consumer falls behind on a loaded machine, and arrival would move lists in time
+                sec = int(r.timestamp / 1000 * BINS)
                 try:
                     ver = str(json.loads(r.value).get("model_version"))
                 except (ValueError, AttributeError):
@@ -441,7 +443,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--output", default="bench/out/scale.json")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs)")
+    ap.add_argument("--report", metavar="JSON", help="print the table (and --plot) of an earlier run's JSON")
     args = ap.parse_args(argv)
+    if args.report:
+        done = json.loads(Path(args.report).read_text())
+        done["summary"] = summary(done)
+        print(table(done))
+        if args.plot:
+            plot(done, args.plot)
+        return done
     q = args.quick
     n_users = args.users or (3000 if q else 1_000_000)
     n_items = args.items or (5000 if q else 1_200_000)
@@ -766,8 +776,10 @@ def plot(report: dict[str, Any], path: str) -> None:
     for a in ax:
         for t0, _ in report["marks"]:
             a.axvline(t0, color="#999", lw=0.6, ls=":")
-    for t0, what in report["marks"]:
-        ax[0].annotate(what[:40], (t0, 0), rotation=90, fontsize=6, va="bottom", color="#666")
+    top = max([x[2] for x in tp] or [1.0])
+    for k, (t0, what) in enumerate(report["marks"]):  # staggered: phases can follow each other within seconds
+        label = what.split(":")[0].split(" in ")[0][:26]
+        ax[0].annotate(label, (t0, top * (0.02 + 0.2 * (k % 3))), rotation=90, fontsize=6, va="bottom", color="#555")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
