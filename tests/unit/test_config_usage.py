@@ -90,7 +90,7 @@ def test_retrain_once_without_a_config_uses_the_defaults(monkeypatch, tmp_path):
     from streaming.jobs import retrain
 
     seen: dict = {}
-    spy(monkeypatch, "streaming.jobs.retrain.train", seen)
+    spy(monkeypatch, "streaming.jobs.retrain.fit", seen)
     with pytest.raises(Seen):
         retrain.retrain_once(
             build_profiles(clustered_events(), DEFAULTS.confidence), ModelStore(tmp_path / "m"), DEFAULTS.stream
@@ -137,11 +137,13 @@ def test_evaluate_and_stream_eval_take_the_configuration(monkeypatch, events_fil
     kw = seen["kwargs"]
     assert kw["scfg"].user_weight == 0.3 and kw["ccfg"] == DEFAULTS.confidence
     assert kw["kinds"]["als"] == TrainConfig(factors=4) and kw["kinds"]["bpr"].kind == "bpr"
+    ranker_seen: dict = {}
+    spy(monkeypatch, "recsys.candidates.training.train_ranker", ranker_seen, result=object())
     spy(monkeypatch, "recsys.evaluation.streaming.stream_evaluate", seen)
     with pytest.raises(Seen):
         recsys("stream-eval", "--data", events_file, "--alpha", "3", *extra)
-    kw = seen["kwargs"]
-    assert kw["scfg"].user_weight == 0.3 and kw["tcfg"] == TrainConfig(factors=4) and kw["ccfg"].alpha == 3.0
+    for kw in (seen["kwargs"], ranker_seen["kwargs"]):  # the replay, and the ranker trained before it
+        assert kw["scfg"].user_weight == 0.3 and kw["tcfg"] == TrainConfig(factors=4) and kw["ccfg"].alpha == 3.0
 
 
 def test_train_command_trains_the_configuration(monkeypatch, events_file, tmp_path):
