@@ -186,33 +186,6 @@ def iter_metrics(report: dict[str, Any]) -> Iterable[tuple[str, str, float]]:
             yield name, m, v
 
 
-def holdout_users(
-    profiles: dict[str, UserProfile], fraction: float = 0.1, min_items: int = 3
-) -> tuple[dict[str, UserProfile], list[EvalCase]]:
-    """Split aggregated profiles (what a retrain reads from the state changelog) for a gate.
-
-    A stable share of users (by a hash of the id, so consecutive retrains hold out the same
-    people) is left out of training. Each held-out user with at least `min_items` items is a
-    case: their earlier half of items (by time) is the profile, its latest item the query,
-    and the later half the truth. Splitting by time *within* a profile instead would be
-    unfair: a profile keeps one time per item, so an item the user came back to would be
-    dropped from training while a model trained earlier had seen it.
-    """
-    import zlib
-
-    train_profiles: dict[str, UserProfile] = {}
-    cases: list[EvalCase] = []
-    cutoff = int(fraction * 1000)
-    for user, p in profiles.items():
-        if zlib.crc32(user.encode()) % 1000 >= cutoff:
-            train_profiles[user] = p
-            continue
-        case = holdout_case(user, p, min_items)
-        if case is not None:
-            cases.append(case)
-    return train_profiles, cases
-
-
 def holdout_rank(user: bytes) -> int:
     """Where a user stands in the retrain's hold-out order: the users with the lowest ranks are
     held out (a hash of the id, so consecutive retrains hold out the same people, and a larger
@@ -229,7 +202,11 @@ def holdout_size(n_users: int, fraction: float, floor: int, cap: int) -> int:
 
 
 def holdout_case(user: str, p: UserProfile, min_items: int = 3) -> EvalCase | None:
-    """A held-out user's case (see holdout_users), or None with fewer than `min_items` items."""
+    """A held-out user's case, or None with fewer than `min_items` items: their earlier half of
+    items (by time) is the profile, its latest item the query, the later half the truth. Splitting
+    by time *within* a profile instead would be unfair: a profile keeps one time per item, so an
+    item the user came back to would be dropped from training while a model trained earlier had
+    seen it."""
     ordered = sorted(p.items.items(), key=lambda kv: (kv[1].ts, kv[0]))
     if len(ordered) < min_items:
         return None
