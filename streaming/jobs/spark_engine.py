@@ -157,6 +157,8 @@ def session(opts: SparkOptions, app_name: str = "streamrec-retrain") -> SparkSes
         ) from None
     sc = spark.sparkContext
     sc.setLogLevel("WARN")
+    # py4j logs every connection it closes at INFO, some from __del__ at interpreter exit.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     # The Python that runs our functions on the executors: `spark.pyspark.python` if set, else (local)
     # this interpreter, the one with numpy and this project, not whichever `python3` is first on
     # PATH (pyspark's default; it reads no configuration for it when the session is made here).
