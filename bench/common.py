@@ -163,6 +163,29 @@ def worker_process(
     return cmd, full
 
 
+def topic_reader(bootstrap: str, topic: str, stop: Any, fetch_max_wait_ms: int, max_poll_records: int) -> Any:
+    """A kafka-python consumer (no group) on every partition of `topic` from the beginning, once the
+    topic exists (a bench's reader process starts before the workers make their topics); None if
+    `stop` (an Event) is set first."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        max_poll_records=max_poll_records,
+    )
+    parts = None
+    while not parts and not stop.is_set():
+        parts = c.partitions_for_topic(topic)
+        if not parts:
+            time.sleep(0.1)
+    c.assign([TopicPartition(topic, p) for p in sorted(parts or [])])
+    return c
+
+
 def rss_bytes(pid: int | None = None) -> int:
     """Resident set size of a process (default: this one), from /proc."""
     path = f"/proc/{pid or 'self'}/status"

@@ -52,22 +52,9 @@ PARTITIONS = 4
 
 # ----------------------------------------------------------------------------- consumer process
 def _consume(bootstrap: str, topic: str, out: mp.Queue, stop: EventType) -> None:
-    from kafka import KafkaConsumer, TopicPartition
+    from bench.common import topic_reader
 
-    c = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=5,
-        max_poll_records=2000,
-    )
-    parts = None
-    while not parts and not stop.is_set():
-        parts = c.partitions_for_topic(topic)
-        if not parts:
-            time.sleep(0.1)
-    c.assign([TopicPartition(topic, p) for p in sorted(parts or [])])
+    c = topic_reader(bootstrap, topic, stop, fetch_max_wait_ms=5, max_poll_records=2000)
     while not stop.is_set():
         got = c.poll(timeout_ms=50)
         now = time.time()

@@ -120,22 +120,9 @@ def produce(bootstrap: str, topic: str, records: Iterator) -> dict:
 # ----------------------------------------------------------------------------- lists per second per version
 def _count_lists(bootstrap: str, topic: str, out: mp.Queue, stop: EventType) -> None:
     """(child) Reads the recommendations topic; every ~0.5 s sends {second: {version: lists}}."""
-    from kafka import KafkaConsumer, TopicPartition
+    from bench.common import topic_reader
 
-    c = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=50,
-        max_poll_records=5000,
-    )
-    parts = None
-    while not parts and not stop.is_set():
-        parts = c.partitions_for_topic(topic)
-        if not parts:
-            time.sleep(0.2)
-    c.assign([TopicPartition(topic, p) for p in sorted(parts or [])])
+    c = topic_reader(bootstrap, topic, stop, fetch_max_wait_ms=50, max_poll_records=5000)
     counts: dict[int, dict[str, int]] = {}
     last = time.time()
     while not stop.is_set():
