@@ -2,7 +2,7 @@
 
     defaults  <  a TOML file  <  environment variables  <  command-line overrides
 
-Five sections, each a frozen dataclass whose field defaults are the project's defaults (the
+Sections, each a frozen dataclass whose field defaults are the project's defaults (the
 tuned ones, declared once, at the field) and whose ``__post_init__`` validates its values:
 
     [stream]      recsys.config.Settings                  env STREAMREC_<FIELD>
@@ -11,6 +11,8 @@ tuned ones, declared once, at the field) and whose ``__post_init__`` validates i
     [scoring]     recsys.serving.scoring.ScoringConfig    env STREAMREC_SCORING_<FIELD>
     [ops]         recsys.config.Operations                env STREAMREC_<FIELD>
     [input]       recsys.events.InputConfig               env STREAMREC_INPUT_<FIELD>
+    [sources]     recsys.candidates.sources.SourcesConfig env STREAMREC_SOURCES_<FIELD>
+    [ranker]      recsys.candidates.ranker.RankerConfig   env STREAMREC_RANKER_<FIELD>
 
 Every field is declared with ``recsys.fields.setting(default, doc)``: its description lives next
 to it and the reference page is generated from it. A mapping (``confidence.weights``) is merged
@@ -45,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from recsys import fields as setting_fields
+from recsys.candidates.ranker import RankerConfig
+from recsys.candidates.sources import SourcesConfig
 from recsys.confidence import ConfidenceConfig
 from recsys.errors import ConfigError
 from recsys.events import InputConfig
@@ -471,6 +475,21 @@ SECTIONS: dict[str, Section] = {
             "it (docs/data-formats.md). Also `--columns`, `--types` and `--time-format` on every command "
             "that reads events.",
         ),
+        Section(
+            "sources",
+            SourcesConfig,
+            "STREAMREC_SOURCES_",
+            "The candidate sources kept on the stream: co-visitation, session-kNN (V-SKNN, STAN), own items "
+            "by recency (`recsys.candidates.sources.SourcesConfig`). The worker keeps them for the ranker's "
+            "candidates; `recsys stream-eval` uses them as its baselines and the ranker's candidates.",
+        ),
+        Section(
+            "ranker",
+            RankerConfig,
+            "STREAMREC_RANKER_",
+            "The learned ranker over the sources' candidates (`recsys.candidates.ranker.RankerConfig`): how "
+            "many candidates each source gives, and the LightGBM LambdaRank model the retrain job trains.",
+        ),
     )
 }
 
@@ -593,7 +612,9 @@ class Config:
     kafka: KafkaSecurity = field(default_factory=KafkaSecurity)
     ops: Operations = field(default_factory=Operations)
     input: InputConfig = field(default_factory=InputConfig)
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # key -> where it was set
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False)  # key -> where it was set
 
     def section(self, name: str) -> Any:
         return getattr(self, name)
@@ -616,7 +637,7 @@ class Config:
         return out
 
     def source(self, key: str) -> str:
-        return self.sources.get(key, "default")
+        return self.origins.get(key, "default")
 
     def to_env(self, sections: Iterable[str] | None = None) -> dict[str, str]:
         """The environment variables that give a child process this configuration: every setting
@@ -832,7 +853,7 @@ def load_config(
                 )
             where = [f"{k} from {o}" for k, o in sources.items() if k.startswith(name + ".") and k.split(".")[1] in msg]
             raise ConfigError(msg + (f" ({'; '.join(where)})" if where else "")) from None
-    return Config(**built, sources=sources)
+    return Config(**built, origins=sources)
 
 
 # -- reference documentation ---------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from recsys.candidates.sources import top_items
+from recsys.fields import setting
 from recsys.model.factors import Model
 from recsys.serving.popularity import RecentPopularity
 
@@ -50,16 +51,20 @@ _RANK_ABSENT = 1000.0
 
 @dataclass(frozen=True)
 class RankerConfig:
-    per_source: int = 50  # candidates taken from each source
-    pop_candidates: int = 20
-    num_leaves: int = 31
-    learning_rate: float = 0.05
-    n_estimators: int = 100
-    min_child_samples: int = 50
-    feature_fraction: float = 0.8
-    example_fraction: float = 0.5  # last share of the training events the examples come from
-    features: tuple[str, ...] = ()  # FEATURES the model reads (empty: all); the others are zeroed
-    seed: int = 0
+    per_source: int = setting(
+        50, "candidates taken from each source (the system's blend, co-visitation, V-SKNN, STAN, own items)"
+    )
+    pop_candidates: int = setting(20, "candidates taken from recent popularity")
+    num_leaves: int = setting(31, "LightGBM: leaves per tree")
+    learning_rate: float = setting(0.05, "LightGBM: learning rate")
+    n_estimators: int = setting(100, "LightGBM: boosting rounds")
+    min_child_samples: int = setting(50, "LightGBM: fewest examples in a leaf")
+    feature_fraction: float = setting(0.8, "LightGBM: share of the features each tree may split on")
+    example_fraction: float = setting(0.5, "the last share of the training events the ranker's examples come from")
+    features: tuple[str, ...] = setting(
+        (), "the features (recsys.candidates.ranker.FEATURES) the model reads; empty: all; the others are zeroed"
+    )
+    seed: int = setting(0, "LightGBM's seeds (training is deterministic for a seed)")
 
 
 class ItemStats:

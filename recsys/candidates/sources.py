@@ -44,26 +44,46 @@ from typing import Any
 
 from recsys.confidence import UserProfile
 from recsys.events import Event
+from recsys.fields import setting
 
 
 @dataclass(frozen=True)
 class SourcesConfig:
     """Parameters of the candidate sources (searched on validation windows, docs/evaluation.md)."""
 
-    session_gap_s: float = 1800.0  # a gap longer than this starts a new session
-    current_len: int = 10  # items of the asking user's recent history used as their session
-    sample: int = 500  # neighbour candidates: most recently active sessions sharing an item
-    k: int = 100  # neighbours that vote
-    stan_l1: float = 0.0  # λ₁ in positions; 0: the current session's length (the paper's choice)
-    stan_l2_s: float = 86_400.0  # λ₂: neighbour recency, seconds
-    stan_l3: float = 0.0  # λ₃ in positions; 0: the current session's length
-    covisit_window_s: float = 86_400.0
-    covisit_back: int = 10
-    covisit_backward: float = 0.5
-    covisit_recent: int = 3
-    covisit_decay: float = 0.5
-    covisit_normalize: bool = False
-    max_sessions_per_item: int = 2000  # older sessions are dropped from an item's index
+    session_gap_s: float = setting(
+        1800.0, "a gap longer than this (seconds) starts a new session of a user (session-kNN's neighbours)"
+    )
+    current_len: int = setting(10, "items of the asking user's recent history used as their current session")
+    sample: int = setting(
+        500,
+        "session-kNN's neighbour candidates: the most recently active sessions sharing an item with the current one",
+    )
+    k: int = setting(100, "session-kNN: neighbours that vote")
+    stan_l1: float = setting(
+        0.0,
+        "STAN's λ₁ (positions) of the current session's position weights; 0: the current session's length (the paper's choice)",
+    )
+    stan_l2_s: float = setting(86_400.0, "STAN's λ₂ (seconds): a neighbour session's recency decay")
+    stan_l3: float = setting(
+        0.0,
+        "STAN's λ₃ (positions): decay with the distance to the neighbour's most recent shared item; 0: the current session's length",
+    )
+    covisit_window_s: float = setting(
+        86_400.0, "co-visitation: two moves of a user count together only within this many seconds"
+    )
+    covisit_back: int = setting(10, "co-visitation: a move is paired with the user's previous this many distinct items")
+    covisit_backward: float = setting(0.5, "co-visitation: weight of b→a relative to a→b (a touched before b)")
+    covisit_recent: int = setting(
+        3, "co-visitation: a user's score sums the rows of their last this many distinct items"
+    )
+    covisit_decay: float = setting(
+        0.5, "co-visitation: each older of those items weighs this much of the next newer one"
+    )
+    covisit_normalize: bool = setting(False, "co-visitation: divide each row by its total (≈ P(next = i | a))")
+    max_sessions_per_item: int = setting(
+        2000, "session-kNN: an item's index keeps this many most recent sessions; older ones are dropped"
+    )
 
     def with_params(self, params: Mapping[str, Any]) -> SourcesConfig:
         """A copy with `params` (names of fields; values converted to the field's type)."""

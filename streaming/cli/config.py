@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
 def cmd_config(args: argparse.Namespace) -> int:
     cfg = options.load(args)
     if args.json:
-        print(json.dumps({"config": cfg.as_dict(), "sources": dict(cfg.sources)}, indent=2))
+        print(json.dumps({"config": cfg.as_dict(), "sources": dict(cfg.origins)}, indent=2))
     else:
         sys.stdout.write(cfg.to_toml())
     return ExitCode.OK

@@ -43,7 +43,7 @@ def test_defaults_are_the_projects_defaults():
     cfg = C.load_config(env={})
     assert cfg == C.Config() and cfg.stream == C.Settings() and cfg.ops == C.Operations()
     assert cfg.confidence == ConfidenceConfig() and cfg.train == TrainConfig() and cfg.scoring == ScoringConfig()
-    assert dict(cfg.sources) == {}
+    assert dict(cfg.origins) == {}
 
 
 def test_file_then_environment_then_overrides(tmp_path):

@@ -244,8 +244,8 @@ def test_compose_environment_names_real_settings_and_loads_as_a_valid_configurat
     env = {k: str(v) for k, v in compose()["x-app"]["environment"].items()}
     assert all(k.startswith("STREAMREC_") for k in env)
     cfg = load_config(env=env)
-    assert {k for k, o in cfg.sources.items()} and all(o.startswith("env ") for o in cfg.sources.values())
-    named = {o.split()[1] for o in cfg.sources.values()}
+    assert {k for k, o in cfg.origins.items()} and all(o.startswith("env ") for o in cfg.origins.values())
+    named = {o.split()[1] for o in cfg.origins.values()}
     assert named == set(env), f"variables that name no setting: {set(env) - named}"
     assert cfg.ops.log_format == "json"
 
