@@ -84,7 +84,8 @@ from typing import Any
 
 import numpy as np
 
-from recsys.candidates.ranker import Context, Examples, Features, ItemStats, Ranker, RankerConfig, trim
+from recsys.candidates.lists import context, ranked_lists
+from recsys.candidates.ranker import Context, Examples, Features, ItemStats, Ranker, RankerConfig
 from recsys.candidates.sources import BASELINES, Sources, SourcesConfig, top_items
 from recsys.confidence import ConfidenceConfig, UserProfile, build_profiles
 from recsys.evaluation.plotting import pyplot
@@ -337,11 +338,15 @@ def stream_evaluate(
                 skipped_same += 1
             else:
                 if sources:
+                    scores: dict[str, dict[str, float]] = {}
+                    if ranking:
+                        per = ecfg.ranker.per_source
+                        snap.ctx = context(
+                            e.user, p, snap.query, snap.excl, snap.conf, sources, per, e.ts, scores_out=scores
+                        )
                     snap.base_lists = {}
-                    ctx = _context(snap, p, ecfg.ranker.per_source) if ranking else None
                     for src, ms in sources:
-                        snap.base_lists.update(_baseline_lists(src, ms, snap, p, k, methods, ctx))
-                    snap.ctx = ctx
+                        snap.base_lists.update(_baseline_lists(src, ms, snap, p, k, methods, scores))
                 snaps.append(snap)
             if p is None:
                 p = profiles[e.user] = UserProfile()
@@ -433,44 +438,27 @@ def _baseline_lists(
     p: UserProfile | None,
     k: int,
     methods: Sequence[str],
-    ctx: Context | None,
+    scores_of: dict[str, dict[str, float]],
 ) -> dict[str, list[str]]:
     """Each stream baseline's list for the event of `snap`, from the state before it: top k
-    minus bought items and the item on screen, padded with the popularity list. With `ctx`,
-    the sources' scores also go into the ranker's context."""
+    minus bought items and the item on screen, padded with the popularity list. `scores_of`:
+    the sources' scores already taken for the ranker's context (recsys.candidates.lists)."""
     e = snap.event
     banned = snap.excl | {snap.query} if snap.query is not None else snap.excl
     out = {}
     for m in feeds:
-        # the state's time is the user's last event (what a worker has when it scores)
-        scores = sources.scores(m, e.user, p, p.last_ts if p is not None else e.ts)
-        if ctx is not None:
-            ctx.sources[m] = trim(scores, ctx.per_source, banned)
-            if m == "covisit" and snap.query is not None:
-                row = sources.covisit.neighbours(snap.query)
-                tot = sum(row.values()) or 1.0
-                ctx.covisit_query = {i: v / tot for i, v in trim(row, 2 * ctx.per_source, banned).items()}
-                nxt = sources.covisit.next_items(snap.query)
-                tot = sum(nxt.values()) or 1.0
-                ctx.next_query = {i: v / tot for i, v in trim(nxt, 2 * ctx.per_source, banned).items()}
         if m not in methods:
             continue
+        # the state's time is the user's last event (what a worker has when it scores)
+        scores = scores_of.get(m)
+        if scores is None:
+            scores = sources.scores(m, e.user, p, p.last_ts if p is not None else e.ts)
         items = top_items(scores, k, banned)
         if len(items) < k:
             have = set(items)
             items += [i for i in snap.pop_list if i not in have][: k - len(items)]
         out[m] = items
     return out
-
-
-def _context(snap: _Snap, p: UserProfile | None, per_source: int) -> Context:
-    """The ranker's inputs for the event of `snap` (the user's state before it)."""
-    banned = snap.excl | {snap.query} if snap.query is not None else set(snap.excl)
-    e = snap.event
-    if p is None:
-        return Context(e.user, e.ts, snap.query, banned, {}, {}, 0, per_source=per_source)
-    touched = {i: s.ts for i, s in p.items.items()}
-    return Context(e.user, p.last_ts, snap.query, banned, dict(snap.conf), touched, p.events, per_source=per_source)
 
 
 def _ranked(
@@ -483,47 +471,33 @@ def _ranked(
     k: int,
     fallback: list[list[str]] | None,
 ) -> list[list[str]]:
-    """The ranker's lists for a chunk (and, with `collect`, its training examples)."""
-    x, known = rec.fold_in([s.conf for s in snaps])
-    known = np.asarray(known, bool)
-    use_own = rec.scfg.repeat_weight > 0
-    recs = rec.scorer.recommend(
-        x,
-        known,
-        [s.query for s in snaps],
+    """The ranker's lists for a chunk (recsys.candidates.lists.ranked_lists, the worker's too)
+    and, with `collect`, its training examples."""
+    fb = fallback or [s.pop_list for s in snaps]
+
+    def example(j: int, items: list[str], X: np.ndarray) -> None:
+        s = snaps[j]
+        assert collect is not None and s.ctx is not None
+        top = fb[j][:k]
+        rank = top.index(s.event.item) + 1 if s.event.item in top else 0
+        collect.add(items, X, s.event.item, (s.segment if s.ctx.events else "cold", rank))
+
+    ctxs = [s.ctx for s in snaps]
+    assert all(c is not None for c in ctxs)
+    out = ranked_lists(
+        ctxs,  # type: ignore[arg-type]
+        rec,
+        features,
+        stats,
+        ranker,
+        k,
+        [s.pop_top for s in snaps],
         [s.excl for s in snaps],
-        features.cfg.per_source,
-        own=[s.own for s in snaps] if use_own else None,
+        lambda rows: [fb[j] for j in rows],
+        own=[s.own for s in snaps] if rec.scfg.repeat_weight > 0 else None,
+        on_candidates=example if collect is not None else None,
     )
-    cands: list[tuple[list[str], np.ndarray]] = []
-    for j, s in enumerate(snaps):
-        assert s.ctx is not None
-        items, X = features.candidates(
-            s.ctx, (recs[j].items, recs[j].scores), x[j] if known[j] else None, stats, s.pop_top
-        )
-        cands.append((items, X))
-        if collect is not None:
-            fb = (fallback[j] if fallback else s.pop_list)[:k]
-            rank = fb.index(s.event.item) + 1 if s.event.item in fb else 0
-            collect.add(items, X, s.event.item, (s.segment if s.ctx.events else "cold", rank))
-    if ranker is None:
-        return fallback or [[] for _ in snaps]
-    sc = ranker.scores(np.vstack([X for _, X in cands]))
-    out = []
-    at = 0
-    for j, (items, _) in enumerate(cands):
-        part = sc[at : at + len(items)]
-        at += len(items)
-        if not snaps[j].ctx.events:  # type: ignore[union-attr]  # no event at all: the system's list (popular)
-            out.append((fallback[j] if fallback else snaps[j].pop_list)[:k])
-            continue
-        lst = [items[r] for r in np.argsort(-part, kind="stable")[:k]]
-        if len(lst) < k:
-            have = set(lst)
-            pad = fallback[j] if fallback else snaps[j].pop_list
-            lst += [i for i in pad if i not in have][: k - len(lst)]
-        out.append(lst)
-    return out
+    return [r.items for r in out]
 
 
 def _seg_order(seg: str) -> int:

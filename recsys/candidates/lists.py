@@ -1,0 +1,169 @@
+"""The ranked lists: one implementation for the worker and the streaming evaluation.
+
+A list for a user is built in two steps, because the evaluation takes a user's inputs when
+the list is due and computes the lists of a whole chunk afterwards (the worker does both at
+once, after a micro-batch):
+
+    context(...)       one user's inputs (recsys.candidates.ranker.Context) from their profile
+                       and the sources' state at that moment: each source's best `per_source`
+                       items, the co-visitation rows of the item on screen
+    ranked_lists(...)  the lists of a batch of contexts: one fold-in and one product for the
+                       blend's best `per_source` items (with its re-visit term), each row's
+                       candidates and features (`Features.candidates`), one ranker call; a row
+                       with no event at all, or without a ranker, takes the caller's fallback
+                       list, and a short list is padded from it
+
+Callers: streaming/worker/processor.py (`Processor._recommend` when the serving version has a
+ranker) and recsys/evaluation/streaming.py (method `ranker`, and the training examples the
+retrain job's ranker learns from, `on_candidates`). What a caller adds: the catalogue mask
+(`mask`: the worker's, applied to every source's candidates and to the blend's) and its
+fallback (the blend's list: the worker's `Recommender.recommend`, stream-eval's `system`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys.candidates.ranker import Context, Features, ItemStats, Ranker, trim
+from recsys.candidates.sources import BASELINES, Sources
+from recsys.catalogue import ItemMask
+from recsys.confidence import UserProfile
+from recsys.serving.recommender import Recommender
+
+SOURCE_METHODS = BASELINES  # the sources a context reads: own-recent, covisit, vsknn, stan
+
+
+def context(
+    user: str,
+    profile: UserProfile | None,
+    query: str | None,
+    excl: AbstractSet[str],
+    conf: Mapping[str, float],
+    sources: Iterable[tuple[Sources, Iterable[str]]],
+    per_source: int,
+    now: int,
+    *,
+    mask: ItemMask | None = None,
+    scores_out: dict[str, dict[str, float]] | None = None,
+) -> Context:
+    """One user's inputs for a ranked list, from the state as it is now.
+
+    `excl`: items never listed (bought); the query (the item on screen) is banned too. `conf`:
+    the user's confidences (what is folded in). `sources`: (a Sources, the methods read from it)
+    pairs: one Sources for all methods in the worker; stream-eval may tune a baseline's own.
+    `now`: the time of a user with no profile (else their last event's). `mask`: only items it
+    allows become candidates. `scores_out`: receives each method's full scores (the
+    evaluation's baselines list their top k from them)."""
+    banned = set(excl) | {query} if query is not None else set(excl)
+    if profile is None:
+        ctx = Context(user, now, query, banned, {}, {}, 0, per_source=per_source)
+    else:
+        touched = {i: s.ts for i, s in profile.items.items()}
+        ctx = Context(user, profile.last_ts, query, banned, dict(conf), touched, profile.events, per_source=per_source)
+    for src, methods in sources:
+        for m in methods:
+            scores = src.scores(m, user, profile, ctx.now)
+            if scores_out is not None:
+                scores_out[m] = scores
+            if mask is not None:
+                scores = {i: v for i, v in scores.items() if mask.allows(i)}
+            ctx.sources[m] = trim(scores, per_source, banned)
+            if m == "covisit" and query is not None:
+                row = src.covisit.neighbours(query)
+                tot = sum(row.values()) or 1.0
+                ctx.covisit_query = {i: v / tot for i, v in trim(row, 2 * per_source, banned).items()}
+                nxt = src.covisit.next_items(query)
+                tot = sum(nxt.values()) or 1.0
+                ctx.next_query = {i: v / tot for i, v in trim(nxt, 2 * per_source, banned).items()}
+    return ctx
+
+
+@dataclass
+class Ranked:
+    """One user's list: `source` "ranker" (the ranker's order, padded from the fallback when
+    short) or "fallback" (the caller's list as it is: no event yet, or no ranker)."""
+
+    items: list[str]
+    scores: list[float]  # the ranker's scores; padding repeats the lowest
+    source: str
+
+
+def ranked_lists(
+    ctxs: Sequence[Context],
+    rec: Recommender,
+    features: Features,
+    stats: ItemStats,
+    ranker: Ranker | None,
+    n: int,
+    popular: Sequence[Sequence[str]],
+    excludes: Sequence[AbstractSet[str]],
+    fallback: Callable[[list[int]], Sequence[Sequence[str]]],
+    *,
+    own: Sequence[dict[str, float]] | None = None,
+    mask: ItemMask | None = None,
+    folded: tuple[np.ndarray, np.ndarray] | None = None,
+    on_candidates: Callable[[int, list[str], np.ndarray], None] | None = None,
+) -> list[Ranked]:
+    """The ranked lists (n items) of a batch of contexts.
+
+    `popular[j]`: row j's recent-popularity ranking, unfiltered (its best `pop_candidates`
+    allowed items are candidates). `excludes[j]`: what the blend leaves out of row j (bought
+    items; the query too, as the scoring's `exclude_query` says). `fallback(rows)`: the lists of those rows when they cannot
+    be ranked or are short (called once, only when some row needs it). `own[j]`: row j's
+    re-visit strengths when the scoring's re-visit term is on. `mask`: what may be shown.
+    `folded`: (factors, known) of the contexts' confidences, when the caller folded them in
+    already. `on_candidates(j, items, X)`: every row's candidates and features (training examples)."""
+    if folded is None:
+        x, known = rec.fold_in([c.values for c in ctxs])
+    else:
+        x, known = folded
+    known = np.asarray(known, bool)
+    recs = rec.scorer.recommend(
+        x,
+        known,
+        [c.query for c in ctxs],
+        excludes,
+        features.cfg.per_source,
+        own=own,
+        mask=mask,
+    )
+    cands: list[tuple[list[str], np.ndarray]] = []
+    for j, c in enumerate(ctxs):
+        pop = popular[j] if mask is None else [i for i in popular[j] if mask.allows(i)]
+        items, X = features.candidates(c, (recs[j].items, recs[j].scores), x[j] if known[j] else None, stats, pop)
+        cands.append((items, X))
+        if on_candidates is not None:
+            on_candidates(j, items, X)
+    out: list[Ranked | None] = [None] * len(ctxs)
+    need: list[int] = []
+    if ranker is not None:
+        sc = ranker.scores(np.vstack([X for _, X in cands]))
+        at = 0
+        for j, (items, _) in enumerate(cands):
+            part = sc[at : at + len(items)]
+            at += len(items)
+            if not ctxs[j].events:  # no event at all: the fallback (recent popularity)
+                need.append(j)
+                continue
+            order = np.argsort(-part, kind="stable")[:n]
+            out[j] = Ranked([items[r] for r in order], [float(part[r]) for r in order], "ranker")
+            if len(order) < n:
+                need.append(j)
+    else:
+        need = list(range(len(ctxs)))
+    if need:
+        for j, fb in zip(need, fallback(need), strict=True):
+            r = out[j]
+            if r is None:
+                out[j] = Ranked(list(fb[:n]), [0.0] * min(len(fb), n), "fallback")
+                continue
+            have = set(r.items)
+            pad = [i for i in fb if i not in have][: n - len(r.items)]
+            low = r.scores[-1] if r.scores else 0.0
+            r.items += pad
+            r.scores += [low] * len(pad)
+    return out  # type: ignore[return-value]  # every row is set above
