@@ -71,6 +71,49 @@ class Chunk:
     bad: np.ndarray  # (rows,) bool: unreadable, skipped
 
 
+def _walk(
+    u2: np.ndarray, pos: np.ndarray, count: np.ndarray, extra: int, lim: int, with_steps: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Steps over `count[i]` fields from `pos[i]`, each a u16 length, that many bytes and `extra`
+    more bytes; every position clamped to `lim`. Returns the positions after the fields and, if
+    `with_steps`, the start of every field, record by record (the fields of record i at
+    sum(count[:i]) onwards).
+
+    Step j moves every record that has a j-th field: in order of decreasing count those are a
+    prefix, so each step is a few whole-slice operations (no masks, no index arithmetic), its
+    positions stored contiguously; one gather at the end puts them in record order."""
+    n = len(pos)
+    order = np.argsort(-count, kind="stable")
+    sc = count[order]
+    steps = int(sc[0]) if n else 0
+    # active[j]: how many records have a j-th field
+    active = np.searchsorted(-sc, -np.arange(steps), side="left")
+    cur = pos[order]
+    base = np.zeros(steps + 1, np.int64)
+    np.cumsum(active, out=base[1:])
+    flat = np.empty(int(base[-1]) if with_steps else 0, np.int64)
+    for j, k in enumerate(active.tolist()):
+        p = cur[:k]
+        if with_steps:
+            flat[base[j] : base[j] + k] = p
+        p += u2[p]
+        p += 2 + extra
+        np.minimum(p, lim, out=p)
+    out = np.empty(n, np.int64)
+    out[order] = cur
+    if not with_steps:
+        return out, flat
+    # field j of the record at sorted rank r is flat[base[j] + r]
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    first = np.zeros(n, np.int64)
+    np.cumsum(count[:-1], out=first[1:])
+    total = int(base[-1])
+    row = np.repeat(np.arange(n), count)
+    step = np.arange(total) - first[row]
+    return out, flat[base[step] + rank[row]]
+
+
 class KeyTable:
     """A hash table of uint64 keys -> int64 values, looked up and filled a whole array at a time
     (open addressing, linear probing, at most a quarter full). A binary search of a chunk's million
@@ -151,6 +194,7 @@ class ChunkDecoder:
         start = np.zeros(n, np.int64)
         np.cumsum(lens[:-1], out=start[1:])
         end = start + lens
+        size = int(end[-1]) if n else 0
         buf = np.frombuffer(b"".join([*values, bytes(PAD)]), np.uint8)
         u1 = buf
         u2 = np.ndarray((len(buf) - 1,), "<u2", buf, 0, (1,))
@@ -165,44 +209,34 @@ class ChunkDecoder:
         n_last = u1[hs + 24].astype(np.int64)
         ok &= np.isin(ver, READABLE) & (HEAD + n_items * (2 + ITEM) <= lens)
         n_items = np.where(ok, n_items, 0)
-        row_off = np.zeros(n, np.int64)
-        np.cumsum(n_items[:-1], out=row_off[1:])
-        total = int(n_items.sum())
-        id_pos = np.zeros(total, np.int64)
-        id_len = np.zeros(total, np.int64)
-        value = np.zeros(total, np.float64)
-        ts = np.zeros(total, np.int64)
-        pos = start + HEAD
-        # Items: step j reads the j-th item of every record that has one. Rows are put in order
-        # of decreasing item count, so the rows of step j are a prefix: slices, not masks.
-        order = np.argsort(-n_items, kind="stable")
-        active = np.searchsorted(-n_items[order], -np.arange(int(n_items.max(initial=0))), side="left")
-        pos_o, end_o, off_o = pos[order], end[order], row_off[order]
-        bad_o = ~ok[order]
-        for j, k in enumerate(active.tolist()):
-            p = pos_o[:k]
-            ln = u2[p]
-            after = p + ln + 2
-            dest = off_o[:k] + j
-            id_pos[dest] = p + 2
-            id_len[dest] = ln
-            value[dest] = f8[after]
-            ts[dest] = i8[after + 8]
-            nxt = after + ITEM
-            bad_o[:k] |= nxt > end_o[:k]
-            pos_o[:k] = np.minimum(nxt, end_o[:k])  # a bad record stops at its end
-        ok[order] = ~bad_o
-        pos[order] = pos_o
-        # The rest of the record: history ids, the last published list, format 2's message.
-        pos = self._skip_strings(u2, pos, np.where(ok, n_hist, 0), end, ok)
-        pos = np.where(ok, pos + 8, pos)
-        pos = self._skip_strings(u2, pos, ok.astype(np.int64), end, ok)
-        pos = self._skip_strings(u2, pos, np.where(ok, n_last, 0), end, ok)
-        v2 = ok & (ver >= 2)
-        pos = np.where(v2, pos + 4 * n_last, pos)
-        pos = self._skip_strings(u2, pos, v2.astype(np.int64) * 2, end, ok)
+        n_hist = np.where(ok, n_hist, 0)
+        n_last = np.where(ok, n_last, 0)
+        # Every walk stops at `size + 1`, past the end of every record: a record whose walk ends
+        # anywhere but at its own end is bad; positions only grow, so one that ends inside its record
+        # read every field inside it. Reads from `size + 1` stay in the zero padding.
+        lim = size + 1
+        pos, item_at = _walk(u2, start + HEAD, n_items, ITEM, lim, with_steps=True)
+        pos, _ = _walk(u2, pos, n_hist, 0, lim)
+        pos = np.minimum(pos + 8, lim)
+        pos = np.minimum(pos + 2 + u2[pos], lim)  # the serving version
+        pos, _ = _walk(u2, pos, n_last, 0, lim)
+        v2 = ver >= 2
+        pos = np.where(v2, np.minimum(pos + 4 * n_last, lim), pos)
+        pos, _ = _walk(u2, pos, v2.astype(np.int64) * 2, 0, lim)
         pos = np.where(v2, pos + MSG, pos)
         ok &= pos == end
+        id_len = u2[item_at].astype(np.int64)
+        id_pos = item_at + 2
+        after = id_pos + id_len
+        value = f8[after]
+        ts = i8[after + 8]
+        ages = np.repeat(last_ts, n_items)
+        ages -= ts
+        if ok.all():  # the usual case: every id of the chunk kept, no masks
+            cols = self._intern(u1, i8, id_pos, id_len, None)
+            if cols is not None:
+                conf = self.ccfg.confidences(value, ages).astype(np.float32)
+                return Chunk(n, n_items, cols, conf, last_ts, ~ok)
         keep = np.repeat(ok, n_items)
         cols = self._intern(u1, i8, id_pos, id_len, keep)
         if cols is None:  # an id that is not UTF-8: find its records, drop them, intern again
@@ -210,22 +244,8 @@ class ChunkDecoder:
             keep = np.repeat(ok, n_items)
             cols = self._intern(u1, i8, id_pos, id_len, keep)
             assert cols is not None
-        row_of = np.repeat(np.arange(n), n_items)[keep]
-        conf = self.ccfg.confidences(value[keep], last_ts[row_of] - ts[keep]).astype(np.float32)
+        conf = self.ccfg.confidences(value[keep], ages[keep]).astype(np.float32)
         return Chunk(n, np.where(ok, n_items, 0), cols[keep], conf, last_ts, ~ok)
-
-    @staticmethod
-    def _skip_strings(
-        u2: np.ndarray, pos: np.ndarray, count: np.ndarray, end: np.ndarray, ok: np.ndarray
-    ) -> np.ndarray:
-        pos = pos.copy()
-        for j in range(int(count.max(initial=0))):
-            act = np.nonzero(ok & (count > j))[0]
-            nxt = pos[act] + 2 + u2[pos[act]].astype(np.int64)
-            fits = nxt <= end[act]
-            ok[act[~fits]] = False
-            pos[act[fits]] = nxt[fits]
-        return pos
 
     def _keys(self, i8: np.ndarray, id_pos: np.ndarray, id_len: np.ndarray) -> np.ndarray:
         """A 64-bit key per id: ids of up to 7 bytes exactly (bytes + length in the top byte),
@@ -252,14 +272,18 @@ class ChunkDecoder:
             keys[lg] = (h | LONG) ^ ((h | LONG) == KeyTable.EMPTY).astype(np.uint64)  # never EMPTY
         return keys
 
-    def _intern(self, u1: np.ndarray, i8: np.ndarray, id_pos: np.ndarray, id_len: np.ndarray, keep: np.ndarray):
-        """Global column of each kept id, new ids appended in first-seen order; None if a new id
-        is not UTF-8 (nothing is interned then)."""
-        cols = np.full(len(id_pos), -1, np.int64)
-        sel = np.nonzero(keep)[0]
-        if not len(sel):
-            return cols.astype(np.int32)
-        pos, ln = id_pos[sel], id_len[sel]
+    def _intern(
+        self, u1: np.ndarray, i8: np.ndarray, id_pos: np.ndarray, id_len: np.ndarray, keep: np.ndarray | None
+    ) -> np.ndarray | None:
+        """Global column of each kept id (None: all), new ids appended in first-seen order; None if
+        a new id is not UTF-8 (nothing is interned then)."""
+        if keep is None:
+            pos, ln = id_pos, id_len
+        else:
+            sel = np.nonzero(keep)[0]
+            if not len(sel):
+                return np.full(len(id_pos), -1, np.int32)
+            pos, ln = id_pos[sel], id_len[sel]
         keys = self._keys(i8, pos, ln)
         out = self.table.lookup(keys)
         lg = np.nonzero(keys & LONG)[0]
@@ -294,8 +318,11 @@ class ChunkDecoder:
             self.items.extend(names)
             self.long_ids.update(longs)
             self.table.insert(uniq, ucol)
+        if keep is None:
+            return out.astype(np.int32)
+        cols = np.full(len(id_pos), -1, np.int32)
         cols[sel] = out
-        return cols.astype(np.int32)
+        return cols
 
     @staticmethod
     def _check_same_bytes(u1: np.ndarray, pos: np.ndarray, ln: np.ndarray, rep: np.ndarray) -> None:

@@ -1,0 +1,195 @@
+"""Changelog read benchmark: the retrain's read + decode rate against the bare fetch rate, same topic, same run.
+
+--users state records shaped like the real users (bench/state.py: item counts and ids drawn from the
+Taobao data, encoded with the worker's codec) are produced into a compacted changelog topic of the
+project's own Kafka broker; then, each in a process of its own, interleaved, --repeats times:
+
+  fetch     a bare aiokafka loop (the retrain reader's consumer settings) that only counts the
+            records: the ceiling for any reader built on aiokafka
+  full      `streaming.jobs.changelog.read_training_data`: read, decode, hold-out, CSR assembled
+
+and reports the medians of each (records/s, peak RSS of the process), the ratio full / fetch (1.0
+means decoding is free next to fetching) and the load average at each measurement (a loaded
+machine moves both rates; the ratio is the comparable figure).
+
+    python -m bench.changelog_read [--users 100000] [--repeats 3] [--quick] [--output bench/out/changelog_read.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.common import machine, median, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTITIONS = 4
+
+
+async def _count(bootstrap: str, topic: str) -> int:
+    """Every record of `topic` up to the end offsets at the start, counted and dropped."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streaming import faust_compat
+    from streaming.kafka import clients
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=16 << 20,
+        fetch_max_bytes=64 << 20,
+        fetch_max_wait_ms=100,
+        client_id="bench-changelog-read",
+        **clients.aiokafka(),
+    )
+    await consumer.start()
+    try:
+        await faust_compat.refresh_metadata(consumer)
+        parts = sorted(consumer.partitions_for_topic(topic) or [])
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        end = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        left = [tp for tp in tps if end[tp] > 0]
+        n = 0
+        while left:
+            fetched = await consumer.getmany(*left, timeout_ms=500)
+            for records in fetched.values():
+                n += len(records)
+            for tp in list(left):
+                if await consumer.position(tp) >= end[tp]:
+                    left.remove(tp)
+                    consumer.pause(tp)
+        return n
+    finally:
+        await consumer.stop()
+
+
+def child(mode: str, bootstrap: str, topic: str) -> dict[str, Any]:
+    """(child process) One measurement: `fetch` or `full`."""
+    from recsys.config import load_config
+    from streaming.jobs.retrain import peak_rss_mb
+
+    out: dict[str, Any] = {"mode": mode, "loadavg": os.getloadavg()}
+    if mode == "fetch":
+        t0 = time.perf_counter()
+        out["records"] = asyncio.run(_count(bootstrap, topic))
+        out["seconds"] = time.perf_counter() - t0
+    else:
+        from streaming.jobs.changelog import read_training_data
+
+        cfg = load_config()
+        st = cfg.stream
+        t0 = time.perf_counter()
+        data = read_training_data(
+            bootstrap,
+            topic,
+            cfg.confidence,
+            holdout_fraction=st.retrain_holdout_fraction,
+            holdout_min=st.retrain_holdout_min,
+            holdout_max=st.retrain_holdout_max,
+        )
+        out["seconds"] = time.perf_counter() - t0
+        out["records"] = data.phases["records"]
+        out["assemble_s"] = data.phases["assemble_s"]
+        out["users"] = data.users + len(data.cases)
+        out["nnz"] = int(data.matrix.nnz)
+        out["csr_mb"] = (data.matrix.data.nbytes + data.matrix.indices.nbytes + data.matrix.indptr.nbytes) / 1e6
+        out["skipped"] = data.skipped
+    out["records_per_s"] = out["records"] / out["seconds"]
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def _run(mode: str, bootstrap: str, topic: str, timeout: float) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.changelog_read", "--child", mode, "--bootstrap", bootstrap, "--topic", topic]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STREAMREC_LOG_LEVEL": "warning"}
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="2,000 users, one repeat: checks it runs")
+    ap.add_argument("--output", default="bench/out/changelog_read.json")
+    ap.add_argument("--timeout", type=float, default=1800, help="per child process (seconds)")
+    ap.add_argument("--child", choices=("fetch", "full"), help=argparse.SUPPRESS)
+    ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    ap.add_argument("--topic", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        res = child(args.child, args.bootstrap, args.topic)
+        print(json.dumps(res), flush=True)
+        return res
+
+    from bench.state import produce_changelog, real_shape
+    from devtools.broker import broker_from_env
+    from streaming.kafka.admin import ensure_topics
+
+    users, repeats = (2000, 1) if args.quick else (args.users, args.repeats)
+    report: dict[str, Any] = {"bench": "changelog_read", "quick": args.quick, "machine": machine(), "users": users}
+    lengths, items = real_shape()
+    tmp = Path(tempfile.mkdtemp(prefix="streamrec-chread-"))
+    broker = broker_from_env(tmp / "kafka")
+    runs: dict[str, list[dict[str, Any]]] = {"fetch": [], "full": []}
+    try:
+        broker.start(timeout=300)  # a loaded machine can take minutes
+        topic = f"bchread{users}x{uuid.uuid4().hex[:6]}-user-state-changelog"
+        ensure_topics(broker.bootstrap, {topic: PARTITIONS}, config={"cleanup.policy": "compact"})
+        prod = produce_changelog(broker.bootstrap, topic, users, lengths, items, seed=1)
+        report["changelog_mb"] = prod["mb"]
+        print(f"{users:,} users: {prod['mb']:.0f} MB of state records produced in {prod['seconds']:.0f} s", flush=True)
+        for r in range(repeats):
+            for mode in ("fetch", "full") if r % 2 == 0 else ("full", "fetch"):
+                res = _run(mode, broker.bootstrap, topic, args.timeout)
+                runs[mode].append(res)
+                print(
+                    f"  {mode:5s} #{r + 1}: {res['records']:,} records in {res['seconds']:.2f} s = "
+                    f"{res['records_per_s']:,.0f} records/s, peak RSS {res['peak_rss_mb']:.0f} MB "
+                    f"(load {res['loadavg'][0]:.2f})",
+                    flush=True,
+                )
+    finally:
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    summary: dict[str, Any] = {}
+    for mode, rs in runs.items():
+        summary[mode] = {k: median([x[k] for x in rs]) for k in ("records_per_s", "seconds", "peak_rss_mb") if rs} | {
+            "loadavg_1m": [round(x["loadavg"][0], 2) for x in rs]
+        }
+    full = runs["full"]
+    summary["full"].update(
+        csr_mb=full[0]["csr_mb"], nnz=full[0]["nnz"], users=full[0]["users"], skipped=full[0]["skipped"]
+    )
+    summary["full_over_fetch"] = summary["full"]["records_per_s"] / summary["fetch"]["records_per_s"]
+    summary["peak_rss_over_csr"] = summary["full"]["peak_rss_mb"] / max(summary["full"]["csr_mb"], 1e-9)
+    report |= {"runs": runs, "summary": summary}
+    write_json(args.output, report)
+    print(
+        f"fetch only {summary['fetch']['records_per_s']:,.0f} records/s; read + decode + assemble "
+        f"{summary['full']['records_per_s']:,.0f} records/s => ratio {summary['full_over_fetch']:.2f} "
+        f"(medians of {repeats}; load {summary['full']['loadavg_1m']}); peak RSS "
+        f"{summary['full']['peak_rss_mb']:.0f} MB for a {summary['full']['csr_mb']:.0f} MB CSR",
+        flush=True,
+    )
+    return report
+
+
+if __name__ == "__main__":
+    main()
