@@ -211,6 +211,14 @@ class Settings:
         "next retrain; needs XᵀX stored with the model (`recsys retrain` and `recsys train` store it). "
         "Topics `<app_id>-item-evidence` and `<app_id>-item-factors`",
     )
+    # On by default: a version may bring a ranker at any retrain, and the sources need the
+    # recent stream before it does (streaming/worker/ranking.py).
+    candidate_sources: bool = setting(
+        True,
+        "keep the ranker's candidate sources (co-visitation, session-kNN, item counters) from this worker's "
+        "events, so a model version with a ranker serves ranked lists; off: a version's ranker is ignored, "
+        "the blend serves, and the sources cost nothing",
+    )
     item_foldin_refresh_s: float = setting(
         5.0,
         "new-item rows are solved and published, and each worker swaps "

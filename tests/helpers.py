@@ -49,3 +49,30 @@ def train_into(store, seed: int = 1, version: str | None = None, publish: bool =
     model, _, _ = train(profiles, cfg, TrainConfig(factors=8, iterations=8, random_state=seed), version=version)
     store.save(model, publish=publish)
     return model
+
+
+def ranker_slice(train_events, test_events):
+    """Test events on which a worker's ranked lists can equal stream-eval's, and the ones to compare.
+
+    A worker publishes a user's list when their event arrives; stream-eval computes the list of
+    that user's next event from the state just before it. The ranker's features read stream-wide
+    state (co-visitation, session neighbours, item counters, popularity), so the two lists are
+    the same when no other event comes between the two events of the user: the slice is users
+    whose test events do not overlap in time (each a block), minus events on the item already on
+    screen (stream-eval skips those and counts them a chunk late). Returns (slice, compared):
+    `compared` leaves out each user's first test event (its list was published during the
+    training events, before the others')."""
+    last = {e.user: e.item for e in train_events}
+    by_user: dict[str, list] = {}
+    for e in test_events:
+        if last.get(e.user) != e.item:
+            by_user.setdefault(e.user, []).append(e)
+            last[e.user] = e.item
+    chosen, end = [], -1
+    for evs in sorted(by_user.values(), key=lambda v: (v[0].ts, v[-1].ts)):
+        if evs[0].ts > end and len(evs) > 1:
+            chosen.append(evs)
+            end = evs[-1].ts
+    test_slice = sorted((e for evs in chosen for e in evs), key=lambda e: e.ts)
+    compared = [e for evs in chosen for e in evs[1:]]
+    return test_slice, compared

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.errors import ModelStoreError, RecsysError
-from recsys.model.store import FILES, USER_GRAM, ModelStore, check_version
+from recsys.model.store import FILES, RANKER, USER_GRAM, ModelStore, check_version
 from streaming.kafka import clients
 
 log = logging.getLogger("streamrec.models")
@@ -54,7 +54,7 @@ INDEX, CHUNKS = 0, 1  # the artifacts topic's partitions
 FORMAT = 1
 METADATA = "metadata.json"
 REQUIRED_FILES = frozenset((*FILES, METADATA))
-ALLOWED_FILES = REQUIRED_FILES | {USER_GRAM}
+ALLOWED_FILES = REQUIRED_FILES | {USER_GRAM, RANKER}  # the optional ones a version may carry
 CURRENT, PINNED = "current", "pinned"
 # Why a fetched version was refused: the label of streamrec_model_fetch_refused_total.
 REASONS = (

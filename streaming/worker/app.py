@@ -58,6 +58,7 @@ class StreamWorker:
             config.scoring,
             with_user_gram=s.item_foldin,
             transport=ModelTransport.from_settings(s) if s.model_transport == "kafka" else None,
+            ranker_cfg=config.ranker if s.candidate_sources else None,
         )
         self.processor = Processor(
             config.confidence,
@@ -66,6 +67,7 @@ class StreamWorker:
             top_n=s.top_n,
             popularity_half_life_s=s.popularity_half_life_s,
             input_config=config.input,
+            sources=config.sources if s.candidate_sources else None,
         )
         self.table = UserStateTable(app, s.table_name, s.partitions)
         self.publisher = BatchPublisher(app)

@@ -43,6 +43,12 @@ class WorkerMetrics:
         self.scoring_seconds = Histogram(
             "streamrec_scoring_seconds", "Scoring (product + top-k) time per batch", buckets=COMPUTE_BUCKETS, registry=r
         )
+        self.ranking_seconds = Histogram(
+            "streamrec_ranking_seconds",
+            "Ranked lists per batch (a version with a ranker): sources, candidates, features and the ranker",
+            buckets=COMPUTE_BUCKETS,
+            registry=r,
+        )
         self.batch_events = Histogram(
             "streamrec_batch_events", "Events per micro-batch", buckets=SIZE_BUCKETS, registry=r
         )
@@ -67,8 +73,9 @@ class WorkerMetrics:
         )
         self.model_fetch_refused = Counter(
             "streamrec_model_fetch_refused",
-            "Model versions fetched from Kafka (stream.model_transport kafka) and refused, by reason "
-            "(missing, corrupt, invalid, unverified, unreachable)",
+            "Model versions refused, by reason: fetched from Kafka (stream.model_transport kafka) and "
+            "refused (missing, corrupt, invalid, unverified, unreachable), or, with either transport, a "
+            "version whose ranker file fails its checksum or does not parse (ranker)",
             ["reason"],
             registry=r,
         )

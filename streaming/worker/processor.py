@@ -3,7 +3,9 @@
     raw messages ─► validate ─► bad ones: dead letters (original bytes + reason)
                  └► group by user ─► apply to each user's state once per batch, skipping
                     events at or below the offset the state already holds (redeliveries)
-                 ─► fold in all touched users at once ─► score them (query = their latest item)
+                 ─► the candidate sources count the applied events, in arrival order
+                 ─► fold in all touched users at once ─► score them (query = their latest item);
+                    a model version with a ranker: its ranked lists (streaming/worker/ranking.py)
                  ─► one recommendation message per user, naming the model version
                  ─► evidence for items the trained model lacks (streaming/worker/new_items.py)
 
@@ -21,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from recsys.candidates.sources import SourcesConfig
 from recsys.catalogue import Catalogue, ItemFilter, ItemMask
 from recsys.confidence import ConfidenceConfig
 from recsys.config import Settings
@@ -31,9 +34,11 @@ from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import Recommendations
 from streaming.worker.metrics import WorkerMetrics
 from streaming.worker.new_items import new_item_evidence
-from streaming.worker.serving import ServingModel
+from streaming.worker.ranking import WorkerRanking
+from streaming.worker.serving import Serving, ServingModel
 from streaming.worker.state import UserState
 
+DEFAULT_SOURCES = SourcesConfig()
 MAX_MESSAGE_BYTES = 64 * 1024  # an event is a few hundred bytes; anything this big is not one
 
 
@@ -114,6 +119,7 @@ class Processor:
         popularity_half_life_s: float = Settings().popularity_half_life_s,
         input_config: InputConfig | None = None,
         catalogue: Catalogue | None = None,
+        sources: SourcesConfig | None = DEFAULT_SOURCES,
     ):
         self.ccfg, self.metrics, self.top_n, self.clock = ccfg, metrics, top_n, clock
         # What may be shown (streaming/worker/catalogue.py keeps it current between batches):
@@ -126,6 +132,8 @@ class Processor:
         # cannot place yet, and everyone's list before any model exists. Counts the events of
         # this worker's partitions only.
         self.recent_popularity = RecentPopularity(half_life_s=popularity_half_life_s)
+        # The ranker's candidate sources (None: stream.candidate_sources off, rankers unused).
+        self.ranking = WorkerRanking(sources, ccfg) if sources is not None else None
 
     def process(self, batch: Sequence[Incoming], load: Callable[[bytes, Incoming], UserState | None]) -> BatchResult:
         """Apply a batch. `load(key, msg)` returns a user's stored state (or None)."""
@@ -135,7 +143,8 @@ class Processor:
         base = serving.item_base  # the trained model, when new items are folded in
         new_items: dict[bytes, set[str]] = {}  # user -> items of applied events the trained model lacks
         by_user: OrderedDict[bytes, list[tuple[Incoming, Event]]] = OrderedDict()
-        for msg in batch:
+        arrived: dict[int, int] = {}  # id(msg) -> position in the batch
+        for pos, msg in enumerate(batch):
             try:
                 event = decode_event(msg, self.input)
             except EventError as e:
@@ -143,8 +152,10 @@ class Processor:
                 m.rejected.labels(e.reason).inc()
                 continue
             by_user.setdefault(msg.key, []).append((msg, event))  # type: ignore[arg-type]
+            arrived[id(msg)] = pos
 
         touched: list[tuple[bytes, UserState, Incoming, Event, list[Incoming]]] = []
+        counted: list[tuple[int, Event]] = []  # applied events with their arrival position
         # Counters are added up per batch, then incremented once per label: a labelled
         # increment per event was ~5% of a batch's time.
         by_type: dict[str, int] = {}
@@ -167,7 +178,7 @@ class Processor:
                         hits[version] = hits.get(version, 0) + 1
                 state.profile.apply(event, self.ccfg)
                 state.profile.offset = msg.offset
-                self.recent_popularity.add(event.item, event.ts)
+                counted.append((arrived[id(msg)], event))
                 if base is not None and event.item not in base.model.item_index:
                     new_items.setdefault(key, set()).add(event.item)
                 by_type[event.type] = by_type.get(event.type, 0) + 1
@@ -184,6 +195,13 @@ class Processor:
                 # committed. Write the state again so the changelog catches up first.
                 res.states[key] = state
                 res.repaired += 1
+        # Popularity and the sources count in arrival order: their ties (first counted first) and
+        # float sums then equal the stream's own order, as stream-eval replays it.
+        counted.sort(key=lambda pe: pe[0])
+        for _, event in counted:
+            self.recent_popularity.add(event.item, event.ts)
+        if self.ranking is not None:
+            self.ranking.observe([e for _, e in counted])
         res.accepted = sum(len(t[4]) for t in touched)
         for counter, counts in ((m.events_in, by_type), (m.hit_checks, checks), (m.hits, hits)):
             for label, k in counts.items():
@@ -195,7 +213,9 @@ class Processor:
         if not touched:
             return res
 
-        recs = self._recommend(serving.current, [t[1] for t in touched], [t[3].item for t in touched])
+        recs = self._recommend(
+            serving, [t[3].user for t in touched], [t[1] for t in touched], [t[3].item for t in touched]
+        )
         now_ms = int(self.clock() * 1000)
         sources: dict[str, int] = {}
         for (key, state, last_msg, last_event, applied), rec in zip(touched, recs, strict=True):
@@ -256,18 +276,31 @@ class Processor:
         items = items[:n]
         return Recommendations(items, [pop.count(i) for i in items], "popular", None)
 
-    def _recommend(self, rec: Recommender | None, states: list[UserState], queries: list[str]) -> list[Recommendations]:
+    def _recommend(
+        self, serving: Serving, users: list[str], states: list[UserState], queries: list[str]
+    ) -> list[Recommendations]:
+        rec = serving.current
         if rec is None:
             return [self.popular_fallback(s, self.top_n) for s in states]
         timings: dict[str, float] = {}
-        out = rec.recommend(
-            [s.profile for s in states],
-            queries,
-            self.top_n,
-            timings,
-            popular=self.recent_popularity.top(self.top_n + 64),
-            mask=self.eligibility(rec),
-        )
+        popular = self.recent_popularity.top(self.top_n + 64)
+        mask = self.eligibility(rec)
+
+        def blend(rows: list[int]) -> list[Recommendations]:
+            return rec.recommend(
+                [states[j].profile for j in rows],
+                [queries[j] for j in rows],
+                self.top_n,
+                timings,
+                popular=popular,
+                mask=mask,
+            )
+
+        if serving.ranker is not None and self.ranking is not None:
+            out = self.ranking.recommend(serving, users, states, queries, self.top_n, popular, mask, blend, timings)
+            self.metrics.ranking_seconds.observe(timings["ranking"])
+        else:
+            out = blend(list(range(len(states))))
+            self.metrics.scoring_seconds.observe(timings["scoring"])
         self.metrics.foldin_seconds.observe(timings["foldin"])
-        self.metrics.scoring_seconds.observe(timings["scoring"])
         return out

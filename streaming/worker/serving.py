@@ -7,7 +7,9 @@
     ModelUpdates   loads a version from the store (checksums, memory maps, the id index) in a
                    thread and swaps it in; on start-up the store's current version, then every
                    announcement on the model-updates topic. A version that fails verification is
-                   refused: logged, counted, and the current one keeps serving.
+                   refused: logged, counted, and the current one keeps serving. A version's
+                   ranker (ranker.txt) loads with it: one that fails its checksum or does not
+                   parse refuses the version as a whole (reason `ranker`).
                    With stream.model_transport kafka, a version the local store lacks is first
                    fetched from the artifacts topic (streaming/kafka/model_transport.py), and what
                    to serve at start, and the pin, come from that topic's pointers.
@@ -29,8 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recsys.candidates.ranker import Features, Ranker, RankerConfig
 from recsys.confidence import ConfidenceConfig
-from recsys.errors import RecsysError
+from recsys.errors import ModelStoreError, RecsysError
 from recsys.model.store import ModelStore, check_version
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import ScoringConfig
@@ -49,10 +52,13 @@ class Serving:
     current: Recommender | None = None  # trained + folded-in new items: what lists come from
     xtx: np.ndarray | None = None  # XᵀX of the trained version's users; None: no new-item fold-in
     new_items: int = 0  # folded-in items in `current`
+    ranker: Ranker | None = None  # the version's learned ranker: lists are ranked (streaming/worker/ranking.py)
+    features: Features | None = None  # the ranker's feature builder on the trained model
 
     @classmethod
-    def of(cls, rec: Recommender, xtx: np.ndarray | None = None) -> Serving:
-        return cls(rec, rec, xtx)
+    def of(cls, rec: Recommender, xtx: np.ndarray | None = None, ranker: Ranker | None = None) -> Serving:
+        features = Features(rec.model, ranker.cfg) if ranker is not None else None
+        return cls(rec, rec, xtx, ranker=ranker, features=features)
 
     @property
     def version(self) -> str | None:
@@ -62,6 +68,12 @@ class Serving:
     def item_base(self) -> Recommender | None:
         """The model new-item evidence is computed against (None: new items are not folded in)."""
         return self.trained if self.xtx is not None else None
+
+
+class RankerRefused(ModelStoreError):
+    """A version whose ranker file fails its checksum or does not parse: refused as a whole."""
+
+    reason = "ranker"
 
 
 class ServingModel:
@@ -95,7 +107,11 @@ class ServingModel:
             self.metrics.set_model(rec.version, float(rec.model.metadata.get("created", 0)))
             self.metrics.model_swaps.labels("ok").inc()
             log.info(
-                "serving model %s (%d items)", rec.version, rec.model.n_items, extra={"model_version": rec.version}
+                "serving model %s (%d items, %s)",
+                rec.version,
+                rec.model.n_items,
+                "with its ranker" if new.ranker is not None else "no ranker: the blend serves",
+                extra={"model_version": rec.version},
             )
             for callback in self._on_new_version:
                 callback(new)
@@ -114,8 +130,11 @@ class ModelUpdates:
         *,
         with_user_gram: bool,
         transport: ModelTransport | None = None,
+        ranker_cfg: RankerConfig | None = None,
     ):
         self.store, self.serving, self.ccfg, self.scfg = store, serving, ccfg, scfg
+        # None: a version's ranker is not loaded (stream.candidate_sources off); the blend serves
+        self.ranker_cfg = ranker_cfg
         self.with_user_gram = with_user_gram  # XᵀX is read only when new items are folded in
         self.listening = False  # positioned on model-updates: announcements from now on are heard
         # kafka transport: versions come from the artifacts topic into this worker's own store,
@@ -150,11 +169,24 @@ class ModelUpdates:
                 model.version,
                 extra={"model_version": model.version},
             )
-        serving = Serving.of(Recommender(model, self.ccfg, self.scfg), xtx)
+        serving = Serving.of(Recommender(model, self.ccfg, self.scfg), xtx, self._ranker(model.version))
         if self.transport is not None:  # this host's own store: a restart without Kafka serves it
             self.store.publish(model.version)
             self._prune_cache(model.version)
         return serving
+
+    def _ranker(self, version: str) -> Ranker | None:
+        """The version's ranker, if it has one. A ranker file that fails its checksum or does not
+        parse refuses the whole version: its model was gated together with that ranker."""
+        if self.ranker_cfg is None:
+            return None
+        try:
+            raw = self.store.ranker(version)
+            if raw is None:
+                return None
+            return Ranker.from_bytes(raw, self.ranker_cfg)
+        except (ModelStoreError, ValueError) as e:
+            raise RankerRefused(f"model version {version!r}: its ranker is refused: {e}") from None
 
     def _prune_cache(self, loaded: str) -> None:
         """kafka transport: this worker's store is a cache of the topic; it keeps the newest
@@ -170,7 +202,7 @@ class ModelUpdates:
 
     def _refuse(self, version: str | None, err: Exception) -> None:
         self.serving.metrics.model_swaps.labels("refused").inc()
-        if isinstance(err, TransportRefused):
+        if isinstance(err, (TransportRefused, RankerRefused)):
             self.serving.metrics.model_fetch_refused.labels(err.reason).inc()
         log.error(
             "refused model %s: %s; still serving %s",

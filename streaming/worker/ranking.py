@@ -1,0 +1,128 @@
+"""The worker's ranked lists: candidate sources kept from the stream, ordered by the version's ranker.
+
+    WorkerRanking.observe(events)  every event a batch applied, in the order they arrived: the
+                                   sources (co-visitation, session-kNN; recsys.candidates.sources)
+                                   and the item counters the ranker's features read (ItemStats)
+    WorkerRanking.recommend(...)   a batch's lists when the serving version has a ranker: the
+                                   same code as `recsys stream-eval`'s method `ranker`
+                                   (recsys.candidates.lists), plus the catalogue mask
+
+**Which state a list reads.** A worker computes a user's list after applying the batch that
+holds their latest event; that list is what the user sees before their *next* event. The
+stream evaluation computes the list of an event from the state before it, with the item counters
+as of the start of its chunk. So the worker counts a batch's events into every source and
+counter before computing the batch's lists: the list shown before an event then reads exactly
+the state the evaluation gives it (the equality test sends one event per batch:
+tests/integration/test_worker_ranker_kafka.py). Events are observed in arrival order (not user
+by user): co-visitation weights are float sums and session ids break ties, so the order counts.
+
+**What the sources cover.** The events of this worker's partitions (like its recent popularity).
+Co-visitation and session neighbours are stream-wide patterns; with several workers each learns
+them from its share of the users.
+
+**Restart.** The sources are derived state of the clickstream, which Kafka keeps as a log; a
+restarted worker starts with empty sources and fills them from the stream (re-reading a recent
+window at start is the plan: docs/evaluation.md, worker integration).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from recsys.candidates.lists import SOURCE_METHODS, Ranked, context, ranked_lists
+from recsys.candidates.ranker import ItemStats
+from recsys.candidates.sources import Sources, SourcesConfig
+from recsys.catalogue import ItemMask
+from recsys.confidence import ConfidenceConfig
+from recsys.events import Event
+from recsys.serving.recommender import Recommender
+from recsys.serving.scoring import Recommendations, own_item_scores
+from streaming.worker.serving import Serving
+from streaming.worker.state import UserState
+
+log = logging.getLogger("streamrec.worker")
+
+
+class WorkerRanking:
+    """The candidate sources and item counters of one worker, and its ranked lists."""
+
+    def __init__(self, cfg: SourcesConfig, ccfg: ConfidenceConfig):
+        self.cfg, self.ccfg = cfg, ccfg
+        self.sources = Sources(cfg)
+        self.stats = ItemStats()  # stream-eval's and the ranker's training's half-life
+        self.observed = 0
+
+    def observe(self, events: Sequence[Event]) -> None:
+        for e in events:
+            self.sources.update(e)
+            self.stats.add(e.item, e.ts)
+        self.observed += len(events)
+
+    def recommend(
+        self,
+        serving: Serving,
+        users: Sequence[str],
+        states: Sequence[UserState],
+        queries: Sequence[str],
+        n: int,
+        popular: Sequence[str],
+        mask: ItemMask | None,
+        fallback: Callable[[list[int]], list[Recommendations]],
+        timings: dict[str, float],
+    ) -> list[Recommendations]:
+        """The ranked lists of a batch's users (`serving` has a ranker). `fallback(rows)`: the
+        blend's lists of those rows (a short list is padded from them)."""
+        rec = serving.current
+        assert rec is not None and serving.ranker is not None and serving.features is not None
+        t0 = time.perf_counter()
+        ccfg, scfg = self.ccfg, rec.scfg
+        values = [s.profile.values(ccfg) for s in states]
+        confs = [ccfg.to_confidences(v) for v in values]
+        x, known = rec.fold_in(confs)
+        t1 = time.perf_counter()
+        excludes = [s.profile.items_with(scfg.exclude_types) for s in states]
+        own = (
+            [
+                own_item_scores(s.profile, ccfg, scfg.repeat_half_life_days, values=v)
+                for s, v in zip(states, values, strict=True)
+            ]
+            if scfg.repeat_weight > 0
+            else None
+        )
+        per_source = serving.features.cfg.per_source
+        feeds = [(self.sources, SOURCE_METHODS)]
+        ctxs = [
+            context(u, st.profile, q, ex, c, feeds, per_source, st.profile.last_ts, mask=mask)
+            for u, st, q, ex, c in zip(users, states, queries, excludes, confs, strict=True)
+        ]
+        fell_back: dict[int, Recommendations] = {}
+
+        def pad(rows: list[int]) -> list[list[str]]:
+            recs = fallback(rows)
+            fell_back.update(zip(rows, recs, strict=True))
+            return [r.items for r in recs]
+
+        ranked = ranked_lists(
+            ctxs,
+            rec,
+            serving.features,
+            self.stats,
+            serving.ranker,
+            n,
+            [popular] * len(states),
+            excludes,
+            pad,
+            own=own,
+            mask=mask,
+            folded=(x, known),
+        )
+        timings["foldin"], timings["ranking"] = t1 - t0, time.perf_counter() - t1
+        return [self._message(j, r, fell_back, rec) for j, r in enumerate(ranked)]
+
+    @staticmethod
+    def _message(j: int, r: Ranked, fell_back: dict[int, Recommendations], rec: Recommender) -> Recommendations:
+        if r.source == "fallback":
+            return fell_back[j]
+        return Recommendations(r.items, r.scores, "ranker", rec.version)

@@ -1,0 +1,230 @@
+"""The worker's ranked lists (streaming/worker/ranking.py over recsys/candidates/lists.py): the
+worker publishes what `recsys stream-eval`'s method `ranker` lists; the catalogue mask and bought
+items apply to every candidate; a version's ranker loads with it and a corrupt one refuses it."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from recsys.candidates.lists import context, ranked_lists
+from recsys.candidates.ranker import Features, ItemStats, Ranker, RankerConfig
+from recsys.candidates.sources import Sources, SourcesConfig
+from recsys.candidates.training import train_ranker
+from recsys.catalogue import Catalogue, Item
+from recsys.confidence import ConfidenceConfig, build_profiles
+from recsys.data.datasets import load_events, time_split
+from recsys.evaluation.streaming import StreamEvalConfig, stream_evaluate
+from recsys.model.store import RANKER, ModelStore
+from recsys.model.train import TrainConfig, train
+from recsys.serving.recommender import Recommender
+from recsys.serving.scoring import ScoringConfig
+from streaming.worker.metrics import WorkerMetrics
+from streaming.worker.processor import Incoming, Processor
+from streaming.worker.serving import ModelUpdates, Serving, ServingModel
+from streaming.worker.state import UserState
+from tests.conftest import require_dataset
+from tests.helpers import ranker_slice
+
+CFG = ConfidenceConfig()
+SCFG = ScoringConfig()
+RCFG = replace(RankerConfig(), n_estimators=10, min_child_samples=5)
+
+
+@pytest.fixture(scope="module")
+def taobao():
+    events = load_events(require_dataset("taobao_small"))
+    tr, te = time_split(events, test_fraction=0.2)
+    model, x, users = train(build_profiles(tr, CFG), CFG, TrainConfig(factors=16, iterations=10, num_threads=1))
+    ranker = train_ranker(tr, ccfg=CFG, scfg=SCFG, ecfg=StreamEvalConfig(ranker=RCFG))
+    return tr, te, model, x, users, ranker
+
+
+def test_worker_ranked_lists_equal_stream_eval(taobao) -> None:
+    """One event per batch, as the Kafka test sends them: the list the worker published after a
+    user's event k-1 is stream-eval's `ranker` list for event k (chunk_max=1, popularity
+    refreshed every event), on a slice where nothing happens between the two (`ranker_slice`)."""
+    tr, te, model, x, users, ranker = taobao
+    te, compared_events = ranker_slice(tr, te)
+    proc = Processor(CFG, WorkerMetrics(CollectorRegistry()), top_n=10)
+    proc.serving.swap(Serving.of(Recommender(model, CFG, SCFG), ranker=ranker))
+    store: dict[bytes, UserState] = {}
+    shown: dict[tuple[str, str, int], list[list[str] | None]] = {}  # a user may have two events in one ms
+    sources = set()
+    for off, e in enumerate(list(tr) + list(te)):
+        key = e.user.encode()
+        st = store.get(key)
+        shown.setdefault((e.user, e.item, e.ts), []).append(st.last_items if st is not None else None)
+        res = proc.process([Incoming(key, json.dumps(e.to_dict()).encode(), 0, off, e.ts)], lambda k, _m: store.get(k))
+        store.update(res.states)
+        (msg,) = res.messages
+        sources.add(json.loads(msg[1])["source"])
+    ecfg = StreamEvalConfig(methods=("system", "ranker"), chunk_max=1, pop_refresh=1, ranker=RCFG)
+    rep = stream_evaluate(
+        tr, te, ccfg=CFG, scfg=SCFG, model=model, user_factors=x, user_ids=users, ecfg=ecfg, ranker=ranker,
+        keep_lists=("ranker",),
+    )  # fmt: skip
+    assert rep["skipped_same_item"] == 0 and len(rep["events"]) == len(te)
+    want = {(e.user, e.item, e.ts) for e in compared_events}
+    compared = 0
+    for r in rep["events"]:
+        before = shown[(r["user"], r["item"], r["ts"])].pop(0)
+        if (r["user"], r["item"], r["ts"]) in want:
+            assert r["lists"]["ranker"] == before, r
+            compared += 1
+    assert compared == len(compared_events) > 50
+    assert sources == {"ranker"}
+    # the ranker reorders: its lists are not the blend's
+    assert rep["methods"]["ranker"]["all"]["MRR@10"] != rep["methods"]["system"]["all"]["MRR@10"]
+
+
+def test_without_a_ranker_the_blend_serves_as_before(taobao) -> None:
+    tr, _, model, *_ = taobao
+    plain = Processor(CFG, WorkerMetrics(CollectorRegistry()), top_n=10, sources=None)
+    fed = Processor(CFG, WorkerMetrics(CollectorRegistry()), top_n=10)
+    for p in (plain, fed):
+        p.serving.swap(Serving.of(Recommender(model, CFG, SCFG)))
+    msgs = []
+    for p in (plain, fed):
+        store: dict[bytes, UserState] = {}
+        out = []
+        for off, e in enumerate(tr[:300]):
+            key = e.user.encode()
+            msg = Incoming(key, json.dumps(e.to_dict()).encode(), 0, off, e.ts)
+            res = p.process([msg], functools.partial(lambda st, k, _m: st.get(k), store))
+            store.update(res.states)
+            out += [(json.loads(v)["items"], json.loads(v)["source"]) for _, v in res.messages]
+        msgs.append(out)
+    assert msgs[0] == msgs[1] and "ranker" not in {s for _, s in msgs[0]}
+
+
+def _ranked_setup(taobao):
+    tr, _, model, _, _, ranker = taobao
+    src, stats = Sources(SourcesConfig()), ItemStats()
+    for e in tr:
+        src.update(e)
+        stats.add(e.item, e.ts)
+    profiles = build_profiles(tr, CFG)
+    return tr, model, ranker, src, stats, profiles
+
+
+def test_the_mask_and_bought_items_apply_to_every_candidate(taobao) -> None:
+    tr, model, ranker, src, stats, profiles = _ranked_setup(taobao)
+    rec = Recommender(model, CFG, SCFG)
+    users = sorted(profiles, key=lambda u: -profiles[u].events)[:8]
+    popular = [e.item for e in tr[-200:]]
+    # hide every item any source or the blend would put first for these users
+    ctxs0 = [
+        context(
+            u, profiles[u], profiles[u].history[-1], set(), profiles[u].confidence(CFG), [(src, ("covisit",))], 50, 0
+        )
+        for u in users
+    ]
+    hidden = {i for c in ctxs0 for i in list(c.sources["covisit"])[:5]}
+    hidden |= {profiles[u].history[-2] for u in users if len(profiles[u].history) > 1}
+    cat = Catalogue()
+    for i in hidden:
+        cat.put(Item(i, available=False))
+    mask = cat.mask(model)
+    assert mask is not None
+    bought = {u: {profiles[u].history[0]} for u in users}
+    feeds = [(src, ("own-recent", "covisit", "vsknn", "stan"))]
+    ctxs = [
+        context(
+            u, profiles[u], profiles[u].history[-1], bought[u], profiles[u].confidence(CFG), feeds, 50, 0, mask=mask
+        )
+        for u in users
+    ]
+    seen: list[list[str]] = []
+    out = ranked_lists(
+        ctxs,
+        rec,
+        Features(model, RCFG),
+        stats,
+        ranker,
+        10,
+        [popular] * len(users),
+        [bought[u] for u in users],
+        lambda rows: [[] for _ in rows],
+        mask=mask,
+        on_candidates=lambda j, items, X: seen.append(items),
+    )
+    assert hidden and all(seen)
+    for u, items, r in zip(users, seen, out, strict=True):
+        assert not (set(items) & hidden), "a hidden item became a candidate"
+        assert not (set(items) & bought[u]) and profiles[u].history[-1] not in items
+        assert r.source == "ranker" and len(r.items) == 10 and set(r.items) <= set(items)
+        assert r.scores == sorted(r.scores, reverse=True)
+
+
+def test_short_lists_are_padded_and_no_ranker_takes_the_fallback(taobao) -> None:
+    tr, model, ranker, src, stats, profiles = _ranked_setup(taobao)
+    rec = Recommender(model, CFG, SCFG)
+    u = min(profiles, key=lambda u: profiles[u].events)
+    ctx = context(u, profiles[u], profiles[u].history[-1], set(), profiles[u].confidence(CFG), [(src, ())], 50, 0)
+    pad = [f"pad{k}" for k in range(20)]
+    asked: list[list[int]] = []
+
+    def fallback(rows: list[int]) -> list[list[str]]:
+        asked.append(rows)
+        return [pad for _ in rows]
+
+    tiny = replace(RCFG, per_source=2, pop_candidates=1)
+    (r,) = ranked_lists([ctx], rec, Features(model, tiny), stats, ranker, 10, [[]], [set()], fallback)
+    assert r.source == "ranker" and len(r.items) == 10 and asked == [[0]]
+    ranked = [i for i in r.items if not i.startswith("pad")]
+    assert 0 < len(ranked) <= 3 and r.items[len(ranked) :] == pad[: 10 - len(ranked)]
+    (r,) = ranked_lists([ctx], rec, Features(model, tiny), stats, None, 10, [[]], [set()], fallback)
+    assert r.source == "fallback" and r.items == pad[:10]
+
+
+def test_a_version_with_a_corrupt_ranker_is_refused_and_the_previous_keeps_serving(taobao, tmp_path) -> None:
+    from tests.helpers import random_model
+
+    *_, ranker = taobao
+    store = ModelStore(tmp_path)
+    other = Ranker.from_bytes(ranker.to_bytes())
+    store.save(random_model(version="v1"), ranker=ranker.to_bytes())
+    metrics = WorkerMetrics(CollectorRegistry())
+    serving = ServingModel(metrics)
+    updates = ModelUpdates(store, serving, CFG, SCFG, with_user_gram=False, ranker_cfg=RCFG)
+    assert updates.load_initial()
+    assert serving.snapshot.ranker is not None and serving.snapshot.ranker.checksum() == ranker.checksum()
+    assert serving.snapshot.features is not None
+    vdir = store.save(random_model(version="v2"), ranker=other.to_bytes(), publish=False)
+    raw = bytearray((vdir / RANKER).read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    (vdir / RANKER).write_bytes(bytes(raw))
+    import asyncio
+
+    assert not asyncio.run(updates.on_announcement(b'{"version": "v2"}'))
+    assert serving.version == "v1" and serving.snapshot.ranker is not None
+    assert metrics.registry.get_sample_value("streamrec_model_fetch_refused_total", {"reason": "ranker"}) == 1
+    assert metrics.registry.get_sample_value("streamrec_model_loads_total", {"result": "refused"}) == 1
+    # a ranker file that verifies but is not a ranker refuses its version too
+    meta_ok = store.save(random_model(version="v3"), ranker=b"tree\nnot a model", publish=False)
+    assert meta_ok.exists()
+    assert not asyncio.run(updates.on_announcement(b'{"version": "v3"}'))
+    assert serving.version == "v1"
+    assert metrics.registry.get_sample_value("streamrec_model_fetch_refused_total", {"reason": "ranker"}) == 2
+    # a version without a ranker: the blend serves
+    store.save(random_model(version="v4"), publish=False)
+    assert asyncio.run(updates.on_announcement(b'{"version": "v4"}'))
+    assert serving.version == "v4" and serving.snapshot.ranker is None
+
+
+def test_ranker_lists_with_no_history_take_the_fallback(taobao) -> None:
+    tr, model, ranker, src, stats, _ = _ranked_setup(taobao)
+    rec = Recommender(model, CFG, SCFG)
+    ctx = context("nobody", None, None, set(), {}, [(src, ("covisit",))], 50, tr[-1].ts)
+    (r,) = ranked_lists(
+        [ctx], rec, Features(model, RCFG), stats, ranker, 10, [[e.item for e in tr[-50:]]], [set()],
+        lambda rows: [["p1", "p2"] for _ in rows],
+    )  # fmt: skip
+    assert r.source == "fallback" and r.items == ["p1", "p2"]
+    assert np.isfinite(r.scores).all()
