@@ -5,8 +5,10 @@ The retrain reads every user's latest state record from the state table's change
 and needs the users x items confidence matrix. No per-user Python object is built on the way:
 
   * Reading: aiokafka (its C record parser and CRC) in large fetches, from the beginning of every
-    partition to the end offsets measured at the start. The latest record per key wins: a key
-    seen again marks its earlier row dead; a tombstone removes the user. A progress bar and the
+    partition to the end offsets measured at the start. The latest record per key wins: records
+    are gathered into chunks and, per chunk, only each key's last record is decoded (bulk dict
+    operations, no Python code per record); a key seen again marks its earlier row dead; a
+    tombstone removes the user. A progress bar and the
     rate go to the log every few seconds; a read that makes no progress for `stall_s` fails (no
     fixed limit on the whole read: a large changelog takes as long as it takes).
   * Decoding (`ChunkDecoder`): records are decoded in chunks of a few thousand, all at once, by
@@ -18,9 +20,10 @@ and needs the users x items confidence matrix. No per-user Python object is buil
     first-seen order; the item id text is made once per item. Confidences come from
     `ConfidenceConfig.confidences`, the one formula. A chunk keeps 8 bytes per non-zero
     (column int32, confidence float32): memory is a small multiple of the final CSR.
-  * Hold-out: the users with the lowest `holdout_rank` (a hash of the id) are kept apart as raw
-    records (a bounded heap, at most `holdout_max` of them) and become the gate's cases at the end
-    (recsys.evaluation.offline.holdout_case); those not needed go into the matrix.
+  * Hold-out: the users with the lowest `holdout_rank` (a hash of the id) are candidates: their
+    latest raw record is kept too (at most `holdout_max` of them, the lowest ranks; ties by key)
+    and, at the end, the lowest-ranked that make a case (recsys.evaluation.offline.holdout_case)
+    become the gate's cases and leave the matrix; the others stay in it.
 
 An unreadable or foreign record (wrong format version, truncated, trailing bytes) is skipped,
 counted and logged with its key; it never stops the retrain. An empty changelog is an error that
@@ -30,12 +33,13 @@ says so.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
+import operator
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import compress, repeat
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -366,63 +370,117 @@ class ChangelogTable:
         self.holdout = (holdout_fraction, holdout_min, holdout_max)
         self.min_items = min_items
         self.chunk_records = chunk_records
-        self.row_of: dict[bytes, int] = {}
+        self.row_of: dict[bytes, int] = {}  # key -> its live row
         self.row_keys: list[bytes] = []
         self.dead: list[int] = []
-        self.pending: list[bytes] = []
+        self.keys: list[bytes | None] = []  # records not decoded yet
+        self.values: list[bytes | None] = []
         self.chunks: list[Chunk] = []
-        self.held: dict[bytes, bytes] = {}
-        self.heap: list[tuple[int, bytes]] = []  # (-rank, key) of held keys: the largest rank on top
+        self.held: dict[bytes, bytes] = {}  # hold-out candidates (rows too): key -> latest record
+        self.cand_keys: list[bytes] = []  # the held keys (and some deleted since) and their ranks
+        self.cand_ranks = np.zeros(0, np.int64)
         self.records = 0
         self.skipped = 0
         self.live = np.zeros(0, bool)
 
     def add(self, records: Iterable[Any]) -> None:
         """Consumer records (anything with .key and .value), in offset order per key."""
-        row_of, held, cap = self.row_of, self.held, self.holdout[2]
-        for r in records:
-            key, value = r.key, r.value
-            self.records += 1
-            if key is None:
-                continue
-            if key in held:
-                if value is None:
-                    del held[key]  # its heap entry goes stale; popping skips it
-                else:
-                    held[key] = value
-                continue
-            row = row_of.pop(key, None)
-            if row is not None:
-                self.dead.append(row)
-            if value is None:
-                continue
-            if row is None and cap > 0:  # a key not seen before: a hold-out candidate?
-                rank = holdout_rank(key)
-                if len(self.heap) < cap or rank < -self.heap[0][0]:
-                    held[key] = value
-                    heapq.heappush(self.heap, (-rank, key))
-                    if len(self.heap) > cap:
-                        _, out = heapq.heappop(self.heap)
-                        if out in held:
-                            self._append(out, held.pop(out))
-                    continue
-            self._append(key, value)
-
-    def _append(self, key: bytes, value: bytes) -> None:
-        self.row_of[key] = len(self.row_keys)
-        self.row_keys.append(key)
-        self.pending.append(value)
-        if len(self.pending) >= self.chunk_records:
+        n0 = len(self.keys)
+        self.keys += [r.key for r in records]
+        self.values += [r.value for r in records]
+        self.records += len(self.keys) - n0
+        if len(self.keys) >= self.chunk_records:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
-            chunk = self.decoder.decode(self.pending)
-            r0 = len(self.row_keys) - len(self.pending)
+        """The records added since the last flush, a chunk at a time: per key only its last record
+        is decoded (as a new row; the key's earlier row dies); the hold-out candidates are kept raw
+        as well. Bulk dict operations and one decode per chunk: no Python code runs per record."""
+        if not self.keys:
+            return
+        keys, values = cast("list[bytes]", self.keys), self.values
+        self.keys, self.values = [], []
+        if None in keys:  # a record without a key is nobody's state
+            kv = [(k, v) for k, v in zip(keys, values, strict=True) if k is not None]
+            keys, values = [k for k, _ in kv], [v for _, v in kv]
+        n = len(keys)
+        # a key deleted in this chunk (even if written again after) is no one's row or candidate
+        # any more: a record after its tombstone makes it a new user
+        gone = set(compress(keys, map(operator.is_, values, repeat(None)))) if None in values else set()
+        last = dict(zip(keys, range(n), strict=True))  # each key's last record here
+        if len(last) < n:
+            at = np.fromiter(last.values(), np.int64, len(last))
+            at.sort()  # in the order of their last records
+            keys, values = [keys[i] for i in at.tolist()], [values[i] for i in at.tolist()]
+        prev = list(map(self.row_of.pop, keys, repeat(None, len(keys))))
+        self.dead += compress(cast("list[int]", prev), map(operator.is_not, prev, repeat(None)))
+        held = self.held
+        if held:
+            for i in np.nonzero(np.fromiter(map(held.__contains__, keys), bool, len(keys)))[0].tolist():
+                key, value = keys[i], values[i]
+                if value is None or key in gone:
+                    del held[key]  # its entry in `cand_keys` goes at the next merge
+                else:
+                    held[key] = value
+        if gone:
+            live = [i for i, v in enumerate(values) if v is not None]
+            keys, values, prev = [keys[i] for i in live], [values[i] for i in live], [prev[i] for i in live]
+        records = cast("list[bytes]", values)  # no tombstone left
+        if self.holdout[2] > 0:
+            self._hold(keys, records, prev, gone)
+        r0 = len(self.row_keys)
+        self.row_of.update(zip(keys, range(r0, r0 + len(keys)), strict=True))
+        self.row_keys += keys
+        if keys:
+            chunk = self.decoder.decode(records)
             for i in np.nonzero(chunk.bad)[0].tolist():
-                self._skip(self.row_keys[r0 + i], self.pending[i])
+                self._skip(keys[i], records[i])
             self.chunks.append(chunk)
-            self.pending = []
+
+    def _hold(self, keys: list[bytes], values: list[bytes], prev: list[int | None], gone: set[bytes]) -> None:
+        """Keys new to the table (or written again after a tombstone) whose hold-out rank is among
+        the lowest `holdout_max` seen so far become candidates: their latest record is kept raw."""
+        held, cap = self.held, self.holdout[2]
+        new = (
+            [i for i, p in enumerate(prev) if p is None]
+            if not gone
+            else [i for i, (k, p) in enumerate(zip(keys, prev, strict=True)) if p is None or k in gone]
+        )
+        if held:
+            new = [i for i in new if keys[i] not in held]
+        if not new:
+            return
+        ranks = np.fromiter(map(holdout_rank, [keys[i] for i in new]), np.int64, len(new))
+        if len(self.cand_keys) >= cap:  # only ranks below the largest held one can enter
+            sel = np.nonzero(ranks < self.cand_ranks.max())[0]
+            new, ranks = [new[i] for i in sel.tolist()], ranks[sel]
+        if not new:
+            return
+        # the candidates so far that are still held (a deleted key's entry goes; one written again
+        # after its tombstone comes back below as new), then the new ones; the `cap` lowest ranks
+        # stay (ties: the earlier candidate)
+        old = self.cand_keys
+        alive = (
+            np.fromiter(map(held.__contains__, old), bool, len(old))
+            if not gone
+            else np.fromiter((k in held and k not in gone for k in old), bool, len(old))
+        )
+        if not alive.all():
+            idx = np.nonzero(alive)[0]
+            old, old_ranks = [old[i] for i in idx.tolist()], self.cand_ranks[idx]
+        else:
+            old_ranks = self.cand_ranks
+        for i in new:
+            held[keys[i]] = values[i]
+        cand = old + [keys[i] for i in new]
+        rank = np.concatenate([old_ranks, ranks])
+        if len(cand) > cap:
+            order = np.argsort(rank, kind="stable")
+            for i in order[cap:].tolist():
+                held.pop(cand[i], None)  # a row already: only its raw copy goes
+            stay = np.sort(order[:cap])
+            cand, rank = [cand[i] for i in stay.tolist()], rank[stay]
+        self.cand_keys, self.cand_ranks = cand, rank
 
     def _skip(self, key: bytes, value: bytes | None = None, why: str = "") -> None:
         self.skipped += 1
@@ -439,28 +497,31 @@ class ChangelogTable:
 
     def training_data(self, source: str = "") -> TrainingData:
         """Everything read so far as training data: hold-out cases picked, the CSR assembled."""
+        self.flush()
         fraction, floor, cap = self.holdout
         held = sorted((holdout_rank(k), k) for k in self.held)
-        n_users = len(self.row_of) + len(held)
-        want = holdout_size(n_users, fraction, floor, cap)
+        want = holdout_size(len(self.row_of), fraction, floor, cap)
+        bad = np.concatenate([ch.bad for ch in self.chunks]) if self.chunks else np.zeros(0, bool)
         cases: list[EvalCase] = []
         for _, key in held:
-            value = self.held[key]
-            if len(cases) < want:
-                try:
-                    state = decode(value)
-                    user = key.decode()
-                except (StateDecodeError, UnicodeDecodeError) as e:
-                    self._skip(key, why=str(e))
-                    continue
-                case = holdout_case(user, state.profile, self.min_items)
-                if case is not None:
-                    cases.append(case)
-                    continue
-            self._append(key, value)
+            if len(cases) >= want:
+                break
+            row = self.row_of[key]
+            if bad[row]:
+                continue  # skipped and counted when its chunk was decoded
+            try:
+                state = decode(self.held[key])
+                user = key.decode()
+            except (StateDecodeError, UnicodeDecodeError) as e:
+                self._skip(key, why=str(e))
+                self.dead.append(row)
+                continue
+            case = holdout_case(user, state.profile, self.min_items)
+            if case is not None:  # out of the matrix: the gate's case
+                cases.append(case)
+                self.dead.append(row)
         self.held.clear()
-        self.heap.clear()
-        self.flush()
+        self.cand_keys, self.cand_ranks = [], np.zeros(0, np.int64)
         live = np.ones(len(self.row_keys), bool)
         live[np.asarray(self.dead, np.int64)] = False
         # Two passes over the chunks: which rows stay, then their non-zeros copied into the final

@@ -155,3 +155,115 @@ def test_holdout_takes_the_lowest_ranked_users_out_of_the_matrix_as_gate_cases()
     c0 = data.cases[0]
     ref = holdout_case(c0.user, users[c0.user])
     assert ref is not None and (c0.query, c0.relevant, c0.profile) == (ref.query, ref.relevant, ref.profile)
+
+
+def test_every_truncation_of_a_record_is_skipped_wherever_it_sits_in_a_chunk():
+    good = profile({"an-item-id-of-many-bytes-0001": (1.0, T), "short": (0.5, T - 1), "x": (2.0, T)})
+    enc = encode(UserState(good, last_items=["a", "b"], last_scores=[0.5, 0.4], last_query="q"))
+    other = records({"o1": profile({"i1": (1.0, T)}), "o2": profile({"i2": (1.0, T), "i3": (0.5, T)})})
+    for cut in range(len(enc)):
+        for where in (0, 1, 2):  # first, middle, last record of the chunk (the last ends the buffer)
+            recs = list(other)
+            recs.insert(where, Rec(b"cut", enc[:cut]))
+            t = table(recs, chunk=len(recs))
+            data = t.training_data()
+            assert data.skipped == 1 and data.users == 2, (cut, where)
+            assert sorted(k.decode() for k in t.live_keys()) == ["o1", "o2"]
+
+
+def test_a_record_with_no_items_is_a_user_with_an_empty_row():
+    users = {"empty": UserProfile(), "one": profile({"i": (1.0, T)})}
+    users["empty"].last_ts = T
+    t = table(records(users), chunk=10)
+    data = t.training_data()
+    assert data.skipped == 0 and data.users == 2 and data.matrix.nnz == 1
+    batch, _ = expected_from_profiles(t, users, data.items)
+    assert_same(data.matrix, batch)
+
+
+def test_the_latest_record_per_key_wins_within_and_across_chunks_and_chunking_does_not_matter():
+    import random
+
+    rnd = random.Random(7)
+    versions = {
+        f"u{i}": [profile({f"i{(i + v) % 30}": (1.0 + v, T + v), f"j{i % 7}": (0.5, T)}) for v in range(4)]
+        for i in range(60)
+    }
+    recs, latest = [], {}
+    for _ in range(400):
+        u = rnd.choice(sorted(versions))
+        r = rnd.random()
+        if r < 0.1:
+            recs.append(Rec(u.encode(), None))  # deleted ...
+            latest.pop(u, None)
+        elif r < 0.13:
+            recs.append(Rec(None, b"no key: ignored"))
+        else:
+            p = rnd.choice(versions[u])  # ... or written again
+            recs.append(Rec(u.encode(), encode(UserState(p))))
+            latest[u] = p
+    for chunk in (1, 3, 50, 1000):
+        t = table(recs, chunk=chunk)
+        data = t.training_data()
+        assert t.records == len(recs) and data.skipped == 0
+        assert sorted(k.decode() for k in t.live_keys()) == sorted(latest), chunk
+        batch, stream = expected_from_profiles(t, latest, data.items)
+        assert_same(data.matrix, batch)
+        assert np.array_equal(data.matrix.toarray(), stream)
+        assert set(data.items) == {i for p in latest.values() for i in p.items}
+
+
+def test_a_bad_record_counts_once_when_it_is_the_latest_and_not_at_all_once_replaced():
+    ok = {f"u{i}": profile({f"i{i}": (1.0, T), "common": (0.5, T)}) for i in range(10)}
+    recs = records(ok)
+    recs.insert(3, Rec(b"u4", b"\x09garbage"))  # replaced by u4's good record, same chunk
+    recs.append(Rec(b"late", b"\x09garbage"))  # the latest record of `late`
+    recs.append(Rec(b"u1", encode(UserState(ok["u1"]))[:-3]))  # u1's latest is bad: u1 drops out
+    t = table(recs, chunk=len(recs))
+    data = t.training_data()
+    assert data.skipped == 2
+    assert sorted(k.decode() for k in t.live_keys()) == sorted(set(ok) - {"u1"})
+
+
+def test_holdout_selection_is_the_same_whatever_the_chunking_and_follows_deletes_and_rewrites():
+    users = {f"user{i}": profile({f"i{(i * 7 + j) % 50}": (1.0, T + j) for j in range(4 + i % 3)}) for i in range(300)}
+    ranked = sorted(users, key=lambda u: (holdout_rank(u.encode()), u))
+    first, second = ranked[0], ranked[1]  # the two lowest ranks: both would be cases
+    recs = records(users)
+    recs.append(Rec(first.encode(), None))  # deleted after being held: not a case, not a row
+    newer = profile({"i1": (1.0, T), "i2": (1.0, T + 1), "i3": (1.0, T + 2), "i4": (1.0, T + 3)})
+    recs += [Rec(second.encode(), None), Rec(second.encode(), encode(UserState(newer)))]  # deleted, rewritten
+    live = {u: users[u] for u in users if u != first} | {second: newer}
+    want = [u for u in ranked if u in live and holdout_case(u, live[u]) is not None][:20]
+    for chunk in (1, 7, 64, 10_000):
+        for cap in (20, 25, 1000):
+            t = table(recs, chunk=chunk, holdout_fraction=0.0, holdout_min=20, holdout_max=cap)
+            data = t.training_data()
+            cases = sorted(data.cases, key=lambda c: (holdout_rank(c.user.encode()), c.user))
+            assert [c.user for c in cases] == want, (chunk, cap)
+            case = next(c for c in cases if c.user == second)
+            ref = holdout_case(second, newer)
+            assert ref is not None and (case.query, case.relevant, case.profile) == (
+                ref.query,
+                ref.relevant,
+                ref.profile,
+            )
+            assert data.users + len(cases) == len(live)
+            assert not {c.user for c in cases} & {k.decode() for k in t.live_keys()}
+            rest = {u: live[u] for u in live if u not in set(want)}
+            batch, _ = expected_from_profiles(t, rest, data.items)
+            assert_same(data.matrix, batch)
+
+
+def test_a_bad_held_out_record_counts_once_and_the_next_ranked_user_takes_its_place(caplog):
+    users = {f"user{i}": profile({f"i{j}": (1.0, T + j) for j in range(5)}) for i in range(100)}
+    ranked = sorted(users, key=lambda u: (holdout_rank(u.encode()), u))
+    recs = records(users)
+    bad_user = ranked[0]
+    recs.append(Rec(bad_user.encode(), encode(UserState(users[bad_user]))[:-1]))  # the lowest rank: bad
+    with caplog.at_level(logging.WARNING, "streamrec.retrain"):
+        t = table(recs, chunk=16, holdout_fraction=0.0, holdout_min=5, holdout_max=50)
+        data = t.training_data()
+    assert data.skipped == 1 and repr(bad_user.encode()) in caplog.text
+    assert sorted(c.user for c in data.cases) == sorted(ranked[1:6])
+    assert data.users == len(users) - 1 - 5
