@@ -189,7 +189,8 @@ def test_the_latest_record_per_key_wins_within_and_across_chunks_and_chunking_do
         f"u{i}": [profile({f"i{(i + v) % 30}": (1.0 + v, T + v), f"j{i % 7}": (0.5, T)}) for v in range(4)]
         for i in range(60)
     }
-    recs, latest = [], {}
+    recs: list[Rec] = []
+    latest: dict[str, UserProfile] = {}
     for _ in range(400):
         u = rnd.choice(sorted(versions))
         r = rnd.random()
