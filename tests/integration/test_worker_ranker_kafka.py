@@ -1,0 +1,187 @@
+"""The worker's ranked lists through Kafka equal the streaming evaluation's (method `ranker`), and
+a version's ranker is hot-swapped with it; a corrupt ranker file refuses its version.
+
+Real Taobao events go through a real worker process on the real broker, with a model version
+that carries a ranker trained (small settings) on the same training events: the training events
+in bulk, in time order on one partition (the sources count events in arrival order, as the
+replay does), then the test slice ONE event at a time, waiting for the list the worker publishes
+after each. `stream_evaluate` replays the same events with the same model and ranker, one event
+per chunk; the list on screen before each compared event must be its `ranker` list. The slice is
+chosen so the two read the same state (`tests.helpers.ranker_slice`: nothing happens between a
+user's two events, so the stream-wide features are the same at publication and at the next event).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from recsys.candidates.training import train_ranker
+from recsys.confidence import build_profiles
+from recsys.config import Config
+from recsys.data.datasets import load_events, time_split
+from recsys.evaluation.streaming import StreamEvalConfig, stream_evaluate
+from recsys.events import Event
+from recsys.model.store import RANKER, ModelStore
+from recsys.model.train import TrainConfig, train
+from streaming.jobs.retrain import announce
+from streaming.kafka.admin import ensure_topics
+from streaming.topics import topic_specs
+from tests.conftest import require_dataset
+from tests.helpers import ranker_slice
+from tests.stream_fixture import TopicReader, WorkerProcess, produce, stream_settings, wait_for
+
+pytestmark = pytest.mark.kafka
+
+CFG = Config()
+RCFG = replace(CFG.ranker, n_estimators=10, min_child_samples=5)
+TCFG = TrainConfig(factors=16, iterations=10, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    events = load_events(require_dataset("taobao_small"))
+    tr, te = time_split(events, test_fraction=0.2)
+    test_slice, compared = ranker_slice(tr, te)
+    ranker = train_ranker(tr, ccfg=CFG.confidence, scfg=CFG.scoring, ecfg=StreamEvalConfig(ranker=RCFG))
+    return tr, test_slice, compared, ranker
+
+
+def replay(tr, test_slice, model, ranker):
+    """stream-eval's ranker lists of the slice, one event per chunk, popularity refreshed every event."""
+    rep = stream_evaluate(
+        tr,
+        test_slice,
+        ccfg=CFG.confidence,
+        scfg=CFG.scoring,
+        model=model,
+        ecfg=StreamEvalConfig(methods=("system", "ranker"), chunk_max=1, pop_refresh=1, ranker=RCFG),
+        ranker=ranker,
+        keep_lists=("ranker",),
+    )
+    assert rep["skipped_same_item"] == 0
+    return {(r["user"], r["item"], r["ts"]): r["lists"]["ranker"] for r in rep["events"]}
+
+
+def serving(worker) -> str | None:
+    status, body = worker.get("/health", timeout=10)
+    return body["model_version"] if status == 200 and isinstance(body, dict) else None
+
+
+class Live:
+    """A worker on its own topics (one partition) and its published lists."""
+
+    def __init__(self, bootstrap, tmp_path, models):
+        self.s = stream_settings(bootstrap, partitions=1, batch_within_s=0.02)
+        ensure_topics(self.s.bootstrap, topic_specs(self.s))
+        self.worker = WorkerProcess(self.s, tmp_path, models).start()
+        self.recs = TopicReader(self.s.bootstrap, self.s.recommendations_topic)
+        self.on_screen: dict[str, dict] = {}
+
+    def send(self, evs) -> dict:
+        """Produce `evs` in order; the message published after the last one."""
+        last = evs[-1]
+        produce(
+            self.s.bootstrap,
+            self.s.clickstream_topic,
+            [(e.user.encode(), json.dumps(e.to_dict()).encode()) for e in evs],
+        )
+
+        def mine(r):
+            v = json.loads(r.value)
+            return r.key == last.user.encode() and v["event_ts"] == last.ts and v["query"] == last.item
+
+        got = self.recs.read_until(lambda rs: any(mine(r) for r in rs), timeout=60)
+        msg = json.loads([r for r in got if mine(r)][-1].value)
+        return msg
+
+    def walk(self, evs: list[Event]) -> list[tuple[Event, dict | None]]:
+        """Each event one at a time: (event, the message on screen before it)."""
+        out = []
+        for e in evs:
+            out.append((e, self.on_screen.get(e.user)))
+            self.on_screen[e.user] = self.send([e])
+        return out
+
+    def close(self):
+        self.recs.close()
+        self.worker.stop()
+
+
+def test_worker_ranked_lists_equal_stream_eval(kafka_broker, tmp_path, data) -> None:
+    tr, test_slice, compared, ranker = data
+    model, _, _ = train(build_profiles(tr, CFG.confidence), CFG.confidence, TCFG, version="v-ranked")
+    ModelStore(tmp_path / "models").save(model, ranker=ranker.to_bytes())
+    live = Live(kafka_broker.bootstrap, tmp_path, tmp_path / "models")
+    try:
+        assert live.send(tr)["model_version"] == "v-ranked"  # every training event applied
+        shown = live.walk(test_slice)
+    finally:
+        live.close()
+    want = replay(tr, test_slice, model, ranker)
+    keys = {(e.user, e.item, e.ts) for e in compared}
+    checked = [(e, before) for e, before in shown if (e.user, e.item, e.ts) in keys]
+    assert len(checked) == len(compared) > 50
+    for e, before in checked:
+        assert before is not None and before["source"] == "ranker" and before["model_version"] == "v-ranked"
+        assert before["items"] == want[(e.user, e.item, e.ts)], (e, before)
+
+
+def test_ranker_hot_swaps_with_its_version_and_a_corrupt_one_is_refused(kafka_broker, tmp_path, data) -> None:
+    """Version A with ranker A serves; B with another ranker is announced: the lists are B's
+    (equal to stream-eval's with B's ranker, and not all equal to A's); C, whose ranker file was
+    changed after it was saved, is announced: refused (log line, metric), B keeps serving."""
+    tr, test_slice, compared, ranker_a = data
+    ranker_b = train_ranker(
+        tr,
+        ccfg=CFG.confidence,
+        scfg=CFG.scoring,
+        ecfg=StreamEvalConfig(ranker=replace(RCFG, n_estimators=30, num_leaves=7, seed=1)),
+    )
+    profiles = build_profiles(tr, CFG.confidence)
+    store = ModelStore(tmp_path / "models")
+    models = {}
+    for v, r in (("v-a", ranker_a), ("v-b", ranker_b), ("v-c", ranker_b)):
+        models[v], _, _ = train(profiles, CFG.confidence, TCFG, version=v)
+        store.save(models[v], ranker=r.to_bytes(), publish=v == "v-a")
+    raw = bytearray((store.root / "v-c" / RANKER).read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    (store.root / "v-c" / RANKER).write_bytes(bytes(raw))
+
+    live = Live(kafka_broker.bootstrap, tmp_path, store.root)
+    w, s = live.worker, live.s
+    try:
+        assert live.send(tr)["model_version"] == "v-a"
+        third = len(test_slice) // 3
+        shown = live.walk(test_slice[:third])
+        announce(s.bootstrap, s.model_updates_topic, "v-b")
+        wait_for(lambda: serving(w) == "v-b", 60, "serving v-b")
+        shown += live.walk(test_slice[third : 2 * third])
+        mark = w.log_path.stat().st_size
+        announce(s.bootstrap, s.model_updates_topic, "v-c")
+        wait_for(lambda: w.metric("streamrec_model_fetch_refused_total", {"reason": "ranker"}) == 1, 60, "v-c refused")
+        assert w.metric("streamrec_model_loads_total", {"result": "refused"}) == 1
+        log = w.log_path.read_bytes()[mark:].decode(errors="replace")
+        assert "refused model v-c" in log and "ranker" in log and "still serving v-b" in log, log
+        shown += live.walk(test_slice[2 * third :])
+    finally:
+        live.close()
+
+    want = {v: replay(tr, test_slice, models[v], r) for v, r in (("v-a", ranker_a), ("v-b", ranker_b))}
+    keys = {(e.user, e.item, e.ts) for e in compared}
+    by_version: dict[str, int] = {}
+    differs = 0
+    for e, before in shown:
+        if before is None or (e.user, e.item, e.ts) not in keys:
+            continue
+        v = before["model_version"]
+        assert v in want and before["source"] == "ranker", before
+        key = (e.user, e.item, e.ts)
+        assert before["items"] == want[v][key], (v, e, before)
+        by_version[v] = by_version.get(v, 0) + 1
+        differs += v == "v-b" and want["v-a"][key] != before["items"]
+    assert by_version.get("v-a", 0) > 5 and by_version.get("v-b", 0) > 20, by_version
+    assert differs > 0  # B's ranker, not A's, ordered B's lists
+    assert {live.on_screen[u]["model_version"] for u in live.on_screen} == {"v-b"}  # C never served
