@@ -8,6 +8,11 @@ pipeline fresh topics, a fresh consumer group and a fresh process:
   worker        the real worker (`python -m streaming.cli.main worker`): micro-batches, RocksDB state,
                 batched fold-in + scoring, one recommendation per user per batch
   naive         bench.baselines naive: one event at a time, implicit recommend per event
+  ranker        (--ranker) the real worker serving a model version that carries a learned ranker
+                (LightGBM LambdaRank over co-visitation, session-kNN, own items, popularity and
+                the blend: streaming/worker/ranking.py), trained on the last events before the
+                stream; with --ranker the `worker` pipeline runs with stream.candidate_sources
+                off, i.e. the blend-only worker as it was before the ranker existed
 
 Each pipeline is warmed up (a probe event must come back, with a model version where there is
 one), then the stream is produced as fast as the producer goes (full load); the worker is run
@@ -18,7 +23,7 @@ input offset is at or past the event's (the worker coalesces a user's events of 
   throughput   events / (last answer − first send); recommendations/s likewise
   latency      per event: answer arrival − the moment the producer was handed the event
 
-    python -m bench.e2e [--quick] [--events N] [--repeats 3] [--output bench/out/e2e.json] [--plot docs/img/bench-e2e.png]
+    python -m bench.e2e [--quick] [--events N] [--repeats 3] [--ranker] [--output bench/out/e2e.json] [--plot docs/img/bench-e2e.png]
 
 With --repeats R (default 3) the four runs are repeated R times, interleaved, and every figure
 is the median over the rounds, each ratio computed within its own round: this box is noisy
@@ -217,7 +222,8 @@ class Pipeline:
         for fam in text_string_to_metric_families(text):
             for smp in fam.samples:
                 if smp.name.endswith(("_sum", "_count")) and any(
-                    k in smp.name for k in ("foldin", "scoring", "batch_events", "batch_users", "event_to_publish")
+                    k in smp.name
+                    for k in ("foldin", "scoring", "ranking", "batch_events", "batch_users", "event_to_publish")
                 ):
                     out[smp.name] = out.get(smp.name, 0.0) + smp.value
         return out
@@ -325,6 +331,7 @@ def _profile(m: dict, label: str) -> dict:
         "users_per_batch": g("streamrec_batch_users_sum") / batches,
         "foldin_ms_per_batch": 1e3 * g("streamrec_foldin_seconds_sum") / batches,
         "scoring_ms_per_batch": 1e3 * g("streamrec_scoring_seconds_sum") / batches,
+        "ranking_ms_per_batch": 1e3 * g("streamrec_ranking_seconds_sum") / batches,
         "event_to_publish_ms_mean": 1e3
         * g("streamrec_event_to_publish_seconds_sum")
         / (g("streamrec_event_to_publish_seconds_count") or float("nan")),
@@ -332,7 +339,7 @@ def _profile(m: dict, label: str) -> dict:
     print(
         f"worker at {label}: {prof['batches']:.0f} batches of {prof['events_per_batch']:.1f} events / "
         f"{prof['users_per_batch']:.1f} users; fold-in {prof['foldin_ms_per_batch']:.1f} ms + scoring "
-        f"{prof['scoring_ms_per_batch']:.1f} ms per batch; broker ingest -> publish {prof['event_to_publish_ms_mean']:.0f} ms mean",
+        f"{prof['scoring_ms_per_batch']:.1f} ms + ranking {prof['ranking_ms_per_batch']:.1f} ms per batch; broker ingest -> publish {prof['event_to_publish_ms_mean']:.0f} ms mean",
         flush=True,
     )
     return prof
@@ -341,7 +348,9 @@ def _profile(m: dict, label: str) -> dict:
 def _median_round(rounds: list[dict]) -> dict:
     """Per pipeline, the median over rounds of every figure (latency histograms summed)."""
     out: dict = {}
-    for name in ("passthrough", "worker_full", "worker_half", "naive"):
+    for name in ("passthrough", "worker_full", "worker_half", "naive", "ranker_full", "ranker_half"):
+        if name not in rounds[0]:
+            continue
         runs = [r[name] for r in rounds]
         med = dict(runs[-1])
         for k in ("events_per_s", "recs_per_s", "producer_events_per_s", "seconds", "warmup_s"):
@@ -383,6 +392,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--repeats", type=int, help="rounds of all four runs, interleaved; figures are medians (default 3; quick 1)"
     )
+    ap.add_argument(
+        "--ranker",
+        action="store_true",
+        help="also run the worker serving a version with a learned ranker (full and half load), "
+        "against the blend-only worker of the same round",
+    )
+    ap.add_argument(
+        "--ranker-train-events",
+        type=int,
+        default=20_000,
+        help="--ranker: the ranker is trained on this many of the last events before the stream",
+    )
     ap.add_argument("--output", default="bench/out/e2e.json")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
@@ -400,6 +421,7 @@ def main(argv: list[str] | None = None) -> dict:
     from devtools.broker import broker_from_env
     from recsys.confidence import ConfidenceConfig, build_profiles
     from recsys.data.simulator import SimConfig, simulate
+    from recsys.evaluation.streaming import StreamEvalConfig
     from recsys.model.item_foldin import user_gram
     from recsys.model.store import ModelStore
     from recsys.model.threads import pin_blas_threads
@@ -425,6 +447,29 @@ def main(argv: list[str] | None = None) -> dict:
         )
         store = ModelStore(tmp / "models")
         store.save(model, publish=True, user_gram=user_gram(x))  # as a retrain saves it: new-item fold-in on
+        base_env: dict[str, str] = {}
+        if args.ranker:
+            from recsys.candidates.training import train_ranker
+            from recsys.config import load_config
+
+            t0 = time.time()
+            cfg = load_config()
+            n_rank = min(len(train_events), 2000 if args.quick else args.ranker_train_events)
+            ranker = train_ranker(
+                train_events[-n_rank:],
+                ccfg=ccfg,
+                scfg=cfg.scoring,
+                ecfg=StreamEvalConfig(sources=cfg.sources, ranker=cfg.ranker),
+            )
+            ModelStore(tmp / "models-ranker").save(
+                model, publish=True, user_gram=user_gram(x), ranker=ranker.to_bytes()
+            )
+            base_env = {"STREAMREC_CANDIDATE_SOURCES": "false"}  # the blend-only worker, as before the ranker
+            print(
+                f"ranker trained on the last {n_rank} events before the stream in {time.time() - t0:.0f}s "
+                f"({ranker.meta.get('rows', 0)} example rows)",
+                flush=True,
+            )
         producer = make_producer(broker.bootstrap, {"linger_ms": 2, "client_id": "bench-e2e"})
         print(
             f"broker {broker.bootstrap} up in {broker_s:.1f}s; model {model.n_items} items x {model.factors}; "
@@ -434,8 +479,12 @@ def main(argv: list[str] | None = None) -> dict:
 
         results: dict = {}
 
-        def run(name: str, kind: str, evs, rate: float | None, prev: Pipeline | None = None) -> Pipeline:
-            pipe = prev or Pipeline(kind, broker.bootstrap, tmp, tmp / "models", args.batch_within)
+        def run(
+            name: str, kind: str, evs, rate: float | None, prev: Pipeline | None = None, models: str = "models"
+        ) -> Pipeline:
+            pipe = prev or Pipeline(
+                kind, broker.bootstrap, tmp, tmp / models, args.batch_within, base_env if kind == "worker" else None
+            )
             try:
                 warm = pipe.warm_up(producer) if prev is None else 0.0
                 r = drive(pipe, producer, evs, rate, timeout=max(60.0, len(evs) / 50.0))
@@ -465,6 +514,21 @@ def main(argv: list[str] | None = None) -> dict:
             results["worker_profile"] = _profile(m0, "full load") if m0 else {}
             if m1 and m0:
                 results["worker_profile_half"] = _profile({k: m1.get(k, 0) - m0.get(k, 0) for k in m1}, "half load")
+            if args.ranker:
+                base_env.clear()  # the worker as deployed (sources on), on the version with a ranker
+                rk = run("ranker_full", "worker", stream, None, models="models-ranker")
+                r_half = 0.5 * results["ranker_full"]["events_per_s"]
+                n_rhalf = int(min(len(stream), max(200, r_half * half_s)))
+                r0 = rk.metrics()
+                run("ranker_half", "worker", stream[:n_rhalf], r_half, prev=rk)
+                r1 = rk.metrics()
+                rk.stop()
+                base_env["STREAMREC_CANDIDATE_SOURCES"] = "false"
+                results["ranker_profile"] = _profile(r0, "full load, ranker") if r0 else {}
+                if r1 and r0:
+                    results["ranker_profile_half"] = _profile(
+                        {k: r1.get(k, 0) - r0.get(k, 0) for k in r1}, "half load, ranker"
+                    )
             nv = run("naive", "naive", stream[:n_naive], None)
             nv.stop()
             wf, pt, nf, wh = (results[k] for k in ("worker_full", "passthrough", "naive", "worker_half"))
@@ -473,6 +537,10 @@ def main(argv: list[str] | None = None) -> dict:
                 "worker_vs_passthrough_throughput": wf["events_per_s"] / pt["events_per_s"],
                 "half_load_p99_ms": wh["latency_ms"]["p99"],
             }
+            if args.ranker:
+                rf, rh = results["ranker_full"], results["ranker_half"]
+                results["ratios"]["ranker_vs_worker_throughput"] = rf["events_per_s"] / wf["events_per_s"]
+                results["ratios"]["ranker_half_load_p99_ms"] = rh["latency_ms"]["p99"]
             rounds.append(results)
         producer.close(timeout=5)
         # medians over the rounds (each ratio from its own round: same broker, same minute)
@@ -484,6 +552,11 @@ def main(argv: list[str] | None = None) -> dict:
             f"p99 at half load {ratios['half_load_p99_ms']:.0f} ms (target < 250)"
             + (f"; medians of {repeats} rounds" if repeats > 1 else "")
         )
+        if args.ranker:
+            print(
+                f"worker with a ranker / blend-only worker throughput {ratios['ranker_vs_worker_throughput']:.2f} "
+                f"(target >= 0.70); its p99 at half its load {ratios['ranker_half_load_p99_ms']:.0f} ms (target < 250)"
+            )
         report = {
             "bench": "e2e",
             "quick": args.quick,
@@ -496,6 +569,7 @@ def main(argv: list[str] | None = None) -> dict:
             "repeats": repeats,
             "results": results,
             "ratios": ratios,
+            "ranker": args.ranker,
             "rounds": rounds,
         }
         write_json(args.output, report)
