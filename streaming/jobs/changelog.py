@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import operator
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
 from typing import Any, cast
@@ -63,6 +64,11 @@ LONG = np.uint64(1 << 63)
 # By id length (0..8): the mask of its bytes in a little-endian word, and the length in the top byte.
 SHORT_MASK = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [(1 << 64) - 1], np.uint64)
 SHORT_LEN = np.array([n << 56 for n in range(9)], np.uint64)
+
+
+def join(values: Sequence[bytes]) -> bytes:
+    """Records as one buffer, with the padding `ChunkDecoder.decode_buffer` reads into."""
+    return b"".join([*values, bytes(PAD)])
 
 
 @dataclass
@@ -193,13 +199,16 @@ class ChunkDecoder:
         self.long_ids: dict[int, bytes] = {}  # column -> id bytes, for ids keyed by a hash
 
     def decode(self, values: Sequence[bytes]) -> Chunk:
-        n = len(values)
-        lens = np.fromiter(map(len, values), np.int64, n)
+        return self.decode_buffer(join(values), np.fromiter(map(len, values), np.int64, len(values)))
+
+    def decode_buffer(self, joined: bytes, lens: np.ndarray) -> Chunk:
+        """`decode` of records given as `join(values)` and their lengths."""
+        n = len(lens)
         start = np.zeros(n, np.int64)
         np.cumsum(lens[:-1], out=start[1:])
         end = start + lens
         size = int(end[-1]) if n else 0
-        buf = np.frombuffer(b"".join([*values, bytes(PAD)]), np.uint8)
+        buf = np.frombuffer(joined, np.uint8)
         u1 = buf
         u2 = np.ndarray((len(buf) - 1,), "<u2", buf, 0, (1,))
         i8 = np.ndarray((len(buf) - 7,), "<i8", buf, 0, (1,))
@@ -379,9 +388,13 @@ class ChangelogTable:
         self.held: dict[bytes, bytes] = {}  # hold-out candidates (rows too): key -> latest record
         self.cand_keys: list[bytes] = []  # the held keys (and some deleted since) and their ranks
         self.cand_ranks = np.zeros(0, np.int64)
+        self.rows = 0  # rows handed out (decoded or on their way)
+        self.users: int | None = None  # live keys, when the keys were kept by another process
         self.records = 0
         self.skipped = 0
         self.live = np.zeros(0, bool)
+        # where a chunk ready for decoding goes: `put` here, or another process (`read_training_data`)
+        self.sink: Callable[[list[bytes], bytes, np.ndarray], None] = self.put
 
     def add(self, records: Iterable[Any]) -> None:
         """Consumer records (anything with .key and .value), in offset order per key."""
@@ -396,8 +409,14 @@ class ChangelogTable:
         """The records added since the last flush, a chunk at a time: per key only its last record
         is decoded (as a new row; the key's earlier row dies); the hold-out candidates are kept raw
         as well. Bulk dict operations and one decode per chunk: no Python code runs per record."""
+        batch = self.take()
+        if batch is not None:
+            self.sink(*batch)
+
+    def take(self) -> tuple[list[bytes], bytes, np.ndarray] | None:
+        """The keys' side of `flush`: the new rows' keys, their records joined, their lengths."""
         if not self.keys:
-            return
+            return None
         keys, values = cast("list[bytes]", self.keys), self.values
         self.keys, self.values = [], []
         if None in keys:  # a record without a key is nobody's state
@@ -428,14 +447,38 @@ class ChangelogTable:
         records = cast("list[bytes]", values)  # no tombstone left
         if self.holdout[2] > 0:
             self._hold(keys, records, prev, gone)
-        r0 = len(self.row_keys)
-        self.row_of.update(zip(keys, range(r0, r0 + len(keys)), strict=True))
+        self.row_of.update(zip(keys, range(self.rows, self.rows + len(keys)), strict=True))
+        self.rows += len(keys)
+        if not keys:
+            return None
+        return keys, join(records), np.fromiter(map(len, records), np.int64, len(records))
+
+    def put(self, keys: list[bytes], joined: bytes, lens: np.ndarray) -> None:
+        """The decoding side of `flush`: the next rows, decoded."""
+        chunk = self.decoder.decode_buffer(joined, lens)
         self.row_keys += keys
-        if keys:
-            chunk = self.decoder.decode(records)
+        if chunk.bad.any():
+            start = np.concatenate([[0], np.cumsum(lens)]).tolist()
             for i in np.nonzero(chunk.bad)[0].tolist():
-                self._skip(keys[i], records[i])
-            self.chunks.append(chunk)
+                self._skip(keys[i], joined[start[i] : start[i + 1]])
+        self.chunks.append(chunk)
+
+    def summary(self) -> dict[str, Any]:
+        """What `training_data` needs of the keys' side, when that side ran in another process."""
+        self.flush()
+        return {
+            "records": self.records,
+            "users": len(self.row_of),
+            "rows": self.rows,
+            "dead": np.asarray(self.dead, np.int64),
+            "held": self.held,
+            "held_rows": {k: self.row_of[k] for k in self.held},
+        }
+
+    def merge(self, summary: dict[str, Any]) -> None:
+        self.records, self.users, self.rows = summary["records"], summary["users"], summary["rows"]
+        self.dead = summary["dead"].tolist()
+        self.held, self.row_of = summary["held"], summary["held_rows"]
 
     def _hold(self, keys: list[bytes], values: list[bytes], prev: list[int | None], gone: set[bytes]) -> None:
         """Keys new to the table (or written again after a tombstone) whose hold-out rank is among
@@ -500,7 +543,8 @@ class ChangelogTable:
         self.flush()
         fraction, floor, cap = self.holdout
         held = sorted((holdout_rank(k), k) for k in self.held)
-        want = holdout_size(len(self.row_of), fraction, floor, cap)
+        users = len(self.row_of) if self.users is None else self.users
+        want = holdout_size(users, fraction, floor, cap)
         bad = np.concatenate([ch.bad for ch in self.chunks]) if self.chunks else np.zeros(0, bool)
         cases: list[EvalCase] = []
         for _, key in held:
@@ -588,11 +632,19 @@ def read_training_data(
     holdout_min: int = 500,
     holdout_max: int = 20_000,
     progress_every_s: float = 5.0,
+    reader_process: bool = True,
 ) -> TrainingData:
-    """Every user's latest state in `topic`, read to its end offsets at the start, as training data."""
+    """Every user's latest state in `topic`, read to its end offsets at the start, as training data.
+
+    With `reader_process` (where the platform forks), the consumer and the keys' bookkeeping run in
+    a child process and hand each chunk of new rows over a pipe to this one, which decodes it
+    meanwhile: fetching (Python, under its GIL) and decoding (numpy) use a core each."""
     table = ChangelogTable(ccfg, holdout_fraction=holdout_fraction, holdout_min=holdout_min, holdout_max=holdout_max)
     t0 = time.perf_counter()
-    asyncio.run(_read(bootstrap, topic, table, stall_s, progress_every_s))
+    if reader_process and "fork" in multiprocessing.get_all_start_methods():
+        _read_in_child(bootstrap, topic, table, stall_s, progress_every_s)
+    else:
+        asyncio.run(_read(bootstrap, topic, table, stall_s, progress_every_s))
     t1 = time.perf_counter()
     data = table.training_data(source=f"kafka:{topic}")
     data.phases["read_decode_s"] = round(time.perf_counter() - t0, 3)
@@ -612,6 +664,74 @@ def read_training_data(
         table.records / max(data.phases["read_decode_s"], 1e-9),
     )
     return data
+
+
+def _read_in_child(bootstrap: str, topic: str, table: ChangelogTable, stall_s: float, every_s: float) -> None:
+    """`_read` into `table` with the consumer and the keys' side of the table in a forked child;
+    chunks are decoded here as they arrive (the pipe holds the child back when decoding lags)."""
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(
+        target=_reader_child,
+        args=(send, bootstrap, topic, table.holdout, table.chunk_records, stall_s, every_s),
+        name="streamrec-changelog-reader",
+        daemon=True,
+    )
+    proc.start()
+    send.close()
+    try:
+        while True:
+            while not recv.poll(1.0):
+                if not proc.is_alive():
+                    raise RecsysError(
+                        f"the changelog reader process exited ({proc.exitcode}) before the end of {topic}"
+                    )
+            try:
+                msg = recv.recv()
+                if msg[0] == "chunk":
+                    table.put(msg[1], recv.recv_bytes(), msg[2])
+                    continue
+            except EOFError:
+                raise RecsysError(f"the changelog reader process exited before the end of {topic}") from None
+            if msg[0] == "error":
+                raise msg[1]
+            table.merge(msg[1])
+            return
+    finally:
+        recv.close()
+        proc.join(5.0)
+        if proc.is_alive():  # we failed before it finished
+            proc.kill()
+            proc.join()
+
+
+def _reader_child(
+    conn: Any, bootstrap: str, topic: str, holdout: tuple, chunk_records: int, stall_s: float, every_s: float
+) -> None:
+    """(the reader process) Consume `topic`, keep the keys' side of a ChangelogTable, send the chunks."""
+
+    def send(keys: list[bytes], joined: bytes, lens: np.ndarray) -> None:
+        conn.send(("chunk", keys, lens))
+        conn.send_bytes(joined)
+
+    try:
+        index = ChangelogTable(
+            ConfidenceConfig(),  # not used: nothing is decoded here
+            holdout_fraction=holdout[0],
+            holdout_min=holdout[1],
+            holdout_max=holdout[2],
+            chunk_records=chunk_records,
+        )
+        index.sink = send
+        asyncio.run(_read(bootstrap, topic, index, stall_s, every_s))
+        conn.send(("done", index.summary()))
+    except BaseException as e:  # noqa: BLE001 - every failure goes to the parent, which raises it
+        try:
+            conn.send(("error", e))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text then
+            conn.send(("error", RecsysError(f"reading {topic}: {e!r}")))
+    finally:
+        conn.close()
 
 
 class _Latest:
