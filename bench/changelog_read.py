@@ -8,9 +8,10 @@ project's own Kafka broker; then, each in a process of its own, interleaved, --r
             records: the ceiling for any reader built on aiokafka
   full      `streaming.jobs.changelog.read_training_data`: read, decode, hold-out, CSR assembled
 
-and reports the medians of each (records/s, peak RSS of the process), the ratio full / fetch (1.0
-means decoding is free next to fetching) and the load average at each measurement (a loaded
-machine moves both rates; the ratio is the comparable figure).
+and reports the medians of each (records/s, CPU seconds of the process and its reader process, peak
+RSS of the process), the ratio full / fetch (1.0 means decoding is free next to fetching), the CPU
+per record of full over fetch's, and the load average at each measurement (a loaded machine moves
+both rates; the ratios are the comparable figures).
 
     python -m bench.changelog_read [--users 100000] [--repeats 3] [--quick] [--output bench/out/changelog_read.json]
 """
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -83,6 +85,7 @@ def child(mode: str, bootstrap: str, topic: str) -> dict[str, Any]:
     from streaming.jobs.retrain import peak_rss_mb
 
     out: dict[str, Any] = {"mode": mode, "loadavg": os.getloadavg()}
+    cpu0 = _cpu_s()
     if mode == "fetch":
         t0 = time.perf_counter()
         out["records"] = asyncio.run(_count(bootstrap, topic))
@@ -109,8 +112,16 @@ def child(mode: str, bootstrap: str, topic: str) -> dict[str, Any]:
         out["csr_mb"] = (data.matrix.data.nbytes + data.matrix.indices.nbytes + data.matrix.indptr.nbytes) / 1e6
         out["skipped"] = data.skipped
     out["records_per_s"] = out["records"] / out["seconds"]
+    # CPU seconds of this process and its reader process: a load-independent cost per record
+    out["cpu_s"] = _cpu_s() - cpu0
+    out["records_per_cpu_s"] = out["records"] / max(out["cpu_s"], 1e-9)
     out["peak_rss_mb"] = peak_rss_mb()
     return out
+
+
+def _cpu_s() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _run(mode: str, bootstrap: str, topic: str, timeout: float) -> dict[str, Any]:
@@ -161,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 runs[mode].append(res)
                 print(
                     f"  {mode:5s} #{r + 1}: {res['records']:,} records in {res['seconds']:.2f} s = "
-                    f"{res['records_per_s']:,.0f} records/s, peak RSS {res['peak_rss_mb']:.0f} MB "
+                    f"{res['records_per_s']:,.0f} records/s, {res['cpu_s']:.2f} CPU s "
+                    f"({res['records_per_cpu_s']:,.0f} records per CPU s), peak RSS {res['peak_rss_mb']:.0f} MB "
                     f"(load {res['loadavg'][0]:.2f})",
                     flush=True,
                 )
@@ -170,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     summary: dict[str, Any] = {}
     for mode, rs in runs.items():
-        summary[mode] = {k: median([x[k] for x in rs]) for k in ("records_per_s", "seconds", "peak_rss_mb") if rs} | {
+        keys = ("records_per_s", "seconds", "peak_rss_mb", "cpu_s", "records_per_cpu_s")
+        summary[mode] = {k: median([x[k] for x in rs]) for k in keys if rs} | {
             "loadavg_1m": [round(x["loadavg"][0], 2) for x in rs]
         }
     full = runs["full"]
@@ -178,13 +191,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         csr_mb=full[0]["csr_mb"], nnz=full[0]["nnz"], users=full[0]["users"], skipped=full[0]["skipped"]
     )
     summary["full_over_fetch"] = summary["full"]["records_per_s"] / summary["fetch"]["records_per_s"]
+    summary["cpu_full_over_fetch"] = summary["full"]["cpu_s"] / summary["fetch"]["cpu_s"]
     summary["peak_rss_over_csr"] = summary["full"]["peak_rss_mb"] / max(summary["full"]["csr_mb"], 1e-9)
     report |= {"runs": runs, "summary": summary}
     write_json(args.output, report)
     print(
         f"fetch only {summary['fetch']['records_per_s']:,.0f} records/s; read + decode + assemble "
         f"{summary['full']['records_per_s']:,.0f} records/s => ratio {summary['full_over_fetch']:.2f} "
-        f"(medians of {repeats}; load {summary['full']['loadavg_1m']}); peak RSS "
+        f"(medians of {repeats}; load {summary['full']['loadavg_1m']}); CPU per record "
+        f"{summary['cpu_full_over_fetch']:.2f}x the fetch's; peak RSS "
         f"{summary['full']['peak_rss_mb']:.0f} MB for a {summary['full']['csr_mb']:.0f} MB CSR",
         flush=True,
     )

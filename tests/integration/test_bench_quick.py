@@ -62,6 +62,21 @@ def test_retrain_quick(tmp_path, kafka_broker, monkeypatch):
 
 
 @pytest.mark.kafka
+def test_changelog_read_quick(tmp_path, kafka_broker, monkeypatch):
+    from bench import changelog_read
+
+    monkeypatch.setenv("STREAMREC_BOOTSTRAP", kafka_broker.bootstrap)
+    rep = changelog_read.main(["--quick", "--output", str(tmp_path / "c.json")])
+    s = rep["summary"]
+    assert json.loads((tmp_path / "c.json").read_text())["bench"] == "changelog_read"
+    for mode in ("fetch", "full"):
+        (run,) = rep["runs"][mode]
+        assert run["records"] == 2000 and finite_pos(run["records_per_s"]) and finite_pos(run["cpu_s"]), mode
+    assert s["full"]["users"] == 2000 and s["full"]["skipped"] == 0 and s["full"]["nnz"] > 2000
+    assert finite_pos(s["full_over_fetch"]) and finite_pos(s["cpu_full_over_fetch"])
+
+
+@pytest.mark.kafka
 def test_state_quick(tmp_path, kafka_broker, monkeypatch):
     from bench import state
 
