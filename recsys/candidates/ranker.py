@@ -65,6 +65,34 @@ class RankerConfig:
         (), "the features (recsys.candidates.ranker.FEATURES) the model reads; empty: all; the others are zeroed"
     )
     seed: int = setting(0, "LightGBM's seeds (training is deterministic for a seed)")
+    # The retrain job's ranker (streaming/jobs/retrain.py): its examples, their cost, its gate.
+    retrain: bool = setting(
+        True,
+        "the retrain job trains a ranker on the recent clickstream and publishes it with the model when it "
+        "passes its gate; off: versions carry no ranker and the blend serves",
+    )
+    window_hours: float = setting(
+        24.0,
+        "the retrain's ranker learns from this much of the recent clickstream (the brokers' record times; "
+        "with --data FILE the file's last hours of event time)",
+    )
+    window_max_events: int = setting(
+        30_000, "... at most this many events (the newest): the replay's state before the examples, and its cost"
+    )
+    max_examples: int = setting(
+        1500,
+        "the retrain replays at most this many of the window's latest events as the ranker's examples (its "
+        "cost grows with them; 0: the whole example part)",
+    )
+    model_max_events: int = setting(
+        20_000,
+        "when no stored model has not seen the examples, the retrain trains one on at most this many "
+        "events before them",
+    )
+    min_examples: int = setting(200, "fewer fit examples with the target among the candidates: no ranker this time")
+    gate_fraction: float = setting(
+        0.25, "the last share of the example events kept out of the ranker's fit and used for its gate"
+    )
 
 
 class ItemStats:

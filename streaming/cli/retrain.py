@@ -77,9 +77,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     trainer = None
     if cfg.stream.retrain_engine == "spark":
         from streaming.jobs import spark_engine
+        from streaming.jobs.retrain import clickstream_window
+
+        window = clickstream_window(cfg.stream, cfg) if cfg.ranker.retrain else None
 
         def trainer(store: Any, metrics: Any) -> Any:
-            return spark_engine.retrain_once(store, cfg, metrics)
+            return spark_engine.retrain_once(store, cfg, metrics, window=window)
 
     rc = run(
         cfg.stream,

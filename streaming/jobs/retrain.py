@@ -33,26 +33,32 @@ on the model-updates topic; the factors never travel through Kafka.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from recsys.candidates.ranker import RankerConfig
 from recsys.confidence import ConfidenceConfig, UserProfile, build_profiles
 from recsys.config import Config, Settings
 from recsys.data.datasets import load
 from recsys.errors import RecsysError
 from recsys.evaluation.offline import EvalCase, evaluate_model, holdout_case, holdout_rank, holdout_size
+from recsys.events import Event
 from recsys.model.factors import Model
 from recsys.model.store import ModelStore
 from recsys.model.train import TrainConfig, TrainingData, confidence_matrix, fit
 from recsys.serving.scoring import ScoringConfig
+
+if TYPE_CHECKING:
+    from streaming.jobs.window import Window
 
 log = logging.getLogger("streamrec.retrain")
 MIN_GATE_CASES = 30
@@ -89,6 +95,18 @@ class RetrainMetrics:
         self.phase = Gauge(
             "streamrec_retrain_phase_seconds", "Seconds of each phase of the last retrain", ["phase"], registry=r
         )
+        self.ranker_runs = Counter(
+            "streamrec_retrain_ranker_runs",
+            "Rankers of published versions, by result (published; refused by its gate; absent: none trained)",
+            ["result"],
+            registry=r,
+        )
+        self.ranker_offline = Gauge(
+            "streamrec_retrain_ranker_metric",
+            "The last ranker gate's figures on its held-out events, by lists (ranker, fallback)",
+            ["metric", "lists"],
+            registry=r,
+        )
 
 
 @dataclass
@@ -99,6 +117,7 @@ class RetrainResult:
     seconds: float = 0.0
     users: int = 0
     phases: dict[str, Any] = field(default_factory=dict)
+    ranker: dict[str, Any] = field(default_factory=dict)  # published or not, why, the gate's figures
 
 
 def read_changelog(settings: Settings, ccfg: ConfidenceConfig) -> TrainingData:
@@ -138,6 +157,143 @@ def data_from_profiles(
     matrix, _, items = confidence_matrix(train_part, ccfg)
     ts = [p.last_ts for p in profiles.values()]
     return TrainingData(matrix, items, cases, min(ts), max(ts), source)
+
+
+EventsWindow = Callable[[], "Window"]  # the recent events the ranker's examples come from
+
+
+def clickstream_window(settings: Settings, config: Config) -> EventsWindow:
+    """The recent clickstream, read when called (streaming/jobs/window.py)."""
+
+    def read() -> Window:
+        from streaming.jobs.window import read_window
+
+        return read_window(
+            settings.bootstrap,
+            settings.clickstream_topic,
+            window_s=config.ranker.window_hours * 3600.0,
+            max_events=config.ranker.window_max_events,
+            mapping=config.input,
+            stall_s=settings.changelog_stall_s,
+        )
+
+    return read
+
+
+def events_window(events: list[Event], rcfg: RankerConfig) -> EventsWindow:
+    """A history file's events as the window: its last `window_hours` of event time, at most
+    `window_max_events` (the newest)."""
+
+    def take() -> Window:
+        from streaming.jobs.window import Window
+
+        if not events:
+            return Window(note="the history file has no events")
+        ordered = sorted(events, key=lambda e: e.ts)
+        since = ordered[-1].ts - int(rcfg.window_hours * 3_600_000)
+        recent = [e for e in ordered if e.ts >= since][-rcfg.window_max_events :]
+        return Window(events=recent, records=len(recent))
+
+    return take
+
+
+def ranker_gate(figures: dict[str, Any], cases_min: int = MIN_GATE_CASES) -> tuple[bool, str]:
+    """The ranker is published if its lists are not worse than the fallback's (the blend's, from
+    the same replay) on held-out example events by more than noise: the model gate's rule
+    (MRR@10 is MAP@10 with one relevant item; two standard errors of the candidate's score) with
+    no tolerance, since without a ranker the blend serves as it does today."""
+    held = figures.get("holdout")
+    n = figures.get("gate_events", 0)
+    if not held:
+        return False, "no held-out figures"
+    if n < cases_min:
+        return False, f"only {n} held-out example events: too few to judge, not published"
+    r, f = held["ranker"], held["fallback"]
+    if r["MRR@10"] + 2 * r["MRR@10_se"] >= f["MRR@10"]:
+        return True, f"MRR@10 {r['MRR@10']:.4f} vs the fallback's {f['MRR@10']:.4f} on {n} held-out events"
+    return False, (
+        f"MRR@10 {r['MRR@10']:.4f} is below the fallback's {f['MRR@10']:.4f} by more than two standard "
+        f"errors ({r['MRR@10_se']:.4f}) on {n} held-out events"
+    )
+
+
+def train_gated_ranker(
+    window: EventsWindow, store: ModelStore, config: Config, metrics: RetrainMetrics, phases: dict[str, Any]
+) -> tuple[bytes | None, dict[str, Any]]:
+    """The version's ranker: the window's events → examples (scored by a model that has not seen
+    them: the serving version when it records the newest event it was trained on and the window
+    goes beyond it, else one trained on the window's head) → LambdaRank → its gate. Returns (the
+    ranker's bytes or None, what happened). Never raises: without a ranker the blend serves."""
+    from recsys.candidates.training import train_window_ranker
+
+    info: dict[str, Any] = {"published": False}
+    t = time.time()
+    try:
+        w = window()
+        phases["ranker_read_s"] = round(w.seconds or (time.time() - t), 3)
+        info["window"] = w.summary()
+        if not w.events:
+            info["note"] = f"no ranker: no events in the window ({w.note or 'empty'})"
+            return None, info
+        model, seen_until = None, None
+        current = store.current()
+        if current is not None:
+            until = store.metadata(current).get("data_until_ts")
+            if until is not None and w.events[-1].ts > until:
+                model, seen_until = store.load(current), int(until)
+        t = time.time()
+        wr, _held = train_window_ranker(
+            w.events,
+            config.ranker,
+            ccfg=config.confidence,
+            scfg=config.scoring,
+            tcfg=config.train,
+            model=model,
+            seen_until=seen_until,
+            progress=log.info,
+        )
+        phases["ranker_train_s"] = round(time.time() - t, 3)
+        info.update(wr.figures)
+        if wr.ranker is None:
+            info["note"] = f"no ranker: {wr.note}"
+            return None, info
+        passed, why = ranker_gate(wr.figures)
+        info["gate"] = {"passed": passed, "note": why}
+        for lists, fig in wr.figures["holdout"].items():
+            for k, v in fig.items():
+                metrics.ranker_offline.labels(k, lists).set(v)
+        if not passed:
+            info["note"] = f"ranker refused: {why}"
+            return None, info
+        data = wr.ranker.to_bytes()
+        info.update(published=True, sha256=hashlib.sha256(data).hexdigest())
+        return data, info
+    except Exception as e:  # the ranker never fails a retrain: the model goes out without one
+        log.warning("ranker not trained: %s", e, exc_info=not isinstance(e, RecsysError))
+        info["note"] = f"no ranker: {e}"
+        return None, info
+
+
+class RankerJob:
+    """`train_gated_ranker` on its own thread, started before the model's fit: the ranker's
+    examples are scored by a model that is not the one being trained, so the two overlap (the
+    ALS fit runs in native code without the GIL; the replay is Python). `result` joins it."""
+
+    def __init__(self, window: EventsWindow, store: ModelStore, config: Config, metrics: RetrainMetrics):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.phases: dict[str, Any] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="retrain-ranker")
+        self._future = self._pool.submit(train_gated_ranker, window, store, config, metrics, self.phases)
+
+    def result(self, phases: dict[str, Any]) -> tuple[bytes | None, dict[str, Any]]:
+        """Wait for it; its phases go into `phases`, with how long the retrain waited for it."""
+        t = time.time()
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown()
+            phases.update(self.phases, ranker_wait_s=round(time.time() - t, 3))
 
 
 FitEngine = Callable[[TrainingData, ConfidenceConfig, TrainConfig, "Model | None"], tuple[Model, np.ndarray]]
@@ -244,11 +400,13 @@ def retrain_once(
     source: str = "",
     config: Any = None,
     engine: FitEngine | None = None,
+    window: EventsWindow | None = None,
 ) -> RetrainResult:
     """Train once, gate, publish. Does not announce (the caller does, if it published).
     `data`: TrainingData (from the changelog) or profiles (split here the same way).
     `config` (recsys.config.Config) supplies confidence, training and scoring settings;
-    `engine` turns the data into a model (default: `fit_engine`)."""
+    `engine` turns the data into a model (default: `fit_engine`); `window`: the recent events
+    the version's ranker is trained on (None: no ranker; `clickstream_window`)."""
     metrics = metrics or RetrainMetrics()
     t0 = time.time()
     config = config if config is not None else Config()
@@ -265,10 +423,25 @@ def retrain_once(
     init = serving_model(store) if tcfg.warm_start else None
     phases["load_serving_s"] = round(time.time() - t, 3)
     t = time.time()
+    job = RankerJob(window, store, config, metrics) if window is not None else None
     model, gram = (engine or fit_engine)(data, ccfg, tcfg, init)
     phases["fit_s"] = round(time.time() - t, 3)
     users = data.users + len(data.cases)
-    return gate_and_publish(model, gram, data.cases, store, settings, config, metrics, source, phases, t0, users)
+    return gate_and_publish(
+        model,
+        gram,
+        data.cases,
+        store,
+        settings,
+        config,
+        metrics,
+        source,
+        phases,
+        t0,
+        users,
+        ranker=job,
+        data_until_ts=data.last_ts_max or None,
+    )
 
 
 def gate_and_publish(
@@ -284,13 +457,21 @@ def gate_and_publish(
     t0: float,
     users: int,
     engine: str = "implicit",
+    *,
+    ranker: RankerJob | None = None,
+    data_until_ts: int | None = None,
 ) -> RetrainResult:
-    """Every engine's last steps: the gate on the held-out users, then the store (published) and
-    the metrics, or a rejection. Does not announce (the caller does, if it published)."""
+    """Every engine's last steps: the gate on the held-out users, then the ranker (`ranker`,
+    started before the fit: its own examples and gate, `train_gated_ranker`), the store
+    (published, with the ranker if it passed) and the metrics, or a rejection. Does not announce (the caller does,
+    if it published). `data_until_ts`: the newest event time the model was trained on (the next
+    retrain's ranker examples may use this model for the events after it)."""
     t = time.time()
     verdict, holdout = gate(model, cases, store, settings, config.confidence, config.scoring, metrics)
     phases["gate_s"] = round(time.time() - t, 3)
     if not verdict["passed"]:
+        if ranker is not None:
+            ranker.result(phases)  # not published with a rejected model; nothing left running
         metrics.runs.labels("rejected").inc()
         log.warning(
             "retrain rejected: candidate held-out MAP@10 %.4f is below the serving model's %.4f "
@@ -300,9 +481,19 @@ def gate_and_publish(
         )
         return RetrainResult("rejected", None, verdict, time.time() - t0, users, phases)
     model.metadata.update(gate=verdict, data_source=source, holdout=holdout, metrics=holdout, held_out_users=len(cases))
+    if data_until_ts is not None:
+        model.metadata["data_until_ts"] = int(data_until_ts)
+    ranker_bytes: bytes | None = None
+    if ranker is None:
+        rinfo: dict[str, Any] = {"published": False, "note": "no ranker: off (ranker.retrain) or no events source"}
+    else:
+        ranker_bytes, rinfo = ranker.result(phases)
+    result = "published" if ranker_bytes is not None else "refused" if "gate" in rinfo else "absent"
+    metrics.ranker_runs.labels(result).inc()
+    model.metadata["ranker"] = rinfo
     t = time.time()
     # XᵀX of the training users goes with the version: workers fold new items in against it.
-    store.save(model, publish=True, user_gram=gram)
+    store.save(model, publish=True, user_gram=gram, ranker=ranker_bytes)
     phases["save_s"] = round(time.time() - t, 3)
     seconds = time.time() - t0
     for k, v in phases.items():
@@ -312,7 +503,7 @@ def gate_and_publish(
     metrics.last_success.set(time.time())
     metrics.users.set(users)
     log.info(
-        "published model %s (%s; %d users, %d held out, %d items) in %.1fs (%s); gate %s",
+        "published model %s (%s; %d users, %d held out, %d items) in %.1fs (%s); gate %s; %s",
         model.version,
         engine,
         users,
@@ -321,8 +512,9 @@ def gate_and_publish(
         seconds,
         ", ".join(f"{k} {v}" for k, v in phases.items()),
         verdict,
+        "with its ranker" if ranker_bytes is not None else rinfo.get("note", "no ranker"),
     )
-    return RetrainResult("published", model.version, verdict, seconds, users, phases)
+    return RetrainResult("published", model.version, verdict, seconds, users, phases, rinfo)
 
 
 def run(
@@ -358,13 +550,19 @@ def run(
                     )
                 res = trainer(store, metrics)
             else:
+                cfg = config if config is not None else Config()
+                window: EventsWindow | None = None
                 if data:
-                    events, path = load(data, mapping=config.input if config is not None else None)
+                    events, path = load(data, mapping=cfg.input)
                     training, source = build_profiles(events, ccfg), str(path)
+                    if cfg.ranker.retrain:
+                        window = events_window(events, cfg.ranker)
                 else:
                     training = read_changelog(settings, ccfg)
                     source = f"kafka:{settings.changelog_topic}"
-                res = retrain_once(training, store, settings, metrics, source, config)
+                    if cfg.ranker.retrain:
+                        window = clickstream_window(settings, cfg)
+                res = retrain_once(training, store, settings, metrics, source, cfg, window=window)
                 del training  # the next run reads afresh; the matrix need not outlive this one
             if res.version:
                 announce(
@@ -384,6 +582,7 @@ def run(
                         "seconds": round(res.seconds, 2),
                         "gate": res.gate,
                         "phases": res.phases,
+                        "ranker": res.ranker,
                         "peak_rss_mb": round(peak_rss_mb(), 1),
                     }
                 ),

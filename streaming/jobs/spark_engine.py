@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from recsys.config import Config
     from recsys.evaluation.offline import EvalCase
     from recsys.model.store import ModelStore
-    from streaming.jobs.retrain import RetrainMetrics, RetrainResult
+    from streaming.jobs.retrain import EventsWindow, RetrainMetrics, RetrainResult
 
 log = logging.getLogger("streamrec.retrain.spark")
 
@@ -589,17 +589,20 @@ def retrain_once(
     *,
     opts: SparkOptions | None = None,
     spark: SparkSession | None = None,
+    window: EventsWindow | None = None,
 ) -> RetrainResult:
     """The retrain with the spark engine: changelog → MLlib ALS → the usual gate (fold-in on
     the held-out users, MAP@10 against the serving model's recorded score) → the store. Does not
     announce (the caller does, if it published). Always a cold start: MLlib's ALS takes no
-    initial factors."""
-    from streaming.jobs.retrain import RetrainMetrics, gate_and_publish
+    initial factors. `window`: the recent events its ranker is trained on (as the implicit
+    engine's, streaming/jobs/retrain.py `train_gated_ranker`)."""
+    from streaming.jobs.retrain import RankerJob, RetrainMetrics, gate_and_publish
 
     metrics = metrics or RetrainMetrics()
     settings = config.stream
     t0 = time.time()
     source = f"kafka:{settings.changelog_topic}"
+    job = RankerJob(window, store, config, metrics) if window is not None else None
     res = train_from_changelog(
         settings.bootstrap,
         settings.changelog_topic,
@@ -616,7 +619,19 @@ def retrain_once(
         metrics.skipped.inc(res.skipped)
     phases: dict[str, Any] = {k: v for k, v in res.phases.items() if k != "total_s"}
     return gate_and_publish(
-        res.model, res.user_gram, res.cases, store, settings, config, metrics, source, phases, t0, res.users, "spark"
+        res.model,
+        res.user_gram,
+        res.cases,
+        store,
+        settings,
+        config,
+        metrics,
+        source,
+        phases,
+        t0,
+        res.users,
+        "spark",
+        ranker=job,
     )
 
 

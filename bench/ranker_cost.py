@@ -1,0 +1,154 @@
+"""The retrain with its ranker against the retrain without it, on the same real events.
+
+Per dataset: the serving version is a retrain on the events before the last `--new` share
+(no ranker); then, alternating, each run on a fresh copy of that store, through the retrain's
+own functions (streaming/jobs/retrain.py `retrain_once`, in this process):
+
+  without  profiles of every event → ALS (warm from the serving version) → gate → store
+  with     the same, plus the ranker from the events as the window (`events_window`: what
+           `recsys retrain --data FILE` does; from Kafka the window is the clickstream's, read by
+           streaming/jobs/window.py): examples scored by the serving version (it has not seen the
+           new events), LambdaRank, its gate, stored with the version
+
+Wall time from the profiles' build to the stored version; medians of --repeats, interleaved
+(the machine is shared), the ratio with/without, the ranker's phases and gate figures.
+
+    python -m bench.ranker_cost --datasets yoochoose,taobao [--repeats 3] [--max-examples N]
+                                [--window-events N] [--output bench/out/ranker_cost.json]
+
+`--quality`: instead, the capped ranker against stream-eval's (`train_ranker`, every example
+of the training window) on a validation split (train = the first 64% of events by time,
+validation = the next 16%; the last 20% is the test window and is not read), both through
+`recsys stream-eval`'s replay with methods system,ranker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from recsys.confidence import build_profiles
+from recsys.config import Config
+from recsys.data.datasets import load, time_split
+from recsys.model.store import ModelStore
+from streaming.jobs.retrain import RetrainMetrics, events_window, retrain_once
+
+
+def one(events: list[Any], serving: Path, cfg: Config, with_ranker: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d) / "models"
+        shutil.copytree(serving, root)
+        store = ModelStore(root)
+        t = time.perf_counter()
+        profiles = build_profiles(events, cfg.confidence)
+        res = retrain_once(
+            profiles,
+            store,
+            cfg.stream,
+            RetrainMetrics(),
+            "bench",
+            cfg,
+            window=events_window(events, cfg.ranker) if with_ranker else None,
+        )
+        wall = time.perf_counter() - t
+        has = store.ranker(res.version) is not None if res.version else False
+    return {"wall_s": round(wall, 3), "phases": res.phases, "ranker": res.ranker, "stored_ranker": has}
+
+
+def cost(name: str, cfg: Config, repeats: int, new: float) -> dict[str, Any]:
+    events, _ = load(name, progress=None)
+    events.sort(key=lambda e: e.ts)
+    head, _ = time_split(events, test_fraction=new)
+    with tempfile.TemporaryDirectory() as d:
+        serving = Path(d) / "serving"
+        off = replace(cfg, ranker=replace(cfg.ranker, retrain=False))
+        first = retrain_once(build_profiles(head, cfg.confidence), ModelStore(serving), cfg.stream, config=off)
+        assert first.version, first
+        runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+        for r in range(repeats):
+            for mode in ("without", "with") if r % 2 == 0 else ("with", "without"):
+                out = one(events, serving, cfg, mode == "with")
+                runs[mode].append(out)
+                print(f"{name} {mode}: {out['wall_s']:.1f}s {out['phases']}", flush=True)
+    med = {m: statistics.median(x["wall_s"] for x in rs) for m, rs in runs.items()}
+    last = runs["with"][-1]["ranker"]
+    return {
+        "dataset": name,
+        "events": len(events),
+        "serving_trained_on": len(head),
+        "median_wall_s": med,
+        "ratio": round(med["with"] / med["without"], 3),
+        "ranker": {k: last.get(k) for k in ("published", "note", "model", "example_events", "gate", "holdout")},
+        "runs": runs,
+    }
+
+
+def quality(name: str, cfg: Config) -> dict[str, Any]:
+    from recsys.candidates.training import train_ranker, train_window_ranker
+    from recsys.evaluation.streaming import StreamEvalConfig, stream_evaluate
+
+    events, _ = load(name, progress=None)
+    dev, _test = time_split(events, test_fraction=0.2)
+    train, val = time_split(dev, test_fraction=0.2)
+    ecfg = StreamEvalConfig(sources=cfg.sources, ranker=cfg.ranker, methods=("system", "ranker"))
+    ccfg, scfg, tcfg = cfg.confidence, cfg.scoring, cfg.train
+    out: dict[str, Any] = {"dataset": name}
+    t = time.perf_counter()
+    full = train_ranker(train, ecfg=ecfg, ccfg=ccfg, scfg=scfg, tcfg=tcfg)
+    out["stream_eval_ranker_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    capped, _ = train_window_ranker(
+        train[-cfg.ranker.window_max_events :], cfg.ranker, ecfg=ecfg, ccfg=ccfg, scfg=scfg, tcfg=tcfg
+    )
+    out["retrain_ranker_s"] = round(time.perf_counter() - t, 1)
+    assert capped.ranker is not None, capped.note
+    for label, rk in (("stream_eval_ranker", full), ("retrain_ranker", capped.ranker)):
+        rep = stream_evaluate(train, val, ecfg=ecfg, ranker=rk, ccfg=ccfg, scfg=scfg, tcfg=tcfg)
+        out[label] = {
+            m: {k: round(rep["methods"][m]["all"][k], 4) for k in ("HR@10", "MRR@10")} for m in rep["methods"]
+        }
+        print(name, label, out[label], flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", default="yoochoose,taobao")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--new", type=float, default=0.2, help="share of the events the serving version has not seen")
+    ap.add_argument("--max-examples", type=int, help="ranker.max_examples (default: the configuration's)")
+    ap.add_argument("--window-events", type=int, help="ranker.window_max_events (default: the configuration's)")
+    ap.add_argument("--quality", action="store_true", help="validation HR@10/MRR@10, capped vs uncapped ranker")
+    ap.add_argument("--output", default="bench/out/ranker_cost.json")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    cfg = Config()
+    if args.max_examples is not None:
+        cfg = replace(cfg, ranker=replace(cfg.ranker, max_examples=args.max_examples))
+    if args.window_events is not None:
+        cfg = replace(cfg, ranker=replace(cfg.ranker, window_max_events=args.window_events))
+    results = []
+    for name in args.datasets.split(","):
+        r = quality(name, cfg) if args.quality else cost(name, cfg, args.repeats, args.new)
+        results.append(r)
+        if not args.quality:
+            print(
+                f"{name}: without {r['median_wall_s']['without']:.1f}s, with the ranker "
+                f"{r['median_wall_s']['with']:.1f}s: {r['ratio']:.2f}x ({r['ranker']})",
+                flush=True,
+            )
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"ranker": asdict(cfg.ranker), "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
