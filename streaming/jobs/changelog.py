@@ -37,6 +37,7 @@ import logging
 import multiprocessing
 import operator
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
@@ -64,6 +65,11 @@ LONG = np.uint64(1 << 63)
 # By id length (0..8): the mask of its bytes in a little-endian word, and the length in the top byte.
 SHORT_MASK = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [(1 << 64) - 1], np.uint64)
 SHORT_LEN = np.array([n << 56 for n in range(9)], np.uint64)
+
+
+def holdout_ranks(keys: list[bytes]) -> np.ndarray:
+    """`holdout_rank` of many keys: its CRC-32, mapped in C (a test checks they agree)."""
+    return np.fromiter(map(zlib.crc32, keys), np.int64, len(keys))
 
 
 def join(values: Sequence[bytes]) -> bytes:
@@ -249,7 +255,7 @@ class ChunkDecoder:
             cols = self._intern(u1, i8, id_pos, id_len, None)
             if cols is not None:
                 conf = self.ccfg.confidences(value, ages).astype(np.float32)
-                return Chunk(n, n_items, cols, conf, last_ts, ~ok)
+                return self._chunk(n_items, cols, conf, last_ts, ~ok)
         keep = np.repeat(ok, n_items)
         cols = self._intern(u1, i8, id_pos, id_len, keep)
         if cols is None:  # an id that is not UTF-8: find its records, drop them, intern again
@@ -258,7 +264,16 @@ class ChunkDecoder:
             cols = self._intern(u1, i8, id_pos, id_len, keep)
             assert cols is not None
         conf = self.ccfg.confidences(value[keep], ages[keep]).astype(np.float32)
-        return Chunk(n, np.where(ok, n_items, 0), cols[keep], conf, last_ts, ~ok)
+        return self._chunk(np.where(ok, n_items, 0), cols[keep], conf, last_ts, ~ok)
+
+    def _chunk(self, counts: np.ndarray, cols: np.ndarray, conf: np.ndarray, last_ts: np.ndarray, bad: np.ndarray):
+        """The chunk with each row's columns in order (sorted here, as it is decoded, rather than in
+        the assembled matrix, which keeps the order: the read is not held up by a sort at its end)."""
+        indptr = np.zeros(len(counts) + 1, np.int32)  # int32 like the columns: scipy keeps both arrays
+        np.cumsum(counts, out=indptr[1:])
+        rows = sp.csr_matrix((conf, cols, indptr), shape=(len(counts), len(self.items)), copy=False)
+        rows.sort_indices()  # in place
+        return Chunk(len(counts), counts, rows.indices, rows.data, last_ts, bad)
 
     def _keys(self, i8: np.ndarray, id_pos: np.ndarray, id_len: np.ndarray) -> np.ndarray:
         """A 64-bit key per id: ids of up to 7 bytes exactly (bytes + length in the top byte),
@@ -484,16 +499,14 @@ class ChangelogTable:
         """Keys new to the table (or written again after a tombstone) whose hold-out rank is among
         the lowest `holdout_max` seen so far become candidates: their latest record is kept raw."""
         held, cap = self.held, self.holdout[2]
-        new = (
-            [i for i, p in enumerate(prev) if p is None]
-            if not gone
-            else [i for i, (k, p) in enumerate(zip(keys, prev, strict=True)) if p is None or k in gone]
-        )
-        if held:
-            new = [i for i in new if keys[i] not in held]
+        # (a held key has a live row: a key without one, or deleted here, is not held)
+        if gone:
+            new = [i for i, (k, p) in enumerate(zip(keys, prev, strict=True)) if p is None or k in gone]
+        else:
+            new = np.nonzero(np.fromiter(map(operator.is_, prev, repeat(None)), bool, len(prev)))[0].tolist()
         if not new:
             return
-        ranks = np.fromiter(map(holdout_rank, [keys[i] for i in new]), np.int64, len(new))
+        ranks = holdout_ranks([keys[i] for i in new])
         if len(self.cand_keys) >= cap:  # only ranks below the largest held one can enter
             sel = np.nonzero(ranks < self.cand_ranks.max())[0]
             new, ranks = [new[i] for i in sel.tolist()], ranks[sel]

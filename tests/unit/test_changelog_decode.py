@@ -268,3 +268,10 @@ def test_a_bad_held_out_record_counts_once_and_the_next_ranked_user_takes_its_pl
     assert data.skipped == 1 and repr(bad_user.encode()) in caplog.text
     assert sorted(c.user for c in data.cases) == sorted(ranked[1:6])
     assert data.users == len(users) - 1 - 5
+
+
+def test_holdout_ranks_are_holdout_rank_of_each_key():
+    from streaming.jobs.changelog import holdout_ranks
+
+    keys = [f"user{i}".encode() for i in range(500)] + [b"", "ünï".encode(), bytes(range(256))]
+    assert holdout_ranks(keys).tolist() == [holdout_rank(k) for k in keys]
