@@ -36,6 +36,7 @@ import asyncio
 import logging
 import multiprocessing
 import operator
+import os
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -207,7 +208,7 @@ class ChunkDecoder:
     def decode(self, values: Sequence[bytes]) -> Chunk:
         return self.decode_buffer(join(values), np.fromiter(map(len, values), np.int64, len(values)))
 
-    def decode_buffer(self, joined: bytes, lens: np.ndarray) -> Chunk:
+    def decode_buffer(self, joined: bytes | bytearray, lens: np.ndarray) -> Chunk:
         """`decode` of records given as `join(values)` and their lengths."""
         n = len(lens)
         start = np.zeros(n, np.int64)
@@ -409,7 +410,7 @@ class ChangelogTable:
         self.skipped = 0
         self.live = np.zeros(0, bool)
         # where a chunk ready for decoding goes: `put` here, or another process (`read_training_data`)
-        self.sink: Callable[[list[bytes], bytes, np.ndarray], None] = self.put
+        self.sink: Callable[[list[bytes], list[bytes]], None] = self.put
 
     def add(self, records: Iterable[Any]) -> None:
         """Consumer records (anything with .key and .value), in offset order per key."""
@@ -428,7 +429,7 @@ class ChangelogTable:
         if batch is not None:
             self.sink(*batch)
 
-    def take(self) -> tuple[list[bytes], bytes, np.ndarray] | None:
+    def take(self) -> tuple[list[bytes], list[bytes]] | None:
         """The keys' side of `flush`: the new rows' keys, their records joined, their lengths."""
         if not self.keys:
             return None
@@ -466,16 +467,20 @@ class ChangelogTable:
         self.rows += len(keys)
         if not keys:
             return None
-        return keys, join(records), np.fromiter(map(len, records), np.int64, len(records))
+        return keys, records
 
-    def put(self, keys: list[bytes], joined: bytes, lens: np.ndarray) -> None:
+    def put(self, keys: list[bytes], records: list[bytes]) -> None:
         """The decoding side of `flush`: the next rows, decoded."""
+        self.put_buffer(keys, join(records), np.fromiter(map(len, records), np.int64, len(records)))
+
+    def put_buffer(self, keys: list[bytes], joined: bytes | bytearray, lens: np.ndarray) -> None:
+        """`put` of records given as `join(records)` and their lengths."""
         chunk = self.decoder.decode_buffer(joined, lens)
         self.row_keys += keys
         if chunk.bad.any():
             start = np.concatenate([[0], np.cumsum(lens)]).tolist()
             for i in np.nonzero(chunk.bad)[0].tolist():
-                self._skip(keys[i], joined[start[i] : start[i + 1]])
+                self._skip(keys[i], bytes(joined[start[i] : start[i + 1]]))
         self.chunks.append(chunk)
 
     def summary(self) -> dict[str, Any]:
@@ -702,7 +707,8 @@ def _read_in_child(bootstrap: str, topic: str, table: ChangelogTable, stall_s: f
             try:
                 msg = recv.recv()
                 if msg[0] == "chunk":
-                    table.put(msg[1], recv.recv_bytes(), msg[2])
+                    keys, lens = msg[1], msg[2]
+                    table.put_buffer(keys, _read_exactly(recv.fileno(), int(lens.sum())), lens)
                     continue
             except EOFError:
                 raise RecsysError(f"the changelog reader process exited before the end of {topic}") from None
@@ -718,14 +724,37 @@ def _read_in_child(bootstrap: str, topic: str, table: ChangelogTable, stall_s: f
             proc.join()
 
 
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    for a in range(0, len(parts), 512):  # under IOV_MAX buffers a call
+        batch = parts[a : a + 512]
+        done = os.writev(fd, batch)
+        left = sum(map(len, batch)) - done
+        if left:  # a partial write (a signal): the rest of this batch, plainly
+            rest = memoryview(b"".join(batch))[done:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+
+
+def _read_exactly(fd: int, size: int) -> bytearray:
+    """`size` bytes from `fd`, in a buffer with the decoder's padding after them."""
+    buf = bytearray(size + PAD)
+    view = memoryview(buf)[:size]
+    while view:
+        got = os.readv(fd, [view])
+        if not got:
+            raise EOFError
+        view = view[got:]
+    return buf
+
+
 def _reader_child(
     conn: Any, bootstrap: str, topic: str, holdout: tuple, chunk_records: int, stall_s: float, every_s: float
 ) -> None:
     """(the reader process) Consume `topic`, keep the keys' side of a ChangelogTable, send the chunks."""
 
-    def send(keys: list[bytes], joined: bytes, lens: np.ndarray) -> None:
-        conn.send(("chunk", keys, lens))
-        conn.send_bytes(joined)
+    def send(keys: list[bytes], records: list[bytes]) -> None:
+        conn.send(("chunk", keys, np.fromiter(map(len, records), np.int64, len(records))))
+        _write_all(conn.fileno(), records)  # the records follow the message as they are: no joining
 
     try:
         index = ChangelogTable(
