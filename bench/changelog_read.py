@@ -116,6 +116,8 @@ def child(mode: str, bootstrap: str, topic: str) -> dict[str, Any]:
     out["cpu_s"] = _cpu_s() - cpu0
     out["records_per_cpu_s"] = out["records"] / max(out["cpu_s"], 1e-9)
     out["peak_rss_mb"] = peak_rss_mb()
+    # the reader process's (read_training_data's consumer side), if there was one: both count
+    out["reader_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return out
 
 
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     summary: dict[str, Any] = {}
     for mode, rs in runs.items():
-        keys = ("records_per_s", "seconds", "peak_rss_mb", "cpu_s", "records_per_cpu_s")
+        keys = ("records_per_s", "seconds", "peak_rss_mb", "reader_peak_rss_mb", "cpu_s", "records_per_cpu_s")
         summary[mode] = {k: median([x[k] for x in rs]) for k in keys if rs} | {
             "loadavg_1m": [round(x["loadavg"][0], 2) for x in rs]
         }
@@ -200,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{summary['full']['records_per_s']:,.0f} records/s => ratio {summary['full_over_fetch']:.2f} "
         f"(medians of {repeats}; load {summary['full']['loadavg_1m']}); CPU per record "
         f"{summary['cpu_full_over_fetch']:.2f}x the fetch's; peak RSS "
-        f"{summary['full']['peak_rss_mb']:.0f} MB for a {summary['full']['csr_mb']:.0f} MB CSR",
+        f"{summary['full']['peak_rss_mb']:.0f} MB (+ its reader process {summary['full']['reader_peak_rss_mb']:.0f} MB) "
+        f"for a {summary['full']['csr_mb']:.0f} MB CSR",
         flush=True,
     )
     return report
