@@ -405,7 +405,8 @@ class ChangelogTable:
         self.cand_keys: list[bytes] = []  # the held keys (and some deleted since) and their ranks
         self.cand_ranks = np.zeros(0, np.int64)
         self.rows = 0  # rows handed out (decoded or on their way)
-        self.users: int | None = None  # live keys, when the keys were kept by another process
+        # (cases, their rows, undecodable rows) when the keys were kept by another process
+        self.picked: tuple[list[EvalCase], list[int], list[tuple[bytes, int, str]]] | None = None
         self.records = 0
         self.skipped = 0
         self.live = np.zeros(0, bool)
@@ -484,21 +485,43 @@ class ChangelogTable:
         self.chunks.append(chunk)
 
     def summary(self) -> dict[str, Any]:
-        """What `training_data` needs of the keys' side, when that side ran in another process."""
+        """What `training_data` needs of the keys' side, when that side ran in another process
+        (the hold-out cases picked there too, while the last chunks are decoded here)."""
         self.flush()
         return {
             "records": self.records,
-            "users": len(self.row_of),
             "rows": self.rows,
             "dead": np.asarray(self.dead, np.int64),
-            "held": self.held,
-            "held_rows": {k: self.row_of[k] for k in self.held},
+            "cases": self._cases(),
         }
 
     def merge(self, summary: dict[str, Any]) -> None:
-        self.records, self.users, self.rows = summary["records"], summary["users"], summary["rows"]
+        self.records, self.rows, self.picked = summary["records"], summary["rows"], summary["cases"]
         self.dead = summary["dead"].tolist()
-        self.held, self.row_of = summary["held"], summary["held_rows"]
+
+    def _cases(self) -> tuple[list[EvalCase], list[int], list[tuple[bytes, int, str]]]:
+        """The gate's cases: of the held keys by rank, the first `holdout_size` that make one; their
+        rows; and the rows met on the way whose record does not decode (with the key and why)."""
+        fraction, floor, cap = self.holdout
+        want = holdout_size(len(self.row_of), fraction, floor, cap)
+        cases: list[EvalCase] = []
+        rows: list[int] = []
+        failed: list[tuple[bytes, int, str]] = []
+        for _, key in sorted((holdout_rank(k), k) for k in self.held):
+            if len(cases) >= want:
+                break
+            row = self.row_of[key]
+            try:
+                state = decode(self.held[key])
+                user = key.decode()
+            except (StateDecodeError, UnicodeDecodeError) as e:
+                failed.append((key, row, str(e)))
+                continue
+            case = holdout_case(user, state.profile, self.min_items)
+            if case is not None:
+                cases.append(case)
+                rows.append(row)
+        return cases, rows, failed
 
     def _hold(self, keys: list[bytes], values: list[bytes], prev: list[int | None], gone: set[bytes]) -> None:
         """Keys new to the table (or written again after a tombstone) whose hold-out rank is among
@@ -559,29 +582,13 @@ class ChangelogTable:
     def training_data(self, source: str = "") -> TrainingData:
         """Everything read so far as training data: hold-out cases picked, the CSR assembled."""
         self.flush()
-        fraction, floor, cap = self.holdout
-        held = sorted((holdout_rank(k), k) for k in self.held)
-        users = len(self.row_of) if self.users is None else self.users
-        want = holdout_size(users, fraction, floor, cap)
+        cases, rows, failed = self._cases() if self.picked is None else self.picked
         bad = np.concatenate([ch.bad for ch in self.chunks]) if self.chunks else np.zeros(0, bool)
-        cases: list[EvalCase] = []
-        for _, key in held:
-            if len(cases) >= want:
-                break
-            row = self.row_of[key]
-            if bad[row]:
-                continue  # skipped and counted when its chunk was decoded
-            try:
-                state = decode(self.held[key])
-                user = key.decode()
-            except (StateDecodeError, UnicodeDecodeError) as e:
-                self._skip(key, why=str(e))
+        for key, row, why in failed:
+            if not bad[row]:  # (a record the chunk decoder rejected was counted then)
+                self._skip(key, why=why)
                 self.dead.append(row)
-                continue
-            case = holdout_case(user, state.profile, self.min_items)
-            if case is not None:  # out of the matrix: the gate's case
-                cases.append(case)
-                self.dead.append(row)
+        self.dead += rows  # out of the matrix: the gate's cases
         self.held.clear()
         self.cand_keys, self.cand_ranks = [], np.zeros(0, np.int64)
         live = np.ones(len(self.row_keys), bool)
