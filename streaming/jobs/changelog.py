@@ -8,11 +8,15 @@ and needs the users x items confidence matrix. No per-user Python object is buil
     partition to the end offsets measured at the start. The latest record per key wins: records
     are gathered into chunks and, per chunk, only each key's last record is decoded (bulk dict
     operations, no Python code per record); a key seen again marks its earlier row dead; a
-    tombstone removes the user. A progress bar and the
-    rate go to the log every few seconds; a read that makes no progress for `stall_s` fails (no
-    fixed limit on the whole read: a large changelog takes as long as it takes).
+    tombstone removes the user. A progress bar and the rate go to the log every few seconds; a
+    read that makes no progress for `stall_s` fails (no fixed limit on the whole read: a large
+    changelog takes as long as it takes). The consumer and this bookkeeping run in a forked
+    reader process that writes each chunk's new rows to a pipe; the retrain's process decodes
+    them meanwhile (the two use a core each: aiokafka's per-record Python holds one process's
+    GIL, numpy's decoding the other's) and assembles the matrix at the end.
   * Decoding (`ChunkDecoder`): records are decoded in chunks of a few thousand, all at once, by
-    walking every record of the chunk one field at a time with numpy (the state codec,
+    walking every record of the chunk one field at a time with numpy (step j moves the records
+    that have a j-th field, a prefix when they are ordered by field count; the state codec,
     streaming/worker/state.py, formats 1 and 2; every field is checked as `decode` checks it
     except that the history and last-list ids are not UTF-8-validated: training does not use
     them). Each item id becomes a 64-bit key (ids up to 7 bytes exactly; longer ones a hash,
