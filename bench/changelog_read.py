@@ -7,6 +7,8 @@ project's own Kafka broker; then, each in a process of its own, interleaved, --r
   fetch     a bare aiokafka loop (the retrain reader's consumer settings) that only counts the
             records: the ceiling for any reader built on aiokafka
   full      `streaming.jobs.changelog.read_training_data`: read, decode, hold-out, CSR assembled
+  one       (--one-process) the same with reader_process=False: consumer and decoding in one
+            process, to show what the reader process buys in the same run
 
 and reports the medians of each (records/s, CPU seconds of the process and its reader process, peak
 RSS of the process), the ratio full / fetch (1.0 means decoding is free next to fetching), the CPU
@@ -103,6 +105,7 @@ def child(mode: str, bootstrap: str, topic: str) -> dict[str, Any]:
             holdout_fraction=st.retrain_holdout_fraction,
             holdout_min=st.retrain_holdout_min,
             holdout_max=st.retrain_holdout_max,
+            reader_process=mode == "full",
         )
         out["seconds"] = time.perf_counter() - t0
         out["records"] = data.phases["records"]
@@ -142,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="2,000 users, one repeat: checks it runs")
     ap.add_argument("--output", default="bench/out/changelog_read.json")
     ap.add_argument("--timeout", type=float, default=1800, help="per child process (seconds)")
-    ap.add_argument("--child", choices=("fetch", "full"), help=argparse.SUPPRESS)
+    ap.add_argument("--one-process", action="store_true", help="also measure the read without its reader process")
+    ap.add_argument("--child", choices=("fetch", "full", "one"), help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--topic", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -160,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lengths, items = real_shape()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-chread-"))
     broker = broker_from_env(tmp / "kafka")
-    runs: dict[str, list[dict[str, Any]]] = {"fetch": [], "full": []}
+    modes = ("fetch", "full", "one") if args.one_process else ("fetch", "full")
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     try:
         broker.start(timeout=300)  # a loaded machine can take minutes
         topic = f"bchread{users}x{uuid.uuid4().hex[:6]}-user-state-changelog"
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         report["changelog_mb"] = prod["mb"]
         print(f"{users:,} users: {prod['mb']:.0f} MB of state records produced in {prod['seconds']:.0f} s", flush=True)
         for r in range(repeats):
-            for mode in ("fetch", "full") if r % 2 == 0 else ("full", "fetch"):
+            for mode in modes if r % 2 == 0 else modes[::-1]:
                 res = _run(mode, broker.bootstrap, topic, args.timeout)
                 runs[mode].append(res)
                 print(
@@ -195,6 +200,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["full_over_fetch"] = summary["full"]["records_per_s"] / summary["fetch"]["records_per_s"]
     summary["cpu_full_over_fetch"] = summary["full"]["cpu_s"] / summary["fetch"]["cpu_s"]
     summary["peak_rss_over_csr"] = summary["full"]["peak_rss_mb"] / max(summary["full"]["csr_mb"], 1e-9)
+    if runs.get("one"):
+        summary["one_over_fetch"] = summary["one"]["records_per_s"] / summary["fetch"]["records_per_s"]
+        summary["full_over_one"] = summary["full"]["records_per_s"] / summary["one"]["records_per_s"]
     report |= {"runs": runs, "summary": summary}
     write_json(args.output, report)
     print(
@@ -206,6 +214,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"for a {summary['full']['csr_mb']:.0f} MB CSR",
         flush=True,
     )
+    if runs.get("one"):
+        print(
+            f"without the reader process {summary['one']['records_per_s']:,.0f} records/s (ratio to the fetch "
+            f"{summary['one_over_fetch']:.2f}; load {summary['one']['loadavg_1m']}): the reader process makes the read "
+            f"{summary['full_over_one']:.2f}x as fast",
+            flush=True,
+        )
     return report
 
 
