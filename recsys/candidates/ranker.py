@@ -89,7 +89,7 @@ class RankerConfig:
         "when no stored model has not seen the examples, the retrain trains one on at most this many "
         "events before them",
     )
-    min_examples: int = setting(200, "fewer fit examples with the target among the candidates: no ranker this time")
+    min_examples: int = setting(100, "fewer fit examples with the target among the candidates: no ranker this time")
     gate_fraction: float = setting(
         0.25, "the last share of the example events kept out of the ranker's fit and used for its gate"
     )
