@@ -41,6 +41,7 @@ import logging
 import multiprocessing
 import operator
 import os
+import resource
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -672,6 +673,10 @@ def read_training_data(
     t0 = time.perf_counter()
     if reader_process and "fork" in multiprocessing.get_all_start_methods():
         _read_in_child(bootstrap, topic, table, stall_s, progress_every_s)
+        # its memory is not in this process's peak RSS: logged (the largest of this process's
+        # children so far, which is this reader unless something bigger ran before it)
+        reader_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        log.info("the changelog reader process's peak RSS: %.0f MB", reader_mb)
     else:
         asyncio.run(_read(bootstrap, topic, table, stall_s, progress_every_s))
     t1 = time.perf_counter()
