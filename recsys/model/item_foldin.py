@@ -30,9 +30,14 @@ from recsys.model.factors import Model
 
 
 def user_gram(user_factors: np.ndarray) -> np.ndarray:
-    """XᵀX of the user population (float64, f x f)."""
-    x = np.asarray(user_factors, np.float64)
-    return x.T @ x
+    """XᵀX of the user population (float64, f x f), summed over blocks of rows: a float64 copy
+    of all the factors at once would be twice their size (10 GB at 10M users x 128)."""
+    x = np.asarray(user_factors)
+    out = np.zeros((x.shape[1], x.shape[1]), np.float64)
+    for a in range(0, len(x), 1 << 16):
+        b = np.asarray(x[a : a + (1 << 16)], np.float64)
+        out += b.T @ b
+    return out
 
 
 def fold_in_items(

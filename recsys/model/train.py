@@ -168,6 +168,15 @@ def fit_factors(
             # gradient from zero), so the users need no starting values of their own.
             model.user_factors = np.zeros((matrix.shape[0], cfg.factors), np.float32)
             callback = _ConvergenceCheck(model, cfg, stats)
+        else:
+            # implicit's own initialisation (same generator, same draws, same values), scaled in
+            # place: `random(...) * 0.01` holds two copies of the user factors at once (5 GB
+            # more at 10M users x 128 factors).
+            rng = np.random.default_rng(cfg.random_state)
+            for name, rows in (("user_factors", matrix.shape[0]), ("item_factors", matrix.shape[1])):
+                init = rng.random((rows, cfg.factors), dtype=np.float32)
+                init *= np.float32(0.01)
+                setattr(model, name, init)
     else:
         model = BayesianPersonalizedRanking(
             factors=cfg.factors,

@@ -75,3 +75,9 @@ def test_items_without_users_and_extend_skips_known():
     same = extend_model(model, ["i1"], np.ones((1, model.factors)))
     assert same.n_items == model.n_items
     assert ItemFoldIn(model, user_gram(x), min_users=2).extend({"new": {users[0]: 2.0}}, {users[0]: x[0]}) is model
+
+
+def test_user_gram_in_blocks_equals_the_whole_product():
+    x = np.random.default_rng(3).random((150_000, 16), dtype=np.float32)  # more rows than a block
+    whole = x.astype(np.float64).T @ x.astype(np.float64)
+    np.testing.assert_allclose(user_gram(x), whole, rtol=1e-12)
