@@ -156,14 +156,16 @@ def list_ranks(ranker: Ranker, ex: Examples, k: int = 10) -> tuple[np.ndarray, n
 
 
 def rank_figures(ranks: np.ndarray) -> dict[str, float]:
-    """HR@10, MRR@10 and MRR@10's standard error of ranks (0 = miss)."""
-    rr = np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0)
-    n = max(len(rr), 1)
-    return {
-        "HR@10": float((ranks > 0).sum() / n),
-        "MRR@10": float(rr.mean()) if len(rr) else 0.0,
-        "MRR@10_se": float(rr.std(ddof=1) / math.sqrt(n)) if len(rr) > 1 else 0.0,
-    }
+    """HR@10 and MRR@10 of ranks (0 = miss), with their standard errors."""
+    out: dict[str, float] = {}
+    n = len(ranks)
+    for name, v in (
+        ("HR@10", (ranks > 0).astype(np.float64)),
+        ("MRR@10", np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0)),
+    ):
+        out[name] = float(v.mean()) if n else 0.0
+        out[f"{name}_se"] = float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return out
 
 
 def train_window_ranker(

@@ -199,9 +199,9 @@ def events_window(events: list[Event], rcfg: RankerConfig) -> EventsWindow:
 
 def ranker_gate(figures: dict[str, Any], cases_min: int = MIN_GATE_CASES) -> tuple[bool, str]:
     """The ranker is published if its lists are not worse than the fallback's (the blend's, from
-    the same replay) on held-out example events by more than noise: the model gate's rule
-    (MRR@10 is MAP@10 with one relevant item; two standard errors of the candidate's score) with
-    no tolerance, since without a ranker the blend serves as it does today."""
+    the same replay) on held-out example events by more than noise, on HR@10 and on MRR@10 (MAP@10
+    with one relevant item): the model gate's rule (two standard errors of the candidate's
+    score) without a tolerance, since without a ranker the blend serves as it does today."""
     held = figures.get("holdout")
     n = figures.get("gate_events", 0)
     if not held:
@@ -209,11 +209,13 @@ def ranker_gate(figures: dict[str, Any], cases_min: int = MIN_GATE_CASES) -> tup
     if n < cases_min:
         return False, f"only {n} held-out example events: too few to judge, not published"
     r, f = held["ranker"], held["fallback"]
-    if r["MRR@10"] + 2 * r["MRR@10_se"] >= f["MRR@10"]:
-        return True, f"MRR@10 {r['MRR@10']:.4f} vs the fallback's {f['MRR@10']:.4f} on {n} held-out events"
-    return False, (
-        f"MRR@10 {r['MRR@10']:.4f} is below the fallback's {f['MRR@10']:.4f} by more than two standard "
-        f"errors ({r['MRR@10_se']:.4f}) on {n} held-out events"
+    worse = [m for m in ("HR@10", "MRR@10") if r[m] + 2 * r[f"{m}_se"] < f[m]]
+    said = ", ".join(f"{m} {r[m]:.4f} vs the fallback's {f[m]:.4f}" for m in ("HR@10", "MRR@10"))
+    if not worse:
+        return True, f"{said} on {n} held-out events"
+    return (
+        False,
+        f"{' and '.join(worse)} below the fallback's by more than two standard errors: {said} on {n} held-out events",
     )
 
 

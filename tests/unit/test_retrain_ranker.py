@@ -76,13 +76,13 @@ def test_bad_records_are_counted_by_reason_and_skipped():
 # --- the ranker's gate -----------------------------------------------------------------------
 
 
-def figures(ranker_mrr, fallback_mrr, se=0.01, n=400):
-    fig = {"HR@10": 0.3, "MRR@10_se": se}
+def figures(ranker_mrr, fallback_mrr, se=0.01, n=400, ranker_hr=0.3, fallback_hr=0.3):
+    fig = {"HR@10_se": 0.02, "MRR@10_se": se}
     return {
         "gate_events": n,
         "holdout": {
-            "ranker": {**fig, "MRR@10": ranker_mrr},
-            "fallback": {**fig, "MRR@10": fallback_mrr},
+            "ranker": {**fig, "HR@10": ranker_hr, "MRR@10": ranker_mrr},
+            "fallback": {**fig, "HR@10": fallback_hr, "MRR@10": fallback_mrr},
         },
     }
 
@@ -97,7 +97,12 @@ def test_a_ranker_level_with_the_fallback_within_noise_passes():
 
 def test_a_ranker_worse_than_the_fallback_by_more_than_noise_is_refused():
     passed, why = ranker_gate(figures(0.10, 0.15, se=0.01))
-    assert not passed and "below the fallback" in why
+    assert not passed and why.startswith("MRR@10 below the fallback")
+
+
+def test_a_ranker_that_loses_hits_is_refused_even_with_a_better_mrr():
+    passed, why = ranker_gate(figures(0.20, 0.15, ranker_hr=0.25, fallback_hr=0.32))
+    assert not passed and why.startswith("HR@10 below the fallback")
 
 
 def test_too_few_held_out_events_refuse_the_ranker():
@@ -149,7 +154,8 @@ def test_the_retrain_publishes_its_ranker_with_the_version(tmp_path, taobao):
     meta = store.metadata(res.version)["ranker"]
     assert meta["gate"]["passed"] and meta["gate_events"] >= 30
     held = meta["holdout"]
-    assert held["ranker"]["MRR@10"] + 2 * held["ranker"]["MRR@10_se"] >= held["fallback"]["MRR@10"]
+    for m in ("HR@10", "MRR@10"):
+        assert held["ranker"][m] + 2 * held["ranker"][f"{m}_se"] >= held["fallback"][m]
     assert {"ranker_train_s", "ranker_wait_s"} <= set(res.phases)
     sample = metrics.registry.get_sample_value
     assert sample("streamrec_retrain_ranker_runs_total", {"result": "published"}) == 1
