@@ -662,15 +662,24 @@ def read_training_data(
     holdout_min: int = 500,
     holdout_max: int = 20_000,
     progress_every_s: float = 5.0,
-    reader_process: bool = True,
+    reader_process: bool | None = None,
 ) -> TrainingData:
     """Every user's latest state in `topic`, read to its end offsets at the start, as training data.
 
     With `reader_process` (where the platform forks), the consumer and the keys' bookkeeping run in
     a child process and hand each chunk of new rows over a pipe to this one, which decodes it
-    meanwhile: fetching (Python, under its GIL) and decoding (numpy) use a core each."""
+    meanwhile: fetching (Python, under its GIL) and decoding (numpy) use a core each. That costs
+    some CPU more (the pipe, a second process's bookkeeping) and pays only with a core to spare:
+    on a saturated machine the two processes wait for each other's turn and the read in one
+    process was faster (bench/changelog_read.py --one-process). None (the default): a reader
+    process when the load average leaves a core free."""
     table = ChangelogTable(ccfg, holdout_fraction=holdout_fraction, holdout_min=holdout_min, holdout_max=holdout_max)
     t0 = time.perf_counter()
+    if reader_process is None:
+        reader_process = spare_core()
+        log.info(
+            "reading %s %s", topic, "with a reader process" if reader_process else "in this process (no core spare)"
+        )
     if reader_process and "fork" in multiprocessing.get_all_start_methods():
         _read_in_child(bootstrap, topic, table, stall_s, progress_every_s)
         # its memory is not in this process's peak RSS: logged (the largest of this process's
@@ -698,6 +707,16 @@ def read_training_data(
         table.records / max(data.phases["read_decode_s"], 1e-9),
     )
     return data
+
+
+def spare_core() -> bool:
+    """Whether another process would have a core to itself: the 1-minute load average (which
+    counts this process) leaves one free."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average here: assume a busy machine, read in one process
+        return False
+    return load <= (os.cpu_count() or 1) - 1 + 0.5
 
 
 def _read_in_child(bootstrap: str, topic: str, table: ChangelogTable, stall_s: float, every_s: float) -> None:

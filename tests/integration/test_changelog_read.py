@@ -62,9 +62,12 @@ def test_the_reader_process_gives_the_same_training_data_as_one_process(kafka_br
 
 
 def test_the_reader_process_passes_on_a_missing_or_empty_changelog_as_the_same_error(kafka_broker, topic_factory):
-    with pytest.raises(EmptyChangelog, match="does not exist"):
-        read_training_data(kafka_broker.bootstrap, "no-such-changelog-topic", ConfidenceConfig())
     empty = topic_factory(partitions=2, config={"cleanup.policy": "compact"})
-    with pytest.raises(EmptyChangelog, match="is empty"):
-        read_training_data(kafka_broker.bootstrap, empty, ConfidenceConfig())
+    for child in (True, False):
+        with pytest.raises(EmptyChangelog, match="does not exist"):
+            read_training_data(
+                kafka_broker.bootstrap, "no-such-changelog-topic", ConfidenceConfig(), reader_process=child
+            )
+        with pytest.raises(EmptyChangelog, match="is empty"):
+            read_training_data(kafka_broker.bootstrap, empty, ConfidenceConfig(), reader_process=child)
     assert issubclass(EmptyChangelog, RecsysError)

@@ -275,3 +275,15 @@ def test_holdout_ranks_are_holdout_rank_of_each_key():
 
     keys = [f"user{i}".encode() for i in range(500)] + [b"", "ünï".encode(), bytes(range(256))]
     assert holdout_ranks(keys).tolist() == [holdout_rank(k) for k in keys]
+
+
+def test_a_reader_process_only_with_a_core_to_spare(monkeypatch):
+    import os
+
+    from streaming.jobs import changelog
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))  # the retrain itself, and a little
+    assert changelog.spare_core()
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 5.0, 4.0))
+    assert not changelog.spare_core()
