@@ -219,6 +219,17 @@ class Settings:
         "events, so a model version with a ranker serves ranked lists; off: a version's ranker is ignored, "
         "the blend serves, and the sources cost nothing",
     )
+    sources_window_hours: float = setting(
+        24.0,
+        "with candidate_sources: on start a worker re-reads this many hours of the clickstream (up to its "
+        "consumer group's committed offsets) into the sources, the ranker's item counters and its recent "
+        "popularity before its first batch; 0: it starts with them empty",
+    )
+    sources_window_max_events: int = setting(
+        500_000,
+        "... at most this many events (each partition its newest same share): bounds the start-up time "
+        "and the sources' memory",
+    )
     item_foldin_refresh_s: float = setting(
         5.0,
         "new-item rows are solved and published, and each worker swaps "
@@ -247,6 +258,8 @@ class Settings:
             raise ConfigError("batch_max must be >= 1, batch_within_s > 0 and batch_behind_wait_s >= 0")
         if self.max_unsettled_batches < 1 or self.producer_linger_ms < 0 or self.fetch_max_wait_ms < 0:
             raise ConfigError("max_unsettled_batches must be >= 1, producer_linger_ms and fetch_max_wait_ms >= 0")
+        if self.sources_window_hours < 0 or self.sources_window_max_events < 0:
+            raise ConfigError("sources_window_hours and sources_window_max_events must be >= 0")
         if not self.popularity_half_life_s > 0:
             raise ConfigError(f"popularity_half_life_s must be > 0, got {self.popularity_half_life_s}")
         if not 0 < self.web_port < 65536:

@@ -39,6 +39,7 @@ from streaming.worker.processor import Incoming, Processor
 from streaming.worker.publish import BatchPublisher, dead_letter_record
 from streaming.worker.serving import ModelUpdates, ServingModel
 from streaming.worker.table import UserStateTable
+from streaming.worker.warmup import warm_up
 
 log = logging.getLogger("streamrec.worker")
 
@@ -81,6 +82,8 @@ class StreamWorker:
         checkpoint = Checkpoint(reader, self.settings.max_unsettled_batches)
         if self.catalogue is not None:  # no list before the catalogue has caught up once
             await self.catalogue.ready.wait()
+        # the candidate sources from the recent clickstream before the first list (ranking.py)
+        await asyncio.to_thread(warm_up, self.processor, self.settings, self.processor.input)
         while True:
             events = await reader.next_batch()
             try:

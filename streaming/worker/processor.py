@@ -155,7 +155,8 @@ class Processor:
             arrived[id(msg)] = pos
 
         touched: list[tuple[bytes, UserState, Incoming, Event, list[Incoming]]] = []
-        counted: list[tuple[int, Event]] = []  # applied events with their arrival position
+        counted: list[tuple[int, Event, int, int]] = []  # (arrival position, event, partition, offset)
+        ranking = self.ranking
         # Counters are added up per batch, then incremented once per label: a labelled
         # increment per event was ~5% of a batch's time.
         by_type: dict[str, int] = {}
@@ -170,6 +171,10 @@ class Processor:
             for msg, event in items:
                 if msg.offset <= state.profile.offset:
                     redelivered += 1
+                    if ranking is not None and ranking.fresh(msg.partition, msg.offset):
+                        # in the state already, but not in this process's sources (read after a
+                        # restart, past the committed offset the warm-up stopped at)
+                        counted.append((arrived[id(msg)], event, msg.partition, msg.offset))
                     continue
                 if state.last_items:  # live quality: was this item in what we last showed?
                     version = state.last_version or "none"
@@ -178,7 +183,7 @@ class Processor:
                         hits[version] = hits.get(version, 0) + 1
                 state.profile.apply(event, self.ccfg)
                 state.profile.offset = msg.offset
-                counted.append((arrived[id(msg)], event))
+                counted.append((arrived[id(msg)], event, msg.partition, msg.offset))
                 if base is not None and event.item not in base.model.item_index:
                     new_items.setdefault(key, set()).add(event.item)
                 by_type[event.type] = by_type.get(event.type, 0) + 1
@@ -197,11 +202,12 @@ class Processor:
                 res.repaired += 1
         # Popularity and the sources count in arrival order: their ties (first counted first) and
         # float sums then equal the stream's own order, as stream-eval replays it.
-        counted.sort(key=lambda pe: pe[0])
-        for _, event in counted:
-            self.recent_popularity.add(event.item, event.ts)
-        if self.ranking is not None:
-            self.ranking.observe([e for _, e in counted])
+        counted.sort(key=lambda c: c[0])
+        if ranking is not None:  # each input offset once per process (see WorkerRanking.fresh)
+            counted = [c for c in counted if ranking.fresh(c[2], c[3])]
+            ranking.observe([c[1] for c in counted], [(c[2], c[3]) for c in counted])
+        for c in counted:
+            self.recent_popularity.add(c[1].item, c[1].ts)
         res.accepted = sum(len(t[4]) for t in touched)
         for counter, counts in ((m.events_in, by_type), (m.hit_checks, checks), (m.hits, hits)):
             for label, k in counts.items():

@@ -10,7 +10,9 @@
 **Which state a list reads.** A worker computes a user's list after applying the batch that
 holds their latest event; that list is what the user sees before their *next* event. The
 stream evaluation computes the list of an event from the state before it, with the item counters
-as of the start of its chunk. So the worker counts a batch's events into every source and
+as of the start of its chunk (one event per chunk: the state after the previous event; an event
+on the item already on screen is not scored and joins the next chunk, the one case where the
+two differ). So the worker counts a batch's events into every source and
 counter before computing the batch's lists: the list shown before an event then reads exactly
 the state the evaluation gives it (the equality test sends one event per batch:
 tests/integration/test_worker_ranker_kafka.py). Events are observed in arrival order (not user
@@ -20,9 +22,21 @@ by user): co-visitation weights are float sums and session ids break ties, so th
 Co-visitation and session neighbours are stream-wide patterns; with several workers each learns
 them from its share of the users.
 
-**Restart.** The sources are derived state of the clickstream, which Kafka keeps as a log; a
-restarted worker starts with empty sources and fills them from the stream (re-reading a recent
-window at start is the plan: docs/evaluation.md, worker integration).
+**Restart.** The sources are derived state of the clickstream, and Kafka keeps the clickstream
+as a log: on start, before its first batch, a worker re-reads the last
+`stream.sources_window_hours` of the input topic (streaming/worker/warmup.py: every partition,
+by the brokers' record timestamps, at most `stream.sources_window_max_events`, up to its
+consumer group's committed offsets) into the sources, the item counters and its recent
+popularity, in the order the events reached the broker; events past the committed offsets come
+through its batches, redelivered ones included (`fresh`: each input offset counts once per
+process). Why not a RocksDB table with a changelog: co-visitation rows and the session index
+are stream-wide (not keyed by the partition's users), so a per-partition table would not hold
+them, and a write per event would cost the batch path; re-reading a bounded window costs
+start-up time instead and needs no new topic. What a restart
+loses: patterns older than the window (the window bounds them anyway: co-visitation counts pairs
+within `sources.covisit_window_s`, sessions older than a day weigh little in STAN). What it does
+not do: re-read when a rebalance moves partitions to a running worker (the sources cover every
+partition from the warm-up on, then this worker's own).
 """
 
 from __future__ import annotations
@@ -53,11 +67,21 @@ class WorkerRanking:
         self.sources = Sources(cfg)
         self.stats = ItemStats()  # stream-eval's and the ranker's training's half-life
         self.observed = 0
+        self.through: dict[int, int] = {}  # input partition -> the last offset counted
 
-    def observe(self, events: Sequence[Event]) -> None:
+    def fresh(self, partition: int, offset: int) -> bool:
+        """Not counted yet by this process: the warm-up stops at the group's committed offset,
+        and the batches after a restart redeliver from there events the user state already holds."""
+        return offset > self.through.get(partition, -1)
+
+    def observe(self, events: Sequence[Event], positions: Sequence[tuple[int, int]] = ()) -> None:
+        """Count `events` (arrival order); `positions`: their (partition, offset), to count each once."""
         for e in events:
             self.sources.update(e)
             self.stats.add(e.item, e.ts)
+        for partition, offset in positions:
+            if offset > self.through.get(partition, -1):
+                self.through[partition] = offset
         self.observed += len(events)
 
     def recommend(

@@ -14,6 +14,7 @@ user's two events, so the stream-wide features are the same at publication and a
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -65,6 +66,18 @@ def replay(tr, test_slice, model, ranker):
     return {(r["user"], r["item"], r["ts"]): r["lists"]["ranker"] for r in rep["events"]}
 
 
+def committed(s) -> int:
+    """The worker's consumer group's committed offset on the clickstream (one partition)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=s.bootstrap)
+    try:
+        got = admin.list_group_offsets({s.app_id: None}).get(s.app_id, {})
+    finally:
+        admin.close()
+    return sum(om.offset for tp, om in got.items() if tp.topic == s.clickstream_topic and om.offset > 0)
+
+
 def serving(worker) -> str | None:
     status, body = worker.get("/health", timeout=10)
     return body["model_version"] if status == 200 and isinstance(body, dict) else None
@@ -104,6 +117,12 @@ class Live:
             out.append((e, self.on_screen.get(e.user)))
             self.on_screen[e.user] = self.send([e])
         return out
+
+    def restart(self) -> None:
+        """Stop the worker and start it again on the same data dir and consumer group."""
+        old = self.worker
+        assert old.stop() == 0, old.tail()
+        self.worker = WorkerProcess(self.s, old.workdir, old.model_dir, web_port=old.web_port).start()
 
     def close(self):
         self.recs.close()
@@ -185,3 +204,41 @@ def test_ranker_hot_swaps_with_its_version_and_a_corrupt_one_is_refused(kafka_br
     assert by_version.get("v-a", 0) > 5 and by_version.get("v-b", 0) > 20, by_version
     assert differs > 0  # B's ranker, not A's, ordered B's lists
     assert {live.on_screen[u]["model_version"] for u in live.on_screen} == {"v-b"}  # C never served
+
+
+def test_after_a_restart_the_sources_are_read_back_from_the_clickstream(kafka_broker, tmp_path, data) -> None:
+    """The worker is restarted between the training events and the slice: it re-reads the recent
+    clickstream into its sources, item counters and popularity before its first batch, so its
+    lists still equal stream-eval's (which never restarts)."""
+    tr, test_slice, compared, ranker = data
+    model, _, _ = train(build_profiles(tr, CFG.confidence), CFG.confidence, TCFG, version="v-ranked")
+    ModelStore(tmp_path / "models").save(model, ranker=ranker.to_bytes())
+    live = Live(kafka_broker.bootstrap, tmp_path, tmp_path / "models")
+    try:
+        assert live.send(tr)["model_version"] == "v-ranked"
+        # the group has committed every training event: the warm-up, not redelivery, must bring them back
+        wait_for(lambda: committed(live.s) == len(tr), 60, "the training events' offsets committed")
+        mark = live.worker.log_path.stat().st_size  # the restarted worker appends to the same log
+        live.restart()
+        w = live.worker
+        warmed = wait_for(
+            lambda: [
+                ln
+                for ln in w.log_path.read_bytes()[mark:].decode(errors="replace").splitlines()
+                if "sources warmed up" in ln
+            ],
+            60,
+            "the sources' warm-up",
+        )
+        read = int(re.search(r": (\d+) events in", warmed[-1]).group(1))  # type: ignore[union-attr]
+        assert read == len(tr), warmed
+        shown = live.walk(test_slice)
+    finally:
+        live.close()
+    want = replay(tr, test_slice, model, ranker)
+    keys = {(e.user, e.item, e.ts) for e in compared}
+    checked = [(e, before) for e, before in shown if (e.user, e.item, e.ts) in keys]
+    assert len(checked) == len(compared) > 50
+    for e, before in checked:
+        assert before is not None and before["source"] == "ranker"
+        assert before["items"] == want[(e.user, e.item, e.ts)], (e, before)

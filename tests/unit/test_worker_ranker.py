@@ -228,3 +228,32 @@ def test_ranker_lists_with_no_history_take_the_fallback(taobao) -> None:
     )  # fmt: skip
     assert r.source == "fallback" and r.items == ["p1", "p2"]
     assert np.isfinite(r.scores).all()
+
+
+def test_each_input_offset_is_counted_once_by_the_sources() -> None:
+    """After a restart the warm-up stops at the group's committed offset; the batches then
+    redeliver events the user state already holds: the sources count those (they never saw
+    them), and nothing twice."""
+    from tests.helpers import T0, ev
+
+    proc = Processor(CFG, WorkerMetrics(CollectorRegistry()), top_n=10)
+    assert proc.ranking is not None
+    events = [ev("u", f"i{k}", "view", T0 + 1000 * k) for k in range(8)]
+    msgs = [Incoming(b"u", json.dumps(e.to_dict()).encode(), 0, off, e.ts) for off, e in enumerate(events)]
+    state: dict[bytes, UserState] = {}
+    res = proc.process(msgs[:6], lambda k, _m: state.get(k))  # offsets 0-5 applied
+    state.update(res.states)
+    assert proc.ranking.observed == 6 and proc.ranking.through == {0: 5}
+    # a restarted process: its warm-up read up to the committed offset 3 (offsets 0-2)
+    again = Processor(CFG, WorkerMetrics(CollectorRegistry()), top_n=10)
+    assert again.ranking is not None
+    again.ranking.observe(events[:3], [(0, k) for k in range(3)])
+    res = again.process(msgs[3:8], lambda k, _m: state.get(k))  # 3-5 redelivered, 6-7 new
+    assert res.duplicates == 3 and res.accepted == 2
+    state.update(res.states)
+    assert again.ranking.observed == 8 and again.ranking.through == {0: 7}
+    assert again.ranking.stats.pop.count("i4", events[-1].ts) == pytest.approx(
+        proc.ranking.stats.pop.count("i4", events[-1].ts)
+    )
+    res = again.process(msgs[6:8], lambda k, _m: state.get(k))  # redelivered again: counted already
+    assert again.ranking.observed == 8
