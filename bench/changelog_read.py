@@ -131,7 +131,9 @@ def _cpu_s() -> float:
 
 def _run(mode: str, bootstrap: str, topic: str, timeout: float) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.changelog_read", "--child", mode, "--bootstrap", bootstrap, "--topic", topic]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "STREAMREC_LOG_LEVEL": "warning"}
+    from recsys.config import child_env
+
+    env = child_env({"PYTHONPATH": str(ROOT), "STREAMREC_LOG_LEVEL": "warning"})
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
