@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -188,12 +189,27 @@ def fit_factors(
             random_state=cfg.random_state,
         )
     stats["iterations"] = cfg.iterations
+    release_free_heap()
     # implicit runs its own thread pool; a threaded BLAS underneath it oversubscribes the cores.
     t0 = time.perf_counter()
     with threadpool_limits(1, "blas"), contextlib.suppress(_Converged):  # the warm start's early stop
         model.fit(matrix, show_progress=progress, callback=callback)
     stats["implicit_fit_s"] = round(time.perf_counter() - t0, 3)  # implicit's own fit, alone
     return np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors, np.float32)
+
+
+def release_free_heap() -> None:
+    """Give the C heap's free pages back to the OS (glibc's malloc_trim) before the fit allocates
+    its large arrays. Whatever built the matrix (the changelog's decoded chunks) was freed in
+    blocks that small live objects sit between; glibc keeps such pages resident, and the fit's own
+    arrays come from fresh mappings: at 10M users that was 4.5 GB more at the fit's peak."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to do
+        return
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 class _Converged(Exception):
