@@ -672,7 +672,7 @@ def read_training_data(
     some CPU more (the pipe, a second process's bookkeeping) and pays only with a core to spare:
     on a saturated machine the two processes wait for each other's turn and the read in one
     process was faster (bench/changelog_read.py --one-process). None (the default): a reader
-    process when the load average leaves a core free."""
+    process when two cores are idle (`spare_core`)."""
     table = ChangelogTable(ccfg, holdout_fraction=holdout_fraction, holdout_min=holdout_min, holdout_max=holdout_max)
     t0 = time.perf_counter()
     if reader_process is None:
@@ -710,13 +710,35 @@ def read_training_data(
 
 
 def spare_core() -> bool:
-    """Whether another process would have a core to itself: the 1-minute load average (which
-    counts this process) leaves one free."""
+    """Whether this process and a reader process would have a core each: the cores idle over a
+    short sample (this process is idle then) leave about two free. The load average would be the
+    simpler signal, but it still counts the minute before (a changelog being produced, the last
+    retrain) when the read starts."""
+    idle = idle_cores()
+    if idle is None:  # no /proc/stat: the load average, which counts this process
+        try:
+            return os.getloadavg()[0] <= (os.cpu_count() or 1) - 1.5
+        except OSError:
+            return False
+    return idle >= min(os.cpu_count() or 1, 2) - 0.5
+
+
+def idle_cores(sample_s: float = 0.2) -> float | None:
+    """Cores idle on average over `sample_s` (Linux /proc/stat), None where that is not there."""
+
+    def times() -> list[int]:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+
     try:
-        load = os.getloadavg()[0]
-    except OSError:  # no load average here: assume a busy machine, read in one process
-        return False
-    return load <= (os.cpu_count() or 1) - 1 + 0.5
+        a = times()
+        time.sleep(sample_s)
+        b = times()
+    except (OSError, ValueError):
+        return None
+    d = [y - x for x, y in zip(a, b, strict=False)]
+    total = sum(d[:8])  # user nice system idle iowait irq softirq steal (guest time is in user)
+    return (d[3] + d[4]) / total * (os.cpu_count() or 1) if total > 0 else None
 
 
 def _read_in_child(bootstrap: str, topic: str, table: ChangelogTable, stall_s: float, every_s: float) -> None:

@@ -283,7 +283,21 @@ def test_a_reader_process_only_with_a_core_to_spare(monkeypatch):
     from streaming.jobs import changelog
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.2, 1.0, 1.0))  # the retrain itself, and a little
+    monkeypatch.setattr(changelog, "idle_cores", lambda: 1.9)  # a quiet machine: both cores
+    assert changelog.spare_core()
+    monkeypatch.setattr(changelog, "idle_cores", lambda: 0.7)  # something else holds a core
+    assert not changelog.spare_core()
+    monkeypatch.setattr(changelog, "idle_cores", lambda: None)  # no /proc/stat: the load average
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 1.0, 1.0))
     assert changelog.spare_core()
     monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 5.0, 4.0))
     assert not changelog.spare_core()
+
+
+def test_idle_cores_is_a_share_of_this_machines_cores():
+    import os
+
+    from streaming.jobs.changelog import idle_cores
+
+    idle = idle_cores(0.05)
+    assert idle is None or 0.0 <= idle <= (os.cpu_count() or 1) + 1e-9
