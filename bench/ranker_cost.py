@@ -16,6 +16,9 @@ Wall time from the profiles' build to the stored version; medians of --repeats, 
     python -m bench.ranker_cost --datasets yoochoose,taobao [--repeats 3] [--max-examples N]
                                 [--window-events N] [--output bench/out/ranker_cost.json]
 
+`--kafka`: the same through `recsys retrain --once` processes on the project's own broker, the
+events in the clickstream topic and every user's state in the changelog (`kafka_cost`).
+
 `--quality`: instead, the capped ranker against stream-eval's (`train_ranker`, every example
 of the training window) on a validation split (train = the first 64% of events by time,
 validation = the next 16%; the last 20% is the test window and is not read), both through
@@ -91,6 +94,87 @@ def cost(name: str, cfg: Config, repeats: int, new: float) -> dict[str, Any]:
     }
 
 
+def kafka_cost(name: str, cfg: Config, repeats: int, new: float, workdir: Path) -> dict[str, Any]:
+    """The same comparison through `recsys retrain --once` processes on the project's own broker:
+    the dataset's events in the clickstream topic, every user's state in the changelog (the
+    worker's record format, as a worker writes it), the serving version trained on the events
+    before the last `new` share; each run on a fresh copy of that store, the ranker on or off
+    (`STREAMREC_RANKER_RETRAIN`). Wall time of the whole command (start-up, changelog read, the
+    window read, announce)."""
+    import subprocess
+    import sys
+    import uuid
+
+    from kafka import KafkaProducer
+
+    from devtools.broker import broker_from_env
+    from recsys.config import child_env, stream_env
+    from streaming.kafka import clients
+    from streaming.kafka.admin import ensure_topics
+    from streaming.topics import isolated, topic_specs
+    from streaming.worker.state import UserState, encode
+
+    events, _ = load(name, progress=None)
+    events.sort(key=lambda e: e.ts)
+    head, _ = time_split(events, test_fraction=new)
+    broker = broker_from_env(workdir / "kafka", cfg)
+    broker.start(timeout=300)  # a loaded machine starts the JVM slowly
+    try:
+        s = isolated(cfg.stream, f"rc-{name}-{uuid.uuid4().hex[:6]}", bootstrap=broker.bootstrap, partitions=2)
+        ensure_topics(s.bootstrap, topic_specs(s))
+        ensure_topics(s.bootstrap, {s.changelog_topic: 2}, config={"cleanup.policy": "compact"})
+        producer = KafkaProducer(bootstrap_servers=s.bootstrap, acks="all", linger_ms=20, **clients.kafka_python())
+        for e in events:
+            producer.send(s.clickstream_topic, key=e.user.encode(), value=json.dumps(e.to_dict()).encode())
+        for u, p in build_profiles(events, cfg.confidence).items():
+            producer.send(s.changelog_topic, key=u.encode(), value=encode(UserState(p)))
+        producer.flush()
+        producer.close()
+        serving = workdir / f"serving-{name}"
+        off = replace(cfg, ranker=replace(cfg.ranker, retrain=False))
+        first = retrain_once(build_profiles(head, cfg.confidence), ModelStore(serving), s, config=off)
+        assert first.version, first
+        runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+        for r in range(repeats):
+            for mode in ("without", "with") if r % 2 == 0 else ("with", "without"):
+                root = workdir / f"models-{name}-{mode}-{r}"
+                shutil.copytree(serving, root)
+                env = {
+                    **cfg.to_env(),
+                    **stream_env(s),
+                    "STREAMREC_MODEL_DIR": str(root),
+                    "STREAMREC_RANKER_RETRAIN": "true" if mode == "with" else "false",
+                }
+                t = time.perf_counter()
+                done = subprocess.run(
+                    [sys.executable, "-m", "streaming.cli.main", "retrain", "--once"],
+                    env=child_env(env),
+                    capture_output=True,
+                    text=True,
+                    timeout=1800,
+                )
+                wall = time.perf_counter() - t
+                assert done.returncode == 0, done.stderr[-2000:]
+                line = json.loads(done.stdout.strip().splitlines()[-1])
+                out = {"wall_s": round(wall, 3), "phases": line["phases"], "ranker": line["ranker"]}
+                runs[mode].append(out)
+                print(f"{name} kafka {mode}: {wall:.1f}s {line['phases']}", flush=True)
+    finally:
+        broker.stop()
+    med = {m: statistics.median(x["wall_s"] for x in rs) for m, rs in runs.items()}
+    last = runs["with"][-1]["ranker"]
+    return {
+        "dataset": name,
+        "via": "kafka",
+        "events": len(events),
+        "serving_trained_on": len(head),
+        "median_wall_s": med,
+        "ratio": round(med["with"] / med["without"], 3),
+        "ranker": {k: last.get(k) for k in ("published", "note", "model", "example_events", "gate", "holdout")},
+        "runs": runs,
+    }
+
+
 def quality(name: str, cfg: Config) -> dict[str, Any]:
     from recsys.candidates.training import train_ranker, train_window_ranker
     from recsys.evaluation.streaming import StreamEvalConfig, stream_evaluate
@@ -126,6 +210,11 @@ def main() -> None:
     ap.add_argument("--new", type=float, default=0.2, help="share of the events the serving version has not seen")
     ap.add_argument("--max-examples", type=int, help="ranker.max_examples (default: the configuration's)")
     ap.add_argument("--window-events", type=int, help="ranker.window_max_events (default: the configuration's)")
+    ap.add_argument(
+        "--kafka",
+        action="store_true",
+        help="through `recsys retrain --once` processes on the project's own broker (changelog + clickstream)",
+    )
     ap.add_argument("--quality", action="store_true", help="validation HR@10/MRR@10, capped vs uncapped ranker")
     ap.add_argument("--output", default="bench/out/ranker_cost.json")
     args = ap.parse_args()
@@ -137,7 +226,13 @@ def main() -> None:
         cfg = replace(cfg, ranker=replace(cfg.ranker, window_max_events=args.window_events))
     results = []
     for name in args.datasets.split(","):
-        r = quality(name, cfg) if args.quality else cost(name, cfg, args.repeats, args.new)
+        if args.quality:
+            r = quality(name, cfg)
+        elif args.kafka:
+            with tempfile.TemporaryDirectory() as d:
+                r = kafka_cost(name, cfg, args.repeats, args.new, Path(d))
+        else:
+            r = cost(name, cfg, args.repeats, args.new)
         results.append(r)
         if not args.quality:
             print(
