@@ -42,28 +42,9 @@ PARTITIONS = 4
 
 async def _count(bootstrap: str, topic: str) -> int:
     """Every record of `topic` up to the end offsets at the start, counted and dropped."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from streaming import faust_compat
     from streaming.kafka import clients
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=16 << 20,
-        fetch_max_bytes=64 << 20,
-        fetch_max_wait_ms=100,
-        client_id="bench-changelog-read",
-        **clients.aiokafka(),
-    )
-    await consumer.start()
-    try:
-        await faust_compat.refresh_metadata(consumer)
-        parts = sorted(consumer.partitions_for_topic(topic) or [])
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
+    async with clients.topic_reader(bootstrap, topic, "bench-changelog-read") as (consumer, tps):
         end = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
         left = [tp for tp in tps if end[tp] > 0]
@@ -77,8 +58,6 @@ async def _count(bootstrap: str, topic: str) -> int:
                     left.remove(tp)
                     consumer.pause(tp)
         return n
-    finally:
-        await consumer.stop()
 
 
 def child(mode: str, bootstrap: str, topic: str) -> dict[str, Any]:

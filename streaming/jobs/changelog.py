@@ -879,33 +879,14 @@ def _bar(frac: float, width: int = 20) -> str:
 
 
 async def _read(bootstrap: str, topic: str, table: ChangelogTable | _Latest, stall_s: float, every_s: float) -> None:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from streaming import faust_compat
     from streaming.kafka import clients
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=16 << 20,
-        fetch_max_bytes=64 << 20,
-        fetch_max_wait_ms=100,
-        client_id="streamrec-retrain",
-        **clients.aiokafka(),
-    )
-    await consumer.start()
-    try:
-        await faust_compat.refresh_metadata(consumer)
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
+    async with clients.topic_reader(bootstrap, topic, "streamrec-retrain") as (consumer, tps):
+        if not tps:
             raise EmptyChangelog(
                 f"no training data: the state changelog {topic} does not exist on {bootstrap} "
                 "(no worker has run with this app id yet; or give --data FILE)"
             )
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
         begin = await consumer.beginning_offsets(tps)
         end = await consumer.end_offsets(tps)
         total = sum(end[tp] - begin[tp] for tp in tps)
@@ -947,5 +928,3 @@ async def _read(bootstrap: str, topic: str, table: ChangelogTable | _Latest, sta
                     rate,
                     (total - table.records) / max(rate, 1e-9),
                 )
-    finally:
-        await consumer.stop()

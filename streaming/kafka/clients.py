@@ -3,6 +3,7 @@ client library's keyword arguments, made here and nowhere else.
 
     kafka_python(sec)   KafkaProducer / KafkaConsumer / KafkaAdminClient (the jobs, the CLI, the demo)
     aiokafka(sec)       AIOKafkaConsumer / AIOKafkaProducer (the broadcast listener, tests)
+    topic_reader(...)   an AIOKafkaConsumer on every partition of a topic (the jobs' whole-topic reads)
     faust(sec)          the Faust app's `broker_credentials` (its consumer, producer, and the bulk
                         restore, which takes Faust's credentials: streaming/worker/restore.py)
     check(bootstrap)    one connection at start: wrong credentials or an untrusted certificate stop
@@ -21,7 +22,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,38 @@ def kafka_python(sec: KafkaSecurity | None = None) -> dict[str, Any]:
 def aiokafka(sec: KafkaSecurity | None = None) -> dict[str, Any]:
     """Keyword arguments for aiokafka's AIOKafkaConsumer and AIOKafkaProducer."""
     return _common(security(sec))
+
+
+@contextlib.asynccontextmanager
+async def topic_reader(bootstrap: str, topic: str, client_id: str, fetch_bytes: int = 16 << 20) -> AsyncIterator[Any]:
+    """An aiokafka consumer (no group, no commits, started and stopped around the block) assigned
+    every partition of `topic`, and those partitions (none if the topic does not exist): the
+    jobs' whole-topic reads (the state changelog, the clickstream's window). `fetch_bytes` per
+    partition and fetch: large fetches are what makes aiokafka's read fast."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streaming import faust_compat
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",  # a start offset removed by retention meanwhile: the oldest kept
+        max_partition_fetch_bytes=fetch_bytes,
+        fetch_max_bytes=4 * fetch_bytes,
+        fetch_max_wait_ms=100,
+        client_id=client_id,
+        **aiokafka(),
+    )
+    await consumer.start()
+    try:
+        await faust_compat.refresh_metadata(consumer)
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if tps:
+            consumer.assign(tps)
+        yield consumer, tps
+    finally:
+        await consumer.stop()
 
 
 def faust(sec: KafkaSecurity | None = None) -> dict[str, Any]:
