@@ -113,31 +113,13 @@ async def _read(
     stall_s: float,
     every_s: float,
 ) -> None:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from streaming import faust_compat
     from streaming.kafka import clients
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",  # a start offset removed by retention meanwhile: the oldest kept
-        max_partition_fetch_bytes=8 << 20,
-        fetch_max_wait_ms=100,
-        client_id="streamrec-retrain-window",
-        **clients.aiokafka(),
-    )
-    await consumer.start()
-    try:
-        await faust_compat.refresh_metadata(consumer)
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
+    async with clients.topic_reader(bootstrap, topic, "streamrec-retrain-window", 8 << 20) as (consumer, tps):
+        if not tps:
             w.note = f"the clickstream topic {topic} does not exist on {bootstrap}"
             return
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
         w.partitions = len(tps)
-        consumer.assign(tps)
         begin = await consumer.beginning_offsets(tps)
         end = await consumer.end_offsets(tps)
         found = await consumer.offsets_for_times({tp: max(since_ms, 0) for tp in tps})
@@ -183,5 +165,3 @@ async def _read(
                     w.records / max(now - t0, 1e-9),
                     sum(w.skipped.values()),
                 )
-    finally:
-        await consumer.stop()
