@@ -84,6 +84,18 @@ class SourcesConfig:
     max_sessions_per_item: int = setting(
         2000, "session-kNN: an item's index keeps this many most recent sessions; older ones are dropped"
     )
+    # Bounds on what a long-running worker holds (the stream never ends); far above the
+    # evaluation datasets, so the baselines' figures do not depend on them.
+    max_users: int = setting(
+        1_000_000,
+        "the per-user buffers (recent items, co-visitation's moves) keep this many most recently active users",
+    )
+    max_sessions: int = setting(
+        2_000_000, "session-kNN keeps this many most recent sessions; older ones leave the index"
+    )
+    covisit_max_row: int = setting(
+        1000, "co-visitation: a row keeps its this many heaviest items (pruned when it holds twice as many)"
+    )
 
     def with_params(self, params: Mapping[str, Any]) -> SourcesConfig:
         """A copy with `params` (names of fields; values converted to the field's type)."""
@@ -120,14 +132,17 @@ def own_recent(profile: UserProfile | None) -> dict[str, float]:
 class RecentItems:
     """Each user's last distinct items (latest last) with their last touch time."""
 
-    def __init__(self, keep: int = 30):
-        self.keep = keep
-        self._u: dict[str, dict[str, int]] = {}
+    def __init__(self, keep: int = 30, max_users: int = 1_000_000):
+        self.keep, self.max_users = keep, max_users
+        self._u: dict[str, dict[str, int]] = {}  # least recently active user first
 
     def update(self, e: Event) -> None:
-        d = self._u.get(e.user)
+        d = self._u.pop(e.user, None)
         if d is None:
-            d = self._u[e.user] = {}
+            d = {}
+            if len(self._u) >= self.max_users:
+                del self._u[next(iter(self._u))]
+        self._u[e.user] = d
         d.pop(e.item, None)
         d[e.item] = e.ts
         if len(d) > self.keep:
@@ -146,21 +161,39 @@ class SessionKNN:
 
     def __init__(self, cfg: SourcesConfig = SourcesConfig()):
         self.cfg = cfg
-        self._items: list[list[str]] = []  # session id -> its items in order
-        self._sets: list[dict[str, None]] = []  # session id -> its distinct items, first-seen order
-        self._last: list[int] = []  # session id -> last event time (ms)
+        # session id -> its items in order / its distinct items (first-seen order) / its last event
+        # time (ms) / its user; the oldest session first (the one evicted past `max_sessions`)
+        self._items: dict[int, list[str]] = {}
+        self._sets: dict[int, dict[str, None]] = {}
+        self._last: dict[int, int] = {}
+        self._owner: dict[int, str] = {}
+        self._next_sid = 0
         self._user_sess: dict[str, tuple[int, int]] = {}  # user -> (current session id, last ts)
         self._by_item: dict[str, dict[int, None]] = {}  # item -> session ids, least recently added first
-        self.recent = RecentItems(max(cfg.current_len, 1) * 3)
+        self.recent = RecentItems(max(cfg.current_len, 1) * 3, cfg.max_users)
+
+    def _evict_oldest(self) -> None:
+        old = next(iter(self._items))
+        for it in self._sets.pop(old):
+            by = self._by_item.get(it)
+            if by is not None:
+                by.pop(old, None)
+                if not by:
+                    del self._by_item[it]
+        del self._items[old], self._last[old]
+        user = self._owner.pop(old)
+        if self._user_sess.get(user, (-1, 0))[0] == old:
+            del self._user_sess[user]
 
     def update(self, e: Event) -> None:
         cur = self._user_sess.get(e.user)
         gap_ms = self.cfg.session_gap_s * 1000.0
         if cur is None or e.ts - cur[1] > gap_ms:
-            sid = len(self._items)
-            self._items.append([])
-            self._sets.append({})
-            self._last.append(e.ts)
+            sid = self._next_sid
+            self._next_sid += 1
+            self._items[sid], self._sets[sid], self._last[sid], self._owner[sid] = [], {}, e.ts, e.user
+            if len(self._items) > self.cfg.max_sessions:
+                self._evict_oldest()
         else:
             sid = cur[0]
         seq = self._items[sid]
@@ -203,7 +236,7 @@ class SessionKNN:
             w1 = {it: math.exp((p + 1 - n) / l1) for p, it in enumerate(cur)}
         else:
             w1 = {it: (p + 1) / n for p, it in enumerate(cur)}
-        t_now = now if now is not None else max(self._last) if self._last else 0
+        t_now = now if now is not None else max(self._last.values()) if self._last else 0
         l2_ms = self.cfg.stan_l2_s * 1000.0
         sims: list[tuple[float, int]] = []
         for sid in self._neighbours(user, cur):
@@ -245,11 +278,16 @@ class CoVisitation:
 
     def __init__(self, cfg: SourcesConfig = SourcesConfig()):
         self.cfg = cfg
-        self._buf: dict[str, deque[tuple[str, int]]] = {}
+        self._buf: dict[str, deque[tuple[str, int]]] = {}  # least recently active user first
         self._w: dict[str, dict[str, float]] = {}
-        self._tot: dict[str, float] = {}
+        self._tot: dict[str, float] = {}  # a row's total before any pruning (the normalisation)
         self._next: dict[str, dict[str, float]] = {}  # a -> b: b was the very next move after a
-        self.recent = RecentItems(max(cfg.covisit_recent, 1) * 3)
+        self.recent = RecentItems(max(cfg.covisit_recent, 1) * 3, cfg.max_users)
+
+    def _bounded(self, rows: dict[str, dict[str, float]], a: str, row: dict[str, float]) -> None:
+        """A row past twice `covisit_max_row` keeps its heaviest `covisit_max_row` items."""
+        if len(row) > 2 * self.cfg.covisit_max_row:
+            rows[a] = dict(heapq.nlargest(self.cfg.covisit_max_row, row.items(), key=lambda kv: kv[1]))
 
     def _add(self, a: str, b: str, w: float) -> None:
         row = self._w.get(a)
@@ -257,11 +295,15 @@ class CoVisitation:
             row = self._w[a] = {}
         row[b] = row.get(b, 0.0) + w
         self._tot[a] = self._tot.get(a, 0.0) + w
+        self._bounded(self._w, a, row)
 
     def update(self, e: Event) -> None:
-        buf = self._buf.get(e.user)
+        buf = self._buf.pop(e.user, None)
         if buf is None:
-            buf = self._buf[e.user] = deque(maxlen=self.cfg.covisit_back)
+            buf = deque(maxlen=self.cfg.covisit_back)
+            if len(self._buf) >= self.cfg.max_users:
+                del self._buf[next(iter(self._buf))]
+        self._buf[e.user] = buf
         b = e.item
         self.recent.update(e)
         if buf and buf[-1][0] == b:  # a reload or an action on the product on screen: not a move
@@ -280,6 +322,7 @@ class CoVisitation:
                 if row is None:
                     row = self._next[a] = {}
                 row[b] = row.get(b, 0.0) + 1.0
+                self._bounded(self._next, a, row)
             self._add(a, b, 1.0 / d)
             if self.cfg.covisit_backward > 0:
                 self._add(b, a, self.cfg.covisit_backward / d)

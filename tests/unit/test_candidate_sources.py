@@ -57,3 +57,41 @@ def test_stream_baselines_never_see_the_event_they_predict() -> None:
         same = [r for r in full["events"] if (r["user"], r["item"], r["ts"]) == (target.user, target.item, target.ts)]
         if last:
             assert last[-1]["lists"] == same[-1]["lists"]
+
+
+def test_session_index_keeps_the_newest_sessions_only() -> None:
+    cfg = SourcesConfig(max_sessions=2, session_gap_s=1.0)
+    knn = SessionKNN(cfg)
+    # three users, one session each, all sharing item "x": u1's is the oldest
+    for t, (user, item) in enumerate([("u1", "a1"), ("u1", "x"), ("u2", "a2"), ("u2", "x"), ("u3", "a3"), ("u3", "x")]):
+        knn.update(ev(user, item, 10_000 + t))
+    knn.update(ev("q", "x", 20_000))  # the asking user's session pushes out one more
+    votes = knn.scores("q", "vsknn")
+    assert "a1" not in votes and "a2" not in votes  # evicted: out of every item's index
+    assert votes.get("a3", 0) > 0
+    assert "a1" not in knn.scores("u1", "vsknn")  # u1's own session is gone too
+
+
+def test_per_user_buffers_keep_the_most_recently_active_users() -> None:
+    cv = CoVisitation(SourcesConfig(max_users=2))
+    cv.update(ev("u1", "a", 1000))
+    cv.update(ev("u2", "b", 1001))
+    cv.update(ev("u1", "a2", 1002))  # u1 active again: u2 is now the least recent
+    cv.update(ev("u3", "c", 1003))  # evicts u2
+    cv.update(ev("u2", "b2", 1004))  # u2 starts over: no b -> b2 move is counted
+    assert cv.neighbours("b") == {}
+    assert cv.neighbours("a") == {"a2": 1.0}
+    assert cv.scores("u1") == {}  # u1 was the least recently active when u2 came back
+
+
+def test_covisitation_rows_are_pruned_to_their_heaviest_items() -> None:
+    cv = CoVisitation(SourcesConfig(covisit_max_row=2, covisit_backward=0.0))
+    t = 1000
+    for k, item in enumerate(["b1", "b2", "b3", "b4", "b5"]):
+        for _ in range(k + 1):  # b5 follows a most often
+            cv.update(ev("u", "a", t))
+            cv.update(ev("u", item, t + 1))
+            t += 10
+    row = cv.neighbours("a")
+    assert len(row) <= 4  # pruned to 2 once it held more than 4
+    assert "b5" in row and "b4" in row
