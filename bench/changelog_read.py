@@ -72,19 +72,14 @@ def child(mode: str, bootstrap: str, topic: str) -> dict[str, Any]:
         out["records"] = asyncio.run(_count(bootstrap, topic))
         out["seconds"] = time.perf_counter() - t0
     else:
-        from streaming.jobs.changelog import read_training_data
+        from dataclasses import replace
+
+        from streaming.jobs.retrain import read_changelog
 
         cfg = load_config()
-        st = cfg.stream
         t0 = time.perf_counter()
-        data = read_training_data(
-            bootstrap,
-            topic,
-            cfg.confidence,
-            holdout_fraction=st.retrain_holdout_fraction,
-            holdout_min=st.retrain_holdout_min,
-            holdout_max=st.retrain_holdout_max,
-            reader_process=mode == "full",
+        data = read_changelog(
+            replace(cfg.stream, bootstrap=bootstrap), cfg.confidence, topic, reader_process=mode == "full"
         )
         out["seconds"] = time.perf_counter() - t0
         out["records"] = data.phases["records"]

@@ -73,25 +73,19 @@ def child_env(bootstrap: str, app_id: str, model_dir: Path, extra: dict[str, str
 
 def fit_only(bootstrap: str, topic: str) -> dict[str, Any]:
     """(child) The retrain's matrix, then implicit's own fit on it, timed alone."""
+    from dataclasses import replace
+
     from implicit.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
     from recsys.config import load_config
     from recsys.model.threads import pin_blas_threads
-    from streaming.jobs.changelog import read_training_data
-    from streaming.jobs.retrain import peak_rss_mb
+    from streaming.jobs.retrain import peak_rss_mb, read_changelog
 
     pin_blas_threads()
     cfg = load_config()
-    st, tcfg = cfg.stream, cfg.train
-    data = read_training_data(
-        bootstrap,
-        topic,
-        cfg.confidence,
-        holdout_fraction=st.retrain_holdout_fraction,
-        holdout_min=st.retrain_holdout_min,
-        holdout_max=st.retrain_holdout_max,
-    )
+    tcfg = cfg.train
+    data = read_changelog(replace(cfg.stream, bootstrap=bootstrap), cfg.confidence, topic)
     rss_read = peak_rss_mb()
     als = AlternatingLeastSquares(
         factors=tcfg.factors,

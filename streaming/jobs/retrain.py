@@ -120,18 +120,22 @@ class RetrainResult:
     ranker: dict[str, Any] = field(default_factory=dict)  # published or not, why, the gate's figures
 
 
-def read_changelog(settings: Settings, ccfg: ConfidenceConfig) -> TrainingData:
-    """Every user's latest state from the table's changelog, read to its current end, as training data."""
+def read_changelog(
+    settings: Settings, ccfg: ConfidenceConfig, topic: str | None = None, reader_process: bool = True
+) -> TrainingData:
+    """Every user's latest state from the table's changelog (or `topic`), read to its current end,
+    as training data: the retrain's read, which the benches time too."""
     from streaming.jobs.changelog import read_training_data
 
     return read_training_data(
         settings.bootstrap,
-        settings.changelog_topic,
+        topic or settings.changelog_topic,
         ccfg,
         stall_s=settings.changelog_stall_s,
         holdout_fraction=settings.retrain_holdout_fraction,
         holdout_min=settings.retrain_holdout_min,
         holdout_max=settings.retrain_holdout_max,
+        reader_process=reader_process,
     )
 
 
