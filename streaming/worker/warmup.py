@@ -12,6 +12,7 @@ from typing import Any
 
 from recsys.errors import EventError
 from recsys.events import Event, InputConfig
+from streaming.jobs.window import plan
 from streaming.kafka import clients
 from streaming.worker.processor import Incoming, Processor, decode_event
 
@@ -63,14 +64,8 @@ def recent_events(
         consumer.assign(tps)
         found = consumer.offsets_for_times({tp: max(since_ms, 0) for tp in tps})
         end = {tp: committed[tp.partition] for tp in tps}
-        start = {}
-        for tp in tps:
-            at = found.get(tp)
-            start[tp] = end[tp] if at is None else min(at.offset, end[tp])
-        total = sum(end[tp] - start[tp] for tp in tps)
-        if max_events > 0 and total > max_events:
-            share = max_events / total
-            start = {tp: end[tp] - int((end[tp] - s) * share) for tp, s in start.items()}
+        by_time = {tp: at.offset if at is not None else None for tp, at in found.items()}
+        start = plan({}, end, by_time, max_events)  # the retrain's window, up to the committed offsets
         left = []
         for tp in tps:
             if start[tp] < end[tp]:
