@@ -14,9 +14,10 @@ changelog topic of the project's own Kafka broker; then, each in its own process
 
 and reports wall / implicit's fit (same run), read + decode records/s, and the warm start's time and
 iterations.
-Then, on real data (the largest shared dataset): a model trained on the first 80% of the events
-serves; the retrain on all of them is run cold and warm, interleaved, medians of --repeats: the
-time saved and held-out MAP@10 (the gate's cases) of each.
+Then, on each real dataset: a model trained on the first 80% of the events serves; the retrain on
+all of them is run cold and warm, interleaved, one seed per repeat: the time saved (medians) and
+held-out MAP@10 of each on the same cases (--holdout of the users), warm over cold with a 95%
+interval from the paired per-case differences, next to two cold seeds' own difference.
 
     python -m bench.retrain --users 100000,300000,1000000 [--quick] [--output bench/out/retrain.json]
                             [--plot docs/img/bench-retrain.png]
@@ -135,8 +136,14 @@ def one_size(
     env = child_env(bootstrap, app_id, models, extra_env)
     retrain = [sys.executable, "-m", "streaming.cli.main", "retrain", "--once"]
     cold_env = {**env, "STREAMREC_TRAIN_WARM_START": "0"}
-    if cold_iterations:  # fewer iterations cold (a large size in the time there is); the warm run keeps the default
+    warm_env = env
+    if cold_iterations:
+        # Fewer iterations cold (a large size in the time there is). From such an unconverged base a
+        # warm start would iterate on towards convergence (a 3-iteration base at 1M: 11 more), which is
+        # no longer a warm start's cost; capped at the same count, it runs what a warm start from a
+        # converged model runs (train.min_iterations, 3).
         cold_env["STREAMREC_TRAIN_ITERATIONS"] = str(cold_iterations)
+        warm_env = {**env, "STREAMREC_TRAIN_ITERATIONS": str(cold_iterations)}
     cold, cold_wall = _run_json(retrain, cold_env, timeout)
     print(
         f"  cold retrain: {cold['result']} in {cold_wall:.1f} s wall, peak RSS {cold['peak_rss_mb']:.0f} MB; "
@@ -158,7 +165,7 @@ def one_size(
             f"{direct['peak_rss_mb']:.0f} MB",
             flush=True,
         )
-    warm, warm_wall = _run_json(retrain, env, timeout)
+    warm, warm_wall = _run_json(retrain, warm_env, timeout)
     warm_fit = store.metadata(warm["version"])["fit"] if warm.get("version") else {}
     print(
         f"  warm retrain: {warm['result']} in {warm_wall:.1f} s wall ({warm_fit.get('iterations')} iterations), "
@@ -200,86 +207,134 @@ def one_size(
 CANDIDATES = ("taobao", "yoochoose", "rees46", "retailrocket")
 
 
-def load_events(name: str | None) -> tuple[str, list]:
-    """A named shared dataset, else the largest of CANDIDATES by events."""
-    from recsys.data.datasets import DATASETS, data_dir, load_dataset
+def real_datasets(names: str | None) -> list[str]:
+    """The named shared datasets (comma-separated), else every one of CANDIDATES present."""
+    from recsys.data.datasets import DATASETS, data_dir
 
-    if name:
-        return name, load_dataset(name, lenient=True)
-    best: tuple[str, list] | None = None
-    for cand in CANDIDATES:
-        if not (data_dir() / DATASETS[cand]).exists():
-            continue
-        events = load_dataset(cand, lenient=True)
-        if best is None or len(events) > len(best[1]):
-            best = (cand, events)
-    if best is None:
+    if names:
+        return [n for n in names.split(",") if n]
+    found = [c for c in CANDIDATES if (data_dir() / DATASETS[c]).exists()]
+    if not found:
         raise SystemExit(f"no real dataset found in {data_dir()} (set STREAMREC_DATA)")
-    return best
+    return found
 
 
-def warm_on_real(name: str | None, repeats: int, iterations: int | None) -> dict[str, Any]:
-    """A model on the first 80% of a real dataset serves; retrain on all of it, cold vs warm."""
+def _paired(cold: np.ndarray, warm: np.ndarray) -> dict[str, float]:
+    """warm's MAP@10 over cold's on the same cases, with a 95% interval from the paired per-case
+    differences (the case-to-case spread cancels: only the models' disagreement is noise here)."""
+    d = warm - cold
+    base = float(cold.mean())
+    se = float(d.std() / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    if base <= 0:
+        return {"ratio": float("nan"), "low": float("nan"), "high": float("nan")}
+    return {
+        "ratio": float(warm.mean()) / base,
+        "low": 1 + (float(d.mean()) - 2 * se) / base,
+        "high": 1 + (float(d.mean()) + 2 * se) / base,
+    }
+
+
+def warm_one(name: str, repeats: int, iterations: int | None, holdout: float) -> dict[str, Any]:
+    """A model on the first 80% of a real dataset serves; retrain on all of it, cold vs warm, each
+    repeat with its own seed (the warm start's base stays the same). Both are judged on the same
+    held-out cases (a `holdout` share of the users), per case, so the comparison is paired."""
     from dataclasses import replace
 
     from recsys.confidence import build_profiles
     from recsys.config import Config, Settings
+    from recsys.data.datasets import load_dataset
+    from recsys.evaluation.offline import case_average_precisions, case_lists
     from recsys.model.store import ModelStore
     from streaming.jobs.retrain import data_from_profiles, retrain_once
 
-    name, events = load_events(name)
-    events = sorted(events, key=lambda e: e.ts)
+    events = sorted(load_dataset(name, lenient=True), key=lambda e: e.ts)
     cfg = Config()
     if iterations:
         cfg = replace(cfg, train=replace(cfg.train, iterations=iterations))
     ccfg = cfg.confidence
     cut = int(len(events) * 0.8)
-    settings = Settings()
+    settings = Settings(retrain_holdout_fraction=holdout, retrain_holdout_max=10**9)
     old, new = build_profiles(events[:cut], ccfg), build_profiles(events, ccfg)
     data = data_from_profiles(new, ccfg, settings, name)
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-warm-"))
+    runs: dict[str, list[dict[str, Any]]] = {"cold": [], "warm": []}
+    aps: dict[str, list[np.ndarray]] = {"cold": [], "warm": []}
     try:
         base = ModelStore(tmp / "base")
         retrain_once(data_from_profiles(old, ccfg, settings, name), base, settings, config=cfg)
-        runs: dict[str, list[dict[str, Any]]] = {"cold": [], "warm": []}
         for r in range(repeats):
+            seed = (cfg.train.random_state or 0) + r
             for mode in ("cold", "warm"):
                 store = ModelStore(tmp / f"{mode}{r}")
                 shutil.copytree(base.root, store.root)
-                c = replace(cfg, train=replace(cfg.train, warm_start=mode == "warm"))
-                res = retrain_once(data, store, Settings(retrain_tolerance=0.99), config=c)
-                meta = store.metadata(res.version) if res.version else {}
+                c = replace(cfg, train=replace(cfg.train, warm_start=mode == "warm", random_state=seed))
+                res = retrain_once(data, store, replace(settings, retrain_tolerance=0.99), config=c)
+                if res.version is None:
+                    raise RuntimeError(f"{name} {mode} retrain published nothing: {res.gate}")
+                meta = store.metadata(res.version)
+                model = store.load(res.version)
+                aps[mode].append(case_average_precisions(case_lists(model, data.cases, ccfg, cfg.scoring), data.cases))
                 runs[mode].append(
-                    {
-                        "fit_s": res.phases["fit_s"],
-                        "iterations": meta.get("fit", {}).get("iterations"),
-                        "map10": res.gate.get("candidate_map10"),
-                        "changes": meta.get("fit", {}).get("changes"),
-                    }
+                    {"fit_s": res.phases["fit_s"], "iterations": meta["fit"].get("iterations"), "seed": seed}
                 )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    cold, warm = np.mean(aps["cold"], axis=0), np.mean(aps["warm"], axis=0)
     out: dict[str, Any] = {"dataset": name, "events": len(events), "users": data.users, "cases": len(data.cases)}
-    for mode, rs in runs.items():
-        out[mode] = {k: median([x[k] for x in rs if x[k] is not None]) for k in ("fit_s", "iterations", "map10")}
-        out[mode]["runs"] = rs
+    for mode in runs:
+        out[mode] = {k: median([x[k] for x in runs[mode]]) for k in ("fit_s", "iterations")}
+        out[mode]["map10"] = float(np.mean(aps[mode]))
+        out[mode]["runs"] = runs[mode]
     out["speedup"] = out["cold"]["fit_s"] / out["warm"]["fit_s"]
-    out["map10_ratio"] = out["warm"]["map10"] / out["cold"]["map10"] if out["cold"]["map10"] else float("nan")
+    out["map10"] = _paired(cold, warm)
+    # how far one cold model is from another by its seed alone: the floor any "equal" is read against
+    out["seed_floor"] = _paired(aps["cold"][0], aps["cold"][1]) if repeats > 1 else None
+    out["aps"] = {"cold": cold.tolist(), "warm": warm.tolist()}
+    m = out["map10"]
+    floor = out["seed_floor"]
     print(
-        f"warm start on real data ({name}, {len(events):,} events, {data.users:,} users, {len(data.cases)} gate "
-        f"cases): cold {out['cold']['fit_s']:.2f} s / {out['cold']['iterations']} iterations, MAP@10 "
+        f"warm start on {name} ({len(events):,} events, {data.users:,} users, {len(data.cases):,} held-out cases): "
+        f"cold {out['cold']['fit_s']:.2f} s / {out['cold']['iterations']} iterations, MAP@10 "
         f"{out['cold']['map10']:.4f}; warm {out['warm']['fit_s']:.2f} s / {out['warm']['iterations']} iterations, "
-        f"MAP@10 {out['warm']['map10']:.4f} => {out['speedup']:.2f}x faster, MAP@10 ratio {out['map10_ratio']:.3f}",
+        f"MAP@10 {out['warm']['map10']:.4f} => {out['speedup']:.2f}x faster, MAP@10 warm/cold {m['ratio']:.3f} "
+        f"[{m['low']:.3f}, {m['high']:.3f}]"
+        + (f"; cold seed vs seed {floor['ratio']:.3f} [{floor['low']:.3f}, {floor['high']:.3f}]" if floor else ""),
         flush=True,
     )
     return out
+
+
+def warm_on_real(names: str | None, repeats: int, iterations: int | None, holdout: float) -> dict[str, Any]:
+    """warm_one on each real dataset; pooled, every held-out case of every dataset weighs the same."""
+    per = [warm_one(n, repeats, iterations, holdout) for n in real_datasets(names)]
+    cold = np.concatenate([np.asarray(r["aps"]["cold"]) for r in per])
+    warm = np.concatenate([np.asarray(r["aps"]["warm"]) for r in per])
+    pooled = _paired(cold, warm)
+    speedup = median([r["speedup"] for r in per])
+    print(
+        f"warm start, {len(per)} datasets pooled ({len(cold):,} cases): MAP@10 warm/cold {pooled['ratio']:.3f} "
+        f"[{pooled['low']:.3f}, {pooled['high']:.3f}], median speed-up {speedup:.2f}x",
+        flush=True,
+    )
+    for r in per:
+        del r["aps"]  # the report keeps the figures, not every case
+    return {"datasets": per, "pooled": pooled, "cases": len(cold), "speedup": speedup}
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--users", default="100000,300000,1000000", help="comma-separated user counts")
     ap.add_argument("--quick", action="store_true", help="2,000 users, 2 iterations, 32 factors: checks it runs")
-    ap.add_argument("--data", help="real dataset for the warm-start comparison (default: the largest shared one)")
+    ap.add_argument(
+        "--data", help="real datasets for the warm-start comparison, comma-separated (default: every shared one)"
+    )
+    ap.add_argument(
+        "--holdout",
+        type=float,
+        default=0.2,
+        help="share of users held out in the warm-start comparison (more cases than the retrain's 1%%: a tighter "
+        "interval; default 0.2)",
+    )
     ap.add_argument("--repeats", type=int, help="repeats of the real-data warm/cold comparison (default 3; quick 1)")
     ap.add_argument("--output", default="bench/out/retrain.json")
     ap.add_argument("--plot", default=None)
@@ -294,9 +349,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--cold-iterations",
         type=int,
-        help="iterations of the cold run (default: the model's, 15); the warm run keeps the default cap. At 10M "
-        "users a full cold fit is over an hour here: a shorter one still shows its memory, and its wall / fit "
-        "ratio is an upper bound of the full fit's (the fixed costs weigh more)",
+        help="iterations of the cold run (default: the model's, 15), and the warm run's cap (a warm start from a "
+        "converged model runs train.min_iterations, 3). At 10M users a full cold fit is over an hour here: a "
+        "shorter one still shows its memory, and its wall / fit ratio is an upper bound of the full fit's (the "
+        "fixed costs weigh more)",
     )
     ap.add_argument("--skip-real", action="store_true", help="skip the warm-start comparison on real data")
     ap.add_argument("--fit-only", metavar="TOPIC", help=argparse.SUPPRESS)
@@ -356,6 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.data or ("taobao_small" if args.quick else None),
             args.repeats or (1 if args.quick else 3),
             2 if args.quick else None,
+            args.holdout,
         )
     report["seconds"] = round(time.time() - t_all, 1)
     write_json(args.output, report)

@@ -217,17 +217,30 @@ def holdout_case(user: str, p: UserProfile, min_items: int = 3) -> EvalCase | No
     return EvalCase(user, ordered[half - 1][0], {i for i, _ in ordered[half:]}, profile)
 
 
-def evaluate_model(
+def case_lists(
     model: Model, cases: Sequence[EvalCase], ccfg: ConfidenceConfig, scfg: ScoringConfig, batch: int = 1024
-) -> dict[str, float]:
-    """The serving path (fold-in + blend) of one model on prepared cases."""
+) -> list[list[str]]:
+    """The serving path's (fold-in + blend) list for each prepared case."""
     rec = Recommender(model, ccfg, scfg)
     lists: list[list[str]] = []
     for s in range(0, len(cases), batch):
         chunk = cases[s : s + batch]
         lists.extend(o.items for o in rec.recommend([c.profile for c in chunk], [c.query for c in chunk]))
+    return lists
+
+
+def case_average_precisions(lists: Sequence[Sequence[str]], cases: Sequence[EvalCase], k: int = 10) -> np.ndarray:
+    """AP@k of each case's list: the terms of MAP@k, for paired comparisons of two models."""
+    return np.array([ranking.average_precision(lst, c.relevant, k) for lst, c in zip(lists, cases, strict=True)])
+
+
+def evaluate_model(
+    model: Model, cases: Sequence[EvalCase], ccfg: ConfidenceConfig, scfg: ScoringConfig, batch: int = 1024
+) -> dict[str, float]:
+    """The serving path (fold-in + blend) of one model on prepared cases."""
+    lists = case_lists(model, cases, ccfg, scfg, batch)
     out = score_lists(lists, cases, model.n_items)
     # Sampling error of MAP@10 over these cases, so a gate can tell noise from a regression.
-    ap = [ranking.average_precision(lst, c.relevant, 10) for lst, c in zip(lists, cases, strict=True)]
+    ap = case_average_precisions(lists, cases)
     out["MAP@10_se"] = float(np.std(ap) / np.sqrt(len(ap))) if len(ap) > 1 else 0.0
     return out
