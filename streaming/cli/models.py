@@ -60,6 +60,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                     "version": version,
                     "serving": version == store.current(),
                     "pinned": store.pinned() == version,
+                    "ranker": ranker_summary(meta),
                     "metadata": meta,
                 },
                 indent=2,
@@ -146,9 +147,40 @@ def on_topic(args: argparse.Namespace) -> int:
 
 
 def describe(version: str, meta: dict[str, Any]) -> str:
-    """One `models list` line: version, kind, items, the retrain gate's verdict and the held-out
-    metrics it was judged on (docs/operations.md "Retraining")."""
-    return f"{version}  {meta.get('kind', '?'):<4} items={meta.get('n_items')}  gate={gate_text(meta)}  {metrics_text(meta)}"
+    """One `models list` line: version, kind, items, the retrain gate's verdict, whether the
+    version has a ranker (and its gate's verdict), and the held-out metrics the model was judged
+    on (docs/operations.md "Retraining")."""
+    return (
+        f"{version}  {meta.get('kind', '?'):<4} items={meta.get('n_items')}  gate={gate_text(meta)}  "
+        f"ranker={ranker_text(meta)}  {metrics_text(meta)}"
+    )
+
+
+def ranker_summary(meta: dict[str, Any]) -> dict[str, Any]:
+    """Whether a version carries a ranker (`ranker.txt` among its checksummed files: workers rank
+    its lists with it) and what the retrain's ranker gate said (`metadata.ranker`, absent when the
+    version was not made by the retrain job)."""
+    from recsys.model.store import RANKER
+
+    info = meta.get("ranker")
+    info = info if isinstance(info, dict) else {}
+    gate = info.get("gate") if isinstance(info.get("gate"), dict) else None
+    return {
+        "stored": RANKER in meta.get("files", {}),
+        "gate": None if gate is None else {"passed": gate.get("passed"), "note": gate.get("note")},
+        "note": info.get("note"),
+    }
+
+
+def ranker_text(meta: dict[str, Any]) -> str:
+    r = ranker_summary(meta)
+    gate = r["gate"]
+    if r["stored"]:
+        return "yes (not gated)" if gate is None else f"yes (gate passed: {gate['note']})"
+    if gate is not None and gate["passed"] is False:
+        return f"no (gate failed: {gate['note']})"
+    note = str(r["note"] or "").removeprefix("no ranker: ")
+    return f"no ({note})" if note else "no"
 
 
 def gate_text(meta: dict[str, Any]) -> str:
