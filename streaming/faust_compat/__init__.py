@@ -10,6 +10,7 @@ Written against faust-streaming 0.15 and aiokafka 0.14.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import weakref
 from collections.abc import Iterator, Sequence
@@ -19,7 +20,9 @@ from typing import Any
 import faust
 from faust.streams import _current_event
 from faust.tables.manager import TableManager as _FaustTableManager
+from faust.tables.recovery import RebalanceAgain as _RebalanceAgain
 from faust.tables.recovery import Recovery
+from faust.tables.recovery import ServiceStopped as _ServiceStopped
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -83,6 +86,14 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
         "Recovery._seek_offsets",
         "the moment before Faust reads the active changelog partitions: the bulk restore runs there",
     ),
+    TouchPoint(
+        "faust.tables.recovery",
+        "Recovery._wait",
+        "how Recovery awaits each step with a fixed timeout (broker_request_timeout) and ends for good on "
+        "one: the pre-seek step's timeout becomes a stall limit (PreSeekRecovery.progress)",
+    ),
+    TouchPoint("faust.tables.recovery", "ServiceStopped", "what Recovery._wait raises when the service stops"),
+    TouchPoint("faust.tables.recovery", "RebalanceAgain", "what Recovery._wait raises when a rebalance starts"),
     TouchPoint(
         "faust.tables.manager", "TableManager._recovery", "where TableManager keeps its Recovery", instance_attr=True
     ),
@@ -209,10 +220,55 @@ def aiokafka_producer(app: faust.App) -> Any:
 # -- table recovery -------------------------------------------------------------------------------
 class PreSeekRecovery(Recovery):
     """Faust's Recovery with a hook, `before_seek`, awaited just before it seeks the active
-    changelog partitions to the offsets it will read from (subclasses override it)."""
+    changelog partitions to the offsets it will read from (subclasses override it).
+
+    Faust awaits each recovery step (`_wait`) with a fixed timeout, broker_request_timeout, and
+    takes a timeout for the service stopping: the recovery loop ends for good and the worker never
+    serves. A hook that loads a large changelog can take longer than that and still be making
+    progress, so here the timeout counts from the step's start or its last `progress()` call: a
+    stall limit, not a limit on the whole step. A step that calls `progress()` never (every step of
+    Faust's own) waits exactly as in Faust."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._progressed = asyncio.Event()
+
+    def progress(self) -> None:
+        """The current step is making progress: its timeout starts again from now."""
+        self._progressed.set()
+
+    async def _wait(self, coro: Any, timeout: Any = None) -> None:
+        await self.wait_step(coro, timeout)
+
+    async def wait_step(self, coro: Any, timeout: Any = None) -> None:
+        """How every recovery step is awaited (Faust's `_wait`, with the timeout above)."""
+        if timeout is None:
+            return await super()._wait(coro, timeout)
+        # (asyncio events: wait_first waits on anything with a `.wait()`; mode's types say mode's Event)
+        progressed: Any = self._progressed
+        signal: Any = self.signal_recovery_start
+        progressed.clear()
+        task = asyncio.ensure_future(coro)
+        try:
+            while True:
+                # shielded: a `progress()` ends this round's wait_first, which cancels what it waited for
+                step = asyncio.shield(task)
+                res = await self.wait_first(step, signal, progressed, timeout=timeout)
+                if res.stopped:  # stopped, crashed, or `timeout` without progress: as in Faust
+                    raise _ServiceStopped()
+                if signal in res.done:
+                    raise _RebalanceAgain()
+                if task.done():
+                    task.result()
+                    return None
+                progressed.clear()
+        finally:
+            if not task.done():
+                task.cancel()
 
     async def before_seek(self, tps: set[Any], offsets: Any) -> None:
-        """`offsets`: tp -> last offset the local store holds; a hook may advance them."""
+        """`offsets`: tp -> last offset the local store holds; a hook may advance them (and
+        call `progress()` as it goes: see the class docstring)."""
 
     async def _seek_offsets(self, consumer: Any, tps: set[Any], offsets: Any, title: str) -> None:
         if title == "active" and tps:

@@ -14,7 +14,7 @@ to the offsets it will read from, it first bulk-loads each of those partitions w
 consumer (no group, same broker settings and isolation level as Faust's) from the offset the
 local RocksDB has to the highwater Faust has just measured. Each fetch is written with one
 RocksDB WriteBatch per partition that also carries Faust's persisted-offset key, so data and
-offset land together: a crash, a rebalance (the recovery cancels the step) or the time budget
+offset land together: a crash, a rebalance (the recovery cancels the step) or a stall
 ending in the middle leaves every partition consistent at some offset, and Faust's own recovery
 then reads from there: the rest, if any, and anything appended meanwhile. The records are
 written byte for byte as Faust's `Store.apply_changelog_batch` writes them (a tombstone
@@ -35,9 +35,13 @@ stores) takes Faust's path unchanged. A worker whose data dir is current (a norm
 has nothing to load: this is a no-op there. The `bulk_restore` setting (STREAMREC_BULK_RESTORE=0)
 turns it off: the app then gets Faust's own TableManager.
 
-Time budget: Faust awaits the seek step with `broker_request_timeout` (90 s by default) and
-treats a timeout as the recovery service stopping, so the bulk load stops at
-BUDGET_FRACTION of it and leaves the remainder to Faust.
+No time budget: Faust awaits the seek step with a timeout (`broker_request_timeout`, 90 s by
+default) and takes a timeout for the recovery service stopping, but the compat layer's Recovery
+(`faust_compat.PreSeekRecovery`) restarts that timeout at every `progress()`, which the load calls
+after every fetch it writes: a large changelog loads for as long as it takes (it used to stop at
+54 s and leave the rest to Faust's per-record path, minutes more at 1M users under load). What
+bounds it is a stall: no record for STALL_S and the load leaves the rest to Faust; a hang inside
+one step still ends at Faust's own timeout.
 """
 
 from __future__ import annotations
@@ -54,10 +58,10 @@ from streaming import faust_compat
 
 log = logging.getLogger("streamrec.restore")
 
-BUDGET_FRACTION = 0.6  # of broker_request_timeout, see the module docstring
 FETCH_BYTES_PER_PARTITION = 16 << 20
 FETCH_MAX_BYTES = 64 << 20
 STALL_S = 15.0  # no progress for this long: leave the partition to Faust
+PROGRESS_EVERY_S = 10.0  # a progress line in the log while loading
 # Mutable RocksDB options changed for the bulk load, with the values they get while loading.
 BULK_OPTIONS = {
     "disable_auto_compactions": "true",
@@ -154,17 +158,15 @@ class FastRecovery(faust_compat.PreSeekRecovery):
 
         app, conf = self.app, self.app.conf
         total = sum(end - start for _, start, end in plan.values())
-        budget = conf.broker_request_timeout * BUDGET_FRACTION
         # Faust's own words for a restore (its "Restoring state from changelog topics..." only
         # appears if something is left for its per-record path), so that logs read the same.
         self.log.info(
-            "Restoring state from changelog topics (bulk): %d records into %d partitions (budget %.0f s)",
+            "Restoring state from changelog topics (bulk): %d records into %d partitions (stall limit %.0f s)",
             total,
             len(plan),
-            budget,
+            STALL_S,
         )
-        t0 = time.monotonic()
-        deadline = t0 + budget
+        t0 = last_report = time.monotonic()
         transport: Any = app.transport  # the aiokafka driver's (TransportT lacks default_port)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=server_list(transport.url, transport.default_port),
@@ -192,7 +194,7 @@ class FastRecovery(faust_compat.PreSeekRecovery):
             for tp, (_, start, _) in plan.items():
                 consumer.seek(ktp[tp], start)
             last_progress = time.monotonic()
-            while left and time.monotonic() < deadline:
+            while left:
                 fetched = await consumer.getmany(*left, timeout_ms=200)
                 for ktp_, records in fetched.items():
                     got = left.get(ktp_)
@@ -200,6 +202,18 @@ class FastRecovery(faust_compat.PreSeekRecovery):
                         continue
                     done_records += self.apply_fetch(modes[got], got, records, offsets, plan[got][2])
                     last_progress = time.monotonic()
+                    self.progress()  # Faust's timeout on this step restarts: see the module docstring
+                if last_progress - last_report >= PROGRESS_EVERY_S:
+                    last_report = last_progress
+                    secs = last_progress - t0
+                    self.log.info(
+                        "Bulk restore: %d/%d records (%.0f%%) in %.0f s, %.0f records/s",
+                        done_records,
+                        total,
+                        100 * done_records / max(total, 1),
+                        secs,
+                        done_records / max(secs, 1e-6),
+                    )
                 for ktp_, tp in list(left.items()):
                     end = plan[tp][2]
                     if await consumer.position(ktp_) >= end:
