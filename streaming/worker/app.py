@@ -39,7 +39,7 @@ from streaming.worker.processor import Incoming, Processor
 from streaming.worker.publish import BatchPublisher, dead_letter_record
 from streaming.worker.serving import ModelUpdates, ServingModel
 from streaming.worker.table import UserStateTable
-from streaming.worker.warmup import warm_up
+from streaming.worker.warmup import Refill, warm_up
 
 log = logging.getLogger("streamrec.worker")
 
@@ -70,6 +70,7 @@ class StreamWorker:
             input_config=config.input,
             sources=config.sources if s.candidate_sources else None,
         )
+        self.refill = Refill(self.processor, s, config.input)  # partitions moved here: their recent events
         self.table = UserStateTable(app, s.table_name, s.partitions)
         self.publisher = BatchPublisher(app)
         self.guard = OffsetGuard(app)
@@ -82,10 +83,13 @@ class StreamWorker:
         checkpoint = Checkpoint(reader, self.settings.max_unsettled_batches)
         if self.catalogue is not None:  # no list before the catalogue has caught up once
             await self.catalogue.ready.wait()
-        # the candidate sources from the recent clickstream before the first list (ranking.py)
+        # the candidate sources from the recent clickstream before the first list (ranking.py);
+        # partitions assigned from here on are read by the refill before the next batch
+        self.refill.started = True
         await asyncio.to_thread(warm_up, self.processor, self.settings, self.processor.input)
         while True:
             events = await reader.next_batch()
+            await self.refill.catch_up()
             try:
                 sends = await self.handle(events)
             except Exception:  # noqa: BLE001 - a bug, not bad input: fail-stop
@@ -196,6 +200,7 @@ def create_app(config: Config | None = None, metrics: WorkerMetrics | None = Non
     )
     app.on_partitions_revoked.connect(worker.guard.forget)
     app.on_partitions_assigned.connect(worker.guard.forget)
+    app.on_partitions_assigned.connect(worker.refill.on_assigned)
     reader = BatchReader(app, clicks, settings.batch_max, settings.batch_within_s, settings.batch_behind_wait_s)
 
     # the item catalogue, whole on every worker: streaming/worker/catalogue.py

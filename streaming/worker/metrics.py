@@ -49,6 +49,13 @@ class WorkerMetrics:
             buckets=COMPUTE_BUCKETS,
             registry=r,
         )
+        self.sources_reread = Counter(
+            "streamrec_sources_reread_events",
+            "Recent clickstream events read back into the candidate sources: at start (`start`), and for "
+            "partitions a rebalance moved to this worker (`rebalance`)",
+            ["when"],
+            registry=r,
+        )
         self.batch_events = Histogram(
             "streamrec_batch_events", "Events per micro-batch", buckets=SIZE_BUCKETS, registry=r
         )

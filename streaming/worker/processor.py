@@ -282,6 +282,28 @@ class Processor:
         items = items[:n]
         return Recommendations(items, [pop.count(i) for i in items], "popular", None)
 
+    def on_request(
+        self, user: str, state: UserState, query: str | None, n: int, flt: ItemFilter | None = None
+    ) -> Recommendations:
+        """A list computed now for a request (GET /recommendations/<user>/?...): the stream's
+        scoring and catalogue mask plus the request's filters `flt`; a version with a ranker
+        serves the ranker's list over the candidates the filters allow
+        (streaming/worker/ranking.py `WorkerRanking.on_request`)."""
+        serving = self.serving.snapshot
+        rec = serving.current
+        if rec is None:
+            return self.popular_fallback(state, n, flt)
+        mask = self.eligibility(rec, flt)
+        popular = self.recent_popularity.top(n + 64)
+
+        def blend() -> Recommendations:
+            extra = [flt.exclude if flt is not None else frozenset()]
+            return rec.recommend([state.profile], [query], n, popular=popular, mask=mask, extra_excludes=extra)[0]
+
+        if serving.ranker is not None and self.ranking is not None:
+            return self.ranking.on_request(serving, user, state, query, n, popular, mask, blend)
+        return blend()
+
     def _recommend(
         self, serving: Serving, users: list[str], states: list[UserState], queries: list[str]
     ) -> list[Recommendations]:

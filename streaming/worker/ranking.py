@@ -41,12 +41,14 @@ partition from the warm-up on, then this worker's own).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from recsys.candidates.lists import SOURCE_METHODS, Ranked, context, ranked_lists
-from recsys.candidates.ranker import ItemStats
+from recsys.candidates.ranker import Features, ItemStats
 from recsys.candidates.sources import Sources, SourcesConfig
 from recsys.catalogue import ItemMask
 from recsys.confidence import ConfidenceConfig
@@ -89,17 +91,20 @@ class WorkerRanking:
         serving: Serving,
         users: Sequence[str],
         states: Sequence[UserState],
-        queries: Sequence[str],
+        queries: Sequence[str | None],
         n: int,
         popular: Sequence[str],
         mask: ItemMask | None,
         fallback: Callable[[list[int]], list[Recommendations]],
         timings: dict[str, float],
+        features: Features | None = None,
     ) -> list[Recommendations]:
         """The ranked lists of a batch's users (`serving` has a ranker). `fallback(rows)`: the
-        blend's lists of those rows (a short list is padded from them)."""
+        blend's lists of those rows (a short list is padded from them). `features`: instead of
+        the version's own feature builder (another candidate count)."""
         rec = serving.current
-        assert rec is not None and serving.ranker is not None and serving.features is not None
+        features = features if features is not None else serving.features
+        assert rec is not None and serving.ranker is not None and features is not None
         t0 = time.perf_counter()
         ccfg, scfg = self.ccfg, rec.scfg
         values = [s.profile.values(ccfg) for s in states]
@@ -115,7 +120,7 @@ class WorkerRanking:
             if scfg.repeat_weight > 0
             else None
         )
-        per_source = serving.features.cfg.per_source
+        per_source = features.cfg.per_source
         feeds = [(self.sources, SOURCE_METHODS)]
         ctxs = [
             context(u, st.profile, q, ex, c, feeds, per_source, st.profile.last_ts, mask=mask)
@@ -131,7 +136,7 @@ class WorkerRanking:
         ranked = ranked_lists(
             ctxs,
             rec,
-            serving.features,
+            features,
             self.stats,
             serving.ranker,
             n,
@@ -144,6 +149,46 @@ class WorkerRanking:
         )
         timings["foldin"], timings["ranking"] = t1 - t0, time.perf_counter() - t1
         return [self._message(j, r, fell_back, rec) for j, r in enumerate(ranked)]
+
+    def on_request(
+        self,
+        serving: Serving,
+        user: str,
+        state: UserState,
+        query: str | None,
+        n: int,
+        popular: Sequence[str],
+        mask: ItemMask | None,
+        blend: Callable[[], Recommendations],
+    ) -> Recommendations:
+        """A list on request (GET /recommendations/<user>/?category=&...; `serving` has a ranker):
+        the ranker's order of candidates drawn from what `mask` (the catalogue and the request's
+        filters) allows, so every candidate passes the filter; each source gives at least `n`,
+        so a long list is ranked too. Only when fewer than `n` candidates pass is the rest filled
+        from `blend()` (the blend's list under the same mask), and the source says so:
+        "ranker+blend". A user without events gets the blend's list as it is."""
+        features = serving.features
+        assert features is not None
+        if n > features.cfg.per_source:
+            features = copy.copy(features)  # the same item vectors, more candidates per source
+            features.cfg = replace(features.cfg, per_source=n)
+
+        def none(rows: list[int]) -> list[Recommendations]:
+            return [Recommendations([], [], "none", None) for _ in rows]
+
+        timings: dict[str, float] = {}
+        (out,) = self.recommend(serving, [user], [state], [query], n, popular, mask, none, timings, features)
+        if out.source != "ranker":
+            return blend()
+        if len(out.items) < n:
+            have = set(out.items)
+            fill = [i for i in blend().items if i not in have][: n - len(out.items)]
+            if fill:
+                low = out.scores[-1] if out.scores else 0.0
+                return Recommendations(
+                    out.items + fill, out.scores + [low] * len(fill), "ranker+blend", out.model_version
+                )
+        return out
 
     @staticmethod
     def _message(j: int, r: Ranked, fell_back: dict[int, Recommendations], rec: Recommender) -> Recommendations:

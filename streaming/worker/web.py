@@ -115,25 +115,16 @@ def register_views(app: faust.App, worker: Any) -> None:
 
     def fresh_list(user: str, state: Any, q: Any) -> dict[str, Any]:
         """A list computed now from the user's state (or none: a visitor without events gets the
-        similar items of `item`, or popular ones), as the stream scores it."""
+        similar items of `item`, or popular ones), as the stream scores it: with the version's
+        ranker, its ranked list over the candidates the filters allow (`source` "ranker", or
+        "ranker+blend" when too few pass and the blend's filtered list fills it up)."""
         from streaming.worker.state import UserState
 
         t0 = time.perf_counter()
         proc = worker.processor
         state = state if state is not None else UserState()
-        rec = worker.serving.snapshot.current
         query = q.item if q.item is not None else (state.last_query or None)
-        if rec is None:
-            out = proc.popular_fallback(state, q.n, q.filter)
-        else:
-            out = rec.recommend(
-                [state.profile],
-                [query],
-                q.n,
-                popular=proc.recent_popularity.top(q.n + 64),
-                mask=proc.eligibility(rec, q.filter),
-                extra_excludes=[q.filter.exclude],
-            )[0]
+        out = proc.on_request(user, state, query, q.n, q.filter)
         return {
             "user": user,
             "items": out.items,
@@ -230,6 +221,8 @@ def register_views(app: faust.App, worker: Any) -> None:
                     "model_version": worker.serving.version,
                     "batches": worker.batches,
                     "catalogue": worker.catalogue.status() if worker.catalogue is not None else None,
+                    # events the candidate sources have counted (stream.candidate_sources off: null)
+                    "sources_events": ranking.observed if (ranking := worker.processor.ranking) is not None else None,
                 }
             )
 

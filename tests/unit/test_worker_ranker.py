@@ -257,3 +257,111 @@ def test_each_input_offset_is_counted_once_by_the_sources() -> None:
     )
     res = again.process(msgs[6:8], lambda k, _m: state.get(k))  # redelivered again: counted already
     assert again.ranking.observed == 8
+
+
+def test_requests_rank_the_candidates_their_filters_allow(taobao) -> None:
+    """GET /recommendations/<user>/?n=&category=... on a version with a ranker
+    (`Processor.on_request`): unfiltered, the list the stream just published; filtered, the
+    ranker's list over candidates that all pass the filter, the same list the stream would rank
+    if the catalogue showed only those items; longer than `sources.per_source`: ranked too; a
+    filter that lets fewer than n candidates through is filled from the blend's filtered list and
+    says so ("ranker+blend")."""
+    from recsys.catalogue import ItemFilter
+
+    tr, te, model, _, _, ranker = taobao
+    items = sorted({e.item for e in list(tr) + list(te)})
+    cat_of = {i: f"c{k % 4}" for k, i in enumerate(items)}
+    few = [i for i in model.item_ids if cat_of[i] == "c3"][:3]  # category x: 3 model items ...
+    new = [f"new{k}" for k in range(30)]  # ... and 30 popular items the model does not know
+
+    def processor(only: str | None) -> Processor:
+        cat = Catalogue()
+        for i in items:
+            cat.put(
+                Item(i, categories=(cat_of[i],) + (("x",) if i in few else ()), available=only in (None, cat_of[i]))
+            )
+        for i in new:
+            cat.put(Item(i, categories=("x",), available=only is None))
+        p = Processor(CFG, WorkerMetrics(CollectorRegistry()), top_n=10, catalogue=cat)
+        p.serving.swap(Serving.of(Recommender(model, CFG, SCFG)))  # the blend while the sources fill
+        return p
+
+    user = max(build_profiles(tr, CFG).items(), key=lambda kv: kv[1].events)[0]
+    last = max(k for k, e in enumerate(tr) if e.user == user)
+    shown, only_c1 = processor(None), processor("c1")
+    states = []
+    for p in (shown, only_c1):
+        store: dict[bytes, UserState] = {}
+        msgs = [Incoming(e.user.encode(), json.dumps(e.to_dict()).encode(), 0, k, e.ts) for k, e in enumerate(tr)]
+        for a in range(0, last, 200):
+            store.update(p.process(msgs[a : min(a + 200, last)], lambda k, _m, st=store: st.get(k)).states)
+        p.serving.swap(Serving.of(Recommender(model, CFG, SCFG), ranker=ranker))
+        res = p.process([msgs[last]], lambda k, _m, st=store: st.get(k))
+        states.append((json.loads(res.messages[0][1]), res.states[user.encode()]))
+    (published, state), (_, state_c1) = states
+    query = tr[last].item
+    assert published["source"] == "ranker"
+
+    unfiltered = shown.on_request(user, state, query, 10, ItemFilter())
+    assert (unfiltered.items, unfiltered.source) == (published["items"], "ranker")
+
+    c1 = shown.on_request(user, state, query, 10, ItemFilter(categories=("c1",)))
+    assert c1.source == "ranker" and len(c1.items) == 10 and {cat_of[i] for i in c1.items} == {"c1"}
+    assert c1.items == only_c1.on_request(user, state_c1, query, 10, ItemFilter()).items
+    assert c1.items != [i for i in published["items"] if cat_of[i] == "c1"][:10]  # its own candidates, ranked
+
+    long = shown.on_request(user, state, query, 80, ItemFilter(exclude=frozenset(published["items"][:2])))
+    assert long.source == "ranker" and len(long.items) == 80 and not set(published["items"][:2]) & set(long.items)
+
+    for k, i in enumerate(new):  # the most popular items right now
+        for _ in range(50 - k):
+            shown.recent_popularity.add(i, tr[-1].ts)
+    narrow = shown.on_request(user, state, query, 30, ItemFilter(categories=("x",)))
+    ranked = set(few) | set(new[: RankerConfig().pop_candidates])  # every candidate that passes
+    assert narrow.source == "ranker+blend" and len(narrow.items) == 30
+    assert set(narrow.items[: len(ranked)]) == ranked and set(narrow.items) <= set(few) | set(new)
+
+
+def test_partitions_a_rebalance_moves_here_are_read_from_what_the_sources_lack(monkeypatch) -> None:
+    """`warmup.Refill`: Faust's on_partitions_assigned names the whole assignment; the partitions
+    new to this worker (after its warm-up, which reads every partition) are read before the next
+    batch from the first offset its sources have not counted up to the committed offset, and
+    nothing is read twice. (The read itself: tests/integration/test_catalogue_live.py.)"""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streaming.worker import warmup
+    from tests.helpers import T0, ev
+
+    proc = Processor(CFG, WorkerMetrics(CollectorRegistry()), top_n=10)
+    assert proc.ranking is not None
+    s = SimpleNamespace(
+        bootstrap="b", app_id="g", clickstream_topic="clicks", sources_window_hours=24.0, sources_window_max_events=99
+    )
+    refill = warmup.Refill(proc, s)
+
+    def tps(*parts: int, topic: str = "clicks") -> list[SimpleNamespace]:
+        return [SimpleNamespace(topic=topic, partition=p) for p in parts]
+
+    refill.on_assigned(None, tps(0, 1))  # before the warm-up: it reads them itself
+    assert refill.pending == set()
+    refill.started = True
+    proc.ranking.through.update({0: 9, 1: 4})  # what the warm-up counted
+    refill.on_assigned(None, tps(0, 1) + tps(1, topic="other"))
+    assert refill.pending == set()
+    refill.on_assigned(None, tps(0))  # 1 leaves ...
+    refill.on_assigned(None, tps(0, 1, 2))  # ... and comes back; 2 is new
+    assert refill.pending == {1, 2}
+    calls = []
+
+    def read(bootstrap, topic, group, window_s, max_events, mapping, *, partitions, begin):
+        calls.append((topic, group, window_s, max_events, list(partitions), dict(begin)))
+        return [ev("u", "i1", ts=T0), ev("v", "i2", ts=T0 + 1)], {0: 10, 1: 7, 2: 3}
+
+    monkeypatch.setattr(warmup, "recent_events", read)
+    assert asyncio.run(refill.catch_up()) == 2
+    assert calls == [("clicks", "g", 24 * 3600.0, 99, [1, 2], {1: 5})]  # 2: from the window's start
+    assert proc.ranking.through == {0: 9, 1: 6, 2: 2} and proc.ranking.observed == 2
+    assert proc.recent_popularity.top(5) and refill.pending == set()
+    assert proc.metrics.registry.get_sample_value("streamrec_sources_reread_events_total", {"when": "rebalance"}) == 2
+    assert asyncio.run(refill.catch_up()) == 0 and len(calls) == 1  # nothing pending: no read
