@@ -34,9 +34,17 @@ are stream-wide (not keyed by the partition's users), so a per-partition table w
 them, and a write per event would cost the batch path; re-reading a bounded window costs
 start-up time instead and needs no new topic. What a restart
 loses: patterns older than the window (the window bounds them anyway: co-visitation counts pairs
-within `sources.covisit_window_s`, sessions older than a day weigh little in STAN). What it does
-not do: re-read when a rebalance moves partitions to a running worker (the sources cover every
-partition from the warm-up on, then this worker's own).
+within `sources.covisit_window_s`, sessions older than a day weigh little in STAN).
+
+**Rebalances.** The sources cover every partition as of the warm-up, then this worker's own. A
+partition a rebalance moves to a running worker is read the same way before its next batch
+(streaming/worker/warmup.py `Refill`): from the first event its sources have not counted (or
+the window's start) up to the committed offset its batches start at.
+
+**Lists on request** (`GET /recommendations/<user>/?category=&...`, `on_request`): the same
+ranked list, with the request's filters in the mask every candidate passes, each source giving
+at least the n asked for; the blend's filtered list only fills a list too few candidates pass
+(source `ranker+blend`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ GET /recommendations/{user}    last recommendation message published for the use
                                `events` and `served_by` (routed to the owner worker);
    ?n=&category=&brand=&price_min=&price_max=&exclude=&item=
                                a fresh list from the user's state, same scoring and catalogue
-                               mask as the stream, plus these filters (streaming/worker/requests.py)
+                               mask as the stream, plus these filters (streaming/worker/requests.py);
+                               a version with a ranker: its ranked list over the candidates the
+                               filters allow (`source` ranker, or ranker+blend when filled up)
 GET /similar/{item}?n=10       items similar to an item under the serving model (same filters)
                                (both also answer with a trailing slash)
 GET /items/{item}              this worker's catalogue record of an item (and whether it is shown)
