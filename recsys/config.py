@@ -223,12 +223,13 @@ class Settings:
         24.0,
         "with candidate_sources: on start a worker re-reads this many hours of the clickstream (up to its "
         "consumer group's committed offsets) into the sources, the ranker's item counters and its recent "
-        "popularity before its first batch; 0: it starts with them empty",
+        "popularity before its first batch, and a partition a rebalance moves to it before its next batch; "
+        "0: it starts with them empty",
     )
     sources_window_max_events: int = setting(
         500_000,
-        "... at most this many events (each partition its newest same share): bounds the start-up time "
-        "and the sources' memory",
+        "... at most this many events (each partition its newest same share; a rebalance's read: the moved "
+        "partitions' share): bounds the start-up time and the sources' memory",
     )
     item_foldin_refresh_s: float = setting(
         5.0,

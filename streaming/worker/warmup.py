@@ -145,7 +145,8 @@ class Refill:
     new to this worker; before its next batch the clickstream loop calls `catch_up`, which reads
     each one's events from the first one this process has not counted (`WorkerRanking.through`)
     or the window's start (`stream.sources_window_hours`), whichever is later, up to the
-    committed offset the batches start at (at most `stream.sources_window_max_events` in all):
+    committed offset the batches start at (at most these partitions' share of
+    `stream.sources_window_max_events`, the warm-up's cap):
     off the event loop in a thread, then counted on the loop in slices, with no batch in
     between (the batches' events come after these). Called before the warm-up: nothing to do
     (`started` is False), the warm-up reads every partition."""
@@ -177,6 +178,9 @@ class Refill:
         t0 = time.monotonic()
         s = self.settings
         begin = {p: ranking.through[p] + 1 for p in parts if p in ranking.through}
+        # the warm-up's cap, these partitions' share of it: a takeover's first batch waits for this
+        cap = s.sources_window_max_events
+        cap = -(-cap * len(parts) // max(s.partitions, len(parts))) if cap > 0 else 0
         try:
             events, committed = await asyncio.to_thread(
                 recent_events,
@@ -184,7 +188,7 @@ class Refill:
                 s.clickstream_topic,
                 s.app_id,
                 s.sources_window_hours * 3600.0,
-                s.sources_window_max_events,
+                cap,
                 self.mapping,
                 partitions=parts,
                 begin=begin,

@@ -336,7 +336,12 @@ def test_partitions_a_rebalance_moves_here_are_read_from_what_the_sources_lack(m
     proc = Processor(CFG, WorkerMetrics(CollectorRegistry()), top_n=10)
     assert proc.ranking is not None
     s = SimpleNamespace(
-        bootstrap="b", app_id="g", clickstream_topic="clicks", sources_window_hours=24.0, sources_window_max_events=99
+        bootstrap="b",
+        app_id="g",
+        clickstream_topic="clicks",
+        partitions=3,
+        sources_window_hours=24.0,
+        sources_window_max_events=99,
     )
     refill = warmup.Refill(proc, s)
 
@@ -360,7 +365,8 @@ def test_partitions_a_rebalance_moves_here_are_read_from_what_the_sources_lack(m
 
     monkeypatch.setattr(warmup, "recent_events", read)
     assert asyncio.run(refill.catch_up()) == 2
-    assert calls == [("clicks", "g", 24 * 3600.0, 99, [1, 2], {1: 5})]  # 2: from the window's start
+    # 2 of 3 partitions: 2/3 of the warm-up's cap; 1 from what was counted, 2 from the window's start
+    assert calls == [("clicks", "g", 24 * 3600.0, 66, [1, 2], {1: 5})]
     assert proc.ranking.through == {0: 9, 1: 6, 2: 2} and proc.ranking.observed == 2
     assert proc.recent_popularity.top(5) and refill.pending == set()
     assert proc.metrics.registry.get_sample_value("streamrec_sources_reread_events_total", {"when": "rebalance"}) == 2
