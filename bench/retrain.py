@@ -447,24 +447,39 @@ def plot(report: dict[str, Any], path: str) -> None:
     users = [r["users"] for r in rs]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
     # per iteration: comparable across sizes whose cold run had fewer iterations (--cold-iterations)
-    ax[0].plot(
-        users,
-        [r["implicit_fit_s"] / max(r["cold"]["fit"].get("iterations") or 1, 1) for r in rs],
-        "o-",
-        label="cold fit, per iteration",
-    )
+    per_it = [r["implicit_fit_s"] / max(r["cold"]["fit"].get("iterations") or 1, 1) for r in rs]
+    rss = [r["cold"]["peak_rss_mb"] / 1024 for r in rs]
+
+    def linear(ys: list[float]) -> list[float]:
+        """y proportional to users through the smallest size: what "linear in users" looks like."""
+        return [ys[0] * u / users[0] for u in users]
+
+    ax[0].plot(users, per_it, "o-", label="cold fit, per iteration")
     ax[0].plot(users, [r["warm"]["wall_s"] for r in rs], "s-", label="warm retrain, whole (wall)")
+    ax[0].plot(users, linear(per_it), ":", color="#999", label="linear in users")
     ax[0].set(xlabel="users", ylabel="seconds", title="retrain time")
     ax[0].legend(fontsize=8)
-    ax[1].plot(users, [r["cold"]["peak_rss_mb"] / 1024 for r in rs], "o-", label="retrain peak RSS")
+    ax[1].plot(users, rss, "o-", label="retrain peak RSS")
     ax[1].plot(users, [r["csr_mb"] / 1024 for r in rs], "^--", color="#999", label="the CSR itself")
+    ax[1].plot(users, linear(rss), ":", color="#999", label="linear in users")
     ax[1].axhline(4, color="r", ls=":", label="target at 1M: 4 GB")
     if max(users) >= 10_000_000:
         ax[1].axhline(20, color="m", ls=":", label="target at 10M: 20 GB")
     ax[1].set(xlabel="users", ylabel="GB", title="retrain memory")
     ax[1].legend(fontsize=8)
-    for a in ax:
-        a.ticklabel_format(axis="x", style="plain")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    def count(x: float, _: object) -> str:
+        return f"{x / 1e6:g}M" if x >= 1e6 else f"{x / 1e3:g}k"
+
+    for a in ax:  # log-log: sizes span 100x, and a straight line of slope 1 is linear growth
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xticks(users)
+        a.xaxis.set_major_formatter(FuncFormatter(count))
+        a.xaxis.set_minor_formatter(NullFormatter())
+        a.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+        a.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if f"{y:g}"[0] in "25" else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
