@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,7 +66,9 @@ def imported(name: str, path: Path, known: set[str]) -> set[str]:
     return out
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
+    """Every module's imports of the packages' modules (parsed once per session; callers only read it)."""
     mods = modules()
     known = set(mods)
     return {m: {t for t in imported(m, p, known) if t in known and t != m} for m, p in mods.items()}
