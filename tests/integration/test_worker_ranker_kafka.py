@@ -18,6 +18,7 @@ import re
 from dataclasses import replace
 
 import pytest
+from kafka import KafkaProducer
 
 from recsys.candidates.training import train_ranker
 from recsys.confidence import build_profiles
@@ -28,11 +29,12 @@ from recsys.events import Event
 from recsys.model.store import RANKER, ModelStore
 from recsys.model.train import TrainConfig, train
 from streaming.jobs.retrain import announce
+from streaming.kafka import clients
 from streaming.kafka.admin import ensure_topics
 from streaming.topics import topic_specs
 from tests.conftest import require_dataset
 from tests.helpers import ranker_slice
-from tests.stream_fixture import TopicReader, WorkerProcess, produce, stream_settings, wait_for
+from tests.stream_fixture import TopicReader, WorkerProcess, stream_settings, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -48,6 +50,28 @@ def data():
     test_slice, compared = ranker_slice(tr, te)
     ranker = train_ranker(tr, ccfg=CFG.confidence, scfg=CFG.scoring, ecfg=StreamEvalConfig(ranker=RCFG))
     return tr, test_slice, compared, ranker
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    """The ALS model on the training events (deterministic: one thread, a fixed seed); each test
+    stores it under its own version names."""
+    tr, *_ = data
+    model, _, _ = train(build_profiles(tr, CFG.confidence), CFG.confidence, TCFG, version="v-trained")
+    return model
+
+
+def versioned(model, version: str):
+    return replace(model, version=version, metadata=dict(model.metadata))
+
+
+@pytest.fixture(scope="module")
+def ranked(data, model):
+    """The "v-ranked" version (the model with ranker A) and stream-eval's lists of the slice with it:
+    what the first and the restart test's workers must publish."""
+    tr, test_slice, _, ranker = data
+    ranked = versioned(model, "v-ranked")
+    return ranked, replay(tr, test_slice, ranked, ranker)
 
 
 def replay(tr, test_slice, model, ranker):
@@ -91,16 +115,15 @@ class Live:
         ensure_topics(self.s.bootstrap, topic_specs(self.s))
         self.worker = WorkerProcess(self.s, tmp_path, models).start()
         self.recs = TopicReader(self.s.bootstrap, self.s.recommendations_topic)
+        self.producer = KafkaProducer(bootstrap_servers=self.s.bootstrap, acks="all", **clients.kafka_python())
         self.on_screen: dict[str, dict] = {}
 
     def send(self, evs) -> dict:
         """Produce `evs` in order; the message published after the last one."""
         last = evs[-1]
-        produce(
-            self.s.bootstrap,
-            self.s.clickstream_topic,
-            [(e.user.encode(), json.dumps(e.to_dict()).encode()) for e in evs],
-        )
+        for e in evs:
+            self.producer.send(self.s.clickstream_topic, key=e.user.encode(), value=json.dumps(e.to_dict()).encode())
+        self.producer.flush()
 
         def mine(r):
             v = json.loads(r.value)
@@ -125,13 +148,14 @@ class Live:
         self.worker = WorkerProcess(self.s, old.workdir, old.model_dir, web_port=old.web_port).start()
 
     def close(self):
+        self.producer.close()
         self.recs.close()
         self.worker.stop()
 
 
-def test_worker_ranked_lists_equal_stream_eval(kafka_broker, tmp_path, data) -> None:
+def test_worker_ranked_lists_equal_stream_eval(kafka_broker, tmp_path, data, ranked) -> None:
     tr, test_slice, compared, ranker = data
-    model, _, _ = train(build_profiles(tr, CFG.confidence), CFG.confidence, TCFG, version="v-ranked")
+    model, want = ranked
     ModelStore(tmp_path / "models").save(model, ranker=ranker.to_bytes())
     live = Live(kafka_broker.bootstrap, tmp_path, tmp_path / "models")
     try:
@@ -139,7 +163,6 @@ def test_worker_ranked_lists_equal_stream_eval(kafka_broker, tmp_path, data) -> 
         shown = live.walk(test_slice)
     finally:
         live.close()
-    want = replay(tr, test_slice, model, ranker)
     keys = {(e.user, e.item, e.ts) for e in compared}
     checked = [(e, before) for e, before in shown if (e.user, e.item, e.ts) in keys]
     assert len(checked) == len(compared) > 50
@@ -148,7 +171,7 @@ def test_worker_ranked_lists_equal_stream_eval(kafka_broker, tmp_path, data) -> 
         assert before["items"] == want[(e.user, e.item, e.ts)], (e, before)
 
 
-def test_ranker_hot_swaps_with_its_version_and_a_corrupt_one_is_refused(kafka_broker, tmp_path, data) -> None:
+def test_ranker_hot_swaps_with_its_version_and_a_corrupt_one_is_refused(kafka_broker, tmp_path, data, model) -> None:
     """Version A with ranker A serves; B with another ranker is announced: the lists are B's
     (equal to stream-eval's with B's ranker, and not all equal to A's); C, whose ranker file was
     changed after it was saved, is announced: refused (log line, metric), B keeps serving."""
@@ -159,11 +182,10 @@ def test_ranker_hot_swaps_with_its_version_and_a_corrupt_one_is_refused(kafka_br
         scfg=CFG.scoring,
         ecfg=StreamEvalConfig(ranker=replace(RCFG, n_estimators=30, num_leaves=7, seed=1)),
     )
-    profiles = build_profiles(tr, CFG.confidence)
     store = ModelStore(tmp_path / "models")
     models = {}
     for v, r in (("v-a", ranker_a), ("v-b", ranker_b), ("v-c", ranker_b)):
-        models[v], _, _ = train(profiles, CFG.confidence, TCFG, version=v)
+        models[v] = versioned(model, v)  # the same factors: only the rankers differ
         store.save(models[v], ranker=r.to_bytes(), publish=v == "v-a")
     raw = bytearray((store.root / "v-c" / RANKER).read_bytes())
     raw[len(raw) // 2] ^= 0x01
@@ -206,12 +228,12 @@ def test_ranker_hot_swaps_with_its_version_and_a_corrupt_one_is_refused(kafka_br
     assert {live.on_screen[u]["model_version"] for u in live.on_screen} == {"v-b"}  # C never served
 
 
-def test_after_a_restart_the_sources_are_read_back_from_the_clickstream(kafka_broker, tmp_path, data) -> None:
+def test_after_a_restart_the_sources_are_read_back_from_the_clickstream(kafka_broker, tmp_path, data, ranked) -> None:
     """The worker is restarted between the training events and the slice: it re-reads the recent
     clickstream into its sources, item counters and popularity before its first batch, so its
     lists still equal stream-eval's (which never restarts)."""
     tr, test_slice, compared, ranker = data
-    model, _, _ = train(build_profiles(tr, CFG.confidence), CFG.confidence, TCFG, version="v-ranked")
+    model, want = ranked
     ModelStore(tmp_path / "models").save(model, ranker=ranker.to_bytes())
     live = Live(kafka_broker.bootstrap, tmp_path, tmp_path / "models")
     try:
@@ -235,7 +257,6 @@ def test_after_a_restart_the_sources_are_read_back_from_the_clickstream(kafka_br
         shown = live.walk(test_slice)
     finally:
         live.close()
-    want = replay(tr, test_slice, model, ranker)
     keys = {(e.user, e.item, e.ts) for e in compared}
     checked = [(e, before) for e, before in shown if (e.user, e.item, e.ts) in keys]
     assert len(checked) == len(compared) > 50
