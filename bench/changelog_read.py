@@ -4,16 +4,21 @@
 Taobao data, encoded with the worker's codec) are produced into a compacted changelog topic of the
 project's own Kafka broker; then, each in a process of its own, interleaved, --repeats times:
 
-  fetch     a bare aiokafka loop (the retrain reader's consumer settings) that only counts the
+  fetch     a bare aiokafka loop (the whole-topic reader's consumer settings) that only counts the
             records: the ceiling for any reader built on aiokafka
-  full      `streaming.jobs.changelog.read_training_data`: read, decode, hold-out, CSR assembled
-  one       (--one-process) the same with reader_process=False: consumer and decoding in one
-            process, to show what the reader process buys in the same run
+  rdfetch   the same with the librdkafka reader the retrain uses (clients.BulkReader), keys and
+            values handed over as the read hands them over, counted
+  full      `streaming.jobs.changelog.read_training_data` as the retrain runs it: read (librdkafka),
+            decode (on its own thread), hold-out, CSR assembled
+  rdinline  the same with decoding in the reading thread
+  rdproc    the same with librdkafka and the keys in a forked reader process, decoding in this one
+  aiokafka  the same through aiokafka with its forked reader process (the reader before librdkafka)
+  one       (--one-process) aiokafka with the consumer and decoding in one process
 
 and reports the medians of each (records/s, CPU seconds of the process and its reader process, peak
-RSS of the process), the ratio full / fetch (1.0 means decoding is free next to fetching), the CPU
-per record of full over fetch's, and the load average at each measurement (a loaded machine moves
-both rates; the ratios are the comparable figures).
+RSS of the process), the ratios full / fetch and full / rdfetch (1.0 means decoding is free next to
+fetching), the CPU per record of full over fetch's, and the load average at each measurement (a
+loaded machine moves every rate; the ratios are the comparable figures).
 
     python -m bench.changelog_read [--users 100000] [--repeats 3] [--quick] [--output bench/out/changelog_read.json]
 """
@@ -38,6 +43,7 @@ from bench.common import machine, median, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
+MODES = ("fetch", "rdfetch", "full", "rdinline", "rdproc", "aiokafka", "one")
 
 
 async def _count(bootstrap: str, topic: str) -> int:
@@ -60,16 +66,36 @@ async def _count(bootstrap: str, topic: str) -> int:
         return n
 
 
+def _count_rd(bootstrap: str, topic: str) -> int:
+    """`_count` through the librdkafka reader."""
+    from streaming.kafka import clients
+
+    with clients.BulkReader(bootstrap, topic, "bench-changelog-read") as reader:
+        marks = reader.watermarks()
+        left = {p: end for p, (begin, end) in marks.items() if end > begin}
+        reader.start({p: marks[p][0] for p in left})
+        n = 0
+        while left:
+            keys, values, ended, got = reader.batch(10_000, 0.5)
+            n += got
+            if got:
+                ended += [p for p, at in reader.positions().items() if p in left and at >= left[p]]
+            for p in ended:
+                if left.pop(p, None) is not None:
+                    reader.pause(p)
+        return n
+
+
 def child(mode: str, bootstrap: str, topic: str) -> dict[str, Any]:
-    """(child process) One measurement: `fetch` or `full`."""
+    """(child process) One measurement (a mode of the module docstring)."""
     from recsys.config import load_config
     from streaming.jobs.retrain import peak_rss_mb
 
     out: dict[str, Any] = {"mode": mode, "loadavg": os.getloadavg()}
     cpu0 = _cpu_s()
-    if mode == "fetch":
+    if mode in ("fetch", "rdfetch"):
         t0 = time.perf_counter()
-        out["records"] = asyncio.run(_count(bootstrap, topic))
+        out["records"] = asyncio.run(_count(bootstrap, topic)) if mode == "fetch" else _count_rd(bootstrap, topic)
         out["seconds"] = time.perf_counter() - t0
     else:
         from dataclasses import replace
@@ -78,9 +104,15 @@ def child(mode: str, bootstrap: str, topic: str) -> dict[str, Any]:
 
         cfg = load_config()
         t0 = time.perf_counter()
-        data = read_changelog(
-            replace(cfg.stream, bootstrap=bootstrap), cfg.confidence, topic, reader_process=mode == "full"
-        )
+        settings = replace(cfg.stream, bootstrap=bootstrap)
+        ways: dict[str, dict[str, Any]] = {
+            "full": {},
+            "rdinline": {"decode_thread": False},
+            "rdproc": {"reader_process": True},
+            "aiokafka": {"client": "aiokafka", "reader_process": True},
+            "one": {"client": "aiokafka", "reader_process": False},
+        }
+        data = read_changelog(settings, cfg.confidence, topic, **ways[mode])
         out["seconds"] = time.perf_counter() - t0
         out["records"] = data.phases["records"]
         out["assemble_s"] = data.phases["assemble_s"]
@@ -121,8 +153,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="2,000 users, one repeat: checks it runs")
     ap.add_argument("--output", default="bench/out/changelog_read.json")
     ap.add_argument("--timeout", type=float, default=1800, help="per child process (seconds)")
-    ap.add_argument("--one-process", action="store_true", help="also measure the read without its reader process")
-    ap.add_argument("--child", choices=("fetch", "full", "one"), help=argparse.SUPPRESS)
+    ap.add_argument("--one-process", action="store_true", help="also measure aiokafka without its reader process")
+    ap.add_argument(
+        "--modes",
+        help=f"comma-separated, of {', '.join(MODES)} (default: all but one; fetch, rdfetch, full and aiokafka always)",
+    )
+    ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--topic", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -140,7 +176,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lengths, items = real_shape()
     tmp = Path(tempfile.mkdtemp(prefix="streamrec-chread-"))
     broker = broker_from_env(tmp / "kafka")
-    modes = ("fetch", "full", "one") if args.one_process else ("fetch", "full")
+    modes = tuple(MODES if args.one_process else MODES[:-1])
+    if args.modes:
+        want = {"fetch", "rdfetch", "full", "aiokafka", *args.modes.split(",")}
+        modes = tuple(m for m in MODES if m in want)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     try:
         broker.start(timeout=300)  # a loaded machine can take minutes
@@ -154,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 res = _run(mode, broker.bootstrap, topic, args.timeout)
                 runs[mode].append(res)
                 print(
-                    f"  {mode:5s} #{r + 1}: {res['records']:,} records in {res['seconds']:.2f} s = "
+                    f"  {mode:8s} #{r + 1}: {res['records']:,} records in {res['seconds']:.2f} s = "
                     f"{res['records_per_s']:,.0f} records/s, {res['cpu_s']:.2f} CPU s "
                     f"({res['records_per_cpu_s']:,.0f} records per CPU s), peak RSS {res['peak_rss_mb']:.0f} MB "
                     f"(load {res['loadavg'][0]:.2f})",
@@ -174,13 +213,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         csr_mb=full[0]["csr_mb"], nnz=full[0]["nnz"], users=full[0]["users"], skipped=full[0]["skipped"]
     )
     summary["full_over_fetch"] = summary["full"]["records_per_s"] / summary["fetch"]["records_per_s"]
+    summary["full_over_rdfetch"] = summary["full"]["records_per_s"] / summary["rdfetch"]["records_per_s"]
+    summary["rdfetch_over_fetch"] = summary["rdfetch"]["records_per_s"] / summary["fetch"]["records_per_s"]
+    summary["aiokafka_over_fetch"] = summary["aiokafka"]["records_per_s"] / summary["fetch"]["records_per_s"]
+    summary["full_over_aiokafka"] = summary["full"]["records_per_s"] / summary["aiokafka"]["records_per_s"]
     summary["cpu_full_over_fetch"] = summary["full"]["cpu_s"] / summary["fetch"]["cpu_s"]
     summary["peak_rss_over_csr"] = summary["full"]["peak_rss_mb"] / max(summary["full"]["csr_mb"], 1e-9)
-    if runs.get("one"):
-        summary["one_over_fetch"] = summary["one"]["records_per_s"] / summary["fetch"]["records_per_s"]
-        summary["full_over_one"] = summary["full"]["records_per_s"] / summary["one"]["records_per_s"]
+    for mode in runs:
+        summary[mode]["over_fetch"] = summary[mode]["records_per_s"] / summary["fetch"]["records_per_s"]
+        summary[mode]["over_rdfetch"] = summary[mode]["records_per_s"] / summary["rdfetch"]["records_per_s"]
     report |= {"runs": runs, "summary": summary}
     write_json(args.output, report)
+    print(
+        f"bare fetch: aiokafka {summary['fetch']['records_per_s']:,.0f} records/s, librdkafka "
+        f"{summary['rdfetch']['records_per_s']:,.0f} ({summary['rdfetch_over_fetch']:.2f}x); full read through "
+        f"aiokafka with its reader process {summary['aiokafka']['records_per_s']:,.0f} records/s (ratio to the "
+        f"aiokafka fetch {summary['aiokafka_over_fetch']:.2f}); full read as the retrain runs it "
+        f"{summary['full']['records_per_s']:,.0f} records/s ({summary['full_over_aiokafka']:.2f}x the aiokafka "
+        f"read, {summary['full_over_rdfetch']:.2f}x its own bare fetch)",
+        flush=True,
+    )
     print(
         f"fetch only {summary['fetch']['records_per_s']:,.0f} records/s; read + decode + assemble "
         f"{summary['full']['records_per_s']:,.0f} records/s => ratio {summary['full_over_fetch']:.2f} "
@@ -190,11 +242,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"for a {summary['full']['csr_mb']:.0f} MB CSR",
         flush=True,
     )
-    if runs.get("one"):
+    for mode in runs:
+        m = summary[mode]
         print(
-            f"without the reader process {summary['one']['records_per_s']:,.0f} records/s (ratio to the fetch "
-            f"{summary['one_over_fetch']:.2f}; load {summary['one']['loadavg_1m']}): the reader process makes the read "
-            f"{summary['full_over_one']:.2f}x as fast",
+            f"  {mode:8s} {m['records_per_s']:>9,.0f} records/s  x{m['over_fetch']:.2f} the aiokafka fetch  "
+            f"x{m['over_rdfetch']:.2f} the librdkafka fetch  {m['cpu_s']:.1f} CPU s  peak RSS {m['peak_rss_mb']:.0f} MB "
+            f"(+ reader process {m['reader_peak_rss_mb']:.0f} MB)  load {m['loadavg_1m']}",
             flush=True,
         )
     return report

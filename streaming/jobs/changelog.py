@@ -4,16 +4,19 @@ The retrain reads every user's latest state record from the state table's change
 (compacted, but possibly holding several records of a user that compaction has not merged yet)
 and needs the users x items confidence matrix. No per-user Python object is built on the way:
 
-  * Reading: aiokafka (its C record parser and CRC) in large fetches, from the beginning of every
-    partition to the end offsets measured at the start. The latest record per key wins: records
-    are gathered into chunks and, per chunk, only each key's last record is decoded (bulk dict
-    operations, no Python code per record); a key seen again marks its earlier row dead; a
-    tombstone removes the user. A progress bar and the rate go to the log every few seconds; a
-    read that makes no progress for `stall_s` fails (no fixed limit on the whole read: a large
-    changelog takes as long as it takes). The consumer and this bookkeeping run in a forked
-    reader process that writes each chunk's new rows to a pipe; the retrain's process decodes
-    them meanwhile (the two use a core each: aiokafka's per-record Python holds one process's
-    GIL, numpy's decoding the other's) and assembles the matrix at the end.
+  * Reading: librdkafka (confluent-kafka, `clients.BulkReader`) in large fetches, from the
+    beginning of every partition to the end offsets measured at the start; it fetches, checks and
+    parses in its own threads, in C, and hands keys and values over in batches. The latest record
+    per key wins: records are gathered into chunks and, per chunk, only each key's last record is
+    decoded (bulk dict operations, no Python code per record); a key seen again marks its earlier
+    row dead; a tombstone removes the user. The chunks are decoded on a thread of their own
+    (`_DecodeThread`) while this one reads on; numpy releases the GIL in the large operations, so
+    fetching, keys and decoding overlap in one process. A progress bar and the rate go to the log
+    every few seconds; a read that makes no progress for `stall_s` fails (no fixed limit on the
+    whole read: a large changelog takes as long as it takes). The matrix is assembled at the end.
+    (The aiokafka reader, `client="aiokafka"`, makes a Python object per record under the GIL;
+    its consumer and bookkeeping can run in a forked reader process that writes each chunk's new
+    rows to a pipe while the retrain's process decodes them.)
   * Decoding (`ChunkDecoder`): records are decoded in chunks of a few thousand, all at once, by
     walking every record of the chunk one field at a time with numpy (step j moves the records
     that have a j-th field, a prefix when they are ordered by field count; the state codec,
@@ -41,7 +44,9 @@ import logging
 import multiprocessing
 import operator
 import os
+import queue
 import resource
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -59,6 +64,8 @@ from recsys.model.train import TrainingData
 from streaming.worker.state import StateDecodeError, decode
 
 log = logging.getLogger("streamrec.retrain")
+
+CLIENTS = ("librdkafka", "aiokafka")  # read_training_data's consumers
 
 # The state codec's layout (streaming/worker/state.py): header "<BqqIHBB", an item is
 # "<H" id length, the id, "<dqB"; a string is "<H" length + bytes; format 2's tail "<qqh".
@@ -420,10 +427,14 @@ class ChangelogTable:
 
     def add(self, records: Iterable[Any]) -> None:
         """Consumer records (anything with .key and .value), in offset order per key."""
-        n0 = len(self.keys)
-        self.keys += [r.key for r in records]
-        self.values += [r.value for r in records]
-        self.records += len(self.keys) - n0
+        records = list(records)
+        self.add_kv([r.key for r in records], [r.value for r in records])
+
+    def add_kv(self, keys: list[bytes | None], values: list[bytes | None]) -> None:
+        """Records as their keys and values (None: a tombstone), in offset order per key."""
+        self.keys += keys
+        self.values += values
+        self.records += len(keys)
         if len(self.keys) >= self.chunk_records:
             self.flush()
 
@@ -662,30 +673,47 @@ def read_training_data(
     holdout_min: int = 500,
     holdout_max: int = 20_000,
     progress_every_s: float = 5.0,
+    client: str = "librdkafka",
     reader_process: bool | None = None,
+    decode_thread: bool = True,
 ) -> TrainingData:
     """Every user's latest state in `topic`, read to its end offsets at the start, as training data.
 
+    `client` "librdkafka" (the default): confluent-kafka's consumer (`clients.BulkReader`) fetches
+    and parses in librdkafka's own threads, off the GIL; with `decode_thread` (the default) this
+    thread keeps the keys while a thread of its own decodes the chunks (numpy, mostly off the GIL
+    too), so the three overlap in one process. `client` "aiokafka": the whole-topic aiokafka
+    reader, a Python object per record under the GIL.
+
     With `reader_process` (where the platform forks), the consumer and the keys' bookkeeping run in
     a child process and hand each chunk of new rows over a pipe to this one, which decodes it
-    meanwhile: fetching (Python, under its GIL) and decoding (numpy) use a core each. That costs
-    some CPU more (the pipe, a second process's bookkeeping) and pays only with a core to spare:
-    on a saturated machine the two processes wait for each other's turn and the read in one
-    process was faster (bench/changelog_read.py --one-process). None (the default): a reader
-    process when two cores are idle (`spare_core`)."""
+    meanwhile. That costs some CPU more (the pipe, a second process's bookkeeping) and pays only
+    with a core to spare: on a saturated machine the two processes wait for each other's turn and
+    the read in one process was faster (bench/changelog_read.py). None (the default): with
+    aiokafka, a reader process when two cores are idle (`spare_core`); with librdkafka, none."""
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {', '.join(CLIENTS)}, got {client!r}")
     table = ChangelogTable(ccfg, holdout_fraction=holdout_fraction, holdout_min=holdout_min, holdout_max=holdout_max)
     t0 = time.perf_counter()
     if reader_process is None:
-        reader_process = spare_core()
-        log.info(
-            "reading %s %s", topic, "with a reader process" if reader_process else "in this process (no core spare)"
-        )
-    if reader_process and "fork" in multiprocessing.get_all_start_methods():
-        _read_in_child(bootstrap, topic, table, stall_s, progress_every_s)
+        reader_process = client == "aiokafka" and spare_core()
+    fork = reader_process and "fork" in multiprocessing.get_all_start_methods()
+    log.info(
+        "reading %s with %s, %s",
+        topic,
+        client,
+        "with a reader process"
+        if fork
+        else ("decoding on a thread of its own" if client == "librdkafka" and decode_thread else "in this process"),
+    )
+    if fork:
+        _read_in_child(bootstrap, topic, table, stall_s, progress_every_s, client)
         # its memory is not in this process's peak RSS: logged (the largest of this process's
         # children so far, which is this reader unless something bigger ran before it)
         reader_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         log.info("the changelog reader process's peak RSS: %.0f MB", reader_mb)
+    elif client == "librdkafka":
+        read_bulk(bootstrap, topic, table, stall_s, progress_every_s, decode_thread)
     else:
         asyncio.run(_read(bootstrap, topic, table, stall_s, progress_every_s))
     t1 = time.perf_counter()
@@ -741,14 +769,17 @@ def idle_cores(sample_s: float = 0.2) -> float | None:
     return (d[3] + d[4]) / total * (os.cpu_count() or 1) if total > 0 else None
 
 
-def _read_in_child(bootstrap: str, topic: str, table: ChangelogTable, stall_s: float, every_s: float) -> None:
-    """`_read` into `table` with the consumer and the keys' side of the table in a forked child;
-    chunks are decoded here as they arrive (the pipe holds the child back when decoding lags)."""
+def _read_in_child(
+    bootstrap: str, topic: str, table: ChangelogTable, stall_s: float, every_s: float, client: str = "aiokafka"
+) -> None:
+    """A read into `table` with the consumer (`client`'s) and the keys' side of the table in a
+    forked child; chunks are decoded here as they arrive (the pipe holds the child back when
+    decoding lags)."""
     ctx = multiprocessing.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(
         target=_reader_child,
-        args=(send, bootstrap, topic, table.holdout, table.chunk_records, stall_s, every_s),
+        args=(send, bootstrap, topic, table.holdout, table.chunk_records, stall_s, every_s, client),
         name="streamrec-changelog-reader",
         daemon=True,
     )
@@ -805,7 +836,14 @@ def _read_exactly(fd: int, size: int) -> bytearray:
 
 
 def _reader_child(
-    conn: Any, bootstrap: str, topic: str, holdout: tuple, chunk_records: int, stall_s: float, every_s: float
+    conn: Any,
+    bootstrap: str,
+    topic: str,
+    holdout: tuple,
+    chunk_records: int,
+    stall_s: float,
+    every_s: float,
+    client: str = "aiokafka",
 ) -> None:
     """(the reader process) Consume `topic`, keep the keys' side of a ChangelogTable, send the chunks."""
 
@@ -822,7 +860,10 @@ def _reader_child(
             chunk_records=chunk_records,
         )
         index.sink = send
-        asyncio.run(_read(bootstrap, topic, index, stall_s, every_s))
+        if client == "librdkafka":
+            read_bulk(bootstrap, topic, index, stall_s, every_s, decode_thread=False)
+        else:
+            asyncio.run(_read(bootstrap, topic, index, stall_s, every_s))
         conn.send(("done", index.summary()))
     except BaseException as e:  # noqa: BLE001 - every failure goes to the parent, which raises it
         try:
@@ -883,18 +924,12 @@ async def _read(bootstrap: str, topic: str, table: ChangelogTable | _Latest, sta
 
     async with clients.topic_reader(bootstrap, topic, "streamrec-retrain") as (consumer, tps):
         if not tps:
-            raise EmptyChangelog(
-                f"no training data: the state changelog {topic} does not exist on {bootstrap} "
-                "(no worker has run with this app id yet; or give --data FILE)"
-            )
+            raise _missing(topic, bootstrap)
         begin = await consumer.beginning_offsets(tps)
         end = await consumer.end_offsets(tps)
         total = sum(end[tp] - begin[tp] for tp in tps)
         if total == 0:
-            raise EmptyChangelog(
-                f"no training data: the state changelog {topic} is empty (no user has any state yet: "
-                "run the workers on events first, or give --data FILE)"
-            )
+            raise _empty(topic)
         await consumer.seek_to_beginning(*tps)
         left = [tp for tp in tps if end[tp] > begin[tp]]
         log.info("reading %s: %d records in %d partitions", topic, total, len(tps))
@@ -911,20 +946,127 @@ async def _read(bootstrap: str, topic: str, table: ChangelogTable | _Latest, sta
                     left.remove(tp)
                     consumer.pause(tp)
             if left and now - last_progress > stall_s:
-                raise RecsysError(
-                    f"reading {topic} stalled: no record for {stall_s:.0f}s with {table.records} of {total} "
-                    "read (retrain.changelog_stall_s)"
-                )
+                raise _stalled(topic, stall_s, table.records, total)
             if now - last_report >= every_s:
                 last_report = now
-                rate = table.records / max(now - t0, 1e-9)
-                log.info(
-                    "reading %s %s %d/%d records (%.0f%%), %.0f records/s, ~%.0f s left",
-                    topic,
-                    _bar(table.records / total),
-                    table.records,
-                    total,
-                    100 * table.records / total,
-                    rate,
-                    (total - table.records) / max(rate, 1e-9),
-                )
+                _progress(topic, table.records, total, now - t0)
+
+
+def _progress(topic: str, done: int, total: int, secs: float) -> None:
+    rate = done / max(secs, 1e-9)
+    log.info(
+        "reading %s %s %d/%d records (%.0f%%), %.0f records/s, ~%.0f s left",
+        topic,
+        _bar(done / total),
+        done,
+        total,
+        100 * done / total,
+        rate,
+        max(total - done, 0) / max(rate, 1e-9),
+    )
+
+
+def _stalled(topic: str, stall_s: float, done: int, total: int) -> RecsysError:
+    return RecsysError(
+        f"reading {topic} stalled: no record for {stall_s:.0f}s with {done} of {total} read (retrain.changelog_stall_s)"
+    )
+
+
+def _missing(topic: str, bootstrap: str) -> EmptyChangelog:
+    return EmptyChangelog(
+        f"no training data: the state changelog {topic} does not exist on {bootstrap} "
+        "(no worker has run with this app id yet; or give --data FILE)"
+    )
+
+
+def _empty(topic: str) -> EmptyChangelog:
+    return EmptyChangelog(
+        f"no training data: the state changelog {topic} is empty (no user has any state yet: "
+        "run the workers on events first, or give --data FILE)"
+    )
+
+
+class _DecodeThread:
+    """Decodes a ChangelogTable's chunks, in order, on a thread of its own while the reading thread
+    fetches and keeps the keys (`take` and `put` touch separate parts of the table). numpy releases
+    the GIL in the decoder's large array operations, so the two overlap. At most `depth` chunks
+    wait: a reader faster than the decoding is held back rather than piling up records."""
+
+    def __init__(self, table: ChangelogTable, depth: int = 2):
+        self.table = table
+        self.queue: queue.Queue[tuple[list[bytes], list[bytes]] | None] = queue.Queue(depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="streamrec-changelog-decode", daemon=True)
+        self.thread.start()
+
+    def submit(self, keys: list[bytes], records: list[bytes]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((keys, records))
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:  # after a failure the rest is drained, not decoded
+                try:
+                    self.table.put(*item)
+                except BaseException as e:  # noqa: BLE001 - raised in the reading thread
+                    self.error = e
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait for every chunk submitted; raise the decoding's failure, if any."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None and raise_error:
+            raise self.error
+
+
+def read_bulk(
+    bootstrap: str, topic: str, table: ChangelogTable, stall_s: float, every_s: float, decode_thread: bool = True
+) -> None:
+    """Every record of `topic` up to its end offsets now, through librdkafka, into `table`; with
+    `decode_thread`, its chunks are decoded on a `_DecodeThread` meanwhile (else wherever its
+    `sink` sends them: decoded here, or to another process)."""
+    from streaming.kafka import clients
+
+    with clients.BulkReader(bootstrap, topic, "streamrec-retrain", timeout_s=stall_s) as reader:
+        if not reader.partitions:
+            raise _missing(topic, bootstrap)
+        marks = reader.watermarks()
+        total = sum(end - begin for begin, end in marks.values())
+        if total == 0:
+            raise _empty(topic)
+        left = {p: end for p, (begin, end) in marks.items() if end > begin}
+        reader.start({p: marks[p][0] for p in left})
+        log.info("reading %s: %d records in %d partitions", topic, total, len(marks))
+        decoder = _DecodeThread(table) if decode_thread else None
+        sink = table.sink
+        if decoder is not None:
+            table.sink = decoder.submit
+        try:
+            t0 = last_report = last_progress = time.monotonic()
+            while left:
+                keys, values, ended, n = reader.batch(10_000, 0.5)
+                now = time.monotonic()
+                if n:
+                    table.add_kv(keys, values)
+                    last_progress = now
+                    ended += [p for p, at in reader.positions().items() if p in left and at >= left[p]]
+                for p in ended:
+                    if left.pop(p, None) is not None:
+                        reader.pause(p)
+                if left and now - last_progress > stall_s:
+                    if reader.errors:
+                        raise reader.failure(topic)
+                    raise _stalled(topic, stall_s, table.records, total)
+                if now - last_report >= every_s:
+                    last_report = now
+                    _progress(topic, table.records, total, now - t0)
+            table.flush()
+        except BaseException:
+            if decoder is not None:
+                table.sink = sink
+                decoder.close(raise_error=False)  # this failure is the one to report
+            raise
+        if decoder is not None:
+            table.sink = sink
+            decoder.close()

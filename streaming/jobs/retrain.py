@@ -121,10 +121,16 @@ class RetrainResult:
 
 
 def read_changelog(
-    settings: Settings, ccfg: ConfidenceConfig, topic: str | None = None, reader_process: bool = True
+    settings: Settings,
+    ccfg: ConfidenceConfig,
+    topic: str | None = None,
+    client: str = "librdkafka",
+    reader_process: bool | None = None,
+    decode_thread: bool = True,
 ) -> TrainingData:
     """Every user's latest state from the table's changelog (or `topic`), read to its current end,
-    as training data: the retrain's read, which the benches time too."""
+    as training data: the retrain's read, which the benches time too (`client`, `reader_process`
+    and `decode_thread`: `read_training_data`'s)."""
     from streaming.jobs.changelog import read_training_data
 
     return read_training_data(
@@ -135,7 +141,9 @@ def read_changelog(
         holdout_fraction=settings.retrain_holdout_fraction,
         holdout_min=settings.retrain_holdout_min,
         holdout_max=settings.retrain_holdout_max,
+        client=client,
         reader_process=reader_process,
+        decode_thread=decode_thread,
     )
 
 

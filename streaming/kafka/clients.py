@@ -4,6 +4,8 @@ client library's keyword arguments, made here and nowhere else.
     kafka_python(sec)   KafkaProducer / KafkaConsumer / KafkaAdminClient (the jobs, the CLI, the demo)
     aiokafka(sec)       AIOKafkaConsumer / AIOKafkaProducer (the broadcast listener, tests)
     topic_reader(...)   an AIOKafkaConsumer on every partition of a topic (the jobs' whole-topic reads)
+    librdkafka(sec)     confluent-kafka's properties, for BulkReader: a librdkafka consumer on every
+                        partition of a topic (the retrain's changelog read, where the fetch is the cost)
     faust(sec)          the Faust app's `broker_credentials` (its consumer, producer, and the bulk
                         restore, which takes Faust's credentials: streaming/worker/restore.py)
     check(bootstrap)    one connection at start: wrong credentials or an untrusted certificate stop
@@ -11,8 +13,9 @@ client library's keyword arguments, made here and nowhere else.
                         clients retrying for ever
 
 `sec` defaults to the process's settings: the ones a `recsys` command loaded (`configure`, called by
-streaming/cli/options.py), else the environment's. All three libraries get the same `ssl.SSLContext`
-(the CA, the client certificate for mutual TLS, hostname checking), so they cannot disagree. No
+streaming/cli/options.py), else the environment's. The three Python libraries get the same
+`ssl.SSLContext` (the CA, the client certificate for mutual TLS, hostname checking), so they cannot
+disagree; librdkafka, which has its own TLS, gets the same files and the same hostname rule. No
 password is ever put in a message: errors name the setting and the user, not the secret.
 """
 
@@ -162,6 +165,141 @@ async def topic_reader(bootstrap: str, topic: str, client_id: str, fetch_bytes: 
         yield consumer, tps
     finally:
         await consumer.stop()
+
+
+def librdkafka(sec: KafkaSecurity | None = None) -> dict[str, Any]:
+    """Configuration properties for confluent-kafka (librdkafka). librdkafka has its own TLS
+    (OpenSSL, in the wheel) and takes files, not an `ssl.SSLContext`: the same files, the CA or
+    else the system's (`probe`: the usual locations), the host name checked unless
+    `ssl_check_hostname` is off. The files are checked first as for the other clients, so that a
+    bad one names its setting instead of failing inside librdkafka."""
+    sec = security(sec)
+    out: dict[str, Any] = {"security.protocol": sec.security_protocol}
+    if sec.tls:
+        ssl_context(sec)  # ConfigError naming the setting, as the other clients give
+        out["ssl.ca.location"] = str(Path(sec.ssl_cafile).expanduser()) if sec.ssl_cafile else "probe"
+        out["ssl.endpoint.identification.algorithm"] = "https" if sec.ssl_check_hostname else "none"
+        if sec.ssl_certfile:
+            out["ssl.certificate.location"] = str(Path(sec.ssl_certfile).expanduser())
+            out["ssl.key.location"] = str(Path(sec.ssl_keyfile).expanduser())
+            if sec.ssl_key_password:
+                out["ssl.key.password"] = sec.ssl_key_password
+    if sec.sasl:
+        out.update({"sasl.mechanism": sec.sasl_mechanism, "sasl.username": sec.sasl_username})
+        out["sasl.password"] = password(sec)
+    return out
+
+
+class BulkReader:
+    """A librdkafka consumer (confluent-kafka) on every partition of a topic, from its first
+    offsets (no group, no commits): the retrain's changelog read, where the fetch itself is the
+    cost. librdkafka fetches, checks and parses record batches in its own threads, in C, off the
+    GIL; `batch` hands over keys and values in bulk (aiokafka makes a Python object per record in
+    the reading thread: that was ~35% of the read's CPU). Everything else keeps aiokafka
+    (`topic_reader`). Use as a context manager; `partitions` is empty if the topic does not exist."""
+
+    def __init__(self, bootstrap: str, topic: str, client_id: str, fetch_bytes: int = 16 << 20, timeout_s: float = 60):
+        import logging
+
+        from confluent_kafka import Consumer
+
+        self.topic = topic
+        self.timeout_s = timeout_s
+        self.errors: list[Any] = []  # librdkafka's error callbacks: auth and TLS failures end the read
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "client.id": client_id,
+                "group.id": client_id,  # required by the client; never joined (assign, no subscribe)
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",  # a start offset removed by retention meanwhile: the oldest kept
+                "enable.partition.eof": True,  # a partition read to its high watermark says so
+                "max.partition.fetch.bytes": fetch_bytes,
+                "fetch.max.bytes": 4 * fetch_bytes,
+                "queued.max.messages.kbytes": (4 * fetch_bytes) >> 10,  # the read-ahead, bounded
+                "fetch.wait.max.ms": 100,
+                "logger": logging.getLogger("streamrec.kafka"),
+                "error_cb": self.errors.append,
+                **librdkafka(),
+            }
+        )
+        self.partitions: list[int] = []
+
+    def __enter__(self) -> BulkReader:
+        from confluent_kafka import KafkaException
+
+        try:
+            meta = self.consumer.list_topics(self.topic, timeout=self.timeout_s)
+        except KafkaException as e:
+            self.close()
+            raise self.failure(f"the metadata of {self.topic}", e) from None
+        tmeta = meta.topics.get(self.topic)
+        if tmeta is not None and tmeta.error is None:
+            self.partitions = sorted(tmeta.partitions)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def failure(self, what: str, e: BaseException | None = None) -> RecsysError:
+        """The error to raise when `what` could not be had: an authentication or TLS failure
+        librdkafka reported (KafkaAuthError), else a RecsysError with librdkafka's reason."""
+        for err in self.errors:  # librdkafka's own error codes are named with a leading underscore
+            if err.name() in ("_AUTHENTICATION", "_SSL"):
+                return KafkaAuthError(f"Kafka refused this client while reading {what}: {err.str()}")
+        why = e if e is not None else (self.errors[-1].str() if self.errors else "no answer")
+        return RecsysError(f"reading {what}: {why}")
+
+    def watermarks(self) -> dict[int, tuple[int, int]]:
+        """partition -> (first offset, end offset) now."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        out = {}
+        for p in self.partitions:
+            try:
+                out[p] = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), self.timeout_s, False)
+            except KafkaException as e:
+                raise self.failure(f"the offsets of {self.topic}", e) from None
+        return out
+
+    def start(self, begin: dict[int, int]) -> None:
+        """Read these partitions from these offsets."""
+        from confluent_kafka import TopicPartition
+
+        self.consumer.assign([TopicPartition(self.topic, p, off) for p, off in begin.items()])
+
+    def batch(self, max_records: int, timeout_s: float) -> tuple[list[Any], list[Any], list[int], int]:
+        """Up to `max_records` records as (keys, values, partitions read to their end, records
+        consumed): waits at most `timeout_s` for the first. A record-level error other than a
+        partition's end raises."""
+        msgs = self.consumer.consume(max_records, timeout_s)
+        errs = [(m.partition(), e) for m in msgs if (e := m.error()) is not None]
+        done: list[int] = []
+        if errs:
+            for p, e in errs:
+                if e.name() != "_PARTITION_EOF":
+                    raise RecsysError(f"reading {self.topic}: {e.str()}")
+                if p is not None:
+                    done.append(p)
+            msgs = [m for m in msgs if m.error() is None]
+        return [m.key() for m in msgs], [m.value() for m in msgs], done, len(msgs)
+
+    def pause(self, partition: int) -> None:
+        """Fetch no more of this partition (read to the end wanted)."""
+        from confluent_kafka import TopicPartition
+
+        self.consumer.pause([TopicPartition(self.topic, partition)])
+
+    def positions(self) -> dict[int, int]:
+        """partition -> the offset after the last record handed over (negative: none yet)."""
+        from confluent_kafka import TopicPartition
+
+        got = self.consumer.position([TopicPartition(self.topic, p) for p in self.partitions])
+        return {tp.partition: tp.offset for tp in got}
 
 
 def faust(sec: KafkaSecurity | None = None) -> dict[str, Any]:

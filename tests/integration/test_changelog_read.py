@@ -1,9 +1,10 @@
-"""The retrain's changelog reader on a real broker: the forked reader process (consumer and keys in
-a child, decoding here) gives the same training data as the read in one process, with duplicates,
-tombstones and an unreadable record; its failures reach the caller as the same clear errors."""
+"""The retrain's changelog reader on a real broker: librdkafka with decoding on its own thread (the
+retrain's), aiokafka with the forked reader process (consumer and keys in a child, decoding here)
+and aiokafka in one process give the same training data, with duplicates, tombstones and an
+unreadable record; their failures reach the caller as the same clear errors."""
 
 import logging
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -36,7 +37,16 @@ def rows(data) -> list[tuple]:
     )
 
 
-def test_the_reader_process_gives_the_same_training_data_as_one_process(kafka_broker, topic_factory, caplog):
+READERS: dict[str, dict[str, Any]] = {
+    "librdkafka": {"client": "librdkafka"},
+    "librdkafka, decoding inline": {"client": "librdkafka", "decode_thread": False},
+    "librdkafka, reader process": {"client": "librdkafka", "reader_process": True},
+    "aiokafka, reader process": {"client": "aiokafka", "reader_process": True},
+    "aiokafka, one process": {"client": "aiokafka", "reader_process": False},
+}
+
+
+def test_every_reader_gives_the_same_training_data(kafka_broker, topic_factory, caplog):
     topic = topic_factory(partitions=3, config={"cleanup.policy": "compact"})
     msgs: list[tuple[bytes | None, bytes]] = [(f"u{u}".encode(), state(u, 0)) for u in range(600)]
     msgs += [(f"u{u}".encode(), state(u, 1)) for u in range(0, 600, 5)]  # newer records of some users
@@ -44,30 +54,28 @@ def test_the_reader_process_gives_the_same_training_data_as_one_process(kafka_br
     msgs.append((b"intruder", b'{"not": "a state record"}'))
     produce(kafka_broker.bootstrap, topic, msgs)
     got = {}
-    for child in (True, False):
+    for name, how in READERS.items():
         with caplog.at_level(logging.WARNING, "streamrec.retrain"):
-            got[child] = read_training_data(
-                kafka_broker.bootstrap, topic, ConfidenceConfig(), holdout_min=30, reader_process=child
-            )
-        assert "skipping unreadable state record for key b'intruder'" in caplog.text
+            got[name] = read_training_data(kafka_broker.bootstrap, topic, ConfidenceConfig(), holdout_min=30, **how)
+        assert "skipping unreadable state record for key b'intruder'" in caplog.text, name
         caplog.clear()
-    a, b = got[True], got[False]
-    assert a.phases["records"] == b.phases["records"] == len(msgs)
-    assert a.skipped == b.skipped == 1
-    assert a.users + len(a.cases) == 600 - 12 and a.users == b.users
-    assert sorted(c.user for c in a.cases) == sorted(c.user for c in b.cases) and len(a.cases) == 30
-    assert sorted(a.items) == sorted(b.items)
-    assert rows(a) == rows(b)
-    assert np.isclose(a.matrix.sum(), b.matrix.sum())
+    a = got["librdkafka"]
+    assert a.users + len(a.cases) == 600 - 12 and len(a.cases) == 30
+    for name, b in got.items():
+        assert a.phases["records"] == b.phases["records"] == len(msgs), name
+        assert a.skipped == b.skipped == 1, name
+        assert a.users == b.users, name
+        assert sorted(c.user for c in a.cases) == sorted(c.user for c in b.cases), name
+        assert sorted(a.items) == sorted(b.items), name
+        assert rows(a) == rows(b), name
+        assert np.isclose(a.matrix.sum(), b.matrix.sum()), name
 
 
-def test_the_reader_process_passes_on_a_missing_or_empty_changelog_as_the_same_error(kafka_broker, topic_factory):
+def test_every_reader_passes_on_a_missing_or_empty_changelog_as_the_same_error(kafka_broker, topic_factory):
     empty = topic_factory(partitions=2, config={"cleanup.policy": "compact"})
-    for child in (True, False):
+    for how in READERS.values():
         with pytest.raises(EmptyChangelog, match="does not exist"):
-            read_training_data(
-                kafka_broker.bootstrap, "no-such-changelog-topic", ConfidenceConfig(), reader_process=child
-            )
+            read_training_data(kafka_broker.bootstrap, "no-such-changelog-topic", ConfidenceConfig(), **how)
         with pytest.raises(EmptyChangelog, match="is empty"):
-            read_training_data(kafka_broker.bootstrap, empty, ConfidenceConfig(), reader_process=child)
+            read_training_data(kafka_broker.bootstrap, empty, ConfidenceConfig(), **how)
     assert issubclass(EmptyChangelog, RecsysError)

@@ -2,6 +2,7 @@
 confidence CSR equal, bit for bit, to the one built from the users' UserProfiles."""
 
 import logging
+from typing import Any
 
 import numpy as np
 import pytest
@@ -301,3 +302,134 @@ def test_idle_cores_is_a_share_of_this_machines_cores():
 
     idle = idle_cores(0.05)
     assert idle is None or 0.0 <= idle <= (os.cpu_count() or 1) + 1e-9
+
+
+def test_decoding_on_its_own_thread_gives_the_same_training_data_and_passes_on_its_failure():
+    from streaming.jobs.changelog import _DecodeThread
+
+    users = {
+        f"user{i}": profile({f"i{(i * 7 + j) % 50}": (1.0 + j, T + j) for j in range(4 + i % 3)}) for i in range(300)
+    }
+    recs = records(users)
+    recs += [Rec(b"user3", None), Rec(b"bad", b"\x09garbage"), Rec(b"user5", encode(UserState(users["user7"])))]
+    kw: dict[str, Any] = {"chunk_records": 16, "holdout_fraction": 0.0, "holdout_min": 10, "holdout_max": 40}
+
+    def feed(t: ChangelogTable) -> None:  # as a consumer hands them over: a chunk once 16 have gathered
+        for a in range(0, len(recs), 10):
+            t.add(recs[a : a + 10])
+
+    plain = ChangelogTable(CFG, **kw)
+    feed(plain)
+    want = plain.training_data()
+    threaded = ChangelogTable(CFG, **kw)
+    decoder = _DecodeThread(threaded)
+    threaded.sink = decoder.submit
+    feed(threaded)
+    threaded.flush()
+    decoder.close()
+    threaded.sink = threaded.put
+    got = threaded.training_data()
+    assert len(threaded.chunks) == 0 and got.skipped == want.skipped == 1 and got.items == want.items
+    assert [c.user for c in got.cases] == [c.user for c in want.cases] and len(got.cases) == 10
+    assert_same(got.matrix, want.matrix)
+    assert threaded.live_keys() == plain.live_keys()
+
+    failing = ChangelogTable(CFG, **kw)
+    calls = []
+
+    def put(keys, values):
+        calls.append(len(keys))
+        if len(calls) == 2:
+            raise RecsysError("the second chunk does not decode")
+        ChangelogTable.put(failing, keys, values)
+
+    failing.put = put  # type: ignore[method-assign]
+    decoder = _DecodeThread(failing)
+    failing.sink = decoder.submit
+    with pytest.raises(RecsysError, match="second chunk"):
+        feed(failing)  # the reading side stops at its next chunk once the failure is known ...
+        failing.flush()
+        decoder.close()  # ... or, at the latest, when it waits for the last one
+    with pytest.raises(RecsysError, match="second chunk"):  # closing waits for the thread and says why again
+        decoder.close()
+    assert not decoder.thread.is_alive() and len(calls) >= 2
+
+
+class ScriptedReader:
+    """clients.BulkReader's interface over a script of batches (the read loop's logic without a
+    broker; the real reader on a real broker: tests/integration/test_changelog_read.py)."""
+
+    def __init__(self, ends: dict[int, int], script: list, *_: Any, **__: Any):
+        self.ends, self.script = ends, list(script)
+        self.errors: list[Any] = []
+        self.paused: list[int] = []
+        self.partitions = sorted(ends)
+        self.pos = dict.fromkeys(ends, -1001)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def watermarks(self):
+        return {p: (0, end) for p, end in self.ends.items()}
+
+    def start(self, begin):
+        self.started = begin
+
+    def batch(self, max_records, timeout_s):
+        import time
+
+        if not self.script:
+            time.sleep(timeout_s)
+            return [], [], [], 0
+        part, recs, eof = self.script.pop(0)
+        self.pos[part] = self.pos[part] if self.pos[part] >= 0 else 0
+        self.pos[part] += len(recs)
+        return [r.key for r in recs], [r.value for r in recs], [part] if eof else [], len(recs)
+
+    def positions(self):
+        return dict(self.pos)
+
+    def pause(self, p):
+        self.paused.append(p)
+
+
+def test_the_bulk_read_ends_at_every_partition_s_end_logs_its_progress_and_fails_on_a_stall(monkeypatch, caplog):
+    from streaming.jobs import changelog
+    from streaming.kafka import clients
+
+    users = {f"u{i}": profile({f"i{i % 9}": (1.0, T), "c": (0.5, T)}) for i in range(40)}
+    recs = records(users)
+    # partition 0 ends where its position reaches the end offset; partition 1 says so (EOF) with
+    # its end offset above its last record (compacted away)
+    script = [(0, recs[:10], False), (1, recs[20:30], False), (0, recs[10:20], False), (1, recs[30:], True)]
+    monkeypatch.setattr(clients, "BulkReader", lambda *a, **k: ScriptedReader({0: 20, 1: 25}, script))
+    t = ChangelogTable(CFG, chunk_records=8, holdout_max=0)
+    with caplog.at_level(logging.INFO, "streamrec.retrain"):
+        changelog.read_bulk("x", "cl", t, stall_s=5, every_s=0)
+    assert t.records == 40 and t.training_data().users == 40
+    assert "reading cl [" in caplog.text and "records/s" in caplog.text  # the progress line
+
+    stalled = [(0, recs[:10], False)]  # partition 0 never reaches its end
+    monkeypatch.setattr(clients, "BulkReader", lambda *a, **k: ScriptedReader({0: 20}, stalled))
+    with pytest.raises(RecsysError, match=r"reading cl stalled: no record for 0s with 10 of 20 read"):
+        changelog.read_bulk("x", "cl", ChangelogTable(CFG, holdout_max=0), stall_s=0.3, every_s=60)
+
+
+def test_a_decoding_failure_on_its_thread_ends_the_bulk_read_with_that_failure(monkeypatch):
+    from streaming.jobs import changelog
+    from streaming.kafka import clients
+
+    recs = records({f"u{i}": profile({f"i{i}": (1.0, T)}) for i in range(40)})
+    script = [(0, recs[:20], False), (0, recs[20:], True)]
+    monkeypatch.setattr(clients, "BulkReader", lambda *a, **k: ScriptedReader({0: 40}, script))
+    t = ChangelogTable(CFG, chunk_records=8, holdout_max=0)
+
+    def put(keys, values):
+        raise RecsysError("cannot decode")
+
+    t.put = put  # type: ignore[method-assign]
+    with pytest.raises(RecsysError, match="cannot decode"):
+        changelog.read_bulk("x", "cl", t, stall_s=5, every_s=60)

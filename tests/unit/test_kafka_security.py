@@ -101,6 +101,54 @@ def test_client_arguments_for_each_library(tmp_path):
         assert clients.kafka_python()["sasl_plain_username"] == "alice"
 
 
+def test_librdkafka_gets_the_same_settings_and_accepts_them(tmp_path):
+    """The retrain's changelog reader (librdkafka, its own TLS): the same CA, client certificate,
+    host name rule and SASL login as the other clients, in librdkafka's names; a consumer made
+    with them loads the files (librdkafka reads them when the client is made)."""
+    from devtools.broker import issue_cert, make_ca
+
+    make_ca(tmp_path / "ca.key", tmp_path / "ca.pem", "test-ca")
+    issue_cert(tmp_path / "ca.key", tmp_path / "ca.pem", tmp_path / "c.key", tmp_path / "c.pem", "c", server=False)
+    pw = tmp_path / "pw"
+    pw.write_text(SECRET + "\n")
+    sasl = C.KafkaSecurity(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="alice",
+        sasl_password_file=str(pw),
+        ssl_cafile=str(tmp_path / "ca.pem"),
+    )
+    mtls = C.KafkaSecurity(
+        security_protocol="SSL",
+        ssl_cafile=str(tmp_path / "ca.pem"),
+        ssl_certfile=str(tmp_path / "c.pem"),
+        ssl_keyfile=str(tmp_path / "c.key"),
+        ssl_check_hostname=False,
+    )
+    assert clients.librdkafka(sasl) == {
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": str(tmp_path / "ca.pem"),
+        "ssl.endpoint.identification.algorithm": "https",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "alice",
+        "sasl.password": SECRET,
+    }
+    assert clients.librdkafka(mtls) == {
+        "security.protocol": "SSL",
+        "ssl.ca.location": str(tmp_path / "ca.pem"),
+        "ssl.endpoint.identification.algorithm": "none",
+        "ssl.certificate.location": str(tmp_path / "c.pem"),
+        "ssl.key.location": str(tmp_path / "c.key"),
+    }
+    assert clients.librdkafka(C.KafkaSecurity(security_protocol="SSL"))["ssl.ca.location"] == "probe"  # the system's
+    assert clients.librdkafka(C.KafkaSecurity()) == {"security.protocol": "PLAINTEXT"}
+    for sec in (sasl, mtls):
+        with clients.using(sec):
+            clients.BulkReader("127.0.0.1:9", "t", "test").close()  # librdkafka took every property
+    with pytest.raises(ConfigError, match="kafka.ssl_cafile"):  # a bad file names its setting, as for the others
+        clients.librdkafka(C.KafkaSecurity(security_protocol="SSL", ssl_cafile=str(tmp_path / "missing.pem")))
+
+
 def test_unreadable_tls_files_name_the_setting(tmp_path):
     with pytest.raises(ConfigError, match="kafka.ssl_cafile"):
         clients.kafka_python(C.KafkaSecurity(security_protocol="SSL", ssl_cafile=str(tmp_path / "none.pem")))
