@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from recsys.confidence import ConfidenceConfig
+from recsys.confidence import ConfidenceConfig, build_profiles
 from recsys.model.store import ModelStore
 from recsys.model.train import TrainConfig, train
 from streaming.topics import ensure, topics
-from tests.helpers import train_into
+from tests.helpers import clustered_events, train_into
 from tests.stream_fixture import TopicReader, WorkerProcess, event_bytes, produce, stream_settings, wait_for
 
 pytestmark = pytest.mark.kafka
@@ -281,3 +281,100 @@ def test_a_bad_item_record_is_dead_lettered_once_with_its_reason_and_counted(sho
     assert got == ["bad_hidden", "key_mismatch"]
     for w in workers:
         assert w.get("/items/i3")[1]["shown"] is True  # the bad record changed nothing
+
+
+# The two tests below run last: the first makes the shop serve a version with a ranker, the
+# second stops a worker for good.
+
+
+def ranked_version(s, store: ModelStore) -> str:
+    """A version with a ranker (small settings) on the shop's training events, announced and served."""
+    from dataclasses import replace
+
+    from recsys.candidates.training import train_ranker
+    from recsys.config import Config
+    from recsys.evaluation.streaming import StreamEvalConfig
+    from streaming.jobs.retrain import announce
+
+    cfg = Config()
+    events = clustered_events(seed=1)
+    rcfg = replace(cfg.ranker, n_estimators=10, min_child_samples=5)
+    ranker = train_ranker(events, ccfg=cfg.confidence, scfg=cfg.scoring, ecfg=StreamEvalConfig(ranker=rcfg))
+    model, _, _ = train(
+        build_profiles(events, cfg.confidence), cfg.confidence, TrainConfig(factors=8, iterations=8), version="v-ranked"
+    )
+    store.save(model, ranker=ranker.to_bytes())
+    announce(s.bootstrap, s.model_updates_topic, model.version)
+    return model.version
+
+
+def test_with_a_ranker_requests_rank_the_candidates_their_filters_allow(shop):
+    """A version with a ranker: lists on request are the ranker's (unfiltered: the list the stream
+    just published), with the filters applied to every candidate and N items kept."""
+    s, workers, _, recs = shop
+    version = ranked_version(s, ModelStore(workers[0].model_dir))
+    for w in workers:
+        wait_for(lambda w=w: w.get("/health")[1]["model_version"] == version, 60, f"{version} served")
+    now = int(time.time() * 1000)
+    produce(
+        s.bootstrap, s.clickstream_topic, [event_bytes("ranked", i, ts=now + k) for k, i in enumerate(CLUSTER1[:5])]
+    )
+
+    def published(rs):
+        return [
+            v
+            for r in rs
+            if r.key == b"ranked"
+            and (v := json.loads(r.value))["query"] == CLUSTER1[4]
+            and v["model_version"] == version
+        ]
+
+    last = published(recs.read_until(lambda rs: bool(published(rs)), timeout=30))[-1]
+    assert last["source"] == "ranker"
+    w = workers[1]  # routed to the owner
+    status, body = w.get(f"/recommendations/ranked/?n={s.top_n}")
+    assert status == 200 and body["fresh"] and body["source"] == "ranker" and body["model_version"] == version
+    assert body["items"] == last["items"]  # nothing happened since: the stream's own ranked list
+    status, body = w.get("/recommendations/ranked/?category=c2&n=8")
+    assert status == 200 and body["source"] == "ranker" and len(body["items"]) == 8
+    assert all(int(i[1:]) % 3 == 2 for i in body["items"])  # not the cluster "ranked" browses
+    shown = ",".join(last["items"][:3])
+    status, body = w.get(f"/recommendations/ranked/?exclude={shown}&price_max=40&n=12")
+    assert status == 200 and body["source"] == "ranker" and len(body["items"]) == 12
+    assert not set(last["items"][:3]) & set(body["items"]) and all(int(i[1:]) <= 40 for i in body["items"])
+
+
+def test_partitions_moved_to_a_running_worker_are_read_into_its_sources(shop):
+    """One worker stops for good; the other takes its partition and, before its next batch,
+    reads that partition's recent events into its candidate sources: from then on its sources
+    have counted every event of the clickstream exactly once (its own partition's as they
+    came, the moved one's up to the takeover read back, the rest as they come)."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.partitioner.default import murmur2
+
+    from streaming.kafka import clients
+
+    s, workers, _, recs = shop
+    stay, leave = workers[1], workers[0]
+    owned = wait_for(lambda: (leave.get("/ready")[1] or {}).get("partitions"), 60, "the leaving worker's partitions")
+    assert len(owned) == 1
+    assert leave.stop() == 0, leave.tail()
+
+    def moved():
+        status, body = stay.get("/ready")
+        return status == 200 and len(body["partitions"]) == s.partitions
+
+    wait_for(moved, 90, "the leaving worker's partition assigned to the other")
+    user = next(u for u in (f"moved{k}" for k in range(100)) if (murmur2(u.encode()) & 0x7FFFFFFF) % 2 == owned[0])
+    t = int(time.time() * 1000)
+    produce(s.bootstrap, s.clickstream_topic, [event_bytes(user, CLUSTER1[0], ts=t)])
+    recs.read_until(lambda rs: any(r.key == user.encode() for r in rs), timeout=60)
+
+    consumer = KafkaConsumer(bootstrap_servers=s.bootstrap, **clients.kafka_python())
+    try:
+        ends = consumer.end_offsets([TopicPartition(s.clickstream_topic, p) for p in range(s.partitions)])
+    finally:
+        consumer.close()
+    assert stay.get("/health")[1]["sources_events"] == sum(ends.values())  # every event, once
+    assert stay.metric("streamrec_sources_reread_events_total", {"when": "rebalance"}) > 0
+    assert f"partitions {owned}, moved to this worker" in stay.tail(400)
