@@ -165,8 +165,7 @@ class Features:
         lists["popularity"] = (pop_items, [1.0 / (1 + r) for r in range(len(pop_items))])
         cand: dict[str, None] = {}
         for s in SOURCE_NAMES:
-            for i in lists[s][0]:
-                cand.setdefault(i, None)
+            cand.update(dict.fromkeys(lists[s][0]))  # a candidate keeps its first place
         items = list(cand)
         n = len(items)
         X = np.zeros((n, len(FEATURES)), np.float32)
@@ -174,17 +173,17 @@ class Features:
             return items, X
         pos = {i: r for r, i in enumerate(items)}
         col = 0
-        present = np.zeros(n, np.float32)
+        present = np.zeros(n, np.int64)
         for s in SOURCE_NAMES:
             its, scs = lists[s]
             X[:, col + 1] = _RANK_ABSENT
-            top = max(scs, default=0.0) or 1.0
-            for r, (i, v) in enumerate(zip(its, scs, strict=True)):
-                j = pos[i]
-                X[j, col] = v
-                X[j, col + 1] = r + 1
-                X[j, col + 2] = v / top
-                present[j] += 1
+            if its:
+                rows = np.fromiter(map(pos.__getitem__, its), np.intp, len(its))
+                v = np.array(scs)  # the scores' own type: the division below is the scalar one
+                X[rows, col] = v
+                X[rows, col + 1] = np.arange(1, len(its) + 1)
+                X[rows, col + 2] = v / (max(scs) or 1.0)
+                present += np.bincount(rows, minlength=n)
             col += 3
         X[:, col] = present
         col += 1
@@ -198,7 +197,7 @@ class Features:
         X[:, col + 3] = math.log1p(ctx.events)
         X[:, col + 4] = math.log1p(len(ctx.values))
         t_stats = stats.pop.last_ts
-        X[:, col + 5] = [math.log1p(stats.pop.count(i, t_stats)) for i in items]
+        X[:, col + 5] = list(map(math.log1p, stats.pop.counts(items, t_stats)))
         seen = stats.last_seen
         X[:, col + 6] = [math.log1p(max(stats.now - seen[i], 0) / 60_000.0) if i in seen else 20.0 for i in items]
         idx = self.model.item_index
@@ -220,7 +219,7 @@ class Features:
         nq = ctx.next_query
         if nq:
             X[:, col + 11] = [nq.get(i, 0.0) for i in items]
-        X[:, col + 12] = [math.log1p(stats.pop_1h.count(i, t_stats)) for i in items]
+        X[:, col + 12] = list(map(math.log1p, stats.pop_1h.counts(items, t_stats)))
         return items, X
 
 

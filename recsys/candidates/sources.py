@@ -39,8 +39,10 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
+
+import numpy as np
 
 from recsys.confidence import UserProfile
 from recsys.events import Event
@@ -113,12 +115,35 @@ class SourcesConfig:
         return replace(self, **conv)
 
 
+_SMALL = 64  # top_items: up to this many scored items, a plain sort
+
+
 def top_items(scores: Mapping[str, float], n: int, banned: Iterable[str] = ()) -> list[str]:
     """The n best-scored items minus `banned`, best first (ties: the item scored first)."""
+    if n <= 0 or not scores:
+        return []
     ban = banned if isinstance(banned, (set, frozenset, dict)) else set(banned)
-    order = {i: j for j, i in enumerate(scores)}
-    best = heapq.nsmallest(n + len(ban), scores, key=lambda i: (-scores[i], order[i]))
-    return [i for i in best if i not in ban][:n]
+    want = n + len(ban)
+    if len(scores) <= _SMALL:
+        # a stable sort, reversed, keeps equal items in scoring order; for a few items it is
+        # cheaper than numpy's fixed cost
+        return [i for i in sorted(scores, key=scores.__getitem__, reverse=True)[:want] if i not in ban][:n]
+    keys = list(scores)
+    neg = -np.fromiter(scores.values(), np.float64, len(keys))
+    if want < len(keys):
+        # every item at or above the want-th best score, in scoring order: a stable sort of
+        # those is the stable sort of all, cut at `want`
+        pick = np.flatnonzero(neg <= np.partition(neg, want - 1)[want - 1])
+        order = pick[np.argsort(neg[pick], kind="stable")[:want]]
+    else:
+        order = np.argsort(neg, kind="stable")
+    out: list[str] = []
+    for j in order.tolist():
+        if keys[j] not in ban:
+            out.append(keys[j])
+            if len(out) == n:
+                break
+    return out
 
 
 def own_recent(profile: UserProfile | None) -> dict[str, float]:
@@ -157,20 +182,33 @@ class RecentItems:
 
 
 class SessionKNN:
-    """Incremental session index; `vsknn` and `stan` score a user's current session."""
+    """Incremental session index; `vsknn` and `stan` score a user's current session.
+
+    Sessions hold interned item ids (ints): a query's neighbour candidates (hundreds of
+    sessions) concatenate into one numpy array, so which current items each holds, the
+    similarities and the k best are array operations, computed once for both methods until the
+    next update. The votes (k sessions) stay loops. Sums run in the loops' order (cumsum is
+    sequential), ties break as before, every exp is math.exp's: the scores are equal to the
+    last bit and their dicts keep their insertion order (`top_items`' ties)."""
 
     def __init__(self, cfg: SourcesConfig = SourcesConfig()):
         self.cfg = cfg
         # session id -> its items in order / its distinct items (first-seen order) / its last event
         # time (ms) / its user; the oldest session first (the one evicted past `max_sessions`)
-        self._items: dict[int, list[str]] = {}
-        self._sets: dict[int, dict[str, None]] = {}
+        self._items: dict[int, list[int]] = {}
+        self._sets: dict[int, dict[int, None]] = {}
         self._last: dict[int, int] = {}
         self._owner: dict[int, str] = {}
         self._next_sid = 0
         self._user_sess: dict[str, tuple[int, int]] = {}  # user -> (current session id, last ts)
-        self._by_item: dict[str, dict[int, None]] = {}  # item -> session ids, least recently added first
+        self._by_item: dict[int, dict[int, None]] = {}  # item id -> session ids, least recently added first
+        # item -> id and back; ids are never reused (an item's id outlives its sessions, as
+        # ItemStats keeps every item's last-seen time)
+        self._id: dict[str, int] = {}
+        self._name: list[str] = []
         self.recent = RecentItems(max(cfg.current_len, 1) * 3, cfg.max_users)
+        self._version = 0  # updates so far: a neighbourhood is shared by V-SKNN and STAN within one
+        self._memo: tuple[tuple[str, int], _Neighbourhood] | None = None
 
     def _evict_oldest(self) -> None:
         old = next(iter(self._items))
@@ -186,6 +224,11 @@ class SessionKNN:
             del self._user_sess[user]
 
     def update(self, e: Event) -> None:
+        self._version += 1
+        item = self._id.get(e.item)
+        if item is None:
+            item = self._id[e.item] = len(self._name)
+            self._name.append(e.item)
         cur = self._user_sess.get(e.user)
         gap_ms = self.cfg.session_gap_s * 1000.0
         if cur is None or e.ts - cur[1] > gap_ms:
@@ -197,21 +240,27 @@ class SessionKNN:
         else:
             sid = cur[0]
         seq = self._items[sid]
-        if not seq or seq[-1] != e.item:
-            seq.append(e.item)
-            self._sets[sid][e.item] = None
+        if not seq or seq[-1] != item:
+            seq.append(item)
+            self._sets[sid][item] = None
         self._last[sid] = max(self._last[sid], e.ts)
         self._user_sess[e.user] = (sid, e.ts)
-        by = self._by_item.get(e.item)
+        by = self._by_item.get(item)
         if by is None:
-            by = self._by_item[e.item] = {}
+            by = self._by_item[item] = {}
         by.pop(sid, None)
         by[sid] = None
         if len(by) > self.cfg.max_sessions_per_item:
             del by[next(iter(by))]
         self.recent.update(e)
 
-    def _neighbours(self, user: str, cur: list[str]) -> list[int]:
+    def _neighbourhood(self, user: str, cur: list[int]) -> _Neighbourhood:
+        """The neighbour candidates of the user's current session `cur` (item ids): the `sample`
+        most recently active sessions among each item's latest `sample`, the user's ongoing one
+        excepted, and which of cur's items each holds."""
+        key = (user, self._version)
+        if self._memo is not None and self._memo[0] == key:
+            return self._memo[1]
         own = self._user_sess.get(user, (-1, 0))[0]
         cand: set[int] = set()
         per_item = self.cfg.sample
@@ -220,57 +269,80 @@ class SessionKNN:
             if by:
                 cand.update(islice(reversed(by), per_item))
         cand.discard(own)
-        if len(cand) > self.cfg.sample:
-            last = self._last
-            return heapq.nlargest(self.cfg.sample, cand, key=lambda s: (last[s], s))
-        return list(cand)
+        ids = np.fromiter(cand, np.int64, len(cand))
+        if len(ids) > self.cfg.sample:
+            last = np.fromiter(map(self._last.__getitem__, ids.tolist()), np.int64, len(ids))
+            ids = ids[np.lexsort((ids, last))[-self.cfg.sample :]]  # equal times: the newer session
+        sids = ids.tolist()
+        sets = list(map(self._sets.__getitem__, sids))
+        sizes = np.fromiter(map(len, sets), np.int64, len(sets))
+        flat = np.fromiter(chain.from_iterable(sets), np.int64, int(sizes.sum()))
+        if sids:  # sessions are never empty: each row of reduceat is one session's items
+            starts = np.cumsum(sizes) - sizes
+            member = np.logical_or.reduceat(np.equal.outer(flat, cur), starts, axis=0)
+        else:
+            member = np.zeros((0, len(cur)), bool)
+        nb = _Neighbourhood(ids, member, sizes)
+        self._memo = (key, nb)
+        return nb
 
     def scores(self, user: str, method: str = "vsknn", now: int | None = None) -> dict[str, float]:
-        cur = self.recent.items(user, self.cfg.current_len)
+        cur = [self._id[i] for i in self.recent.items(user, self.cfg.current_len)]
         if not cur:
             return {}
         n = len(cur)
         stan = method == "stan"
         if stan:
             l1 = self.cfg.stan_l1 or n
-            w1 = {it: math.exp((p + 1 - n) / l1) for p, it in enumerate(cur)}
+            w1 = [math.exp((p + 1 - n) / l1) for p in range(n)]
         else:
-            w1 = {it: (p + 1) / n for p, it in enumerate(cur)}
-        t_now = now if now is not None else max(self._last.values()) if self._last else 0
-        l2_ms = self.cfg.stan_l2_s * 1000.0
-        sims: list[tuple[float, int]] = []
-        for sid in self._neighbours(user, cur):
-            nset = self._sets[sid]
-            s = sum(w for it, w in w1.items() if it in nset)
-            if s <= 0:
-                continue
-            if stan:
-                s = s / math.sqrt(n * len(nset)) * math.exp(-max(t_now - self._last[sid], 0) / l2_ms)
-            sims.append((s, sid))
-        best = heapq.nlargest(self.cfg.k, sims)
-        out: dict[str, float] = {}
+            w1 = [(p + 1) / n for p in range(n)]
+        nb = self._neighbourhood(user, cur)
+        # similarity: Σ of the shared items' weights, added in the current session's order
+        # (cumsum is sequential; + 0.0 leaves a sum as it is)
+        sim = np.cumsum(nb.member * np.array(w1), axis=1)[:, -1]
+        if stan:
+            t_now = now if now is not None else max(self._last.values()) if self._last else 0
+            l2_ms = self.cfg.stan_l2_s * 1000.0
+            recency = [math.exp(-max(t_now - t, 0) / l2_ms) for t in map(self._last.__getitem__, nb.sids.tolist())]
+            sim = sim / np.sqrt(n * nb.sizes) * np.array(recency)
+        ok = np.flatnonzero(sim > 0)
+        ids, sim = nb.sids[ok], sim[ok]
+        top = np.lexsort((ids, sim))[::-1][: self.cfg.k]  # the k most similar; equal: the newer session
+        best = list(zip(sim[top].tolist(), ids[top].tolist(), strict=True))
+        out: dict[int, float] = {}
         if not stan:
             for s, sid in best:
                 for it in self._sets[sid]:
                     out[it] = out.get(it, 0.0) + s
-            return out
-        l3 = self.cfg.stan_l3 or n
-        for s, sid in best:
-            seq = self._items[sid]
-            # the neighbour's position of the shared item the asking user touched last
-            anchor, anchor_w = 0, -1.0
-            for p, it in enumerate(seq):
-                w = w1.get(it)
-                if w is not None and w >= anchor_w:
-                    anchor, anchor_w = p, w
-            seen: dict[str, float] = {}
-            for p, it in enumerate(seq):
-                v = math.exp(-abs(p - anchor) / l3)
-                if v > seen.get(it, 0.0):
-                    seen[it] = v
-            for it, v in seen.items():
-                out[it] = out.get(it, 0.0) + s * v
-        return out
+        else:
+            l3 = self.cfg.stan_l3 or n
+            weight = dict(zip(cur, w1, strict=True))
+            decay = [math.exp(-d / l3) for d in range(max((len(self._items[sid]) for _, sid in best), default=0))]
+            for s, sid in best:
+                seq = self._items[sid]
+                # the neighbour's position of the shared item the asking user touched last
+                anchor, anchor_w = 0, -1.0
+                for p, it in enumerate(seq):
+                    w = weight.get(it)
+                    if w is not None and w >= anchor_w:
+                        anchor, anchor_w = p, w
+                seen: dict[int, float] = {}
+                for p, it in enumerate(seq):
+                    v = decay[abs(p - anchor)]
+                    if v > seen.get(it, 0.0):
+                        seen[it] = v
+                for it, v in seen.items():
+                    out[it] = out.get(it, 0.0) + s * v
+        name = self._name
+        return {name[i]: v for i, v in out.items()}
+
+
+@dataclass
+class _Neighbourhood:
+    sids: np.ndarray  # neighbour candidates (session ids)
+    member: np.ndarray  # candidates × the current session's positions: holds that item
+    sizes: np.ndarray  # each candidate's distinct items
 
 
 class CoVisitation:

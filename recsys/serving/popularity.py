@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable
+from itertools import repeat
 
 _REBASE = 512.0  # rescale when the newest event is this many half-lives past t₀
 _CANDIDATES = 128  # items kept ranked between full passes (top asks for n + 64 in the worker)
@@ -88,6 +89,14 @@ class RecentPopularity:
         if not c or self._t0 is None or now is None:  # nothing counted yet
             return 0.0
         return c * 2.0 ** ((self._t0 - now) * self._per_ms)
+
+    def counts(self, items: Iterable[str], now: int | None = None) -> list[float]:
+        """`count(i, now)` of each of `items` (one decay factor for all)."""
+        now = self.last_ts if now is None else now
+        if self._t0 is None or now is None:
+            return [0.0 for _ in items]
+        f = 2.0 ** ((self._t0 - now) * self._per_ms)
+        return [c * f if c else 0.0 for c in map(self._c.get, items, repeat(0.0))]
 
     def top(self, n: int, exclude: Iterable[str] = ()) -> list[str]:
         """The `n` items with the highest decayed counts, best first, minus `exclude` (ties:

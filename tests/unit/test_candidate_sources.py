@@ -3,10 +3,17 @@ streaming evaluation computes their lists from the state before each event only.
 
 from __future__ import annotations
 
-from recsys.candidates.sources import CoVisitation, SessionKNN, SourcesConfig, top_items
-from recsys.data.datasets import load_dataset, time_split
+import heapq
+import math
+from itertools import islice
+
+import pytest
+
+from recsys.candidates.sources import CoVisitation, RecentItems, SessionKNN, SourcesConfig, top_items
+from recsys.data.datasets import load_dataset, load_events, time_split
 from recsys.evaluation.streaming import StreamEvalConfig, stream_evaluate
 from recsys.events import Event
+from tests.conftest import require_dataset
 
 H = 3_600_000
 
@@ -95,3 +102,143 @@ def test_covisitation_rows_are_pruned_to_their_heaviest_items() -> None:
     row = cv.neighbours("a")
     assert len(row) <= 4  # pruned to 2 once it held more than 4
     assert "b5" in row and "b4" in row
+
+
+class LoopSessionKNN:
+    """SessionKNN as it was written before its array code: plain loops over the neighbours."""
+
+    def __init__(self, cfg: SourcesConfig):
+        self.cfg = cfg
+        # session id -> its items in order / its distinct items (first-seen order) / its last event
+        # time (ms) / its user; the oldest session first (the one evicted past `max_sessions`)
+        self._items: dict[int, list[str]] = {}
+        self._sets: dict[int, dict[str, None]] = {}
+        self._last: dict[int, int] = {}
+        self._owner: dict[int, str] = {}
+        self._next_sid = 0
+        self._user_sess: dict[str, tuple[int, int]] = {}  # user -> (current session id, last ts)
+        self._by_item: dict[str, dict[int, None]] = {}  # item -> session ids, least recently added first
+        self.recent = RecentItems(max(cfg.current_len, 1) * 3, cfg.max_users)
+
+    def _evict_oldest(self) -> None:
+        old = next(iter(self._items))
+        for it in self._sets.pop(old):
+            by = self._by_item.get(it)
+            if by is not None:
+                by.pop(old, None)
+                if not by:
+                    del self._by_item[it]
+        del self._items[old], self._last[old]
+        user = self._owner.pop(old)
+        if self._user_sess.get(user, (-1, 0))[0] == old:
+            del self._user_sess[user]
+
+    def update(self, e: Event) -> None:
+        cur = self._user_sess.get(e.user)
+        gap_ms = self.cfg.session_gap_s * 1000.0
+        if cur is None or e.ts - cur[1] > gap_ms:
+            sid = self._next_sid
+            self._next_sid += 1
+            self._items[sid], self._sets[sid], self._last[sid], self._owner[sid] = [], {}, e.ts, e.user
+            if len(self._items) > self.cfg.max_sessions:
+                self._evict_oldest()
+        else:
+            sid = cur[0]
+        seq = self._items[sid]
+        if not seq or seq[-1] != e.item:
+            seq.append(e.item)
+            self._sets[sid][e.item] = None
+        self._last[sid] = max(self._last[sid], e.ts)
+        self._user_sess[e.user] = (sid, e.ts)
+        by = self._by_item.get(e.item)
+        if by is None:
+            by = self._by_item[e.item] = {}
+        by.pop(sid, None)
+        by[sid] = None
+        if len(by) > self.cfg.max_sessions_per_item:
+            del by[next(iter(by))]
+        self.recent.update(e)
+
+    def _neighbours(self, user: str, cur: list[str]) -> list[int]:
+        own = self._user_sess.get(user, (-1, 0))[0]
+        cand: set[int] = set()
+        per_item = self.cfg.sample
+        for it in reversed(cur):
+            by = self._by_item.get(it)
+            if by:
+                cand.update(islice(reversed(by), per_item))
+        cand.discard(own)
+        if len(cand) > self.cfg.sample:
+            last = self._last
+            return heapq.nlargest(self.cfg.sample, cand, key=lambda s: (last[s], s))
+        return list(cand)
+
+    def scores(self, user: str, method: str = "vsknn", now: int | None = None) -> dict[str, float]:
+        cur = self.recent.items(user, self.cfg.current_len)
+        if not cur:
+            return {}
+        n = len(cur)
+        stan = method == "stan"
+        if stan:
+            l1 = self.cfg.stan_l1 or n
+            w1 = {it: math.exp((p + 1 - n) / l1) for p, it in enumerate(cur)}
+        else:
+            w1 = {it: (p + 1) / n for p, it in enumerate(cur)}
+        t_now = now if now is not None else max(self._last.values()) if self._last else 0
+        l2_ms = self.cfg.stan_l2_s * 1000.0
+        sims: list[tuple[float, int]] = []
+        for sid in self._neighbours(user, cur):
+            nset = self._sets[sid]
+            s = sum(w for it, w in w1.items() if it in nset)
+            if s <= 0:
+                continue
+            if stan:
+                s = s / math.sqrt(n * len(nset)) * math.exp(-max(t_now - self._last[sid], 0) / l2_ms)
+            sims.append((s, sid))
+        best = heapq.nlargest(self.cfg.k, sims)
+        out: dict[str, float] = {}
+        if not stan:
+            for s, sid in best:
+                for it in self._sets[sid]:
+                    out[it] = out.get(it, 0.0) + s
+            return out
+        l3 = self.cfg.stan_l3 or n
+        for s, sid in best:
+            seq = self._items[sid]
+            # the neighbour's position of the shared item the asking user touched last
+            anchor, anchor_w = 0, -1.0
+            for p, it in enumerate(seq):
+                w = w1.get(it)
+                if w is not None and w >= anchor_w:
+                    anchor, anchor_w = p, w
+            seen: dict[str, float] = {}
+            for p, it in enumerate(seq):
+                v = math.exp(-abs(p - anchor) / l3)
+                if v > seen.get(it, 0.0):
+                    seen[it] = v
+            for it, v in seen.items():
+                out[it] = out.get(it, 0.0) + s * v
+        return out
+
+
+@pytest.mark.parametrize("dataset", ["yoochoose", "taobao_small", "rees46_small"])
+def test_session_knn_and_top_items_equal_the_plain_loops_on_real_data(dataset: str) -> None:
+    """The array code's scores are the loops' to the last bit, in the same insertion order, and
+    top_items orders as a stable sort does (ties: scored first): the lists never change."""
+    events = sorted(load_events(require_dataset(dataset)), key=lambda e: e.ts)[-3000:]
+    cfg = SourcesConfig(sample=60, k=20)  # small: candidates get cut on these slices too
+    knn, loops = SessionKNN(cfg), LoopSessionKNN(cfg)
+    compared = 0
+    for j, e in enumerate(events):
+        if j >= 1000 and j % 4 == 0:
+            for method in ("vsknn", "stan"):
+                got = knn.scores(e.user, method, e.ts)
+                want = loops.scores(e.user, method, e.ts)
+                assert list(got.items()) == list(want.items())
+                for n in (1, 10, 100):
+                    ref = [i for i in sorted(want, key=lambda i: -want[i]) if i != e.item][:n]
+                    assert top_items(got, n, {e.item}) == ref
+                compared += bool(got)
+        knn.update(e)
+        loops.update(e)
+    assert compared > 200
