@@ -232,8 +232,9 @@ class BulkReader:
         try:
             meta = self.consumer.list_topics(self.topic, timeout=self.timeout_s)
         except KafkaException as e:
+            failure = self.failure(f"the metadata of {self.topic}", e)
             self.close()
-            raise self.failure(f"the metadata of {self.topic}", e) from None
+            raise failure from None
         tmeta = meta.topics.get(self.topic)
         if tmeta is not None and tmeta.error is None:
             self.partitions = sorted(tmeta.partitions)
@@ -248,6 +249,7 @@ class BulkReader:
     def failure(self, what: str, e: BaseException | None = None) -> RecsysError:
         """The error to raise when `what` could not be had: an authentication or TLS failure
         librdkafka reported (KafkaAuthError), else a RecsysError with librdkafka's reason."""
+        self.consumer.poll(0)  # serves librdkafka's pending error callbacks (a metadata call does not)
         for err in self.errors:  # librdkafka's own error codes are named with a leading underscore
             if err.name() in ("_AUTHENTICATION", "_SSL"):
                 return KafkaAuthError(f"Kafka refused this client while reading {what}: {err.str()}")

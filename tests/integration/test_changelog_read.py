@@ -79,3 +79,29 @@ def test_every_reader_passes_on_a_missing_or_empty_changelog_as_the_same_error(k
         with pytest.raises(EmptyChangelog, match="is empty"):
             read_training_data(kafka_broker.bootstrap, empty, ConfidenceConfig(), **how)
     assert issubclass(EmptyChangelog, RecsysError)
+
+
+@pytest.mark.parametrize("mtls", [False, True], ids=["sasl_ssl", "mtls"])
+def test_the_librdkafka_reader_takes_the_same_secured_kafka_settings(secure_kafka_broker, mtls):
+    """The retrain's reader over SASL_SSL (SCRAM-SHA-512, the broker's own CA, host names checked)
+    and over mutual TLS, configured by the one `[kafka]` section as every other client: the same
+    training data as the aiokafka reader; a wrong password ends the read with KafkaAuthError."""
+    from dataclasses import replace
+
+    from streaming.kafka import clients
+    from streaming.kafka.admin import ensure_topics
+
+    broker = secure_kafka_broker
+    bootstrap = broker.mtls_bootstrap if mtls else broker.bootstrap
+    sec = broker.client_security(mtls)
+    topic = f"secured-changelog-{'mtls' if mtls else 'sasl'}"
+    with clients.using(sec):
+        ensure_topics(bootstrap, {topic: 2}, config={"cleanup.policy": "compact"})
+        produce(bootstrap, topic, [(f"u{u}".encode(), state(u, 0)) for u in range(50)])
+        a = read_training_data(bootstrap, topic, ConfidenceConfig(), holdout_min=5, client="librdkafka")
+        b = read_training_data(bootstrap, topic, ConfidenceConfig(), holdout_min=5, client="aiokafka")
+    assert a.phases["records"] == b.phases["records"] == 50 and rows(a) == rows(b)
+    if not mtls:
+        wrong = replace(sec, sasl_password="wrong", sasl_password_file="")
+        with clients.using(wrong), pytest.raises(clients.KafkaAuthError):
+            read_training_data(bootstrap, topic, ConfidenceConfig(), stall_s=20, client="librdkafka")
