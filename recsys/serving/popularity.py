@@ -84,16 +84,12 @@ class RecentPopularity:
 
     def count(self, item: str, now: int | None = None) -> float:
         """The decayed count of `item` at `now` (ms; default: the latest event time seen)."""
-        c = self._c.get(item, 0.0)
-        now = self.last_ts if now is None else now
-        if not c or self._t0 is None or now is None:  # nothing counted yet
-            return 0.0
-        return c * 2.0 ** ((self._t0 - now) * self._per_ms)
+        return self.counts((item,), now)[0]
 
     def counts(self, items: Iterable[str], now: int | None = None) -> list[float]:
         """`count(i, now)` of each of `items` (one decay factor for all)."""
         now = self.last_ts if now is None else now
-        if self._t0 is None or now is None:
+        if self._t0 is None or now is None:  # nothing counted yet
             return [0.0 for _ in items]
         f = 2.0 ** ((self._t0 - now) * self._per_ms)
         return [c * f if c else 0.0 for c in map(self._c.get, items, repeat(0.0))]

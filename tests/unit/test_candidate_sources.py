@@ -9,7 +9,7 @@ from itertools import islice
 
 import pytest
 
-from recsys.candidates.sources import CoVisitation, RecentItems, SessionKNN, SourcesConfig, top_items
+from recsys.candidates.sources import CoVisitation, SessionKNN, SourcesConfig, top_items
 from recsys.data.datasets import load_dataset, load_events, time_split
 from recsys.evaluation.streaming import StreamEvalConfig, stream_evaluate
 from recsys.events import Event
@@ -104,62 +104,11 @@ def test_covisitation_rows_are_pruned_to_their_heaviest_items() -> None:
     assert "b5" in row and "b4" in row
 
 
-class LoopSessionKNN:
-    """SessionKNN as it was written before its array code: plain loops over the neighbours."""
+class LoopSessionKNN(SessionKNN):
+    """SessionKNN's scores as they were written before its array code: plain loops over the
+    neighbours, on the same session store."""
 
-    def __init__(self, cfg: SourcesConfig):
-        self.cfg = cfg
-        # session id -> its items in order / its distinct items (first-seen order) / its last event
-        # time (ms) / its user; the oldest session first (the one evicted past `max_sessions`)
-        self._items: dict[int, list[str]] = {}
-        self._sets: dict[int, dict[str, None]] = {}
-        self._last: dict[int, int] = {}
-        self._owner: dict[int, str] = {}
-        self._next_sid = 0
-        self._user_sess: dict[str, tuple[int, int]] = {}  # user -> (current session id, last ts)
-        self._by_item: dict[str, dict[int, None]] = {}  # item -> session ids, least recently added first
-        self.recent = RecentItems(max(cfg.current_len, 1) * 3, cfg.max_users)
-
-    def _evict_oldest(self) -> None:
-        old = next(iter(self._items))
-        for it in self._sets.pop(old):
-            by = self._by_item.get(it)
-            if by is not None:
-                by.pop(old, None)
-                if not by:
-                    del self._by_item[it]
-        del self._items[old], self._last[old]
-        user = self._owner.pop(old)
-        if self._user_sess.get(user, (-1, 0))[0] == old:
-            del self._user_sess[user]
-
-    def update(self, e: Event) -> None:
-        cur = self._user_sess.get(e.user)
-        gap_ms = self.cfg.session_gap_s * 1000.0
-        if cur is None or e.ts - cur[1] > gap_ms:
-            sid = self._next_sid
-            self._next_sid += 1
-            self._items[sid], self._sets[sid], self._last[sid], self._owner[sid] = [], {}, e.ts, e.user
-            if len(self._items) > self.cfg.max_sessions:
-                self._evict_oldest()
-        else:
-            sid = cur[0]
-        seq = self._items[sid]
-        if not seq or seq[-1] != e.item:
-            seq.append(e.item)
-            self._sets[sid][e.item] = None
-        self._last[sid] = max(self._last[sid], e.ts)
-        self._user_sess[e.user] = (sid, e.ts)
-        by = self._by_item.get(e.item)
-        if by is None:
-            by = self._by_item[e.item] = {}
-        by.pop(sid, None)
-        by[sid] = None
-        if len(by) > self.cfg.max_sessions_per_item:
-            del by[next(iter(by))]
-        self.recent.update(e)
-
-    def _neighbours(self, user: str, cur: list[str]) -> list[int]:
+    def _neighbours(self, user: str, cur: list[int]) -> list[int]:
         own = self._user_sess.get(user, (-1, 0))[0]
         cand: set[int] = set()
         per_item = self.cfg.sample
@@ -174,7 +123,7 @@ class LoopSessionKNN:
         return list(cand)
 
     def scores(self, user: str, method: str = "vsknn", now: int | None = None) -> dict[str, float]:
-        cur = self.recent.items(user, self.cfg.current_len)
+        cur = [self._id[i] for i in self.recent.items(user, self.cfg.current_len)]
         if not cur:
             return {}
         n = len(cur)
@@ -196,29 +145,29 @@ class LoopSessionKNN:
                 s = s / math.sqrt(n * len(nset)) * math.exp(-max(t_now - self._last[sid], 0) / l2_ms)
             sims.append((s, sid))
         best = heapq.nlargest(self.cfg.k, sims)
-        out: dict[str, float] = {}
+        out: dict[int, float] = {}
         if not stan:
             for s, sid in best:
                 for it in self._sets[sid]:
                     out[it] = out.get(it, 0.0) + s
-            return out
-        l3 = self.cfg.stan_l3 or n
-        for s, sid in best:
-            seq = self._items[sid]
-            # the neighbour's position of the shared item the asking user touched last
-            anchor, anchor_w = 0, -1.0
-            for p, it in enumerate(seq):
-                w = w1.get(it)
-                if w is not None and w >= anchor_w:
-                    anchor, anchor_w = p, w
-            seen: dict[str, float] = {}
-            for p, it in enumerate(seq):
-                v = math.exp(-abs(p - anchor) / l3)
-                if v > seen.get(it, 0.0):
-                    seen[it] = v
-            for it, v in seen.items():
-                out[it] = out.get(it, 0.0) + s * v
-        return out
+        else:
+            l3 = self.cfg.stan_l3 or n
+            for s, sid in best:
+                seq = self._items[sid]
+                # the neighbour's position of the shared item the asking user touched last
+                anchor, anchor_w = 0, -1.0
+                for p, it in enumerate(seq):
+                    w = w1.get(it)
+                    if w is not None and w >= anchor_w:
+                        anchor, anchor_w = p, w
+                seen: dict[int, float] = {}
+                for p, it in enumerate(seq):
+                    v = math.exp(-abs(p - anchor) / l3)
+                    if v > seen.get(it, 0.0):
+                        seen[it] = v
+                for it, v in seen.items():
+                    out[it] = out.get(it, 0.0) + s * v
+        return {self._name[i]: v for i, v in out.items()}
 
 
 @pytest.mark.parametrize("dataset", ["yoochoose", "taobao_small", "rees46_small"])
