@@ -104,6 +104,15 @@ def recent_events(
     return [g[3] for g in got], committed
 
 
+def count_into(processor: Processor, events: Sequence[Event]) -> None:
+    """Re-read events into the processor's sources, item counters and recent popularity (what a
+    batch's events feed besides the users' state)."""
+    assert processor.ranking is not None
+    processor.ranking.observe(events)
+    for e in events:
+        processor.recent_popularity.add(e.item, e.ts)
+
+
 def warm_up(processor: Processor, settings: Any, mapping: InputConfig | None = None) -> int:
     """Fill `processor`'s sources, item counters and recent popularity from the clickstream's
     recent window (`settings.sources_window_hours`), before the worker's first batch. Returns
@@ -120,10 +129,8 @@ def warm_up(processor: Processor, settings: Any, mapping: InputConfig | None = N
         settings.sources_window_max_events,
         mapping,
     )
-    ranking.observe(events)
+    count_into(processor, events)
     ranking.through.update({p: offset - 1 for p, offset in committed.items()})
-    for e in events:
-        processor.recent_popularity.add(e.item, e.ts)
     processor.metrics.sources_reread.labels("start").inc(len(events))
     log.info(
         "candidate sources warmed up from the last %gh of %s: %d events in %.1fs",
@@ -210,11 +217,6 @@ class Refill:
         return len(events)
 
     async def count(self, events: Sequence[Event]) -> None:
-        ranking, popularity = self.processor.ranking, self.processor.recent_popularity
-        assert ranking is not None
         for a in range(0, len(events), self.SLICE):
-            part = events[a : a + self.SLICE]
-            ranking.observe(part)
-            for e in part:
-                popularity.add(e.item, e.ts)
+            count_into(self.processor, events[a : a + self.SLICE])
             await asyncio.sleep(0)  # web requests and heartbeats between slices
