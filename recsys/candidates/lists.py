@@ -131,12 +131,16 @@ def ranked_lists(
         own=own,
         mask=mask,
     )
-    cands: list[tuple[list[str], np.ndarray]] = []
-    for j, c in enumerate(ctxs):
-        pop = popular[j] if mask is None else [i for i in popular[j] if mask.allows(i)]
-        items, X = features.candidates(c, (recs[j].items, recs[j].scores), x[j] if known[j] else None, stats, pop)
-        cands.append((items, X))
-        if on_candidates is not None:
+    pops = popular if mask is None else [[i for i in p if mask.allows(i)] for p in popular]
+    cands = features.candidates_many(
+        ctxs,
+        [(r.items, r.scores) for r in recs],
+        [x[j] if known[j] else None for j in range(len(ctxs))],
+        stats,
+        pops,
+    )
+    if on_candidates is not None:
+        for j, (items, X) in enumerate(cands):
             on_candidates(j, items, X)
     out: list[Ranked | None] = [None] * len(ctxs)
     need: list[int] = []

@@ -19,6 +19,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -151,76 +152,143 @@ class Features:
         popular: Sequence[str],
     ) -> tuple[list[str], np.ndarray]:
         """The candidate items of one list and their feature matrix (rows × FEATURES)."""
-        cfg = self.cfg
-        lists: dict[str, tuple[list[str], list[float]]] = {
-            "system": ([i for i in system[0] if i not in ctx.banned], [])
-        }
-        sys_scores = dict(zip(system[0], system[1], strict=False))
-        lists["system"] = (lists["system"][0], [sys_scores[i] for i in lists["system"][0]])
-        for s in ("covisit", "vsknn", "stan", "own-recent"):
-            d = ctx.sources.get(s, {})
-            items = top_items(d, cfg.per_source, ctx.banned)
-            lists[s] = (items, [d[i] for i in items])
-        pop_items = [i for i in popular if i not in ctx.banned][: cfg.pop_candidates]
-        lists["popularity"] = (pop_items, [1.0 / (1 + r) for r in range(len(pop_items))])
-        cand: dict[str, None] = {}
-        for s in SOURCE_NAMES:
-            cand.update(dict.fromkeys(lists[s][0]))  # a candidate keeps its first place
-        items = list(cand)
-        n = len(items)
-        X = np.zeros((n, len(FEATURES)), np.float32)
-        if not n:
-            return items, X
-        pos = {i: r for r, i in enumerate(items)}
-        col = 0
-        present = np.zeros(n, np.int64)
-        for s in SOURCE_NAMES:
-            its, scs = lists[s]
-            X[:, col + 1] = _RANK_ABSENT
-            if its:
-                rows = np.fromiter(map(pos.__getitem__, its), np.intp, len(its))
-                v = np.array(scs)  # the scores' own type: the division below is the scalar one
-                X[rows, col] = v
-                X[rows, col + 1] = np.arange(1, len(its) + 1)
-                X[rows, col + 2] = v / (max(scs) or 1.0)
-                present += np.bincount(rows, minlength=n)
-            col += 3
-        X[:, col] = present
-        col += 1
-        now = ctx.now
-        own = np.array([i in ctx.values for i in items], np.float32)
-        X[:, col] = own
-        X[:, col + 1] = [ctx.values.get(i, 0.0) for i in items]
-        X[:, col + 2] = [
-            math.log1p(max(now - ctx.touched[i], 0) / 60_000.0) if i in ctx.touched else 20.0 for i in items
-        ]
-        X[:, col + 3] = math.log1p(ctx.events)
-        X[:, col + 4] = math.log1p(len(ctx.values))
-        t_stats = stats.pop.last_ts
-        X[:, col + 5] = list(map(math.log1p, stats.pop.counts(items, t_stats)))
-        seen = stats.last_seen
-        X[:, col + 6] = [math.log1p(max(stats.now - seen[i], 0) / 60_000.0) if i in seen else 20.0 for i in items]
-        idx = self.model.item_index
-        rows = np.array([idx.get(i, -1) for i in items], np.int64)
-        known = rows >= 0
-        X[:, col + 7] = known
-        q = idx.get(ctx.query, -1) if ctx.query is not None else -1
-        if known.any():
-            vecs = self._unit[rows[known]]
-            if q >= 0:
-                X[known, col + 8] = vecs @ self._unit[q]
-            if user_vec is not None:
-                nu = float(np.linalg.norm(user_vec))
-                if nu > 0:
-                    X[known, col + 9] = vecs @ (user_vec / nu)
-        cq = ctx.covisit_query
-        if cq:
-            X[:, col + 10] = [cq.get(i, 0.0) for i in items]
-        nq = ctx.next_query
-        if nq:
-            X[:, col + 11] = [nq.get(i, 0.0) for i in items]
-        X[:, col + 12] = list(map(math.log1p, stats.pop_1h.counts(items, t_stats)))
+        ((items, X),) = self.candidates_many([ctx], [system], [user_vec], stats, [popular])
         return items, X
+
+    def candidates_many(
+        self,
+        ctxs: Sequence[Context],
+        systems: Sequence[tuple[Sequence[str], Sequence[float]]],
+        user_vecs: Sequence[np.ndarray | None],
+        stats: ItemStats,
+        populars: Sequence[Sequence[str]],
+    ) -> list[tuple[list[str], np.ndarray]]:
+        """`candidates` of a batch of lists: row j's items and features (rows of one matrix).
+
+        The per-item work of a batch is done once for all its rows: each source's columns are
+        filled with one assignment over every row's candidates, the item counters (popularity,
+        last seen, the model's index) are read once per distinct item of the batch; a row's own
+        items and the query's co-visitation rows are looked up from their side (a few items)
+        rather than by asking every candidate. The cosine columns stay one product per row: a
+        product's rounding can depend on how many rows it covers."""
+        cfg = self.cfg
+        n_src = len(SOURCE_NAMES)
+        # per source, over the batch: candidate row, score, rank, the row's divisor of `rel`
+        s_rows: list[list[int]] = [[] for _ in range(n_src)]
+        s_vals: list[list[float]] = [[] for _ in range(n_src)]
+        s_ranks: list[list[int]] = [[] for _ in range(n_src)]
+        s_divs: list[list[float]] = [[] for _ in range(n_src)]
+        every: list[str] = []  # every row's candidates, one after the other
+        bounds = [0]
+        own_rows: list[int] = []
+        own_vals: list[float] = []
+        touch_rows: list[int] = []
+        touch_vals: list[float] = []
+        cq_rows: list[int] = []
+        cq_vals: list[float] = []
+        nq_rows: list[int] = []
+        nq_vals: list[float] = []
+        user_consts: list[tuple[float, float]] = []
+        for ctx, system, popular in zip(ctxs, systems, populars, strict=True):
+            banned = ctx.banned
+            sys_items = [i for i in system[0] if i not in banned]
+            sys_scores = dict(zip(system[0], system[1], strict=False))
+            lists: list[tuple[list[str], list[float]]] = [(sys_items, [sys_scores[i] for i in sys_items])]
+            for s in ("covisit", "vsknn", "stan", "own-recent"):
+                d = ctx.sources.get(s, {})
+                top = top_items(d, cfg.per_source, banned)
+                lists.append((top, [d[i] for i in top]))
+            pop_items = [i for i in popular if i not in banned][: cfg.pop_candidates]
+            lists.append((pop_items, [1.0 / (1 + r) for r in range(len(pop_items))]))
+            items = list(dict.fromkeys(chain.from_iterable(its for its, _ in lists)))  # first place kept
+            base = len(every)
+            every += items
+            bounds.append(len(every))
+            pos = dict(zip(items, range(base, base + len(items)), strict=True))
+            for k, (its, scs) in enumerate(lists):
+                if its:
+                    s_rows[k] += map(pos.__getitem__, its)
+                    s_vals[k] += scs
+                    s_ranks[k] += range(1, len(its) + 1)
+                    s_divs[k] += [max(scs) or 1.0] * len(its)
+            values, touched, now = ctx.values, ctx.touched, ctx.now
+            if len(values) <= len(items):
+                hits = [i for i in values if i in pos]
+                own_rows += map(pos.__getitem__, hits)
+            else:
+                hits = [i for i in items if i in values]
+                own_rows += [pos[i] for i in hits]
+            own_vals += map(values.__getitem__, hits)
+            hits = (
+                [i for i in touched if i in pos] if len(touched) <= len(items) else [i for i in items if i in touched]
+            )
+            touch_rows += map(pos.__getitem__, hits)
+            touch_vals += [math.log1p(max(now - touched[i], 0) / 60_000.0) for i in hits]
+            for row, rows, vals in ((ctx.covisit_query, cq_rows, cq_vals), (ctx.next_query, nq_rows, nq_vals)):
+                if row:
+                    hits = [i for i in row if i in pos]
+                    rows += map(pos.__getitem__, hits)
+                    vals += map(row.__getitem__, hits)
+            user_consts.append((math.log1p(ctx.events), math.log1p(len(values))))
+        n = len(every)
+        X = np.zeros((n, len(FEATURES)), np.float32)
+        if n:
+            col = 0
+            present = np.zeros(n, np.int64)
+            for k in range(n_src):
+                X[:, col + 1] = _RANK_ABSENT
+                if s_rows[k]:
+                    sel = np.array(s_rows[k], np.intp)
+                    # float64: a float32 score divided in float64 and rounded to float32 is the
+                    # float32 quotient (double has more than twice float's precision)
+                    v = np.array(s_vals[k], np.float64)
+                    X[sel, col] = v
+                    X[sel, col + 1] = s_ranks[k]
+                    X[sel, col + 2] = v / np.array(s_divs[k], np.float64)
+                    present += np.bincount(sel, minlength=n)
+                col += 3
+            X[:, col] = present
+            col += 1
+            X[own_rows, col] = 1.0
+            X[own_rows, col + 1] = own_vals
+            X[:, col + 2] = 20.0
+            X[touch_rows, col + 2] = touch_vals
+            sizes = np.diff(bounds)
+            consts = np.array(user_consts, np.float64).reshape(-1, 2)
+            X[:, col + 3] = np.repeat(consts[:, 0], sizes)
+            X[:, col + 4] = np.repeat(consts[:, 1], sizes)
+            # item counters and model rows: once per distinct item of the batch
+            uniq = list(dict.fromkeys(every))
+            code = dict(zip(uniq, range(len(uniq)), strict=True))
+            at = np.fromiter(map(code.__getitem__, every), np.intp, n)
+            t_stats = stats.pop.last_ts
+            X[:, col + 5] = np.fromiter(map(math.log1p, stats.pop.counts(uniq, t_stats)), np.float64, len(uniq))[at]
+            seen, s_now = stats.last_seen, stats.now
+            X[:, col + 6] = np.array(
+                [math.log1p(max(s_now - seen[i], 0) / 60_000.0) if i in seen else 20.0 for i in uniq], np.float64
+            )[at]
+            idx = self.model.item_index
+            model_rows = np.array([idx.get(i, -1) for i in uniq], np.int64)[at]
+            known = model_rows >= 0
+            X[:, col + 7] = known
+            X[cq_rows, col + 10] = cq_vals
+            X[nq_rows, col + 11] = nq_vals
+            X[:, col + 12] = np.fromiter(map(math.log1p, stats.pop_1h.counts(uniq, t_stats)), np.float64, len(uniq))[at]
+            for j, (ctx, user_vec) in enumerate(zip(ctxs, user_vecs, strict=True)):
+                b0, b1 = bounds[j], bounds[j + 1]
+                kn = known[b0:b1]
+                if not kn.any():
+                    continue
+                vecs = self._unit[model_rows[b0:b1][kn]]
+                Xj = X[b0:b1]
+                q = idx.get(ctx.query, -1) if ctx.query is not None else -1
+                if q >= 0:
+                    Xj[kn, col + 8] = vecs @ self._unit[q]
+                if user_vec is not None:
+                    nu = float(np.linalg.norm(user_vec))
+                    if nu > 0:
+                        Xj[kn, col + 9] = vecs @ (user_vec / nu)
+        return [(every[bounds[j] : bounds[j + 1]], X[bounds[j] : bounds[j + 1]]) for j in range(len(ctxs))]
 
 
 class Ranker:

@@ -1,0 +1,148 @@
+"""The ranker's features of a batch (`Features.candidates_many`) equal, to the last bit and in the
+same candidate order, what the per-item loops built one list at a time, on real data: the
+ranker's lists cannot change with the batch code."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from recsys.candidates.lists import SOURCE_METHODS, context
+from recsys.candidates.ranker import _RANK_ABSENT, FEATURES, SOURCE_NAMES, Context, Features, ItemStats, RankerConfig
+from recsys.candidates.sources import Sources, SourcesConfig, top_items
+from recsys.confidence import ConfidenceConfig, UserProfile
+from recsys.data.datasets import load_events
+from recsys.model.train import TrainConfig, train
+from recsys.serving.recommender import Recommender
+from recsys.serving.scoring import ScoringConfig, own_item_scores
+from tests.conftest import require_dataset
+
+CFG = ConfidenceConfig()
+SCFG = ScoringConfig()
+
+
+def loop_candidates(
+    f: Features,
+    ctx: Context,
+    system: tuple[Sequence[str], Sequence[float]],
+    user_vec: np.ndarray | None,
+    stats: ItemStats,
+    popular: Sequence[str],
+) -> tuple[list[str], np.ndarray]:
+    """`Features.candidates` as it was written before the batch code: one list, item by item."""
+    cfg = f.cfg
+    lists: dict[str, tuple[list[str], list[float]]] = {"system": ([i for i in system[0] if i not in ctx.banned], [])}
+    sys_scores = dict(zip(system[0], system[1], strict=False))
+    lists["system"] = (lists["system"][0], [sys_scores[i] for i in lists["system"][0]])
+    for s in ("covisit", "vsknn", "stan", "own-recent"):
+        d = ctx.sources.get(s, {})
+        items = top_items(d, cfg.per_source, ctx.banned)
+        lists[s] = (items, [d[i] for i in items])
+    pop_items = [i for i in popular if i not in ctx.banned][: cfg.pop_candidates]
+    lists["popularity"] = (pop_items, [1.0 / (1 + r) for r in range(len(pop_items))])
+    cand: dict[str, None] = {}
+    for s in SOURCE_NAMES:
+        cand.update(dict.fromkeys(lists[s][0]))
+    items = list(cand)
+    n = len(items)
+    X = np.zeros((n, len(FEATURES)), np.float32)
+    if not n:
+        return items, X
+    pos = {i: r for r, i in enumerate(items)}
+    col = 0
+    present = np.zeros(n, np.int64)
+    for s in SOURCE_NAMES:
+        its, scs = lists[s]
+        X[:, col + 1] = _RANK_ABSENT
+        if its:
+            rows = np.fromiter(map(pos.__getitem__, its), np.intp, len(its))
+            v = np.array(scs)
+            X[rows, col] = v
+            X[rows, col + 1] = np.arange(1, len(its) + 1)
+            X[rows, col + 2] = v / (max(scs) or 1.0)
+            present += np.bincount(rows, minlength=n)
+        col += 3
+    X[:, col] = present
+    col += 1
+    now = ctx.now
+    X[:, col] = np.array([i in ctx.values for i in items], np.float32)
+    X[:, col + 1] = [ctx.values.get(i, 0.0) for i in items]
+    X[:, col + 2] = [math.log1p(max(now - ctx.touched[i], 0) / 60_000.0) if i in ctx.touched else 20.0 for i in items]
+    X[:, col + 3] = math.log1p(ctx.events)
+    X[:, col + 4] = math.log1p(len(ctx.values))
+    t_stats = stats.pop.last_ts
+    X[:, col + 5] = list(map(math.log1p, stats.pop.counts(items, t_stats)))
+    seen = stats.last_seen
+    X[:, col + 6] = [math.log1p(max(stats.now - seen[i], 0) / 60_000.0) if i in seen else 20.0 for i in items]
+    idx = f.model.item_index
+    rows = np.array([idx.get(i, -1) for i in items], np.int64)
+    known = rows >= 0
+    X[:, col + 7] = known
+    q = idx.get(ctx.query, -1) if ctx.query is not None else -1
+    unit = f._unit  # noqa: SLF001 - the reference reads the same unit vectors
+    if known.any():
+        vecs = unit[rows[known]]
+        if q >= 0:
+            X[known, col + 8] = vecs @ unit[q]
+        if user_vec is not None:
+            nu = float(np.linalg.norm(user_vec))
+            if nu > 0:
+                X[known, col + 9] = vecs @ (user_vec / nu)
+    cq = ctx.covisit_query
+    if cq:
+        X[:, col + 10] = [cq.get(i, 0.0) for i in items]
+    nq = ctx.next_query
+    if nq:
+        X[:, col + 11] = [nq.get(i, 0.0) for i in items]
+    X[:, col + 12] = list(map(math.log1p, stats.pop_1h.counts(items, t_stats)))
+    return items, X
+
+
+@pytest.mark.parametrize("dataset", ["yoochoose", "taobao_small", "rees46_small"])
+def test_batch_features_equal_the_per_item_loops_on_real_data(dataset: str) -> None:
+    events = sorted(load_events(require_dataset(dataset)), key=lambda e: e.ts)[-6000:]
+    head, tail = events[: len(events) // 2], events[len(events) // 2 :]
+    from recsys.confidence import build_profiles
+
+    model, _, _ = train(build_profiles(head, CFG), CFG, TrainConfig(factors=16, iterations=4, num_threads=1))
+    rec = Recommender(model, CFG, SCFG)
+    features = Features(model, RankerConfig(per_source=30, pop_candidates=15))
+    src, stats = Sources(SourcesConfig()), ItemStats()
+    profiles: dict[str, UserProfile] = {}
+    compared = 0
+    for chunk in range(0, len(tail), 250):
+        batch = tail[chunk : chunk + 250]
+        for e in batch:
+            src.update(e)
+            stats.add(e.item, e.ts)
+            profiles.setdefault(e.user, UserProfile()).apply(e, CFG)
+        users = list(dict.fromkeys(e.user for e in batch))
+        profs = [profiles[u] for u in users]
+        values = [p.values(CFG) for p in profs]
+        confs = [CFG.to_confidences(v) for v in values]
+        queries = [p.history[-1] if p.history else None for p in profs]
+        bought = [p.items_with(("transaction",)) for p in profs]
+        ctxs = [
+            context(u, p, q, b, c, [(src, SOURCE_METHODS)], 30, p.last_ts)
+            for u, p, q, b, c in zip(users, profs, queries, bought, confs, strict=True)
+        ]
+        x, known = rec.fold_in(confs)
+        own = [
+            own_item_scores(p, CFG, SCFG.repeat_half_life_days, values=v) for p, v in zip(profs, values, strict=True)
+        ]
+        recs = rec.scorer.recommend(x, np.asarray(known, bool), queries, bought, 30, own=own)
+        systems = [(r.items, r.scores) for r in recs]
+        vecs = [x[j] if known[j] else None for j in range(len(users))]
+        # a different recent-popularity list per row: the batch must not share one row's
+        popular = [[e.item for e in batch[-60 - j :]][::-1] for j in range(len(users))]
+        got = features.candidates_many(ctxs, systems, vecs, stats, popular)
+        for j, (items, X) in enumerate(got):
+            want_items, want_X = loop_candidates(features, ctxs[j], systems[j], vecs[j], stats, popular[j])
+            assert items == want_items
+            assert X.dtype == want_X.dtype and X.shape == want_X.shape
+            assert np.array_equal(X.view(np.uint32), want_X.view(np.uint32)), FEATURES
+            compared += len(items) > 0
+    assert compared > 100
