@@ -154,3 +154,30 @@ def test_scale_quick(tmp_path, kafka_broker, monkeypatch):
         assert finite_pos(sw["swap_s"]), name
         for during in sw["lists_during_swap"].values():
             assert during["other"] == 0, name
+
+
+@pytest.mark.data
+def test_als_kernel_quick(tmp_path):
+    """Both half-steps are timed on the matrix the shapes promise: bench/state's history lengths
+    (capped at 200), the fixed catalogue's items at every size."""
+    import numpy as np
+
+    from bench import als_kernel
+    from bench.state import real_shape
+
+    require_dataset("taobao")
+    lengths, items = real_shape()
+    m = als_kernel.matrix(5_000, len(items), lengths)
+    per_user = np.diff(m.indptr)
+    assert m.shape == (5_000, len(items)) and per_user.max() <= 200 and per_user.min() >= 1
+    # duplicates summed: a user's row names each item once; confidences are 1 + 15 x a weight
+    assert all(np.unique(m.indices[a:b]).size == b - a for a, b in zip(m.indptr[:-1], m.indptr[1:], strict=True))
+    assert set(np.unique(m.data)) >= {np.float32(1 + 15 * 0.25), np.float32(16.0)}
+    assert abs(per_user.mean() - np.minimum(lengths, 200).mean()) < 0.15 * np.minimum(lengths, 200).mean()
+
+    rep = als_kernel.main(["--quick", "--output", str(tmp_path / "k.json")])
+    assert [(r["users"], r["items"]) for r in rep["rows"]] == [(20_000, len(items)), (60_000, len(items))]
+    for r in rep["rows"]:
+        assert finite_pos(r["user_step_ns_median"]) and finite_pos(r["item_step_ns_median"])
+        assert r["users_per_item"] == round(r["nnz"] / r["items"])
+    assert json.loads((tmp_path / "k.json").read_text())["bench"] == "als_kernel"
