@@ -145,11 +145,17 @@ def list_ranks(ranker: Ranker, ex: Examples, k: int = 10) -> tuple[np.ndarray, n
     the candidates counts as a miss, even where the fallback's padding might list it)."""
     ranked = np.zeros(len(ex.meta), np.int64)
     fallback = np.array([fb for _, fb in ex.meta], np.int64)
-    for j, (X, y, (seg, fb)) in enumerate(zip(ex.X, ex.y, ex.meta, strict=True)):
+    scored = [j for j, (y, (seg, _)) in enumerate(zip(ex.y, ex.meta, strict=True)) if seg != "cold" and y.any()]
+    # one predict call for every list (a row's score does not depend on the rows beside it)
+    sc = ranker.scores(np.vstack([ex.X[j] for j in scored])) if scored else np.zeros(0)
+    at = 0
+    for j, (y, (seg, fb)) in enumerate(zip(ex.y, ex.meta, strict=True)):
         if seg == "cold":
             ranked[j] = fb
         elif y.any():
-            order = np.argsort(-ranker.scores(X), kind="stable")[:k]
+            part = sc[at : at + len(y)]
+            at += len(y)
+            order = np.argsort(-part, kind="stable")[:k]
             hit = np.flatnonzero(y[order] > 0)
             ranked[j] = int(hit[0]) + 1 if len(hit) else 0
     return ranked, fallback

@@ -60,7 +60,10 @@ event by event, even when a user has several events in a chunk (tested: identica
 One caveat on "equals": BLAS rounds a many-row product differently from a one-row product in
 the last float32 bit, and real catalogues hold many items with (near-)identical factors, so
 near-ties can swap places between a batched and a one-at-a-time run. `chunk_max=1` reproduces
-a worker that scores one user per batch bit for bit (the Kafka test does that). What is refreshed
+a worker that scores one user per batch bit for bit (the Kafka test does that). The system's
+lists of a chunk are one fold-in and one product, which the ranker's blend candidates share
+(their cold-start and padding rankings differ by row: `Scorer.recommend(popular_rows=...)`).
+What is refreshed
 less often than per event, by design and stated: the popularity ranking (baseline and the
 system's cold-start list) every `pop_refresh` events, new-item factors at chunk boundaries (every `item_foldin_every` events), retrains at
 `retrain_hours` boundaries of event time.
@@ -366,9 +369,11 @@ def stream_evaluate(
                 stats.add(e.item, e.ts)
             pending.clear()
             continue
-        lists = _lists(methods, snaps, rec, rec_items, rec_retrain, static_x, k, scfg, ecfg.system_popular)
+        # one fold-in of the chunk for the system's lists and the ranker's blend candidates
+        folded = rec.fold_in([s.conf for s in snaps]) if features is not None else None
+        lists = _lists(methods, snaps, rec, rec_items, rec_retrain, static_x, k, scfg, ecfg.system_popular, folded)
         if features is not None:
-            ranked = _ranked(snaps, rec, features, stats, ranker, collect, k, lists.get("system"))
+            ranked = ranker_lists(snaps, rec, features, stats, ranker, collect, k, lists.get("system"), folded)
             if "ranker" in methods:
                 lists["ranker"] = ranked
         for e in pending:
@@ -461,7 +466,7 @@ def _baseline_lists(
     return out
 
 
-def _ranked(
+def ranker_lists(
     snaps: Sequence[_Snap],
     rec: Recommender,
     features: Features,
@@ -470,9 +475,10 @@ def _ranked(
     collect: Examples | None,
     k: int,
     fallback: list[list[str]] | None,
+    folded: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[list[str]]:
     """The ranker's lists for a chunk (recsys.candidates.lists.ranked_lists, the worker's too)
-    and, with `collect`, its training examples."""
+    and, with `collect`, its training examples. `folded`: the chunk's fold-in (`_lists` shares it)."""
     fb = fallback or [s.pop_list for s in snaps]
 
     def example(j: int, items: list[str], X: np.ndarray) -> None:
@@ -495,6 +501,7 @@ def _ranked(
         [s.excl for s in snaps],
         lambda rows: [fb[j] for j in rows],
         own=[s.own for s in snaps] if rec.scfg.repeat_weight > 0 else None,
+        folded=folded,
         on_candidates=example if collect is not None else None,
     )
     return [r.items for r in out]
@@ -526,7 +533,7 @@ def _refresh_items(
     return Recommender(ext, ccfg, scfg)
 
 
-def _system(
+def system_lists(
     rec: Recommender,
     snaps: Sequence[_Snap],
     k: int,
@@ -536,30 +543,22 @@ def _system(
     popular: bool = True,
 ) -> list[list[str]]:
     """The system's lists; with `popular`, the cold-start / padding ranking of each event is the
-    popularity baseline's at that moment (`Scorer.recommend(popular=...)`). That ranking is
-    refreshed every `pop_refresh` events, so the rows are scored in runs sharing one ranking."""
+    popularity baseline's at that moment (`Scorer.recommend(popular_rows=...)`). One product
+    for the chunk: the same rows in the same batch as the ranker's blend candidates
+    (`recsys.candidates.lists.ranked_lists`), so both read the same scores."""
     if x is None:
         x, known = rec.fold_in([s.conf for s in snaps])
-    known = np.asarray(known, bool)
     use_own = repeat and rec.scfg.repeat_weight > 0
-    out: list[list[str]] = [None] * len(snaps)  # type: ignore[list-item]
-    groups: dict[int, list[int]] = defaultdict(list)
-    for j, s in enumerate(snaps):
-        groups[id(s.pop_top) if popular else 0].append(j)
-    for rows in groups.values():
-        sub = [snaps[j] for j in rows]
-        recs = rec.scorer.recommend(
-            x[rows],
-            known[rows],
-            [s.query for s in sub],
-            [s.excl for s in sub],
-            k,
-            own=[s.own for s in sub] if use_own else None,
-            popular=sub[0].pop_top if popular else None,
-        )
-        for j, r in zip(rows, recs, strict=True):
-            out[j] = r.items
-    return out
+    recs = rec.scorer.recommend(
+        x,
+        np.asarray(known, bool),
+        [s.query for s in snaps],
+        [s.excl for s in snaps],
+        k,
+        own=[s.own for s in snaps] if use_own else None,
+        popular_rows=[s.pop_top for s in snaps] if popular else None,
+    )
+    return [r.items for r in recs]
 
 
 def _lists(
@@ -572,7 +571,9 @@ def _lists(
     k: int,
     scfg: ScoringConfig,
     popular: bool = True,
+    folded: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, list[list[str]]]:
+    """Every method's lists of a chunk. `folded`: the chunk's fold-in, when the caller made it."""
     out: dict[str, list[list[str]]] = {}
     rows = len(snaps)
     f = rec.model.factors
@@ -597,15 +598,15 @@ def _lists(
                     x[j], has[j] = static_x[s.static_row], True
         out["static"] = [r.items for r in rec.scorer.recommend(x, has, queries, excl, k)]
     if "system" in methods or "system-norepeat" in methods:
-        x, known = rec.fold_in([s.conf for s in snaps])
+        x, known = folded if folded is not None else rec.fold_in([s.conf for s in snaps])
         if "system" in methods:
-            out["system"] = _system(rec, snaps, k, True, x, known, popular)
+            out["system"] = system_lists(rec, snaps, k, True, x, known, popular)
         if "system-norepeat" in methods:
-            out["system-norepeat"] = _system(rec, snaps, k, False, x, known, popular)
+            out["system-norepeat"] = system_lists(rec, snaps, k, False, x, known, popular)
     if "system+items" in methods:
-        out["system+items"] = _system(rec_items, snaps, k, popular=popular)
+        out["system+items"] = system_lists(rec_items, snaps, k, popular=popular)
     if "system+retrain" in methods:
-        out["system+retrain"] = _system(rec_retrain, snaps, k, popular=popular)
+        out["system+retrain"] = system_lists(rec_retrain, snaps, k, popular=popular)
     return out
 
 

@@ -167,6 +167,7 @@ class Scorer:
         own: Sequence[dict[str, float]] | None = None,
         popular: Sequence[str] | None = None,
         mask: ItemMask | None = None,
+        popular_rows: Sequence[Sequence[str]] | None = None,
     ) -> list[Recommendations]:
         """Score a batch: row k is user_factors[k] looking at queries[k], minus excludes[k].
 
@@ -177,7 +178,9 @@ class Scorer:
         boosted by `repeat_weight` (see the module docstring); ignored when it is 0.
         `popular` (optional): item ids, best first, for the rows with neither a usable user
         nor a known query and for padding short lists, instead of the training popularity
-        (which still pads when `popular` runs out). Filters apply to it as to every list."""
+        (which still pads when `popular` runs out). Filters apply to it as to every list.
+        `popular_rows[k]`: row k's own such ranking instead (a replay whose rows were due at
+        different moments), so that one product scores them all."""
         n = n or self.cfg.n
         m, idx = self.model, self.model.item_index
         rows = len(queries)
@@ -230,8 +233,9 @@ class Scorer:
                 )
             if rec is None:
                 rec = Recommendations([], [], "popular", m.version)
-            if len(rec.items) < n and popular is not None:
-                self._pad_with_ranking(rec, popular, excludes[r], queries[r], n, mask)
+            ranking = popular_rows[r] if popular_rows is not None else popular
+            if len(rec.items) < n and ranking is not None:
+                self._pad_with_ranking(rec, ranking, excludes[r], queries[r], n, mask)
             if len(rec.items) < n:
                 self._pad_with_popular(rec, ex_rows[r], n, mask)
             results.append(rec)
