@@ -409,6 +409,27 @@ class ChunkDecoder:
         return ok
 
 
+def _copy_kept(keep_rows: np.ndarray, ch: Chunk, col: np.ndarray, data: np.ndarray) -> int:
+    """The non-zeros of `ch`'s kept rows to the start of `col` and `data`; returns how many. A
+    chunk usually loses a few rows (the gate's cases, superseded records): then the runs of kept
+    rows are copied as slices, cheaper than a mask over every non-zero."""
+    edge = np.diff(np.concatenate(([False], keep_rows, [False])).astype(np.int8))
+    run_a, run_b = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)  # rows [a, b)
+    if len(run_a) > 256:
+        keep = np.repeat(keep_rows, ch.counts)
+        n = int(keep.sum())
+        col[:n] = ch.cols[keep]
+        data[:n] = ch.conf[keep]
+        return n
+    ends = np.cumsum(ch.counts)
+    n = 0
+    for a, b in zip((ends[run_a] - ch.counts[run_a]).tolist(), ends[run_b - 1].tolist(), strict=True):
+        col[n : n + b - a] = ch.cols[a:b]
+        data[n : n + b - a] = ch.conf[a:b]
+        n += b - a
+    return n
+
+
 class ChangelogTable:
     """The latest record per key, decoded in chunks as records arrive (see the module docstring)."""
 
@@ -536,6 +557,12 @@ class ChangelogTable:
         self.records, self.rows, self.picked = summary["records"], summary["rows"], summary["cases"]
         self.dead = summary["dead"].tolist()
 
+    def pick_cases(self) -> None:
+        """The gate's cases picked now, for `training_data`: every key is in (the last records
+        may still be decoding)."""
+        self.flush()
+        self.picked = self._cases()
+
     def _cases(self) -> tuple[list[EvalCase], list[int], list[tuple[bytes, int, str]]]:
         """The gate's cases: of the held keys by rank, the first `holdout_size` that make one; their
         rows; and the rows met on the way whose record does not decode (with the key and why)."""
@@ -656,10 +683,7 @@ class ChangelogTable:
                 col[at : at + n] = ch.cols
                 data[at : at + n] = ch.conf
             else:
-                keep = np.repeat(keep_rows, ch.counts)
-                n = int(keep.sum())
-                col[at : at + n] = ch.cols[keep]
-                data[at : at + n] = ch.conf[keep]
+                n = _copy_kept(keep_rows, ch, col[at:], data[at:])
             used[col[at : at + n]] = True  # a chunk at a time: no int64 copy of every index
             at += n
         if not used.all():
@@ -1094,6 +1118,8 @@ def read_bulk(
                     last_report = now
                     _progress(topic, table.records, total, now - t0)
             table.flush()
+            if decoder is not None:  # the keys are all in: the gate's cases picked while the last chunks decode
+                table.pick_cases()
         except BaseException:
             if decoder is not None:
                 table.sink = sink

@@ -278,17 +278,21 @@ class BulkReader:
         """Up to `max_records` records as (keys, values, partitions read to their end, records
         consumed): waits at most `timeout_s` for the first. A record-level error other than a
         partition's end raises."""
+        from confluent_kafka import Message
+
         msgs = self.consumer.consume(max_records, timeout_s)
-        errs = [(m.partition(), e) for m in msgs if (e := m.error()) is not None]
+        # map over the method descriptors: the per-record work stays in C
         done: list[int] = []
-        if errs:
-            for p, e in errs:
+        if any(map(Message.error, msgs)):
+            for m in msgs:
+                if (e := m.error()) is None:
+                    continue
                 if e.name() != "_PARTITION_EOF":
                     raise RecsysError(f"reading {self.topic}: {e.str()}")
-                if p is not None:
+                if (p := m.partition()) is not None:
                     done.append(p)
             msgs = [m for m in msgs if m.error() is None]
-        return [m.key() for m in msgs], [m.value() for m in msgs], done, len(msgs)
+        return list(map(Message.key, msgs)), list(map(Message.value, msgs)), done, len(msgs)
 
     def pause(self, partition: int) -> None:
         """Fetch no more of this partition (read to the end wanted)."""

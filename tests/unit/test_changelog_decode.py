@@ -433,3 +433,29 @@ def test_a_decoding_failure_on_its_thread_ends_the_bulk_read_with_that_failure(m
     t.put = put  # type: ignore[method-assign]
     with pytest.raises(RecsysError, match="cannot decode"):
         changelog.read_bulk("x", "cl", t, stall_s=5, every_s=60)
+
+
+@pytest.mark.parametrize("dropped", [0.001, 0.02, 0.5])
+def test_the_kept_rows_copied_by_runs_equal_the_masked_copy(dropped):
+    """The assembly copies a chunk's kept rows as slices when they make few runs, else by a mask:
+    both give the kept rows' non-zeros in order."""
+    from streaming.jobs.changelog import Chunk, _copy_kept
+
+    rng = np.random.default_rng(7)
+    counts = rng.integers(0, 60, 5000)
+    nnz = int(counts.sum())
+    ch = Chunk(
+        5000,
+        counts,
+        rng.integers(0, 1 << 30, nnz).astype(np.int32),
+        rng.random(nnz).astype(np.float32),
+        np.zeros(5000, np.int64),
+        np.zeros(5000, bool),
+    )
+    keep_rows = rng.random(5000) >= dropped
+    keep = np.repeat(keep_rows, counts)
+    col, data = np.full(nnz + 5, -1, np.int32), np.full(nnz + 5, -1, np.float32)
+    n = _copy_kept(keep_rows, ch, col, data)
+    assert n == int(keep.sum())
+    assert np.array_equal(col[:n], ch.cols[keep]) and np.array_equal(data[:n], ch.conf[keep])
+    assert (col[n:] == -1).all()
