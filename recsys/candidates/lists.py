@@ -66,12 +66,14 @@ def context(
         ctx = Context(user, profile.last_ts, query, banned, dict(conf), touched, profile.events, per_source=per_source)
     for src, methods in sources:
         for m in methods:
-            scores = src.scores(m, user, profile, ctx.now)
-            if scores_out is not None:
+            if scores_out is None:  # only the best per_source: session-kNN's without a dict of all
+                ctx.sources[m] = src.top(m, user, profile, ctx.now, per_source, banned, mask)
+            else:
+                scores = src.scores(m, user, profile, ctx.now)
                 scores_out[m] = scores
-            if mask is not None:
-                scores = {i: v for i, v in scores.items() if mask.allows(i)}
-            ctx.sources[m] = trim(scores, per_source, banned)
+                if mask is not None:
+                    scores = {i: v for i, v in scores.items() if mask.allows(i)}
+                ctx.sources[m] = trim(scores, per_source, banned)
             if m == "covisit" and query is not None:
                 row = src.covisit.neighbours(query)
                 tot = sum(row.values()) or 1.0

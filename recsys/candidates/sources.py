@@ -37,16 +37,20 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, fields, replace
 from itertools import chain, islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recsys.confidence import UserProfile
 from recsys.events import Event
 from recsys.fields import setting
+
+if TYPE_CHECKING:
+    from recsys.catalogue import ItemMask
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,8 @@ class SessionKNN:
         self.recent = RecentItems(max(cfg.current_len, 1) * 3, cfg.max_users)
         self._version = 0  # updates so far: a neighbourhood is shared by V-SKNN and STAN within one
         self._memo: tuple[tuple[str, int], _Neighbourhood] | None = None
+        # prefetch's scores: (version, {(user, method, now): (item ids, scores)})
+        self._batch: tuple[int, dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]]] = (-1, {})
 
     def _evict_oldest(self) -> None:
         old = next(iter(self._items))
@@ -287,9 +293,45 @@ class SessionKNN:
         return nb
 
     def scores(self, user: str, method: str = "vsknn", now: int | None = None) -> dict[str, float]:
+        ids, vals = self.score_arrays(user, method, now)
+        name = self._name
+        return dict(zip(map(name.__getitem__, ids.tolist()), vals.tolist(), strict=True))
+
+    def top(
+        self, user: str, method: str, now: int | None, n: int, banned: AbstractSet[str], mask: ItemMask | None = None
+    ) -> dict[str, float]:
+        """`top_items` of `scores` (what `mask` allows, minus `banned`) with their scores, from
+        the arrays: no dict of every scored item."""
+        ids, vals = self.score_arrays(user, method, now)
+        if n <= 0 or not len(ids):
+            return {}
+        neg = -vals
+        want = n + len(banned)
+        if mask is None and want < len(ids):
+            # as top_items: every item at or above the want-th best score, stably sorted
+            pick = np.flatnonzero(neg <= np.partition(neg, want - 1)[want - 1])
+            order = pick[np.argsort(neg[pick], kind="stable")]
+        else:
+            order = np.argsort(neg, kind="stable")
+        name = self._name
+        out: dict[str, float] = {}
+        for j in order.tolist():
+            it = name[ids[j]]
+            if it not in banned and (mask is None or mask.allows(it)):
+                out[it] = float(vals[j])
+                if len(out) == n:
+                    break
+        return out
+
+    def score_arrays(self, user: str, method: str = "vsknn", now: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The user's scores as (item ids, scores), in the order items were first voted for."""
+        if now is not None and self._batch[0] == self._version:
+            got = self._batch[1].get((user, method, now))
+            if got is not None:
+                return got
         cur = [self._id[i] for i in self.recent.items(user, self.cfg.current_len)]
         if not cur:
-            return {}
+            return np.zeros(0, np.int64), np.zeros(0)
         n = len(cur)
         stan = method == "stan"
         if stan:
@@ -309,33 +351,207 @@ class SessionKNN:
         ok = np.flatnonzero(sim > 0)
         ids, sim = nb.sids[ok], sim[ok]
         top = np.lexsort((ids, sim))[::-1][: self.cfg.k]  # the k most similar; equal: the newer session
-        best = list(zip(sim[top].tolist(), ids[top].tolist(), strict=True))
-        out: dict[int, float] = {}
+        best, s = ids[top].tolist(), sim[top]
+        if not best:
+            return np.zeros(0, np.int64), np.zeros(0)
+        # The votes, in the loops' order: session by session (best first), each session's items
+        # in their order; np.bincount adds an item's votes one after the other from 0.0, as
+        # `out[it] = out.get(it, 0.0) + vote` did.
         if not stan:
-            for s, sid in best:
-                for it in self._sets[sid]:
-                    out[it] = out.get(it, 0.0) + s
+            sets = list(map(self._sets.__getitem__, best))
+            sizes = np.fromiter(map(len, sets), np.int64, len(sets))
+            items = np.fromiter(chain.from_iterable(sets), np.int64, int(sizes.sum()))
+            votes = np.repeat(s, sizes)
         else:
-            l3 = self.cfg.stan_l3 or n
-            weight = dict(zip(cur, w1, strict=True))
-            decay = [math.exp(-d / l3) for d in range(max((len(self._items[sid]) for _, sid in best), default=0))]
-            for s, sid in best:
-                seq = self._items[sid]
-                # the neighbour's position of the shared item the asking user touched last
-                anchor, anchor_w = 0, -1.0
-                for p, it in enumerate(seq):
-                    w = weight.get(it)
-                    if w is not None and w >= anchor_w:
-                        anchor, anchor_w = p, w
-                seen: dict[int, float] = {}
-                for p, it in enumerate(seq):
-                    v = decay[abs(p - anchor)]
-                    if v > seen.get(it, 0.0):
-                        seen[it] = v
-                for it, v in seen.items():
-                    out[it] = out.get(it, 0.0) + s * v
-        name = self._name
-        return {name[i]: v for i, v in out.items()}
+            items, votes = self._stan_votes(best, s, cur, w1, n)
+        uniq, first, inv = np.unique(items, return_index=True, return_inverse=True)
+        sums = np.bincount(inv, weights=votes, minlength=len(uniq))
+        order = np.argsort(first, kind="stable")
+        return uniq[order], sums[order]
+
+    def prefetch(self, users: Sequence[str], nows: Sequence[int]) -> None:
+        """V-SKNN's and STAN's scores of `users` (at `nows`) computed together, kept for
+        `score_arrays` until the next update: a batch of users costs a few dozen array
+        operations instead of that many per user. The same sums in the same order as one user
+        at a time (the test pins them)."""
+        cfg = self.cfg
+        L = max(cfg.current_len, 1)
+        out: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
+        empty = (np.zeros(0, np.int64), np.zeros(0))
+        curs: list[list[int]] = []
+        who: list[tuple[str, int]] = []
+        cand_ids: list[int] = []
+        cand_user: list[int] = []
+        for user, now in zip(users, nows, strict=True):
+            cur = [self._id[i] for i in self.recent.items(user, cfg.current_len)]
+            if not cur:
+                out[(user, "vsknn", now)] = out[(user, "stan", now)] = empty
+                continue
+            own = self._user_sess.get(user, (-1, 0))[0]
+            cand: set[int] = set()
+            for it in reversed(cur):
+                by = self._by_item.get(it)
+                if by:
+                    cand.update(islice(reversed(by), cfg.sample))
+            cand.discard(own)
+            cand_ids += cand
+            cand_user += [len(curs)] * len(cand)
+            curs.append(cur)
+            who.append((user, now))
+        self._batch = (self._version, out)
+        if not curs:
+            return
+        n_u = np.fromiter(map(len, curs), np.int64, len(curs))
+        # each user's `sample` most recently active candidates (equal times: the newer session)
+        sid = np.array(cand_ids, np.int64)
+        su = np.array(cand_user, np.int64)
+        last = np.fromiter(map(self._last.__getitem__, cand_ids), np.int64, len(cand_ids))
+        o = np.lexsort((sid, last, su))
+        sid, su, last = sid[o], su[o], last[o]
+        counts = np.bincount(su, minlength=len(curs))
+        starts_u = np.cumsum(counts) - counts
+        keep = np.arange(len(sid)) - starts_u[su] >= counts[su] - cfg.sample
+        sid, su, last = sid[keep], su[keep], last[keep]
+        # which current items each candidate holds (users' current sessions padded with -1 at
+        # the end: a padded column adds 0.0 to the similarity, which leaves it as it is)
+        cur_m = np.full((len(curs), L), -1, np.int64)
+        pos_m = np.arange(L)
+        for j, cur in enumerate(curs):
+            cur_m[j, : len(cur)] = cur
+        sets = list(map(self._sets.__getitem__, sid.tolist()))
+        sizes = np.fromiter(map(len, sets), np.int64, len(sets))
+        flat = np.fromiter(chain.from_iterable(sets), np.int64, int(sizes.sum()))
+        if len(sid):
+            member = np.logical_or.reduceat(
+                flat[:, None] == cur_m[np.repeat(su, sizes)], np.cumsum(sizes) - sizes, axis=0
+            )
+        else:
+            member = np.zeros((0, L), bool)
+        inside = pos_m[None, :] < n_u[:, None]
+        n_f = n_u[:, None].astype(np.float64)
+        w_v = np.where(inside, (pos_m[None, :] + 1) / n_f, 0.0)
+        w_s = np.zeros((len(curs), L))
+        for j, n in enumerate(n_u.tolist()):
+            w_s[j, :n] = [math.exp((p + 1 - n) / (cfg.stan_l1 or n)) for p in range(n)]
+        l2_ms = cfg.stan_l2_s * 1000.0
+        now_u = np.array([now for _, now in who], np.int64)
+        recency = np.fromiter(
+            map(math.exp, ((-np.maximum(now_u[su] - last, 0)) / l2_ms).tolist()), np.float64, len(sid)
+        )
+        sim_v = np.cumsum(member * w_v[su], axis=1)[:, -1]
+        sim_s = np.cumsum(member * w_s[su], axis=1)[:, -1] / np.sqrt(n_u[su] * sizes) * recency
+        n_items = len(self._name)
+        for method, sim in (("vsknn", sim_v), ("stan", sim_s)):
+            ok = np.flatnonzero(sim > 0)
+            b_sid, b_sim, b_u = sid[ok], sim[ok], su[ok]
+            o = np.lexsort((b_sid, b_sim, b_u))
+            ends = np.searchsorted(b_u[o], np.arange(len(curs)), side="right")
+            begins = np.searchsorted(b_u[o], np.arange(len(curs)), side="left")
+            # each user's k most similar, best first (equal: the newer session)
+            pick = np.concatenate(
+                [o[max(b, e - cfg.k) : e][::-1] for b, e in zip(begins.tolist(), ends.tolist(), strict=True)]
+                or [np.zeros(0, np.intp)]
+            ).astype(np.intp)
+            best, s, bu = b_sid[pick], b_sim[pick], b_u[pick]
+            if method == "vsknn":
+                bsets = list(map(self._sets.__getitem__, best.tolist()))
+                bsizes = np.fromiter(map(len, bsets), np.int64, len(bsets))
+                items = np.fromiter(chain.from_iterable(bsets), np.int64, int(bsizes.sum()))
+                votes, vu = np.repeat(s, bsizes), np.repeat(bu, bsizes)
+            else:
+                items, votes, vu = self._stan_votes_many(best, s, bu, cur_m, w_s, n_u)
+            # each (user, item)'s votes added one after the other from 0.0, in voting order
+            key = vu * n_items + items
+            groups, first, inv = np.unique(key, return_index=True, return_inverse=True)
+            sums = np.bincount(inv, weights=votes, minlength=len(groups))
+            order = np.argsort(first, kind="stable")
+            g_key, g_sum = groups[order], sums[order]
+            g_user = g_key // n_items
+            bounds = np.searchsorted(g_user, np.arange(len(curs) + 1), side="left")
+            for j, (user, now) in enumerate(who):
+                a, b = bounds[j], bounds[j + 1]
+                out[(user, method, now)] = (g_key[a:b] % n_items, g_sum[a:b])
+
+    def _stan_votes_many(
+        self, best: np.ndarray, s: np.ndarray, bu: np.ndarray, cur_m: np.ndarray, w_s: np.ndarray, n_u: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`_stan_votes` of several users' neighbours at once (`bu`: each neighbour's user)."""
+        seqs = list(map(self._items.__getitem__, best.tolist()))
+        if not seqs:
+            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+        lens = np.fromiter(map(len, seqs), np.int64, len(seqs))
+        flat = np.fromiter(chain.from_iterable(seqs), np.int64, int(lens.sum()))
+        starts = np.cumsum(lens) - lens
+        seg = np.repeat(np.arange(len(seqs)), lens)
+        eu = bu[seg]
+        pos = np.arange(len(flat)) - starts[seg]
+        hit = flat[:, None] == cur_m[eu]
+        held = hit.any(axis=1)
+        w = np.where(held, w_s[eu, hit.argmax(axis=1)], -np.inf)
+        top_w = np.maximum.reduceat(w, starts)
+        at_top = np.where(held & (w == top_w[seg]), pos, -1)
+        anchor = np.maximum(np.maximum.reduceat(at_top, starts), 0)
+        # each user's decay table (λ₃ depends on their current session's length)
+        longest = np.zeros(len(n_u), np.int64)
+        np.maximum.at(longest, bu, lens)
+        offs = np.cumsum(longest) - longest
+        table = np.fromiter(
+            chain.from_iterable(
+                (math.exp(-d / (self.cfg.stan_l3 or n)) for d in range(m))
+                for n, m in zip(n_u.tolist(), longest.tolist(), strict=True)
+            ),
+            np.float64,
+            int(longest.sum()),
+        )
+        v = table[offs[eu] + np.abs(pos - anchor[seg])]
+        keep = np.flatnonzero(v > 0.0)
+        flat, seg, v = flat[keep], seg[keep], v[keep]
+        if not len(flat):
+            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
+        key = seg * (int(flat.max()) + 1) + flat
+        groups, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        best_v = np.zeros(len(groups))
+        np.maximum.at(best_v, inv, v)
+        order = np.argsort(first, kind="stable")
+        g_seg, g_item = seg[first[order]], flat[first[order]]
+        return g_item, s[g_seg] * best_v[order], bu[g_seg]
+
+    def _stan_votes(
+        self, best: list[int], s: np.ndarray, cur: list[int], w1: list[float], n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """STAN's votes of the neighbour sessions `best` (similarities `s`): each session votes
+        once for each of its items, s · exp(−|distance to the anchor| / λ₃), where the anchor is
+        the session's last position holding the current item of the highest weight and an item
+        seen twice takes its nearer position; in session order, each session's items in the
+        order they first appear with a vote above 0."""
+        seqs = list(map(self._items.__getitem__, best))
+        lens = np.fromiter(map(len, seqs), np.int64, len(seqs))
+        flat = np.fromiter(chain.from_iterable(seqs), np.int64, int(lens.sum()))
+        starts = np.cumsum(lens) - lens
+        seg = np.repeat(np.arange(len(seqs)), lens)
+        pos = np.arange(len(flat)) - starts[seg]
+        hit = np.equal.outer(flat, np.array(cur, np.int64))
+        held = hit.any(axis=1)
+        w = np.where(held, np.array(w1)[hit.argmax(axis=1)], -np.inf)
+        top_w = np.maximum.reduceat(w, starts)
+        # the last position at the session's highest weight (`>=` in the loop); none: position 0
+        at_top = np.where(held & (w == top_w[seg]), pos, -1)
+        anchor = np.maximum(np.maximum.reduceat(at_top, starts), 0)
+        l3 = self.cfg.stan_l3 or n
+        decay = np.array([math.exp(-d / l3) for d in range(int(lens.max()))])
+        v = decay[np.abs(pos - anchor[seg])]
+        keep = np.flatnonzero(v > 0.0)  # a vote of 0.0 was never recorded
+        if not len(keep):
+            return np.zeros(0, np.int64), np.zeros(0)
+        flat, seg, v = flat[keep], seg[keep], v[keep]
+        # one vote per (session, item): its largest; ordered by where the item first appears
+        key = seg * (int(flat.max()) + 1) + flat
+        groups, first, inv = np.unique(key, return_index=True, return_inverse=True)
+        best_v = np.zeros(len(groups))
+        np.maximum.at(best_v, inv, v)
+        order = np.argsort(first, kind="stable")
+        g_seg, g_item = seg[first[order]], flat[first[order]]
+        return g_item, s[g_seg] * best_v[order]
 
 
 @dataclass
@@ -443,3 +659,22 @@ class Sources:
         if method in ("vsknn", "stan"):
             return self.sknn.scores(user, method, now)
         raise ValueError(f"unknown source {method!r}")
+
+    def top(
+        self,
+        method: str,
+        user: str,
+        profile: UserProfile | None,
+        now: int,
+        n: int,
+        banned: AbstractSet[str],
+        mask: ItemMask | None = None,
+    ) -> dict[str, float]:
+        """The n best of `scores` that `mask` allows, minus `banned`, with their scores, best
+        first (`top_items`' order); session-kNN's from its arrays."""
+        if method in ("vsknn", "stan"):
+            return self.sknn.top(user, method, now, n, banned, mask)
+        scores = self.scores(method, user, profile, now)
+        if mask is not None:
+            scores = {i: v for i, v in scores.items() if mask.allows(i)}
+        return {i: scores[i] for i in top_items(scores, n, banned)}

@@ -130,6 +130,8 @@ class WorkerRanking:
         )
         per_source = features.cfg.per_source
         feeds = [(self.sources, SOURCE_METHODS)]
+        # the batch's session-kNN scores in one pass; each context below reads its own
+        self.sources.sknn.prefetch(users, [st.profile.last_ts for st in states])
         ctxs = [
             context(u, st.profile, q, ex, c, feeds, per_source, st.profile.last_ts, mask=mask)
             for u, st, q, ex, c in zip(users, states, queries, excludes, confs, strict=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import math
 from itertools import islice
+from typing import Any
 
 import pytest
 
@@ -190,4 +191,39 @@ def test_session_knn_and_top_items_equal_the_plain_loops_on_real_data(dataset: s
                 compared += bool(got)
         knn.update(e)
         loops.update(e)
+    assert compared > 200
+
+
+class CountingSessionKNN(SessionKNN):
+    alone = 0  # neighbourhoods computed for one user
+
+    def _neighbourhood(self, user: str, cur: list[int]) -> Any:
+        self.alone += 1
+        return super()._neighbourhood(user, cur)
+
+
+@pytest.mark.parametrize("dataset", ["yoochoose", "taobao_small", "rees46_small"])
+@pytest.mark.parametrize("cfg", [SourcesConfig(sample=60, k=20), SourcesConfig()], ids=["capped", "defaults"])
+def test_session_knn_prefetched_for_a_batch_equals_one_user_at_a_time(dataset: str, cfg: SourcesConfig) -> None:
+    """`prefetch` (a batch of users' V-SKNN and STAN scores at once, as the worker asks) gives
+    each user the arrays `score_arrays` computes alone, to the last bit and in the same order."""
+    events = sorted(load_events(require_dataset(dataset)), key=lambda e: e.ts)[-3000:]
+    knn = CountingSessionKNN(cfg)
+    compared = 0
+    for j in range(0, len(events), 100):
+        batch = events[j : j + 100]
+        for e in batch:
+            knn.update(e)
+        last = {e.user: e.ts for e in batch}
+        users = [*last, "nobody"]
+        nows = [*last.values(), batch[-1].ts]
+        want = {(u, m): knn.score_arrays(u, m, t) for u, t in zip(users, nows, strict=True) for m in ("vsknn", "stan")}
+        knn.prefetch(users, nows)
+        alone = knn.alone
+        for (u, m), (ids, vals) in want.items():
+            got_ids, got_vals = knn.score_arrays(u, m, nows[users.index(u)])
+            assert got_ids.tolist() == ids.tolist()
+            assert got_vals.tobytes() == vals.tobytes()
+            compared += len(ids) > 0
+        assert knn.alone == alone  # read from the batch: no user's own neighbourhood
     assert compared > 200
