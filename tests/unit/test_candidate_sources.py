@@ -215,6 +215,7 @@ def test_session_knn_prefetched_for_a_batch_equals_one_user_at_a_time(dataset: s
         for e in batch:
             knn.update(e)
         last = {e.user: e.ts for e in batch}
+        last_item = {e.user: e.item for e in batch}
         users = [*last, "nobody"]
         nows = [*last.values(), batch[-1].ts]
         want = {(u, m): knn.score_arrays(u, m, t) for u, t in zip(users, nows, strict=True) for m in ("vsknn", "stan")}
@@ -225,5 +226,13 @@ def test_session_knn_prefetched_for_a_batch_equals_one_user_at_a_time(dataset: s
             assert got_ids.tolist() == ids.tolist()
             assert got_vals.tobytes() == vals.tobytes()
             compared += len(ids) > 0
+            # the best n from the batch's ranking: top_items' order (ties: voted first)
+            t = nows[users.index(u)]
+            every = knn.scores(u, m, t)
+            for n in (1, 10, 50):
+                banned = {last_item.get(u, "")}
+                top = knn.top(u, m, t, n, banned)
+                assert list(top) == top_items(every, n, banned)
+                assert all(top[i] == every[i] for i in top)
         assert knn.alone == alone  # read from the batch: no user's own neighbourhood
     assert compared > 200
