@@ -183,11 +183,14 @@ class KeyTable:
         """The value of each key, -1 where absent."""
         slot = self._slot(keys)
         at = self.keys[slot]
-        hit = at == keys
-        out = np.where(hit, self.values[slot], -1)  # most keys sit in their first slot
-        more = ~hit & (at != self.EMPTY)
+        # most keys sit in their first slot, and an empty slot's value is -1 already: only the
+        # keys whose first slot holds another key probe on
+        out = self.values[slot]
+        todo = np.flatnonzero(at != keys)
+        if len(todo):
+            todo = todo[at[todo] != self.EMPTY]
+            out[todo] = -1
         mask = (1 << self.bits) - 1
-        todo = np.nonzero(more)[0]
         slot = (slot[todo] + 1) & mask
         while len(todo):
             at = self.keys[slot]
@@ -311,13 +314,15 @@ class ChunkDecoder:
         """A 64-bit key per id: ids of up to 7 bytes exactly (bytes + length in the top byte),
         longer ones an FNV-style hash over 8-byte words with the top bit set."""
         u8 = i8.view(np.uint64)
-        short = id_len < 8
-        n8 = np.minimum(id_len, 8)
+        longest = int(id_len.max(initial=0))
+        n8 = id_len if longest < 8 else np.minimum(id_len, 8)
         keys = u8[id_pos]
-        keys &= SHORT_MASK[n8]
-        keys |= SHORT_LEN[n8]
-        if not short.all():
-            lg = np.nonzero(~short)[0]
+        part = SHORT_MASK.take(n8)
+        keys &= part
+        np.take(SHORT_LEN, n8, out=part)
+        keys |= part
+        if longest >= 8:
+            lg = np.flatnonzero(id_len >= 8)
             p, ln = id_pos[lg], id_len[lg]
             h = ln.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
             for w in range(int((ln.max() + 7) // 8)):

@@ -459,3 +459,20 @@ def test_the_kept_rows_copied_by_runs_equal_the_masked_copy(dropped):
     assert n == int(keep.sum())
     assert np.array_equal(col[:n], ch.cols[keep]) and np.array_equal(data[:n], ch.conf[keep])
     assert (col[n:] == -1).all()
+
+
+def test_the_key_table_finds_every_key_put_in_and_no_other():
+    """Item interning's hash table, filled in batches past several growths, against a dict:
+    colliding keys probe on, absent keys (in a probed chain or at an empty slot) give -1."""
+    from streaming.jobs.changelog import KeyTable
+
+    rng = np.random.default_rng(3)
+    t, want = KeyTable(bits=4), dict[int, int]()
+    for _ in range(6):
+        new = np.unique(rng.integers(0, 1 << 62, 3000, dtype=np.int64).astype(np.uint64))
+        new = new[[int(k) not in want for k in new]]
+        vals = np.arange(len(want), len(want) + len(new))
+        t.insert(new, vals)
+        want.update(zip(map(int, new), vals.tolist(), strict=True))
+        probe = np.concatenate([np.fromiter(want, np.uint64), rng.integers(0, 1 << 62, 2000).astype(np.uint64)])
+        assert t.lookup(probe).tolist() == [want.get(int(k), -1) for k in probe]
