@@ -271,6 +271,7 @@ def stream_evaluate(
         if m in BASELINES:
             by_cfg[ecfg.baseline_sources.get(m, ecfg.sources)].append(m)
     sources = [(Sources(c), ms) for c, ms in by_cfg.items()]
+    listed = any(m in BASELINES for m in methods)  # some baseline's own list is scored
     stats = ItemStats()
     features = Features(model, ecfg.ranker) if ranking else None
     pending: list[Event] = []  # the chunk's events, counted into `stats` after its lists
@@ -344,8 +345,11 @@ def stream_evaluate(
                     scores: dict[str, dict[str, float]] = {}
                     if ranking:
                         per = ecfg.ranker.per_source
+                        # a source's full scores only when a baseline lists from them (not while
+                        # collecting the retrain's examples: the context keeps each source's best)
+                        out = scores if listed else None
                         snap.ctx = context(
-                            e.user, p, snap.query, snap.excl, snap.conf, sources, per, e.ts, scores_out=scores
+                            e.user, p, snap.query, snap.excl, snap.conf, sources, per, e.ts, scores_out=out
                         )
                     snap.base_lists = {}
                     for src, ms in sources:

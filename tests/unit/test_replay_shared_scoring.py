@@ -1,8 +1,8 @@
 """The replay folds each chunk in once for the system's lists and the ranker's blend candidates,
 and scores the system's lists of a chunk in one product (recsys/evaluation/streaming.py
 `system_lists`, `ranker_lists`). The former path, kept here as the reference, folded the chunk in
-twice and scored the system's lists in runs of rows sharing one popularity ranking, a product
-each. On real slices: the ranker's examples (feature matrices, labels, fallback ranks) and the
+twice, scored the system's lists in runs of rows sharing one popularity ranking, a product
+each, and took every source's full scores while collecting examples (no baseline lists them). On real slices: the ranker's examples (feature matrices, labels, fallback ranks) and the
 lists of every method but the system's blends are the former path's to the last bit; a blend
 list may differ only by neighbours that trade places (scores tied to the last float32 bit, which
 another batch shape rounds differently), in at most 1% of the events."""
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import recsys.evaluation.streaming as streaming
+from recsys.candidates.lists import context
 from recsys.candidates.ranker import RankerConfig, fit
 from recsys.candidates.training import list_ranks, window_examples
 from recsys.confidence import ConfidenceConfig, build_profiles
@@ -67,15 +68,21 @@ def grouped_system(
 
 @pytest.fixture
 def former_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The replay as it was: `system_lists` grouped, and the ranker's candidates folded in again."""
+    """The replay as it was: `system_lists` grouped, the ranker's candidates folded in again, and
+    every source's full scores taken for each context (the best `per_source` cut from them)."""
     shared_ranked = streaming.ranker_lists
 
     def own_foldin(*args, **kwargs):  # type: ignore[no-untyped-def]
         kwargs.pop("folded", None)
         return shared_ranked(*args[:8], **kwargs)
 
+    def every_score(*args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs["scores_out"] = {} if kwargs.get("scores_out") is None else kwargs["scores_out"]
+        return context(*args, **kwargs)
+
     monkeypatch.setattr(streaming, "system_lists", grouped_system)
     monkeypatch.setattr(streaming, "ranker_lists", own_foldin)
+    monkeypatch.setattr(streaming, "context", every_score)
 
 
 def _slice(dataset: str, n: int) -> list:
