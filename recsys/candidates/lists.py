@@ -60,10 +60,20 @@ def context(
     evaluation's baselines list their top k from them)."""
     banned = set(excl) | {query} if query is not None else set(excl)
     if profile is None:
-        ctx = Context(user, now, query, banned, {}, {}, 0, per_source=per_source)
+        ctx = Context(user, now, query, banned, {}, {}, 0, per_source=per_source, trimmed=True)
     else:
         touched = {i: s.ts for i, s in profile.items.items()}
-        ctx = Context(user, profile.last_ts, query, banned, dict(conf), touched, profile.events, per_source=per_source)
+        ctx = Context(
+            user,
+            profile.last_ts,
+            query,
+            banned,
+            dict(conf),
+            touched,
+            profile.events,
+            per_source=per_source,
+            trimmed=True,
+        )
     for src, methods in sources:
         for m in methods:
             if scores_out is None:  # only the best per_source: session-kNN's without a dict of all

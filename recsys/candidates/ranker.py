@@ -128,6 +128,7 @@ class Context:
     covisit_query: Mapping[str, float] = field(default_factory=dict)  # co-visitation row of the query
     next_query: Mapping[str, float] = field(default_factory=dict)  # "viewed next" row of the query
     per_source: int = 50  # candidates kept per source
+    trimmed: bool = False  # `sources` hold each one's best per_source minus banned, best first (lists.context)
 
 
 def trim(scores: Mapping[str, float], n: int, banned: set[str]) -> dict[str, float]:
@@ -196,7 +197,8 @@ class Features:
             lists: list[tuple[list[str], list[float]]] = [(sys_items, [sys_scores[i] for i in sys_items])]
             for s in ("covisit", "vsknn", "stan", "own-recent"):
                 d = ctx.sources.get(s, {})
-                top = top_items(d, cfg.per_source, banned)
+                # a trimmed source is its own top_items (sorted, ties in scoring order, none banned)
+                top = list(d) if ctx.trimmed and len(d) <= cfg.per_source else top_items(d, cfg.per_source, banned)
                 lists.append((top, [d[i] for i in top]))
             pop_items = [i for i in popular if i not in banned][: cfg.pop_candidates]
             lists.append((pop_items, [1.0 / (1 + r) for r in range(len(pop_items))]))
