@@ -154,6 +154,7 @@ def cmd_stream_eval(args: argparse.Namespace) -> int:
         methods=methods,
         sources=sources,
         baseline_sources=baseline_sources,
+        ranker=cfg.ranker,  # the [ranker] section: how the ranker stream-eval trains is configured
     )
     tcfg = options.train_config(cfg, args)
     ranker = None

@@ -141,9 +141,10 @@ def test_evaluate_and_stream_eval_take_the_configuration(monkeypatch, events_fil
     spy(monkeypatch, "recsys.candidates.training.train_ranker", ranker_seen, result=object())
     spy(monkeypatch, "recsys.evaluation.streaming.stream_evaluate", seen)
     with pytest.raises(Seen):
-        recsys("stream-eval", "--data", events_file, "--alpha", "3", *extra)
+        recsys("stream-eval", "--data", events_file, "--alpha", "3", "--set", "ranker.num_leaves=7", *extra)
     for kw in (seen["kwargs"], ranker_seen["kwargs"]):  # the replay, and the ranker trained before it
         assert kw["scfg"].user_weight == 0.3 and kw["tcfg"] == TrainConfig(factors=4) and kw["ccfg"].alpha == 3.0
+        assert kw["ecfg"].ranker.num_leaves == 7
 
 
 def test_train_command_trains_the_configuration(monkeypatch, events_file, tmp_path):
