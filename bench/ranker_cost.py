@@ -19,6 +19,11 @@ Wall time from the profiles' build to the stored version; medians of --repeats, 
 `--kafka`: the same through `recsys retrain --once` processes on the project's own broker, the
 events in the clickstream topic and every user's state in the changelog (`kafka_cost`).
 
+`--datasets simulated-100000` (any `simulated-USERS`): a simulated shop of that many shoppers,
+~60 events each (recsys/data/simulator.py, bench/e2e's generator), instead of a real dataset: the
+same comparison where the ALS is not a toy (the real slices' warm ALS takes about a second, the
+ranker's capped step a few).
+
 `--quality`: instead, the capped ranker against stream-eval's (`train_ranker`, every example
 of the training window) on a validation split (train = the first 64% of events by time,
 validation = the next 16%; the last 20% is the test window and is not read), both through
@@ -66,8 +71,25 @@ def one(events: list[Any], serving: Path, cfg: Config, with_ranker: bool) -> dic
     return {"wall_s": round(wall, 3), "phases": res.phases, "ranker": res.ranker, "stored_ranker": has}
 
 
-def cost(name: str, cfg: Config, repeats: int, new: float) -> dict[str, Any]:
+def events_of(name: str) -> list[Any]:
+    """A real dataset by name, or `simulated-USERS`: a simulated shop of USERS shoppers."""
+    if name.startswith("simulated-"):
+        from recsys.data.simulator import SimConfig, simulate
+
+        users = int(name.split("-", 1)[1])
+        items = max(5_000, users // 5)
+        t = time.perf_counter()
+        events = simulate(SimConfig(n_users=users, n_items=items, n_topics=max(20, items // 500), events=60 * users))
+        print(
+            f"{name}: {len(events):,} events, {items:,} items simulated in {time.perf_counter() - t:.0f}s", flush=True
+        )
+        return events
     events, _ = load(name, progress=None)
+    return events
+
+
+def cost(name: str, cfg: Config, repeats: int, new: float) -> dict[str, Any]:
+    events = events_of(name)
     events.sort(key=lambda e: e.ts)
     head, _ = time_split(events, test_fraction=new)
     with tempfile.TemporaryDirectory() as d:
@@ -114,7 +136,7 @@ def kafka_cost(name: str, cfg: Config, repeats: int, new: float, workdir: Path) 
     from streaming.topics import isolated, topic_specs
     from streaming.worker.state import UserState, encode
 
-    events, _ = load(name, progress=None)
+    events = events_of(name)
     events.sort(key=lambda e: e.ts)
     head, _ = time_split(events, test_fraction=new)
     broker = broker_from_env(workdir / "kafka", cfg)
