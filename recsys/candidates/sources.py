@@ -525,13 +525,8 @@ class SessionKNN:
         flat, seg, v = flat[keep], seg[keep], v[keep]
         if not len(flat):
             return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
-        key = seg * (int(flat.max()) + 1) + flat
-        groups, first, inv = np.unique(key, return_index=True, return_inverse=True)
-        best_v = np.zeros(len(groups))
-        np.maximum.at(best_v, inv, v)
-        order = np.argsort(first, kind="stable")
-        g_seg, g_item = seg[first[order]], flat[first[order]]
-        return g_item, s[g_seg] * best_v[order], bu[g_seg]
+        g_seg, g_item, best_v = _one_vote_each(seg, flat, v)
+        return g_item, s[g_seg] * best_v, bu[g_seg]
 
     def _stan_votes(
         self, best: list[int], s: np.ndarray, cur: list[int], w1: list[float], n: int
@@ -561,14 +556,19 @@ class SessionKNN:
         if not len(keep):
             return np.zeros(0, np.int64), np.zeros(0)
         flat, seg, v = flat[keep], seg[keep], v[keep]
-        # one vote per (session, item): its largest; ordered by where the item first appears
-        key = seg * (int(flat.max()) + 1) + flat
-        groups, first, inv = np.unique(key, return_index=True, return_inverse=True)
-        best_v = np.zeros(len(groups))
-        np.maximum.at(best_v, inv, v)
-        order = np.argsort(first, kind="stable")
-        g_seg, g_item = seg[first[order]], flat[first[order]]
-        return g_item, s[g_seg] * best_v[order]
+        g_seg, g_item, best_v = _one_vote_each(seg, flat, v)
+        return g_item, s[g_seg] * best_v
+
+
+def _one_vote_each(seg: np.ndarray, flat: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """STAN's one vote per (session, item), its largest: the pairs' sessions, items and votes,
+    ordered by where each pair first appears (the loops' insertion order)."""
+    key = seg * (int(flat.max()) + 1) + flat
+    groups, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    best_v = np.zeros(len(groups))
+    np.maximum.at(best_v, inv, v)
+    order = np.argsort(first, kind="stable")
+    return seg[first[order]], flat[first[order]], best_v[order]
 
 
 @dataclass
