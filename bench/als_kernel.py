@@ -31,8 +31,9 @@ import scipy.sparse as sp
 
 from bench.common import machine, median, write_json
 from bench.state import real_shape
+from recsys.model.train import TrainConfig
 
-FACTORS = 128
+FACTORS = TrainConfig().factors  # the default model's, what the retrain fits
 CG_STEPS = 3  # implicit's default, what the retrain runs
 
 

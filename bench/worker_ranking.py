@@ -24,11 +24,12 @@ import json
 import os
 import pickle
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "streamrec-bench-worker-ranking"
+CACHE = Path(tempfile.gettempdir()) / "streamrec-bench-worker-ranking"
 
 
 def _setup(n_full: int, items: int, n_rank: int) -> tuple[Any, ...]:
