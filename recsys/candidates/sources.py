@@ -261,6 +261,16 @@ class SessionKNN:
             del by[next(iter(by))]
         self.recent.update(e)
 
+    def _candidate_sessions(self, user: str, cur: list[int]) -> set[int]:
+        """Each current item's latest `sample` sessions, the user's ongoing one excepted."""
+        cand: set[int] = set()
+        for it in reversed(cur):
+            by = self._by_item.get(it)
+            if by:
+                cand.update(islice(reversed(by), self.cfg.sample))
+        cand.discard(self._user_sess.get(user, (-1, 0))[0])
+        return cand
+
     def _neighbourhood(self, user: str, cur: list[int]) -> _Neighbourhood:
         """The neighbour candidates of the user's current session `cur` (item ids): the `sample`
         most recently active sessions among each item's latest `sample`, the user's ongoing one
@@ -268,14 +278,7 @@ class SessionKNN:
         key = (user, self._version)
         if self._memo is not None and self._memo[0] == key:
             return self._memo[1]
-        own = self._user_sess.get(user, (-1, 0))[0]
-        cand: set[int] = set()
-        per_item = self.cfg.sample
-        for it in reversed(cur):
-            by = self._by_item.get(it)
-            if by:
-                cand.update(islice(reversed(by), per_item))
-        cand.discard(own)
+        cand = self._candidate_sessions(user, cur)
         ids = np.fromiter(cand, np.int64, len(cand))
         if len(ids) > self.cfg.sample:
             last = np.fromiter(map(self._last.__getitem__, ids.tolist()), np.int64, len(ids))
@@ -398,13 +401,7 @@ class SessionKNN:
             if not cur:
                 out[(user, "vsknn", now)] = out[(user, "stan", now)] = empty
                 continue
-            own = self._user_sess.get(user, (-1, 0))[0]
-            cand: set[int] = set()
-            for it in reversed(cur):
-                by = self._by_item.get(it)
-                if by:
-                    cand.update(islice(reversed(by), cfg.sample))
-            cand.discard(own)
+            cand = self._candidate_sessions(user, cur)
             cand_ids += cand
             cand_user += [len(curs)] * len(cand)
             curs.append(cur)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import heapq
 import math
-from itertools import islice
 from typing import Any
 
 import pytest
@@ -110,14 +109,7 @@ class LoopSessionKNN(SessionKNN):
     neighbours, on the same session store."""
 
     def _neighbours(self, user: str, cur: list[int]) -> list[int]:
-        own = self._user_sess.get(user, (-1, 0))[0]
-        cand: set[int] = set()
-        per_item = self.cfg.sample
-        for it in reversed(cur):
-            by = self._by_item.get(it)
-            if by:
-                cand.update(islice(reversed(by), per_item))
-        cand.discard(own)
+        cand = self._candidate_sessions(user, cur)
         if len(cand) > self.cfg.sample:
             last = self._last
             return heapq.nlargest(self.cfg.sample, cand, key=lambda s: (last[s], s))
