@@ -476,3 +476,80 @@ def test_the_key_table_finds_every_key_put_in_and_no_other():
         want.update(zip(map(int, new), vals.tolist(), strict=True))
         probe = np.concatenate([np.fromiter(want, np.uint64), rng.integers(0, 1 << 62, 2000).astype(np.uint64)])
         assert t.lookup(probe).tolist() == [want.get(int(k), -1) for k in probe]
+
+
+def read_scripted(monkeypatch, recs: list, per_batch: int = 23, **how: Any) -> ChangelogTable:
+    """`read_bulk` over these records as a ScriptedReader hands them over (one partition)."""
+    from streaming.jobs import changelog
+    from streaming.kafka import clients
+
+    script = [(0, recs[a : a + per_batch], a + per_batch >= len(recs)) for a in range(0, len(recs), per_batch)]
+    monkeypatch.setattr(clients, "BulkReader", lambda *a, **k: ScriptedReader({0: len(recs)}, script))
+    t = ChangelogTable(CFG, chunk_records=16, holdout_fraction=0.0, holdout_min=10, holdout_max=40)
+    changelog.read_bulk("x", "cl", t, stall_s=5, every_s=60, **how)
+    return t
+
+
+def test_decoding_in_a_process_of_its_own_gives_the_same_training_data_and_logs_the_same_skips(monkeypatch, caplog):
+    users = {
+        f"user{i}": profile({f"i{(i * 7 + j) % 50}": (1.0 + j, T + j) for j in range(4 + i % 3)}) for i in range(300)
+    }
+    users["long"] = profile({"an-item-id-of-many-bytes-0001": (1.0, T), "ünïcødé-ïtém": (0.3, T - 5)})
+    recs = records(users)
+    enc = encode(UserState(profile({"x": (1.0, T)})))
+    recs[40:40] = [Rec(b"truncated", enc[:-5]), Rec(b"version9", b"\x09" + enc[1:]), Rec(b"json", b'{"u": 1}')]
+    recs += [Rec(b"user3", None), Rec(b"user5", encode(UserState(users["user7"]))), Rec(b"user9", enc + b"\x00")]
+    got, logs = {}, {}
+    for name, how in (("inline", {"decode_thread": False}), ("process", {"decode_process": True})):
+        with caplog.at_level(logging.WARNING, "streamrec.retrain"):
+            t = read_scripted(monkeypatch, recs, **how)
+            got[name] = (t, t.training_data())
+        logs[name] = sorted(r.getMessage() for r in caplog.records)
+        caplog.clear()
+    (t_in, want), (t_pr, data) = got["inline"], got["process"]
+    assert data.skipped == want.skipped == 4 and data.items == want.items
+    assert [c.user for c in data.cases] == [c.user for c in want.cases] and len(data.cases) == 10
+    assert_same(data.matrix, want.matrix)
+    assert t_pr.live_keys() == t_in.live_keys() and len(t_pr.chunks) == 0
+    assert logs["process"] == logs["inline"] and any("b'truncated'" in m for m in logs["process"])
+
+
+def test_a_failure_in_the_decoding_process_ends_the_read_with_that_failure(monkeypatch):
+    import os
+
+    from streaming.jobs.changelog import ChunkDecoder
+
+    recs = records({f"u{i}": profile({f"i{i}": (1.0, T)}) for i in range(40)})
+    real = ChunkDecoder.decode_buffer
+    calls = []
+
+    def failing(self, joined, lens):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RecsysError("the second piece does not decode")
+        return real(self, joined, lens)
+
+    monkeypatch.setattr(ChunkDecoder, "decode_buffer", failing)  # in the forked child too
+    with pytest.raises(RecsysError, match="second piece does not decode"):
+        read_scripted(monkeypatch, recs, decode_process=True)
+
+    def dying(self, joined, lens):
+        os._exit(3)
+
+    monkeypatch.setattr(ChunkDecoder, "decode_buffer", dying)
+    with pytest.raises(RecsysError, match=r"the changelog decoding process exited \(3\)"):
+        read_scripted(monkeypatch, recs, decode_process=True)
+
+
+def test_the_decoding_process_by_default_only_with_a_core_to_spare(monkeypatch):
+    from streaming.jobs import changelog
+
+    chosen = []
+    monkeypatch.setattr(changelog, "read_bulk", lambda *a: chosen.append(a[-1]))
+    for spare in (True, False):
+        monkeypatch.setattr(changelog, "spare_core", lambda spare=spare: spare)
+        with pytest.raises(RecsysError, match="no training data"):  # nothing was read
+            changelog.read_training_data("x", "cl", CFG)
+    with pytest.raises(RecsysError, match="no training data"):
+        changelog.read_training_data("x", "cl", CFG, decode_thread=False)  # inline: no process either
+    assert chosen == [True, False, False]
