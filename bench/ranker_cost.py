@@ -18,6 +18,8 @@ Wall time from the profiles' build to the stored version; medians of --repeats, 
 
 `--kafka`: the same through `recsys retrain --once` processes on the project's own broker, the
 events in the clickstream topic and every user's state in the changelog (`kafka_cost`).
+The broker is the project's own, started for the run, or the one `STREAMREC_BOOTSTRAP` names
+(e.g. one `recsys broker start` left running: a loaded machine starts the JVM slowly).
 
 `--datasets simulated-100000` (any `simulated-USERS`): a simulated shop of that many shoppers,
 ~60 events each (recsys/data/simulator.py, bench/e2e's generator), instead of a real dataset: the
@@ -28,6 +30,9 @@ ranker's capped step a few).
 of the training window) on a validation split (train = the first 64% of events by time,
 validation = the next 16%; the last 20% is the test window and is not read), both through
 `recsys stream-eval`'s replay with methods system,ranker.
+`--quality --variants ';n_estimators=50,learning_rate=0.1'`: the capped ranker as configured
+and with other settings, each fitted on the same examples and ranked on the same cached
+validation candidates (`variant_quality`: the gate's measure, one validation replay for all).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.confidence import build_profiles
-from recsys.config import Config
+from recsys.config import Config, load_config
 from recsys.data.datasets import load, time_split
 from recsys.model.store import ModelStore
 from streaming.jobs.retrain import RetrainMetrics, events_window, retrain_once
@@ -225,6 +230,46 @@ def quality(name: str, cfg: Config) -> dict[str, Any]:
     return out
 
 
+def variant_quality(name: str, cfg: Config, variants: list[str]) -> dict[str, Any]:
+    """The retrain's capped ranker with other LightGBM settings, on the validation split of
+    `quality` (the test window is not read): the window's examples are built once, each variant
+    is fitted on their fit part (the retrain's cut: all but the gate's share), and every variant is
+    ranked on the same cached validation candidates (one replay of the validation events, scored
+    by a model trained on the training events: `list_ranks`, the gate's measure; a cold user gets
+    the fallback). HR@10/MRR@10 with standard errors, and each fit's time."""
+    from recsys.candidates.ranker import Examples, fit
+    from recsys.candidates.training import _subset, list_ranks, rank_figures, window_examples
+    from recsys.evaluation.streaming import StreamEvalConfig, stream_evaluate
+
+    events, _ = load(name, progress=None)
+    dev, _test = time_split(events, test_fraction=0.2)
+    train, val = time_split(dev, test_fraction=0.2)
+    rcfg = cfg.ranker
+    ccfg, scfg, tcfg = cfg.confidence, cfg.scoring, cfg.train
+    ecfg = StreamEvalConfig(sources=cfg.sources, ranker=rcfg, methods=("system",))
+    t = time.perf_counter()
+    ex, info = window_examples(train[-rcfg.window_max_events :], rcfg, ccfg=ccfg, scfg=scfg, tcfg=tcfg, ecfg=ecfg)
+    fit_ex = _subset(ex, range(int(len(ex.meta) * (1 - rcfg.gate_fraction))))
+    held = Examples(keep_all=True)
+    stream_evaluate(train, val, ccfg=ccfg, scfg=scfg, tcfg=tcfg, ecfg=ecfg, collect=held)
+    out: dict[str, Any] = {"dataset": name, "validation_events": held.events, "examples": info}
+    out["replays_s"] = round(time.perf_counter() - t, 1)
+    for v in variants:
+        changes = dict(kv.split("=", 1) for kv in v.split(",") if kv)
+        vcfg = replace(rcfg, **{k: type(getattr(rcfg, k))(x) for k, x in changes.items()})
+        t = time.perf_counter()
+        rk = fit(fit_ex, vcfg)
+        fit_s = time.perf_counter() - t
+        ranked, fallback = list_ranks(rk, held)
+        out[v or "as configured"] = {
+            "fit_s": round(fit_s, 2),
+            "ranker": {k: round(x, 4) for k, x in rank_figures(ranked).items()},
+            "fallback": {k: round(x, 4) for k, x in rank_figures(fallback).items()},
+        }
+        print(name, v or "as configured", out[v or "as configured"], flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", default="yoochoose,taobao")
@@ -238,17 +283,25 @@ def main() -> None:
         help="through `recsys retrain --once` processes on the project's own broker (changelog + clickstream)",
     )
     ap.add_argument("--quality", action="store_true", help="validation HR@10/MRR@10, capped vs uncapped ranker")
+    ap.add_argument(
+        "--variants",
+        help="with --quality: instead, the capped ranker with other settings on one validation replay, "
+        "';'-separated, each ','-separated ranker fields, '' = as configured (e.g. ';n_estimators=50,learning_rate=0.1')",
+    )
     ap.add_argument("--output", default="bench/out/ranker_cost.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    cfg = Config()
+    # the environment's settings too: STREAMREC_BOOTSTRAP points --kafka at a running broker
+    cfg = load_config()
     if args.max_examples is not None:
         cfg = replace(cfg, ranker=replace(cfg.ranker, max_examples=args.max_examples))
     if args.window_events is not None:
         cfg = replace(cfg, ranker=replace(cfg.ranker, window_max_events=args.window_events))
     results = []
     for name in args.datasets.split(","):
-        if args.quality:
+        if args.quality and args.variants is not None:
+            r = variant_quality(name, cfg, args.variants.split(";"))
+        elif args.quality:
             r = quality(name, cfg)
         elif args.kafka:
             with tempfile.TemporaryDirectory() as d:
