@@ -185,10 +185,13 @@ def train_window_ranker(
     model: Model | None = None,
     seen_until: int | None = None,
     progress: Callable[[str], None] | None = None,
+    fit_threads: Callable[[], int] | None = None,
 ) -> tuple[WindowRanker, Examples]:
     """The retrain's ranker: `window_examples`, LambdaRank on all but their last `gate_fraction`,
     the held-out rest's list ranks (ranker and fallback) in `figures["holdout"]`. Returns the
-    held-out examples too (the caller's gate decides). No ranker when too few examples."""
+    held-out examples too (the caller's gate decides). No ranker when too few examples.
+    `fit_threads()`: LightGBM's threads, asked when the fit starts (default 1; the count does
+    not change the model)."""
     say = progress or (lambda _m: None)
     t = time.time()
     ex, info = window_examples(
@@ -207,8 +210,9 @@ def train_window_ranker(
         why = f"{fit_ex.covered} fit examples with the target among the candidates (ranker.min_examples {rcfg.min_examples})"
         return WindowRanker(None, info, f"too few events for examples: {why}"), held
     t = time.time()
-    ranker = fit(fit_ex, rcfg)
-    info["fit_s"] = round(time.time() - t, 3)
+    threads = fit_threads() if fit_threads is not None else 1
+    ranker = fit(fit_ex, rcfg, num_threads=threads)
+    info.update(fit_s=round(time.time() - t, 3), fit_threads=threads)
     del fit_ex, ex
     ranked, fallback = list_ranks(ranker, held)
     info["holdout"] = {"ranker": rank_figures(ranked), "fallback": rank_figures(fallback)}

@@ -234,12 +234,18 @@ def ranker_gate(figures: dict[str, Any], cases_min: int = MIN_GATE_CASES) -> tup
 
 
 def train_gated_ranker(
-    window: EventsWindow, store: ModelStore, config: Config, metrics: RetrainMetrics, phases: dict[str, Any]
+    window: EventsWindow,
+    store: ModelStore,
+    config: Config,
+    metrics: RetrainMetrics,
+    phases: dict[str, Any],
+    fit_threads: Callable[[], int] | None = None,
 ) -> tuple[bytes | None, dict[str, Any]]:
     """The version's ranker: the window's events → examples (scored by a model that has not seen
     them: the serving version when it records the newest event it was trained on and the window
     goes beyond it, else one trained on the window's head) → LambdaRank → its gate. Returns (the
-    ranker's bytes or None, what happened). Never raises: without a ranker the blend serves."""
+    ranker's bytes or None, what happened). Never raises: without a ranker the blend serves.
+    `fit_threads()`: LightGBM's threads when its fit starts (`RankerJob`)."""
     from recsys.candidates.training import train_window_ranker
 
     info: dict[str, Any] = {"published": False}
@@ -267,6 +273,7 @@ def train_gated_ranker(
             model=model,
             seen_until=seen_until,
             progress=log.info,
+            fit_threads=fit_threads,
         )
         phases["ranker_train_s"] = round(time.time() - t, 3)
         info.update(wr.figures)
@@ -293,14 +300,29 @@ def train_gated_ranker(
 class RankerJob:
     """`train_gated_ranker` on its own thread, started before the model's fit: the ranker's
     examples are scored by a model that is not the one being trained, so the two overlap (the
-    ALS fit runs in native code without the GIL; the replay is Python). `result` joins it."""
+    ALS fit runs in native code without the GIL; the replay is Python). `result` joins it.
+
+    LightGBM's fit takes one thread while the ALS fit runs (they would compete for the cores)
+    and the training's threads (`train.num_threads`) once it is done (`fit_done`); the count
+    does not change the ranker (recsys.candidates.ranker.fit)."""
 
     def __init__(self, window: EventsWindow, store: ModelStore, config: Config, metrics: RetrainMetrics):
+        import threading
         from concurrent.futures import ThreadPoolExecutor
 
         self.phases: dict[str, Any] = {}
+        self._als_done = threading.Event()
+        threads = config.train.num_threads
+
+        def fit_threads() -> int:
+            return threads if self._als_done.is_set() else 1
+
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="retrain-ranker")
-        self._future = self._pool.submit(train_gated_ranker, window, store, config, metrics, self.phases)
+        self._future = self._pool.submit(train_gated_ranker, window, store, config, metrics, self.phases, fit_threads)
+
+    def fit_done(self) -> None:
+        """The model's fit is over: the ranker's fit may take every training thread."""
+        self._als_done.set()
 
     def result(self, phases: dict[str, Any]) -> tuple[bytes | None, dict[str, Any]]:
         """Wait for it; its phases go into `phases`, with how long the retrain waited for it."""
@@ -440,7 +462,11 @@ def retrain_once(
     phases["load_serving_s"] = round(time.time() - t, 3)
     t = time.time()
     job = RankerJob(window, store, config, metrics) if window is not None else None
-    model, gram = (engine or fit_engine)(data, ccfg, tcfg, init)
+    try:
+        model, gram = (engine or fit_engine)(data, ccfg, tcfg, init)
+    finally:
+        if job is not None:
+            job.fit_done()
     phases["fit_s"] = round(time.time() - t, 3)
     users = data.users + len(data.cases)
     return gate_and_publish(
