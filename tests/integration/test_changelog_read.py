@@ -1,5 +1,5 @@
-"""The retrain's changelog reader on a real broker: librdkafka with decoding in a process of its own
-(the retrain's), on a thread of its own or inline, aiokafka with the forked reader process
+"""The retrain's changelog reader on a real broker: librdkafka as the retrain runs it, with decoding
+in a process of its own, on a thread of its own or inline, aiokafka with the forked reader process
 (consumer and keys in a child, decoding here) and aiokafka in one process give the same training
 data, with duplicates, tombstones and an unreadable record; their failures reach the caller as
 the same clear errors."""
@@ -40,6 +40,7 @@ def rows(data) -> list[tuple]:
 
 READERS: dict[str, dict[str, Any]] = {
     "librdkafka": {"client": "librdkafka"},
+    "librdkafka, decoding process": {"client": "librdkafka", "decode_process": True},
     "librdkafka, decoding on a thread": {"client": "librdkafka", "decode_process": False},
     "librdkafka, decoding inline": {"client": "librdkafka", "decode_thread": False},
     "librdkafka, reader process": {"client": "librdkafka", "reader_process": True},

@@ -490,7 +490,14 @@ def read_scripted(monkeypatch, recs: list, per_batch: int = 23, **how: Any) -> C
     return t
 
 
-def test_decoding_in_a_process_of_its_own_gives_the_same_training_data_and_logs_the_same_skips(monkeypatch, caplog):
+@pytest.mark.parametrize("through", ["shared memory", "the pipe"])
+def test_decoding_in_a_process_of_its_own_gives_the_same_training_data_and_logs_the_same_skips(
+    monkeypatch, caplog, through
+):
+    from streaming.jobs.changelog import _DecodeProcess
+
+    if through == "the pipe":  # as for a record longer than a piece
+        monkeypatch.setattr(_DecodeProcess, "SLOT_BYTES", 100)
     users = {
         f"user{i}": profile({f"i{(i * 7 + j) % 50}": (1.0 + j, T + j) for j in range(4 + i % 3)}) for i in range(300)
     }
