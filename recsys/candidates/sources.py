@@ -216,6 +216,7 @@ class SessionKNN:
         # prefetch's scores: (version, {(user, method, now): (item ids, scores)})
         self._batch: tuple[int, dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]]] = (-1, {})
         self._ranked: dict[tuple[str, str, int], tuple[list[int], list[float]]] = {}  # the same, best first
+        self._decays: dict[float, np.ndarray] = {}  # STAN's λ₃ -> exp(−d/λ₃) for d = 0, 1, … (`_decay`)
 
     def _evict_oldest(self) -> None:
         old = next(iter(self._items))
@@ -486,6 +487,15 @@ class SessionKNN:
                 out[(user, method, now)] = (g_key[a:b] % n_items, g_sum[a:b])
                 ranked[(user, method, now)] = (r_ids[a:b], r_sums[a:b])
 
+    def _decay(self, l3: float, m: int) -> np.ndarray:
+        """exp(−d/λ₃) for d = 0, 1, …, at least m of them: math.exp's values, kept per λ₃ (a
+        neighbour session's length bounds d: without it, a loop of math.exp per user and batch)."""
+        have = self._decays.get(l3)
+        if have is None or len(have) < m:
+            size = max(m, 2 * (0 if have is None else len(have)))
+            have = self._decays[l3] = np.array([math.exp(-d / l3) for d in range(size)], np.float64)
+        return have
+
     def _stan_votes_many(
         self, best: np.ndarray, s: np.ndarray, bu: np.ndarray, cur_m: np.ndarray, w_s: np.ndarray, n_u: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -509,13 +519,8 @@ class SessionKNN:
         longest = np.zeros(len(n_u), np.int64)
         np.maximum.at(longest, bu, lens)
         offs = np.cumsum(longest) - longest
-        table = np.fromiter(
-            chain.from_iterable(
-                (math.exp(-d / (self.cfg.stan_l3 or n)) for d in range(m))
-                for n, m in zip(n_u.tolist(), longest.tolist(), strict=True)
-            ),
-            np.float64,
-            int(longest.sum()),
+        table = np.concatenate(
+            [self._decay(self.cfg.stan_l3 or n, m)[:m] for n, m in zip(n_u.tolist(), longest.tolist(), strict=True)]
         )
         v = table[offs[eu] + np.abs(pos - anchor[seg])]
         keep = np.flatnonzero(v > 0.0)
@@ -546,8 +551,7 @@ class SessionKNN:
         # the last position at the session's highest weight (`>=` in the loop); none: position 0
         at_top = np.where(held & (w == top_w[seg]), pos, -1)
         anchor = np.maximum(np.maximum.reduceat(at_top, starts), 0)
-        l3 = self.cfg.stan_l3 or n
-        decay = np.array([math.exp(-d / l3) for d in range(int(lens.max()))])
+        decay = self._decay(self.cfg.stan_l3 or n, int(lens.max()))
         v = decay[np.abs(pos - anchor[seg])]
         keep = np.flatnonzero(v > 0.0)  # a vote of 0.0 was never recorded
         if not len(keep):
@@ -597,7 +601,8 @@ class CoVisitation:
             row = self._w[a] = {}
         row[b] = row.get(b, 0.0) + w
         self._tot[a] = self._tot.get(a, 0.0) + w
-        self._bounded(self._w, a, row)
+        if len(row) > 2 * self.cfg.covisit_max_row:  # checked before the call: a call per move for a rare prune
+            self._bounded(self._w, a, row)
 
     def update(self, e: Event) -> None:
         buf = self._buf.pop(e.user, None)
@@ -624,7 +629,8 @@ class CoVisitation:
                 if row is None:
                     row = self._next[a] = {}
                 row[b] = row.get(b, 0.0) + 1.0
-                self._bounded(self._next, a, row)
+                if len(row) > 2 * self.cfg.covisit_max_row:
+                    self._bounded(self._next, a, row)
             self._add(a, b, 1.0 / d)
             if self.cfg.covisit_backward > 0:
                 self._add(b, a, self.cfg.covisit_backward / d)
@@ -644,8 +650,11 @@ class CoVisitation:
             row = self._w.get(a)
             if row:
                 f = w / self._tot[a] if self.cfg.covisit_normalize else w
-                for b, v in row.items():
-                    out[b] = out.get(b, 0.0) + f * v
+                if not out and f == 1.0:  # the first row as it is: 0.0 + 1.0·v is v
+                    out = dict(row)
+                else:
+                    for b, v in row.items():
+                        out[b] = out.get(b, 0.0) + f * v
             w *= self.cfg.covisit_decay
         return out
 

@@ -186,6 +186,35 @@ def test_session_knn_and_top_items_equal_the_plain_loops_on_real_data(dataset: s
     assert compared > 200
 
 
+def loop_covisit_scores(cv: CoVisitation, user: str) -> dict[str, float]:
+    """Co-visitation scores added item by item (the reference for CoVisitation.scores; rows not
+    normalised)."""
+    out: dict[str, float] = {}
+    w = 1.0
+    for a in reversed(cv.recent.items(user, cv.cfg.covisit_recent)):
+        row = cv.neighbours(a)
+        if row:
+            for b, v in row.items():
+                out[b] = out.get(b, 0.0) + w * v
+        w *= cv.cfg.covisit_decay
+    return out
+
+
+@pytest.mark.parametrize("dataset", ["yoochoose", "taobao_small", "rees46_small"])
+def test_covisitation_scores_equal_adding_item_by_item(dataset: str) -> None:
+    """Scores, bits and insertion order (top_items' ties), equal the item-by-item sums."""
+    events = sorted(load_events(require_dataset(dataset)), key=lambda e: e.ts)[-3000:]
+    cv = CoVisitation(SourcesConfig(covisit_max_row=50))
+    compared = 0
+    for j, e in enumerate(events):
+        if j >= 500 and j % 3 == 0:
+            got, want = cv.scores(e.user), loop_covisit_scores(cv, e.user)
+            assert list(got.items()) == list(want.items())
+            compared += len(cv.recent.items(e.user, cv.cfg.covisit_recent)) > 1 and bool(got)
+        cv.update(e)
+    assert compared > 100
+
+
 class CountingSessionKNN(SessionKNN):
     alone = 0  # neighbourhoods computed for one user
 
