@@ -238,7 +238,7 @@ def variant_quality(name: str, cfg: Config, variants: list[str]) -> dict[str, An
     by a model trained on the training events: `list_ranks`, the gate's measure; a cold user gets
     the fallback). HR@10/MRR@10 with standard errors, and each fit's time."""
     from recsys.candidates.ranker import Examples, fit
-    from recsys.candidates.training import _subset, list_ranks, rank_figures, window_examples
+    from recsys.candidates.training import _subset, list_ranks, rank_figures, window_examples, window_fit_config
     from recsys.evaluation.streaming import StreamEvalConfig, stream_evaluate
 
     events, _ = load(name, progress=None)
@@ -258,7 +258,7 @@ def variant_quality(name: str, cfg: Config, variants: list[str]) -> dict[str, An
         changes = dict(kv.split("=", 1) for kv in v.split(",") if kv)
         vcfg = replace(rcfg, **{k: type(getattr(rcfg, k))(x) for k, x in changes.items()})
         t = time.perf_counter()
-        rk = fit(fit_ex, vcfg)
+        rk = fit(fit_ex, window_fit_config(vcfg))
         fit_s = time.perf_counter() - t
         ranked, fallback = list_ranks(rk, held)
         out[v or "as configured"] = {

@@ -174,6 +174,14 @@ def rank_figures(ranks: np.ndarray) -> dict[str, float]:
     return out
 
 
+def window_fit_config(rcfg: RankerConfig) -> RankerConfig:
+    """The LightGBM settings of the retrain's ranker: `n_estimators` capped at
+    `retrain_max_estimators` (its capped examples need fewer rounds than stream-eval's)."""
+    if rcfg.retrain_max_estimators and rcfg.n_estimators > rcfg.retrain_max_estimators:
+        return replace(rcfg, n_estimators=rcfg.retrain_max_estimators)
+    return rcfg
+
+
 def train_window_ranker(
     events: Sequence[Event],
     rcfg: RankerConfig,
@@ -187,8 +195,8 @@ def train_window_ranker(
     progress: Callable[[str], None] | None = None,
     fit_threads: Callable[[], int] | None = None,
 ) -> tuple[WindowRanker, Examples]:
-    """The retrain's ranker: `window_examples`, LambdaRank on all but their last `gate_fraction`,
-    the held-out rest's list ranks (ranker and fallback) in `figures["holdout"]`. Returns the
+    """The retrain's ranker: `window_examples`, LambdaRank (`window_fit_config`) on all but their
+    last `gate_fraction`, the held-out rest's list ranks (ranker and fallback) in `figures["holdout"]`. Returns the
     held-out examples too (the caller's gate decides). No ranker when too few examples.
     `fit_threads()`: LightGBM's threads, asked when the fit starts (default 1; the count does
     not change the model)."""
@@ -211,7 +219,7 @@ def train_window_ranker(
         return WindowRanker(None, info, f"too few events for examples: {why}"), held
     t = time.time()
     threads = fit_threads() if fit_threads is not None else 1
-    ranker = fit(fit_ex, rcfg, num_threads=threads)
+    ranker = fit(fit_ex, window_fit_config(rcfg), num_threads=threads)
     info.update(fit_s=round(time.time() - t, 3), fit_threads=threads)
     del fit_ex, ex
     ranked, fallback = list_ranks(ranker, held)

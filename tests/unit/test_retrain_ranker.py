@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from recsys.candidates.ranker import Ranker, RankerConfig
+from recsys.candidates.training import window_fit_config
 from recsys.confidence import build_profiles
 from recsys.config import Config, Settings
 from recsys.data.datasets import load_events, time_split
@@ -108,6 +109,12 @@ def test_a_ranker_that_loses_hits_is_refused_even_with_a_better_mrr():
 def test_too_few_held_out_events_refuse_the_ranker():
     passed, why = ranker_gate(figures(0.3, 0.1, n=12))
     assert not passed and "too few" in why
+
+
+def test_the_retrain_ranker_fits_at_most_retrain_max_estimators_rounds():
+    assert window_fit_config(RankerConfig()).n_estimators == RankerConfig().retrain_max_estimators == 50
+    assert window_fit_config(RankerConfig(n_estimators=30)).n_estimators == 30
+    assert window_fit_config(RankerConfig(retrain_max_estimators=0)).n_estimators == RankerConfig().n_estimators
 
 
 # --- the retrain with its ranker -------------------------------------------------------------
