@@ -432,13 +432,21 @@ class SessionKNN:
         sets = list(map(self._sets.__getitem__, sid.tolist()))
         sizes = np.fromiter(map(len, sets), np.int64, len(sets))
         flat = np.fromiter(chain.from_iterable(sets), np.int64, int(sizes.sum()))
-        if len(sid):
-            member = np.logical_or.reduceat(
-                flat[:, None] == cur_m[np.repeat(su, sizes)], np.cumsum(sizes) - sizes, axis=0
-            )
-        else:
-            member = np.zeros((0, L), bool)
+        # Looked up, not compared pair by pair: a candidate's items as (user, item) keys found among
+        # the sorted keys of its user's current items. Whole sessions are long where a user's events
+        # never pause for `session_gap_s` (hundreds of candidates x dozens of items x L per user).
         inside = pos_m[None, :] < n_u[:, None]
+        member = np.zeros((len(sid), L), bool)
+        if len(sid):
+            n_items = len(self._name)
+            rows, cols = np.nonzero(inside)
+            ckey = rows * n_items + cur_m[rows, cols]
+            o = np.argsort(ckey)
+            ckey, ccol = ckey[o], cols[o]
+            fkey = np.repeat(su, sizes) * n_items + flat
+            at = np.minimum(np.searchsorted(ckey, fkey), len(ckey) - 1)
+            hit = np.flatnonzero(ckey[at] == fkey)
+            member[np.repeat(np.arange(len(sid)), sizes)[hit], ccol[at[hit]]] = True
         n_f = n_u[:, None].astype(np.float64)
         w_v = np.where(inside, (pos_m[None, :] + 1) / n_f, 0.0)
         w_s = np.zeros((len(curs), L))
