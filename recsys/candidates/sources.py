@@ -432,21 +432,12 @@ class SessionKNN:
         sets = list(map(self._sets.__getitem__, sid.tolist()))
         sizes = np.fromiter(map(len, sets), np.int64, len(sets))
         flat = np.fromiter(chain.from_iterable(sets), np.int64, int(sizes.sum()))
-        # Looked up, not compared pair by pair: a candidate's items as (user, item) keys found among
-        # the sorted keys of its user's current items. Whole sessions are long where a user's events
-        # never pause for `session_gap_s` (hundreds of candidates x dozens of items x L per user).
         inside = pos_m[None, :] < n_u[:, None]
         member = np.zeros((len(sid), L), bool)
         if len(sid):
-            n_items = len(self._name)
-            rows, cols = np.nonzero(inside)
-            ckey = rows * n_items + cur_m[rows, cols]
-            o = np.argsort(ckey)
-            ckey, ccol = ckey[o], cols[o]
-            fkey = np.repeat(su, sizes) * n_items + flat
-            at = np.minimum(np.searchsorted(ckey, fkey), len(ckey) - 1)
-            hit = np.flatnonzero(ckey[at] == fkey)
-            member[np.repeat(np.arange(len(sid)), sizes)[hit], ccol[at[hit]]] = True
+            found, col = _find_current(cur_m, n_u, np.repeat(su, sizes), flat, len(self._name))
+            hit = np.flatnonzero(found)
+            member[np.repeat(np.arange(len(sid)), sizes)[hit], col[hit]] = True
         n_f = n_u[:, None].astype(np.float64)
         w_v = np.where(inside, (pos_m[None, :] + 1) / n_f, 0.0)
         w_s = np.zeros((len(curs), L))
@@ -517,9 +508,8 @@ class SessionKNN:
         seg = np.repeat(np.arange(len(seqs)), lens)
         eu = bu[seg]
         pos = np.arange(len(flat)) - starts[seg]
-        hit = flat[:, None] == cur_m[eu]
-        held = hit.any(axis=1)
-        w = np.where(held, w_s[eu, hit.argmax(axis=1)], -np.inf)
+        held, col = _find_current(cur_m, n_u, eu, flat, len(self._name))
+        w = np.where(held, w_s[eu, col], -np.inf)
         top_w = np.maximum.reduceat(w, starts)
         at_top = np.where(held & (w == top_w[seg]), pos, -1)
         anchor = np.maximum(np.maximum.reduceat(at_top, starts), 0)
@@ -567,6 +557,25 @@ class SessionKNN:
         flat, seg, v = flat[keep], seg[keep], v[keep]
         g_seg, g_item, best_v = _one_vote_each(seg, flat, v)
         return g_item, s[g_seg] * best_v
+
+
+def _find_current(
+    cur_m: np.ndarray, n_u: np.ndarray, users: np.ndarray, items: np.ndarray, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each (users[j], items[j]) is one of that user's current items (row users[j] of
+    `cur_m`, its first n_u entries), and at which column. Looked up among the sorted (user,
+    item) keys of the current items instead of compared with each of them: neighbour sessions
+    are long where a user's events never pause for `session_gap_s` (hundreds of candidates x
+    dozens of items x L per user). A user's current items are distinct: one column at most."""
+    rows, cols = np.nonzero(np.arange(cur_m.shape[1])[None, :] < n_u[:, None])
+    if not len(rows):
+        return np.zeros(len(items), bool), np.zeros(len(items), np.intp)
+    ckey = rows * n_items + cur_m[rows, cols]
+    o = np.argsort(ckey)
+    ckey, ccol = ckey[o], cols[o]
+    key = users * n_items + items
+    at = np.minimum(np.searchsorted(ckey, key), len(ckey) - 1)
+    return ckey[at] == key, ccol[at]
 
 
 def _one_vote_each(seg: np.ndarray, flat: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
