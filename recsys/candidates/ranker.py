@@ -91,6 +91,12 @@ class RankerConfig:
         "events before them",
     )
     min_examples: int = setting(100, "fewer fit examples with the target among the candidates: no ranker this time")
+    fit_threads: int = setting(
+        1,
+        "LightGBM threads of the retrain's ranker fit once the model's fit is done (one while it runs; 0: "
+        "every core); the ranker is the same whatever the count. More help on idle cores only: OpenMP's "
+        "threads wait on each other when the box is busy (two took 10-20x longer on a loaded 2-core box)",
+    )
     retrain_max_estimators: int = setting(
         50,
         "the retrain's ranker fits at most this many boosting rounds (its capped examples: on the validation "

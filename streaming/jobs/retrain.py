@@ -303,8 +303,8 @@ class RankerJob:
     ALS fit runs in native code without the GIL; the replay is Python). `result` joins it.
 
     LightGBM's fit takes one thread while the ALS fit runs (they would compete for the cores)
-    and the training's threads (`train.num_threads`) once it is done (`fit_done`); the count
-    does not change the ranker (recsys.candidates.ranker.fit)."""
+    and `ranker.fit_threads` once it is done (`fit_done`); the count does not change the ranker
+    (recsys.candidates.ranker.fit)."""
 
     def __init__(self, window: EventsWindow, store: ModelStore, config: Config, metrics: RetrainMetrics):
         import threading
@@ -312,7 +312,7 @@ class RankerJob:
 
         self.phases: dict[str, Any] = {}
         self._als_done = threading.Event()
-        threads = config.train.num_threads
+        threads = config.ranker.fit_threads
 
         def fit_threads() -> int:
             return threads if self._als_done.is_set() else 1
@@ -321,7 +321,7 @@ class RankerJob:
         self._future = self._pool.submit(train_gated_ranker, window, store, config, metrics, self.phases, fit_threads)
 
     def fit_done(self) -> None:
-        """The model's fit is over: the ranker's fit may take every training thread."""
+        """The model's fit is over: the ranker's fit may take `ranker.fit_threads`."""
         self._als_done.set()
 
     def result(self, phases: dict[str, Any]) -> tuple[bytes | None, dict[str, Any]]:
