@@ -102,6 +102,11 @@ class SourcesConfig:
     covisit_max_row: int = setting(
         1000, "co-visitation: a row keeps its this many heaviest items (pruned when it holds twice as many)"
     )
+    covisit_max_pairs: int = setting(
+        10_000_000,
+        "co-visitation: item pairs kept over all rows (weights and next moves; ~100 bytes each in a worker, "
+        "a stream adds up to ~10 an event); past it the rows of the items least recently added to leave",
+    )
 
     def with_params(self, params: Mapping[str, Any]) -> SourcesConfig:
         """A copy with `params` (names of fields; values converted to the field's type)."""
@@ -261,6 +266,9 @@ class SessionKNN:
         if len(by) > self.cfg.max_sessions_per_item:
             del by[next(iter(by))]
         self.recent.update(e)
+
+    def sizes(self) -> dict[str, int]:
+        return {"sessions": len(self._items), "session_items": len(self._by_item)}
 
     def _candidate_sessions(self, user: str, cur: list[int]) -> set[int]:
         """Each current item's latest `sample` sessions, the user's ongoing one excepted."""
@@ -603,7 +611,10 @@ class CoVisitation:
         self.cfg = cfg
         self._buf: dict[str, deque[tuple[str, int]]] = {}  # least recently active user first
         self._w: dict[str, dict[str, float]] = {}
-        self._tot: dict[str, float] = {}  # a row's total before any pruning (the normalisation)
+        # a row's total before any pruning (the normalisation); the row least recently added to
+        # first: the one dropped past `covisit_max_pairs` (every row of _next has its row here)
+        self._tot: dict[str, float] = {}
+        self.pairs = 0  # entries over the rows of _w and _next
         self._next: dict[str, dict[str, float]] = {}  # a -> b: b was the very next move after a
         self.recent = RecentItems(max(cfg.covisit_recent, 1) * 3, cfg.max_users)
 
@@ -611,13 +622,19 @@ class CoVisitation:
         """A row past twice `covisit_max_row` keeps its heaviest `covisit_max_row` items."""
         if len(row) > 2 * self.cfg.covisit_max_row:
             rows[a] = dict(heapq.nlargest(self.cfg.covisit_max_row, row.items(), key=lambda kv: kv[1]))
+            self.pairs -= len(row) - self.cfg.covisit_max_row
 
     def _add(self, a: str, b: str, w: float) -> None:
         row = self._w.get(a)
         if row is None:
             row = self._w[a] = {}
-        row[b] = row.get(b, 0.0) + w
-        self._tot[a] = self._tot.get(a, 0.0) + w
+        old = row.get(b)
+        if old is None:
+            row[b] = w
+            self.pairs += 1
+        else:
+            row[b] = old + w
+        self._tot[a] = self._tot.pop(a, 0.0) + w  # to the end: recently added to
         if len(row) > 2 * self.cfg.covisit_max_row:  # checked before the call: a call per move for a rare prune
             self._bounded(self._w, a, row)
 
@@ -645,13 +662,28 @@ class CoVisitation:
                 row = self._next.get(a)
                 if row is None:
                     row = self._next[a] = {}
-                row[b] = row.get(b, 0.0) + 1.0
+                n = row.get(b)
+                if n is None:
+                    row[b] = 1.0
+                    self.pairs += 1
+                else:
+                    row[b] = n + 1.0
                 if len(row) > 2 * self.cfg.covisit_max_row:
                     self._bounded(self._next, a, row)
             self._add(a, b, 1.0 / d)
             if self.cfg.covisit_backward > 0:
                 self._add(b, a, self.cfg.covisit_backward / d)
         buf.append((b, e.ts))
+        while self.pairs > self.cfg.covisit_max_pairs:
+            self._drop_oldest_row()
+
+    def _drop_oldest_row(self) -> None:
+        a = next(iter(self._tot))
+        del self._tot[a]
+        self.pairs -= len(self._w.pop(a)) + len(self._next.pop(a, ()))
+
+    def sizes(self) -> dict[str, int]:
+        return {"covisit_pairs": self.pairs, "covisit_rows": len(self._tot), "covisit_users": len(self._buf)}
 
     def neighbours(self, item: str) -> dict[str, float]:
         return self._w.get(item, {})
@@ -690,6 +722,10 @@ class Sources:
     def update(self, e: Event) -> None:
         self.sknn.update(e)
         self.covisit.update(e)
+
+    def sizes(self) -> dict[str, int]:
+        """How much each source holds (the worker's streamrec_sources_entries gauge)."""
+        return {**self.covisit.sizes(), **self.sknn.sizes()}
 
     def scores(self, method: str, user: str, profile: UserProfile | None, now: int) -> dict[str, float]:
         if method == "own-recent":

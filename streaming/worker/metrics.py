@@ -6,6 +6,8 @@ fresh CollectorRegistry so counts start from zero.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 disable_created_metrics()  # the *_created series double the output and no dashboard uses them
@@ -124,7 +126,24 @@ class WorkerMetrics:
         self.new_items_served = Gauge(
             "streamrec_new_items_served", "Folded-in items in the serving model (not in its training data)", registry=r
         )
+        self.sources_entries = Gauge(
+            "streamrec_sources_entries",
+            "What the candidate sources hold, by structure: covisit_pairs (bounded by "
+            "sources.covisit_max_pairs), covisit_rows, covisit_users (sources.max_users), sessions "
+            "(sources.max_sessions), session_items",
+            ["structure"],
+            registry=r,
+        )
         self._version: str | None = None
+
+    def track_sources(self, sizes: Callable[[], dict[str, int]]) -> None:
+        """Read the sources' sizes at each scrape (nothing is counted on the event path)."""
+
+        def reader(name: str) -> Callable[[], float]:
+            return lambda: sizes()[name]
+
+        for name in sizes():
+            self.sources_entries.labels(name).set_function(reader(name))
 
     def set_model(self, version: str | None, created: float | None) -> None:
         if self._version is not None:

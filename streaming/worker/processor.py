@@ -134,6 +134,8 @@ class Processor:
         self.recent_popularity = RecentPopularity(half_life_s=popularity_half_life_s)
         # The ranker's candidate sources (None: stream.candidate_sources off, rankers unused).
         self.ranking = WorkerRanking(sources, ccfg) if sources is not None else None
+        if self.ranking is not None:
+            metrics.track_sources(self.ranking.sources.sizes)
 
     def process(self, batch: Sequence[Incoming], load: Callable[[bytes, Incoming], UserState | None]) -> BatchResult:
         """Apply a batch. `load(key, msg)` returns a user's stored state (or None)."""
