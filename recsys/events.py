@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
@@ -71,6 +71,10 @@ class Event:
     session: str | None = None
     price: float | None = None
     event_id: str | None = None
+    # the item's category where the input file carries one (Taobao, REES46): catalogue data that
+    # rides along for the candidate sources, not part of the clickstream record (a worker reads
+    # categories from the catalogue), so it is neither serialised nor compared
+    category: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"user": self.user, "item": self.item, "type": self.type, "ts": self.ts}

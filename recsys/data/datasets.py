@@ -318,10 +318,12 @@ L = MAX_ID_LEN
 
 
 def _conv_taobao(header: Sequence[str], max_ts: int) -> Conv:
+    cats: dict[str, str] = {}  # one string per category
+
     def conv(row: list[str], idx: int) -> Event:
         if len(row) != 5:
             _columns(row, 5, _HEADERS["taobao"])
-        u, i, _cat, b, t = row
+        u, i, cat, b, t = row
         typ = TAOBAO_TYPES.get(b) or _type(b, TAOBAO_TYPES, "behavior")
         try:
             ts = int(t) * 1000
@@ -331,7 +333,7 @@ def _conv_taobao(header: Sequence[str], max_ts: int) -> Conv:
             _idv(u, "user"), _idv(i, "item")
         if not MIN_TS_MS <= ts <= max_ts:
             _ts_range(ts, max_ts)
-        return Event(u, i, typ, ts)
+        return Event(u, i, typ, ts, category=cats.setdefault(cat, cat) if cat else None)
 
     return conv
 
@@ -356,11 +358,12 @@ def _conv_yoochoose(header: Sequence[str], max_ts: int) -> Conv:
 
 def _conv_rees46(header: Sequence[str], max_ts: int) -> Conv:
     cache: dict[str, int] = {}
+    cats: dict[str, str] = {}  # one string per category
 
     def conv(row: list[str], idx: int) -> Event:
         if len(row) != 9:
             _columns(row, 9, _HEADERS["rees46"])
-        t, e, i, _cat, _code, _brand, p, u, sess = row
+        t, e, i, cat, _code, _brand, p, u, sess = row
         typ = REES46_TYPES.get(e)
         if typ is None:
             if e in REES46_IGNORED:
@@ -375,7 +378,14 @@ def _conv_rees46(header: Sequence[str], max_ts: int) -> Conv:
                 cache.clear()
             cache[t] = ts
         return Event(
-            _idv(u, "user"), _idv(i, "item"), typ, ts, None, _idv(sess, "session") if sess else None, _price(p)
+            _idv(u, "user"),
+            _idv(i, "item"),
+            typ,
+            ts,
+            None,
+            _idv(sess, "session") if sess else None,
+            _price(p),
+            category=cats.setdefault(cat, cat) if cat else None,
         )
 
     return conv
