@@ -173,7 +173,11 @@ def main() -> None:
     ap.add_argument("--datasets", default="rees46,taobao,yoochoose")
     ap.add_argument("--cache", default="/tmp/streamrec-tune-category")
     ap.add_argument("--base-cache", default="/tmp/streamrec-tune-ranker-examples")
-    ap.add_argument("--sources", default="{}", help="JSON: SourcesConfig fields for every source (category_*)")
+    ap.add_argument(
+        "--sources",
+        default='{"category_recent": 3}',
+        help="JSON: SourcesConfig fields for every source (category_*)",
+    )
     ap.add_argument("--tag", default="cat", help="names this collection's cache files")
     ap.add_argument("--reuse", default="yoochoose", help="datasets without categories: today's caches widened")
     ap.add_argument("--collect-only", action="store_true")

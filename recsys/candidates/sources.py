@@ -103,10 +103,12 @@ class SourcesConfig:
     covisit_max_row: int = setting(
         1000, "co-visitation: a row keeps its this many heaviest items (pruned when it holds twice as many)"
     )
+    # Off until the worker reads item categories from the catalogue (its clickstream records
+    # carry none): on, stream-eval's lists would differ from a worker's.
     category_recent: int = setting(
-        3,
-        "category popularity: the categories of the user's latest items, up to this many distinct ones, "
-        "each weighing half the next more recent one (0: no category source)",
+        0,
+        "category popularity (a ranker source): the categories of the user's latest items, up to this many "
+        "distinct ones, each weighing half the next more recent one (0: no category source)",
     )
     category_half_life_s: float = setting(
         86_400.0, "category popularity: an item's count in its category halves every this many seconds"

@@ -118,7 +118,7 @@ def test_batch_features_equal_the_per_item_loops_on_real_data(dataset: str) -> N
     model, _, _ = train(build_profiles(head, CFG), CFG, TrainConfig(factors=16, iterations=4, num_threads=1))
     rec = Recommender(model, CFG, SCFG)
     features = Features(model, RankerConfig(per_source=30, pop_candidates=15))
-    src, stats = Sources(SourcesConfig()), ItemStats()
+    src, stats = Sources(SourcesConfig(category_recent=3)), ItemStats()
     profiles: dict[str, UserProfile] = {}
     compared = 0
     for chunk in range(0, len(tail), 250):
