@@ -836,7 +836,7 @@ def write_canonical(events: Iterable[Event], path: str | os.PathLike[str]) -> in
     """Write events in the canonical format; returns the number written.
 
     ``.jsonl`` / ``.ndjson`` (optionally + ``.gz``) -> JSON lines, anything else -> CSV with
-    header user,item,type,ts,dwell,session,price,event_id (absent fields left empty).
+    header user,item,type,ts,dwell,session,price,event_id,category (absent fields left empty).
     A ``.gz`` suffix gzips (mtime 0, reproducible). Written to a temp file, then renamed.
     """
     p = Path(path)
@@ -861,7 +861,7 @@ def write_canonical(events: Iterable[Event], path: str | os.PathLike[str]) -> in
                     for e in events:
                         w.writerow(
                             "" if v is None else v
-                            for v in (e.user, e.item, e.type, e.ts, e.dwell, e.session, e.price, e.event_id)
+                            for v in (e.user, e.item, e.type, e.ts, e.dwell, e.session, e.price, e.event_id, e.category)
                         )
                         n += 1
             if gz:
