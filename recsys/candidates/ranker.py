@@ -52,6 +52,10 @@ FEATURES = (
 _RANK_ABSENT = 1000.0
 
 
+class FeatureMismatch(ValueError):
+    """A sound ranker file built for another feature set (another release's `FEATURES`)."""
+
+
 @dataclass(frozen=True)
 class RankerConfig:
     per_source: int = setting(
@@ -351,7 +355,10 @@ class Ranker:
         except (UnicodeDecodeError, lgb.basic.LightGBMError) as exc:
             raise ValueError(f"not a ranker model: {exc}") from exc
         if booster.num_feature() != len(FEATURES):
-            raise ValueError(f"ranker has {booster.num_feature()} features, this code builds {len(FEATURES)}")
+            raise FeatureMismatch(
+                f"ranker has {booster.num_feature()} features, this code builds {len(FEATURES)}: "
+                "trained by another release"
+            )
         return cls(booster, cfg)
 
     def checksum(self) -> str:
