@@ -103,10 +103,10 @@ class SourcesConfig:
     covisit_max_row: int = setting(
         1000, "co-visitation: a row keeps its this many heaviest items (pruned when it holds twice as many)"
     )
-    # Off until the worker reads item categories from the catalogue (its clickstream records
-    # carry none): on, stream-eval's lists would differ from a worker's.
+    # A worker reads the same categories as stream-eval: the clickstream record's `category`
+    # (streaming/worker/ranking.py); events without one (YOOCHOOSE) leave the source empty.
     category_recent: int = setting(
-        0,
+        3,
         "category popularity (a ranker source): the categories of the user's latest items, up to this many "
         "distinct ones, each weighing half the next more recent one (0: no category source)",
     )
