@@ -347,6 +347,14 @@ class Catalogue:
             updated=int(self.updated[s]) or None,
         )
 
+    def first_category(self, item: str) -> str | None:
+        """The item's first category (None: not listed, or no category), without building its Item."""
+        s = self.slot.get(item)
+        if s is None or not self.flags[s] & _LISTED:
+            return None
+        c = int(self.cats[s, 0])
+        return self.cat_names[c] if c >= 0 else None
+
     def deleted(self, item: str) -> bool:
         s = self.slot.get(item)
         return s is not None and bool(self.flags[s] & _DELETED)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
@@ -46,7 +46,9 @@ TYPE_ALIASES: dict[str, str] = {
 }
 
 # The fields of an event, required ones first (the canonical file's columns, in this order).
-CANONICAL_FIELDS: tuple[str, ...] = ("user", "item", "type", "ts", "dwell", "session", "price", "event_id")
+CANONICAL_FIELDS: tuple[str, ...] = (
+    "user", "item", "type", "ts", "dwell", "session", "price", "event_id", "category",
+)  # fmt: skip
 REQUIRED_FIELDS: tuple[str, ...] = CANONICAL_FIELDS[:4]
 # How a `ts` is read. auto: a number is milliseconds, text is ISO-8601 (or a number as text).
 TIME_FORMATS: tuple[str, ...] = ("auto", "iso8601", "epoch_s", "epoch_ms")
@@ -71,10 +73,18 @@ class Event:
     session: str | None = None
     price: float | None = None
     event_id: str | None = None
+    # The item's category as the shop's event names it (GA4's item_category; the Taobao and
+    # REES46 files' category_id): the category-popularity candidate source reads it. It travels in
+    # the clickstream record (`to_dict`, `parse_event`: an optional field the `[input]` mapping
+    # may rename), so a worker counts exactly the categories stream-eval counts for the same
+    # events; a worker falls back to the catalogue's first category of the item when an event
+    # has none (streaming/worker/ranking.py). Item data, not part of what happened, so events
+    # that differ only in it compare equal.
+    category: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"user": self.user, "item": self.item, "type": self.type, "ts": self.ts}
-        for k in ("dwell", "session", "price", "event_id"):
+        for k in ("dwell", "session", "price", "event_id", "category"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
@@ -94,7 +104,7 @@ class InputConfig:
 
     columns: Mapping[str, str] = setting(
         doc="the shop's name of each event field: canonical field -> source column or JSON key "
-        '(keys: user, item, type, ts, dwell, session, price, event_id), e.g. user = "customer"; '
+        '(keys: user, item, type, ts, dwell, session, price, event_id, category), e.g. user = "customer"; '
         "also `--columns user=customer,ts=when`",
         factory=dict,
     )
@@ -375,4 +385,5 @@ def parse_event(
     price = _number(d, "price", 0.0, 1e12)
     session = _id(d, "session", m) if d.get("session") is not None else None
     event_id = _id(d, "event_id", m) if d.get("event_id") is not None else None
-    return Event(user, item, etype, ts, dwell, session, price, event_id)
+    category = _id(d, "category", m) if d.get("category") is not None else None
+    return Event(user, item, etype, ts, dwell, session, price, event_id, category)

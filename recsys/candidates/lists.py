@@ -84,6 +84,10 @@ def context(
                 if mask is not None:
                     scores = {i: v for i, v in scores.items() if mask.allows(i)}
                 ctx.sources[m] = trim(scores, per_source, banned)
+            if m == "covisit" and src.cfg.category_recent > 0:  # the category source rides with co-visitation
+                ctx.category = src.category.category
+                ctx.recent_categories = src.category.recent_categories(profile)
+                ctx.sources["category"] = src.category.top(profile, per_source, banned, mask)
             if m == "covisit" and query is not None:
                 row = src.covisit.neighbours(query)
                 tot = sum(row.values()) or 1.0

@@ -29,7 +29,7 @@ from recsys.fields import setting
 from recsys.model.factors import Model
 from recsys.serving.popularity import RecentPopularity
 
-SOURCE_NAMES = ("system", "covisit", "vsknn", "stan", "own-recent", "popularity")
+SOURCE_NAMES = ("system", "covisit", "vsknn", "stan", "own-recent", "popularity", "category")
 FEATURES = (
     *(f"{s}_{kind}" for s in SOURCE_NAMES for kind in ("score", "rank", "rel")),
     "n_sources",
@@ -46,8 +46,14 @@ FEATURES = (
     "covisit_from_query",
     "next_from_query",
     "pop_log_count_1h",
+    "same_category_query",
+    "same_category_recent",
 )
 _RANK_ABSENT = 1000.0
+
+
+class FeatureMismatch(ValueError):
+    """A sound ranker file built for another feature set (another release's `FEATURES`)."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,8 @@ class Context:
     covisit_query: Mapping[str, float] = field(default_factory=dict)  # co-visitation row of the query
     next_query: Mapping[str, float] = field(default_factory=dict)  # "viewed next" row of the query
     per_source: int = 50  # candidates kept per source
+    category: Mapping[str, str] = field(default_factory=dict)  # item -> category (the sources' map)
+    recent_categories: list[str] = field(default_factory=list)  # of the user's latest items, latest first
     trimmed: bool = False  # `sources` hold each one's best per_source minus banned, best first (lists.context)
 
 
@@ -201,6 +209,9 @@ class Features:
         nq_rows: list[int] = []
         nq_vals: list[float] = []
         user_consts: list[tuple[float, float]] = []
+        qcat_rows: list[int] = []
+        rcat_rows: list[int] = []
+        rcat_vals: list[float] = []
         for ctx, system, popular in zip(ctxs, systems, populars, strict=True):
             banned = ctx.banned
             sys_items = [i for i in system[0] if i not in banned]
@@ -213,6 +224,9 @@ class Features:
                 lists.append((top, [d[i] for i in top]))
             pop_items = [i for i in popular if i not in banned][: cfg.pop_candidates]
             lists.append((pop_items, [1.0 / (1 + r) for r in range(len(pop_items))]))
+            d = ctx.sources.get("category", {})
+            top = list(d) if ctx.trimmed and len(d) <= cfg.per_source else top_items(d, cfg.per_source, banned)
+            lists.append((top, [d[i] for i in top]))
             items = list(dict.fromkeys(chain.from_iterable(its for its, _ in lists)))  # first place kept
             base = len(every)
             every += items
@@ -243,6 +257,18 @@ class Features:
                     rows += map(pos.__getitem__, hits)
                     vals += map(row.__getitem__, hits)
             user_consts.append((math.log1p(ctx.events), math.log1p(len(values))))
+            if ctx.recent_categories:
+                cat_of, weight = ctx.category, {c: 0.5**j for j, c in enumerate(ctx.recent_categories)}
+                qc = cat_of.get(ctx.query) if ctx.query is not None else None
+                for r, i in enumerate(items, base):
+                    c = cat_of.get(i)
+                    if c is not None:
+                        if c == qc:
+                            qcat_rows.append(r)
+                        w = weight.get(c)
+                        if w is not None:
+                            rcat_rows.append(r)
+                            rcat_vals.append(w)
         n = len(every)
         X = np.zeros((n, len(FEATURES)), np.float32)
         if n:
@@ -287,6 +313,8 @@ class Features:
             X[cq_rows, col + 10] = cq_vals
             X[nq_rows, col + 11] = nq_vals
             X[:, col + 12] = np.fromiter(map(math.log1p, stats.pop_1h.counts(uniq, t_stats)), np.float64, len(uniq))[at]
+            X[qcat_rows, col + 13] = 1.0
+            X[rcat_rows, col + 14] = rcat_vals
             for j, (ctx, user_vec) in enumerate(zip(ctxs, user_vecs, strict=True)):
                 b0, b1 = bounds[j], bounds[j + 1]
                 kn = known[b0:b1]
@@ -338,7 +366,10 @@ class Ranker:
         except (UnicodeDecodeError, lgb.basic.LightGBMError) as exc:
             raise ValueError(f"not a ranker model: {exc}") from exc
         if booster.num_feature() != len(FEATURES):
-            raise ValueError(f"ranker has {booster.num_feature()} features, this code builds {len(FEATURES)}")
+            raise FeatureMismatch(
+                f"ranker has {booster.num_feature()} features, this code builds {len(FEATURES)}: "
+                "trained by another release"
+            )
         return cls(booster, cfg)
 
     def checksum(self) -> str:

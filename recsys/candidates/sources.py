@@ -48,6 +48,7 @@ import numpy as np
 from recsys.confidence import UserProfile
 from recsys.events import Event
 from recsys.fields import setting
+from recsys.serving.popularity import RecentPopularity
 
 if TYPE_CHECKING:
     from recsys.catalogue import ItemMask
@@ -106,6 +107,19 @@ class SourcesConfig:
         10_000_000,
         "co-visitation: item pairs kept over all rows (weights and next moves; ~100 bytes each in a worker, "
         "a stream adds up to ~10 an event); past it the rows of the items least recently added to leave",
+    )
+    # A worker reads the same categories as stream-eval: the clickstream record's `category`
+    # (streaming/worker/ranking.py); events without one (YOOCHOOSE) leave the source empty.
+    category_recent: int = setting(
+        3,
+        "category popularity (a ranker source): the categories of the user's latest items, up to this many "
+        "distinct ones, each weighing half the next more recent one (0: no category source)",
+    )
+    category_half_life_s: float = setting(
+        86_400.0, "category popularity: an item's count in its category halves every this many seconds"
+    )
+    category_max_items: int = setting(
+        2000, "category popularity: a category keeps its this many most popular items' counts"
     )
 
     def with_params(self, params: Mapping[str, Any]) -> SourcesConfig:
@@ -711,6 +725,63 @@ class CoVisitation:
 BASELINES = ("own-recent", "covisit", "vsknn", "stan")
 
 
+class CategoryPopularity:
+    """The recently popular items of the categories a user just looked at.
+
+    Each item's category is what the events say (`Event.category`: the dataset files that carry
+    one) or what the caller sets in `category` (a worker's catalogue). A user's score for item i
+    is Σ_j 0.5^j · count(i) / count(best of c_j) over the distinct categories c_0 (latest),
+    c_1, … of their last items, up to `category_recent` of them; counts decay with
+    `category_half_life_s` (recsys.serving.popularity.RecentPopularity per category)."""
+
+    def __init__(self, cfg: SourcesConfig = SourcesConfig()):
+        self.cfg = cfg
+        self.category: dict[str, str] = {}  # item -> category
+        self._pop: dict[str, RecentPopularity] = {}
+
+    def update(self, e: Event) -> None:
+        if e.category is not None:
+            self.category[e.item] = e.category
+        c = self.category.get(e.item)
+        if c is None or self.cfg.category_recent <= 0:
+            return
+        pop = self._pop.get(c)
+        if pop is None:
+            pop = self._pop[c] = RecentPopularity(self.cfg.category_half_life_s, self.cfg.category_max_items)
+        pop.add(e.item, e.ts)
+
+    def recent_categories(self, profile: UserProfile | None) -> list[str]:
+        """The distinct categories of the user's latest items, latest first."""
+        out: list[str] = []
+        if profile is None or self.cfg.category_recent <= 0:
+            return out
+        for item in reversed(profile.history):
+            c = self.category.get(item)
+            if c is not None and c not in out:
+                out.append(c)
+                if len(out) == self.cfg.category_recent:
+                    break
+        return out
+
+    def top(
+        self, profile: UserProfile | None, n: int, banned: AbstractSet[str], mask: ItemMask | None = None
+    ) -> dict[str, float]:
+        """The user's n best items with their scores, best first, none banned, all allowed by `mask`."""
+        scores: dict[str, float] = {}
+        for j, c in enumerate(self.recent_categories(profile)):
+            pop = self._pop[c]
+            best = pop.top(n + len(banned), banned)
+            if mask is not None:
+                best = [i for i in best if mask.allows(i)]
+            if not best:
+                continue
+            counts = pop.counts(best)
+            w = 0.5**j / (counts[0] or 1.0)
+            for i, v in zip(best, counts, strict=True):
+                scores[i] = scores.get(i, 0.0) + w * v
+        return {i: scores[i] for i in top_items(scores, n, banned)}
+
+
 class Sources:
     """All incremental sources fed by one stream; `lists(...)` gives each baseline's top-n."""
 
@@ -718,10 +789,12 @@ class Sources:
         self.cfg = cfg
         self.sknn = SessionKNN(cfg)
         self.covisit = CoVisitation(cfg)
+        self.category = CategoryPopularity(cfg)
 
     def update(self, e: Event) -> None:
         self.sknn.update(e)
         self.covisit.update(e)
+        self.category.update(e)
 
     def sizes(self) -> dict[str, int]:
         """How much each source holds (the worker's streamrec_sources_entries gauge)."""
@@ -734,6 +807,8 @@ class Sources:
             return self.covisit.scores(user)
         if method in ("vsknn", "stan"):
             return self.sknn.scores(user, method, now)
+        if method == "category":
+            return self.category.top(profile, self.cfg.category_max_items, set())
         raise ValueError(f"unknown source {method!r}")
 
     def top(
@@ -750,6 +825,8 @@ class Sources:
         first (`top_items`' order); session-kNN's from its arrays."""
         if method in ("vsknn", "stan"):
             return self.sknn.top(user, method, now, n, banned, mask)
+        if method == "category":
+            return self.category.top(profile, n, banned, mask)
         scores = self.scores(method, user, profile, now)
         if mask is not None:
             scores = {i: v for i, v in scores.items() if mask.allows(i)}

@@ -318,10 +318,12 @@ L = MAX_ID_LEN
 
 
 def _conv_taobao(header: Sequence[str], max_ts: int) -> Conv:
+    cats: dict[str, str] = {}  # one string per category
+
     def conv(row: list[str], idx: int) -> Event:
         if len(row) != 5:
             _columns(row, 5, _HEADERS["taobao"])
-        u, i, _cat, b, t = row
+        u, i, cat, b, t = row
         typ = TAOBAO_TYPES.get(b) or _type(b, TAOBAO_TYPES, "behavior")
         try:
             ts = int(t) * 1000
@@ -331,7 +333,7 @@ def _conv_taobao(header: Sequence[str], max_ts: int) -> Conv:
             _idv(u, "user"), _idv(i, "item")
         if not MIN_TS_MS <= ts <= max_ts:
             _ts_range(ts, max_ts)
-        return Event(u, i, typ, ts)
+        return Event(u, i, typ, ts, category=cats.setdefault(cat, cat) if cat else None)
 
     return conv
 
@@ -356,11 +358,12 @@ def _conv_yoochoose(header: Sequence[str], max_ts: int) -> Conv:
 
 def _conv_rees46(header: Sequence[str], max_ts: int) -> Conv:
     cache: dict[str, int] = {}
+    cats: dict[str, str] = {}  # one string per category
 
     def conv(row: list[str], idx: int) -> Event:
         if len(row) != 9:
             _columns(row, 9, _HEADERS["rees46"])
-        t, e, i, _cat, _code, _brand, p, u, sess = row
+        t, e, i, cat, _code, _brand, p, u, sess = row
         typ = REES46_TYPES.get(e)
         if typ is None:
             if e in REES46_IGNORED:
@@ -375,7 +378,14 @@ def _conv_rees46(header: Sequence[str], max_ts: int) -> Conv:
                 cache.clear()
             cache[t] = ts
         return Event(
-            _idv(u, "user"), _idv(i, "item"), typ, ts, None, _idv(sess, "session") if sess else None, _price(p)
+            _idv(u, "user"),
+            _idv(i, "item"),
+            typ,
+            ts,
+            None,
+            _idv(sess, "session") if sess else None,
+            _price(p),
+            category=cats.setdefault(cat, cat) if cat else None,
         )
 
     return conv
@@ -826,7 +836,7 @@ def write_canonical(events: Iterable[Event], path: str | os.PathLike[str]) -> in
     """Write events in the canonical format; returns the number written.
 
     ``.jsonl`` / ``.ndjson`` (optionally + ``.gz``) -> JSON lines, anything else -> CSV with
-    header user,item,type,ts,dwell,session,price,event_id (absent fields left empty).
+    header user,item,type,ts,dwell,session,price,event_id,category (absent fields left empty).
     A ``.gz`` suffix gzips (mtime 0, reproducible). Written to a temp file, then renamed.
     """
     p = Path(path)
@@ -851,7 +861,7 @@ def write_canonical(events: Iterable[Event], path: str | os.PathLike[str]) -> in
                     for e in events:
                         w.writerow(
                             "" if v is None else v
-                            for v in (e.user, e.item, e.type, e.ts, e.dwell, e.session, e.price, e.event_id)
+                            for v in (e.user, e.item, e.type, e.ts, e.dwell, e.session, e.price, e.event_id, e.category)
                         )
                         n += 1
             if gz:

@@ -84,7 +84,8 @@ class WorkerMetrics:
             "streamrec_model_fetch_refused",
             "Model versions refused, by reason: fetched from Kafka (stream.model_transport kafka) and "
             "refused (missing, corrupt, invalid, unverified, unreachable), or, with either transport, a "
-            "version whose ranker file fails its checksum or does not parse (ranker)",
+            "version whose ranker file fails its checksum or does not parse (ranker); ranker_features: a "
+            "ranker built for another release's features, not used (the version serves with the blend)",
             ["reason"],
             registry=r,
         )

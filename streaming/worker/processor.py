@@ -207,7 +207,7 @@ class Processor:
         counted.sort(key=lambda c: c[0])
         if ranking is not None:  # each input offset once per process (see WorkerRanking.fresh)
             counted = [c for c in counted if ranking.fresh(c[2], c[3])]
-            ranking.observe([c[1] for c in counted], [(c[2], c[3]) for c in counted])
+            ranking.observe([c[1] for c in counted], [(c[2], c[3]) for c in counted], self.catalogue)
         for c in counted:
             self.recent_popularity.add(c[1].item, c[1].ts)
         res.accepted = sum(len(t[4]) for t in touched)

@@ -41,6 +41,15 @@ partition a rebalance moves to a running worker is read the same way before its 
 (streaming/worker/warmup.py `Refill`): from the first event its sources have not counted (or
 the window's start) up to the committed offset its batches start at.
 
+**An item's category** (the category-popularity source, `sources.category_recent`): what the
+click event says (`Event.category`: the clickstream record's optional `category` field, or the
+shop's own name for it in `[input] columns`; e-commerce events usually carry it, e.g. GA4's
+`item_category`), else the catalogue's first category of the item (streaming/worker/catalogue.py)
+when the worker has one, else the category an earlier event gave the item. `recsys replay` writes
+the dataset's category into each record, so a worker counts the same categories as stream-eval
+for the same events. The catalogue fallback is the worker's own: stream-eval has no catalogue, so
+for events without a category the two agree only while no catalogue lists the item.
+
 **Lists on request** (`GET /recommendations/<user>/?category=&...`, `on_request`): the same
 ranked list, with the request's filters in the mask every candidate passes, each source giving
 at least the n asked for; the blend's filtered list only fills a list too few candidates pass
@@ -58,7 +67,7 @@ from dataclasses import replace
 from recsys.candidates.lists import SOURCE_METHODS, Ranked, context, ranked_lists
 from recsys.candidates.ranker import Features, ItemStats
 from recsys.candidates.sources import Sources, SourcesConfig
-from recsys.catalogue import ItemMask
+from recsys.catalogue import Catalogue, ItemMask
 from recsys.confidence import ConfidenceConfig
 from recsys.events import Event
 from recsys.serving.recommender import Recommender
@@ -84,9 +93,18 @@ class WorkerRanking:
         and the batches after a restart redeliver from there events the user state already holds."""
         return offset > self.through.get(partition, -1)
 
-    def observe(self, events: Sequence[Event], positions: Sequence[tuple[int, int]] = ()) -> None:
-        """Count `events` (arrival order); `positions`: their (partition, offset), to count each once."""
+    def observe(
+        self, events: Sequence[Event], positions: Sequence[tuple[int, int]] = (), catalogue: Catalogue | None = None
+    ) -> None:
+        """Count `events` (arrival order); `positions`: their (partition, offset), to count each once;
+        `catalogue`: an event without a category takes the item's first one there."""
+        fill = catalogue is not None and self.cfg.category_recent > 0
         for e in events:
+            if fill and e.category is None:
+                assert catalogue is not None
+                c = catalogue.first_category(e.item)
+                if c is not None:
+                    e = replace(e, category=c)
             self.sources.update(e)
             self.stats.add(e.item, e.ts)
         for partition, offset in positions:

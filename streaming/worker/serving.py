@@ -9,7 +9,9 @@
                    announcement on the model-updates topic. A version that fails verification is
                    refused: logged, counted, and the current one keeps serving. A version's
                    ranker (ranker.txt) loads with it: one that fails its checksum or does not
-                   parse refuses the version as a whole (reason `ranker`).
+                   parse refuses the version as a whole (reason `ranker`); a sound one built
+                   for another release's features (a deploy between retrains) is left out and
+                   the version serves with the blend (counted as `ranker_features`).
                    With stream.model_transport kafka, a version the local store lacks is first
                    fetched from the artifacts topic (streaming/kafka/model_transport.py), and what
                    to serve at start, and the pin, come from that topic's pointers.
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys.candidates.ranker import Features, Ranker, RankerConfig
+from recsys.candidates.ranker import FeatureMismatch, Features, Ranker, RankerConfig
 from recsys.confidence import ConfidenceConfig
 from recsys.errors import ModelStoreError, RecsysError
 from recsys.model.store import ModelStore, check_version
@@ -185,6 +187,18 @@ class ModelUpdates:
             if raw is None:
                 return None
             return Ranker.from_bytes(raw, self.ranker_cfg)
+        except FeatureMismatch as e:
+            # A ranker from before an upgrade that changed the features (a deploy between two
+            # retrains): the version's model is sound and serves with the blend; the next
+            # retrain stores a ranker of this release's features.
+            self.serving.metrics.model_fetch_refused.labels("ranker_features").inc()
+            log.warning(
+                "model %s: its ranker is not used (%s); the blend serves until a retrain stores a new one",
+                version,
+                e,
+                extra={"model_version": version},
+            )
+            return None
         except (ModelStoreError, ValueError) as e:
             raise RankerRefused(f"model version {version!r}: its ranker is refused: {e}") from None
 

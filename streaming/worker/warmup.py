@@ -108,7 +108,7 @@ def count_into(processor: Processor, events: Sequence[Event]) -> None:
     """Re-read events into the processor's sources, item counters and recent popularity (what a
     batch's events feed besides the users' state)."""
     assert processor.ranking is not None
-    processor.ranking.observe(events)
+    processor.ranking.observe(events, catalogue=processor.catalogue)
     for e in events:
         processor.recent_popularity.add(e.item, e.ts)
 

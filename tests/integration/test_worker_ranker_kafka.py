@@ -9,6 +9,8 @@ after each. `stream_evaluate` replays the same events with the same model and ra
 per chunk; the list on screen before each compared event must be its `ranker` list. The slice is
 chosen so the two read the same state (`tests.helpers.ranker_slice`: nothing happens between a
 user's two events, so the stream-wide features are the same at publication and at the next event).
+The category-popularity source is on (the default): each record carries the Taobao event's
+category, which the worker reads as stream-eval does.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def data():
     events = load_events(require_dataset("taobao_small"))
     tr, te = time_split(events, test_fraction=0.2)
     test_slice, compared = ranker_slice(tr, te)
+    assert CFG.sources.category_recent > 0 and all(e.category for e in (*tr, *test_slice))
     ranker = train_ranker(tr, ccfg=CFG.confidence, scfg=CFG.scoring, ecfg=StreamEvalConfig(ranker=RCFG))
     return tr, test_slice, compared, ranker
 

@@ -43,6 +43,9 @@ def loop_candidates(
         lists[s] = (items, [d[i] for i in items])
     pop_items = [i for i in popular if i not in ctx.banned][: cfg.pop_candidates]
     lists["popularity"] = (pop_items, [1.0 / (1 + r) for r in range(len(pop_items))])
+    d = ctx.sources.get("category", {})
+    cat_items = top_items(d, cfg.per_source, ctx.banned)
+    lists["category"] = (cat_items, [d[i] for i in cat_items])
     cand: dict[str, None] = {}
     for s in SOURCE_NAMES:
         cand.update(dict.fromkeys(lists[s][0]))
@@ -98,6 +101,11 @@ def loop_candidates(
     if nq:
         X[:, col + 11] = [nq.get(i, 0.0) for i in items]
     X[:, col + 12] = list(map(math.log1p, stats.pop_1h.counts(items, t_stats)))
+    qc = ctx.category.get(ctx.query) if ctx.query is not None else None
+    weight = {c: 0.5**j for j, c in enumerate(ctx.recent_categories)}
+    cats = [ctx.category.get(i) for i in items]
+    X[:, col + 13] = [1.0 if c is not None and c == qc else 0.0 for c in cats]
+    X[:, col + 14] = [weight.get(c, 0.0) if c is not None else 0.0 for c in cats]
     return items, X
 
 
@@ -110,7 +118,7 @@ def test_batch_features_equal_the_per_item_loops_on_real_data(dataset: str) -> N
     model, _, _ = train(build_profiles(head, CFG), CFG, TrainConfig(factors=16, iterations=4, num_threads=1))
     rec = Recommender(model, CFG, SCFG)
     features = Features(model, RankerConfig(per_source=30, pop_candidates=15))
-    src, stats = Sources(SourcesConfig()), ItemStats()
+    src, stats = Sources(SourcesConfig(category_recent=3)), ItemStats()
     profiles: dict[str, UserProfile] = {}
     compared = 0
     for chunk in range(0, len(tail), 250):

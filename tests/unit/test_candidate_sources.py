@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from recsys.candidates.sources import CoVisitation, SessionKNN, SourcesConfig, top_items
+from recsys.candidates.sources import CategoryPopularity, CoVisitation, SessionKNN, SourcesConfig, top_items
+from recsys.confidence import ConfidenceConfig, UserProfile
 from recsys.data.datasets import load_dataset, load_events, time_split
 from recsys.evaluation.streaming import StreamEvalConfig, stream_evaluate
 from recsys.events import Event
@@ -33,6 +34,33 @@ def test_covisitation_counts_next_and_together_within_the_window() -> None:
     assert cv.scores("u") == {}  # d, the user's latest item, has no neighbours yet
     cv.update(ev("v", "a", 3 * H))
     assert cv.scores("v") == {"b": 1.0, "c": 0.5}
+
+
+def test_category_popularity_lists_the_recent_favourites_of_the_users_last_categories() -> None:
+    cat = CategoryPopularity(SourcesConfig(category_recent=2, category_half_life_s=3600))
+
+    def seen(user: str, item: str, category: str | None, ts: int) -> None:
+        cat.update(Event(user, item, "view", ts, category=category))
+
+    # shoes: s1 twice two hours ago, s2 once now (the older counts are worth a quarter); bags: b1
+    seen("x", "s1", "shoes", 0)
+    seen("y", "s1", "shoes", 0)
+    seen("x", "b1", "bags", 2 * H)
+    seen("z", "s2", "shoes", 2 * H)
+    seen("z", "h1", "hats", 2 * H)
+    seen("w", "s3", None, 2 * H)  # its category comes from the catalogue instead
+    cat.category["s3"] = "shoes"
+    profile = UserProfile()
+    for item in ("h1", "s1", "b1"):  # the user's latest items: bags, then shoes (hats is the third)
+        profile.apply(Event("u", item, "view", 2 * H), ConfidenceConfig())
+    assert cat.recent_categories(profile) == ["bags", "shoes"]
+    top = cat.top(profile, 10, banned={"b1"})
+    # b1 is banned: bags adds nothing; shoes weighs 0.5, each item by its count over the best's
+    assert list(top) == ["s2", "s1"]
+    assert top["s2"] == pytest.approx(0.5) and top["s1"] == pytest.approx(0.5 * 0.5 / 1.0)
+    seen("v", "s3", None, 2 * H)
+    assert "s3" in cat.top(profile, 10, banned=set())
+    assert cat.top(None, 10, banned=set()) == {}
 
 
 def test_vsknn_votes_with_position_weighted_overlap() -> None:

@@ -470,7 +470,17 @@ ROUND = [
     Event("u1", "i1", "view", 1714557600000),
     Event("u1", "i2", "click", 1714557600000, dwell=12.25, session="s-1"),
     Event("u,2", 'i"3', "favorite", 1714557599999, price=0.0),
-    Event("42", "sku-ü", "addtocart", 1500000000123, dwell=0.0, session="s 2", price=1999.99, event_id="e1"),
+    Event(
+        "42",
+        "sku-ü",
+        "addtocart",
+        1500000000123,
+        dwell=0.0,
+        session="s 2",
+        price=1999.99,
+        event_id="e1",
+        category="shoes",
+    ),
     Event("u1", "i1", "transaction", 1714557600001, price=1e-3, event_id="e2"),
 ]
 
@@ -481,10 +491,11 @@ def test_write_canonical_round_trip(tmp_path, suffix):
     assert write_canonical(ROUND, path) == len(ROUND)
     back = load_events(path, fmt="canonical")
     assert back == sorted(ROUND, key=lambda e: e.ts)
+    assert [e.category for e in back] == [e.category for e in sorted(ROUND, key=lambda e: e.ts)]  # not compared
     assert (path.read_bytes()[:2] == b"\x1f\x8b") == suffix.endswith(".gz")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp file gone
     if suffix == ".csv":
-        assert path.read_text().splitlines()[0] == "user,item,type,ts,dwell,session,price,event_id"
+        assert path.read_text().splitlines()[0] == "user,item,type,ts,dwell,session,price,event_id,category"
     if suffix == ".jsonl":
         first = json.loads(path.read_text().splitlines()[0])
         assert first == {"user": "u1", "item": "i1", "type": "view", "ts": 1714557600000}

@@ -136,6 +136,20 @@ def test_unknown_type_names_types_synonyms_and_how_to_map():
     assert "--types addtocart=add_to_basket" in e.detail
 
 
+def test_the_category_rides_in_the_record_under_the_shops_name():
+    """An event's category reaches the worker as stream-eval reads it (the candidate source's
+    input); the `[input]` mapping names the shop's own field (GA4: item_category)."""
+    e = parse_event({"user": "u", "item": "i", "type": "view", "ts": 1714557600000, "category": 42})
+    assert e.category == "42" and parse_event(e.to_dict()).category == "42"
+    assert "category" not in parse_event({"user": "u", "item": "i", "type": "view", "ts": 1714557600000}).to_dict()
+    m = InputConfig(columns={"category": "item_category"})
+    body = {"user": "u", "item": "i", "type": "view", "ts": 1714557600000, "item_category": "shoes"}
+    assert decode_event(Incoming(b"u", json.dumps(body).encode(), 0, 0, 0), m).category == "shoes"
+    with pytest.raises(EventError) as info:
+        parse_event({**body, "item_category": {"a": 1}}, mapping=m)
+    assert info.value.reason == "bad_category" and "'item_category'" in info.value.detail
+
+
 def test_key_mismatch_shows_the_key_and_the_user():
     msg = Incoming(b"u2", b'{"user":"u1","item":"i","type":"view","ts":1714557600000}', 0, 0, 0)
     with pytest.raises(EventError) as info:

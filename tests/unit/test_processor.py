@@ -99,6 +99,22 @@ BAD = [
         Incoming(b"u", json.dumps({"user": "x" * 300, "item": "i", "type": "view", "ts": T0}).encode(), 0, 0, T0),
         "bad_user",
     ),
+    (
+        Incoming(
+            b"u", json.dumps({"user": "u", "item": "i", "type": "view", "ts": T0, "category": ["a"]}).encode(), 0, 0, T0
+        ),
+        "bad_category",
+    ),
+    (
+        Incoming(
+            b"u",
+            json.dumps({"user": "u", "item": "i", "type": "view", "ts": T0, "category": "c" * 300}).encode(),
+            0,
+            0,
+            T0,
+        ),
+        "bad_category",
+    ),
 ]
 
 

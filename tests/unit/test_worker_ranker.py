@@ -371,3 +371,57 @@ def test_partitions_a_rebalance_moves_here_are_read_from_what_the_sources_lack(m
     assert proc.recent_popularity.top(5) and refill.pending == set()
     assert proc.metrics.registry.get_sample_value("streamrec_sources_reread_events_total", {"when": "rebalance"}) == 2
     assert asyncio.run(refill.catch_up()) == 0 and len(calls) == 1  # nothing pending: no read
+
+
+def test_an_event_without_a_category_takes_the_catalogues_first() -> None:
+    """The category source's input in a worker: the event's own category, else the catalogue's
+    first category of the item (the worker's items topic), in the batches and in the warm-up."""
+    from streaming.worker.warmup import count_into
+    from tests.helpers import T0, ev
+
+    cat = Catalogue()
+    cat.put(Item("i1", categories=("shoes", "shoes.boots")))
+    cat.put(Item("i2", categories=("bags",)))
+    proc = Processor(CFG, WorkerMetrics(CollectorRegistry()), top_n=10, catalogue=cat)
+    assert proc.ranking is not None and proc.ranking.cfg.category_recent > 0
+    events = [ev("u", "i1", "view", T0), ev("u", "i3", "view", T0 + 1000)]
+    tagged = replace(ev("u", "i2", "view", T0 + 2000), category="hats")
+    msgs = [Incoming(b"u", json.dumps(e.to_dict()).encode(), 0, k, e.ts) for k, e in enumerate([*events, tagged])]
+    proc.process(msgs, lambda _k, _m: None)
+    assert proc.ranking.sources.category.category == {"i1": "shoes", "i2": "hats"}  # i3: none anywhere
+    again = Processor(CFG, WorkerMetrics(CollectorRegistry()), top_n=10, catalogue=cat)
+    assert again.ranking is not None
+    count_into(again, events)
+    assert again.ranking.sources.category.category == {"i1": "shoes"}
+
+
+def test_a_ranker_of_another_release_is_left_out_and_the_next_retrains_serves(taobao, tmp_path) -> None:
+    """A deploy that changes the features (32 -> 37 with the category source) finds the stored
+    version's ranker built for the old ones: the version serves with the blend (logged, counted
+    as ranker_features), and the next retrain's ranker, of this release's features, serves."""
+    import asyncio
+
+    import lightgbm as lgb
+
+    from tests.helpers import random_model
+
+    *_, ranker = taobao
+    rng = np.random.default_rng(0)
+    old = lgb.train(
+        {"objective": "regression", "verbose": -1, "min_data_in_leaf": 1, "num_threads": 1},
+        lgb.Dataset(rng.normal(size=(64, 32)), rng.normal(size=64)),
+        num_boost_round=2,
+    )
+    store = ModelStore(tmp_path)
+    store.save(random_model(version="v1"), ranker=old.model_to_string().encode())
+    metrics = WorkerMetrics(CollectorRegistry())
+    serving = ServingModel(metrics)
+    updates = ModelUpdates(store, serving, CFG, SCFG, with_user_gram=False, ranker_cfg=RCFG)
+    assert updates.load_initial()
+    assert serving.version == "v1" and serving.snapshot.ranker is None and serving.snapshot.features is None
+    assert metrics.registry.get_sample_value("streamrec_model_fetch_refused_total", {"reason": "ranker_features"}) == 1
+    assert metrics.registry.get_sample_value("streamrec_model_fetch_refused_total", {"reason": "ranker"}) is None
+    store.save(random_model(version="v2"), ranker=ranker.to_bytes(), publish=False)
+    assert asyncio.run(updates.on_announcement(b'{"version": "v2"}'))
+    assert serving.version == "v2" and serving.snapshot.ranker is not None
+    assert serving.snapshot.ranker.checksum() == ranker.checksum()
