@@ -106,7 +106,7 @@ class SourcesConfig:
     covisit_max_pairs: int = setting(
         10_000_000,
         "co-visitation: item pairs kept over all rows (weights and next moves; ~100 bytes each in a worker, "
-        "a stream adds up to ~10 an event); past it the rows of the items least recently added to leave",
+        "a stream adds up to ~10 an event); past it the rows of the items least recently seen leave",
     )
     # A worker reads the same categories as stream-eval: the clickstream record's `category`
     # (streaming/worker/ranking.py); events without one (YOOCHOOSE) leave the source empty.
@@ -625,8 +625,9 @@ class CoVisitation:
         self.cfg = cfg
         self._buf: dict[str, deque[tuple[str, int]]] = {}  # least recently active user first
         self._w: dict[str, dict[str, float]] = {}
-        # a row's total before any pruning (the normalisation); the row least recently added to
-        # first: the one dropped past `covisit_max_pairs` (every row of _next has its row here)
+        # a row's total before any pruning (the normalisation); the row of the item least recently
+        # seen first (moved to the end on each event on its item; a new row joins at the end): the
+        # one dropped past `covisit_max_pairs` (every row of _next has its row here)
         self._tot: dict[str, float] = {}
         self.pairs = 0  # entries over the rows of _w and _next
         self._next: dict[str, dict[str, float]] = {}  # a -> b: b was the very next move after a
@@ -638,19 +639,17 @@ class CoVisitation:
             rows[a] = dict(heapq.nlargest(self.cfg.covisit_max_row, row.items(), key=lambda kv: kv[1]))
             self.pairs -= len(row) - self.cfg.covisit_max_row
 
-    def _add(self, a: str, b: str, w: float) -> None:
+    def _add(self, a: str, b: str, w: float) -> int:
+        """Adds w to a→b; 1 if the pair is new (the caller counts them once per event)."""
         row = self._w.get(a)
         if row is None:
             row = self._w[a] = {}
-        old = row.get(b)
-        if old is None:
-            row[b] = w
-            self.pairs += 1
-        else:
-            row[b] = old + w
-        self._tot[a] = self._tot.pop(a, 0.0) + w  # to the end: recently added to
+        n = len(row)
+        row[b] = row.get(b, 0.0) + w
+        self._tot[a] = self._tot.get(a, 0.0) + w
         if len(row) > 2 * self.cfg.covisit_max_row:  # checked before the call: a call per move for a rare prune
             self._bounded(self._w, a, row)
+        return len(row) - n
 
     def update(self, e: Event) -> None:
         buf = self._buf.pop(e.user, None)
@@ -660,12 +659,16 @@ class CoVisitation:
                 del self._buf[next(iter(self._buf))]
         self._buf[e.user] = buf
         b = e.item
+        tot = self._tot.pop(b, None)
+        if tot is not None:
+            self._tot[b] = tot
         self.recent.update(e)
         if buf and buf[-1][0] == b:  # a reload or an action on the product on screen: not a move
             buf[-1] = (b, e.ts)
             return
         window = self.cfg.covisit_window_s * 1000.0
         done: set[str] = {b}
+        new = 0
         for d, (a, ta) in enumerate(reversed(buf), 1):
             if e.ts - ta > window:
                 break
@@ -676,18 +679,16 @@ class CoVisitation:
                 row = self._next.get(a)
                 if row is None:
                     row = self._next[a] = {}
-                n = row.get(b)
-                if n is None:
-                    row[b] = 1.0
-                    self.pairs += 1
-                else:
-                    row[b] = n + 1.0
+                n = len(row)
+                row[b] = row.get(b, 0.0) + 1.0
+                new += len(row) - n
                 if len(row) > 2 * self.cfg.covisit_max_row:
                     self._bounded(self._next, a, row)
-            self._add(a, b, 1.0 / d)
+            new += self._add(a, b, 1.0 / d)
             if self.cfg.covisit_backward > 0:
-                self._add(b, a, self.cfg.covisit_backward / d)
+                new += self._add(b, a, self.cfg.covisit_backward / d)
         buf.append((b, e.ts))
+        self.pairs += new
         while self.pairs > self.cfg.covisit_max_pairs:
             self._drop_oldest_row()
 

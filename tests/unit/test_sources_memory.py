@@ -45,9 +45,9 @@ def test_covisitation_pairs_stay_within_the_bound_and_are_counted_exactly() -> N
     assert cv.sizes()["covisit_pairs"] == cv.pairs
 
 
-def test_the_rows_left_are_the_recently_moved_from_ones_with_unbounded_values() -> None:
-    """Below the bound nothing changes; past it the least recently added-to rows leave and the
-    others keep their exact weights (the lists change only by forgetting old items)."""
+def test_the_rows_left_are_the_recently_seen_items_with_unbounded_values() -> None:
+    """Below the bound nothing changes; past it the rows of the items least recently seen leave
+    and the others keep their exact weights (the lists change only by forgetting old items)."""
     events = stream(6_000, 500, 800, seed=1)
     free = CoVisitation(SourcesConfig())
     for e in events:
@@ -62,7 +62,7 @@ def test_the_rows_left_are_the_recently_moved_from_ones_with_unbounded_values() 
     kept = [i for i in items if small.neighbours(i)]
     assert 0 < len(kept) == small.sizes()["covisit_rows"] < free.sizes()["covisit_rows"]
     last_move = {e.item: k for k, e in enumerate(events)}
-    # the rows kept were touched after every dropped one's last move (as a row's source item)
+    # the rows kept: items seen after the least recently seen of the dropped ones
     assert min(last_move[i] for i in kept) > min(last_move[i] for i in items if i not in kept)
 
 
