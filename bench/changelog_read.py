@@ -9,10 +9,7 @@ project's own Kafka broker; then, each in a process of its own, interleaved, --r
   rdfetch   the same with the librdkafka reader the retrain uses (clients.BulkReader), keys and
             values handed over as the read hands them over, counted
   full      `streaming.jobs.changelog.read_training_data` as the retrain runs it: read (librdkafka),
-            decode (in a process of its own when two cores are idle at the start, else on a thread),
-            hold-out, CSR assembled
-  rdthread  the same, always decoding on a thread of this process
-  decproc   the same, always decoding in a forked process of its own fed over a pipe
+            decode (on its own thread), hold-out, CSR assembled
   rdinline  the same with decoding in the reading thread
   rdproc    the same with librdkafka and the keys in a forked reader process, decoding in this one
   aiokafka  the same through aiokafka with its forked reader process (the reader before librdkafka)
@@ -46,7 +43,7 @@ from bench.common import machine, median, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
-MODES = ("fetch", "rdfetch", "full", "rdthread", "decproc", "rdinline", "rdproc", "aiokafka", "one")
+MODES = ("fetch", "rdfetch", "full", "rdinline", "rdproc", "aiokafka", "one")
 
 
 async def _count(bootstrap: str, topic: str) -> int:
@@ -110,9 +107,7 @@ def child(mode: str, bootstrap: str, topic: str) -> dict[str, Any]:
         settings = replace(cfg.stream, bootstrap=bootstrap)
         ways: dict[str, dict[str, Any]] = {
             "full": {},
-            "rdthread": {"decode_process": False},
-            "decproc": {"decode_process": True},
-            "rdinline": {"decode_thread": False, "decode_process": False},
+            "rdinline": {"decode_thread": False},
             "rdproc": {"reader_process": True},
             "aiokafka": {"client": "aiokafka", "reader_process": True},
             "one": {"client": "aiokafka", "reader_process": False},
@@ -130,7 +125,7 @@ def child(mode: str, bootstrap: str, topic: str) -> dict[str, Any]:
     out["cpu_s"] = _cpu_s() - cpu0
     out["records_per_cpu_s"] = out["records"] / max(out["cpu_s"], 1e-9)
     out["peak_rss_mb"] = peak_rss_mb()
-    # the child process's (the decoding process, or the reader process), if there was one: both count
+    # the reader process's (read_training_data's consumer side), if there was one: both count
     out["reader_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return out
 
@@ -161,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--one-process", action="store_true", help="also measure aiokafka without its reader process")
     ap.add_argument(
         "--modes",
-        help=f"comma-separated, of {', '.join(MODES)} (default: all but one; fetch, rdfetch and full always)",
+        help=f"comma-separated, of {', '.join(MODES)} (default: all but one; fetch, rdfetch, full and aiokafka always)",
     )
     ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -183,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     broker = broker_from_env(tmp / "kafka")
     modes = tuple(MODES if args.one_process else MODES[:-1])
     if args.modes:
-        want = {"fetch", "rdfetch", "full", *args.modes.split(",")}
+        want = {"fetch", "rdfetch", "full", "aiokafka", *args.modes.split(",")}
         modes = tuple(m for m in MODES if m in want)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     try:
@@ -220,11 +215,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["full_over_fetch"] = summary["full"]["records_per_s"] / summary["fetch"]["records_per_s"]
     summary["full_over_rdfetch"] = summary["full"]["records_per_s"] / summary["rdfetch"]["records_per_s"]
     summary["rdfetch_over_fetch"] = summary["rdfetch"]["records_per_s"] / summary["fetch"]["records_per_s"]
-    for other in ("aiokafka", "rdthread", "decproc"):  # the reader before librdkafka; the two decoding ways
-        if other in summary:
-            summary[f"{other}_over_fetch"] = summary[other]["records_per_s"] / summary["fetch"]["records_per_s"]
-            summary[f"full_over_{other}"] = summary["full"]["records_per_s"] / summary[other]["records_per_s"]
-            summary[f"cpu_full_over_{other}"] = summary["full"]["cpu_s"] / summary[other]["cpu_s"]
+    summary["aiokafka_over_fetch"] = summary["aiokafka"]["records_per_s"] / summary["fetch"]["records_per_s"]
+    summary["full_over_aiokafka"] = summary["full"]["records_per_s"] / summary["aiokafka"]["records_per_s"]
     summary["cpu_full_over_fetch"] = summary["full"]["cpu_s"] / summary["fetch"]["cpu_s"]
     summary["peak_rss_over_csr"] = summary["full"]["peak_rss_mb"] / max(summary["full"]["csr_mb"], 1e-9)
     for mode in runs:
@@ -234,15 +226,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_json(args.output, report)
     print(
         f"bare fetch: aiokafka {summary['fetch']['records_per_s']:,.0f} records/s, librdkafka "
-        f"{summary['rdfetch']['records_per_s']:,.0f} ({summary['rdfetch_over_fetch']:.2f}x); full read as the "
-        f"retrain runs it {summary['full']['records_per_s']:,.0f} records/s ({summary['full_over_rdfetch']:.2f}x its "
-        "own bare fetch"
-        + "".join(
-            f", {summary[f'full_over_{o}']:.2f}x the {o} read at {summary[f'cpu_full_over_{o}']:.2f}x its CPU"
-            for o in ("rdthread", "decproc", "aiokafka")
-            if o in summary
-        )
-        + ")",
+        f"{summary['rdfetch']['records_per_s']:,.0f} ({summary['rdfetch_over_fetch']:.2f}x); full read through "
+        f"aiokafka with its reader process {summary['aiokafka']['records_per_s']:,.0f} records/s (ratio to the "
+        f"aiokafka fetch {summary['aiokafka_over_fetch']:.2f}); full read as the retrain runs it "
+        f"{summary['full']['records_per_s']:,.0f} records/s ({summary['full_over_aiokafka']:.2f}x the aiokafka "
+        f"read, {summary['full_over_rdfetch']:.2f}x its own bare fetch)",
         flush=True,
     )
     print(
@@ -250,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{summary['full']['records_per_s']:,.0f} records/s => ratio {summary['full_over_fetch']:.2f} "
         f"(medians of {repeats}; load {summary['full']['loadavg_1m']}); CPU per record "
         f"{summary['cpu_full_over_fetch']:.2f}x the fetch's; peak RSS "
-        f"{summary['full']['peak_rss_mb']:.0f} MB (+ its child process {summary['full']['reader_peak_rss_mb']:.0f} MB) "
+        f"{summary['full']['peak_rss_mb']:.0f} MB (+ its reader process {summary['full']['reader_peak_rss_mb']:.0f} MB) "
         f"for a {summary['full']['csr_mb']:.0f} MB CSR",
         flush=True,
     )
@@ -259,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             f"  {mode:8s} {m['records_per_s']:>9,.0f} records/s  x{m['over_fetch']:.2f} the aiokafka fetch  "
             f"x{m['over_rdfetch']:.2f} the librdkafka fetch  {m['cpu_s']:.1f} CPU s  peak RSS {m['peak_rss_mb']:.0f} MB "
-            f"(+ child process {m['reader_peak_rss_mb']:.0f} MB)  load {m['loadavg_1m']}",
+            f"(+ reader process {m['reader_peak_rss_mb']:.0f} MB)  load {m['loadavg_1m']}",
             flush=True,
         )
     return report

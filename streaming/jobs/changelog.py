@@ -9,11 +9,9 @@ and needs the users x items confidence matrix. No per-user Python object is buil
     parses in its own threads, in C, and hands keys and values over in batches. The latest record
     per key wins: records are gathered into chunks and, per chunk, only each key's last record is
     decoded (bulk dict operations, no Python code per record); a key seen again marks its earlier
-    row dead; a tombstone removes the user. The chunks are decoded in a forked process of their
-    own (`_DecodeProcess`, fed by a `_DecodeThread`) while this one reads on: the records go over a
-    pipe as they are and come back as arrays, so the keys' bookkeeping and the decoding run on two
-    cores (on a thread of this process instead, they took turns under its GIL: about one core for
-    the whole read). A progress bar and the rate go to the log
+    row dead; a tombstone removes the user. The chunks are decoded on a thread of their own
+    (`_DecodeThread`) while this one reads on; numpy releases the GIL in the large operations, so
+    fetching, keys and decoding overlap in one process. A progress bar and the rate go to the log
     every few seconds; a read that makes no progress for `stall_s` fails (no fixed limit on the
     whole read: a large changelog takes as long as it takes). The matrix is assembled at the end.
     (The aiokafka reader, `client="aiokafka"`, makes a Python object per record under the GIL;
@@ -42,12 +40,7 @@ says so.
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
-import ctypes
-import fcntl
 import logging
-import mmap
 import multiprocessing
 import operator
 import os
@@ -81,7 +74,6 @@ ITEM = 17
 MSG = 18
 READABLE = (1, 2)
 PAD = 65_536 + 64  # past any position a walk can reach from a record's end (one u16 length)
-ZEROS = bytes(PAD)
 LONG = np.uint64(1 << 63)
 # By id length (0..8): the mask of its bytes in a little-endian word, and the length in the top byte.
 SHORT_MASK = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [(1 << 64) - 1], np.uint64)
@@ -250,7 +242,7 @@ class ChunkDecoder:
     def decode(self, values: Sequence[bytes]) -> Chunk:
         return self.decode_buffer(join(values), np.fromiter(map(len, values), np.int64, len(values)))
 
-    def decode_buffer(self, joined: bytes | bytearray | memoryview, lens: np.ndarray) -> Chunk:
+    def decode_buffer(self, joined: bytes | bytearray, lens: np.ndarray) -> Chunk:
         """`decode` of records given as `join(values)` and their lengths."""
         n = len(lens)
         start = np.zeros(n, np.int64)
@@ -422,15 +414,6 @@ class ChunkDecoder:
         return ok
 
 
-def unreadable(value: bytes) -> str:
-    """Why the chunk decoder rejected this record, in the state codec's words."""
-    try:
-        decode(value)
-    except StateDecodeError as e:
-        return str(e)
-    return "not a readable state record"
-
-
 def _copy_kept(keep_rows: np.ndarray, ch: Chunk, col: np.ndarray, data: np.ndarray) -> int:
     """The non-zeros of `ch`'s kept rows to the start of `col` and `data`; returns how many. A
     chunk usually loses a few rows (the gate's cases, superseded records): then the runs of kept
@@ -561,7 +544,7 @@ class ChangelogTable:
         if chunk.bad.any():
             start = np.concatenate([[0], np.cumsum(lens)]).tolist()
             for i in np.nonzero(chunk.bad)[0].tolist():
-                self.skip(keys[i], bytes(joined[start[i] : start[i + 1]]))
+                self._skip(keys[i], bytes(joined[start[i] : start[i + 1]]))
         self.chunks.append(chunk)
 
     def summary(self) -> dict[str, Any]:
@@ -652,11 +635,14 @@ class ChangelogTable:
             cand, rank = [cand[i] for i in stay.tolist()], rank[stay]
         self.cand_keys, self.cand_ranks = cand, rank
 
-    def skip(self, key: bytes, value: bytes | None = None, why: str = "") -> None:
-        """Count an unreadable record and log it with its key and why (the first 20 of them)."""
+    def _skip(self, key: bytes, value: bytes | None = None, why: str = "") -> None:
         self.skipped += 1
         if not why and value is not None:
-            why = unreadable(value)
+            try:
+                decode(value)
+                why = "not a readable state record"
+            except StateDecodeError as e:
+                why = str(e)
         if self.skipped <= 20:
             log.warning("skipping unreadable state record for key %r: %s", key[:64], why)
         elif self.skipped == 21:
@@ -669,7 +655,7 @@ class ChangelogTable:
         bad = np.concatenate([ch.bad for ch in self.chunks]) if self.chunks else np.zeros(0, bool)
         for key, row, why in failed:
             if not bad[row]:  # (a record the chunk decoder rejected was counted then)
-                self.skip(key, why=why)
+                self._skip(key, why=why)
                 self.dead.append(row)
         self.dead += rows  # out of the matrix: the gate's cases
         self.held.clear()
@@ -751,7 +737,6 @@ def read_training_data(
     client: str = "librdkafka",
     reader_process: bool | None = None,
     decode_thread: bool = True,
-    decode_process: bool | None = None,
 ) -> TrainingData:
     """Every user's latest state in `topic`, read to its end offsets at the start, as training data.
 
@@ -766,33 +751,20 @@ def read_training_data(
     meanwhile. That costs some CPU more (the pipe, a second process's bookkeeping) and pays only
     with a core to spare: on a saturated machine the two processes wait for each other's turn and
     the read in one process was faster (bench/changelog_read.py). None (the default): with
-    aiokafka, a reader process when two cores are idle (`spare_core`); with librdkafka, none.
-
-    With `decode_process` (librdkafka, where the platform forks), the chunks are decoded in a
-    forked child process instead of on a thread here: this process keeps the consumer and the keys,
-    the child decodes, on two cores. It costs CPU (the records cross a pipe, the arrays come back)
-    and pays only with two cores free: on a loaded machine it was slower than the decode thread
-    (bench/changelog_read.py, mode rdthread). None (the default): when two cores are idle
-    (`spare_core`) and `decode_thread` is on."""
+    aiokafka, a reader process when two cores are idle (`spare_core`); with librdkafka, none."""
     if client not in CLIENTS:
         raise ValueError(f"client must be one of {', '.join(CLIENTS)}, got {client!r}")
     table = ChangelogTable(ccfg, holdout_fraction=holdout_fraction, holdout_min=holdout_min, holdout_max=holdout_max)
     t0 = time.perf_counter()
     if reader_process is None:
         reader_process = client == "aiokafka" and spare_core()
-    forks = "fork" in multiprocessing.get_all_start_methods()
-    fork = reader_process and forks
-    if decode_process is None:
-        decode_process = decode_thread and client == "librdkafka" and not fork and forks and spare_core()
-    decode_process = decode_process and forks and client == "librdkafka" and not fork
+    fork = reader_process and "fork" in multiprocessing.get_all_start_methods()
     log.info(
         "reading %s with %s, %s",
         topic,
         client,
         "with a reader process"
         if fork
-        else "decoding in a process of its own"
-        if decode_process
         else ("decoding on a thread of its own" if client == "librdkafka" and decode_thread else "in this process"),
     )
     if fork:
@@ -802,7 +774,7 @@ def read_training_data(
         reader_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         log.info("the changelog reader process's peak RSS: %.0f MB", reader_mb)
     elif client == "librdkafka":
-        read_bulk(bootstrap, topic, table, stall_s, progress_every_s, decode_thread, decode_process)
+        read_bulk(bootstrap, topic, table, stall_s, progress_every_s, decode_thread)
     else:
         asyncio.run(_read(bootstrap, topic, table, stall_s, progress_every_s))
     t1 = time.perf_counter()
@@ -901,7 +873,7 @@ def _read_in_child(
             proc.join()
 
 
-def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
+def _write_all(fd: int, parts: list[bytes]) -> None:
     for a in range(0, len(parts), 512):  # under IOV_MAX buffers a call
         batch = parts[a : a + 512]
         done = os.writev(fd, batch)
@@ -1077,15 +1049,12 @@ def _empty(topic: str) -> EmptyChangelog:
 
 class _DecodeThread:
     """Decodes a ChangelogTable's chunks, in order, on a thread of its own while the reading thread
-    fetches and keeps the keys (`take` and `put` touch separate parts of the table); or, with
-    `put`, hands them to whatever decodes them (a `_DecodeProcess`). At most `depth` chunks wait: a
-    reader faster than the decoding is held back rather than piling up records."""
+    fetches and keeps the keys (`take` and `put` touch separate parts of the table). numpy releases
+    the GIL in the decoder's large array operations, so the two overlap. At most `depth` chunks
+    wait: a reader faster than the decoding is held back rather than piling up records."""
 
-    def __init__(
-        self, table: ChangelogTable, depth: int = 2, put: Callable[[list[bytes], list[bytes]], None] | None = None
-    ):
+    def __init__(self, table: ChangelogTable, depth: int = 2):
         self.table = table
-        self.put = put  # what takes each chunk (None: the table's `put`, decoding here)
         self.queue: queue.Queue[tuple[list[bytes], list[bytes]] | None] = queue.Queue(depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="streamrec-changelog-decode", daemon=True)
@@ -1100,7 +1069,7 @@ class _DecodeThread:
         while (item := self.queue.get()) is not None:
             if self.error is None:  # after a failure the rest is drained, not decoded
                 try:
-                    (self.put or self.table.put)(*item)
+                    self.table.put(*item)
                 except BaseException as e:  # noqa: BLE001 - raised in the reading thread
                     self.error = e
 
@@ -1112,218 +1081,29 @@ class _DecodeThread:
             raise self.error
 
 
-class _DecodeProcess:
-    """Decodes a ChangelogTable's chunks in a forked child process, so that decoding and the
-    reading thread's work (librdkafka's hand-over, the keys) run on two cores instead of taking
-    turns under one process's GIL. `put` (called on a `_DecodeThread`, whose queue bounds the
-    records waiting) joins each piece's records into a free slot of memory shared with the child
-    (one copy here, none there: through a pipe the records cost a copy on each side and the pipe's
-    pages, ~1.5 CPU s per 1M records) and tells the child over a pipe; the child decodes them
-    where they are with the table's confidence settings and its own item table, and writes back
-    the piece's arrays (8 bytes per non-zero, about a quarter of
-    the records' bytes) with the names of the items new in that piece and the reasons of its
-    unreadable records; a thread here puts them into the table in order. The child must be forked
-    before librdkafka starts its threads."""
-
-    SLOTS = 3  # pieces in shared memory at once: one decoding, the next ones written meanwhile
-    SLOT_BYTES = PIECE_BYTES + PAD
-
-    def __init__(self, table: ChangelogTable):
-        ctx = multiprocessing.get_context("fork")
-        self.slot_bytes = self.SLOT_BYTES
-        self.shared = mmap.mmap(-1, self.SLOTS * self.slot_bytes)  # anonymous and shared: the child sees it
-        self.free: queue.Queue[int] = queue.Queue()
-        for slot in range(self.SLOTS):
-            self.free.put(slot)
-        to_child, self.out = ctx.Pipe(duplex=False)
-        self.back, from_child = ctx.Pipe(duplex=False)
-        for conn in (self.out, self.back):  # larger pipe buffers: fewer switches per piece (Linux)
-            with contextlib.suppress(OSError, AttributeError):
-                fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
-        self.proc = ctx.Process(
-            target=_decoder_child,
-            args=(to_child, from_child, (self.out, self.back), table.decoder.ccfg, self.shared, self.slot_bytes),
-            name="streamrec-changelog-decode",
-            daemon=True,
-        )
-        self.proc.start()
-        to_child.close()
-        from_child.close()
-        self.table = table
-        # each piece's keys and slot (-1: its records came through the pipe), in order
-        self.pending: collections.deque[tuple[list[bytes], int]] = collections.deque()
-        self.error: BaseException | None = None
-        self.receiver = threading.Thread(target=self._receive, name="streamrec-changelog-receive", daemon=True)
-        self.receiver.start()
-
-    def put(self, keys: list[bytes], records: list[bytes]) -> None:
-        """Send these rows' records to the child, in pieces of at most `PIECE_BYTES`."""
-        if self.error is not None:
-            raise self.error
-        lens = np.fromiter(map(len, records), np.int64, len(records))
-        cuts = _pieces(lens)
-        try:
-            for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-                size = int(lens[a:b].sum())
-                if size + PAD > self.slot_bytes:  # one record longer than a piece: through the pipe
-                    self.pending.append((keys[a:b], -1))
-                    self.out.send((-1, lens[a:b]))
-                    _write_all(self.out.fileno(), records[a:b])
-                    continue
-                slot = self._free_slot()
-                at = slot * self.slot_bytes
-                self.shared[at : at + size] = b"".join(records[a:b])
-                self.shared[at + size : at + size + PAD] = ZEROS  # the padding the decoder's walks read into
-                self.pending.append((keys[a:b], slot))
-                self.out.send((slot, lens[a:b]))
-        except OSError:  # the child is gone: why, if it said so
-            self.receiver.join(5.0)
-            raise self.error or RecsysError("the changelog decoding process exited") from None
-
-    def _free_slot(self) -> int:
-        while True:
-            try:
-                return self.free.get(timeout=1.0)
-            except queue.Empty:
-                if self.error is not None:
-                    raise self.error from None
-                if not self.receiver.is_alive():
-                    raise RecsysError("the changelog decoding process exited") from None
-
-    def _receive(self) -> None:
-        table, fd = self.table, self.back.fileno()
-        try:
-            while True:
-                msg = self.back.recv()
-                if msg[0] == "done":
-                    return
-                if msg[0] == "error":
-                    raise msg[1]
-                _, specs, new_items, bad = msg
-                arrays = [np.empty(n, dt) for dt, n in specs]
-                for a in arrays:
-                    _read_into(fd, a.data.cast("B"))
-                keys, slot = self.pending.popleft()
-                if slot >= 0:
-                    self.free.put(slot)  # decoded: the child is done with it
-                table.decoder.items.extend(new_items)
-                for i, why in bad:
-                    table.skip(keys[i], why=why)
-                counts, cols, conf, last_ts, bad_rows = arrays
-                table.chunks.append(Chunk(len(counts), counts, cols, conf, last_ts, bad_rows))
-        except EOFError:
-            self.proc.join(5.0)  # its exit status, to say
-            self.error = RecsysError(f"the changelog decoding process exited ({self.proc.exitcode})")
-        except BaseException as e:  # noqa: BLE001 - raised in the reading thread
-            self.error = e
-
-    def close(self, raise_error: bool = True) -> None:
-        """Wait for every piece sent to come back decoded; raise the decoding's failure, if any."""
-        with contextlib.suppress(OSError):
-            self.out.send(None)
-        self.out.close()
-        self.receiver.join()
-        self.back.close()
-        self.proc.join(5.0)
-        if self.proc.is_alive():  # it failed to finish: nothing more is wanted from it
-            self.proc.kill()
-            self.proc.join()
-        self.shared.close()
-        if self.error is not None and raise_error:
-            raise self.error
-
-
-def _read_into(fd: int, view: memoryview) -> None:
-    while view:
-        got = os.readv(fd, [view])
-        if not got:
-            raise EOFError
-        view = view[got:]
-
-
-def _keep_freed_memory() -> None:
-    """(glibc) Keep freed memory for reuse rather than give it back to the system. The decoding
-    process frees a piece's temporaries (~100 MB) and allocates them again for the next, and
-    nothing long-lived sits above them in its heap: trimmed and faulted in again each time, they
-    cost ~0.4 page faults per record."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD, glibc's largest: a piece's arrays stay in the heap
-    except (OSError, AttributeError):  # another C library: its own ways
-        pass
-
-
-def _decoder_child(
-    inp: Any, out: Any, parent_ends: tuple[Any, ...], ccfg: ConfidenceConfig, shared: mmap.mmap, slot_bytes: int
-) -> None:
-    """(the decoding process) Decode the pieces `_DecodeProcess.put` sends until it sends None."""
-    for conn in parent_ends:
-        conn.close()
-    _keep_freed_memory()
-    decoder = ChunkDecoder(ccfg)
-    fd = out.fileno()
-    try:
-        while (msg := inp.recv()) is not None:
-            slot, lens = msg
-            size = int(lens.sum())
-            if slot >= 0:
-                view = memoryview(shared)[slot * slot_bytes : slot * slot_bytes + size + PAD]
-            else:  # a record longer than a piece, through the pipe
-                view = memoryview(bytearray(size + PAD))
-                _read_into(inp.fileno(), view[:size])
-            known = len(decoder.items)
-            ch = decoder.decode_buffer(view[: size + PAD], lens)
-            bad: list[tuple[int, str]] = []
-            if ch.bad.any():
-                start = np.concatenate([[0], np.cumsum(lens)]).tolist()
-                bad = [(i, unreadable(bytes(view[start[i] : start[i + 1]]))) for i in np.flatnonzero(ch.bad).tolist()]
-            arrays = [ch.counts, ch.cols, ch.conf, ch.last_ts, ch.bad]
-            out.send(("piece", [(a.dtype.str, len(a)) for a in arrays], decoder.items[known:], bad))
-            _write_all(fd, [np.ascontiguousarray(a).data.cast("B") for a in arrays if len(a)])
-        out.send(("done",))
-    except BaseException as e:  # noqa: BLE001 - every failure goes to the parent, which raises it
-        try:
-            out.send(("error", e))
-        except Exception:  # noqa: BLE001 - an exception that does not pickle: its text then
-            out.send(("error", RecsysError(f"decoding the changelog: {e!r}")))
-    finally:
-        out.close()
-
-
 def read_bulk(
-    bootstrap: str,
-    topic: str,
-    table: ChangelogTable,
-    stall_s: float,
-    every_s: float,
-    decode_thread: bool = True,
-    decode_process: bool = False,
+    bootstrap: str, topic: str, table: ChangelogTable, stall_s: float, every_s: float, decode_thread: bool = True
 ) -> None:
     """Every record of `topic` up to its end offsets now, through librdkafka, into `table`; with
-    `decode_thread`, its chunks are decoded on a `_DecodeThread` meanwhile; with `decode_process`,
-    that thread hands them to a `_DecodeProcess` (else they go wherever its `sink` sends them:
-    decoded here, or to another process)."""
+    `decode_thread`, its chunks are decoded on a `_DecodeThread` meanwhile (else wherever its
+    `sink` sends them: decoded here, or to another process)."""
     from streaming.kafka import clients
 
-    worker = _DecodeProcess(table) if decode_process else None  # forked before librdkafka starts its threads
-    decoder = (
-        _DecodeThread(table, put=worker.put) if worker is not None else _DecodeThread(table) if decode_thread else None
-    )
-    sink = table.sink
-    if decoder is not None:
-        table.sink = decoder.submit
-    try:
-        with clients.BulkReader(bootstrap, topic, "streamrec-retrain", timeout_s=stall_s) as reader:
-            if not reader.partitions:
-                raise _missing(topic, bootstrap)
-            marks = reader.watermarks()
-            total = sum(end - begin for begin, end in marks.values())
-            if total == 0:
-                raise _empty(topic)
-            left = {p: end for p, (begin, end) in marks.items() if end > begin}
-            reader.start({p: marks[p][0] for p in left})
-            log.info("reading %s: %d records in %d partitions", topic, total, len(marks))
+    with clients.BulkReader(bootstrap, topic, "streamrec-retrain", timeout_s=stall_s) as reader:
+        if not reader.partitions:
+            raise _missing(topic, bootstrap)
+        marks = reader.watermarks()
+        total = sum(end - begin for begin, end in marks.values())
+        if total == 0:
+            raise _empty(topic)
+        left = {p: end for p, (begin, end) in marks.items() if end > begin}
+        reader.start({p: marks[p][0] for p in left})
+        log.info("reading %s: %d records in %d partitions", topic, total, len(marks))
+        decoder = _DecodeThread(table) if decode_thread else None
+        sink = table.sink
+        if decoder is not None:
+            table.sink = decoder.submit
+        try:
             t0 = last_report = last_progress = time.monotonic()
             while left:
                 keys, values, ended, n = reader.batch(10_000, 0.5)
@@ -1342,20 +1122,14 @@ def read_bulk(
                 if now - last_report >= every_s:
                     last_report = now
                     _progress(topic, table.records, total, now - t0)
-        table.flush()
-        if decoder is not None:  # the keys are all in: the gate's cases picked while the last chunks decode
-            table.pick_cases()
-    except BaseException:
-        table.sink = sink
+            table.flush()
+            if decoder is not None:  # the keys are all in: the gate's cases picked while the last chunks decode
+                table.pick_cases()
+        except BaseException:
+            if decoder is not None:
+                table.sink = sink
+                decoder.close(raise_error=False)  # this failure is the one to report
+            raise
         if decoder is not None:
-            decoder.close(raise_error=False)  # this failure is the one to report
-        if worker is not None:
-            worker.close(raise_error=False)
-        raise
-    table.sink = sink
-    try:
-        if decoder is not None:
+            table.sink = sink
             decoder.close()
-    finally:
-        if worker is not None:
-            worker.close(raise_error=decoder is None or decoder.error is None)

@@ -127,11 +127,10 @@ def read_changelog(
     client: str = "librdkafka",
     reader_process: bool | None = None,
     decode_thread: bool = True,
-    decode_process: bool | None = None,
 ) -> TrainingData:
     """Every user's latest state from the table's changelog (or `topic`), read to its current end,
-    as training data: the retrain's read, which the benches time too (`client`, `reader_process`,
-    `decode_thread` and `decode_process`: `read_training_data`'s)."""
+    as training data: the retrain's read, which the benches time too (`client`, `reader_process`
+    and `decode_thread`: `read_training_data`'s)."""
     from streaming.jobs.changelog import read_training_data
 
     return read_training_data(
@@ -145,7 +144,6 @@ def read_changelog(
         client=client,
         reader_process=reader_process,
         decode_thread=decode_thread,
-        decode_process=decode_process,
     )
 
 

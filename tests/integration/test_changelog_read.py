@@ -1,8 +1,7 @@
-"""The retrain's changelog reader on a real broker: librdkafka as the retrain runs it, with decoding
-in a process of its own, on a thread of its own or inline, aiokafka with the forked reader process
-(consumer and keys in a child, decoding here) and aiokafka in one process give the same training
-data, with duplicates, tombstones and an unreadable record; their failures reach the caller as
-the same clear errors."""
+"""The retrain's changelog reader on a real broker: librdkafka with decoding on its own thread (the
+retrain's), aiokafka with the forked reader process (consumer and keys in a child, decoding here)
+and aiokafka in one process give the same training data, with duplicates, tombstones and an
+unreadable record; their failures reach the caller as the same clear errors."""
 
 import logging
 from typing import Any, cast
@@ -40,8 +39,6 @@ def rows(data) -> list[tuple]:
 
 READERS: dict[str, dict[str, Any]] = {
     "librdkafka": {"client": "librdkafka"},
-    "librdkafka, decoding process": {"client": "librdkafka", "decode_process": True},
-    "librdkafka, decoding on a thread": {"client": "librdkafka", "decode_process": False},
     "librdkafka, decoding inline": {"client": "librdkafka", "decode_thread": False},
     "librdkafka, reader process": {"client": "librdkafka", "reader_process": True},
     "aiokafka, reader process": {"client": "aiokafka", "reader_process": True},
