@@ -181,3 +181,17 @@ def test_als_kernel_quick(tmp_path):
         assert finite_pos(r["user_step_ns_median"]) and finite_pos(r["item_step_ns_median"])
         assert r["users_per_item"] == round(r["nnz"] / r["items"])
     assert json.loads((tmp_path / "k.json").read_text())["bench"] == "als_kernel"
+
+
+def test_gate_cost_quick(tmp_path):
+    """The gate's scoring is timed with the index (forced on at this size) and exact, on the same
+    cases, and both score the same synthetic cases to a MAP@10 in [0, 1]."""
+    from bench import gate_cost
+
+    rep = gate_cost.main(["--quick", "--repeats", "1", "--output", str(tmp_path / "g.json")])
+    assert rep["uses_index"] and rep["cases"] == 300 and rep["items"] == 20_000
+    for name in ("index", "exact"):
+        (run,) = rep["runs"][name]
+        assert finite_pos(run["wall_s"]) and 0.0 <= run["map10"] <= 1.0
+    assert finite_pos(rep["index_over_exact"])
+    assert json.loads((tmp_path / "g.json").read_text())["bench"] == "gate_cost"
