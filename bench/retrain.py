@@ -67,8 +67,8 @@ def child_env(bootstrap: str, app_id: str, model_dir: Path, extra: dict[str, str
         STREAMREC_MODEL_UPDATES_TOPIC=f"{app_id}-models",
         STREAMREC_LOG_LEVEL="info",
         PYTHONPATH=str(ROOT),
-        **extra,
     )
+    env.update(extra)  # the caller's settings win (bench.scale passes its run's topic names too)
     return env
 
 
