@@ -451,12 +451,11 @@ def main(argv: list[str] | None = None) -> dict:
     from bench.retrain import child_env as retrain_env
     from bench.state import real_shape, recovery_phases
     from devtools.broker import broker_from_env
-    from recsys.config import load_config, stream_env
+    from recsys.config import load_config
     from recsys.model.store import ModelStore
     from recsys.model.threads import pin_blas_threads
     from streaming.jobs.retrain import announce
     from streaming.kafka.admin import ensure_topics
-    from streaming.topics import isolated
 
     pin_blas_threads()
     factors = args.factors or (16 if q else load_config().train.factors)
@@ -541,15 +540,11 @@ def main(argv: list[str] | None = None) -> dict:
         time.sleep(retrain_after)
 
         # --- the retrain, cold, on what the workers are writing
-        # the workers' topic names too, so the ranker's window is read from this run's clickstream
-        run = stream_env(isolated(load_config().stream, name, bootstrap=broker.bootstrap, partitions=PARTITIONS))
-        topics = {k: v for k, v in run.items() if k.endswith("_TOPIC")}
         env = retrain_env(
             broker.bootstrap,
             name,
             model_dir,
-            topics
-            | {"STREAMREC_TRAIN_WARM_START": "0", "STREAMREC_TRAIN_FACTORS": str(factors)}
+            {"STREAMREC_TRAIN_WARM_START": "0", "STREAMREC_TRAIN_FACTORS": str(factors)}
             | ({"STREAMREC_TRAIN_ITERATIONS": "3", "STREAMREC_TRAIN_MIN_ITERATIONS": "1"} if q else {}),
         )
         mark("retrain started")
