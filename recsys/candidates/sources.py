@@ -634,10 +634,10 @@ class CoVisitation:
         self.recent = RecentItems(max(cfg.covisit_recent, 1) * 3, cfg.max_users)
 
     def _bounded(self, rows: dict[str, dict[str, float]], a: str, row: dict[str, float]) -> None:
-        """A row past twice `covisit_max_row` keeps its heaviest `covisit_max_row` items."""
-        if len(row) > 2 * self.cfg.covisit_max_row:
-            rows[a] = dict(heapq.nlargest(self.cfg.covisit_max_row, row.items(), key=lambda kv: kv[1]))
-            self.pairs -= len(row) - self.cfg.covisit_max_row
+        """A row past twice `covisit_max_row` (the callers check, once per move) keeps its heaviest
+        `covisit_max_row` items."""
+        rows[a] = dict(heapq.nlargest(self.cfg.covisit_max_row, row.items(), key=lambda kv: kv[1]))
+        self.pairs -= len(row) - self.cfg.covisit_max_row
 
     def _add(self, a: str, b: str, w: float) -> int:
         """Adds w to a→b; 1 if the pair is new (the caller counts them once per event)."""
