@@ -145,7 +145,6 @@ class Scorer:
     def __init__(self, model: Model, cfg: ScoringConfig = ScoringConfig()):
         self.model, self.cfg = model, cfg
         norms = np.maximum(np.asarray(model.item_norms, np.float32), 1e-10)
-        self._unit = np.asarray(model.item_factors, np.float32) / norms[:, None]  # for the query term
         self._div = norms ** np.float32(cfg.item_norm_power)
         self._cos_div = norms
         self._pop_order = np.argsort(-np.asarray(model.popularity), kind="stable")
@@ -194,7 +193,7 @@ class Scorer:
         has_u = np.asarray(has_user, bool) & (xn[:, 0] > 0)
         w = np.where(has_u & has_q, self.cfg.user_weight, np.where(has_u, 1.0, 0.0)).astype(np.float32)
         qhat = np.zeros_like(x)
-        qhat[has_q] = self._unit[qrow[has_q]]
+        qhat[has_q] = self._unit_rows(qrow[has_q])
         query = w[:, None] * xhat + (1 - w[:, None]) * qhat
         source = np.where(has_u & has_q, "blend", np.where(has_u, "user", np.where(has_q, "similar", "popular")))
 
@@ -264,7 +263,7 @@ class Scorer:
         while True:
             ids, scores = topk(
                 self._items_for_topk(),
-                self._unit[row : row + 1],
+                self._unit_rows(np.array([row])),
                 fetch,
                 item_norms=self._cos_div,
                 filter_query_items=filt,
@@ -338,6 +337,12 @@ class Scorer:
         rec.items, rec.scores = [i for i, _ in ranked], [float(v) for _, v in ranked]
         rec.extra["own_added"] = len(missing)
         return rec
+
+    def _unit_rows(self, rows: np.ndarray) -> np.ndarray:
+        """yᵢ/‖yᵢ‖ for the given rows only: the query term needs a few rows a batch, and a
+        normalised copy of the whole catalogue would cost one more item matrix of memory
+        (2 GB at 4M items x 128)."""
+        return np.asarray(self.model.item_factors[rows], np.float32) / self._cos_div[rows][:, None]
 
     def _items_for_topk(self) -> np.ndarray:
         return np.asarray(self.model.item_factors)
