@@ -20,12 +20,14 @@ as a worker's warm-up does over a filled topic).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ CACHE = Path(tempfile.gettempdir()) / "streamrec-bench-worker-ranking"
 
 def _setup(n_full: int, items: int, n_rank: int) -> tuple[Any, ...]:
     """bench/e2e's stream, model and ranker (cached: the same seed gives the same ones)."""
+    from recsys.candidates.ranker import FEATURES
     from recsys.candidates.training import train_ranker
     from recsys.confidence import ConfidenceConfig, build_profiles
     from recsys.config import load_config
@@ -42,7 +45,8 @@ def _setup(n_full: int, items: int, n_rank: int) -> tuple[Any, ...]:
     from recsys.model.item_foldin import user_gram
     from recsys.model.train import TrainConfig, train
 
-    path = CACHE / f"e{n_full}-i{items}-r{n_rank}.pkl"
+    # the feature count in the name: a ranker of another release's features would be refused
+    path = CACHE / f"e{n_full}-i{items}-r{n_rank}-f{len(FEATURES)}.pkl"
     if path.exists():
         with path.open("rb") as f:
             return pickle.load(f)
@@ -65,15 +69,108 @@ def _setup(n_full: int, items: int, n_rank: int) -> tuple[Any, ...]:
     return out
 
 
+def _by_users(msgs: list[Any], n: int) -> list[list[Any]]:
+    """Consecutive batches of exactly n distinct users each (the last one fewer)."""
+    out: list[list[Any]] = [[]]
+    seen: set[bytes] = set()
+    for m in msgs:
+        if m.key not in seen and len(seen) == n:
+            out.append([])
+            seen = set()
+        seen.add(m.key)
+        out[-1].append(m)
+    return out
+
+
 def _sum(hist: Any) -> float:
     """A histogram's total (its `_sum` sample)."""
     return sum(s.value for metric in hist.collect() for s in metric.samples if s.name.endswith("_sum"))
 
 
-def _run(proc: Any, batches: list[list[Any]], lists: list[Any] | None, prof: Any = None) -> dict[str, float]:
-    from streaming.worker.state import UserState
+class Stages:
+    """This thread's CPU time in each stage of a batch: the stages' functions wrapped while the
+    ranker's processor runs (`with Stages() as st:`), summed per batch into `st.batches`."""
 
-    store: dict[bytes, UserState] = {}
+    def __init__(self) -> None:
+        import recsys.model.foldin as foldin
+        import recsys.serving.scoring as scoring
+        import streaming.worker.processor as processor
+        import streaming.worker.ranking as ranking
+        from recsys.candidates.ranker import Features, Ranker
+        from recsys.candidates.sources import SessionKNN, Sources
+
+        self.current: dict[str, float] = {}
+        self.batches: list[dict[str, float]] = []
+        self.patches: list[tuple[Any, str, Any]] = [
+            (processor.Processor, "process", "batch"),
+            (processor, "decode_event", "decode"),
+            (ranking.WorkerRanking, "observe", "observe"),
+            (ranking.WorkerRanking, "recommend", "ranking+fold-in"),
+            (foldin.FoldIn, "__call__", "fold-in"),
+            (ranking, "own_item_scores", "own scores"),
+            (SessionKNN, "prefetch", "session-kNN prefetch"),
+            (ranking, "context", "contexts"),
+            (Sources, "top", "source top"),
+            (scoring.Scorer, "recommend", "blend top"),
+            (ranking, "ranked_lists", "ranked_lists"),
+            (Features, "candidates_many", "features"),
+            (Ranker, "scores", "predict"),
+        ]
+
+    def _wrap(self, fn: Any, name: str) -> Any:
+        current = self.current
+
+        def timed(*a: Any, **kw: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return fn(*a, **kw)
+            finally:
+                current[name] = current.get(name, 0.0) + time.thread_time() - t
+
+        return timed
+
+    def __enter__(self) -> Stages:
+        self._saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in self.patches]
+        for (owner, attr, name), (_, _, fn) in zip(self.patches, self._saved, strict=True):
+            setattr(owner, attr, self._wrap(fn, name))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, attr, fn in self._saved:
+            setattr(owner, attr, fn)
+
+    def end_batch(self, users: int) -> None:
+        self.batches.append({**self.current, "users": users})
+        self.current.clear()
+
+
+def _stage_table(st: Stages) -> dict[str, float]:
+    """Median ms a batch of each stage, exclusive of the stages inside it."""
+    inside = {  # stage -> the stages it calls
+        "batch": ("decode", "observe", "ranking+fold-in"),
+        "ranking+fold-in": ("fold-in", "own scores", "session-kNN prefetch", "contexts", "ranked_lists"),
+        "contexts": ("source top",),
+        "ranked_lists": ("blend top", "features", "predict"),
+    }
+    names = [n for _, _, n in st.patches]
+    out: dict[str, float] = {}
+    for n in names:
+        vals = [b.get(n, 0.0) - sum(b.get(c, 0.0) for c in inside.get(n, ())) for b in st.batches]
+        out[n if n not in inside else f"{n} (rest)"] = 1000 * statistics.median(vals)
+    out["total"] = 1000 * statistics.median(b.get("batch", 0.0) for b in st.batches)
+    out["users"] = statistics.median(b["users"] for b in st.batches)
+    return out
+
+
+def _run(
+    proc: Any,
+    batches: list[list[Any]],
+    lists: list[Any] | None,
+    prof: Any = None,
+    stages: Stages | None = None,
+    store: dict[bytes, Any] | None = None,
+) -> dict[str, float]:
+    store = {} if store is None else store
     cpu = 0.0
     users = 0
     m = proc.metrics
@@ -85,6 +182,8 @@ def _run(proc: Any, batches: list[list[Any]], lists: list[Any] | None, prof: Any
         if prof is not None:
             prof.disable()
         cpu += time.thread_time() - t
+        if stages is not None:
+            stages.end_batch(len(res.messages))
         store.update(res.states)
         users += len(res.messages)
         if lists is not None:
@@ -92,7 +191,7 @@ def _run(proc: Any, batches: list[list[Any]], lists: list[Any] | None, prof: Any
                 d = json.loads(v)
                 lists.append([key.decode(), d["items"], d["scores"], d["source"]])
     foldin, ranking = _sum(m.foldin_seconds), _sum(m.ranking_seconds)
-    return {"cpu_s": cpu, "lists": users, "foldin_s": foldin, "ranking_s": ranking}
+    return {"cpu_s": cpu, "lists": users, "batches": len(batches), "foldin_s": foldin, "ranking_s": ranking}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -103,7 +202,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         "--batch", type=int, default=380, help="events per micro-batch (380: ~56 users, e2e's full-load batch)"
     )
+    ap.add_argument("--users", type=int, help="batches of this many distinct users each instead of --batch events")
+    ap.add_argument(
+        "--again-users",
+        type=int,
+        help="then the same events again on the same processor (bench/e2e's half-load run: the worker of "
+        "the full-load run, the stream replayed, stamped at half --rate), in batches of this many users; "
+        "timed on its own",
+    )
+    ap.add_argument("--stages", action="store_true", help="CPU of each stage of a batch (ms, medians over batches)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--rate",
+        type=float,
+        help="stamp the events as sent at this many a second (bench/e2e's stamps), not the simulator's",
+    )
     ap.add_argument("--warm", type=int, default=0, help="events before the stream counted into the sources first")
     ap.add_argument("--only-ranker", action="store_true", help="skip the blend-only processor")
     ap.add_argument("--dump", help="write the ranker processor's lists (first repeat) here")
@@ -128,11 +241,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = load_config()
     ccfg = cfg.confidence
     ranker = Ranker.from_bytes(ranker_bytes, cfg.ranker)
+    if args.rate:
+        # bench/e2e stamps each event with its send time: at its rates the whole stream is one
+        # session a user, so session-kNN's neighbours are whole histories (the costlier case)
+        t0 = stream[0].ts
+        stream = [replace(e, ts=t0 + int(1000 * j / args.rate)) for j, e in enumerate(stream)]
     msgs = [
         Incoming(e.user.encode(), json.dumps(e.to_dict()).encode(), hash(e.user) % 4, off, e.ts)
         for off, e in enumerate(stream)
     ]
-    batches = [msgs[i : i + args.batch] for i in range(0, len(msgs), args.batch)]
+    if args.users:
+        batches = _by_users(msgs, args.users)
+    else:
+        batches = [msgs[i : i + args.batch] for i in range(0, len(msgs), args.batch)]
+    again: list[list[Any]] = []
+    if args.again_users:
+        t1 = stream[-1].ts + 1000
+        step = 2000 / args.rate if args.rate else (stream[-1].ts - stream[0].ts) / len(stream)
+        again = _by_users(
+            [
+                Incoming(
+                    e.user.encode(),
+                    json.dumps(replace(e, ts=t1 + int(j * step)).to_dict()).encode(),
+                    hash(e.user) % 4,
+                    len(stream) + j,
+                    t1 + int(j * step),
+                )
+                for j, e in enumerate(stream)
+            ],
+            args.again_users,
+        )
 
     def processor(with_ranker: bool) -> Any:
         p = Processor(
@@ -155,7 +293,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["blend"] = _run(processor(False), batches, None)
         lists: list[Any] | None = [] if r == 0 and (args.dump or args.compare) else None
         prof = cProfile.Profile(time.thread_time) if r == 0 and args.profile else None
-        row["ranker"] = _run(processor(True), batches, lists, prof)
+        proc = processor(True)
+        store: dict[bytes, Any] = {}
+        with Stages() if args.stages else contextlib.nullcontext() as st:
+            row["ranker"] = _run(proc, batches, lists, prof, st, store)
+            if st is not None:
+                row["stages"] = _stage_table(st)
+                st.batches.clear()
+            if again:
+                row["again"] = _run(proc, again, None, None, st, store)
+                if st is not None:
+                    row["stages_again"] = _stage_table(st)
         if prof is not None:
             prof.dump_stats(args.profile)
         if lists is not None and args.dump:
@@ -187,6 +335,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "median_ranking_s": statistics.median(r["ranker"]["ranking_s"] for r in rounds),
         "rounds": rounds,
     }
+    for k in ("stages", "stages_again"):
+        if k in rounds[0]:
+            out[f"{k}_ms_a_batch"] = {s: statistics.median(r[k][s] for r in rounds) for s in rounds[0][k]}
+    if again:
+        out["again_median_ms_per_list"] = 1000 * statistics.median(
+            r["again"]["cpu_s"] / r["again"]["lists"] for r in rounds
+        )
     if "blend" in med:
         out["ratio"] = med["blend"] / med["ranker"]  # throughput-like: blend CPU / ranker CPU
     print(json.dumps({k: v for k, v in out.items() if k != "rounds"}, indent=1))
