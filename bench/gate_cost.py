@@ -8,12 +8,15 @@ the latest the query, --history more the truth), with the index (the default) an
 same process, alternating; one BLAS thread (the retrain pins it); wall, CPU and the ratio.
 
     python -m bench.gate_cost [--quick] [--items 1100000] [--cases 10000] [--repeats 2]
-                              [--output bench/out/gate_cost.json]
+                              [--modes index,exact] [--output bench/out/gate_cost.json]
+
+Peak RSS is the process's (it only grows): `--modes index` alone gives the index's.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 from dataclasses import replace
 from typing import Any
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--cases", type=int, help="held-out cases (default 10,000: the gate's at 1M users; quick 300)")
     ap.add_argument("--history", type=int, default=15, help="items in each case's profile")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--modes", default="index,exact", help="which of index,exact to run (index first)")
     ap.add_argument("--output", default="bench/out/gate_cost.json")
     args = ap.parse_args(argv)
 
@@ -68,22 +72,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "index": replace(cfg.scoring, ann_min_items=1 if args.quick else cfg.scoring.ann_min_items),
         "exact": replace(cfg.scoring, ann_min_items=0),
     }
+    modes = args.modes.split(",")
+    if not modes or set(modes) - set(variants):
+        ap.error(f"--modes: a comma-separated subset of {','.join(variants)}")
+    variants = {k: v for k, v in variants.items() if k in modes}
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     print(f"{n_cases:,} cases over {n_items:,} items x {factors}", flush=True)
     for r in range(args.repeats):
         for name, scfg in variants.items():
             t, c = time.perf_counter(), time.process_time()
             figures = evaluate_model(model, cases, cfg.confidence, scfg)
-            run = {"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c, "map10": figures["MAP@10"]}
+            run = {
+                "wall_s": time.perf_counter() - t,
+                "cpu_s": time.process_time() - c,
+                "map10": figures["MAP@10"],
+                "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            }
             runs[name].append(run)
-            print(f"  {name:5s} #{r + 1}: {run['wall_s']:.1f} s wall, {run['cpu_s']:.1f} CPU s", flush=True)
+            print(
+                f"  {name:5s} #{r + 1}: {run['wall_s']:.1f} s wall, {run['cpu_s']:.1f} CPU s, "
+                f"process peak RSS so far {run['peak_rss_gb']:.2f} GB",
+                flush=True,
+            )
     med = {k: {m: median([x[m] for x in v]) for m in ("wall_s", "cpu_s")} for k, v in runs.items()}
-    ratio = med["index"]["wall_s"] / med["exact"]["wall_s"]
-    uses_index = bool(variants["index"].ann_min_items) and n_items >= variants["index"].ann_min_items
+    ratio = med["index"]["wall_s"] / med["exact"]["wall_s"] if len(med) == 2 else None
+    index_cfg = variants.get("index")
+    uses_index = index_cfg is not None and bool(index_cfg.ann_min_items) and n_items >= index_cfg.ann_min_items
     print(
-        f"gate scoring, medians of {args.repeats}: with the index {med['index']['wall_s']:.1f} s, exact "
-        f"{med['exact']['wall_s']:.1f} s: {ratio:.2f}x"
-        + ("" if uses_index else " (below scoring.ann_min_items: both exact)")
+        f"gate scoring, medians of {args.repeats}: "
+        + ", ".join(f"{k} {v['wall_s']:.1f} s" for k, v in med.items())
+        + (f": {ratio:.2f}x" if ratio is not None else "")
+        + ("" if uses_index or index_cfg is None else " (below scoring.ann_min_items: both exact)")
     )
     report = {
         "bench": "gate_cost",
