@@ -200,6 +200,7 @@ def create_app(config: Config | None = None, metrics: WorkerMetrics | None = Non
     )
     app.on_partitions_revoked.connect(worker.guard.forget)
     app.on_partitions_assigned.connect(worker.guard.forget)
+    app.on_rebalance_complete.connect(worker.guard.on_rebalance_complete)  # before the seek to committed offsets
     app.on_partitions_assigned.connect(worker.refill.on_assigned)
     reader = BatchReader(app, clicks, settings.batch_max, settings.batch_within_s, settings.batch_behind_wait_s)
 
