@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import queue
 import shutil
 import subprocess
@@ -243,8 +244,22 @@ def _probe(user: str) -> bytes:
     return json.dumps({"user": user, "item": "probe", "type": "view", "ts": int(time.time() * 1000)}).encode()
 
 
+def _cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of process `pid` so far; None: of the whole box (every core)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    if pid is None:
+        with open("/proc/stat") as f:
+            user, nice, system = (int(v) for v in f.readline().split()[1:4])
+        return (user + nice + system) / tick
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+
 def drive(pipe: Pipeline, producer, events, rate: float | None, timeout: float) -> dict:
-    """Produce `events` (as fast as possible, or at `rate`/s), wait for every answer, measure."""
+    """Produce `events` (as fast as possible, or at `rate`/s), wait for every answer, measure.
+    Also the pipeline's CPU over the run and the whole box's: a pipeline whose CPU share stays
+    below one core while its latency grows waits for the cores, not for its own work."""
     from streaming.jobs.replay import encode_event
 
     n = len(events)
@@ -260,6 +275,7 @@ def drive(pipe: Pipeline, producer, events, rate: float | None, timeout: float) 
 
     with pipe.answers.lock:
         msgs0 = pipe.answers.messages
+    cpu0, box0 = _cpu_s(pipe.proc.pid), _cpu_s()
     start = time.time()
     for i, e in enumerate(events):
         if rate:
@@ -294,6 +310,7 @@ def drive(pipe: Pipeline, producer, events, rate: float | None, timeout: float) 
         pending = still
         if pending:
             time.sleep(0.2)
+    cpu_s, box_s, wall_s = _cpu_s(pipe.proc.pid) - cpu0, _cpu_s() - box0, time.time() - start
     time.sleep(0.5)  # late duplicates of answers do not matter; let the counter settle
     with pipe.answers.lock:
         msgs = pipe.answers.messages - msgs0
@@ -317,6 +334,10 @@ def drive(pipe: Pipeline, producer, events, rate: float | None, timeout: float) 
             "max": float(lat.max()) if len(lat) else float("nan"),
         },
         "latency_hist_ms": np.histogram(lat, bins=np.logspace(0, 5, 51))[0].tolist() if len(lat) else [],
+        # cores' worth of CPU while producing and answering (the last poll's 0.2 s included)
+        "pipeline_cpu_cores": cpu_s / wall_s,
+        "box_cpu_cores": box_s / wall_s,
+        "cpus": os.cpu_count(),
     }
 
 
@@ -353,7 +374,15 @@ def _median_round(rounds: list[dict]) -> dict:
             continue
         runs = [r[name] for r in rounds]
         med = dict(runs[-1])
-        for k in ("events_per_s", "recs_per_s", "producer_events_per_s", "seconds", "warmup_s"):
+        for k in (
+            "events_per_s",
+            "recs_per_s",
+            "producer_events_per_s",
+            "seconds",
+            "warmup_s",
+            "pipeline_cpu_cores",
+            "box_cpu_cores",
+        ):
             med[k] = float(np.median([r[k] for r in runs]))
         for k in ("events", "answered", "unanswered", "recs"):
             med[k] = int(np.median([r[k] for r in runs]))
@@ -368,7 +397,8 @@ def _line(name: str, r: dict) -> str:
     return (
         f"{name:<22} {r['events']:>6} events: {r['events_per_s']:8,.0f} events/s, {r['recs_per_s']:8,.0f} recs/s "
         f"(producer {r['producer_events_per_s']:,.0f}/s); latency p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, "
-        f"p99 {lat['p99']:.0f} ms; unanswered {r['unanswered']}"
+        f"p99 {lat['p99']:.0f} ms; unanswered {r['unanswered']}; CPU: {r['pipeline_cpu_cores']:.2f} cores "
+        f"(the box {r['box_cpu_cores']:.2f} of {r['cpus']})"
     )
 
 

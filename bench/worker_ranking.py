@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 row["stages"] = _stage_table(st)
                 st.batches.clear()
             if again:
-                row["again"] = _run(proc, again, None, None, st, store)
+                row["again"] = _run(proc, again, lists, None, st, store)  # --dump/--compare: both passes
                 if st is not None:
                     row["stages_again"] = _stage_table(st)
         if prof is not None:
