@@ -234,7 +234,6 @@ class SessionKNN:
         self._memo: tuple[tuple[str, int], _Neighbourhood] | None = None
         # prefetch's scores: (version, {(user, method, now): (item ids, scores)})
         self._batch: tuple[int, dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]]] = (-1, {})
-        self._ranked: dict[tuple[str, str, int], tuple[list[int], list[float]]] = {}  # the same, best first
         self._decays: dict[float, np.ndarray] = {}  # STAN's λ₃ -> exp(−d/λ₃) for d = 0, 1, … (`_decay`)
 
     def _evict_oldest(self) -> None:
@@ -329,30 +328,27 @@ class SessionKNN:
     ) -> dict[str, float]:
         """`top_items` of `scores` (what `mask` allows, minus `banned`) with their scores, from
         the arrays: no dict of every scored item."""
-        name = self._name
-        if now is not None and self._batch[0] == self._version and (user, method, now) in self._ranked:
-            got: dict[str, float] = {}
-            if n > 0:
-                for i, v in zip(*self._ranked[(user, method, now)], strict=True):
-                    it = name[i]
-                    if it not in banned and (mask is None or mask.allows(it)):
-                        got[it] = v
-                        if len(got) == n:
-                            break
-            return got
-        ids, vals = self.score_arrays(user, method, now)
+        ids, vals = self.score_arrays(user, method, now)  # a prefetched user's from the batch
         if n <= 0 or not len(ids):
             return {}
+        name = self._name
         neg = -vals
         want = n + len(banned)
-        if mask is None and want < len(ids):
-            # as top_items: every item at or above the want-th best score, stably sorted
+        out: dict[str, float] = {}
+        done = 0
+        if want < len(ids):
+            # as top_items: every item at or above the want-th best score, stably sorted, is the
+            # stable sort of all cut there; it holds n items not banned unless the mask says no
             pick = np.flatnonzero(neg <= np.partition(neg, want - 1)[want - 1])
             order = pick[np.argsort(neg[pick], kind="stable")]
-        else:
-            order = np.argsort(neg, kind="stable")
-        out: dict[str, float] = {}
-        for j in order.tolist():
+            for j in order.tolist():
+                it = name[ids[j]]
+                if it not in banned and (mask is None or mask.allows(it)):
+                    out[it] = float(vals[j])
+                    if len(out) == n:
+                        return out
+            done = len(order)
+        for j in np.argsort(neg, kind="stable")[done:].tolist():
             it = name[ids[j]]
             if it not in banned and (mask is None or mask.allows(it)):
                 out[it] = float(vals[j])
@@ -429,9 +425,7 @@ class SessionKNN:
             cand_user += [len(curs)] * len(cand)
             curs.append(cur)
             who.append((user, now))
-        ranked: dict[tuple[str, str, int], tuple[list[int], list[float]]] = {}
         self._batch = (self._version, out)
-        self._ranked = ranked
         if not curs:
             return
         n_u = np.fromiter(map(len, curs), np.int64, len(curs))
@@ -498,15 +492,11 @@ class SessionKNN:
             sums = np.bincount(inv, weights=votes, minlength=len(groups))
             order = np.argsort(first, kind="stable")
             g_key, g_sum = groups[order], sums[order]
-            g_user = g_key // n_items
-            bounds = np.searchsorted(g_user, np.arange(len(curs) + 1), side="left")
-            # best first (ties: voted first), for `top`
-            r = np.lexsort((np.arange(len(g_sum)), -g_sum, g_user))
-            r_ids, r_sums = (g_key[r] % n_items).tolist(), g_sum[r].tolist()
+            bounds = np.searchsorted(g_key // n_items, np.arange(len(curs) + 1), side="left").tolist()
+            g_ids = g_key % n_items
             for j, (user, now) in enumerate(who):
                 a, b = bounds[j], bounds[j + 1]
-                out[(user, method, now)] = (g_key[a:b] % n_items, g_sum[a:b])
-                ranked[(user, method, now)] = (r_ids[a:b], r_sums[a:b])
+                out[(user, method, now)] = (g_ids[a:b], g_sum[a:b])
 
     def _decay(self, l3: float, m: int) -> np.ndarray:
         """exp(−d/λ₃) for d = 0, 1, …, at least m of them: math.exp's values, kept per λ₃ (a

@@ -7,9 +7,11 @@ import heapq
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 
 from recsys.candidates.sources import CategoryPopularity, CoVisitation, SessionKNN, SourcesConfig, top_items
+from recsys.catalogue import ItemMask
 from recsys.confidence import ConfidenceConfig, UserProfile
 from recsys.data.datasets import load_dataset, load_events, time_split
 from recsys.evaluation.streaming import StreamEvalConfig, stream_evaluate
@@ -258,6 +260,9 @@ def test_session_knn_prefetched_for_a_batch_equals_one_user_at_a_time(dataset: s
     each user the arrays `score_arrays` computes alone, to the last bit and in the same order."""
     events = sorted(load_events(require_dataset(dataset)), key=lambda e: e.ts)[-3000:]
     knn = CountingSessionKNN(cfg)
+    every_item = sorted({e.item for e in events})
+    # every fifth item shown: a user's best n + banned items rarely hold n allowed ones
+    mask = ItemMask(np.zeros(0, bool), _allows=set(every_item[::5]).__contains__)
     compared = 0
     for j in range(0, len(events), 100):
         batch = events[j : j + 100]
@@ -283,5 +288,9 @@ def test_session_knn_prefetched_for_a_batch_equals_one_user_at_a_time(dataset: s
                 top = knn.top(u, m, t, n, banned)
                 assert list(top) == top_items(every, n, banned)
                 assert all(top[i] == every[i] for i in top)
+                # a catalogue mask that lets few items through: past the best n + banned
+                masked = knn.top(u, m, t, n, banned, mask)
+                allowed = {i: v for i, v in every.items() if mask.allows(i)}
+                assert list(masked.items()) == [(i, allowed[i]) for i in top_items(allowed, n, banned)]
         assert knn.alone == alone  # read from the batch: no user's own neighbourhood
     assert compared > 200
