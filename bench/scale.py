@@ -231,12 +231,19 @@ class Worker:
     def wait_ready(self, timeout: float) -> float:
         while time.time() - self.started < timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker {self.idx} exited:\n{self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"worker {self.idx} exited ({self.proc.returncode}):\n{self.log_tail()}")
             if self.get("/ready")[0] == 200:
                 self.ready_s = time.time() - self.started
                 return self.ready_s
             time.sleep(0.5)
-        raise TimeoutError(f"worker {self.idx} not ready in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+        raise TimeoutError(f"worker {self.idx} not ready in {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        """The end of the worker's log (what it said before it stopped)."""
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError as e:
+            return f"(no log: {e})"
 
     def metrics(self) -> dict[str, float]:
         from prometheus_client.parser import text_string_to_metric_families
@@ -398,8 +405,12 @@ def wait_swapped(workers: list[Worker], version: str, timeout: float) -> bool:
     while time.time() - t0 < timeout:
         if all(w.swapped_at(version) is not None for w in workers):
             return True
-        if any(w.proc.poll() is not None for w in workers):
-            raise RuntimeError("a worker exited during a model swap")
+        for w in workers:
+            if w.proc.poll() is not None:
+                raise RuntimeError(
+                    f"worker {w.idx} exited ({w.proc.returncode}) during a model swap; the end of its log "
+                    f"({w.log_path}):\n{w.log_tail()}"
+                )
         time.sleep(1.0)
     return False
 
@@ -451,11 +462,12 @@ def main(argv: list[str] | None = None) -> dict:
     from bench.retrain import child_env as retrain_env
     from bench.state import real_shape, recovery_phases
     from devtools.broker import broker_from_env
-    from recsys.config import load_config
+    from recsys.config import load_config, stream_env
     from recsys.model.store import ModelStore
     from recsys.model.threads import pin_blas_threads
     from streaming.jobs.retrain import announce
     from streaming.kafka.admin import ensure_topics
+    from streaming.topics import isolated
 
     pin_blas_threads()
     factors = args.factors or (16 if q else load_config().train.factors)
@@ -540,11 +552,17 @@ def main(argv: list[str] | None = None) -> dict:
         time.sleep(retrain_after)
 
         # --- the retrain, cold, on what the workers are writing
+        # with the workers' topic names, so that the ranker's window is this run's clickstream;
+        # only those retrain_env does not set itself (it names the model-updates topic too)
+        own = retrain_env(broker.bootstrap, name, model_dir, {})
+        run = stream_env(isolated(load_config().stream, name, bootstrap=broker.bootstrap, partitions=PARTITIONS))
+        topics = {k: v for k, v in run.items() if k.endswith("_TOPIC") and k not in own}
         env = retrain_env(
             broker.bootstrap,
             name,
             model_dir,
-            {"STREAMREC_TRAIN_WARM_START": "0", "STREAMREC_TRAIN_FACTORS": str(factors)}
+            topics
+            | {"STREAMREC_TRAIN_WARM_START": "0", "STREAMREC_TRAIN_FACTORS": str(factors)}
             | ({"STREAMREC_TRAIN_ITERATIONS": "3", "STREAMREC_TRAIN_MIN_ITERATIONS": "1"} if q else {}),
         )
         mark("retrain started")
