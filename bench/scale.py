@@ -277,6 +277,11 @@ class Worker:
         hits = [t for t, msg in self.log_times("serving model") if version in msg]
         return hits[0] if hits else None
 
+    def served_ranker(self, version: str) -> bool | None:
+        """Whether the worker serves `version` with its ranker (None: not serving it yet)."""
+        hits = [msg for _, msg in self.log_times("serving model") if version in msg]
+        return ("with its ranker" in hits[0]) if hits else None
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -389,7 +394,7 @@ def swap_record(name: str, version: str, items: int, announced: float, workers: 
     per: dict[str, dict[str, Any]] = {}
     for w in workers:
         at = w.swapped_at(version)
-        per[str(w.idx)] = {"swap_s": None if at is None else at - announced}
+        per[str(w.idx)] = {"swap_s": None if at is None else at - announced, "ranker": w.served_ranker(version)}
         if at is not None:
             per[str(w.idx)]["during"] = lists.between(announced, at)
     done = [p["swap_s"] for p in per.values() if p["swap_s"] is not None]
@@ -596,7 +601,11 @@ def main(argv: list[str] | None = None) -> dict:
             swaps.append(
                 swap_record("retrained", res["version"], int(meta["n_items"]), ann[res["version"]], workers, lists)
             )
-            mark(f"workers swapped to the retrained model: {swaps[-1]['swap_s_max']:.1f} s after its announcement")
+            rankers = [w["ranker"] for w in swaps[-1]["workers"].values()]
+            mark(
+                f"workers swapped to the retrained model: {swaps[-1]['swap_s_max']:.1f} s after its announcement; "
+                f"with its ranker: {rankers}"
+            )
 
         # --- state on disk, then a worker restored from the changelog on an empty data dir
         disk = sum(tree_bytes(w.data_dir) for w in workers)

@@ -147,6 +147,12 @@ def test_scale_quick(tmp_path, kafka_broker, monkeypatch):
         assert finite_pos(s[k]), k
     assert 0 < s["events_processed"] <= rep["events"] and finite_pos(s["retrain_peak_rss_mb"])
     assert rep["retrain"]["result"] == "published" and rep["restore"]["ready"]["ready"] is True
+    # the retrain read this run's clickstream (the workers' topic names) and trained a ranker,
+    # which the workers serve with the retrained model
+    ranker = rep["retrain"]["ranker"]
+    assert ranker["window"]["events"] > 0 and ranker["model"].startswith("trained"), ranker
+    if ranker["published"]:
+        assert all(w["ranker"] for w in rep["swaps"][0]["workers"].values()), rep["swaps"][0]
     # the retrained model and both synthetic ones were swapped to; lists kept coming meanwhile,
     # from the version being replaced
     assert [sw["items"] for sw in s["swaps"].values()][1:] == [3000, 8000]
