@@ -11,8 +11,10 @@ pipeline fresh topics, a fresh consumer group and a fresh process:
   ranker        (--ranker) the real worker serving a model version that carries a learned ranker
                 (LightGBM LambdaRank over co-visitation, session-kNN, own items, popularity and
                 the blend: streaming/worker/ranking.py), trained on the last events before the
-                stream; with --ranker the `worker` pipeline runs with stream.candidate_sources
-                off, i.e. the blend-only worker as it was before the ranker existed
+                stream with as many trees as the retrain job's rankers have (--ranker-trees:
+                ranker.retrain_max_estimators; the trees are most of LightGBM's predict); with
+                --ranker the `worker` pipeline runs with stream.candidate_sources off, i.e. the
+                blend-only worker as it was before the ranker existed
 
 Each pipeline is warmed up (a probe event must come back, with a model version where there is
 one), then the stream is produced as fast as the producer goes (full load); the worker is run
@@ -47,10 +49,14 @@ import uuid
 from dataclasses import replace
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench.common import machine, percentile, plot_setup, worker_process, write_json
+
+if TYPE_CHECKING:
+    from recsys.candidates.ranker import RankerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -244,6 +250,14 @@ def _probe(user: str) -> bytes:
     return json.dumps({"user": user, "item": "probe", "type": "view", "ts": int(time.time() * 1000)}).encode()
 
 
+def ranker_config(rcfg: RankerConfig, trees: int | None) -> RankerConfig:
+    """The bench's ranker settings: `trees` boosting rounds, by default the retrain job's
+    (`window_fit_config`: a worker serves the rankers the retrain stores)."""
+    from recsys.candidates.training import window_fit_config
+
+    return window_fit_config(rcfg) if trees is None else replace(rcfg, n_estimators=trees)
+
+
 def _cpu_s(pid: int | None = None) -> float:
     """CPU seconds (user + system) of process `pid` so far; None: of the whole box (every core)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -434,6 +448,12 @@ def main(argv: list[str] | None = None) -> dict:
         default=20_000,
         help="--ranker: the ranker is trained on this many of the last events before the stream",
     )
+    ap.add_argument(
+        "--ranker-trees",
+        type=int,
+        help="--ranker: its boosting rounds (default: the retrain job's, ranker.retrain_max_estimators capping "
+        "ranker.n_estimators, what a worker serves; stream-eval's ranker has n_estimators)",
+    )
     ap.add_argument("--output", default="bench/out/e2e.json")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
@@ -485,18 +505,20 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.time()
             cfg = load_config()
             n_rank = min(len(train_events), 2000 if args.quick else args.ranker_train_events)
+            rcfg = ranker_config(cfg.ranker, args.ranker_trees)
             ranker = train_ranker(
                 train_events[-n_rank:],
                 ccfg=ccfg,
                 scfg=cfg.scoring,
-                ecfg=StreamEvalConfig(sources=cfg.sources, ranker=cfg.ranker),
+                ecfg=StreamEvalConfig(sources=cfg.sources, ranker=rcfg),
             )
             ModelStore(tmp / "models-ranker").save(
                 model, publish=True, user_gram=user_gram(x), ranker=ranker.to_bytes()
             )
             base_env = {"STREAMREC_CANDIDATE_SOURCES": "false"}  # the blend-only worker, as before the ranker
             print(
-                f"ranker trained on the last {n_rank} events before the stream in {time.time() - t0:.0f}s "
+                f"ranker ({rcfg.n_estimators} trees) trained on the last {n_rank} events before the stream in "
+                f"{time.time() - t0:.0f}s "
                 f"({ranker.meta.get('rows', 0)} example rows)",
                 flush=True,
             )

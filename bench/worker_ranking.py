@@ -2,15 +2,16 @@
 
 The same simulated stream, model and ranker as `python -m bench.e2e --ranker` (the same
 SimConfig, the model on the events before the stream, the ranker on the last
-`--ranker-train-events` of them), fed through `streaming.worker.processor.Processor.process`
-in micro-batches of `--batch` events: the blend-only processor (candidate sources off, as
-bench/e2e's `worker`) and the processor serving the version with a ranker, interleaved, the
-same batches. CPU time (this thread's) per batch, what the processor's timings say (fold-in,
+`--ranker-train-events` of them, with the retrain's trees unless `--ranker-trees`), fed
+through `streaming.worker.processor.Processor.process` in micro-batches of `--batch` events
+(or `--users`): the blend-only processor (candidate sources off, as bench/e2e's `worker`) and
+the processor serving the version with a ranker, interleaved, the same batches. CPU time (this thread's) per batch, what the processor's timings say (fold-in,
 ranking), and medians over `--repeats`. Each repeat starts from empty state, as e2e's fresh
 topics do (`--warm N`: the ranker's sources first count the last N events before the stream,
 as a worker's warm-up does over a filled topic).
 
-    python -m bench.worker_ranking [--events 8000] [--batch 60] [--repeats 3] [--warm 0]
+    python -m bench.worker_ranking [--events 8000] [--batch 60 | --users 46] [--repeats 3] [--warm 0]
+        [--rate 1500] [--again-users 17] [--stages] [--ranker-trees N]
         [--dump lists.json] [--compare lists.json] [--profile out.prof]
 
 `--dump` writes every published list of the ranker's processor (items and scores) and
@@ -34,8 +35,9 @@ from typing import Any
 CACHE = Path(tempfile.gettempdir()) / "streamrec-bench-worker-ranking"
 
 
-def _setup(n_full: int, items: int, n_rank: int) -> tuple[Any, ...]:
+def _setup(n_full: int, items: int, n_rank: int, trees: int | None = None) -> tuple[Any, ...]:
     """bench/e2e's stream, model and ranker (cached: the same seed gives the same ones)."""
+    from bench.e2e import ranker_config
     from recsys.candidates.ranker import FEATURES
     from recsys.candidates.training import train_ranker
     from recsys.confidence import ConfidenceConfig, build_profiles
@@ -46,7 +48,9 @@ def _setup(n_full: int, items: int, n_rank: int) -> tuple[Any, ...]:
     from recsys.model.train import TrainConfig, train
 
     # the feature count in the name: a ranker of another release's features would be refused
-    path = CACHE / f"e{n_full}-i{items}-r{n_rank}-f{len(FEATURES)}.pkl"
+    cfg = load_config()
+    rcfg = ranker_config(cfg.ranker, trees)
+    path = CACHE / f"e{n_full}-i{items}-r{n_rank}-f{len(FEATURES)}-t{rcfg.n_estimators}.pkl"
     if path.exists():
         with path.open("rb") as f:
             return pickle.load(f)
@@ -55,12 +59,11 @@ def _setup(n_full: int, items: int, n_rank: int) -> tuple[Any, ...]:
     train_events, stream = events[:-n_full], events[-n_full:]
     ccfg = ConfidenceConfig()
     model, x, _ = train(build_profiles(train_events, ccfg), ccfg, TrainConfig(factors=64, iterations=8, num_threads=0))
-    cfg = load_config()
     ranker = train_ranker(
         train_events[-min(len(train_events), n_rank) :],
         ccfg=ccfg,
         scfg=cfg.scoring,
-        ecfg=StreamEvalConfig(sources=cfg.sources, ranker=cfg.ranker),
+        ecfg=StreamEvalConfig(sources=cfg.sources, ranker=rcfg),
     )
     out = (train_events, stream, model, user_gram(x), ranker.to_bytes())
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -199,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--events", type=int, default=8000, help="stream events (bench/e2e --events)")
     ap.add_argument("--items", type=int, default=20_000)
     ap.add_argument("--ranker-train-events", type=int, default=10_000)
+    ap.add_argument("--ranker-trees", type=int, help="the ranker's boosting rounds (bench/e2e --ranker-trees)")
     ap.add_argument(
         "--batch", type=int, default=380, help="events per micro-batch (380: ~56 users, e2e's full-load batch)"
     )
@@ -237,7 +241,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from streaming.worker.serving import Serving
 
     pin_blas_threads()
-    train_events, stream, model, xtx, ranker_bytes = _setup(args.events, args.items, args.ranker_train_events)
+    train_events, stream, model, xtx, ranker_bytes = _setup(
+        args.events, args.items, args.ranker_train_events, args.ranker_trees
+    )
     cfg = load_config()
     ccfg = cfg.confidence
     ranker = Ranker.from_bytes(ranker_bytes, cfg.ranker)
