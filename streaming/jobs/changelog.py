@@ -40,6 +40,7 @@ says so.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import operator
@@ -57,9 +58,9 @@ from typing import Any, cast
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.confidence import ConfidenceConfig, UserProfile
+from recsys.confidence import ConfidenceConfig, ItemState, UserProfile
 from recsys.errors import RecsysError
-from recsys.evaluation.offline import EvalCase, holdout_case, holdout_rank, holdout_size
+from recsys.evaluation.offline import EvalCase, holdout_case, holdout_size
 from recsys.model.train import TrainingData
 from streaming.worker.state import StateDecodeError, decode
 
@@ -435,6 +436,106 @@ def _copy_kept(keep_rows: np.ndarray, ch: Chunk, col: np.ndarray, data: np.ndarr
     return n
 
 
+def _held_case(key: bytes, value: bytes, min_items: int) -> EvalCase | str | None:
+    """A held-out user's case through the Python codec: the case, None (too few items), or why
+    the record does not decode."""
+    try:
+        state = decode(value)
+        user = key.decode()
+    except (StateDecodeError, UnicodeDecodeError) as e:
+        return str(e)
+    return holdout_case(user, state.profile, min_items)
+
+
+def held_cases(keys: Sequence[bytes], values: Sequence[bytes], min_items: int) -> list[EvalCase | str | None]:
+    """`_held_case` of many records, equal to it record by record: the fields of all of them are
+    found at once (`_walk`) and the cases built from arrays. A record whose strings are not all
+    ASCII, or that names an item twice, or that does not walk to its end, goes through the Python
+    codec instead, which decides (and words) exactly what `decode` accepts."""
+    n = len(values)
+    out: list[EvalCase | str | None] = [None] * n
+    if not n:
+        return out
+    lens = np.fromiter(map(len, values), np.int64, n)
+    joined = join(values)
+    start = np.zeros(n, np.int64)
+    np.cumsum(lens[:-1], out=start[1:])
+    end = start + lens
+    buf = np.frombuffer(joined, np.uint8)
+    u2 = np.ndarray((len(buf) - 1,), "<u2", buf, 0, (1,))
+    i8 = np.ndarray((len(buf) - 7,), "<i8", buf, 0, (1,))
+    f8 = np.ndarray((len(buf) - 7,), "<f8", buf, 0, (1,))
+    ok = lens >= HEAD
+    hs = np.where(ok, start, 0)
+    ver = buf[hs]
+    n_items = u2[hs + 21].astype(np.int64)
+    n_hist = buf[hs + 23].astype(np.int64)
+    n_last = buf[hs + 24].astype(np.int64)
+    ok &= np.isin(ver, READABLE) & (HEAD + n_items * (2 + ITEM) <= lens)
+    n_items, n_hist, n_last = (np.where(ok, x, 0) for x in (n_items, n_hist, n_last))
+    lim = int(end[-1]) + 1
+    v2 = (ver >= 2) & ok
+    items_end, item_at = _walk(u2, start + HEAD, n_items, ITEM, lim, with_steps=True)
+    hist_end, _ = _walk(u2, items_end, n_hist, 0, lim)
+    version_at = np.minimum(hist_end + 8, lim)
+    version_end = np.minimum(version_at + 2 + u2[version_at], lim)
+    last_end, _ = _walk(u2, version_end, n_last, 0, lim)
+    tail_at = np.where(v2, np.minimum(last_end + 4 * n_last, lim), last_end)
+    tail_end, _ = _walk(u2, tail_at, v2.astype(np.int64) * 2, 0, lim)
+    ok &= np.where(v2, tail_end + MSG, tail_end) == end
+    # The strings other than the item ids, a section at a time: all ASCII (their u16 lengths too,
+    # which are then below 128) means all valid UTF-8; anything else goes to the codec.
+    cut = [x.tolist() for x in (items_end, hist_end, version_at, last_end, tail_at, tail_end)]
+    fast = ok.copy()
+    for r in np.flatnonzero(ok).tolist():
+        if not (
+            joined[cut[0][r] : cut[1][r]].isascii()
+            and joined[cut[2][r] : cut[3][r]].isascii()
+            and joined[cut[4][r] : cut[5][r]].isascii()
+        ):
+            fast[r] = False
+    # the items of the fast records, each record's in (time, id) order
+    listed = np.flatnonzero(fast)
+    sel = np.repeat(fast, n_items)  # of the items walked
+    item_at = item_at[sel]
+    rec_of = np.repeat(np.arange(n), np.where(fast, n_items, 0))
+    after = item_at + 2 + u2[item_at]
+    spans = list(zip((item_at + 2).tolist(), after.tolist(), strict=True))
+    try:
+        names = [joined[a:b].decode() for a, b in spans]
+    except UnicodeDecodeError:  # an id that is not UTF-8: its record goes to the codec
+        names = []
+        for (a, b), r in zip(spans, rec_of.tolist(), strict=True):
+            try:
+                names.append(joined[a:b].decode())
+            except UnicodeDecodeError:
+                names.append("")
+                fast[r] = False
+    value, ts, mask = f8[after].tolist(), i8[after + 8].tolist(), buf[after + 16].tolist()
+    offsets = np.zeros(len(listed) + 1, np.int64)
+    np.cumsum(n_items[listed], out=offsets[1:])
+    for r, a, b in zip(listed.tolist(), offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+        if not fast[r] or len(set(names[a:b])) < b - a:  # (an item twice: the codec keeps its last state)
+            fast[r] = False
+            continue
+        try:
+            user = keys[r].decode()
+        except UnicodeDecodeError as e:
+            out[r] = str(e)
+            continue
+        if b - a < min_items:
+            continue
+        at = [i for _, _, i in sorted(zip(ts[a:b], names[a:b], range(a, b), strict=True))]  # by (time, id)
+        half = at[: (b - a + 1) // 2]
+        profile = UserProfile()
+        profile.items = {names[i]: ItemState(value[i], ts[i], mask[i]) for i in half}
+        profile.last_ts = ts[half[-1]]
+        out[r] = EvalCase(user, names[half[-1]], {names[i] for i in at[len(half) :]}, profile)
+    for r in np.flatnonzero(~fast).tolist():
+        out[r] = _held_case(keys[r], values[r], min_items)
+    return out
+
+
 class ChangelogTable:
     """The latest record per key, decoded in chunks as records arrive (see the module docstring)."""
 
@@ -458,8 +559,7 @@ class ChangelogTable:
         self.values: list[bytes | None] = []
         self.chunks: list[Chunk] = []
         self.held: dict[bytes, bytes] = {}  # hold-out candidates (rows too): key -> latest record
-        self.cand_keys: list[bytes] = []  # the held keys (and some deleted since) and their ranks
-        self.cand_ranks = np.zeros(0, np.int64)
+        self.cut = 1 << 32  # keys new to the table with a hold-out rank (a CRC-32) below this are held
         self.rows = 0  # rows handed out (decoded or on their way)
         # (cases, their rows, undecodable rows) when the keys were kept by another process
         self.picked: tuple[list[EvalCase], list[int], list[tuple[bytes, int, str]]] | None = None
@@ -503,9 +603,16 @@ class ChangelogTable:
         # a key deleted in this chunk (even if written again after) is no one's row or candidate
         # any more: a record after its tombstone makes it a new user
         gone = set(compress(keys, map(operator.is_, values, repeat(None)))) if None in values else set()
-        last = dict(zip(keys, range(n), strict=True))  # each key's last record here
+        last = dict(zip(keys, range(self.rows, self.rows + n), strict=True))  # each key's last record here
+        if not gone and len(last) == n and self.row_of.keys().isdisjoint(last):
+            # the usual chunk: every key new (so none held either), each once
+            if self.holdout[2] > 0:
+                self._hold(keys, cast("list[bytes]", values), None, gone)
+            self.row_of.update(last)
+            self.rows += n
+            return keys, cast("list[bytes]", values)
         if len(last) < n:
-            at = np.fromiter(last.values(), np.int64, len(last))
+            at = np.fromiter(last.values(), np.int64, len(last)) - self.rows
             at.sort()  # in the order of their last records
             keys, values = [keys[i] for i in at.tolist()], [values[i] for i in at.tolist()]
         prev = list(map(self.row_of.pop, keys, repeat(None, len(keys))))
@@ -515,7 +622,7 @@ class ChangelogTable:
             for i in np.nonzero(np.fromiter(map(held.__contains__, keys), bool, len(keys)))[0].tolist():
                 key, value = keys[i], values[i]
                 if value is None or key in gone:
-                    del held[key]  # its entry in `cand_keys` goes at the next merge
+                    del held[key]
                 else:
                     held[key] = value
         if gone:
@@ -576,64 +683,47 @@ class ChangelogTable:
         cases: list[EvalCase] = []
         rows: list[int] = []
         failed: list[tuple[bytes, int, str]] = []
-        for _, key in sorted((holdout_rank(k), k) for k in self.held):
-            if len(cases) >= want:
-                break
-            row = self.row_of[key]
-            try:
-                state = decode(self.held[key])
-                user = key.decode()
-            except (StateDecodeError, UnicodeDecodeError) as e:
-                failed.append((key, row, str(e)))
-                continue
-            case = holdout_case(user, state.profile, self.min_items)
-            if case is not None:
-                cases.append(case)
-                rows.append(row)
+        held = list(self.held)
+        ranked = [k for _, k in sorted(zip(holdout_ranks(held).tolist(), held, strict=True))]
+        at = 0
+        while len(cases) < want and at < len(ranked):
+            # in rank order, a batch at a time: a few more than are missing, as some make no case
+            batch = ranked[at : at + (want - len(cases)) * 5 // 4 + 64]
+            at += len(batch)
+            for key, got in zip(batch, held_cases(batch, [self.held[k] for k in batch], self.min_items), strict=True):
+                if len(cases) >= want:
+                    break
+                if isinstance(got, str):
+                    failed.append((key, self.row_of[key], got))
+                elif got is not None:
+                    cases.append(got)
+                    rows.append(self.row_of[key])
         return cases, rows, failed
 
-    def _hold(self, keys: list[bytes], values: list[bytes], prev: list[int | None], gone: set[bytes]) -> None:
-        """Keys new to the table (or written again after a tombstone) whose hold-out rank is among
-        the lowest `holdout_max` seen so far become candidates: their latest record is kept raw."""
+    def _hold(self, keys: list[bytes], values: list[bytes], prev: list[int | None] | None, gone: set[bytes]) -> None:
+        """Keys new to the table (`prev` None: all of them; or written again after a tombstone)
+        whose hold-out rank is below `cut` become candidates: their latest record is kept raw.
+        Past `holdout_max` and a quarter more, only the `holdout_max` lowest ranks stay (ties: the
+        earlier candidate) and `cut` falls to the highest of them. So the work per chunk is one
+        rank per new key and a comparison, not a pass over every candidate."""
         held, cap = self.held, self.holdout[2]
         # (a held key has a live row: a key without one, or deleted here, is not held)
-        if gone:
-            new = [i for i, (k, p) in enumerate(zip(keys, prev, strict=True)) if p is None or k in gone]
+        if prev is None:
+            new, ranks = keys, holdout_ranks(keys)
         else:
-            new = np.nonzero(np.fromiter(map(operator.is_, prev, repeat(None)), bool, len(prev)))[0].tolist()
-        if not new:
-            return
-        ranks = holdout_ranks([keys[i] for i in new])
-        if len(self.cand_keys) >= cap:  # only ranks below the largest held one can enter
-            sel = np.nonzero(ranks < self.cand_ranks.max())[0]
-            new, ranks = [new[i] for i in sel.tolist()], ranks[sel]
-        if not new:
-            return
-        # the candidates so far that are still held (a deleted key's entry goes; one written again
-        # after its tombstone comes back below as new), then the new ones; the `cap` lowest ranks
-        # stay (ties: the earlier candidate)
-        old = self.cand_keys
-        alive = (
-            np.fromiter(map(held.__contains__, old), bool, len(old))
-            if not gone
-            else np.fromiter((k in held and k not in gone for k in old), bool, len(old))
-        )
-        if not alive.all():
-            idx = np.nonzero(alive)[0]
-            old, old_ranks = [old[i] for i in idx.tolist()], self.cand_ranks[idx]
-        else:
-            old_ranks = self.cand_ranks
-        for i in new:
-            held[keys[i]] = values[i]
-        cand = old + [keys[i] for i in new]
-        rank = np.concatenate([old_ranks, ranks])
-        if len(cand) > cap:
+            at = [i for i, (k, p) in enumerate(zip(keys, prev, strict=True)) if p is None or k in gone]
+            new = [keys[i] for i in at]
+            values = [values[i] for i in at]
+            ranks = holdout_ranks(new)
+        for i in np.flatnonzero(ranks < self.cut).tolist():
+            held[new[i]] = values[i]
+        if len(held) > cap + cap // 4:
+            cand = list(held)  # in the order they became candidates
+            rank = holdout_ranks(cand)
             order = np.argsort(rank, kind="stable")
             for i in order[cap:].tolist():
-                held.pop(cand[i], None)  # a row already: only its raw copy goes
-            stay = np.sort(order[:cap])
-            cand, rank = [cand[i] for i in stay.tolist()], rank[stay]
-        self.cand_keys, self.cand_ranks = cand, rank
+                del held[cand[i]]  # a row already: only its raw copy goes
+            self.cut = int(rank[order[cap - 1]])
 
     def _skip(self, key: bytes, value: bytes | None = None, why: str = "") -> None:
         self.skipped += 1
@@ -659,7 +749,6 @@ class ChangelogTable:
                 self.dead.append(row)
         self.dead += rows  # out of the matrix: the gate's cases
         self.held.clear()
-        self.cand_keys, self.cand_ranks = [], np.zeros(0, np.int64)
         live = np.ones(self.rows, bool)
         live[np.asarray(self.dead, np.int64)] = False
         # Two passes over the chunks: which rows stay, then their non-zeros copied into the final
@@ -767,18 +856,27 @@ def read_training_data(
         if fork
         else ("decoding on a thread of its own" if client == "librdkafka" and decode_thread else "in this process"),
     )
-    if fork:
-        _read_in_child(bootstrap, topic, table, stall_s, progress_every_s, client)
-        # its memory is not in this process's peak RSS: logged (the largest of this process's
-        # children so far, which is this reader unless something bigger ran before it)
-        reader_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        log.info("the changelog reader process's peak RSS: %.0f MB", reader_mb)
-    elif client == "librdkafka":
-        read_bulk(bootstrap, topic, table, stall_s, progress_every_s, decode_thread)
-    else:
-        asyncio.run(_read(bootstrap, topic, table, stall_s, progress_every_s))
-    t1 = time.perf_counter()
-    data = table.training_data(source=f"kafka:{topic}")
+    # The read makes millions of container objects (a librdkafka message per record, the gate's
+    # cases) and no reference cycles: the cyclic collector would only pass over them again and
+    # again, holding the GIL the decoding thread needs.
+    collect = gc.isenabled()
+    gc.disable()
+    try:
+        if fork:
+            _read_in_child(bootstrap, topic, table, stall_s, progress_every_s, client)
+            # its memory is not in this process's peak RSS: logged (the largest of this process's
+            # children so far, which is this reader unless something bigger ran before it)
+            reader_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            log.info("the changelog reader process's peak RSS: %.0f MB", reader_mb)
+        elif client == "librdkafka":
+            read_bulk(bootstrap, topic, table, stall_s, progress_every_s, decode_thread)
+        else:
+            asyncio.run(_read(bootstrap, topic, table, stall_s, progress_every_s))
+        t1 = time.perf_counter()
+        data = table.training_data(source=f"kafka:{topic}")
+    finally:
+        if collect:
+            gc.enable()
     data.phases["read_decode_s"] = round(time.perf_counter() - t0, 3)
     data.phases["assemble_s"] = round(time.perf_counter() - t1, 3)
     data.phases["records"] = table.records

@@ -271,6 +271,57 @@ def test_a_bad_held_out_record_counts_once_and_the_next_ranked_user_takes_its_pl
     assert data.users == len(users) - 1 - 5
 
 
+def test_held_cases_from_arrays_equal_the_codec_s_record_by_record():
+    """The gate's cases are built from the walked fields; whatever that path does not vouch for
+    (non-ASCII strings, an item twice, a record that does not walk to its end) goes through the
+    Python codec. Either way each result is `_held_case`'s: the case, None, or the same error."""
+    from streaming.jobs.changelog import _held_case, held_cases
+
+    base = {f"i{j}": (0.25 * (1 + j % 4), T - 60_000 * (j % 5)) for j in range(7)}  # time ties: by id
+    p = profile(base)
+    few = profile({"i1": (1.0, T), "i2": (1.0, T + 1)})  # fewer than min_items
+    uni = profile({"ünï": (1.0, T), "i2": (0.5, T - 1), "i3": (0.3, T - 2), "long-id-of-many-bytes": (1.0, T - 3)})
+    odd = profile(base)
+    odd.history = ["hïstory"]  # valid UTF-8, not ASCII: the codec
+    full = UserState(p, last_items=["x", "y"], last_scores=[0.5], last_source="blend", last_query="q")
+    v2, v1 = encode(full), encode(UserState(p))
+    dup = bytearray(v2)  # the second item's id made the first's: the codec keeps the later state
+    dup[dup.index(b"i1") + 1] = ord("0")
+    bad_hist = bytearray(v2)
+    bad_hist[v2.index(b"i6", v2.index(b"i6") + 2)] = 0xFF  # a history id that is not UTF-8
+    bad_item = bytearray(v2)
+    bad_item[v2.index(b"i3")] = 0xC3  # an item id that is not UTF-8
+    recs = [
+        (b"plain", v2),
+        (b"format1", b"\x01" + v1[1:-22]),
+        (b"few", encode(UserState(few))),
+        (b"uni", encode(UserState(uni))),
+        (b"odd", encode(UserState(odd))),
+        (b"dup", bytes(dup)),
+        (b"bad-history", bytes(bad_hist)),
+        (b"bad-item", bytes(bad_item)),
+        (b"truncated", v2[:-1]),
+        (b"trailing", v2 + b"x"),
+        (b"\xff\xfe-key", v2),
+        (b"empty", b""),
+        (b"plain-again", v2),
+    ]
+    assert decode(recs[1][1]).profile == p
+    keys, values = [k for k, _ in recs], [v for _, v in recs]
+    got = held_cases(keys, values, 3)
+    want = [_held_case(k, v, 3) for k, v in recs]
+
+    def sig(c: Any) -> Any:
+        return c if c is None or isinstance(c, str) else (c.user, c.query, c.relevant, c.profile)
+
+    assert [sig(c) for c in got] == [sig(c) for c in want]
+    assert [type(c).__name__ for c in got] == [
+        "EvalCase", "EvalCase", "NoneType", "EvalCase", "EvalCase", "EvalCase", "str", "str", "str", "str", "str",
+        "str", "EvalCase",
+    ]  # fmt: skip
+    assert held_cases([], [], 3) == []
+
+
 def test_holdout_ranks_are_holdout_rank_of_each_key():
     from streaming.jobs.changelog import holdout_ranks
 
