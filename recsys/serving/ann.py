@@ -120,16 +120,20 @@ class MipsIndex:
         if n == 0:
             raise ConfigError("ann: cannot index an empty catalogue")
         _threads(faiss, cfg.num_threads)
-        aug, max_norm = _augment(rows)
+        aug = _Augmented(rows)
         nlist = cfg.nlist or max(1, min(int(4 * math.sqrt(n)), n // 8 or 1))
         index = _train_ivf(faiss, aug, nlist, cfg)
-        index.add(aug)
+        # augmented a chunk at a time: faiss keeps its own copy, a whole one here would be a
+        # second (2 GB at 4M items x 128). 65,536 is faiss's own add batch, so the lists are
+        # the same as from one add.
+        for a in range(0, n, ADD_CHUNK):
+            index.add(aug.rows(np.arange(a, min(n, a + ADD_CHUNK))))
         tuned = None
         if cfg.nprobe:
             index.nprobe = min(nlist, cfg.nprobe)
         else:
             index.nprobe, tuned = _tune_nprobe(index.quantizer, rows, aug, cfg)
-        return cls(index, rows, max_norm, cfg, time.perf_counter() - t0, tuned)
+        return cls(index, rows, aug.max_norm, cfg, time.perf_counter() - t0, tuned)
 
     def search(
         self,
@@ -170,15 +174,26 @@ class MipsIndex:
         return ids_out, sc_out
 
 
-def _augment(rows: np.ndarray) -> tuple[np.ndarray, float]:
-    """Rows plus the coordinate √(M² − ‖zᵢ‖²): every augmented row has norm M."""
-    n, f = rows.shape
-    norms2 = np.einsum("ij,ij->i", rows, rows)
-    max2 = float(norms2.max())
-    aug = np.empty((n, f + 1), np.float32)
-    aug[:, :f] = rows
-    aug[:, f] = np.sqrt(np.maximum(max2 - norms2, 0.0))
-    return aug, math.sqrt(max2)
+ADD_CHUNK = 65_536
+
+
+class _Augmented:
+    """Rows plus the coordinate √(M² − ‖zᵢ‖²), made for the rows asked for: every augmented row
+    has norm M."""
+
+    def __init__(self, rows: np.ndarray):
+        self._rows = rows
+        self._norms2 = np.einsum("ij,ij->i", rows, rows)
+        self._max2 = float(self._norms2.max())
+        self.max_norm = math.sqrt(self._max2)
+        self.n, self.dim = rows.shape[0], rows.shape[1] + 1
+
+    def rows(self, which: np.ndarray) -> np.ndarray:
+        f = self.dim - 1
+        out = np.empty((len(which), self.dim), np.float32)
+        out[:, :f] = self._rows[which]
+        out[:, f] = np.sqrt(np.maximum(self._max2 - self._norms2[which], 0.0))
+        return out
 
 
 def _query_side(q: np.ndarray) -> np.ndarray:
@@ -192,10 +207,10 @@ def _query_side(q: np.ndarray) -> np.ndarray:
     return qa
 
 
-def _train_ivf(faiss, aug: np.ndarray, nlist: int, cfg: AnnConfig):
+def _train_ivf(faiss, aug: _Augmented, nlist: int, cfg: AnnConfig):
     """IVF-Flat (L2) with k-means trained on at most train_per_list sampled rows per list:
     training cost stays proportional to n, not n·nlist."""
-    n, d = aug.shape
+    n, d = aug.n, aug.dim
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist, faiss.METRIC_L2)
     index.cp.niter = cfg.niter
     index.cp.seed = cfg.seed
@@ -203,11 +218,11 @@ def _train_ivf(faiss, aug: np.ndarray, nlist: int, cfg: AnnConfig):
     index.cp.min_points_per_centroid = 1
     n_train = nlist * cfg.train_per_list
     rng = np.random.default_rng(cfg.seed)
-    index.train(aug if n <= n_train else aug[np.sort(rng.choice(n, n_train, replace=False))])
+    index.train(aug.rows(np.arange(n) if n <= n_train else np.sort(rng.choice(n, n_train, replace=False))))
     return index
 
 
-def _tune_nprobe(quantizer, rows: np.ndarray, aug: np.ndarray, cfg: AnnConfig) -> tuple[int, float]:
+def _tune_nprobe(quantizer, rows: np.ndarray, aug: _Augmented, cfg: AnnConfig) -> tuple[int, float]:
     """The fewest lists to probe for recall@tune_k >= target_recall on pseudo-queries, and the
     recall it gives. Pseudo-queries are unit vectors of random rows with that row excluded (like
     the query item on screen); on the bench's blended user queries they are the harder set.
@@ -221,7 +236,7 @@ def _tune_nprobe(quantizer, rows: np.ndarray, aug: np.ndarray, cfg: AnnConfig) -
     pq = rows[pick] / np.maximum(np.linalg.norm(rows[pick], axis=1, keepdims=True), 1e-10)
     true_ids, _ = exact_search(rows, pq, k, [[int(i)] for i in pick], cfg.num_threads)
     qi, slot = np.nonzero(true_ids >= 0)
-    home = quantizer.assign(aug[true_ids[qi, slot]], 1).ravel()  # the list each neighbour is in
+    home = quantizer.assign(aug.rows(true_ids[qi, slot]), 1).ravel()  # the list each neighbour is in
     _, order = quantizer.search(_query_side(pq), nlist)  # each query's lists, nearest first
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.broadcast_to(np.arange(nlist), order.shape), axis=1)

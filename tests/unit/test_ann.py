@@ -135,3 +135,19 @@ def test_config_validation():
         AnnConfig(nprobe=-1)
     with pytest.raises(ConfigError):
         AnnConfig(target_recall=0.0)
+
+
+def test_index_added_in_chunks_answers_as_one_add(data, monkeypatch):
+    """The build augments and adds the rows a chunk at a time (so no whole augmented copy is held
+    beside faiss's own): the lists, the tuned nprobe and every answer are those of one add."""
+    from recsys.serving import ann
+
+    _, z, q = data
+    cfg = AnnConfig(num_threads=1)
+    whole = MipsIndex.build(z, cfg)  # 6,000 rows: one chunk
+    monkeypatch.setattr(ann, "ADD_CHUNK", 700)
+    chunked = MipsIndex.build(z, cfg)
+    assert (chunked.nlist, chunked.nprobe, chunked.tuned_recall) == (whole.nlist, whole.nprobe, whole.tuned_recall)
+    excl = [[r, r + 1] for r in range(len(q))]
+    for a, b in zip(whole.search(q, 10, excl), chunked.search(q, 10, excl), strict=True):
+        np.testing.assert_array_equal(a, b)
