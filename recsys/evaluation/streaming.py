@@ -88,7 +88,7 @@ from typing import Any
 import numpy as np
 
 from recsys.candidates.lists import context, ranked_lists
-from recsys.candidates.ranker import Context, Examples, Features, ItemStats, Ranker, RankerConfig
+from recsys.candidates.ranker import FEATURES, Context, Examples, Features, ItemStats, Ranker, RankerConfig
 from recsys.candidates.sources import BASELINES, Sources, SourcesConfig, top_items
 from recsys.confidence import ConfidenceConfig, UserProfile, build_profiles
 from recsys.evaluation.plotting import pyplot
@@ -178,6 +178,7 @@ class _Snap:
     segment: str  # activity segment
     base_lists: dict[str, list[str]] | None = None  # the stream baselines' lists at that moment
     ctx: Context | None = None  # the ranker's inputs at that moment
+    reachable: bool = True  # the event's item can be among its candidates (`stream_evaluate`'s `reach`)
 
 
 def _snapshot(
@@ -225,13 +226,17 @@ def stream_evaluate(
     progress: Callable[[str], None] | None = None,
     ranker: Ranker | None = None,
     collect: Examples | None = None,
+    prune_unreachable: bool = True,
 ) -> dict[str, Any]:
     """Replay `test_events` after `train_events`; returns the report (see format_table).
 
     `model` (+ `user_factors`, `user_ids` for the static method) skips training. `keep_lists`:
     methods whose per-event lists are returned in report["events"] (for exact comparisons).
     `ranker`: the learned ranker for method `ranker` (`recsys.candidates.training.train_ranker`
-    on the training events). `collect`: gather the ranker's training examples of every replayed event."""
+    on the training events). `collect`: gather the ranker's training examples of every replayed event.
+    `prune_unreachable`: an example whose item is neither the model's nor any earlier event's is
+    recorded as a miss (no candidates: none could be its item) without building its candidates;
+    off, they are built and found without it (the same figures, the same fit: the reference)."""
     say = progress or (lambda _m: None)
     t0 = time.time()
     k = ecfg.k
@@ -272,11 +277,21 @@ def stream_evaluate(
             by_cfg[ecfg.baseline_sources.get(m, ecfg.sources)].append(m)
     sources = [(Sources(c), ms) for c, ms in by_cfg.items()]
     listed = any(m in BASELINES for m in methods)  # some baseline's own list is scored
+    # Every candidate is an item of the model or of an event replayed before (the sources, the
+    # popularity and own items hold nothing else), so an event on any other item cannot have its
+    # target among its candidates: when only its example is wanted (no list of it is scored) it
+    # is a miss without its sources' lists, the replay's dearest part. On Taobao most example
+    # events are on items first seen then.
+    reach: set[str] | None = set(model.item_index) if prune_unreachable and collect is not None else None
+    if reach is not None and ("ranker" in methods or listed or keep_lists):
+        reach = None
     stats = ItemStats()
     features = Features(model, ecfg.ranker) if ranking else None
     pending: list[Event] = []  # the chunk's events, counted into `stats` after its lists
     for e in train_sorted:
         count(e)
+        if reach is not None:
+            reach.add(e.item)
         for src, _ in sources:
             src.update(e)
         if ranking:
@@ -341,7 +356,10 @@ def stream_evaluate(
             if e.item == snap.query:
                 skipped_same += 1
             else:
-                if sources:
+                if reach is not None and e.item not in reach:
+                    snap.reachable = False
+                    snap.ctx = context(e.user, p, snap.query, snap.excl, snap.conf, (), 0, e.ts)
+                elif sources:
                     scores: dict[str, dict[str, float]] = {}
                     if ranking:
                         per = ecfg.ranker.per_source
@@ -366,6 +384,8 @@ def stream_evaluate(
             since_pop += 1
             if e.item not in model.item_index:
                 touched[e.item][e.user] = True
+            if reach is not None:
+                reach.add(e.item)
             i += 1
         n_chunks += 1
         if not snaps:
@@ -373,13 +393,25 @@ def stream_evaluate(
                 stats.add(e.item, e.ts)
             pending.clear()
             continue
-        # one fold-in of the chunk for the system's lists and the ranker's blend candidates
-        folded = rec.fold_in([s.conf for s in snaps]) if features is not None else None
-        lists = _lists(methods, snaps, rec, rec_items, rec_retrain, static_x, k, scfg, ecfg.system_popular, folded)
-        if features is not None:
-            ranked = ranker_lists(snaps, rec, features, stats, ranker, collect, k, lists.get("system"), folded)
-            if "ranker" in methods:
-                lists["ranker"] = ranked
+        # the rows whose lists are built: an unreachable event's lists cannot hold its item
+        live = snaps if reach is None else [sn for sn in snaps if sn.reachable]
+        start = len(collect.meta) if collect is not None else 0
+        if live:
+            # one fold-in of the chunk for the system's lists and the ranker's blend candidates
+            folded = rec.fold_in([s.conf for s in live]) if features is not None else None
+            lists = _lists(methods, live, rec, rec_items, rec_retrain, static_x, k, scfg, ecfg.system_popular, folded)
+            if features is not None:
+                ranked = ranker_lists(live, rec, features, stats, ranker, collect, k, lists.get("system"), folded)
+                if "ranker" in methods:
+                    lists["ranker"] = ranked
+        else:
+            lists = {m: [] for m in methods}
+        if live is not snaps:
+            assert collect is not None  # pruning is on only while collecting
+            _add_misses(collect, snaps, start)
+            for m, ls in list(lists.items()):
+                got = iter(ls)
+                lists[m] = [next(got) if sn.reachable else [] for sn in snaps]
         for e in pending:
             stats.add(e.item, e.ts)
         pending.clear()
@@ -509,6 +541,30 @@ def ranker_lists(
         on_candidates=example if collect is not None else None,
     )
     return [r.items for r in out]
+
+
+def _add_misses(collect: Examples, snaps: Sequence[_Snap], start: int) -> None:
+    """The chunk's unreachable events as misses (no candidates, not in the fallback's list: it
+    holds only items of the model or seen before), among its other examples in event order
+    (`start`: where the chunk's examples begin; with `keep_all` the gate cuts them by position)."""
+    none = np.zeros((0, len(FEATURES)), np.float32)
+    if not collect.keep_all:  # only covered events are kept: a miss is counted
+        for sn in snaps:
+            if not sn.reachable:
+                collect.add([], none, sn.event.item)
+        return
+    got = list(zip(collect.X[start:], collect.y[start:], collect.meta[start:], strict=True))
+    del collect.X[start:], collect.y[start:], collect.meta[start:]
+    live = iter(got)
+    for sn in snaps:
+        if sn.reachable:
+            X, y, meta = next(live)
+            collect.X.append(X)
+            collect.y.append(y)
+            collect.meta.append(meta)
+        else:
+            assert sn.ctx is not None
+            collect.add([], none, sn.event.item, (sn.segment if sn.ctx.events else "cold", 0))
 
 
 def _seg_order(seg: str) -> int:
