@@ -8,9 +8,10 @@ own functions (streaming/jobs/retrain.py `retrain_once`, in this process):
   with     the same, plus the ranker from the events as the window (`events_window`: what
            `recsys retrain --data FILE` does; from Kafka the window is the clickstream's, read by
            streaming/jobs/window.py): examples scored by the serving version (it has not seen the
-           new events), LambdaRank, its gate, stored with the version
+           new events), LambdaRank, its gate, stored with the version; its job started before
+           the profiles' build, as `recsys retrain` starts it before reading the training data
 
-Wall time from the profiles' build to the stored version; medians of --repeats, interleaved
+Wall time from the profiles' build (the ranker's start) to the stored version; medians of --repeats, interleaved
 (the machine is shared), the ratio with/without, the ranker's phases and gate figures.
 
     python -m bench.ranker_cost --datasets yoochoose,taobao [--repeats 3] [--max-examples N]
@@ -48,11 +49,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from recsys.confidence import build_profiles
 from recsys.config import Config, load_config
 from recsys.data.datasets import load, time_split
 from recsys.model.store import ModelStore
-from streaming.jobs.retrain import RetrainMetrics, events_window, retrain_once
+from streaming.jobs.retrain import RankerJob, RetrainMetrics, events_window, retrain_once
 
 
 def one(events: list[Any], serving: Path, cfg: Config, with_ranker: bool) -> dict[str, Any]:
@@ -61,16 +64,11 @@ def one(events: list[Any], serving: Path, cfg: Config, with_ranker: bool) -> dic
         shutil.copytree(serving, root)
         store = ModelStore(root)
         t = time.perf_counter()
+        metrics = RetrainMetrics()
+        # as `recsys retrain --data FILE` runs it: the ranker's job first, then the profiles
+        job = RankerJob(events_window(events, cfg.ranker), store, cfg, metrics) if with_ranker else None
         profiles = build_profiles(events, cfg.confidence)
-        res = retrain_once(
-            profiles,
-            store,
-            cfg.stream,
-            RetrainMetrics(),
-            "bench",
-            cfg,
-            window=events_window(events, cfg.ranker) if with_ranker else None,
-        )
+        res = retrain_once(profiles, store, cfg.stream, metrics, "bench", cfg, ranker=job)
         wall = time.perf_counter() - t
         has = store.ranker(res.version) is not None if res.version else False
     return {"wall_s": round(wall, 3), "phases": res.phases, "ranker": res.ranker, "stored_ranker": has}
@@ -254,19 +252,51 @@ def variant_quality(name: str, cfg: Config, variants: list[str]) -> dict[str, An
     stream_evaluate(train, val, ccfg=ccfg, scfg=scfg, tcfg=tcfg, ecfg=ecfg, collect=held)
     out: dict[str, Any] = {"dataset": name, "validation_events": held.events, "examples": info}
     out["replays_s"] = round(time.perf_counter() - t, 1)
+    first: np.ndarray | None = None
     for v in variants:
         changes = dict(kv.split("=", 1) for kv in v.split(",") if kv)
+        examples = fit_ex
+        if changes.pop("prune_unreachable", "true") == "false":  # the examples of the full replay
+            ref, _ = window_examples(
+                train[-rcfg.window_max_events :],
+                rcfg,
+                ccfg=ccfg,
+                scfg=scfg,
+                tcfg=tcfg,
+                ecfg=ecfg,
+                prune_unreachable=False,
+            )
+            examples = _subset(ref, range(int(len(ref.meta) * (1 - rcfg.gate_fraction))))
         vcfg = replace(rcfg, **{k: type(getattr(rcfg, k))(x) for k, x in changes.items()})
         t = time.perf_counter()
-        rk = fit(fit_ex, window_fit_config(vcfg))
+        rk = fit(examples, window_fit_config(vcfg))
         fit_s = time.perf_counter() - t
         ranked, fallback = list_ranks(rk, held)
-        out[v or "as configured"] = {
+        res: dict[str, Any] = {
             "fit_s": round(fit_s, 2),
             "ranker": {k: round(x, 4) for k, x in rank_figures(ranked).items()},
             "fallback": {k: round(x, 4) for k, x in rank_figures(fallback).items()},
         }
-        print(name, v or "as configured", out[v or "as configured"], flush=True)
+        if first is None:
+            first = ranked
+        else:  # paired with the first variant, event by event: the difference and its standard error
+            res["minus_first"] = paired(ranked, first)
+        out[v or "as configured"] = res
+        print(name, v or "as configured", res, flush=True)
+    return out
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """HR@10 and MRR@10 of ranks `a` minus those of `b` on the same events (0 = miss), with the
+    standard error of the per-event differences."""
+    out: dict[str, float] = {}
+    for name, f in (
+        ("HR@10", lambda r: (r > 0) * 1.0),
+        ("MRR@10", lambda r: np.where(r > 0, 1.0 / np.maximum(r, 1), 0.0)),
+    ):
+        d = f(a) - f(b)
+        out[name] = round(float(d.mean()), 5)
+        out[f"{name}_se"] = round(float(d.std(ddof=1) / np.sqrt(len(d))), 5) if len(d) > 1 else 0.0
     return out
 
 
@@ -286,7 +316,9 @@ def main() -> None:
     ap.add_argument(
         "--variants",
         help="with --quality: instead, the capped ranker with other settings on one validation replay, "
-        "';'-separated, each ','-separated ranker fields, '' = as configured (e.g. ';n_estimators=50,learning_rate=0.1')",
+        "';'-separated, each ','-separated ranker fields, '' = as configured (e.g. ';n_estimators=50,learning_rate=0.1'; "
+        "prune_unreachable=false: that variant's examples from the full replay); each after the first is also "
+        "compared with the first, event by event (paired difference and its standard error)",
     )
     ap.add_argument("--output", default="bench/out/ranker_cost.json")
     args = ap.parse_args()

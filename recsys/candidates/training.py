@@ -83,6 +83,7 @@ def window_examples(
     ecfg: StreamEvalConfig | None = None,
     model: Model | None = None,
     seen_until: int | None = None,
+    prune_unreachable: bool = True,
 ) -> tuple[Examples, dict[str, Any]]:
     """Every replayed event's candidates, features and fallback rank (`Examples(keep_all=True)`)
     from a window of events, at most `rcfg.max_examples` of the latest replayed.
@@ -93,7 +94,7 @@ def window_examples(
     them, no training. Otherwise the window's last `example_fraction` is the example part and a
     model is trained on at most `rcfg.model_max_events` events before it. Every earlier event
     of the window is the replay's state (profiles, sources, counters), as a worker's state is
-    ahead of its model."""
+    ahead of its model. `prune_unreachable`: see `stream_evaluate` (off: the reference replay)."""
     ecfg = replace(ecfg or StreamEvalConfig(), ranker=rcfg, methods=("system",))
     ordered = sorted(events, key=lambda e: e.ts)
     info: dict[str, Any] = {}
@@ -125,6 +126,7 @@ def window_examples(
             user_factors=user_factors,
             user_ids=user_ids,
             collect=ex,
+            prune_unreachable=prune_unreachable,
         )
     info.update(window_events=len(ordered), state_events=len(head), example_events=len(part))
     return ex, info

@@ -6,17 +6,13 @@ segments and fallback ranks, and the same features but for the last bits of the 
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 
-import recsys.candidates.training as training
 from recsys.candidates.ranker import FEATURES, RankerConfig, fit
-from recsys.candidates.training import _subset, list_ranks
+from recsys.candidates.training import _subset, list_ranks, window_examples
 from recsys.confidence import ConfidenceConfig, build_profiles
 from recsys.data.datasets import load_events, time_split
-from recsys.evaluation import streaming
 from recsys.model.train import TrainConfig, train
 from tests.conftest import require_dataset
 
@@ -29,15 +25,10 @@ def examples():
     head, window = time_split(events, test_fraction=0.5)
     model, _, _ = train(build_profiles(head, ConfidenceConfig()), ConfidenceConfig(), TrainConfig(), version="serving")
     rcfg = RankerConfig(max_examples=1000)
-    out = {}
-    for prune in (True, False):
-        mp = pytest.MonkeyPatch()
-        mp.setattr(training, "stream_evaluate", functools.partial(streaming.stream_evaluate, prune_unreachable=prune))
-        try:
-            out[prune], _ = training.window_examples(window, rcfg, model=model, seen_until=head[-1].ts)
-        finally:
-            mp.undo()
-    return out[True], out[False]
+    return tuple(
+        window_examples(window, rcfg, model=model, seen_until=head[-1].ts, prune_unreachable=prune)[0]
+        for prune in (True, False)
+    )
 
 
 def test_pruned_examples_are_the_full_replays(examples) -> None:
