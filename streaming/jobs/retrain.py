@@ -322,6 +322,12 @@ class RankerJob:
         """The model's fit is over: the ranker's fit may take `ranker.fit_threads`."""
         self._als_done.set()
 
+    def abandon(self) -> None:
+        """The retrain failed before its model: the result is not wanted (a thread cannot be
+        stopped: it finishes on its own, its ranker dropped)."""
+        self._als_done.set()
+        self._pool.shutdown(wait=False)
+
     def result(self, phases: dict[str, Any]) -> tuple[bytes | None, dict[str, Any]]:
         """Wait for it; its phases go into `phases`, with how long the retrain waited for it."""
         t = time.time()
@@ -437,34 +443,43 @@ def retrain_once(
     config: Any = None,
     engine: FitEngine | None = None,
     window: EventsWindow | None = None,
+    ranker: RankerJob | None = None,
 ) -> RetrainResult:
     """Train once, gate, publish. Does not announce (the caller does, if it published).
     `data`: TrainingData (from the changelog) or profiles (split here the same way).
     `config` (recsys.config.Config) supplies confidence, training and scoring settings;
     `engine` turns the data into a model (default: `fit_engine`); `window`: the recent events
-    the version's ranker is trained on (None: no ranker; `clickstream_window`)."""
+    the version's ranker is trained on (None: no ranker; `clickstream_window`). `ranker`: its
+    job started already (`RankerJob`: before the training data was read), instead of `window`."""
     metrics = metrics or RetrainMetrics()
     t0 = time.time()
     config = config if config is not None else Config()
     ccfg, tcfg = config.confidence, config.train
-    if not isinstance(data, TrainingData):
-        data = data_from_profiles(data, ccfg, settings, source)
-    source = source or data.source
-    if data.skipped:
-        metrics.skipped.inc(data.skipped)
-    if data.users == 0 or data.matrix.nnz == 0:
-        raise RecsysError(f"no training data: {source or 'the input'} has no user with a readable state to train on")
-    phases: dict[str, Any] = {k: v for k, v in data.phases.items() if k.endswith("_s")}
-    t = time.time()
-    init = serving_model(store) if tcfg.warm_start else None
-    phases["load_serving_s"] = round(time.time() - t, 3)
-    t = time.time()
-    job = RankerJob(window, store, config, metrics) if window is not None else None
+    job = ranker
     try:
+        if not isinstance(data, TrainingData):
+            data = data_from_profiles(data, ccfg, settings, source)
+        source = source or data.source
+        if data.skipped:
+            metrics.skipped.inc(data.skipped)
+        if data.users == 0 or data.matrix.nnz == 0:
+            raise RecsysError(
+                f"no training data: {source or 'the input'} has no user with a readable state to train on"
+            )
+        phases: dict[str, Any] = {k: v for k, v in data.phases.items() if k.endswith("_s")}
+        t = time.time()
+        init = serving_model(store) if tcfg.warm_start else None
+        phases["load_serving_s"] = round(time.time() - t, 3)
+        t = time.time()
+        if job is None and window is not None:
+            job = RankerJob(window, store, config, metrics)
         model, gram = (engine or fit_engine)(data, ccfg, tcfg, init)
-    finally:
+    except BaseException:
         if job is not None:
-            job.fit_done()
+            job.abandon()
+        raise
+    if job is not None:
+        job.fit_done()
     phases["fit_s"] = round(time.time() - t, 3)
     users = data.users + len(data.cases)
     return gate_and_publish(
@@ -591,18 +606,26 @@ def run(
                 res = trainer(store, metrics)
             else:
                 cfg = config if config is not None else Config()
-                window: EventsWindow | None = None
-                if data:
-                    events, path = load(data, mapping=cfg.input)
-                    training, source = build_profiles(events, ccfg), str(path)
-                    if cfg.ranker.retrain:
-                        window = events_window(events, cfg.ranker)
-                else:
-                    training = read_changelog(settings, ccfg)
-                    source = f"kafka:{settings.changelog_topic}"
-                    if cfg.ranker.retrain:
-                        window = clickstream_window(settings, cfg)
-                res = retrain_once(training, store, settings, metrics, source, cfg, window=window)
+                # The ranker's job starts first: its window and examples (scored by the serving
+                # version) need neither the training data nor the new model, so they overlap
+                # the data's read as well as the model's fit.
+                job: RankerJob | None = None
+                try:
+                    if data:
+                        events, path = load(data, mapping=cfg.input)
+                        if cfg.ranker.retrain:
+                            job = RankerJob(events_window(events, cfg.ranker), store, cfg, metrics)
+                        training, source = build_profiles(events, ccfg), str(path)
+                    else:
+                        if cfg.ranker.retrain:
+                            job = RankerJob(clickstream_window(settings, cfg), store, cfg, metrics)
+                        training = read_changelog(settings, ccfg)
+                        source = f"kafka:{settings.changelog_topic}"
+                except BaseException:
+                    if job is not None:
+                        job.abandon()
+                    raise
+                res = retrain_once(training, store, settings, metrics, source, cfg, ranker=job)
                 del training  # the next run reads afresh; the matrix need not outlive this one
             if res.version:
                 announce(
