@@ -47,6 +47,7 @@ import operator
 import os
 import queue
 import resource
+import sys
 import threading
 import time
 import zlib
@@ -67,6 +68,11 @@ from streaming.worker.state import StateDecodeError, decode
 log = logging.getLogger("streamrec.retrain")
 
 CLIENTS = ("librdkafka", "aiokafka")  # read_training_data's consumers
+# Python's thread switch interval during the read. The decoding thread releases the GIL in each
+# numpy operation and must take it back after each (thousands per chunk); the reading thread runs
+# Python code that holds it until asked to let go, which at the default 5 ms left the decoding
+# thread waiting most of the time the reader had work: the two took turns instead of overlapping.
+SWITCH_S = 0.0005
 
 # The state codec's layout (streaming/worker/state.py): header "<BqqIHBB", an item is
 # "<H" id length, the id, "<dqB"; a string is "<H" length + bytes; format 2's tail "<qqh".
@@ -687,8 +693,9 @@ class ChangelogTable:
         ranked = [k for _, k in sorted(zip(holdout_ranks(held).tolist(), held, strict=True))]
         at = 0
         while len(cases) < want and at < len(ranked):
-            # in rank order, a batch at a time: a few more than are missing, as some make no case
-            batch = ranked[at : at + (want - len(cases)) * 5 // 4 + 64]
+            # in rank order, a batch at a time (a few more than are missing, as some make no case;
+            # at most 2,048, whose arrays and objects are a few MB)
+            batch = ranked[at : at + min((want - len(cases)) * 5 // 4 + 64, 2048)]
             at += len(batch)
             for key, got in zip(batch, held_cases(batch, [self.held[k] for k in batch], self.min_items), strict=True):
                 if len(cases) >= want:
@@ -861,6 +868,8 @@ def read_training_data(
     # again, holding the GIL the decoding thread needs.
     collect = gc.isenabled()
     gc.disable()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_S)
     try:
         if fork:
             _read_in_child(bootstrap, topic, table, stall_s, progress_every_s, client)
@@ -875,6 +884,7 @@ def read_training_data(
         t1 = time.perf_counter()
         data = table.training_data(source=f"kafka:{topic}")
     finally:
+        sys.setswitchinterval(switch)
         if collect:
             gc.enable()
     data.phases["read_decode_s"] = round(time.perf_counter() - t0, 3)
