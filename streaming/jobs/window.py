@@ -13,7 +13,6 @@ publishes its model without a ranker and says why.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import Counter
@@ -68,14 +67,28 @@ def plan(
 
 
 def decode(records: Iterable[Any], window: Window, mapping: InputConfig | None) -> None:
-    """Validate `records` (aiokafka ConsumerRecords) as the worker does; events into `window`,
-    the others counted by reason."""
-    from streaming.worker.processor import Incoming, decode_event
+    """Validate `records` (with aiokafka ConsumerRecords' key, value, partition, offset and
+    timestamp) as the worker does; events into `window`, the others counted by reason."""
+    from streaming.worker.messages import Incoming, decode_event
 
     for r in records:
         window.records += 1
         try:
             event = decode_event(Incoming(r.key, r.value, r.partition, r.offset, r.timestamp), mapping)
+        except EventError as e:
+            window.skipped[e.reason] += 1
+            continue
+        window.events.append(event)
+
+
+def _decode_messages(msgs: list[Any], window: Window, mapping: InputConfig | None) -> None:
+    """`decode` of librdkafka's messages."""
+    from streaming.worker.messages import Incoming, decode_event
+
+    for m in msgs:
+        window.records += 1
+        try:
+            event = decode_event(Incoming(m.key(), m.value(), m.partition(), m.offset(), m.timestamp()[1]), mapping)
         except EventError as e:
             window.skipped[e.reason] += 1
             continue
@@ -97,13 +110,13 @@ def read_window(
     t0 = time.monotonic()
     w = Window()
     since_ms = int(((time.time() if now is None else now) - window_s) * 1000)
-    asyncio.run(_read(bootstrap, topic, w, since_ms, max_events, mapping, stall_s, progress_every_s))
+    _read_bulk(bootstrap, topic, w, since_ms, max_events, mapping, stall_s, progress_every_s)
     w.events.sort(key=lambda e: e.ts)  # partitions interleave: one time order (stable within a user)
     w.seconds = time.monotonic() - t0
     return w
 
 
-async def _read(
+def _read_bulk(
     bootstrap: str,
     topic: str,
     w: Window,
@@ -113,43 +126,62 @@ async def _read(
     stall_s: float,
     every_s: float,
 ) -> None:
+    """The window's records through librdkafka (streaming/kafka/clients.py `BulkReader`, the
+    changelog read's consumer): it fetches and parses record batches in its own threads, off the
+    GIL, where aiokafka made a Python object per record in this one (a fifth of the read's time);
+    what is left here is each record's validation."""
+    from confluent_kafka import KafkaException, TopicPartition
+
     from streaming.kafka import clients
 
-    async with clients.topic_reader(bootstrap, topic, "streamrec-retrain-window", 8 << 20) as (consumer, tps):
-        if not tps:
+    with clients.BulkReader(bootstrap, topic, "streamrec-retrain-window", 8 << 20, timeout_s=stall_s) as reader:
+        if not reader.partitions:
             w.note = f"the clickstream topic {topic} does not exist on {bootstrap}"
             return
-        w.partitions = len(tps)
-        begin = await consumer.beginning_offsets(tps)
-        end = await consumer.end_offsets(tps)
-        found = await consumer.offsets_for_times({tp: max(since_ms, 0) for tp in tps})
-        start = plan(begin, end, {tp: o.offset if o is not None else None for tp, o in found.items()}, max_events)
-        total = sum(end[tp] - start[tp] for tp in tps)
+        w.partitions = len(reader.partitions)
+        marks = reader.watermarks()
+        asked = [TopicPartition(topic, p, max(since_ms, 0)) for p in reader.partitions]
+        try:
+            found = reader.consumer.offsets_for_times(asked, timeout=stall_s)
+        except KafkaException as e:
+            raise reader.failure(f"the offsets of {topic} by time", e) from None
+        # no record that recent: librdkafka answers the end (a negative logical offset)
+        by_time = {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in found}
+        end = {p: e for p, (_, e) in marks.items()}
+        start = plan({p: b for p, (b, _) in marks.items()}, end, by_time, max_events)
+        total = sum(end[p] - start[p] for p in end)
         if total == 0:
             w.note = f"the clickstream topic {topic} has no record in the window"
             return
-        for tp in tps:
-            consumer.seek(tp, start[tp])
-        left = [tp for tp in tps if end[tp] > start[tp]]
-        for tp in tps:
-            if tp not in left:
-                consumer.pause(tp)
-        log.info("reading the clickstream window of %s: %d records in %d partitions", topic, total, len(tps))
+        left = {p: end[p] for p in end if end[p] > start[p]}
+        reader.start({p: start[p] for p in left})
+        log.info("reading the clickstream window of %s: %d records in %d partitions", topic, total, len(end))
         t0 = last_report = last_progress = time.monotonic()
         while left:
-            fetched = await consumer.getmany(*left, timeout_ms=500)
+            msgs = reader.consumer.consume(10_000, 0.5)
             now = time.monotonic()
-            for tp, records in fetched.items():
-                stop = end[tp]
-                records = [r for r in records if r.offset < stop]  # later records: the next retrain's
-                if records:
-                    decode(records, w, mapping)
-                    last_progress = now
-            for tp in list(left):
-                if await consumer.position(tp) >= end[tp]:
-                    left.remove(tp)
-                    consumer.pause(tp)
+            keep = []
+            done = set()
+            for m in msgs:
+                err, p, off = m.error(), m.partition() or 0, m.offset() or 0
+                if err is not None:  # librdkafka's own error codes are named with a leading underscore
+                    if err.name() != "_PARTITION_EOF":
+                        raise reader.failure(topic, KafkaException(err))
+                    done.add(p)
+                elif p in left:
+                    if off < left[p]:  # later records: the next retrain's
+                        keep.append(m)
+                    if off >= left[p] - 1:
+                        done.add(p)
+            if keep:
+                _decode_messages(keep, w, mapping)
+                last_progress = now
+            for p in done:
+                if left.pop(p, None) is not None:
+                    reader.pause(p)
             if left and now - last_progress > stall_s:
+                if reader.errors:
+                    raise reader.failure(topic)
                 raise RecsysError(
                     f"reading {topic} stalled: no record for {stall_s:.0f}s with {w.records} of {total} read "
                     "(stream.changelog_stall_s)"

@@ -28,10 +28,11 @@ from recsys.catalogue import Catalogue, ItemFilter, ItemMask
 from recsys.confidence import ConfidenceConfig
 from recsys.config import Settings
 from recsys.errors import EventError
-from recsys.events import Event, InputConfig, parse_event
+from recsys.events import Event, InputConfig
 from recsys.serving.popularity import RecentPopularity
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import Recommendations
+from streaming.worker.messages import Incoming, decode_event
 from streaming.worker.metrics import WorkerMetrics
 from streaming.worker.new_items import new_item_evidence
 from streaming.worker.ranking import WorkerRanking
@@ -39,16 +40,6 @@ from streaming.worker.serving import Serving, ServingModel
 from streaming.worker.state import UserState
 
 DEFAULT_SOURCES = SourcesConfig()
-MAX_MESSAGE_BYTES = 64 * 1024  # an event is a few hundred bytes; anything this big is not one
-
-
-@dataclass
-class Incoming:
-    key: bytes | None
-    value: bytes | None
-    partition: int
-    offset: int
-    timestamp_ms: int  # Kafka record timestamp: when the event reached the broker
 
 
 @dataclass
@@ -77,35 +68,6 @@ class BatchResult:
     duplicates: int = 0
     repaired: int = 0  # users written back only because redelivered events were already in their state
     evidence: list[tuple[bytes, bytes]] = field(default_factory=list)  # (item, JSON) new-item evidence
-
-
-def decode_event(msg: Incoming, mapping: InputConfig | None = None) -> Event:
-    """Bytes -> validated Event, or EventError with a short reason code. `mapping`: the shop's
-    field and type names and time format (the `[input]` section), as for its files."""
-    if msg.value is None:
-        raise EventError("empty", "message has no value")
-    if len(msg.value) > MAX_MESSAGE_BYTES:
-        raise EventError("too_large", f"{len(msg.value)} bytes > {MAX_MESSAGE_BYTES}")
-    try:
-        text = msg.value.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise EventError("bad_utf8", str(e)) from None
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise EventError("bad_json", str(e)[:200]) from None
-    event = parse_event(obj, mapping=mapping)
-    if msg.key is None:
-        raise EventError("missing_key", f"messages must be keyed by user id (here {event.user!r})")
-    if msg.key != event.user.encode():
-        key = msg.key.decode("utf-8", "replace")
-        raise EventError(
-            "key_mismatch",
-            f"message key {key[:100]!r} differs from the event's user {event.user!r}: key each message "
-            "by its user id, the same text as the user field",
-            value=key,
-        )
-    return event
 
 
 class Processor:
