@@ -265,8 +265,11 @@ def _cpu_s(pid: int | None = None) -> float:
         with open("/proc/stat") as f:
             user, nice, system = (int(v) for v in f.readline().split()[1:4])
         return (user + nice + system) / tick
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    except OSError:  # the process is gone (its run reports the events it left unanswered)
+        return float("nan")
     return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
 
 
