@@ -8,10 +8,9 @@ own functions (streaming/jobs/retrain.py `retrain_once`, in this process):
   with     the same, plus the ranker from the events as the window (`events_window`: what
            `recsys retrain --data FILE` does; from Kafka the window is the clickstream's, read by
            streaming/jobs/window.py): examples scored by the serving version (it has not seen the
-           new events), LambdaRank, its gate, stored with the version; its job started before
-           the profiles' build, as `recsys retrain` starts it before reading the training data
+           new events), LambdaRank, its gate, stored with the version
 
-Wall time from the profiles' build (the ranker's start) to the stored version; medians of --repeats, interleaved
+Wall time from the profiles' build to the stored version; medians of --repeats, interleaved
 (the machine is shared), the ratio with/without, the ranker's phases and gate figures.
 
     python -m bench.ranker_cost --datasets yoochoose,taobao [--repeats 3] [--max-examples N]
@@ -55,7 +54,7 @@ from recsys.confidence import build_profiles
 from recsys.config import Config, load_config
 from recsys.data.datasets import load, time_split
 from recsys.model.store import ModelStore
-from streaming.jobs.retrain import RankerJob, RetrainMetrics, events_window, retrain_once
+from streaming.jobs.retrain import RetrainMetrics, events_window, retrain_once
 
 
 def one(events: list[Any], serving: Path, cfg: Config, with_ranker: bool) -> dict[str, Any]:
@@ -64,11 +63,16 @@ def one(events: list[Any], serving: Path, cfg: Config, with_ranker: bool) -> dic
         shutil.copytree(serving, root)
         store = ModelStore(root)
         t = time.perf_counter()
-        metrics = RetrainMetrics()
-        # as `recsys retrain --data FILE` runs it: the ranker's job first, then the profiles
-        job = RankerJob(events_window(events, cfg.ranker), store, cfg, metrics) if with_ranker else None
         profiles = build_profiles(events, cfg.confidence)
-        res = retrain_once(profiles, store, cfg.stream, metrics, "bench", cfg, ranker=job)
+        res = retrain_once(
+            profiles,
+            store,
+            cfg.stream,
+            RetrainMetrics(),
+            "bench",
+            cfg,
+            window=events_window(events, cfg.ranker) if with_ranker else None,
+        )
         wall = time.perf_counter() - t
         has = store.ranker(res.version) is not None if res.version else False
     return {"wall_s": round(wall, 3), "phases": res.phases, "ranker": res.ranker, "stored_ranker": has}

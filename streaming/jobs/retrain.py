@@ -606,26 +606,27 @@ def run(
                 res = trainer(store, metrics)
             else:
                 cfg = config if config is not None else Config()
-                # The ranker's job starts first: its window and examples (scored by the serving
-                # version) need neither the training data nor the new model, so they overlap
-                # the data's read as well as the model's fit.
+                window: EventsWindow | None = None
                 job: RankerJob | None = None
-                try:
-                    if data:
-                        events, path = load(data, mapping=cfg.input)
-                        if cfg.ranker.retrain:
-                            job = RankerJob(events_window(events, cfg.ranker), store, cfg, metrics)
-                        training, source = build_profiles(events, ccfg), str(path)
-                    else:
-                        if cfg.ranker.retrain:
-                            job = RankerJob(clickstream_window(settings, cfg), store, cfg, metrics)
+                if data:
+                    events, path = load(data, mapping=cfg.input)
+                    training, source = build_profiles(events, ccfg), str(path)
+                    if cfg.ranker.retrain:
+                        window = events_window(events, cfg.ranker)
+                else:
+                    # The ranker's job starts first: its window read and examples (scored by the
+                    # serving version) need neither the changelog nor the new model, so they
+                    # overlap the read (native fetches) as well as the ALS fit.
+                    if cfg.ranker.retrain:
+                        job = RankerJob(clickstream_window(settings, cfg), store, cfg, metrics)
+                    try:
                         training = read_changelog(settings, ccfg)
-                        source = f"kafka:{settings.changelog_topic}"
-                except BaseException:
-                    if job is not None:
-                        job.abandon()
-                    raise
-                res = retrain_once(training, store, settings, metrics, source, cfg, ranker=job)
+                    except BaseException:
+                        if job is not None:
+                            job.abandon()
+                        raise
+                    source = f"kafka:{settings.changelog_topic}"
+                res = retrain_once(training, store, settings, metrics, source, cfg, window=window, ranker=job)
                 del training  # the next run reads afresh; the matrix need not outlive this one
             if res.version:
                 announce(
