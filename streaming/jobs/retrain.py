@@ -245,6 +245,7 @@ def train_gated_ranker(
     ranker's bytes or None, what happened). Never raises: without a ranker the blend serves.
     `fit_threads()`: LightGBM's threads when its fit starts (`RankerJob`)."""
     from recsys.candidates.training import train_window_ranker
+    from recsys.evaluation.streaming import StreamEvalConfig
 
     info: dict[str, Any] = {"published": False}
     t = time.time()
@@ -268,6 +269,8 @@ def train_gated_ranker(
             ccfg=config.confidence,
             scfg=config.scoring,
             tcfg=config.train,
+            # the worker's sources (`[sources]`): the examples' candidates are the ones it serves
+            ecfg=StreamEvalConfig(sources=config.sources),
             model=model,
             seen_until=seen_until,
             progress=log.info,

@@ -216,3 +216,28 @@ def test_too_few_events_for_examples_publish_without_a_ranker(tmp_path, taobao):
     )
     assert res.result == "published" and not res.ranker["published"]
     assert "too few events for examples" in res.ranker["note"]
+
+
+def test_the_examples_come_from_the_configured_sources(tmp_path, taobao):
+    """The worker serves candidates from `[sources]`: the retrain's examples are built from the same
+    (here the category source off: another ranker than with it on)."""
+    import shutil
+
+    cfg = config()
+    head, _ = time_split(taobao, test_fraction=0.4)
+    retrain_once(build_profiles(head, cfg.confidence), ModelStore(tmp_path / "serving"), Settings(), config=cfg)
+    sums = {}
+    for on in (3, 0):
+        c = replace(cfg, sources=replace(cfg.sources, category_recent=on))
+        root = tmp_path / f"models-{on}"
+        shutil.copytree(tmp_path / "serving", root)
+        res = retrain_once(
+            build_profiles(taobao, c.confidence),
+            ModelStore(root),
+            Settings(),
+            config=c,
+            window=events_window(taobao, RCFG),
+        )
+        assert res.ranker["model"].startswith("serving"), res.ranker
+        sums[on] = res.ranker.get("sha256") or res.ranker.get("holdout")
+    assert sums[3] != sums[0]
