@@ -28,9 +28,15 @@ and needs the users x items confidence matrix. No per-user Python object is buil
     `ConfidenceConfig.confidences`, the one formula. A chunk keeps 8 bytes per non-zero
     (column int32, confidence float32): memory is a small multiple of the final CSR.
   * Hold-out: the users with the lowest `holdout_rank` (a hash of the id) are candidates: their
-    latest raw record is kept too (at most `holdout_max` of them, the lowest ranks; ties by key)
-    and, at the end, the lowest-ranked that make a case (recsys.evaluation.offline.holdout_case)
-    become the gate's cases and leave the matrix; the others stay in it.
+    latest raw record is kept too (the keys below a rank cut, which falls to the `holdout_max`-th
+    lowest whenever they pass it by a quarter) and, at the end, the lowest-ranked (ties by key)
+    that make a case (recsys.evaluation.offline.holdout_case) become the gate's cases and leave the
+    matrix; the others stay in it. The cases are built from the held records' fields found as the
+    decoder finds them (`held_cases`), the Python codec deciding any record that is not plain.
+  * Threads: the reading thread's Python code (a librdkafka message per record, the keys) and the
+    decoding thread's numpy calls share the GIL; during the read the switch interval is short
+    (`SWITCH_S`) so that the decoding thread gets it back between its calls, and the cyclic GC is
+    off (nothing read makes a cycle).
 
 An unreadable or foreign record (wrong format version, truncated, trailing bytes) is skipped,
 counted and logged with its key; it never stops the retrain. An empty changelog is an error that
@@ -1214,7 +1220,9 @@ def read_bulk(
         try:
             t0 = last_report = last_progress = time.monotonic()
             while left:
-                keys, values, ended, n = reader.batch(10_000, 0.5)
+                # (a few thousand at a time: building their Python objects holds the GIL throughout,
+                # which no switch interval interrupts, and the decoding thread waits for it)
+                keys, values, ended, n = reader.batch(2_000, 0.5)
                 now = time.monotonic()
                 if n:
                     table.add_kv(keys, values)
