@@ -19,7 +19,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,7 @@ FEATURES = (
     "same_category_recent",
 )
 _RANK_ABSENT = 1000.0
+_NEVER = np.iinfo(np.int64).min  # an item's last-seen time when it was never seen
 
 
 class FeatureMismatch(ValueError):
@@ -273,7 +274,7 @@ class Features:
         X = np.zeros((n, len(FEATURES)), np.float32)
         if n:
             col = 0
-            present = np.zeros(n, np.int64)
+            sels = []
             for k in range(n_src):
                 X[:, col + 1] = _RANK_ABSENT
                 if s_rows[k]:
@@ -284,9 +285,10 @@ class Features:
                     X[sel, col] = v
                     X[sel, col + 1] = s_ranks[k]
                     X[sel, col + 2] = v / np.array(s_divs[k], np.float64)
-                    present += np.bincount(sel, minlength=n)
+                    sels.append(sel)
                 col += 3
-            X[:, col] = present
+            if sels:  # how many sources list each row
+                X[:, col] = np.bincount(np.concatenate(sels), minlength=n)
             col += 1
             X[own_rows, col] = 1.0
             X[own_rows, col + 1] = own_vals
@@ -302,12 +304,16 @@ class Features:
             at = np.fromiter(map(code.__getitem__, every), np.intp, n)
             t_stats = stats.pop.last_ts
             X[:, col + 5] = np.fromiter(map(math.log1p, stats.pop.counts(uniq, t_stats)), np.float64, len(uniq))[at]
-            seen, s_now = stats.last_seen, stats.now
-            X[:, col + 6] = np.array(
-                [math.log1p(max(s_now - seen[i], 0) / 60_000.0) if i in seen else 20.0 for i in uniq], np.float64
-            )[at]
+            # minutes since last seen: the same int and float operations as
+            # log1p(max(now - seen, 0) / 60_000.0) item by item, math.log1p's values; never seen: 20
+            last = np.fromiter(map(stats.last_seen.get, uniq, repeat(_NEVER)), np.int64, len(uniq))
+            seen = last != _NEVER
+            gone = np.full(len(uniq), 20.0)
+            mins = np.maximum(stats.now - last[seen], 0) / 60_000.0
+            gone[seen] = np.fromiter(map(math.log1p, mins.tolist()), np.float64, len(mins))
+            X[:, col + 6] = gone[at]
+            model_rows = np.fromiter(map(self.model.item_index.get, uniq, repeat(-1)), np.int64, len(uniq))[at]
             idx = self.model.item_index
-            model_rows = np.array([idx.get(i, -1) for i in uniq], np.int64)[at]
             known = model_rows >= 0
             X[:, col + 7] = known
             X[cq_rows, col + 10] = cq_vals
