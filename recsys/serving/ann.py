@@ -44,7 +44,18 @@ import numpy as np
 
 from recsys.errors import ConfigError
 
-__all__ = ["AnnConfig", "MipsIndex", "scaled_items", "exact_search", "recall_at_k"]
+__all__ = ["AnnConfig", "MipsIndex", "ScanTooWide", "scaled_items", "exact_search", "recall_at_k"]
+
+
+class ScanTooWide(Exception):
+    """The tuned index would scan more of the catalogue per query than `AnnConfig.max_scan`."""
+
+    def __init__(self, nprobe: int, nlist: int):
+        super().__init__(
+            f"the approximate index needs {nprobe} of its {nlist} lists per query ({nprobe / nlist:.0%} of the "
+            "catalogue) for its target recall: the item factors have little cluster structure"
+        )
+        self.nprobe, self.nlist = nprobe, nlist
 
 
 @dataclass(frozen=True)
@@ -59,10 +70,13 @@ class AnnConfig:
     extra_fetch: int = 8  # fetched beyond k + a row's exclusions
     num_threads: int = 0  # faiss OpenMP threads; 0: all cores
     seed: int = 1234
+    max_scan: float = 1.0  # share of the lists a tuned query may scan; more: build raises ScanTooWide
 
     def __post_init__(self) -> None:
         if self.nlist < 0 or self.nprobe < 0 or self.train_per_list < 1 or self.niter < 1 or self.extra_fetch < 0:
             raise ConfigError("ann: nlist, nprobe, extra_fetch must be >= 0; train_per_list, niter >= 1")
+        if not 0.0 < self.max_scan <= 1.0:
+            raise ConfigError("ann: max_scan must be in (0, 1]")
         if not 0.0 < self.target_recall <= 1.0 or self.tune_queries < 1 or self.tune_k < 1:
             raise ConfigError("ann: target_recall must be in (0, 1]; tune_queries, tune_k >= 1")
 
@@ -123,16 +137,18 @@ class MipsIndex:
         aug = _Augmented(rows)
         nlist = cfg.nlist or max(1, min(int(4 * math.sqrt(n)), n // 8 or 1))
         index = _train_ivf(faiss, aug, nlist, cfg)
+        tuned = None
+        if cfg.nprobe:
+            index.nprobe = min(nlist, cfg.nprobe)
+        else:  # the tuning needs only the trained centroids: an index not worth it is never filled
+            index.nprobe, tuned = _tune_nprobe(index.quantizer, rows, aug, cfg)
+            if index.nprobe > cfg.max_scan * nlist:
+                raise ScanTooWide(index.nprobe, nlist)
         # augmented a chunk at a time: faiss keeps its own copy, a whole one here would be a
         # second (2 GB at 4M items x 128). 65,536 is faiss's own add batch, so the lists are
         # the same as from one add.
         for a in range(0, n, ADD_CHUNK):
             index.add(aug.rows(np.arange(a, min(n, a + ADD_CHUNK))))
-        tuned = None
-        if cfg.nprobe:
-            index.nprobe = min(nlist, cfg.nprobe)
-        else:
-            index.nprobe, tuned = _tune_nprobe(index.quantizer, rows, aug, cfg)
         return cls(index, rows, aug.max_norm, cfg, time.perf_counter() - t0, tuned)
 
     def search(

@@ -39,6 +39,7 @@ docs/evaluation.md "Per-user re-visit weight").
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -53,6 +54,8 @@ from recsys.errors import ConfigError
 from recsys.events import EVENT_TYPES
 from recsys.fields import setting
 from recsys.model.factors import Model
+
+log = logging.getLogger("streamrec.scoring")
 
 FILTERED = -1e30  # implicit's top-k scores filtered items at -FLT_MAX
 
@@ -103,6 +106,11 @@ class ScoringConfig:
         1_000_000, "approximate top-k (recsys/serving/ann.py) for catalogues of at least this many items; 0: never"
     )
     ann_nprobe: int = setting(0, "IVF lists scanned per approximate query; 0: recsys.serving.ann's default")
+    ann_max_scan: float = setting(
+        0.05,
+        "with ann_nprobe 0: keep the approximate index only if its tuned queries scan at most this share of "
+        "the catalogue, else score exactly (a scanned row costs several times a row of the exact product)",
+    )
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -130,6 +138,8 @@ class ScoringConfig:
             )
         if self.ann_min_items < 0 or self.ann_nprobe < 0:
             raise ConfigError("scoring.ann_min_items and scoring.ann_nprobe must be >= 0")
+        if not 0.0 < self.ann_max_scan <= 1.0:
+            raise ConfigError(f"scoring.ann_max_scan must be in (0, 1], got {self.ann_max_scan}")
 
 
 @dataclass
@@ -148,12 +158,18 @@ class Scorer:
         self._div = norms ** np.float32(cfg.item_norm_power)
         self._cos_div = norms
         self._pop_order = np.argsort(-np.asarray(model.popularity), kind="stable")
-        from recsys.serving.ann import AnnConfig, MipsIndex, scaled_items
+        from recsys.serving.ann import AnnConfig, MipsIndex, ScanTooWide, scaled_items
 
         self._scaled = scaled_items(model.item_factors, cfg.item_norm_power)  # yᵢ/‖yᵢ‖^p: one plain product
         self.ann = None  # recsys.serving.ann.MipsIndex over the same rows, built per model for big catalogues
+        self.ann_skipped: str | None = None  # why a catalogue big enough for the index is scored exactly
         if cfg.ann_min_items and model.n_items >= cfg.ann_min_items:
-            self.ann = MipsIndex.build(self._scaled, AnnConfig(nprobe=cfg.ann_nprobe, num_threads=cfg.num_threads))
+            acfg = AnnConfig(nprobe=cfg.ann_nprobe, num_threads=cfg.num_threads, max_scan=cfg.ann_max_scan)
+            try:
+                self.ann = MipsIndex.build(self._scaled, acfg)
+            except ScanTooWide as e:
+                self.ann_skipped = f"{e}: exact top-k is cheaper"
+                log.warning("model %s: %s", model.version, self.ann_skipped)
 
     # ------------------------------------------------------------------------------------
     def recommend(

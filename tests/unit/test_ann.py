@@ -128,9 +128,35 @@ def test_scorer_uses_index_only_above_the_threshold(data):
         assert r.model_version == "v1" and r.source == "blend"
 
 
+def test_unstructured_factors_are_scored_exactly_not_through_a_wide_index():
+    """Factors without cluster structure need most lists for the target recall: the index would
+    cost more than the exact product, so the scorer keeps exact top-k (and says why), and the
+    index is built only when forced (ann_max_scan 1)."""
+    from recsys.serving.ann import ScanTooWide
+
+    rng = np.random.default_rng(7)
+    y = rng.standard_normal((6000, 16)).astype(np.float32)
+    with pytest.raises(ScanTooWide):
+        MipsIndex.build(scaled_items(y, 0.5), AnnConfig(num_threads=1, max_scan=0.05))
+    ids = [f"i{k}" for k in range(len(y))]
+    model = Model.from_factors("v1", ids, y, 0.05, popularity=np.arange(len(y), dtype=np.float32))
+    skipped = Scorer(model, ScoringConfig(ann_min_items=1000, num_threads=1))
+    assert skipped.ann is None and "lists per query" in (skipped.ann_skipped or "")
+    exact = Scorer(model, ScoringConfig(ann_min_items=0))
+    x = rng.standard_normal((20, 16)).astype(np.float32)
+    args = ([True] * 20, [None] * 20, [set()] * 20)
+    assert [r.items for r in skipped.recommend(x, *args)] == [r.items for r in exact.recommend(x, *args)]
+    forced = Scorer(model, ScoringConfig(ann_min_items=1000, num_threads=1, ann_max_scan=1.0))
+    assert forced.ann is not None and forced.ann.nprobe > 0.05 * forced.ann.nlist
+
+
 def test_config_validation():
     with pytest.raises(ConfigError):
         ScoringConfig(ann_min_items=-1)
+    with pytest.raises(ConfigError):
+        ScoringConfig(ann_max_scan=0.0)
+    with pytest.raises(ConfigError):
+        AnnConfig(max_scan=1.5)
     with pytest.raises(ConfigError):
         AnnConfig(nprobe=-1)
     with pytest.raises(ConfigError):

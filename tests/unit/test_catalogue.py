@@ -66,8 +66,10 @@ def test_eligibility_and_filters_mask_model_rows():
 @pytest.mark.parametrize("ann", [False, True])
 def test_masked_items_never_in_a_list_and_lists_keep_n(ann):
     model = random_model(n_items=400, factors=8)
-    cfg = ScoringConfig(repeat_weight=0.0, ann_min_items=1 if ann else 0)
+    # random factors have no cluster structure: the index is forced (ann_max_scan 1) to test its path
+    cfg = ScoringConfig(repeat_weight=0.0, ann_min_items=1 if ann else 0, ann_max_scan=1.0)
     scorer = Scorer(model, cfg)
+    assert (scorer.ann is not None) == ann
     rng = np.random.default_rng(3)
     x = rng.normal(size=(20, 8)).astype(np.float32)
     plain = scorer.recommend(x, [True] * 20, [None] * 20, [set()] * 20, n=10)
