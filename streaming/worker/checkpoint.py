@@ -153,6 +153,12 @@ class OffsetGuard:
                 holes[:10],
             )
 
+    def handled_since_assignment(self) -> dict[int, int]:
+        """The highest offset handled on each partition that has had a message since the
+        assignment (the worker's lag: before a partition's first one, the consumer's position
+        says more than an offset handled before it went away)."""
+        return {p: self.handled[p] for p in self._seen}
+
     def on_rebalance_complete(self, *_: Any, **__: Any) -> None:
         """Before Faust seeks the input partitions to their committed offsets after a rebalance:
         forget the read offsets its fetch loop set after the revocation (faust_compat.drop_stale_read_offsets)."""

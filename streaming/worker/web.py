@@ -280,7 +280,7 @@ async def update_lag(app: faust.App, worker: Any) -> None:
     """Consumer lag per clickstream partition: broker high-water mark minus what was handled
     (before the first batch of an assignment: minus the consumer's position)."""
     consumer = app.consumer
-    handled = worker.guard.handled
+    handled = worker.guard.handled_since_assignment()
     for tp in consumer.assignment():
         if tp.topic != worker.settings.clickstream_topic:
             continue

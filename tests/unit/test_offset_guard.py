@@ -88,6 +88,16 @@ def test_the_rebalance_false_positive_of_bench_scale_is_not_a_hole():
     assert guard.handled[0] == 16400
 
 
+def test_the_lag_counts_from_what_was_handled_since_the_assignment():
+    guard = OffsetGuard(app=None, committed=Coordinator(p0=0, p1=0))  # type: ignore[arg-type]
+    check(guard, batch(0, 0, 10), batch(1, 0, 5))
+    assert guard.handled_since_assignment() == {0: 10, 1: 5}
+    guard.forget()
+    assert guard.handled_since_assignment() == {}  # the consumer's position until a message comes
+    check(guard, batch(1, 6, 8))
+    assert guard.handled_since_assignment() == {1: 8} and guard.handled == {0: 10, 1: 8}
+
+
 def test_a_resume_inside_what_this_process_handled_is_not_a_hole():
     coord = Coordinator(p0=100)
     guard = OffsetGuard(app=None, committed=coord)  # type: ignore[arg-type]
