@@ -615,14 +615,18 @@ class ChangelogTable:
         # a key deleted in this chunk (even if written again after) is no one's row or candidate
         # any more: a record after its tombstone makes it a new user
         gone = set(compress(keys, map(operator.is_, values, repeat(None)))) if None in values else set()
+        if not gone and self.row_of.keys().isdisjoint(keys):
+            # the usual chunk: every key new (so none held either); each once if the table grew by n
+            size = len(self.row_of)
+            self.row_of.update(zip(keys, range(self.rows, self.rows + n), strict=True))
+            if len(self.row_of) == size + n:
+                if self.holdout[2] > 0:
+                    self._hold(keys, cast("list[bytes]", values), None, gone)
+                self.rows += n
+                return keys, cast("list[bytes]", values)
+            for key in keys:  # a key twice: undone, and the general way below
+                self.row_of.pop(key, None)
         last = dict(zip(keys, range(self.rows, self.rows + n), strict=True))  # each key's last record here
-        if not gone and len(last) == n and self.row_of.keys().isdisjoint(last):
-            # the usual chunk: every key new (so none held either), each once
-            if self.holdout[2] > 0:
-                self._hold(keys, cast("list[bytes]", values), None, gone)
-            self.row_of.update(last)
-            self.rows += n
-            return keys, cast("list[bytes]", values)
         if len(last) < n:
             at = np.fromiter(last.values(), np.int64, len(last)) - self.rows
             at.sort()  # in the order of their last records
