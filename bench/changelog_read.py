@@ -78,7 +78,7 @@ def _count_rd(bootstrap: str, topic: str) -> int:
         reader.start({p: marks[p][0] for p in left})
         n = 0
         while left:
-            keys, values, ended, got = reader.batch(10_000, 0.5)
+            keys, values, ended, got = reader.batch(2_000, 0.5)  # as read_bulk takes them
             n += got
             if got:
                 ended += [p for p, at in reader.positions().items() if p in left and at >= left[p]]
