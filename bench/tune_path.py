@@ -30,7 +30,6 @@ PATH = (
     "covisit_from_prev",
     "next_from_prev",
     "moves_ago",
-    "cos_recent",
     "prev_gap_log_s",
     "query_covisit_log_total",
     "query_next_log_total",

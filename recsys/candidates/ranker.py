@@ -52,13 +52,11 @@ FEATURES = (
     "covisit_from_prev",
     "next_from_prev",
     "moves_ago",
-    "cos_recent",
     "prev_gap_log_s",
     "query_covisit_log_total",
     "query_next_log_total",
 )
 _RANK_ABSENT = 1000.0
-_RECENT_COS = 3  # cos_recent: mean cosine to this many of the user's items before the one on screen
 
 
 class FeatureMismatch(ValueError):
@@ -162,18 +160,6 @@ class Context:
     next_prev: Mapping[str, float] = field(default_factory=dict)  # "viewed next" row of the move before
     prev_gap_s: float = -1.0  # seconds from the move before the item on screen to `now` (-1: none)
     query_totals: tuple[float, float] = (0.0, 0.0)  # the query's co-visitation and "viewed next" row totals
-
-
-def recent_rows(ctx: Context, index: Mapping[str, int]) -> list[int]:
-    """The model rows of the user's latest `_RECENT_COS` distinct items other than the one on screen."""
-    out: list[int] = []
-    for i in reversed(ctx.history):
-        r = index.get(i, -1) if i != ctx.query else -1
-        if r >= 0 and r not in out:
-            out.append(r)
-            if len(out) == _RECENT_COS:
-                break
-    return out
 
 
 def trim(scores: Mapping[str, float], n: int, banned: set[str]) -> dict[str, float]:
@@ -371,9 +357,9 @@ class Features:
             X[np_rows, col + 16] = np_vals
             X[:, col + 17] = _RANK_ABSENT
             X[mv_rows, col + 17] = mv_vals
-            X[:, col + 19] = np.repeat(consts[:, 2], sizes)
-            X[:, col + 20] = np.repeat(consts[:, 3], sizes)
-            X[:, col + 21] = np.repeat(consts[:, 4], sizes)
+            X[:, col + 18] = np.repeat(consts[:, 2], sizes)
+            X[:, col + 19] = np.repeat(consts[:, 3], sizes)
+            X[:, col + 20] = np.repeat(consts[:, 4], sizes)
             for j, (ctx, user_vec) in enumerate(zip(ctxs, user_vecs, strict=True)):
                 b0, b1 = bounds[j], bounds[j + 1]
                 kn = known[b0:b1]
@@ -384,9 +370,6 @@ class Features:
                 q = idx.get(ctx.query, -1) if ctx.query is not None else -1
                 if q >= 0:
                     Xj[kn, col + 8] = vecs @ self._unit[q]
-                rec = recent_rows(ctx, idx)
-                if rec:
-                    Xj[kn, col + 18] = (vecs @ self._unit[rec].T).mean(axis=1)
                 if user_vec is not None:
                     nu = float(np.linalg.norm(user_vec))
                     if nu > 0:

@@ -19,7 +19,6 @@ from recsys.candidates.ranker import (
     Features,
     ItemStats,
     RankerConfig,
-    recent_rows,
 )
 from recsys.candidates.sources import Sources, SourcesConfig, top_items
 from recsys.confidence import ConfidenceConfig, UserProfile
@@ -119,12 +118,9 @@ def loop_candidates(
     X[:, col + 16] = [ctx.next_prev.get(i, 0.0) for i in items]
     hist = list(reversed(ctx.history))
     X[:, col + 17] = [hist.index(i) if i in hist else _RANK_ABSENT for i in items]
-    recent = recent_rows(ctx, idx)
-    if known.any() and recent:
-        X[known, col + 18] = (unit[rows[known]] @ unit[recent].T).mean(axis=1)
-    X[:, col + 19] = math.log1p(ctx.prev_gap_s) if ctx.prev_gap_s >= 0 else -1.0
-    X[:, col + 20] = math.log1p(ctx.query_totals[0])
-    X[:, col + 21] = math.log1p(ctx.query_totals[1])
+    X[:, col + 18] = math.log1p(ctx.prev_gap_s) if ctx.prev_gap_s >= 0 else -1.0
+    X[:, col + 19] = math.log1p(ctx.query_totals[0])
+    X[:, col + 20] = math.log1p(ctx.query_totals[1])
     return items, X
 
 
@@ -177,8 +173,8 @@ def test_batch_features_equal_the_per_item_loops_on_real_data(dataset: str) -> N
 
 def test_path_features_read_the_moves_before_the_item_on_screen() -> None:
     """The columns of the user's path: how many moves ago a candidate was seen, the co-visitation and
-    "viewed next" rows of the move before the item on screen (as shares of their totals), the mean
-    cosine to the latest items before it, and the seconds since the move before it."""
+    "viewed next" rows of the move before the item on screen (as shares of their totals), the seconds
+    since the move before it, and the totals of the query's rows (how much its shares rest on)."""
     from recsys.events import Event
     from recsys.model.factors import Model
 
@@ -208,7 +204,6 @@ def test_path_features_read_the_moves_before_the_item_on_screen() -> None:
     assert col["covisit_from_prev"][at["d"]] == pytest.approx(0.5)
     assert col["next_from_prev"][at["d"]] == pytest.approx(0.5)
     assert col["next_from_prev"][at["a"]] == pytest.approx(0.25)
-    # the latest items before c: b, a; d's cosine to b is 0.8, to a 0.6
-    assert col["cos_recent"][at["d"]] == pytest.approx(0.7)
-    assert col["cos_recent"][at["a"]] == pytest.approx(0.5)
     assert np.all(col["prev_gap_log_s"] == np.float32(math.log1p(30.0)))
+    # c's rows: c was followed by nothing yet, and co-visited with b (1, backward off: b -> c only)
+    assert np.all(col["query_covisit_log_total"] == 0.0) and np.all(col["query_next_log_total"] == 0.0)
