@@ -96,7 +96,9 @@ def widen(ex: Examples) -> Examples:
         n = len(X)
         cat = np.zeros((n, 3), np.float32)
         cat[:, 1] = _RANK_ABSENT
-        out.X.append(np.hstack([X[:, :at], cat, X[:, at:], np.zeros((n, 2), np.float32)]))
+        # the two category features, then the later rounds' columns (constant: never split on)
+        rest = np.zeros((n, len(FEATURES) - OLD_FEATURES - 3), np.float32)
+        out.X.append(np.hstack([X[:, :at], cat, X[:, at:], rest]))
     return out
 
 

@@ -73,7 +73,12 @@ def context(
             profile.events,
             per_source=per_source,
             trimmed=True,
+            history=tuple(profile.history),  # a copy: the evaluation applies the event before the lists
         )
+    prev = previous_move(ctx.history, query)
+    st = profile.items.get(prev) if prev is not None and profile is not None else None
+    if st is not None:
+        ctx.prev_gap_s = max(ctx.now - st.ts, 0) / 1000.0
     for src, methods in sources:
         for m in methods:
             if scores_out is None:  # only the best per_source: session-kNN's without a dict of all
@@ -93,9 +98,25 @@ def context(
                 tot = sum(row.values()) or 1.0
                 ctx.covisit_query = {i: v / tot for i, v in trim(row, 2 * per_source, banned).items()}
                 nxt = src.covisit.next_items(query)
+                tot_next = sum(nxt.values()) or 1.0
+                ctx.next_query = {i: v / tot_next for i, v in trim(nxt, 2 * per_source, banned).items()}
+                ctx.query_totals = (sum(row.values()), sum(nxt.values()))
+            if m == "covisit" and prev is not None:
+                row = src.covisit.neighbours(prev)
+                tot = sum(row.values()) or 1.0
+                ctx.covisit_prev = {i: v / tot for i, v in trim(row, 2 * per_source, banned).items()}
+                nxt = src.covisit.next_items(prev)
                 tot = sum(nxt.values()) or 1.0
-                ctx.next_query = {i: v / tot for i, v in trim(nxt, 2 * per_source, banned).items()}
+                ctx.next_prev = {i: v / tot for i, v in trim(nxt, 2 * per_source, banned).items()}
     return ctx
+
+
+def previous_move(history: Sequence[str], query: str | None) -> str | None:
+    """The user's latest item other than the one on screen (the move before it)."""
+    for i in reversed(history):
+        if i != query:
+            return i
+    return None
 
 
 @dataclass

@@ -48,6 +48,13 @@ FEATURES = (
     "pop_log_count_1h",
     "same_category_query",
     "same_category_recent",
+    # the user's path before the item on screen (clicks-only shops have little else)
+    "covisit_from_prev",
+    "next_from_prev",
+    "moves_ago",
+    "prev_gap_log_s",
+    "query_covisit_log_total",
+    "query_next_log_total",
 )
 _RANK_ABSENT = 1000.0
 _NEVER = np.iinfo(np.int64).min  # an item's last-seen time when it was never seen
@@ -149,6 +156,11 @@ class Context:
     category: Mapping[str, str] = field(default_factory=dict)  # item -> category (the sources' map)
     recent_categories: list[str] = field(default_factory=list)  # of the user's latest items, latest first
     trimmed: bool = False  # `sources` hold each one's best per_source minus banned, best first (lists.context)
+    history: Sequence[str] = ()  # the user's latest distinct moves, most recent last (UserProfile.history)
+    covisit_prev: Mapping[str, float] = field(default_factory=dict)  # co-visitation row of the move before
+    next_prev: Mapping[str, float] = field(default_factory=dict)  # "viewed next" row of the move before
+    prev_gap_s: float = -1.0  # seconds from the move before the item on screen to `now` (-1: none)
+    query_totals: tuple[float, float] = (0.0, 0.0)  # the query's co-visitation and "viewed next" row totals
 
 
 def trim(scores: Mapping[str, float], n: int, banned: set[str]) -> dict[str, float]:
@@ -209,10 +221,16 @@ class Features:
         cq_vals: list[float] = []
         nq_rows: list[int] = []
         nq_vals: list[float] = []
-        user_consts: list[tuple[float, float]] = []
+        user_consts: list[tuple[float, ...]] = []
         qcat_rows: list[int] = []
         rcat_rows: list[int] = []
         rcat_vals: list[float] = []
+        cp_rows: list[int] = []
+        cp_vals: list[float] = []
+        np_rows: list[int] = []
+        np_vals: list[float] = []
+        mv_rows: list[int] = []
+        mv_vals: list[float] = []
         for ctx, system, popular in zip(ctxs, systems, populars, strict=True):
             banned = ctx.banned
             sys_items = [i for i in system[0] if i not in banned]
@@ -252,12 +270,32 @@ class Features:
             )
             touch_rows += map(pos.__getitem__, hits)
             touch_vals += [math.log1p(max(now - touched[i], 0) / 60_000.0) for i in hits]
-            for row, rows, vals in ((ctx.covisit_query, cq_rows, cq_vals), (ctx.next_query, nq_rows, nq_vals)):
+            for row, rows, vals in (
+                (ctx.covisit_query, cq_rows, cq_vals),
+                (ctx.next_query, nq_rows, nq_vals),
+                (ctx.covisit_prev, cp_rows, cp_vals),
+                (ctx.next_prev, np_rows, np_vals),
+            ):
                 if row:
                     hits = [i for i in row if i in pos]
                     rows += map(pos.__getitem__, hits)
                     vals += map(row.__getitem__, hits)
-            user_consts.append((math.log1p(ctx.events), math.log1p(len(values))))
+            gap = math.log1p(ctx.prev_gap_s) if ctx.prev_gap_s >= 0 else -1.0
+            user_consts.append(
+                (
+                    math.log1p(ctx.events),
+                    math.log1p(len(values)),
+                    gap,
+                    math.log1p(ctx.query_totals[0]),
+                    math.log1p(ctx.query_totals[1]),
+                )
+            )
+            moves: dict[str, int] = {}
+            for ago, i in enumerate(reversed(ctx.history)):
+                if i in pos and i not in moves:
+                    moves[i] = ago
+            mv_rows += map(pos.__getitem__, moves)
+            mv_vals += moves.values()
             if ctx.recent_categories:
                 cat_of, weight = ctx.category, {c: 0.5**j for j, c in enumerate(ctx.recent_categories)}
                 qc = cat_of.get(ctx.query) if ctx.query is not None else None
@@ -295,7 +333,7 @@ class Features:
             X[:, col + 2] = 20.0
             X[touch_rows, col + 2] = touch_vals
             sizes = np.diff(bounds)
-            consts = np.array(user_consts, np.float64).reshape(-1, 2)
+            consts = np.array(user_consts, np.float64).reshape(-1, 5)
             X[:, col + 3] = np.repeat(consts[:, 0], sizes)
             X[:, col + 4] = np.repeat(consts[:, 1], sizes)
             # item counters and model rows: once per distinct item of the batch
@@ -321,6 +359,13 @@ class Features:
             X[:, col + 12] = np.fromiter(map(math.log1p, stats.pop_1h.counts(uniq, t_stats)), np.float64, len(uniq))[at]
             X[qcat_rows, col + 13] = 1.0
             X[rcat_rows, col + 14] = rcat_vals
+            X[cp_rows, col + 15] = cp_vals
+            X[np_rows, col + 16] = np_vals
+            X[:, col + 17] = _RANK_ABSENT
+            X[mv_rows, col + 17] = mv_vals
+            X[:, col + 18] = np.repeat(consts[:, 2], sizes)
+            X[:, col + 19] = np.repeat(consts[:, 3], sizes)
+            X[:, col + 20] = np.repeat(consts[:, 4], sizes)
             for j, (ctx, user_vec) in enumerate(zip(ctxs, user_vecs, strict=True)):
                 b0, b1 = bounds[j], bounds[j + 1]
                 kn = known[b0:b1]

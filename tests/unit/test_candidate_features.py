@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 
 from recsys.candidates.lists import SOURCE_METHODS, context
-from recsys.candidates.ranker import _RANK_ABSENT, FEATURES, SOURCE_NAMES, Context, Features, ItemStats, RankerConfig
+from recsys.candidates.ranker import (
+    _RANK_ABSENT,
+    FEATURES,
+    SOURCE_NAMES,
+    Context,
+    Features,
+    ItemStats,
+    RankerConfig,
+)
 from recsys.candidates.sources import Sources, SourcesConfig, top_items
 from recsys.confidence import ConfidenceConfig, UserProfile
 from recsys.data.datasets import load_events
@@ -106,6 +114,13 @@ def loop_candidates(
     cats = [ctx.category.get(i) for i in items]
     X[:, col + 13] = [1.0 if c is not None and c == qc else 0.0 for c in cats]
     X[:, col + 14] = [weight.get(c, 0.0) if c is not None else 0.0 for c in cats]
+    X[:, col + 15] = [ctx.covisit_prev.get(i, 0.0) for i in items]
+    X[:, col + 16] = [ctx.next_prev.get(i, 0.0) for i in items]
+    hist = list(reversed(ctx.history))
+    X[:, col + 17] = [hist.index(i) if i in hist else _RANK_ABSENT for i in items]
+    X[:, col + 18] = math.log1p(ctx.prev_gap_s) if ctx.prev_gap_s >= 0 else -1.0
+    X[:, col + 19] = math.log1p(ctx.query_totals[0])
+    X[:, col + 20] = math.log1p(ctx.query_totals[1])
     return items, X
 
 
@@ -154,3 +169,41 @@ def test_batch_features_equal_the_per_item_loops_on_real_data(dataset: str) -> N
             assert np.array_equal(X.view(np.uint32), want_X.view(np.uint32)), FEATURES
             compared += len(items) > 0
     assert compared > 100
+
+
+def test_path_features_read_the_moves_before_the_item_on_screen() -> None:
+    """The columns of the user's path: how many moves ago a candidate was seen, the co-visitation and
+    "viewed next" rows of the move before the item on screen (as shares of their totals), the seconds
+    since the move before it, and the totals of the query's rows (how much its shares rest on)."""
+    from recsys.events import Event
+    from recsys.model.factors import Model
+
+    unit = np.eye(4, dtype=np.float32)
+    unit[3] = [0.6, 0.8, 0.0, 0.0]
+    ids = ["a", "b", "c", "d"]
+    model = Model("v", ids, unit, unit.T @ unit, np.ones(4, np.float32), np.ones(4), 0.1)
+    src, stats = Sources(SourcesConfig(covisit_backward=0.0, covisit_window_s=3600)), ItemStats()
+    # others walked b -> d twice and b -> a once, and our user b -> c: b's row is d 2/4, a 1/4, c 1/4
+    other = [("v", "b", 0), ("v", "d", 1), ("w", "b", 2), ("w", "d", 3), ("x", "b", 4), ("x", "a", 5)]
+    ours = [("u", "a", 10_000), ("u", "b", 20_000), ("u", "c", 50_000)]  # c is on screen, b the move before
+    p = UserProfile()
+    for user, item, ts in other + ours:
+        e = Event(user, item, "view", ts)
+        src.update(e)
+        stats.add(item, ts)
+        if user == "u":
+            p.apply(e, CFG)
+    ctx = context("u", p, "c", set(), CFG.to_confidences(p.values(CFG)), [(src, SOURCE_METHODS)], 30, p.last_ts)
+    assert ctx.prev_gap_s == 30.0
+    assert ctx.covisit_prev == pytest.approx({"d": 0.5, "a": 0.25})  # c is on screen: never a candidate
+    items, X = Features(model).candidates(ctx, (["a", "d"], [0.5, 0.4]), None, stats, [])
+    col = {f: X[:, FEATURES.index(f)] for f in FEATURES}
+    at = {i: r for r, i in enumerate(items)}
+    assert set(at) >= {"a", "d"}
+    assert col["moves_ago"][at["a"]] == 2 and col["moves_ago"][at["d"]] == _RANK_ABSENT
+    assert col["covisit_from_prev"][at["d"]] == pytest.approx(0.5)
+    assert col["next_from_prev"][at["d"]] == pytest.approx(0.5)
+    assert col["next_from_prev"][at["a"]] == pytest.approx(0.25)
+    assert np.all(col["prev_gap_log_s"] == np.float32(math.log1p(30.0)))
+    # c's rows: c was followed by nothing yet, and co-visited with b (1, backward off: b -> c only)
+    assert np.all(col["query_covisit_log_total"] == 0.0) and np.all(col["query_next_log_total"] == 0.0)
