@@ -10,8 +10,6 @@ project's own Kafka broker; then, each in a process of its own, interleaved, --r
             values handed over as the read hands them over, counted
   full      `streaming.jobs.changelog.read_training_data` as the retrain runs it: read (librdkafka),
             decode (on its own thread), hold-out, CSR assembled
-  full5ms   the same with Python's default thread switch interval (5 ms) instead of the read's
-            (`changelog.SWITCH_S`): how much the decoding thread gains from taking the GIL back sooner
   rdinline  the same with decoding in the reading thread
   rdproc    the same with librdkafka and the keys in a forked reader process, decoding in this one
   aiokafka  the same through aiokafka with its forked reader process (the reader before librdkafka)
@@ -45,7 +43,7 @@ from bench.common import machine, median, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
-MODES = ("fetch", "rdfetch", "full", "full5ms", "rdinline", "rdproc", "aiokafka", "one")
+MODES = ("fetch", "rdfetch", "full", "rdinline", "rdproc", "aiokafka", "one")
 
 
 async def _count(bootstrap: str, topic: str) -> int:
@@ -107,13 +105,8 @@ def child(mode: str, bootstrap: str, topic: str) -> dict[str, Any]:
         cfg = load_config()
         t0 = time.perf_counter()
         settings = replace(cfg.stream, bootstrap=bootstrap)
-        if mode == "full5ms":
-            from streaming.jobs import changelog
-
-            changelog.SWITCH_S = 0.005
         ways: dict[str, dict[str, Any]] = {
             "full": {},
-            "full5ms": {},
             "rdinline": {"decode_thread": False},
             "rdproc": {"reader_process": True},
             "aiokafka": {"client": "aiokafka", "reader_process": True},

@@ -34,9 +34,8 @@ and needs the users x items confidence matrix. No per-user Python object is buil
     matrix; the others stay in it. The cases are built from the held records' fields found as the
     decoder finds them (`held_cases`), the Python codec deciding any record that is not plain.
   * Threads: the reading thread's Python code (a librdkafka message per record, the keys) and the
-    decoding thread's numpy calls share the GIL; during the read the switch interval is short
-    (`SWITCH_S`) so that the decoding thread gets it back between its calls, and the cyclic GC is
-    off (nothing read makes a cycle).
+    decoding thread's numpy calls share the GIL; during the read the cyclic GC is off (nothing
+    read makes a cycle), so that it does not hold the GIL passing over millions of objects.
 
 An unreadable or foreign record (wrong format version, truncated, trailing bytes) is skipped,
 counted and logged with its key; it never stops the retrain. An empty changelog is an error that
@@ -53,7 +52,6 @@ import operator
 import os
 import queue
 import resource
-import sys
 import threading
 import time
 import zlib
@@ -74,11 +72,6 @@ from streaming.worker.state import StateDecodeError, decode
 log = logging.getLogger("streamrec.retrain")
 
 CLIENTS = ("librdkafka", "aiokafka")  # read_training_data's consumers
-# Python's thread switch interval during the read. The decoding thread releases the GIL in each
-# numpy operation and must take it back after each (thousands per chunk); the reading thread runs
-# Python code that holds it until asked to let go, which at the default 5 ms left the decoding
-# thread waiting most of the time the reader had work: the two took turns instead of overlapping.
-SWITCH_S = 0.0005
 
 # The state codec's layout (streaming/worker/state.py): header "<BqqIHBB", an item is
 # "<H" id length, the id, "<dqB"; a string is "<H" length + bytes; format 2's tail "<qqh".
@@ -878,8 +871,6 @@ def read_training_data(
     # again, holding the GIL the decoding thread needs.
     collect = gc.isenabled()
     gc.disable()
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_S)
     try:
         if fork:
             _read_in_child(bootstrap, topic, table, stall_s, progress_every_s, client)
@@ -894,7 +885,6 @@ def read_training_data(
         t1 = time.perf_counter()
         data = table.training_data(source=f"kafka:{topic}")
     finally:
-        sys.setswitchinterval(switch)
         if collect:
             gc.enable()
     data.phases["read_decode_s"] = round(time.perf_counter() - t0, 3)

@@ -469,9 +469,8 @@ def test_the_bulk_read_ends_at_every_partition_s_end_logs_its_progress_and_fails
         changelog.read_bulk("x", "cl", ChangelogTable(CFG, holdout_max=0), stall_s=0.3, every_s=60)
 
 
-def test_the_read_runs_without_the_cyclic_gc_and_with_a_short_switch_interval_and_restores_both(monkeypatch):
+def test_the_read_runs_without_the_cyclic_gc_and_restores_it(monkeypatch):
     import gc
-    import sys
 
     from streaming.jobs import changelog
     from streaming.kafka import clients
@@ -481,18 +480,17 @@ def test_the_read_runs_without_the_cyclic_gc_and_with_a_short_switch_interval_an
 
     class Watched(ScriptedReader):
         def batch(self, max_records, timeout_s):
-            seen.append((gc.isenabled(), sys.getswitchinterval()))
+            seen.append(gc.isenabled())
             return super().batch(max_records, timeout_s)
 
-    before = sys.getswitchinterval()
     monkeypatch.setattr(clients, "BulkReader", lambda *a, **k: Watched({0: 40}, [(0, recs, True)]))
     data = changelog.read_training_data("x", "cl", CFG, holdout_max=0)
-    assert data.users == 40 and seen and set(seen) == {(False, changelog.SWITCH_S)}
-    assert gc.isenabled() and sys.getswitchinterval() == before
+    assert data.users == 40 and seen and set(seen) == {False}
+    assert gc.isenabled()
     monkeypatch.setattr(clients, "BulkReader", lambda *a, **k: Watched({0: 40}, []))  # stalls
     with pytest.raises(RecsysError, match="stalled"):
         changelog.read_training_data("x", "cl", CFG, holdout_max=0, stall_s=0.2)
-    assert gc.isenabled() and sys.getswitchinterval() == before
+    assert gc.isenabled()
 
 
 def test_a_decoding_failure_on_its_thread_ends_the_bulk_read_with_that_failure(monkeypatch):
