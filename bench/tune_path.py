@@ -24,16 +24,9 @@ from typing import Any
 import numpy as np
 
 from bench.tune_category import collect, figures, line, ranks
-from recsys.candidates.ranker import FEATURES, RankerConfig
+from recsys.candidates.ranker import FEATURES, PATH_FEATURES, RankerConfig
 
-PATH = (
-    "covisit_from_prev",
-    "next_from_prev",
-    "moves_ago",
-    "prev_gap_log_s",
-    "query_covisit_log_total",
-    "query_next_log_total",
-)
+PATH = PATH_FEATURES
 TODAY = tuple(f for f in FEATURES if f not in PATH)
 
 

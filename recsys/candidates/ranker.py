@@ -30,6 +30,15 @@ from recsys.model.factors import Model
 from recsys.serving.popularity import RecentPopularity
 
 SOURCE_NAMES = ("system", "covisit", "vsknn", "stan", "own-recent", "popularity", "category")
+# the user's path before the item on screen (clicks-only shops have little else)
+PATH_FEATURES = (
+    "covisit_from_prev",
+    "next_from_prev",
+    "moves_ago",
+    "prev_gap_log_s",
+    "query_covisit_log_total",
+    "query_next_log_total",
+)
 FEATURES = (
     *(f"{s}_{kind}" for s in SOURCE_NAMES for kind in ("score", "rank", "rel")),
     "n_sources",
@@ -48,13 +57,7 @@ FEATURES = (
     "pop_log_count_1h",
     "same_category_query",
     "same_category_recent",
-    # the user's path before the item on screen (clicks-only shops have little else)
-    "covisit_from_prev",
-    "next_from_prev",
-    "moves_ago",
-    "prev_gap_log_s",
-    "query_covisit_log_total",
-    "query_next_log_total",
+    *PATH_FEATURES,
 )
 _RANK_ABSENT = 1000.0
 _NEVER = np.iinfo(np.int64).min  # an item's last-seen time when it was never seen

@@ -236,6 +236,21 @@ class KeyTable:
         self.size += len(keys)
 
 
+def _views(joined: bytes | bytearray, lens: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Records laid end to end in `joined` (lengths `lens`): each one's start and end, the buffer
+    read as u1/u2/i8/f8 at every byte offset, which records hold a whole header (`ok`), and `hs`
+    (their start, 0 for the others, so that header reads stay in bounds)."""
+    start = np.zeros(len(lens), np.int64)
+    np.cumsum(lens[:-1], out=start[1:])
+    end = start + lens
+    buf = np.frombuffer(joined, np.uint8)
+    u2 = np.ndarray((len(buf) - 1,), "<u2", buf, 0, (1,))
+    i8 = np.ndarray((len(buf) - 7,), "<i8", buf, 0, (1,))
+    f8 = np.ndarray((len(buf) - 7,), "<f8", buf, 0, (1,))
+    ok = lens >= HEAD
+    return start, end, buf, u2, i8, f8, ok, np.where(ok, start, 0)
+
+
 class ChunkDecoder:
     """Decodes chunks of encoded state records into CSR pieces with global item columns."""
 
@@ -251,17 +266,9 @@ class ChunkDecoder:
     def decode_buffer(self, joined: bytes | bytearray, lens: np.ndarray) -> Chunk:
         """`decode` of records given as `join(values)` and their lengths."""
         n = len(lens)
-        start = np.zeros(n, np.int64)
-        np.cumsum(lens[:-1], out=start[1:])
-        end = start + lens
+        start, end, buf, u2, i8, f8, ok, hs = _views(joined, lens)
         size = int(end[-1]) if n else 0
-        buf = np.frombuffer(joined, np.uint8)
         u1 = buf
-        u2 = np.ndarray((len(buf) - 1,), "<u2", buf, 0, (1,))
-        i8 = np.ndarray((len(buf) - 7,), "<i8", buf, 0, (1,))
-        f8 = np.ndarray((len(buf) - 7,), "<f8", buf, 0, (1,))
-        ok = lens >= HEAD
-        hs = np.where(ok, start, 0)
         ver = u1[hs]
         last_ts = i8[hs + 9]
         n_items = u2[hs + 21].astype(np.int64)
@@ -463,15 +470,7 @@ def held_cases(keys: Sequence[bytes], values: Sequence[bytes], min_items: int) -
         return out
     lens = np.fromiter(map(len, values), np.int64, n)
     joined = join(values)
-    start = np.zeros(n, np.int64)
-    np.cumsum(lens[:-1], out=start[1:])
-    end = start + lens
-    buf = np.frombuffer(joined, np.uint8)
-    u2 = np.ndarray((len(buf) - 1,), "<u2", buf, 0, (1,))
-    i8 = np.ndarray((len(buf) - 7,), "<i8", buf, 0, (1,))
-    f8 = np.ndarray((len(buf) - 7,), "<f8", buf, 0, (1,))
-    ok = lens >= HEAD
-    hs = np.where(ok, start, 0)
+    start, end, buf, u2, i8, f8, ok, hs = _views(joined, lens)
     ver = buf[hs]
     n_items = u2[hs + 21].astype(np.int64)
     n_hist = buf[hs + 23].astype(np.int64)
