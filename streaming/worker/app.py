@@ -90,6 +90,13 @@ class StreamWorker:
         while True:
             events = await reader.next_batch()
             await self.refill.catch_up()
+            await self.guard.look_up(events)
+            # The last await before the state writes: a partition revoked during the awaits
+            # above is another worker's now, and applying its events here would write its users'
+            # states to the changelog beside the new owner's (docs/reliability.md).
+            events = reader.still_current(events)
+            if not events:
+                continue
             try:
                 sends = await self.handle(events)
             except Exception:  # noqa: BLE001 - a bug, not bad input: fail-stop
@@ -102,8 +109,9 @@ class StreamWorker:
 
     async def handle(self, events: list[Any]) -> list[Any]:
         """Apply a batch: state written (RocksDB at once, changelog queued), recommendations,
-        dead letters and evidence queued. Returns the futures of everything it sent."""
-        await self.guard.check(events)
+        dead letters and evidence queued. Returns the futures of everything it sent. Nothing
+        awaits before the state writes (the caller has looked up what the guard needs)."""
+        self.guard.check_now(events)
         incoming, faust_event = [], {}
         for ev in events:
             msg = ev.message

@@ -94,6 +94,11 @@ class BatchReader:
     def _usable(self, events: list[Any]) -> list[Any]:
         return faust_compat.take_current_events(self.app, events)
 
+    def still_current(self, events: list[Any]) -> list[Any]:
+        """The events of a taken batch that no rebalance has made stale since (see `next_batch`):
+        the others are neither applied nor acked here, their partition's owner reads them again."""
+        return self._usable(events)
+
     def ack(self, events: list[Any]) -> None:
         """Mark the events done: their offsets may be committed (once no earlier one is pending)."""
         faust_compat.ack_events(self.app, events)

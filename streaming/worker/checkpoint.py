@@ -81,11 +81,10 @@ class OffsetGuard:
     per assignment; right after a restore Faust may hand over a few already-processed messages
     from a fetch made before it seeks to the committed offsets). Anything else is a hole.
 
-    The highest offset handled is kept across rebalances, because a batch can be handled after
-    its partition was revoked: the reader took it before the revocation, and the worker was
-    busy meanwhile (reading the recent events of partitions it had just been given, 5 s in
-    bench.scale's restore step). Its acks settle in the background, so when the partition comes
-    back the committed offset may still be below what was handled, and the consumer may resume
+    The highest offset handled is kept across rebalances, because a batch's acks settle in the
+    background: a batch handled just before a revocation (before, since the worker drops what a
+    revocation made stale before applying it) may not be committed yet when the partition comes
+    back, so the committed offset may still be below what was handled, and the consumer may resume
     past it: Faust's fetch loop can drop the first messages it fetches of a returning partition
     (faust_compat.drop_stale_read_offsets, cleared by `on_rebalance_complete`). Skipped messages
     that were handled here are not a hole: every offset from the committed one to the highest
@@ -122,17 +121,29 @@ class OffsetGuard:
         return committed
 
     async def check(self, events: list[Any]) -> None:
+        await self.look_up(events)
+        self.check_now(events)
+
+    async def look_up(self, events: list[Any]) -> None:
+        """Ask for the committed offsets `check_now` may need: one per partition and assignment.
+        The worker awaits this first, then drops what a rebalance meanwhile made stale, then calls
+        `check_now`, which marks offsets handled and must not await (nothing may be revoked
+        between it and the state writes)."""
+        for tp in {ev.message.tp for ev in events}:
+            await self._committed(tp)
+
+    def check_now(self, events: list[Any]) -> None:
         holes = []
         for ev in events:
             msg = ev.message
             p, o = msg.partition, msg.offset
             handled = self.handled.get(p)
             if handled is None or o > handled + 1:
-                committed = await self._committed(msg.tp)
+                committed = self._committed_at_start.get(msg.tp)
                 if committed is not None and committed >= 0 and o > committed:
                     holes.append((p, handled, o, committed))
             elif p not in self._seen:  # in order, but past the committed offset? (said, for the record)
-                committed = await self._committed(msg.tp)
+                committed = self._committed_at_start.get(msg.tp)
                 if committed is not None and committed >= 0 and o > committed:
                     log.info(
                         "partition %d resumed at %d, past its committed offset %d but within what this "

@@ -201,3 +201,30 @@ def test_read_offsets_set_after_the_revocation_are_forgotten_before_the_seek():
     guard.on_rebalance_complete(app)
     assert read_offset.get(clicks) is None
     assert read_offset[changelog] == 4166
+
+
+def test_a_batch_a_rebalance_made_stale_is_not_applied_nor_acked():
+    """The worker's last await before its state writes is the guard's lookup; events whose
+    partition was revoked meanwhile (another consumer generation, or flow control suspended by
+    the revocation) are dropped there, unacked, so that only the partition's new owner applies
+    them. The guard's check itself does not await."""
+    from streaming import faust_compat
+    from streaming.worker.batches import BatchReader
+
+    app = faust_compat.App("tstale", broker="kafka://127.0.0.1:1", store="memory://")
+    reader = BatchReader(app, app.topic("tstale-clicks"), max_events=10, within_s=0.01)
+    app.consumer_generation_id = 7
+    app.flow_control.resume()
+
+    def events(generation: int) -> list[Any]:
+        out = batch(0, 10, 12)
+        for ev in out:
+            ev.message.generation_id, ev.message.tracked = generation, True
+        return out
+
+    current = events(7)
+    assert reader.still_current(current) == current
+    assert reader.still_current(events(6)) == []  # taken before the rebalance
+    app.flow_control.suspend()  # a revocation under way
+    assert reader.still_current(events(7)) == []
+    assert not asyncio.iscoroutinefunction(OffsetGuard.check_now)
