@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from recsys.errors import EventError, RecsysError
 from recsys.events import Event, InputConfig
+from streaming.worker.messages import Incoming, decode_event
 
 log = logging.getLogger("streamrec.retrain")
 P = TypeVar("P")
@@ -66,29 +67,12 @@ def plan(
     return start
 
 
-def decode(records: Iterable[Any], window: Window, mapping: InputConfig | None) -> None:
-    """Validate `records` (with aiokafka ConsumerRecords' key, value, partition, offset and
-    timestamp) as the worker does; events into `window`, the others counted by reason."""
-    from streaming.worker.messages import Incoming, decode_event
-
+def decode(records: Iterable[Incoming], window: Window, mapping: InputConfig | None) -> None:
+    """Validate `records` as the worker does; events into `window`, the others counted by reason."""
     for r in records:
         window.records += 1
         try:
-            event = decode_event(Incoming(r.key, r.value, r.partition, r.offset, r.timestamp), mapping)
-        except EventError as e:
-            window.skipped[e.reason] += 1
-            continue
-        window.events.append(event)
-
-
-def _decode_messages(msgs: list[Any], window: Window, mapping: InputConfig | None) -> None:
-    """`decode` of librdkafka's messages."""
-    from streaming.worker.messages import Incoming, decode_event
-
-    for m in msgs:
-        window.records += 1
-        try:
-            event = decode_event(Incoming(m.key(), m.value(), m.partition(), m.offset(), m.timestamp()[1]), mapping)
+            event = decode_event(r, mapping)
         except EventError as e:
             window.skipped[e.reason] += 1
             continue
@@ -170,11 +154,11 @@ def _read_bulk(
                     done.add(p)
                 elif p in left:
                     if off < left[p]:  # later records: the next retrain's
-                        keep.append(m)
+                        keep.append(Incoming(m.key(), m.value(), p, off, m.timestamp()[1]))
                     if off >= left[p] - 1:
                         done.add(p)
             if keep:
-                _decode_messages(keep, w, mapping)
+                decode(keep, w, mapping)
                 last_progress = now
             for p in done:
                 if left.pop(p, None) is not None:

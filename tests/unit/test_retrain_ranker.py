@@ -4,7 +4,6 @@ or without one, saying why, never failing because of it."""
 
 import json
 from dataclasses import replace
-from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -17,6 +16,7 @@ from recsys.data.datasets import load_events, time_split
 from recsys.model.store import ModelStore
 from streaming.jobs.retrain import RetrainMetrics, events_window, ranker_gate, retrain_once
 from streaming.jobs.window import Window, decode, plan
+from streaming.worker.messages import Incoming
 from tests.conftest import require_dataset
 
 # --- the window's offsets ------------------------------------------------------------------
@@ -50,8 +50,8 @@ def test_an_empty_topic_plans_nothing():
 
 
 def record(key, value, offset=0):
-    """A consumed record's fields (what aiokafka's ConsumerRecord carries)."""
-    return SimpleNamespace(key=key, value=value, partition=0, offset=offset, timestamp=1_700_000_000_000)
+    """A consumed record's fields."""
+    return Incoming(key, value, 0, offset, 1_700_000_000_000)
 
 
 def test_bad_records_are_counted_by_reason_and_skipped():
