@@ -220,18 +220,13 @@ class Features:
         own_vals: list[float] = []
         touch_rows: list[int] = []
         touch_vals: list[float] = []
-        cq_rows: list[int] = []
-        cq_vals: list[float] = []
-        nq_rows: list[int] = []
-        nq_vals: list[float] = []
+        # the rows of the item on screen and of the move before it, by their column after the
+        # sources' (co-visitation and "viewed next" of each): candidate row, share
+        row_cols: dict[int, tuple[list[int], list[float]]] = {k: ([], []) for k in (10, 11, 15, 16)}
         user_consts: list[tuple[float, ...]] = []
         qcat_rows: list[int] = []
         rcat_rows: list[int] = []
         rcat_vals: list[float] = []
-        cp_rows: list[int] = []
-        cp_vals: list[float] = []
-        np_rows: list[int] = []
-        np_vals: list[float] = []
         mv_rows: list[int] = []
         mv_vals: list[float] = []
         for ctx, system, popular in zip(ctxs, systems, populars, strict=True):
@@ -273,11 +268,8 @@ class Features:
             )
             touch_rows += map(pos.__getitem__, hits)
             touch_vals += [math.log1p(max(now - touched[i], 0) / 60_000.0) for i in hits]
-            for row, rows, vals in (
-                (ctx.covisit_query, cq_rows, cq_vals),
-                (ctx.next_query, nq_rows, nq_vals),
-                (ctx.covisit_prev, cp_rows, cp_vals),
-                (ctx.next_prev, np_rows, np_vals),
+            for row, (rows, vals) in zip(
+                (ctx.covisit_query, ctx.next_query, ctx.covisit_prev, ctx.next_prev), row_cols.values(), strict=True
             ):
                 if row:
                     hits = [i for i in row if i in pos]
@@ -357,13 +349,11 @@ class Features:
             idx = self.model.item_index
             known = model_rows >= 0
             X[:, col + 7] = known
-            X[cq_rows, col + 10] = cq_vals
-            X[nq_rows, col + 11] = nq_vals
+            for k, (rows, vals) in row_cols.items():
+                X[rows, col + k] = vals
             X[:, col + 12] = np.fromiter(map(math.log1p, stats.pop_1h.counts(uniq, t_stats)), np.float64, len(uniq))[at]
             X[qcat_rows, col + 13] = 1.0
             X[rcat_rows, col + 14] = rcat_vals
-            X[cp_rows, col + 15] = cp_vals
-            X[np_rows, col + 16] = np_vals
             X[:, col + 17] = _RANK_ABSENT
             X[mv_rows, col + 17] = mv_vals
             X[:, col + 18] = np.repeat(consts[:, 2], sizes)

@@ -51,7 +51,7 @@ class BatchReader:
     async def next_batch(self) -> list[Any]:
         """The next batch of current events (waits for the first one; never empty)."""
         while True:
-            batch = self._usable(await self._take())
+            batch = self.still_current(await self._take())
             if batch:
                 return batch
 
@@ -91,13 +91,11 @@ class BatchReader:
                 continue
         return waiting >= need
 
-    def _usable(self, events: list[Any]) -> list[Any]:
-        return faust_compat.take_current_events(self.app, events)
-
     def still_current(self, events: list[Any]) -> list[Any]:
-        """The events of a taken batch that no rebalance has made stale since (see `next_batch`):
-        the others are neither applied nor acked here, their partition's owner reads them again."""
-        return self._usable(events)
+        """The events no rebalance has made stale (when taken, and again right before they are
+        applied): the others are neither applied nor acked here, their partition's owner reads
+        them again from the committed offset."""
+        return faust_compat.take_current_events(self.app, events)
 
     def ack(self, events: list[Any]) -> None:
         """Mark the events done: their offsets may be committed (once no earlier one is pending)."""
