@@ -113,7 +113,7 @@ def confidence_matrix(
 class TrainingData:
     """What a retrain trains on, in arrays: the confidence matrix of the training users, its item
     ids (column order), and the held-out users' gate cases (recsys.evaluation.offline.EvalCase),
-    kept out of the matrix. Made from the state changelog (streaming/jobs/changelog.py) or from
+    kept out of the matrix. Made from the state changelog (streaming/jobs/changelog/) or from
     profiles (`from_profiles`). An engine turns it into a Model (`fit`)."""
 
     matrix: sp.csr_matrix  # users x items, float32 confidences, sorted indices

@@ -3,7 +3,7 @@
 Where the training data comes from:
   * the state table's changelog topic (the users' confidence profiles exactly as the workers
     keep them; the latest record per user wins), read and decoded straight into a confidence
-    matrix (streaming/jobs/changelog.py: no per-user objects, memory a small multiple of the
+    matrix (streaming/jobs/changelog/: no per-user objects, memory a small multiple of the
     matrix), or
   * a history file, to bootstrap a system that has no state yet (`data_from_profiles`).
 

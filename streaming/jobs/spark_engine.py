@@ -372,7 +372,7 @@ def train_from_changelog(
     metadata: Mapping[str, Any] | None = None,
 ) -> SparkTraining:
     """Read the changelog with Spark, hold out users for the gate exactly as the implicit engine
-    does (streaming/jobs/changelog.py: the lowest `holdout_rank`s, `holdout_size` of them that make
+    does (streaming/jobs/changelog/: the lowest `holdout_rank`s, `holdout_size` of them that make
     a case), train MLlib ALS on everyone else, and return the model with XᵀX and the cases.
     `spark`: an existing session (else one is made from `opts` and stopped at the end)."""
     own = spark is None

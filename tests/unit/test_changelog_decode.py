@@ -1,4 +1,4 @@
-"""The retrain's changelog decoder (streaming/jobs/changelog.py): state records straight into a
+"""The retrain's changelog decoder (streaming/jobs/changelog/): state records straight into a
 confidence CSR equal, bit for bit, to the one built from the users' UserProfiles."""
 
 import logging
@@ -11,7 +11,7 @@ from recsys.confidence import ConfidenceConfig, ItemState, UserProfile, build_pr
 from recsys.errors import RecsysError
 from recsys.evaluation.offline import holdout_case, holdout_rank
 from recsys.model.train import confidence_matrix
-from streaming.jobs.changelog import ChangelogTable
+from streaming.jobs.changelog.table import ChangelogTable
 from streaming.worker.state import UserState, decode, encode
 from tests.conftest import require_dataset
 
@@ -274,8 +274,8 @@ def test_a_bad_held_out_record_counts_once_and_the_next_ranked_user_takes_its_pl
 def test_held_cases_from_arrays_equal_the_codec_s_record_by_record():
     """The gate's cases are built from the walked fields; whatever that path does not vouch for
     (non-ASCII strings, an item twice, a record that does not walk to its end) goes through the
-    Python codec. Either way each result is `_held_case`'s: the case, None, or the same error."""
-    from streaming.jobs.changelog import _held_case, held_cases
+    Python codec. Either way each result is `held_case`'s: the case, None, or the same error."""
+    from streaming.jobs.changelog.codec import held_case, held_cases
 
     base = {f"i{j}": (0.25 * (1 + j % 4), T - 60_000 * (j % 5)) for j in range(7)}  # time ties: by id
     p = profile(base)
@@ -309,7 +309,7 @@ def test_held_cases_from_arrays_equal_the_codec_s_record_by_record():
     assert decode(recs[1][1]).profile == p
     keys, values = [k for k, _ in recs], [v for _, v in recs]
     got = held_cases(keys, values, 3)
-    want = [_held_case(k, v, 3) for k, v in recs]
+    want = [held_case(k, v, 3) for k, v in recs]
 
     def sig(c: Any) -> Any:
         return c if c is None or isinstance(c, str) else (c.user, c.query, c.relevant, c.profile)
@@ -323,7 +323,7 @@ def test_held_cases_from_arrays_equal_the_codec_s_record_by_record():
 
 
 def test_holdout_ranks_are_holdout_rank_of_each_key():
-    from streaming.jobs.changelog import holdout_ranks
+    from streaming.jobs.changelog.table import holdout_ranks
 
     keys = [f"user{i}".encode() for i in range(500)] + [b"", "ünï".encode(), bytes(range(256))]
     assert holdout_ranks(keys).tolist() == [holdout_rank(k) for k in keys]
@@ -332,7 +332,7 @@ def test_holdout_ranks_are_holdout_rank_of_each_key():
 def test_a_reader_process_only_with_a_core_to_spare(monkeypatch):
     import os
 
-    from streaming.jobs import changelog
+    from streaming.jobs.changelog import read as changelog
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(changelog, "idle_cores", lambda: 1.9)  # a quiet machine: both cores
@@ -349,14 +349,14 @@ def test_a_reader_process_only_with_a_core_to_spare(monkeypatch):
 def test_idle_cores_is_a_share_of_this_machines_cores():
     import os
 
-    from streaming.jobs.changelog import idle_cores
+    from streaming.jobs.changelog.read import idle_cores
 
     idle = idle_cores(0.05)
     assert idle is None or 0.0 <= idle <= (os.cpu_count() or 1) + 1e-9
 
 
 def test_decoding_on_its_own_thread_gives_the_same_training_data_and_passes_on_its_failure():
-    from streaming.jobs.changelog import _DecodeThread
+    from streaming.jobs.changelog.fetch import DecodeThread
 
     users = {
         f"user{i}": profile({f"i{(i * 7 + j) % 50}": (1.0 + j, T + j) for j in range(4 + i % 3)}) for i in range(300)
@@ -373,7 +373,7 @@ def test_decoding_on_its_own_thread_gives_the_same_training_data_and_passes_on_i
     feed(plain)
     want = plain.training_data()
     threaded = ChangelogTable(CFG, **kw)
-    decoder = _DecodeThread(threaded)
+    decoder = DecodeThread(threaded)
     threaded.sink = decoder.submit
     feed(threaded)
     threaded.flush()
@@ -395,7 +395,7 @@ def test_decoding_on_its_own_thread_gives_the_same_training_data_and_passes_on_i
         ChangelogTable.put(failing, keys, values)
 
     failing.put = put  # type: ignore[method-assign]
-    decoder = _DecodeThread(failing)
+    decoder = DecodeThread(failing)
     failing.sink = decoder.submit
     with pytest.raises(RecsysError, match="second chunk"):
         feed(failing)  # the reading side stops at its next chunk once the failure is known ...
@@ -448,7 +448,7 @@ class ScriptedReader:
 
 
 def test_the_bulk_read_ends_at_every_partition_s_end_logs_its_progress_and_fails_on_a_stall(monkeypatch, caplog):
-    from streaming.jobs import changelog
+    from streaming.jobs.changelog import fetch as changelog
     from streaming.kafka import clients
 
     users = {f"u{i}": profile({f"i{i % 9}": (1.0, T), "c": (0.5, T)}) for i in range(40)}
@@ -472,7 +472,7 @@ def test_the_bulk_read_ends_at_every_partition_s_end_logs_its_progress_and_fails
 def test_the_read_runs_without_the_cyclic_gc_and_restores_it(monkeypatch):
     import gc
 
-    from streaming.jobs import changelog
+    from streaming.jobs.changelog import read as changelog
     from streaming.kafka import clients
 
     recs = records({f"u{i}": profile({f"i{i}": (1.0, T), "c": (0.5, T)}) for i in range(40)})
@@ -494,7 +494,7 @@ def test_the_read_runs_without_the_cyclic_gc_and_restores_it(monkeypatch):
 
 
 def test_a_decoding_failure_on_its_thread_ends_the_bulk_read_with_that_failure(monkeypatch):
-    from streaming.jobs import changelog
+    from streaming.jobs.changelog import fetch as changelog
     from streaming.kafka import clients
 
     recs = records({f"u{i}": profile({f"i{i}": (1.0, T)}) for i in range(40)})
@@ -514,7 +514,8 @@ def test_a_decoding_failure_on_its_thread_ends_the_bulk_read_with_that_failure(m
 def test_the_kept_rows_copied_by_runs_equal_the_masked_copy(dropped):
     """The assembly copies a chunk's kept rows as slices when they make few runs, else by a mask:
     both give the kept rows' non-zeros in order."""
-    from streaming.jobs.changelog import Chunk, _copy_kept
+    from streaming.jobs.changelog.codec import Chunk
+    from streaming.jobs.changelog.table import copy_kept
 
     rng = np.random.default_rng(7)
     counts = rng.integers(0, 60, 5000)
@@ -530,7 +531,7 @@ def test_the_kept_rows_copied_by_runs_equal_the_masked_copy(dropped):
     keep_rows = rng.random(5000) >= dropped
     keep = np.repeat(keep_rows, counts)
     col, data = np.full(nnz + 5, -1, np.int32), np.full(nnz + 5, -1, np.float32)
-    n = _copy_kept(keep_rows, ch, col, data)
+    n = copy_kept(keep_rows, ch, col, data)
     assert n == int(keep.sum())
     assert np.array_equal(col[:n], ch.cols[keep]) and np.array_equal(data[:n], ch.conf[keep])
     assert (col[n:] == -1).all()
@@ -539,7 +540,7 @@ def test_the_kept_rows_copied_by_runs_equal_the_masked_copy(dropped):
 def test_the_key_table_finds_every_key_put_in_and_no_other():
     """Item interning's hash table, filled in batches past several growths, against a dict:
     colliding keys probe on, absent keys (in a probed chain or at an empty slot) give -1."""
-    from streaming.jobs.changelog import KeyTable
+    from streaming.jobs.changelog.codec import KeyTable
 
     rng = np.random.default_rng(3)
     t, want = KeyTable(bits=4), dict[int, int]()
