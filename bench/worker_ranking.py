@@ -12,7 +12,7 @@ as a worker's warm-up does over a filled topic).
 
     python -m bench.worker_ranking [--events 8000] [--batch 60 | --users 46] [--repeats 3] [--warm 0]
         [--rate 1500] [--again-users 17] [--stages] [--ranker-trees N]
-        [--dump lists.json] [--compare lists.json] [--profile out.prof]
+        [--dump lists.json] [--compare lists.json] [--profile out.prof] [--lightgbm]
 
 `--dump` writes every published list of the ranker's processor (items and scores) and
 `--compare` checks them against such a file: a speed-up must leave them equal.
@@ -226,6 +226,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--dump", help="write the ranker processor's lists (first repeat) here")
     ap.add_argument("--compare", help="check the ranker processor's lists (first repeat) equal these")
     ap.add_argument("--profile", help="cProfile the ranker processor's batches (first repeat) into this file")
+    ap.add_argument(
+        "--lightgbm",
+        action="store_true",
+        help="LightGBM predicts, as before the worker compiled its ranker (ranker.native)",
+    )
     args = ap.parse_args(argv)
 
     import cProfile
@@ -247,6 +252,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = load_config()
     ccfg = cfg.confidence
     ranker = Ranker.from_bytes(ranker_bytes, cfg.ranker)
+    if not args.lightgbm and cfg.ranker.native:  # as the worker's ModelUpdates does on load
+        t = time.process_time()
+        print(f"ranker compiled: {ranker.compile_native()} ({time.process_time() - t:.2f} s CPU)", flush=True)
     if args.rate:
         # bench/e2e stamps each event with its send time: at its rates the whole stream is one
         # session a user, so session-kNN's neighbours are whole histories (the costlier case)

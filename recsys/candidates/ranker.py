@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys.candidates.native import NativeForest, compile_forest
 from recsys.candidates.sources import top_items
 from recsys.fields import setting
 from recsys.model.factors import Model
@@ -83,6 +84,11 @@ class RankerConfig:
         (), "the features (recsys.candidates.ranker.FEATURES) the model reads; empty: all; the others are zeroed"
     )
     seed: int = setting(0, "LightGBM's seeds (training is deterministic for a seed)")
+    native: bool = setting(
+        True,
+        "the worker compiles its version's ranker to native code when it loads it (lleaves: LightGBM's "
+        "scores bit for bit, ~6x faster; ~2 s of CPU at 50 trees); off, or without lleaves: LightGBM predicts",
+    )
     # The retrain job's ranker (streaming/jobs/retrain.py): its examples, their cost, its gate.
     retrain: bool = setting(
         True,
@@ -382,11 +388,22 @@ class Ranker:
     def __init__(self, booster: Any, cfg: RankerConfig = RankerConfig(), meta: dict[str, Any] | None = None):
         self.booster, self.cfg = booster, cfg
         self.meta = meta or {}
+        self.native: NativeForest | None = None  # compile_native: the same scores, compiled
 
     def scores(self, X: np.ndarray) -> np.ndarray:
         if not len(X):
             return np.zeros(0)
+        if self.native is not None:
+            s = self.native.scores(X)
+            if s is not None:
+                return s
         return np.asarray(self.booster.predict(X, num_threads=1))
+
+    def compile_native(self) -> bool:
+        """Compile the forest to native code for `scores` (recsys/candidates/native.py: the same
+        scores, bit for bit); False when it cannot be (LightGBM keeps predicting)."""
+        self.native = compile_forest(self.booster.model_to_string(), self.booster)
+        return self.native is not None
 
     def rank(self, items: Sequence[str], X: np.ndarray, n: int) -> list[str]:
         s = self.scores(X)

@@ -186,7 +186,7 @@ class ModelUpdates:
             raw = self.store.ranker(version)
             if raw is None:
                 return None
-            return Ranker.from_bytes(raw, self.ranker_cfg)
+            ranker = Ranker.from_bytes(raw, self.ranker_cfg)
         except FeatureMismatch as e:
             # A ranker from before an upgrade that changed the features (a deploy between two
             # retrains): the version's model is sound and serves with the blend; the next
@@ -201,6 +201,9 @@ class ModelUpdates:
             return None
         except (ModelStoreError, ValueError) as e:
             raise RankerRefused(f"model version {version!r}: its ranker is refused: {e}") from None
+        if self.ranker_cfg.native:  # once per version, here off the event loop (but at start-up)
+            ranker.compile_native()
+        return ranker
 
     def _prune_cache(self, loaded: str) -> None:
         """kafka transport: this worker's store is a cache of the topic; it keeps the newest
