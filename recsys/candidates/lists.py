@@ -191,7 +191,7 @@ def ranked_lists(
                 need.append(j)
                 continue
             order = np.argsort(-part, kind="stable")[:n]
-            out[j] = Ranked([items[r] for r in order], [float(part[r]) for r in order], "ranker")
+            out[j] = Ranked([items[r] for r in order.tolist()], part[order].tolist(), "ranker")
             if len(order) < n:
                 need.append(j)
     else:

@@ -341,17 +341,18 @@ class SessionKNN:
             # stable sort of all cut there; it holds n items not banned unless the mask says no
             pick = np.flatnonzero(neg <= np.partition(neg, want - 1)[want - 1])
             order = pick[np.argsort(neg[pick], kind="stable")]
-            for j in order.tolist():
-                it = name[ids[j]]
+            for i, v in zip(ids[order].tolist(), vals[order].tolist(), strict=True):
+                it = name[i]
                 if it not in banned and (mask is None or mask.allows(it)):
-                    out[it] = float(vals[j])
+                    out[it] = v
                     if len(out) == n:
                         return out
             done = len(order)
-        for j in np.argsort(neg, kind="stable")[done:].tolist():
-            it = name[ids[j]]
+        rest = np.argsort(neg, kind="stable")[done:]
+        for i, v in zip(ids[rest].tolist(), vals[rest].tolist(), strict=True):
+            it = name[i]
             if it not in banned and (mask is None or mask.allows(it)):
-                out[it] = float(vals[j])
+                out[it] = v
                 if len(out) == n:
                     break
         return out
