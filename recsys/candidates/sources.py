@@ -630,18 +630,6 @@ class CoVisitation:
         rows[a] = dict(heapq.nlargest(self.cfg.covisit_max_row, row.items(), key=lambda kv: kv[1]))
         self.pairs -= len(row) - self.cfg.covisit_max_row
 
-    def _add(self, a: str, b: str, w: float) -> int:
-        """Adds w to a→b; 1 if the pair is new (the caller counts them once per event)."""
-        row = self._w.get(a)
-        if row is None:
-            row = self._w[a] = {}
-        n = len(row)
-        row[b] = row.get(b, 0.0) + w
-        self._tot[a] = self._tot.get(a, 0.0) + w
-        if len(row) > 2 * self.cfg.covisit_max_row:  # checked before the call: a call per move for a rare prune
-            self._bounded(self._w, a, row)
-        return len(row) - n
-
     def update(self, e: Event) -> None:
         buf = self._buf.pop(e.user, None)
         if buf is None:
@@ -658,6 +646,8 @@ class CoVisitation:
             buf[-1] = (b, e.ts)
             return
         window = self.cfg.covisit_window_s * 1000.0
+        backward, cap = self.cfg.covisit_backward, 2 * self.cfg.covisit_max_row
+        rows, tots = self._w, self._tot
         done: set[str] = {b}
         new = 0
         for d, (a, ta) in enumerate(reversed(buf), 1):
@@ -673,11 +663,31 @@ class CoVisitation:
                 n = len(row)
                 row[b] = row.get(b, 0.0) + 1.0
                 new += len(row) - n
-                if len(row) > 2 * self.cfg.covisit_max_row:
+                if len(row) > cap:
                     self._bounded(self._next, a, row)
-            new += self._add(a, b, 1.0 / d)
-            if self.cfg.covisit_backward > 0:
-                new += self._add(b, a, self.cfg.covisit_backward / d)
+            # a→b gains 1/d and b→a backward/d, each row's total with it (inline: ~20 times an
+            # event in the worker's batch path); a row past `cap` is pruned
+            w = 1.0 / d
+            row = rows.get(a)
+            if row is None:
+                row = rows[a] = {}
+            n = len(row)
+            row[b] = row.get(b, 0.0) + w
+            tots[a] = tots.get(a, 0.0) + w
+            if len(row) > cap:
+                self._bounded(rows, a, row)
+            new += len(row) - n
+            if backward > 0:
+                w = backward / d
+                row = rows.get(b)
+                if row is None:
+                    row = rows[b] = {}
+                n = len(row)
+                row[a] = row.get(a, 0.0) + w
+                tots[b] = tots.get(b, 0.0) + w
+                if len(row) > cap:
+                    self._bounded(rows, b, row)
+                new += len(row) - n
         buf.append((b, e.ts))
         self.pairs += new
         while self.pairs > self.cfg.covisit_max_pairs:

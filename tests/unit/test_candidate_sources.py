@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -243,6 +244,85 @@ def test_covisitation_scores_equal_adding_item_by_item(dataset: str) -> None:
             compared += len(cv.recent.items(e.user, cv.cfg.covisit_recent)) > 1 and bool(got)
         cv.update(e)
     assert compared > 100
+
+
+class AddCoVisitation(CoVisitation):
+    """CoVisitation.update as written with a call per pair (the reference for its inline loop)."""
+
+    def _add(self, a: str, b: str, w: float) -> int:
+        row = self._w.get(a)
+        if row is None:
+            row = self._w[a] = {}
+        n = len(row)
+        row[b] = row.get(b, 0.0) + w
+        self._tot[a] = self._tot.get(a, 0.0) + w
+        if len(row) > 2 * self.cfg.covisit_max_row:
+            self._bounded(self._w, a, row)
+        return len(row) - n
+
+    def update(self, e: Event) -> None:
+        buf = self._buf.pop(e.user, None)
+        if buf is None:
+            buf = deque(maxlen=self.cfg.covisit_back)
+            if len(self._buf) >= self.cfg.max_users:
+                del self._buf[next(iter(self._buf))]
+        self._buf[e.user] = buf
+        b = e.item
+        tot = self._tot.pop(b, None)
+        if tot is not None:
+            self._tot[b] = tot
+        self.recent.update(e)
+        if buf and buf[-1][0] == b:
+            buf[-1] = (b, e.ts)
+            return
+        done: set[str] = {b}
+        new = 0
+        for d, (a, ta) in enumerate(reversed(buf), 1):
+            if e.ts - ta > self.cfg.covisit_window_s * 1000.0:
+                break
+            if a in done:
+                continue
+            done.add(a)
+            if d == 1:
+                row = self._next.get(a)
+                if row is None:
+                    row = self._next[a] = {}
+                n = len(row)
+                row[b] = row.get(b, 0.0) + 1.0
+                new += len(row) - n
+                if len(row) > 2 * self.cfg.covisit_max_row:
+                    self._bounded(self._next, a, row)
+            new += self._add(a, b, 1.0 / d)
+            if self.cfg.covisit_backward > 0:
+                new += self._add(b, a, self.cfg.covisit_backward / d)
+        buf.append((b, e.ts))
+        self.pairs += new
+        while self.pairs > self.cfg.covisit_max_pairs:
+            self._drop_oldest_row()
+
+
+@pytest.mark.parametrize("dataset", ["yoochoose", "taobao_small", "rees46_small"])
+@pytest.mark.parametrize(
+    "cfg",
+    [SourcesConfig(), SourcesConfig(covisit_max_row=8, covisit_max_pairs=3000, max_users=200)],
+    ids=["defaults", "pruned"],
+)
+def test_covisitation_update_equals_a_call_per_pair(dataset: str, cfg: SourcesConfig) -> None:
+    """Every item's row and next moves (items, weights, order) and the sizes equal the update
+    with a call per pair, every 500 events; "pruned" drops whole rows (the least recently seen
+    first), so the rows still there show the same order of the totals."""
+    events = sorted(load_events(require_dataset(dataset)), key=lambda e: e.ts)[-6000:]
+    cv, ref = CoVisitation(cfg), AddCoVisitation(cfg)
+    seen: dict[str, None] = {}
+    for j, e in enumerate(events, 1):
+        cv.update(e)
+        ref.update(e)
+        seen[e.item] = None
+        if j % 500 == 0:
+            assert cv.sizes() == ref.sizes()
+            for i in seen:
+                assert list(cv.neighbours(i).items()) == list(ref.neighbours(i).items())
+                assert list(cv.next_items(i).items()) == list(ref.next_items(i).items())
 
 
 class CountingSessionKNN(SessionKNN):
