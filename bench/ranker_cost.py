@@ -327,6 +327,9 @@ def main() -> None:
     ap.add_argument("--output", default="bench/out/ranker_cost.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    from recsys.model.threads import pin_blas_threads
+
+    pin_blas_threads()  # as `recsys retrain` does (and the ranker's process)
     # the environment's settings too: STREAMREC_BOOTSTRAP points --kafka at a running broker
     cfg = load_config()
     if args.max_examples is not None:

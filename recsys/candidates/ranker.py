@@ -128,6 +128,12 @@ class RankerConfig:
     gate_fraction: float = setting(
         0.25, "the last share of the example events kept out of the ranker's fit and used for its gate"
     )
+    retrain_process: bool = setting(
+        True,
+        "the retrain's ranker step (window read, examples, fit) runs in a spawned process of its own, so its "
+        "Python does not share the retrain's interpreter lock with the changelog decode and the ALS fit; "
+        "off: a thread of the retrain (the ranker is the same bytes either way)",
+    )
 
 
 class ItemStats:

@@ -3,6 +3,8 @@ a retrain that publishes a version with its ranker (checksummed, gate figures in
 or without one, saying why, never failing because of it."""
 
 import json
+import os
+import signal
 from dataclasses import replace
 
 import pytest
@@ -187,14 +189,34 @@ def test_without_a_model_that_has_not_seen_the_window_one_is_trained_on_its_head
     assert store.metadata(res.version)["ranker"]["gate"]["passed"] is False
 
 
+# The windows below are module-level functions: the ranker's process gets its window pickled.
+def no_topic() -> Window:
+    return Window(note="the clickstream topic clicks does not exist on k:9092")
+
+
+def broker_down() -> Window:
+    raise OSError("broker down")
+
+
+def killed() -> Window:  # the ranker's process dies as an OOM kill would end it
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("not reached")
+
+
+def not_a_window() -> Window:  # the child raises outside the ranker step: it returns no Window
+    raise SystemExit(3)
+
+
 @pytest.mark.parametrize(
     ("window", "why"),
     [
-        (lambda: Window(note="the clickstream topic clicks does not exist on k:9092"), "does not exist"),
-        (lambda: (_ for _ in ()).throw(OSError("broker down")), "broker down"),
+        (no_topic, "does not exist"),
+        (broker_down, "broker down"),
+        (killed, "the ranker process exited (-9) without a result"),
+        (not_a_window, "SystemExit: 3"),
     ],
 )
-def test_no_clickstream_publishes_the_model_without_a_ranker_and_says_why(tmp_path, taobao, window, why):
+def test_no_clickstream_publishes_the_model_without_a_ranker_and_says_why(tmp_path, taobao, window, why, caplog):
     cfg = config()
     store = ModelStore(tmp_path / "models")
     metrics = RetrainMetrics(CollectorRegistry())
@@ -203,6 +225,40 @@ def test_no_clickstream_publishes_the_model_without_a_ranker_and_says_why(tmp_pa
     assert not res.ranker["published"] and why in res.ranker["note"]
     assert store.ranker(res.version) is None
     assert metrics.registry.get_sample_value("streamrec_retrain_ranker_runs_total", {"result": "absent"}) == 1
+    if window is not no_topic:  # the failure, logged by the retrain (the child's own record, forwarded, or its exit)
+        assert any(r.levelname == "WARNING" and why in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_a_window_that_does_not_pickle_fails_the_ranker_step_not_the_retrain(tmp_path, taobao):
+    cfg = config()
+    store = ModelStore(tmp_path / "models")
+    res = retrain_once(
+        build_profiles(taobao, cfg.confidence), store, Settings(), config=cfg, window=lambda: Window(note="local")
+    )
+    assert res.result == "published" and not res.ranker["published"]
+    assert "its window does not reach its process" in res.ranker["note"]
+
+
+def test_the_ranker_is_the_same_bytes_in_its_own_process_and_in_a_thread(tmp_path, taobao):
+    """The process only moves the step: same window, examples and fit, so the same stored file."""
+    import shutil
+
+    cfg = config()
+    head, _ = time_split(taobao, test_fraction=0.4)
+    retrain_once(build_profiles(head, cfg.confidence), ModelStore(tmp_path / "serving"), Settings(), config=cfg)
+    stored = {}
+    for process in (True, False):
+        c = replace(cfg, ranker=replace(cfg.ranker, retrain_process=process))
+        root = tmp_path / f"models-{process}"
+        shutil.copytree(tmp_path / "serving", root)
+        store = ModelStore(root)
+        res = retrain_once(
+            build_profiles(taobao, c.confidence), store, Settings(), config=c, window=events_window(taobao, RCFG)
+        )
+        assert res.ranker["published"], res.ranker
+        stored[process] = store.ranker(res.version)
+        assert {"ranker_read_s", "ranker_train_s", "ranker_wait_s"} <= set(res.phases)
+    assert stored[True] is not None and stored[True] == stored[False]
 
 
 def test_too_few_events_for_examples_publish_without_a_ranker(tmp_path, taobao):
