@@ -402,7 +402,15 @@ class RankerProcess:
         child_done, self._done_in = ctx.Pipe(duplex=False)  # "the ALS fit is done"
         self._proc = ctx.Process(
             target=ranker_child,
-            args=(store, config, logging.getLogger().getEffectiveLevel(), child_out, child_window, child_done),
+            args=(
+                store,
+                config,
+                logging.getLogger().getEffectiveLevel(),
+                child_out,
+                child_window,
+                child_done,
+                time.time(),
+            ),
             name="streamrec-retrain-ranker",
             daemon=True,  # it dies with the retrain
         )
@@ -486,9 +494,12 @@ class _PipeLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def ranker_child(store: ModelStore, config: Config, level: int, out: Any, window_in: Any, als_done: Any) -> None:
+def ranker_child(
+    store: ModelStore, config: Config, level: int, out: Any, window_in: Any, als_done: Any, started: float
+) -> None:
     """The spawned process of `RankerProcess`: its window from `window_in`, `train_gated_ranker`,
-    its result to `out`."""
+    its result to `out`. `ranker_start_s`: from `started` (when the parent started it) to its
+    window received: the interpreter's start, the imports, BLAS pinned."""
     import traceback
 
     from recsys.model.threads import pin_blas_threads
@@ -498,6 +509,7 @@ def ranker_child(store: ModelStore, config: Config, level: int, out: Any, window
     pin_blas_threads()
     window = window_in.recv()
     window_in.close()
+    phases: dict[str, Any] = {"ranker_start_s": round(time.time() - started, 3)}
     logging.root.handlers[:] = [_PipeLogHandler(out)]
     logging.root.setLevel(level)
     done = False
@@ -507,7 +519,6 @@ def ranker_child(store: ModelStore, config: Config, level: int, out: Any, window
         done = done or als_done.poll()
         return config.ranker.fit_threads if done else 1
 
-    phases: dict[str, Any] = {}
     try:
         data, info = train_gated_ranker(window, store, config, phases, fit_threads)
         out.send(("result", data, info, phases))
