@@ -235,6 +235,7 @@ class SessionKNN:
         # prefetch's scores: (version, {(user, method, now): (item ids, scores)})
         self._batch: tuple[int, dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]]] = (-1, {})
         self._decays: dict[float, np.ndarray] = {}  # STAN's λ₃ -> exp(−d/λ₃) for d = 0, 1, … (`_decay`)
+        self._stan_w: np.ndarray | None = None  # `_stan_weights`
 
     def _evict_oldest(self) -> None:
         old = next(iter(self._items))
@@ -457,9 +458,7 @@ class SessionKNN:
             member[np.repeat(np.arange(len(sid)), sizes)[hit], col[hit]] = True
         n_f = n_u[:, None].astype(np.float64)
         w_v = np.where(inside, (pos_m[None, :] + 1) / n_f, 0.0)
-        w_s = np.zeros((len(curs), L))
-        for j, n in enumerate(n_u.tolist()):
-            w_s[j, :n] = [math.exp((p + 1 - n) / (cfg.stan_l1 or n)) for p in range(n)]
+        w_s = self._stan_weights(L)[n_u]
         l2_ms = cfg.stan_l2_s * 1000.0
         now_u = np.array([now for _, now in who], np.int64)
         recency = np.fromiter(
@@ -498,6 +497,16 @@ class SessionKNN:
             for j, (user, now) in enumerate(who):
                 a, b = bounds[j], bounds[j + 1]
                 out[(user, method, now)] = (g_ids[a:b], g_sum[a:b])
+
+    def _stan_weights(self, L: int) -> np.ndarray:
+        """Row n: STAN's position weights of a current session of n items, exp((p + 1 − n) / λ₁)
+        for p < n (math.exp's values), then zeros; kept (they depend on n alone)."""
+        if self._stan_w is None or len(self._stan_w) != L + 1:
+            w = np.zeros((L + 1, L))
+            for n in range(1, L + 1):
+                w[n, :n] = [math.exp((p + 1 - n) / (self.cfg.stan_l1 or n)) for p in range(n)]
+            self._stan_w = w
+        return self._stan_w
 
     def _decay(self, l3: float, m: int) -> np.ndarray:
         """exp(−d/λ₃) for d = 0, 1, …, at least m of them: math.exp's values, kept per λ₃ (a
