@@ -12,8 +12,8 @@ own functions (streaming/jobs/retrain.py `retrain_once`, in this process):
 
 Wall time from the profiles' build to the stored version; medians of --repeats, interleaved
 (the machine is shared), the ratio with/without, the ranker's phases and gate figures.
-`--thread`: a third mode, interleaved with the two: the ranker step in a thread of the retrain
-(`ranker.retrain_process` off) instead of its own process; its ratio is `ratio_thread`.
+`--process`: a third mode, interleaved with the two: the ranker step in a spawned process of its
+own (`ranker.retrain_process` on) instead of a thread of the retrain; its ratio is `ratio_process`.
 
     python -m bench.ranker_cost --datasets yoochoose,taobao [--repeats 3] [--max-examples N]
                                 [--window-events N] [--output bench/out/ranker_cost.json]
@@ -60,10 +60,10 @@ from streaming.jobs.retrain import RetrainMetrics, events_window, retrain_once
 
 
 def mode_config(cfg: Config, mode: str) -> Config:
-    """`thread`: the ranker step in a thread of the retrain (`ranker.retrain_process` off), the
-    former way; `with`: as configured (its own process by default)."""
-    if mode == "thread":
-        return replace(cfg, ranker=replace(cfg.ranker, retrain_process=False))
+    """`process`: the ranker step in a spawned process of its own (`ranker.retrain_process` on);
+    `with`: as configured (a thread of the retrain by default)."""
+    if mode == "process":
+        return replace(cfg, ranker=replace(cfg.ranker, retrain_process=True))
     return cfg
 
 
@@ -135,7 +135,7 @@ def cost(name: str, cfg: Config, repeats: int, new: float, modes: list[str]) -> 
         "serving_trained_on": len(head),
         "median_wall_s": med,
         "ratio": round(med["with"] / med["without"], 3),
-        **({"ratio_thread": round(med["thread"] / med["without"], 3)} if "thread" in med else {}),
+        **({"ratio_process": round(med["process"] / med["without"], 3)} if "process" in med else {}),
         "ranker": {k: last.get(k) for k in ("published", "note", "model", "example_events", "gate", "holdout")},
         "runs": runs,
     }
@@ -191,7 +191,7 @@ def kafka_cost(name: str, cfg: Config, repeats: int, new: float, workdir: Path, 
                     **stream_env(s),
                     "STREAMREC_MODEL_DIR": str(root),
                     "STREAMREC_RANKER_RETRAIN": "false" if mode == "without" else "true",
-                    "STREAMREC_RANKER_RETRAIN_PROCESS": "false" if mode == "thread" else "true",
+                    **({"STREAMREC_RANKER_RETRAIN_PROCESS": "true"} if mode == "process" else {}),
                 }
                 t = time.perf_counter()
                 done = subprocess.run(
@@ -218,7 +218,7 @@ def kafka_cost(name: str, cfg: Config, repeats: int, new: float, workdir: Path, 
         "serving_trained_on": len(head),
         "median_wall_s": med,
         "ratio": round(med["with"] / med["without"], 3),
-        **({"ratio_thread": round(med["thread"] / med["without"], 3)} if "thread" in med else {}),
+        **({"ratio_process": round(med["process"] / med["without"], 3)} if "process" in med else {}),
         "ranker": {k: last.get(k) for k in ("published", "note", "model", "example_events", "gate", "holdout")},
         "runs": runs,
     }
@@ -345,16 +345,16 @@ def main() -> None:
         "compared with the first, event by event (paired difference and its standard error)",
     )
     ap.add_argument(
-        "--thread",
+        "--process",
         action="store_true",
-        help="also the ranker step in a thread of the retrain (ranker.retrain_process off), interleaved with the others",
+        help="also the ranker step in a process of its own (ranker.retrain_process on), interleaved with the others",
     )
     ap.add_argument("--output", default="bench/out/ranker_cost.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from recsys.model.threads import pin_blas_threads
 
-    pin_blas_threads()  # as `recsys retrain` does (and the ranker's process)
+    pin_blas_threads()  # as `recsys retrain` does (and its ranker's process)
     # the environment's settings too: STREAMREC_BOOTSTRAP points --kafka at a running broker
     cfg = load_config()
     if args.max_examples is not None:
@@ -362,7 +362,7 @@ def main() -> None:
     if args.window_events is not None:
         cfg = replace(cfg, ranker=replace(cfg.ranker, window_max_events=args.window_events))
     results = []
-    modes = ["without", "with", *(["thread"] if args.thread else [])]
+    modes = ["without", "with", *(["process"] if args.process else [])]
     for name in args.datasets.split(","):
         if args.quality and args.variants is not None:
             r = variant_quality(name, cfg, args.variants.split(";"))
@@ -379,8 +379,8 @@ def main() -> None:
                 f"{name}: without {r['median_wall_s']['without']:.1f}s, with the ranker "
                 f"{r['median_wall_s']['with']:.1f}s: {r['ratio']:.2f}x"
                 + (
-                    f"; in a thread {r['median_wall_s']['thread']:.1f}s: {r['ratio_thread']:.2f}x"
-                    if "thread" in r["median_wall_s"]
+                    f"; in its own process {r['median_wall_s']['process']:.1f}s: {r['ratio_process']:.2f}x"
+                    if "process" in r["median_wall_s"]
                     else ""
                 )
                 + f" ({r['ranker']})",

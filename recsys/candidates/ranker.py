@@ -129,10 +129,11 @@ class RankerConfig:
         0.25, "the last share of the example events kept out of the ranker's fit and used for its gate"
     )
     retrain_process: bool = setting(
-        True,
-        "the retrain's ranker step (window read, examples, fit) runs in a spawned process of its own, so its "
-        "Python does not share the retrain's interpreter lock with the changelog decode and the ALS fit; "
-        "off: a thread of the retrain (the ranker is the same bytes either way)",
+        False,
+        "the retrain's ranker step (window read, examples, fit) runs in a spawned process of its own, its "
+        "Python off the retrain's interpreter lock; off: a thread of the retrain (the same ranker bytes). "
+        "On a 2-core box the process was slower (its start-up, and the ALS fit's threads and the ranker "
+        "compete for the cores more than for the lock): for boxes with cores to spare",
     )
 
 

@@ -314,13 +314,15 @@ class RankerJob:
     """`train_gated_ranker`, started before the model's fit: the ranker's examples are scored by
     a model that is not the one being trained, so the two overlap. `result` waits for it.
 
-    By default (`ranker.retrain_process`) it runs in a spawned process of its own: its replay is
-    Python and in a thread it shared the interpreter's lock with the changelog decode and the ALS
-    fit's Python parts. The child reads the window itself (`ClickstreamWindow`), builds the
-    examples and fits; only the ranker's bytes and its figures come back, with its log records
-    (re-emitted here). Spawned, not forked: this process already has threads (librdkafka, OpenMP,
-    OpenBLAS). A child that fails or dies is the ranker step failing: the version goes out
-    without a ranker and the log says why. Off: a thread of this process.
+    By default on a thread of this process. With `ranker.retrain_process` in a spawned process of
+    its own, whose Python does not share the interpreter's lock with the changelog decode and
+    the ALS fit's Python parts: the child reads the window itself (`ClickstreamWindow`), builds
+    the examples and fits; only the ranker's bytes and its figures come back, with its log
+    records (re-emitted here). Spawned, not forked: this process already has threads
+    (librdkafka, OpenMP, OpenBLAS). A child that fails or dies is the ranker step failing: the
+    version goes out without a ranker and the log says why. On the 2-core box the process lost
+    (`bench/ranker_cost.py --kafka --process`): its start-up (~0.5 s of imports) and its window
+    read, which then meets the ALS fit's threads, cost more than the lock did.
 
     LightGBM's fit takes one thread while the ALS fit runs (they would compete for the cores)
     and `ranker.fit_threads` once it is done (`fit_done`); the count does not change the ranker

@@ -208,16 +208,21 @@ def not_a_window() -> Window:  # the child raises outside the ranker step: it re
 
 
 @pytest.mark.parametrize(
-    ("window", "why"),
+    ("window", "why", "process"),
     [
-        (no_topic, "does not exist"),
-        (broker_down, "broker down"),
-        (killed, "the ranker process exited (-9) without a result"),
-        (not_a_window, "SystemExit: 3"),
+        (no_topic, "does not exist", True),
+        (no_topic, "does not exist", False),
+        (broker_down, "broker down", True),
+        (broker_down, "broker down", False),
+        (killed, "the ranker process exited (-9) without a result", True),
+        (not_a_window, "SystemExit: 3", True),
     ],
 )
-def test_no_clickstream_publishes_the_model_without_a_ranker_and_says_why(tmp_path, taobao, window, why, caplog):
-    cfg = config()
+def test_no_clickstream_publishes_the_model_without_a_ranker_and_says_why(
+    tmp_path, taobao, window, why, process, caplog
+):
+    """In the ranker's process (`ranker.retrain_process`) or a thread of the retrain."""
+    cfg = config(retrain_process=process)
     store = ModelStore(tmp_path / "models")
     metrics = RetrainMetrics(CollectorRegistry())
     res = retrain_once(build_profiles(taobao, cfg.confidence), store, Settings(), metrics, config=cfg, window=window)
@@ -230,7 +235,7 @@ def test_no_clickstream_publishes_the_model_without_a_ranker_and_says_why(tmp_pa
 
 
 def test_a_window_that_does_not_pickle_fails_the_ranker_step_not_the_retrain(tmp_path, taobao):
-    cfg = config()
+    cfg = config(retrain_process=True)
     store = ModelStore(tmp_path / "models")
     res = retrain_once(
         build_profiles(taobao, cfg.confidence), store, Settings(), config=cfg, window=lambda: Window(note="local")
