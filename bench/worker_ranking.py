@@ -12,7 +12,7 @@ as a worker's warm-up does over a filled topic).
 
     python -m bench.worker_ranking [--events 8000] [--batch 60 | --users 46] [--repeats 3] [--warm 0]
         [--rate 1500] [--again-users 17] [--stages] [--ranker-trees N]
-        [--dump lists.json] [--compare lists.json] [--profile out.prof] [--lightgbm]
+        [--dump lists.json] [--compare lists.json] [--profile out.prof] [--lightgbm] [--set ranker.per_source=30]
 
 `--dump` writes every published list of the ranker's processor (items and scores) and
 `--compare` checks them against such a file: a speed-up must leave them equal.
@@ -231,6 +231,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="LightGBM predicts, as before the worker compiled its ranker (ranker.native)",
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a setting of both processors (e.g. ranker.per_source=30); the ranker's trees are trained "
+        "at the defaults whatever it says, so that settings compare on the same trees",
+    )
     args = ap.parse_args(argv)
 
     import cProfile
@@ -249,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_events, stream, model, xtx, ranker_bytes = _setup(
         args.events, args.items, args.ranker_train_events, args.ranker_trees
     )
-    cfg = load_config()
+    cfg = load_config(overrides=args.set)
     ccfg = cfg.confidence
     ranker = Ranker.from_bytes(ranker_bytes, cfg.ranker)
     if not args.lightgbm and cfg.ranker.native:  # as the worker's ModelUpdates does on load
