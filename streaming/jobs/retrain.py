@@ -318,11 +318,12 @@ class RankerJob:
     its own, whose Python does not share the interpreter's lock with the changelog decode and
     the ALS fit's Python parts: the child reads the window itself (`ClickstreamWindow`), builds
     the examples and fits; only the ranker's bytes and its figures come back, with its log
-    records (re-emitted here). Spawned, not forked: this process already has threads
-    (librdkafka, OpenMP, OpenBLAS). A child that fails or dies is the ranker step failing: the
-    version goes out without a ranker and the log says why. On the 2-core box the process lost
-    (`bench/ranker_cost.py --kafka --process`): its start-up (~0.5 s of imports) and its window
-    read, which then meets the ALS fit's threads, cost more than the lock did.
+    records (re-emitted here). Forked only where this process has no other thread yet, else
+    spawned (`start_method`). A child that fails or dies is the ranker step failing: the
+    version goes out without a ranker and the log says why. On the 2-core box the process did
+    not pay (`bench/ranker_cost.py --kafka --process`): spawned, its start-up (~0.5 s of
+    imports) and its window read, which then meets the ALS fit's threads, cost more than the
+    lock did; forked, it was level with the thread within the box's noise.
 
     LightGBM's fit takes one thread while the ALS fit runs (they would compete for the cores)
     and `ranker.fit_threads` once it is done (`fit_done`); the count does not change the ranker
@@ -397,7 +398,10 @@ class RankerProcess:
     def __init__(self, window: EventsWindow, store: ModelStore, config: Config):
         import multiprocessing
 
-        ctx = multiprocessing.get_context("spawn")
+        self.start_method = start_method()
+        ctx = (
+            multiprocessing.get_context("fork") if self.start_method == "fork" else multiprocessing.get_context("spawn")
+        )
         self._window = window
         self._out, child_out = ctx.Pipe(duplex=False)  # the child's records and result
         child_window, self._window_in = ctx.Pipe(duplex=False)
@@ -455,7 +459,7 @@ class RankerProcess:
                 if msg[0] == "log":
                     logging.getLogger(msg[1].name).handle(msg[1])
                 elif msg[0] == "result":
-                    return msg[1], msg[2], msg[3]
+                    return msg[1], {**msg[2], "process": self.start_method}, msg[3]
                 else:  # "error": the child raised outside train_gated_ranker
                     log.warning("ranker not trained: %s\n%s", msg[1], msg[2])
                     return self.failed(msg[1])
@@ -475,6 +479,24 @@ class RankerProcess:
     def failed(why: str) -> tuple[bytes | None, dict[str, Any], dict[str, Any]]:
         """The ranker step's result when it failed (logged already): no ranker, `why` in its note."""
         return None, {"published": False, "note": f"no ranker: {why}"}, {}
+
+
+def start_method() -> str:
+    """How the ranker's process starts: forked where this process has no other thread (Linux
+    lists a process's threads in /proc/self/task; only this thread could start one, so the
+    answer holds until the fork), which spares the child the interpreter's start and the
+    imports; spawned otherwise (librdkafka's, OpenMP's or OpenBLAS's threads may hold locks a
+    forked child would inherit held). The retrain's start qualifies with OPENBLAS_NUM_THREADS=1
+    in its environment (BLAS is pinned to one thread anyway: recsys.model.threads); a later run
+    of `--every` (OpenMP's threads from the ALS fit) is spawned."""
+    import multiprocessing
+    import os
+
+    try:
+        alone = len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        alone = False
+    return "fork" if alone and "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 class _PipeLogHandler(logging.Handler):

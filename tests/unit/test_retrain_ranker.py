@@ -302,3 +302,27 @@ def test_the_examples_come_from_the_configured_sources(tmp_path, taobao):
         assert res.ranker["model"].startswith("serving"), res.ranker
         sums[on] = res.ranker.get("sha256") or res.ranker.get("holdout")
     assert sums[3] != sums[0]
+
+
+def test_the_ranker_process_is_forked_only_where_no_other_thread_exists():
+    """A fork copies the locks other threads hold: with a thread alive the child is spawned; a
+    retrain process with BLAS's pool off (OPENBLAS_NUM_THREADS=1) is alone when its ranker starts."""
+    import subprocess
+    import sys
+    import threading
+
+    from streaming.jobs.retrain import start_method
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert start_method() == "spawn"
+    finally:
+        stop.set()
+        other.join()
+    code = "from streaming.jobs.retrain import start_method; print(start_method())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "fork", out.stderr[-2000:]
