@@ -12,8 +12,6 @@ own functions (streaming/jobs/retrain.py `retrain_once`, in this process):
 
 Wall time from the profiles' build to the stored version; medians of --repeats, interleaved
 (the machine is shared), the ratio with/without, the ranker's phases and gate figures.
-`--process`: a third mode, interleaved with the two: the ranker step in a spawned process of its
-own (`ranker.retrain_process` on) instead of a thread of the retrain; its ratio is `ratio_process`.
 
     python -m bench.ranker_cost --datasets yoochoose,taobao [--repeats 3] [--max-examples N]
                                 [--window-events N] [--output bench/out/ranker_cost.json]
@@ -59,22 +57,7 @@ from recsys.model.store import ModelStore
 from streaming.jobs.retrain import RetrainMetrics, events_window, retrain_once
 
 
-def mode_config(cfg: Config, mode: str) -> Config:
-    """`process`: the ranker step in a spawned process of its own (`ranker.retrain_process` on);
-    `with`: as configured (a thread of the retrain by default)."""
-    if mode == "process":
-        return replace(cfg, ranker=replace(cfg.ranker, retrain_process=True))
-    return cfg
-
-
-def orders(modes: list[str], repeats: int) -> list[list[str]]:
-    """The modes' order in each repeat, rotated: each mode runs first, middle and last alike."""
-    return [modes[r % len(modes) :] + modes[: r % len(modes)] for r in range(repeats)]
-
-
-def one(events: list[Any], serving: Path, cfg: Config, mode: str) -> dict[str, Any]:
-    with_ranker = mode != "without"
-    cfg = mode_config(cfg, mode)
+def one(events: list[Any], serving: Path, cfg: Config, with_ranker: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d) / "models"
         shutil.copytree(serving, root)
@@ -112,7 +95,7 @@ def events_of(name: str) -> list[Any]:
     return events
 
 
-def cost(name: str, cfg: Config, repeats: int, new: float, modes: list[str]) -> dict[str, Any]:
+def cost(name: str, cfg: Config, repeats: int, new: float) -> dict[str, Any]:
     events = events_of(name)
     events.sort(key=lambda e: e.ts)
     head, _ = time_split(events, test_fraction=new)
@@ -121,10 +104,10 @@ def cost(name: str, cfg: Config, repeats: int, new: float, modes: list[str]) -> 
         off = replace(cfg, ranker=replace(cfg.ranker, retrain=False))
         first = retrain_once(build_profiles(head, cfg.confidence), ModelStore(serving), cfg.stream, config=off)
         assert first.version, first
-        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-        for order in orders(modes, repeats):
-            for mode in order:
-                out = one(events, serving, cfg, mode)
+        runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+        for r in range(repeats):
+            for mode in ("without", "with") if r % 2 == 0 else ("with", "without"):
+                out = one(events, serving, cfg, mode == "with")
                 runs[mode].append(out)
                 print(f"{name} {mode}: {out['wall_s']:.1f}s {out['phases']}", flush=True)
     med = {m: statistics.median(x["wall_s"] for x in rs) for m, rs in runs.items()}
@@ -135,13 +118,12 @@ def cost(name: str, cfg: Config, repeats: int, new: float, modes: list[str]) -> 
         "serving_trained_on": len(head),
         "median_wall_s": med,
         "ratio": round(med["with"] / med["without"], 3),
-        **({"ratio_process": round(med["process"] / med["without"], 3)} if "process" in med else {}),
         "ranker": {k: last.get(k) for k in ("published", "note", "model", "example_events", "gate", "holdout")},
         "runs": runs,
     }
 
 
-def kafka_cost(name: str, cfg: Config, repeats: int, new: float, workdir: Path, modes: list[str]) -> dict[str, Any]:
+def kafka_cost(name: str, cfg: Config, repeats: int, new: float, workdir: Path) -> dict[str, Any]:
     """The same comparison through `recsys retrain --once` processes on the project's own broker:
     the dataset's events in the clickstream topic, every user's state in the changelog (the
     worker's record format, as a worker writes it), the serving version trained on the events
@@ -181,17 +163,16 @@ def kafka_cost(name: str, cfg: Config, repeats: int, new: float, workdir: Path, 
         off = replace(cfg, ranker=replace(cfg.ranker, retrain=False))
         first = retrain_once(build_profiles(head, cfg.confidence), ModelStore(serving), s, config=off)
         assert first.version, first
-        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
-        for r, order in enumerate(orders(modes, repeats)):
-            for mode in order:
+        runs: dict[str, list[dict[str, Any]]] = {"without": [], "with": []}
+        for r in range(repeats):
+            for mode in ("without", "with") if r % 2 == 0 else ("with", "without"):
                 root = workdir / f"models-{name}-{mode}-{r}"
                 shutil.copytree(serving, root)
                 env = {
                     **cfg.to_env(),
                     **stream_env(s),
                     "STREAMREC_MODEL_DIR": str(root),
-                    "STREAMREC_RANKER_RETRAIN": "false" if mode == "without" else "true",
-                    **({"STREAMREC_RANKER_RETRAIN_PROCESS": "true"} if mode == "process" else {}),
+                    "STREAMREC_RANKER_RETRAIN": "true" if mode == "with" else "false",
                 }
                 t = time.perf_counter()
                 done = subprocess.run(
@@ -218,7 +199,6 @@ def kafka_cost(name: str, cfg: Config, repeats: int, new: float, workdir: Path, 
         "serving_trained_on": len(head),
         "median_wall_s": med,
         "ratio": round(med["with"] / med["without"], 3),
-        **({"ratio_process": round(med["process"] / med["without"], 3)} if "process" in med else {}),
         "ranker": {k: last.get(k) for k in ("published", "note", "model", "example_events", "gate", "holdout")},
         "runs": runs,
     }
@@ -344,17 +324,12 @@ def main() -> None:
         "prune_unreachable=false: that variant's examples from the full replay); each after the first is also "
         "compared with the first, event by event (paired difference and its standard error)",
     )
-    ap.add_argument(
-        "--process",
-        action="store_true",
-        help="also the ranker step in a process of its own (ranker.retrain_process on), interleaved with the others",
-    )
     ap.add_argument("--output", default="bench/out/ranker_cost.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from recsys.model.threads import pin_blas_threads
 
-    pin_blas_threads()  # as `recsys retrain` does (and its ranker's process)
+    pin_blas_threads()  # as `recsys retrain` does: the in-process figures then match its
     # the environment's settings too: STREAMREC_BOOTSTRAP points --kafka at a running broker
     cfg = load_config()
     if args.max_examples is not None:
@@ -362,7 +337,6 @@ def main() -> None:
     if args.window_events is not None:
         cfg = replace(cfg, ranker=replace(cfg.ranker, window_max_events=args.window_events))
     results = []
-    modes = ["without", "with", *(["process"] if args.process else [])]
     for name in args.datasets.split(","):
         if args.quality and args.variants is not None:
             r = variant_quality(name, cfg, args.variants.split(";"))
@@ -370,20 +344,14 @@ def main() -> None:
             r = quality(name, cfg)
         elif args.kafka:
             with tempfile.TemporaryDirectory() as d:
-                r = kafka_cost(name, cfg, args.repeats, args.new, Path(d), modes)
+                r = kafka_cost(name, cfg, args.repeats, args.new, Path(d))
         else:
-            r = cost(name, cfg, args.repeats, args.new, modes)
+            r = cost(name, cfg, args.repeats, args.new)
         results.append(r)
         if not args.quality:
             print(
                 f"{name}: without {r['median_wall_s']['without']:.1f}s, with the ranker "
-                f"{r['median_wall_s']['with']:.1f}s: {r['ratio']:.2f}x"
-                + (
-                    f"; in its own process {r['median_wall_s']['process']:.1f}s: {r['ratio_process']:.2f}x"
-                    if "process" in r["median_wall_s"]
-                    else ""
-                )
-                + f" ({r['ranker']})",
+                f"{r['median_wall_s']['with']:.1f}s: {r['ratio']:.2f}x ({r['ranker']})",
                 flush=True,
             )
     out = Path(args.output)

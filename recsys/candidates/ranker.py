@@ -128,13 +128,6 @@ class RankerConfig:
     gate_fraction: float = setting(
         0.25, "the last share of the example events kept out of the ranker's fit and used for its gate"
     )
-    retrain_process: bool = setting(
-        False,
-        "the retrain's ranker step (window read, examples, fit) runs in a spawned process of its own, its "
-        "Python off the retrain's interpreter lock; off: a thread of the retrain (the same ranker bytes). "
-        "On a 2-core box the process was slower (its start-up, and the ALS fit's threads and the ranker "
-        "compete for the cores more than for the lock): for boxes with cores to spare",
-    )
 
 
 class ItemStats:

@@ -33,7 +33,6 @@ on the model-updates topic; the factors never travel through Kafka.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -175,54 +174,39 @@ def data_from_profiles(
 EventsWindow = Callable[[], "Window"]  # the recent events the ranker's examples come from
 
 
-@dataclass(frozen=True)
-class ClickstreamWindow:
-    """The recent clickstream, read when called (streaming/jobs/window.py). A value, not a
-    closure: the ranker's process (`RankerJob`) gets it pickled and reads the window itself."""
+def clickstream_window(settings: Settings, config: Config) -> EventsWindow:
+    """The recent clickstream, read when called (streaming/jobs/window.py)."""
 
-    settings: Settings
-    config: Config
-
-    def __call__(self) -> Window:
+    def read() -> Window:
         from streaming.jobs.window import read_window
 
-        settings, rcfg = self.settings, self.config.ranker
         return read_window(
             settings.bootstrap,
             settings.clickstream_topic,
-            window_s=rcfg.window_hours * 3600.0,
-            max_events=rcfg.window_max_events,
-            mapping=self.config.input,
+            window_s=config.ranker.window_hours * 3600.0,
+            max_events=config.ranker.window_max_events,
+            mapping=config.input,
             stall_s=settings.changelog_stall_s,
         )
 
-
-def clickstream_window(settings: Settings, config: Config) -> EventsWindow:
-    """The recent clickstream, read when called (`ClickstreamWindow`)."""
-    return ClickstreamWindow(settings, config)
-
-
-@dataclass(frozen=True)
-class RecentEvents:
-    """A window already taken (`events_window`): what the ranker's process gets pickled."""
-
-    events: list[Event]
-    note: str = ""
-
-    def __call__(self) -> Window:
-        from streaming.jobs.window import Window
-
-        return Window(events=self.events, records=len(self.events), note=self.note)
+    return read
 
 
 def events_window(events: list[Event], rcfg: RankerConfig) -> EventsWindow:
     """A history file's events as the window: its last `window_hours` of event time, at most
-    `window_max_events` (the newest). Taken here, so that only those travel to the ranker's process."""
-    if not events:
-        return RecentEvents([], "the history file has no events")
-    ordered = sorted(events, key=lambda e: e.ts)
-    since = ordered[-1].ts - int(rcfg.window_hours * 3_600_000)
-    return RecentEvents([e for e in ordered if e.ts >= since][-rcfg.window_max_events :])
+    `window_max_events` (the newest)."""
+
+    def take() -> Window:
+        from streaming.jobs.window import Window
+
+        if not events:
+            return Window(note="the history file has no events")
+        ordered = sorted(events, key=lambda e: e.ts)
+        since = ordered[-1].ts - int(rcfg.window_hours * 3_600_000)
+        recent = [e for e in ordered if e.ts >= since][-rcfg.window_max_events :]
+        return Window(events=recent, records=len(recent))
+
+    return take
 
 
 def ranker_gate(figures: dict[str, Any], cases_min: int = MIN_GATE_CASES) -> tuple[bool, str]:
@@ -251,6 +235,7 @@ def train_gated_ranker(
     window: EventsWindow,
     store: ModelStore,
     config: Config,
+    metrics: RetrainMetrics,
     phases: dict[str, Any],
     fit_threads: Callable[[], int] | None = None,
 ) -> tuple[bytes | None, dict[str, Any]]:
@@ -298,6 +283,9 @@ def train_gated_ranker(
             return None, info
         passed, why = ranker_gate(wr.figures)
         info["gate"] = {"passed": passed, "note": why}
+        for lists, fig in wr.figures["holdout"].items():
+            for k, v in fig.items():
+                metrics.ranker_offline.labels(k, lists).set(v)
         if not passed:
             info["note"] = f"ranker refused: {why}"
             return None, info
@@ -311,19 +299,9 @@ def train_gated_ranker(
 
 
 class RankerJob:
-    """`train_gated_ranker`, started before the model's fit: the ranker's examples are scored by
-    a model that is not the one being trained, so the two overlap. `result` waits for it.
-
-    By default on a thread of this process. With `ranker.retrain_process` in a spawned process of
-    its own, whose Python does not share the interpreter's lock with the changelog decode and
-    the ALS fit's Python parts: the child reads the window itself (`ClickstreamWindow`), builds
-    the examples and fits; only the ranker's bytes and its figures come back, with its log
-    records (re-emitted here). Forked only where this process has no other thread yet, else
-    spawned (`start_method`). A child that fails or dies is the ranker step failing: the
-    version goes out without a ranker and the log says why. On the 2-core box the process did
-    not pay (`bench/ranker_cost.py --kafka --process`): spawned, its start-up (~0.5 s of
-    imports) and its window read, which then meets the ALS fit's threads, cost more than the
-    lock did; forked, it was level with the thread within the box's noise.
+    """`train_gated_ranker` on its own thread, started before the model's fit: the ranker's
+    examples are scored by a model that is not the one being trained, so the two overlap (the
+    ALS fit runs in native code without the GIL; the replay is Python). `result` joins it.
 
     LightGBM's fit takes one thread while the ALS fit runs (they would compete for the cores)
     and `ranker.fit_threads` once it is done (`fit_done`); the count does not change the ranker
@@ -333,221 +311,34 @@ class RankerJob:
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
-        self._metrics = metrics
+        self.phases: dict[str, Any] = {}
         self._als_done = threading.Event()
-        self._child: RankerProcess | None = None
+        threads = config.ranker.fit_threads
+
+        def fit_threads() -> int:
+            return threads if self._als_done.is_set() else 1
+
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="retrain-ranker")
-        if config.ranker.retrain_process:
-            try:
-                self._child = RankerProcess(window, store, config)
-            except Exception as e:
-                log.warning("ranker not trained: its process did not start: %s", e, exc_info=True)
-                self._future = self._pool.submit(RankerProcess.failed, f"its process did not start: {e}")
-                return
-            self._future = self._pool.submit(self._child.wait)
-        else:
-            threads = config.ranker.fit_threads
-
-            def fit_threads() -> int:
-                return threads if self._als_done.is_set() else 1
-
-            def in_thread() -> tuple[bytes | None, dict[str, Any], dict[str, Any]]:
-                phases: dict[str, Any] = {}
-                return (*train_gated_ranker(window, store, config, phases, fit_threads), phases)
-
-            self._future = self._pool.submit(in_thread)
+        self._future = self._pool.submit(train_gated_ranker, window, store, config, metrics, self.phases, fit_threads)
 
     def fit_done(self) -> None:
         """The model's fit is over: the ranker's fit may take `ranker.fit_threads`."""
         self._als_done.set()
-        if self._child is not None:
-            self._child.fit_done()
 
     def abandon(self) -> None:
-        """The retrain failed before its model: the result is not wanted. The process is killed;
-        a thread cannot be stopped: it finishes on its own, its ranker dropped."""
+        """The retrain failed before its model: the result is not wanted (a thread cannot be
+        stopped: it finishes on its own, its ranker dropped)."""
         self._als_done.set()
-        if self._child is not None:
-            self._child.kill()
         self._pool.shutdown(wait=False)
 
     def result(self, phases: dict[str, Any]) -> tuple[bytes | None, dict[str, Any]]:
         """Wait for it; its phases go into `phases`, with how long the retrain waited for it."""
         t = time.time()
         try:
-            data, info, ranker_phases = self._future.result()
+            return self._future.result()
         finally:
             self._pool.shutdown()
-        phases.update(ranker_phases, ranker_wait_s=round(time.time() - t, 3))
-        if "gate" in info:  # the gate judged it: its figures, published or refused
-            for lists, fig in info["holdout"].items():
-                for k, v in fig.items():
-                    self._metrics.ranker_offline.labels(k, lists).set(v)
-        return data, info
-
-
-class RankerProcess:
-    """`train_gated_ranker` in a spawned child (`RankerJob`). `wait` (on a thread of the
-    retrain) sends the child its window, forwards its log records and returns its result, or a
-    failure when the child raised or exited without one (killed, crashed): its process sentinel
-    ends the wait. The window (a history file's events can be megabytes) travels on a pipe of
-    its own, not with the process's arguments: the spawn writes those while it holds the
-    child's end of their pipe, so a child that died before reading more than a pipe's buffer
-    would block `start` for good."""
-
-    def __init__(self, window: EventsWindow, store: ModelStore, config: Config):
-        import multiprocessing
-
-        self.start_method = start_method()
-        ctx = (
-            multiprocessing.get_context("fork") if self.start_method == "fork" else multiprocessing.get_context("spawn")
-        )
-        self._window = window
-        self._out, child_out = ctx.Pipe(duplex=False)  # the child's records and result
-        child_window, self._window_in = ctx.Pipe(duplex=False)
-        child_done, self._done_in = ctx.Pipe(duplex=False)  # "the ALS fit is done"
-        self._proc = ctx.Process(
-            target=ranker_child,
-            args=(
-                store,
-                config,
-                logging.getLogger().getEffectiveLevel(),
-                child_out,
-                child_window,
-                child_done,
-                time.time(),
-            ),
-            name="streamrec-retrain-ranker",
-            daemon=True,  # it dies with the retrain
-        )
-        try:
-            self._proc.start()
-        finally:
-            for c in (child_out, child_window, child_done):
-                c.close()
-
-    def fit_done(self) -> None:
-        with contextlib.suppress(OSError):  # it has exited: `wait` says how
-            self._done_in.send(True)
-
-    def kill(self) -> None:
-        self._proc.kill()
-
-    def wait(self) -> tuple[bytes | None, dict[str, Any], dict[str, Any]]:
-        from multiprocessing.connection import wait
-        from multiprocessing.reduction import ForkingPickler
-
-        try:
-            try:
-                window = bytes(ForkingPickler.dumps(self._window))
-            except Exception as e:  # noqa: BLE001 - whatever does not pickle: the ranker step fails
-                self._proc.kill()
-                log.warning("ranker not trained: its window does not reach its process: %s", e)
-                return self.failed(f"its window does not reach its process: {e}")
-            with contextlib.suppress(OSError):  # it died: said below
-                self._window_in.send_bytes(window)
-            self._window_in.close()
-            while True:
-                wait([self._out, self._proc.sentinel])
-                try:
-                    # a result sent just before the child exited is still in the pipe: read it first
-                    if not self._out.poll():
-                        break
-                    msg = self._out.recv()
-                except (EOFError, OSError):
-                    break
-                if msg[0] == "log":
-                    logging.getLogger(msg[1].name).handle(msg[1])
-                elif msg[0] == "result":
-                    return msg[1], {**msg[2], "process": self.start_method}, msg[3]
-                else:  # "error": the child raised outside train_gated_ranker
-                    log.warning("ranker not trained: %s\n%s", msg[1], msg[2])
-                    return self.failed(msg[1])
-            self._proc.join(5.0)
-            why = f"the ranker process exited ({self._proc.exitcode}) without a result"
-            log.warning("ranker not trained: %s", why)
-            return self.failed(why)
-        finally:
-            for c in (self._out, self._window_in, self._done_in):
-                c.close()
-            self._proc.join(5.0)
-            if self._proc.is_alive():
-                self._proc.kill()
-                self._proc.join()
-
-    @staticmethod
-    def failed(why: str) -> tuple[bytes | None, dict[str, Any], dict[str, Any]]:
-        """The ranker step's result when it failed (logged already): no ranker, `why` in its note."""
-        return None, {"published": False, "note": f"no ranker: {why}"}, {}
-
-
-def start_method() -> str:
-    """How the ranker's process starts: forked where this process has no other thread (Linux
-    lists a process's threads in /proc/self/task; only this thread could start one, so the
-    answer holds until the fork), which spares the child the interpreter's start and the
-    imports; spawned otherwise (librdkafka's, OpenMP's or OpenBLAS's threads may hold locks a
-    forked child would inherit held). The retrain's start qualifies with OPENBLAS_NUM_THREADS=1
-    in its environment (BLAS is pinned to one thread anyway: recsys.model.threads); a later run
-    of `--every` (OpenMP's threads from the ALS fit) is spawned."""
-    import multiprocessing
-    import os
-
-    try:
-        alone = len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        alone = False
-    return "fork" if alone and "fork" in multiprocessing.get_all_start_methods() else "spawn"
-
-
-class _PipeLogHandler(logging.Handler):
-    """The child's log records, to the retrain's handlers (`RankerProcess.wait`)."""
-
-    def __init__(self, conn: Any):
-        super().__init__()
-        self.conn = conn
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            # as logging.handlers.QueueHandler.prepare: what is sent pickles (args may not)
-            record.msg, record.args = record.getMessage(), None
-            if record.exc_info:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-            record.exc_info = None
-            self.conn.send(("log", record))
-        except Exception:  # noqa: BLE001 - as every logging.Handler: reported, never raised
-            self.handleError(record)
-
-
-def ranker_child(
-    store: ModelStore, config: Config, level: int, out: Any, window_in: Any, als_done: Any, started: float
-) -> None:
-    """The spawned process of `RankerProcess`: its window from `window_in`, `train_gated_ranker`,
-    its result to `out`. `ranker_start_s`: from `started` (when the parent started it) to its
-    window received: the interpreter's start, the imports, BLAS pinned."""
-    import traceback
-
-    from recsys.model.threads import pin_blas_threads
-
-    # as every recsys command (streaming/cli/main.py): BLAS's thread count changes the examples'
-    # scores in their last bits, so the child pins it as the retrain did
-    pin_blas_threads()
-    window = window_in.recv()
-    window_in.close()
-    phases: dict[str, Any] = {"ranker_start_s": round(time.time() - started, 3)}
-    logging.root.handlers[:] = [_PipeLogHandler(out)]
-    logging.root.setLevel(level)
-    done = False
-
-    def fit_threads() -> int:
-        nonlocal done
-        done = done or als_done.poll()
-        return config.ranker.fit_threads if done else 1
-
-    try:
-        data, info = train_gated_ranker(window, store, config, phases, fit_threads)
-        out.send(("result", data, info, phases))
-    except BaseException as e:  # noqa: BLE001 - what train_gated_ranker does not catch goes to the parent
-        out.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
+            phases.update(self.phases, ranker_wait_s=round(time.time() - t, 3))
 
 
 FitEngine = Callable[[TrainingData, ConfidenceConfig, TrainConfig, "Model | None"], tuple[Model, np.ndarray]]
