@@ -107,8 +107,18 @@ class Transitions:
         self.moves: dict[str, deque[tuple[str, int]]] = {}
         self.first: dict[str, dict[str, float]] = defaultdict(dict)
         self.second: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+        # what any co-occurrence source could reach: items two users' item sets hold together
+        self.touched: dict[str, list[str]] = defaultdict(list)
+        self.together: dict[str, set[str]] = defaultdict(set)
 
     def update(self, e: Event) -> None:
+        mine = self.touched[e.user]
+        if e.item not in mine:
+            for a in mine:
+                self.together[a].add(e.item)
+                self.together[e.item].add(a)
+            mine.append(e.item)
+        self.together.setdefault(e.item, set())  # seen, if only alone
         m = self.moves.get(e.user)
         if m is None:
             m = self.moves[e.user] = deque(maxlen=2)
@@ -216,6 +226,13 @@ def recall(tr_events: Sequence[Event], val: Sequence[Event], ex: ItemsExamples) 
                 if not covered:
                     acc[f"{name}: adds"] += 1
                     acc[f"{name}: adds, in its top 10"] += lst.index(e.item) < 10
+        if not covered:
+            if e.item not in tr.together:
+                acc["missed: an item never seen"] += 1
+            elif any(e.item in tr.together[a] for a in tr.touched[e.user]):
+                acc["missed: once seen with one of the user's items"] += 1
+            else:
+                acc["missed: never seen with any of the user's items"] += 1
     n = max(acc["events"], 1)
     return {k: (v if k == "events" else round(v / n, 4)) for k, v in acc.items()}
 
