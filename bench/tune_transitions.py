@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from bench.tune_category import _cached, base_config, figures, line, ranks
-from recsys.candidates.ranker import FEATURES, Examples, RankerConfig
+from recsys.candidates.ranker import FEATURES, Examples, RankerConfig, lightgbm_params
 from recsys.confidence import ConfidenceConfig, build_profiles
 from recsys.data.datasets import load, time_split
 from recsys.evaluation.streaming import stream_evaluate
@@ -298,29 +298,12 @@ def fit_ranks(
     cfg = RankerConfig()
     extra = X[0].shape[1] - len(FEATURES)
     keep = [j for j, a in enumerate(train_ex.y) if len(a) > 1 and a.any()]
-    params = {
-        "objective": "lambdarank",
-        "metric": "ndcg",
-        "eval_at": [10],
-        "lambdarank_truncation_level": 20,
-        "num_leaves": cfg.num_leaves,
-        "learning_rate": cfg.learning_rate,
-        "min_child_samples": cfg.min_child_samples,
-        "feature_fraction": cfg.feature_fraction,
-        "bagging_seed": 0,
-        "feature_fraction_seed": 0,
-        "seed": 0,
-        "deterministic": True,
-        "num_threads": 1,
-        "force_row_wise": True,
-        "verbose": -1,
-    }
     Xt, yt = np.vstack([X[j] for j in keep]), np.concatenate([train_ex.y[j] for j in keep])
     group, names = [len(train_ex.y[j]) for j in keep], [*FEATURES, *S2_FEATURES[:extra]]
     # a Dataset per seed: the seed also samples the rows the bins are cut from, as the library's fit
     boosters = [
         lgb.train(
-            params | {"bagging_seed": s, "feature_fraction_seed": s, "seed": s},
+            lightgbm_params(cfg, s),
             lgb.Dataset(Xt, yt, group=group, feature_name=names),
             cfg.n_estimators,
         )

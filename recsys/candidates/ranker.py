@@ -464,6 +464,29 @@ class Examples:
             self.meta.append(meta)
 
 
+def lightgbm_params(cfg: RankerConfig, seed: int, num_threads: int = 1) -> dict[str, Any]:
+    """LightGBM's parameters for the ranker's LambdaRank fit (deterministic for a seed)."""
+    return {
+        "objective": "lambdarank",
+        "metric": "ndcg",
+        "eval_at": [10],
+        "lambdarank_truncation_level": 20,
+        "num_leaves": cfg.num_leaves,
+        "learning_rate": cfg.learning_rate,
+        "min_child_samples": cfg.min_child_samples,
+        "feature_fraction": cfg.feature_fraction,
+        "bagging_seed": seed,
+        "feature_fraction_seed": seed,
+        "seed": seed,
+        "deterministic": True,
+        "num_threads": num_threads,
+        # row-wise on several threads would add the threads' partial histograms: another order
+        "force_row_wise": num_threads == 1,
+        "force_col_wise": num_threads != 1,
+        "verbose": -1,
+    }
+
+
 def fit(ex: Examples, cfg: RankerConfig = RankerConfig(), num_threads: int = 1) -> Ranker:
     """LambdaRank on the examples' groups. `num_threads` (0: LightGBM's default, every core)
     changes the time, not the model: on several threads histograms are built a feature per
@@ -483,25 +506,7 @@ def fit(ex: Examples, cfg: RankerConfig = RankerConfig(), num_threads: int = 1) 
         X[:, [j for j, f in enumerate(FEATURES) if f not in cfg.features]] = 0.0  # constant: never split on
     y = np.concatenate([ex.y[j] for j in keep])
     group = [len(ex.y[j]) for j in keep]
-    params = {
-        "objective": "lambdarank",
-        "metric": "ndcg",
-        "eval_at": [10],
-        "lambdarank_truncation_level": 20,
-        "num_leaves": cfg.num_leaves,
-        "learning_rate": cfg.learning_rate,
-        "min_child_samples": cfg.min_child_samples,
-        "feature_fraction": cfg.feature_fraction,
-        "bagging_seed": cfg.seed,
-        "feature_fraction_seed": cfg.seed,
-        "seed": cfg.seed,
-        "deterministic": True,
-        "num_threads": num_threads,
-        # row-wise on several threads would add the threads' partial histograms: another order
-        "force_row_wise": num_threads == 1,
-        "force_col_wise": num_threads != 1,
-        "verbose": -1,
-    }
+    params = lightgbm_params(cfg, cfg.seed, num_threads)
     ds = lgb.Dataset(X, y, group=group, feature_name=list(FEATURES), free_raw_data=True)
     booster = lgb.train(params, ds, num_boost_round=cfg.n_estimators)
     if num_threads != 1:
