@@ -127,6 +127,12 @@ TOUCH_POINTS: tuple[TouchPoint, ...] = (
     TouchPoint(
         "faust.stores.rocksdb", "Store._dbs", "the open partition DBs, for RocksDB's key estimate", instance_attr=True
     ),
+    TouchPoint(
+        "mode.utils.queues",
+        "FlowControlEvent._queues",
+        "the queues a flow resume empties: the input channel's is taken out (channel_of)",
+        instance_attr=True,
+    ),
 )
 
 
@@ -182,8 +188,19 @@ class App(faust.App):
 # channel's queue without a Stream (its per-event overhead is what batches.py avoids).
 def channel_of(topic: Any) -> Any:
     """The channel the conductor delivers `topic`'s events to (iterating a topic clones it as
-    one and subscribes the consumer to it, as an agent does when it starts)."""
-    return topic.__aiter__()
+    one and subscribes the consumer to it, as an agent does when it starts).
+
+    Its queue is not emptied when the flow resumes. Faust's recovery resumes the flow, then
+    resumes the input partitions and seeks them to their committed offsets (coordinator round
+    trips, up to half a second under load) while the fetch loop delivers from them, then resumes
+    the flow again, which empties every queue it manages: the events delivered in that window
+    and not yet taken were gone, the consumer's position past them, and the offset guard stopped
+    the worker (bench.scale: a batch took 20279-20528 of a partition, 20529-20656 were wiped,
+    the next event was 20657). What a queue holds from before a rebalance is dropped by
+    `take_current_events` (an older consumer generation) instead."""
+    channel = topic.__aiter__()
+    channel.app.flow_control._queues.discard(channel.queue)  # managed: emptied on every resume
+    return channel
 
 
 def take_current_events(app: faust.App, events: Sequence[Any]) -> list[Any]:

@@ -88,3 +88,22 @@ def test_no_private_faust_or_aiokafka_access_outside_the_compat_package():
                         if a.name.startswith("_")
                     ]
     assert not offenders, offenders
+
+
+def test_a_flow_resume_leaves_the_input_channel_s_queue_alone():
+    """Faust's recovery resumes the flow twice around its seek to the committed offsets; a resume
+    empties the queues it manages, which wiped events the fetch loop had delivered in between
+    (their offsets then skipped for good). The worker's input channel is not among them."""
+    from streaming.faust_compat import App, channel_of
+
+    async def main():
+        app = App("compat-queue-test", broker="kafka://127.0.0.1:1", store="memory://")  # nothing connects
+        topic = app.topic("clicks", value_serializer="raw")
+        ours, plain = channel_of(topic), topic.__aiter__()
+        for ch in (ours, plain):
+            ch.queue.put_nowait("delivered between the two resumes")
+        app.flow_control.resume()
+        assert ours.queue.qsize() == 1
+        assert plain.queue.qsize() == 0  # Faust's own behaviour, which this works around
+
+    asyncio.run(main())
