@@ -107,3 +107,100 @@ def test_a_flow_resume_leaves_the_input_channel_s_queue_alone():
         assert plain.queue.qsize() == 0  # Faust's own behaviour, which this works around
 
     asyncio.run(main())
+
+
+# -- the fetch loop's delivery: _Consumer.wait_first ----------------------------------------------
+def test_the_fetch_loop_still_delivers_each_message_through_wait_first():
+    """_Consumer.wait_first relies on this call's shape: (callback(message), suspend_flow.wait())."""
+    from faust.transport.consumer import Consumer
+
+    src = " ".join(inspect.getsource(Consumer._drain_messages).split())  # noqa: SLF001 - the touch point
+    assert "await self.wait_first( callback(message), self.suspend_flow.wait() )" in src
+
+
+def _consumer():
+    from streaming.faust_compat import App
+
+    app = App("compat-test", broker="kafka://127.0.0.1:1", store="memory://")  # nothing connects
+    return app.consumer
+
+
+def test_a_callback_that_does_not_block_runs_in_the_fetch_loop_s_task(recwarn):
+    async def main():
+        consumer, ran_in = _consumer(), []
+
+        async def callback():
+            ran_in.append(asyncio.current_task())
+            return 5
+
+        work = callback()
+        res = await consumer.wait_first(work, consumer.suspend_flow.wait())
+        assert (res.done, res.results, res.stopped) == ([work], [5], False)
+        assert ran_in == [asyncio.current_task()]  # no task per message
+
+    asyncio.run(main())
+    import gc
+
+    gc.collect()
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]  # the flow's wait was closed
+
+
+def test_a_blocked_callback_finishes_in_a_task_with_what_it_awaited():
+    async def main():
+        consumer, fut, seen = _consumer(), asyncio.get_running_loop().create_future(), []
+
+        async def callback():
+            seen.append(await fut)
+            seen.append(await asyncio.sleep(0, "after"))  # a bare yield to the loop on the way
+            return "delivered"
+
+        waiting = asyncio.ensure_future(consumer.wait_first(callback(), consumer.suspend_flow.wait()))
+        await asyncio.sleep(0.01)
+        assert not waiting.done() and seen == []
+        fut.set_result("queue had room")
+        res = await asyncio.wait_for(waiting, 5)
+        assert res.results == ["delivered"] and not res.stopped
+        assert seen == ["queue had room", "after"]
+
+    asyncio.run(main())
+
+
+def test_a_blocked_callback_is_cancelled_when_a_rebalance_suspends_the_flow():
+    """As Faust has it: the fetch loop is never held by a blocked delivery past a revocation."""
+
+    async def main():
+        consumer, fut, events = _consumer(), asyncio.get_running_loop().create_future(), []
+
+        async def callback():
+            try:
+                await fut
+                events.append("delivered")
+            except asyncio.CancelledError:
+                events.append("cancelled")
+                raise
+
+        waiting = asyncio.ensure_future(consumer.wait_first(callback(), consumer.suspend_flow.wait()))
+        await asyncio.sleep(0.01)
+        consumer.suspend_flow.set()
+        res = await asyncio.wait_for(waiting, 5)
+        assert res.results == [True] and not res.stopped  # the flow's wait won
+        await asyncio.sleep(0)
+        assert events == ["cancelled"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("blocks_first", [False, True])
+def test_a_callback_s_error_reaches_the_fetch_loop(blocks_first):
+    async def main():
+        consumer = _consumer()
+
+        async def callback():
+            if blocks_first:
+                await asyncio.sleep(0.01)
+            raise ValueError("bad message")
+
+        with pytest.raises(ValueError, match="bad message"):
+            await consumer.wait_first(callback(), consumer.suspend_flow.wait())
+
+    asyncio.run(main())
