@@ -263,7 +263,7 @@ class App(faust.App):
 # -- micro-batches straight from a topic's channel (streaming/worker/batches.py) ------------------
 # What a Faust Stream does per event on receipt and on ack, for events taken from the
 # channel's queue without a Stream (its per-event overhead is what batches.py avoids).
-def channel_of(topic: Any) -> Any:
+def channel_of(app: faust.App, topic: Any) -> Any:
     """The channel the conductor delivers `topic`'s events to (iterating a topic clones it as
     one and subscribes the consumer to it, as an agent does when it starts).
 
@@ -276,7 +276,7 @@ def channel_of(topic: Any) -> Any:
     the next event was 20657). What a queue holds from before a rebalance is dropped by
     `take_current_events` (an older consumer generation) instead."""
     channel = topic.__aiter__()
-    channel.app.flow_control._queues.discard(channel.queue)  # managed: emptied on every resume
+    app.flow_control._queues.discard(channel.queue)  # managed: emptied on every resume
     return channel
 
 

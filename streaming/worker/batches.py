@@ -46,7 +46,7 @@ class BatchReader:
         # Iterating a topic clones it as the channel the conductor delivers to, and subscribes
         # the consumer to it (what an agent does when it starts): done here, before the
         # worker starts, so that the first subscription includes it.
-        self.channel = faust_compat.channel_of(topic)
+        self.channel = faust_compat.channel_of(app, topic)
 
     async def next_batch(self) -> list[Any]:
         """The next batch of current events (waits for the first one; never empty)."""

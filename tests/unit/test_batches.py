@@ -43,7 +43,7 @@ class Fake:
                 highwater=lambda tp: self.highwater[tp[1]], track_message=lambda m: self.tracked.append(m.offset)
             ),
             consumer_generation_id=1,
-            flow_control=SimpleNamespace(is_active=lambda: True),
+            flow_control=SimpleNamespace(is_active=lambda: True, _queues=set()),
             sensors=SimpleNamespace(on_message_out=lambda tp, offset, msg: self.out.append(offset)),
         )
         self.topic = SimpleNamespace(__aiter__=lambda: SimpleNamespace(queue=self.queue))
@@ -128,7 +128,7 @@ def test_events_of_an_old_generation_are_dropped_untracked_and_unacked():
 def test_a_batch_of_only_stale_events_is_skipped_not_returned_empty():
     async def main():
         f = Fake(highwater={0: 3})
-        f.app.flow_control = SimpleNamespace(is_active=lambda: f.active)
+        f.app.flow_control = SimpleNamespace(is_active=lambda: f.active, _queues=set())
         f.active = False  # suspended: a rebalance is under way
         reader = BatchReader(f.app, f.topic, max_events=10, within_s=0.01)
         f.put(0, [0, 1])

@@ -99,7 +99,7 @@ def test_a_flow_resume_leaves_the_input_channel_s_queue_alone():
     async def main():
         app = App("compat-queue-test", broker="kafka://127.0.0.1:1", store="memory://")  # nothing connects
         topic = app.topic("clicks", value_serializer="raw")
-        ours, plain = channel_of(topic), topic.__aiter__()
+        ours, plain = channel_of(app, topic), topic.__aiter__()
         for ch in (ours, plain):
             ch.queue.put_nowait("delivered between the two resumes")
         app.flow_control.resume()
