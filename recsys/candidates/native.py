@@ -42,8 +42,8 @@ class NativeForest:
     """A compiled forest: `scores(X)` is `booster.predict(X)`, or None when X holds a value the
     two would read differently (the caller asks LightGBM then)."""
 
-    def __init__(self, model: Any, n_features: int):
-        self._model, self.n_features = model, n_features
+    def __init__(self, model: Any):
+        self._model = model
 
     def scores(self, X: np.ndarray) -> np.ndarray | None:
         a = np.abs(X)
@@ -58,15 +58,15 @@ class NativeForest:
         return np.asarray(self._model.predict(X, n_jobs=1))
 
 
-def compile_forest(model_text: str, booster: Any) -> NativeForest | None:
-    """`model_text` (LightGBM's text form of `booster`) compiled, or None: lleaves or llvmlite
-    not importable, a model it cannot compile exactly, or one whose scores differ from
-    LightGBM's on the check rows (logged)."""
+def compile_forest(booster: Any) -> NativeForest | None:
+    """LightGBM's `booster` compiled, or None: lleaves or llvmlite not importable, a model it
+    cannot compile exactly, or one whose scores differ from LightGBM's on the check rows (logged)."""
     try:
         import lleaves
     except ImportError as e:
         log.info("ranker: LightGBM predicts (no compiler: %s)", e)
         return None
+    model_text = booster.model_to_string()
     if any(line.startswith("num_cat=") and line != "num_cat=0" for line in model_text.splitlines()):
         log.info("ranker: LightGBM predicts (categorical splits are not compiled)")
         return None
@@ -85,7 +85,7 @@ def compile_forest(model_text: str, booster: Any) -> NativeForest | None:
     except Exception as e:  # noqa: BLE001 - a compiler failure must not refuse a sound version
         log.warning("ranker: LightGBM predicts (compiling the forest failed: %s)", e)
         return None
-    forest = NativeForest(model, booster.num_feature())
+    forest = NativeForest(model)
     X = check_rows(cuts)
     want, got = np.asarray(booster.predict(X, num_threads=1)), forest.scores(X)
     if got is None or not np.array_equal(want, got):

@@ -404,7 +404,7 @@ class Ranker:
     def compile_native(self) -> bool:
         """Compile the forest to native code for `scores` (recsys/candidates/native.py: the same
         scores, bit for bit); False when it cannot be (LightGBM keeps predicting)."""
-        self.native = compile_forest(self.booster.model_to_string(), self.booster)
+        self.native = compile_forest(self.booster)
         return self.native is not None
 
     def rank(self, items: Sequence[str], X: np.ndarray, n: int) -> list[str]:

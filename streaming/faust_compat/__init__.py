@@ -200,19 +200,15 @@ class _Resume:
                     return done.value
 
 
-async def _finish(coro: Coroutine[Any, Any, Any], blocked_on: Any) -> Any:
-    return await _Resume(coro, blocked_on)
-
-
 def eager_first(work: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
     """Run `work` up to its first suspension in the calling task: (True, its result) when it
-    completes without one, else (False, a coroutine that finishes it in whatever task runs it).
+    completes without one, else (False, an awaitable that finishes it in whatever task awaits it).
     An exception `work` raises on the way propagates."""
     try:
         blocked_on = work.send(None)
     except StopIteration as done:
         return True, done.value
-    return False, _finish(work, blocked_on)
+    return False, _Resume(work, blocked_on)
 
 
 class _Consumer(faust_aiokafka.Consumer):
