@@ -60,7 +60,7 @@ def context(
     evaluation's baselines list their top k from them)."""
     banned = set(excl) | {query} if query is not None else set(excl)
     if profile is None:
-        ctx = Context(user, now, query, banned, {}, {}, 0, per_source=per_source, trimmed=True)
+        ctx = Context(user, now, query, banned, {}, {}, 0, trimmed=True)
     else:
         touched = {i: s.ts for i, s in profile.items.items()}
         ctx = Context(
@@ -71,7 +71,6 @@ def context(
             dict(conf),
             touched,
             profile.events,
-            per_source=per_source,
             trimmed=True,
             history=tuple(profile.history),  # a copy: the evaluation applies the event before the lists
         )

@@ -163,7 +163,6 @@ class Context:
     sources: dict[str, dict[str, float]] = field(default_factory=dict)  # covisit, vsknn, stan, own-recent
     covisit_query: Mapping[str, float] = field(default_factory=dict)  # co-visitation row of the query
     next_query: Mapping[str, float] = field(default_factory=dict)  # "viewed next" row of the query
-    per_source: int = 50  # candidates kept per source
     category: Mapping[str, str] = field(default_factory=dict)  # item -> category (the sources' map)
     recent_categories: list[str] = field(default_factory=list)  # of the user's latest items, latest first
     trimmed: bool = False  # `sources` hold each one's best per_source minus banned, best first (lists.context)
