@@ -93,21 +93,21 @@ def context(
                 ctx.recent_categories = src.category.recent_categories(profile)
                 ctx.sources["category"] = src.category.top(profile, per_source, banned, mask)
             if m == "covisit" and query is not None:
-                row = src.covisit.neighbours(query)
-                tot = sum(row.values()) or 1.0
-                ctx.covisit_query = {i: v / tot for i, v in trim(row, 2 * per_source, banned).items()}
-                nxt = src.covisit.next_items(query)
-                tot_next = sum(nxt.values()) or 1.0
-                ctx.next_query = {i: v / tot_next for i, v in trim(nxt, 2 * per_source, banned).items()}
-                ctx.query_totals = (sum(row.values()), sum(nxt.values()))
+                ctx.covisit_query, covisit_total = shares(src.covisit.neighbours(query), 2 * per_source, banned)
+                ctx.next_query, next_total = shares(src.covisit.next_items(query), 2 * per_source, banned)
+                ctx.query_totals = (covisit_total, next_total)
             if m == "covisit" and prev is not None:
-                row = src.covisit.neighbours(prev)
-                tot = sum(row.values()) or 1.0
-                ctx.covisit_prev = {i: v / tot for i, v in trim(row, 2 * per_source, banned).items()}
-                nxt = src.covisit.next_items(prev)
-                tot = sum(nxt.values()) or 1.0
-                ctx.next_prev = {i: v / tot for i, v in trim(nxt, 2 * per_source, banned).items()}
+                ctx.covisit_prev, _ = shares(src.covisit.neighbours(prev), 2 * per_source, banned)
+                ctx.next_prev, _ = shares(src.covisit.next_items(prev), 2 * per_source, banned)
     return ctx
+
+
+def shares(row: Mapping[str, float], n: int, banned: set[str]) -> tuple[dict[str, float], float]:
+    """A co-visitation or "viewed next" row's best n items (minus banned), each as its share of
+    the whole row, and the row's total (what the shares rest on)."""
+    total = sum(row.values())
+    div = total or 1.0
+    return {i: v / div for i, v in trim(row, n, banned).items()}, total
 
 
 def previous_move(history: Sequence[str], query: str | None) -> str | None:
