@@ -1,4 +1,4 @@
-"""The stream baselines' sources (recsys/candidates/sources.py): hand-checked scores, and the
+"""The stream baselines' sources (recsys/candidates/sources/): hand-checked scores, and the
 streaming evaluation computes their lists from the state before each event only."""
 
 from __future__ import annotations

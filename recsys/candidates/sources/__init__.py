@@ -1,0 +1,100 @@
+"""Candidate sources kept incrementally on the stream: co-visitation, session-kNN (V-SKNN, STAN),
+own items by recency.
+
+Every source is updated event by event (`update(event)`, O(1) amortised) and asked for the
+scores of one user *before* that user's next event (`scores(user)`): nothing looks ahead. The
+streaming evaluation uses them as baselines (recsys/evaluation/streaming.py: methods `covisit`,
+`vsknn`, `stan`, `own-recent`) and the learned ranker as candidate generators
+(recsys/candidates/ranker.py); one implementation serves both.
+
+One module a source, over what they share (`base`) and one settings object (`config`):
+
+    session_knn.py   V-SKNN and STAN (an incremental index of sessions; the ranker's costliest step)
+    covisit.py       co-visitation and "viewed next" rows
+    category.py      category popularity
+    base.py          a user's recent items, own items by recency, `top_items`
+    config.py        `SourcesConfig` (`[sources]`)
+
+`Sources` below feeds them all from one stream and asks each for its best n.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING
+
+from recsys.candidates.sources.base import RecentItems, own_recent, top_items
+from recsys.candidates.sources.category import CategoryPopularity
+from recsys.candidates.sources.config import SourcesConfig
+from recsys.candidates.sources.covisit import CoVisitation
+from recsys.candidates.sources.session_knn import SessionKNN
+from recsys.confidence import UserProfile
+from recsys.events import Event
+
+if TYPE_CHECKING:
+    from recsys.catalogue import ItemMask
+
+__all__ = [
+    "BASELINES",
+    "CategoryPopularity",
+    "CoVisitation",
+    "RecentItems",
+    "SessionKNN",
+    "Sources",
+    "SourcesConfig",
+    "own_recent",
+    "top_items",
+]
+
+BASELINES = ("own-recent", "covisit", "vsknn", "stan")
+
+
+class Sources:
+    """All incremental sources fed by one stream; `lists(...)` gives each baseline's top-n."""
+
+    def __init__(self, cfg: SourcesConfig = SourcesConfig()):
+        self.cfg = cfg
+        self.sknn = SessionKNN(cfg)
+        self.covisit = CoVisitation(cfg)
+        self.category = CategoryPopularity(cfg)
+
+    def update(self, e: Event) -> None:
+        self.sknn.update(e)
+        self.covisit.update(e)
+        self.category.update(e)
+
+    def sizes(self) -> dict[str, int]:
+        """How much each source holds (the worker's streamrec_sources_entries gauge)."""
+        return {**self.covisit.sizes(), **self.sknn.sizes()}
+
+    def scores(self, method: str, user: str, profile: UserProfile | None, now: int) -> dict[str, float]:
+        if method == "own-recent":
+            return own_recent(profile)
+        if method == "covisit":
+            return self.covisit.scores(user)
+        if method in ("vsknn", "stan"):
+            return self.sknn.scores(user, method, now)
+        if method == "category":
+            return self.category.top(profile, self.cfg.category_max_items, set())
+        raise ValueError(f"unknown source {method!r}")
+
+    def top(
+        self,
+        method: str,
+        user: str,
+        profile: UserProfile | None,
+        now: int,
+        n: int,
+        banned: AbstractSet[str],
+        mask: ItemMask | None = None,
+    ) -> dict[str, float]:
+        """The n best of `scores` that `mask` allows, minus `banned`, with their scores, best
+        first (`top_items`' order); session-kNN's from its arrays."""
+        if method in ("vsknn", "stan"):
+            return self.sknn.top(user, method, now, n, banned, mask)
+        if method == "category":
+            return self.category.top(profile, n, banned, mask)
+        scores = self.scores(method, user, profile, now)
+        if mask is not None:
+            scores = {i: v for i, v in scores.items() if mask.allows(i)}
+        return {i: scores[i] for i in top_items(scores, n, banned)}

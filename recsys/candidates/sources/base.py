@@ -1,0 +1,76 @@
+"""What the sources share: a user's recent distinct items, own items by recency, and the best n
+of a source's scores (`top_items`, whose tie order every source keeps)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from recsys.confidence import UserProfile
+from recsys.events import Event
+
+_SMALL = 64  # top_items: up to this many scored items, a plain sort
+
+
+def top_items(scores: Mapping[str, float], n: int, banned: Iterable[str] = ()) -> list[str]:
+    """The n best-scored items minus `banned`, best first (ties: the item scored first)."""
+    if n <= 0 or not scores:
+        return []
+    ban = banned if isinstance(banned, (set, frozenset, dict)) else set(banned)
+    want = n + len(ban)
+    if len(scores) <= _SMALL:
+        # a stable sort, reversed, keeps equal items in scoring order; for a few items it is
+        # cheaper than numpy's fixed cost
+        return [i for i in sorted(scores, key=scores.__getitem__, reverse=True)[:want] if i not in ban][:n]
+    keys = list(scores)
+    neg = -np.fromiter(scores.values(), np.float64, len(keys))
+    if want < len(keys):
+        # every item at or above the want-th best score, in scoring order: a stable sort of
+        # those is the stable sort of all, cut at `want`
+        pick = np.flatnonzero(neg <= np.partition(neg, want - 1)[want - 1])
+        order = pick[np.argsort(neg[pick], kind="stable")[:want]]
+    else:
+        order = np.argsort(neg, kind="stable")
+    out: list[str] = []
+    for j in order.tolist():
+        if keys[j] not in ban:
+            out.append(keys[j])
+            if len(out) == n:
+                break
+    return out
+
+
+def own_recent(profile: UserProfile | None) -> dict[str, float]:
+    """The user's own items scored by recency of their last touch (latest = highest)."""
+    if profile is None or not profile.items:
+        return {}
+    last = profile.last_ts
+    return {i: 1.0 / (1.0 + max(last - s.ts, 0) / 60_000.0) for i, s in profile.items.items()}
+
+
+class RecentItems:
+    """Each user's last distinct items (latest last) with their last touch time."""
+
+    def __init__(self, keep: int = 30, max_users: int = 1_000_000):
+        self.keep, self.max_users = keep, max_users
+        self._u: dict[str, dict[str, int]] = {}  # least recently active user first
+
+    def update(self, e: Event) -> None:
+        d = self._u.pop(e.user, None)
+        if d is None:
+            d = {}
+            if len(self._u) >= self.max_users:
+                del self._u[next(iter(self._u))]
+        self._u[e.user] = d
+        d.pop(e.item, None)
+        d[e.item] = e.ts
+        if len(d) > self.keep:
+            del d[next(iter(d))]
+
+    def items(self, user: str, n: int) -> list[str]:
+        """The user's last n distinct items, latest last."""
+        d = self._u.get(user)
+        if not d:
+            return []
+        return list(d)[-n:]
