@@ -61,11 +61,13 @@ TUNED: dict[str, dict[str, dict[str, Any]]] = {
 OLD_FEATURES = 32  # today's FEATURES: the category source's 3 columns and the 2 category features are new
 
 
-def base_config(name: str, sources: dict[str, Any]) -> StreamEvalConfig:
+def base_config(name: str, sources: dict[str, Any], over_tuned: bool = False) -> StreamEvalConfig:
+    """`sources` on today's defaults, under the baselines' tuned values (`over_tuned`: over them too)."""
     base = SourcesConfig().with_params(sources)
+    over = {f: getattr(base, f) for f in sources} if over_tuned else {}
     return StreamEvalConfig(
         sources=base,
-        baseline_sources={m: replace(base, **p) for m, p in TUNED[name].items()},
+        baseline_sources={m: replace(base, **(p | over)) for m, p in TUNED[name].items()},
         methods=("system",),
     )
 
@@ -102,11 +104,13 @@ def widen(ex: Examples) -> Examples:
     return out
 
 
-def collect(name: str, cache: Path, sources: dict[str, Any], tag: str) -> tuple[Examples, Examples]:
+def collect(
+    name: str, cache: Path, sources: dict[str, Any], tag: str, over_tuned: bool = False
+) -> tuple[Examples, Examples]:
     events, _ = load(name, progress=None)
     dev, _test = time_split(events, test_fraction=0.2)
     tr, val = time_split(dev, test_fraction=0.2)
-    ecfg = base_config(name, sources)
+    ecfg = base_config(name, sources, over_tuned)
 
     def train_examples() -> Examples:
         head, window = time_split(tr, test_fraction=0.5)
