@@ -50,7 +50,8 @@ BASELINES = ("own-recent", "covisit", "vsknn", "stan")
 
 
 class Sources:
-    """All incremental sources fed by one stream; `lists(...)` gives each baseline's top-n."""
+    """All incremental sources fed by one stream: `update(event)` feeds each, `scores(method, ...)` and
+    `top(method, ...)` give one source's scores or its best n for a user."""
 
     def __init__(self, cfg: SourcesConfig = SourcesConfig()):
         self.cfg = cfg
