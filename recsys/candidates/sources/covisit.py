@@ -10,7 +10,6 @@ with `covisit_normalize` each row is divided by its total (≈ P(next = i | a)).
 from __future__ import annotations
 
 import heapq
-from collections import deque
 
 from recsys.candidates.sources.base import RecentItems
 from recsys.candidates.sources.config import SourcesConfig
@@ -22,7 +21,10 @@ class CoVisitation:
 
     def __init__(self, cfg: SourcesConfig = SourcesConfig()):
         self.cfg = cfg
-        self._buf: dict[str, deque[tuple[str, int]]] = {}  # least recently active user first
+        # user -> their last `covisit_back` moves (item, ms), oldest first; the least recently active
+        # user first. Tuples, not deques: a tuple of strings and ints leaves the cyclic GC's view, so
+        # a full collection does not walk a million users' buffers on the worker's event loop.
+        self._buf: dict[str, tuple[tuple[str, int], ...]] = {}
         self._w: dict[str, dict[str, float]] = {}
         # a row's total before any pruning (the normalisation); the row of the item least recently
         # seen first (moved to the end on each event on its item; a new row joins at the end): the
@@ -41,18 +43,19 @@ class CoVisitation:
     def update(self, e: Event) -> None:
         buf = self._buf.pop(e.user, None)
         if buf is None:
-            buf = deque(maxlen=self.cfg.covisit_back)
+            buf = ()
             if len(self._buf) >= self.cfg.max_users:
                 del self._buf[next(iter(self._buf))]
-        self._buf[e.user] = buf
         b = e.item
         tot = self._tot.pop(b, None)
         if tot is not None:
             self._tot[b] = tot
         self.recent.update(e)
         if buf and buf[-1][0] == b:  # a reload or an action on the product on screen: not a move
-            buf[-1] = (b, e.ts)
+            self._buf[e.user] = (*buf[:-1], (b, e.ts))
             return
+        back = self.cfg.covisit_back
+        self._buf[e.user] = (*buf, (b, e.ts))[-back:] if back > 0 else ()
         window = self.cfg.covisit_window_s * 1000.0
         backward, cap = self.cfg.covisit_backward, 2 * self.cfg.covisit_max_row
         rows, tots = self._w, self._tot
@@ -96,7 +99,6 @@ class CoVisitation:
                 if len(row) > cap:
                     self._bounded(rows, b, row)
                 new += len(row) - n
-        buf.append((b, e.ts))
         self.pairs += new
         while self.pairs > self.cfg.covisit_max_pairs:
             self._drop_oldest_row()

@@ -22,6 +22,7 @@ exp(−|distance to the neighbour's most recent shared item|/λ₃).
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -51,8 +52,10 @@ class SessionKNN:
     def __init__(self, cfg: SourcesConfig = SourcesConfig()):
         self.cfg = cfg
         # session id -> its items in order / its distinct items (first-seen order) / its last event
-        # time (ms) / its user; the oldest session first (the one evicted past `max_sessions`)
-        self._items: dict[int, list[int]] = {}
+        # time (ms) / its user; the oldest session first (the one evicted past `max_sessions`).
+        # None of these holds an object the cyclic GC tracks (items in arrays, not lists): a full
+        # collection would otherwise walk every session, on the worker's event loop.
+        self._items: dict[int, array[int]] = {}
         self._sets: dict[int, dict[int, None]] = {}
         self._last: dict[int, int] = {}
         self._owner: dict[int, str] = {}
@@ -96,7 +99,7 @@ class SessionKNN:
         if cur is None or e.ts - cur[1] > gap_ms:
             sid = self._next_sid
             self._next_sid += 1
-            self._items[sid], self._sets[sid], self._last[sid], self._owner[sid] = [], {}, e.ts, e.user
+            self._items[sid], self._sets[sid], self._last[sid], self._owner[sid] = array("q"), {}, e.ts, e.user
             if len(self._items) > self.cfg.max_sessions:
                 self._evict_oldest()
         else:
