@@ -100,3 +100,34 @@ def test_the_worker_exports_the_sources_sizes() -> None:
 
     assert sample("covisit_pairs") == src.covisit.pairs <= 500
     assert sample("sessions") == src.sizes()["sessions"] > 0
+
+
+def test_the_cyclic_gc_has_nothing_to_walk_in_the_sources_state() -> None:
+    """A full collection runs on the worker's event loop and walks every reference inside the
+    objects the GC tracks: the per-session items and per-user moves (up to `max_sessions` and
+    `max_users` of them) must hold nothing it walks. Counted from the Sources object down: the
+    tracked containers with references in them, against the sessions and users held (a list a
+    session and a deque a user gave more of them than both together)."""
+    import gc
+
+    src = Sources(SourcesConfig())
+    for e in stream(20_000, 2_000, 3_000):
+        src.update(e)
+    gc.collect()
+    sizes = src.sizes()
+    held_objects = sizes["sessions"] + sizes["covisit_users"]
+    assert held_objects > 2_000
+    seen: set[int] = set()
+    stack: list[object] = [src]
+    walked = 0
+    while stack:
+        o = stack.pop()
+        if id(o) in seen:
+            continue
+        seen.add(id(o))
+        if not gc.is_tracked(o):
+            continue
+        refs = [r for r in gc.get_referents(o) if type(r) is not type]
+        walked += bool(refs)
+        stack.extend(refs)
+    assert walked < held_objects / 20, (walked, held_objects)
