@@ -53,8 +53,8 @@ class SessionKNN:
         self.cfg = cfg
         # session id -> its items in order / its distinct items (first-seen order) / its last event
         # time (ms) / its user; the oldest session first (the one evicted past `max_sessions`).
-        # None of these holds an object the cyclic GC tracks (items in arrays, not lists): a full
-        # collection would otherwise walk every session, on the worker's event loop.
+        # Nothing in them gives the cyclic GC references to walk (items in arrays, not lists): a
+        # full collection would otherwise walk every session, on the worker's event loop.
         self._items: dict[int, array[int]] = {}
         self._sets: dict[int, dict[int, None]] = {}
         self._last: dict[int, int] = {}
@@ -433,9 +433,8 @@ def _find_current(
     user's events never pause for `session_gap_s` (hundreds of candidates x dozens of items x L
     per user), so each element is looked up, not compared with every current item: `slot`
     (all -1, one entry per interned item, left as it was found) numbers the batch's distinct
-    current items, and a users x those items table gives the column. Two gathers an element;
-    a search among the sorted (user, item) keys cost 3x more. A user's current items are
-    distinct: one column at most."""
+    current items, and a users x those items table gives the column: two gathers an element.
+    A user's current items are distinct: one column at most."""
     rows, cols = np.nonzero(np.arange(cur_m.shape[1])[None, :] < n_u[:, None])
     if not len(rows):
         return np.zeros(len(items), bool), np.zeros(len(items), np.intp)
