@@ -25,7 +25,16 @@ input offset is at or past the event's (the worker coalesces a user's events of 
   throughput   events / (last answer − first send); recommendations/s likewise
   latency      per event: answer arrival − the moment the producer was handed the event
 
-    python -m bench.e2e [--quick] [--events N] [--repeats 3] [--ranker] [--output bench/out/e2e.json] [--plot docs/img/bench-e2e.png]
+    python -m bench.e2e [--quick] [--events N] [--repeats 3] [--ranker] [--warm-events N] [--data-time] [--output bench/out/e2e.json] [--plot docs/img/bench-e2e.png]
+
+With --warm-events N each worker first answers the N events before the stream (untimed): its
+profiles and candidate sources are those of a worker that has been running, as in a shop, where
+session-kNN's neighbours are many and long; from empty topics they are few and short, which
+flatters the ranker. By default every event is stamped with its send time: at these rates a
+user's every event then falls in one session, so session-kNN's neighbours are whole histories.
+With --data-time the events keep the simulator's times (moved to end before the bench starts):
+sessions break where users pause, as in a shop, and the half-load runs take the events after
+the stream instead of replaying it.
 
 With --repeats R (default 3) the four runs are repeated R times, interleaved, and every figure
 is the median over the rounds, each ratio computed within its own round: this box is noisy
@@ -273,8 +282,11 @@ def _cpu_s(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
 
 
-def drive(pipe: Pipeline, producer, events, rate: float | None, timeout: float) -> dict:
+def drive(
+    pipe: Pipeline, producer, events, rate: float | None, timeout: float, ts_offset_ms: int | None = None
+) -> dict:
     """Produce `events` (as fast as possible, or at `rate`/s), wait for every answer, measure.
+    Each event's time is its send time, or with `ts_offset_ms` its own time moved by that much.
     Also the pipeline's CPU over the run and the whole box's: a pipeline whose CPU share stays
     below one core while its latency grows waits for the cores, not for its own work."""
     from streaming.jobs.replay import encode_event
@@ -303,7 +315,8 @@ def drive(pipe: Pipeline, producer, events, rate: float | None, timeout: float) 
                     break
                 time.sleep(min(left, 0.01))
         now = time.time()
-        key, value = encode_event(replace(e, ts=int(now * 1000)))
+        ts = int(now * 1000) if ts_offset_ms is None else e.ts + ts_offset_ms
+        key, value = encode_event(replace(e, ts=ts))
         keys[i] = key
         sent_at[i] = now
         producer.send(pipe.clicks, key=key, value=value).add_callback(on_ok(i))
@@ -357,6 +370,13 @@ def drive(pipe: Pipeline, producer, events, rate: float | None, timeout: float) 
         "box_cpu_cores": box_s / wall_s,
         "cpus": os.cpu_count(),
     }
+
+
+def _since(m: dict, base: dict | None) -> dict:
+    """A pipeline's counters since `base` (its metrics once warmed; None: since it started)."""
+    if not base or not m:
+        return m
+    return {k: v - base.get(k, 0) for k, v in m.items()}
 
 
 def _profile(m: dict, label: str) -> dict:
@@ -459,6 +479,22 @@ def main(argv: list[str] | None = None) -> dict:
         help="--ranker: its boosting rounds (default: the retrain job's, ranker.retrain_max_estimators capping "
         "ranker.n_estimators, what a worker serves; stream-eval's ranker has n_estimators)",
     )
+    ap.add_argument(
+        "--warm-events",
+        type=int,
+        default=0,
+        help="each worker (blend-only and ranker) first answers this many of the events before the stream, as "
+        "fast as it goes, untimed: its state and candidate sources are then those of a worker that has run for a "
+        "while, not empty (pass-through and naive are not warmed)",
+    )
+    ap.add_argument(
+        "--data-time",
+        action="store_true",
+        help="events keep the simulator's times (moved to end before the bench starts), not their send times: "
+        "users' sessions break at their pauses as in a shop, instead of a user's every event in one session; "
+        "the half-load runs then get the events after the stream, not the stream again (a replay would go back "
+        "in time); the model and ranker learn from that many fewer events",
+    )
     ap.add_argument("--output", default="bench/out/e2e.json")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
@@ -496,6 +532,11 @@ def main(argv: list[str] | None = None) -> dict:
             SimConfig(n_users=max(500, n_full // 6), n_items=items, events=min(n_sim, 4 * n_full), seed=7)
         )
         train_events, stream = events[:-n_full], events[-n_full:]
+        after: list = []  # --data-time: the half-load runs' events
+        ts_offset: int | None = None
+        if args.data_time:
+            train_events, stream, after = events[: -2 * n_full], events[-2 * n_full : -n_full], events[-n_full:]
+            ts_offset = int(time.time() * 1000) - events[-1].ts - 1000
         ccfg = ConfidenceConfig()
         model, x, _ = train(
             build_profiles(train_events, ccfg), ccfg, TrainConfig(factors=64, iterations=8, num_threads=0)
@@ -535,6 +576,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
         results: dict = {}
+        warm_evs = train_events[-args.warm_events :] if args.warm_events > 0 else []
+        since: dict[int, dict] = {}  # id(pipeline) -> its metrics once warmed (the profiles start there)
 
         def run(
             name: str, kind: str, evs, rate: float | None, prev: Pipeline | None = None, models: str = "models"
@@ -544,7 +587,14 @@ def main(argv: list[str] | None = None) -> dict:
             )
             try:
                 warm = pipe.warm_up(producer) if prev is None else 0.0
-                r = drive(pipe, producer, evs, rate, timeout=max(60.0, len(evs) / 50.0))
+                if prev is None and warm_evs and kind == "worker":
+                    t0 = time.time()
+                    w = drive(pipe, producer, warm_evs, None, max(60.0, len(warm_evs) / 50.0), ts_offset)
+                    if w["unanswered"]:
+                        raise RuntimeError(f"{name}: {w['unanswered']} of the warm-up events never answered")
+                    since[id(pipe)] = pipe.metrics()
+                    print(f"{name}: {len(warm_evs)} warm-up events answered in {time.time() - t0:.1f}s", flush=True)
+                r = drive(pipe, producer, evs, rate, max(60.0, len(evs) / 50.0), ts_offset)
             except BaseException:
                 pipe.stop()  # never leave a worker process behind
                 raise
@@ -563,10 +613,12 @@ def main(argv: list[str] | None = None) -> dict:
             w = run("worker_full", "worker", stream, None)
             half_rate = 0.5 * results["worker_full"]["events_per_s"]
             # the same worker, fresh users' offsets continue: replay the stream again paced at half
-            n_half = int(min(len(stream), max(200, half_rate * half_s)))
-            m0 = w.metrics()
-            run("worker_half", "worker", stream[:n_half], half_rate, prev=w)
-            m1 = w.metrics()
+            # (--data-time: the events after it)
+            half_evs = after or stream
+            n_half = int(min(len(half_evs), max(200, half_rate * half_s)))
+            m0 = _since(w.metrics(), since.get(id(w)))
+            run("worker_half", "worker", half_evs[:n_half], half_rate, prev=w)
+            m1 = _since(w.metrics(), since.get(id(w)))
             w.stop()
             results["worker_profile"] = _profile(m0, "full load") if m0 else {}
             if m1 and m0:
@@ -575,10 +627,10 @@ def main(argv: list[str] | None = None) -> dict:
                 base_env.clear()  # the worker as deployed (sources on), on the version with a ranker
                 rk = run("ranker_full", "worker", stream, None, models="models-ranker")
                 r_half = 0.5 * results["ranker_full"]["events_per_s"]
-                n_rhalf = int(min(len(stream), max(200, r_half * half_s)))
-                r0 = rk.metrics()
-                run("ranker_half", "worker", stream[:n_rhalf], r_half, prev=rk)
-                r1 = rk.metrics()
+                n_rhalf = int(min(len(half_evs), max(200, r_half * half_s)))
+                r0 = _since(rk.metrics(), since.get(id(rk)))
+                run("ranker_half", "worker", half_evs[:n_rhalf], r_half, prev=rk)
+                r1 = _since(rk.metrics(), since.get(id(rk)))
                 rk.stop()
                 base_env["STREAMREC_CANDIDATE_SOURCES"] = "false"
                 results["ranker_profile"] = _profile(r0, "full load, ranker") if r0 else {}
@@ -631,6 +683,8 @@ def main(argv: list[str] | None = None) -> dict:
             "factors": model.factors,
             "seconds": round(time.time() - t_all, 1),
             "repeats": repeats,
+            "warm_events": len(warm_evs),
+            "data_time": args.data_time,
             "results": results,
             "ratios": ratios,
             "ranker": args.ranker,

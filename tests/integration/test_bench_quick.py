@@ -102,12 +102,16 @@ def test_e2e_quick(tmp_path, kafka_broker, monkeypatch):
             "150",
             "--half-seconds",
             "2",
+            "--warm-events",  # workers warmed first; events at the data's times, fresh ones at half load
+            "300",
+            "--data-time",
             "--output",
             str(tmp_path / "e.json"),
             "--plot",
             str(tmp_path / "e.png"),
         ]
     )
+    assert rep["warm_events"] == 300 and rep["data_time"]
     for name in ("passthrough", "worker_full", "worker_half", "naive"):
         r = rep["results"][name]
         assert r["unanswered"] == 0 and r["answered"] == r["events"], name
