@@ -354,6 +354,7 @@ def test_session_knn_prefetched_for_a_batch_equals_one_user_at_a_time(dataset: s
         nows = [*last.values(), batch[-1].ts]
         want = {(u, m): knn.score_arrays(u, m, t) for u, t in zip(users, nows, strict=True) for m in ("vsknn", "stan")}
         knn.prefetch(users, nows)
+        assert (knn._slot == -1).all()  # noqa: SLF001 - the kernels' lookups, left as found
         alone = knn.alone
         for (u, m), (ids, vals) in want.items():
             got_ids, got_vals = knn.score_arrays(u, m, nows[users.index(u)])

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from recsys.candidates.sources import kernels
 from recsys.candidates.sources.base import RecentItems
 from recsys.candidates.sources.config import SourcesConfig
 from recsys.events import Event
@@ -75,7 +76,7 @@ class SessionKNN:
         self._batch: tuple[int, dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]]] = (-1, {})
         self._decays: dict[float, np.ndarray] = {}  # STAN's λ₃ -> exp(−d/λ₃) for d = 0, 1, … (`_decay`)
         self._stan_w: np.ndarray | None = None  # `_stan_weights`
-        self._slot = np.zeros(0, np.int32)  # `_find_current`'s lookup: -1 for every interned item
+        self._slot = np.zeros((2, 0), np.int32)  # the kernels' lookups: -1 for every interned item
 
     def _evict_oldest(self) -> None:
         old = next(iter(self._items))
@@ -246,9 +247,11 @@ class SessionKNN:
 
     def prefetch(self, users: Sequence[str], nows: Sequence[int]) -> None:
         """V-SKNN's and STAN's scores of `users` (at `nows`) computed together, kept for
-        `score_arrays` until the next update: a batch of users costs a few dozen array
-        operations instead of that many per user. The same sums in the same order as one user
-        at a time (the test pins them)."""
+        `score_arrays` until the next update. The candidates' items and the best neighbours'
+        sequences are gathered into flat arrays here; similarities, the k best, the votes and
+        their sums are compiled loops over them (kernels.py), in place of a few dozen numpy
+        passes with sorts. The same sums in the same order as one user at a time (the test pins
+        them)."""
         cfg = self.cfg
         L = max(cfg.current_len, 1)
         out: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -281,19 +284,15 @@ class SessionKNN:
         starts_u = np.cumsum(counts) - counts
         keep = np.arange(len(sid)) - starts_u[su] >= counts[su] - cfg.sample
         sid, su, last = sid[keep], su[keep], last[keep]
-        # which current items each candidate holds (users' current sessions padded with -1 at
-        # the end: a padded column adds 0.0 to the similarity, which leaves it as it is)
+        # users' current sessions (row j: user j's n_u[j] items, then -1s) and the candidates'
+        # distinct items; the kernels (kernels.py) do the rest, sum for sum as the loops did
         cur_m = np.full((len(curs), L), -1, np.int64)
         pos_m = np.arange(L)
         for j, cur in enumerate(curs):
             cur_m[j, : len(cur)] = cur
         sizes, flat = _concat(list(map(self._distinct.__getitem__, sid.tolist())))
+        starts = np.cumsum(sizes) - sizes
         inside = pos_m[None, :] < n_u[:, None]
-        member = np.zeros((len(sid), L), bool)
-        if len(sid):
-            found, col = _find_current(cur_m, n_u, np.repeat(su, sizes), flat, self._slots())
-            hit = np.flatnonzero(found)
-            member[np.repeat(np.arange(len(sid)), sizes)[hit], col[hit]] = True
         n_f = n_u[:, None].astype(np.float64)
         w_v = np.where(inside, (pos_m[None, :] + 1) / n_f, 0.0)
         w_s = self._stan_weights(L)[n_u]
@@ -302,42 +301,31 @@ class SessionKNN:
         recency = np.fromiter(
             map(math.exp, ((-np.maximum(now_u[su] - last, 0)) / l2_ms).tolist()), np.float64, len(sid)
         )
-        sim_v = np.cumsum(member * w_v[su], axis=1)[:, -1]
-        sim_s = np.cumsum(member * w_s[su], axis=1)[:, -1] / np.sqrt(n_u[su] * sizes) * recency
-        n_items = len(self._name)
+        slot, seen = self._slots()
+        sim_v, sim_s = kernels.similarities(cur_m, n_u, su, starts, sizes, flat, w_v, w_s, recency, slot)
         for method, sim in (("vsknn", sim_v), ("stan", sim_s)):
-            ok = np.flatnonzero(sim > 0)
-            b_sid, b_sim, b_u = sid[ok], sim[ok], su[ok]
-            o = np.lexsort((b_sid, b_sim, b_u))
-            ends = np.searchsorted(b_u[o], np.arange(len(curs)), side="right")
-            begins = np.searchsorted(b_u[o], np.arange(len(curs)), side="left")
             # each user's k most similar, best first (equal: the newer session)
-            pick = np.concatenate(
-                [o[max(b, e - cfg.k) : e][::-1] for b, e in zip(begins.tolist(), ends.tolist(), strict=True)]
-                or [np.zeros(0, np.intp)]
-            ).astype(np.intp)
-            best, s, bu = b_sid[pick], b_sim[pick], b_u[pick]
+            pick, bounds = kernels.top_k(sim, sid, su, len(curs), cfg.k)
             if method == "vsknn":
-                bsizes, items = _concat(list(map(self._distinct.__getitem__, best.tolist())))
-                votes, vu = np.repeat(s, bsizes), np.repeat(bu, bsizes)
+                items, votes, vb = kernels.vsknn_votes(pick, bounds, sim, starts, sizes, flat)
             else:
-                items, votes, vu = self._stan_votes_many(best, s, bu, cur_m, w_s, n_u)
+                lens, seq = _concat(list(map(self._items.__getitem__, sid[pick].tolist())))
+                decay = self._decay_rows(n_u, int(lens.max()) if len(lens) else 1, L)
+                items, votes, vb = kernels.stan_votes(
+                    bounds, sim[pick], seq, np.cumsum(lens) - lens, lens, cur_m, n_u, w_s, decay, slot, seen
+                )
             # each (user, item)'s votes added one after the other from 0.0, in voting order
-            key = vu * n_items + items
-            groups, first, inv = np.unique(key, return_index=True, return_inverse=True)
-            sums = np.bincount(inv, weights=votes, minlength=len(groups))
-            order = np.argsort(first, kind="stable")
-            g_key, g_sum = groups[order], sums[order]
-            bounds = np.searchsorted(g_key // n_items, np.arange(len(curs) + 1), side="left").tolist()
-            g_ids = g_key % n_items
+            g_ids, g_sum, ub = kernels.sums_in_first_order(items, votes, vb, slot)
+            bounds_u = ub.tolist()
             for j, (user, now) in enumerate(who):
-                a, b = bounds[j], bounds[j + 1]
+                a, b = bounds_u[j], bounds_u[j + 1]
                 out[(user, method, now)] = (g_ids[a:b], g_sum[a:b])
 
     def _slots(self) -> np.ndarray:
-        """`_find_current`'s lookup, one entry per interned item (grown by doubling)."""
-        if len(self._slot) < len(self._name):
-            self._slot = np.full(max(len(self._name), 2 * len(self._slot), 1024), -1, np.int32)
+        """The kernels' two lookups (`slot`, `seen`), one entry per interned item each, all -1
+        between calls (grown by doubling)."""
+        if self._slot.shape[1] < len(self._name):
+            self._slot = np.full((2, max(len(self._name), 2 * self._slot.shape[1], 1024)), -1, np.int32)
         return self._slot
 
     def _stan_weights(self, L: int) -> np.ndarray:
@@ -359,36 +347,13 @@ class SessionKNN:
             have = self._decays[l3] = np.array([math.exp(-d / l3) for d in range(size)], np.float64)
         return have
 
-    def _stan_votes_many(
-        self, best: np.ndarray, s: np.ndarray, bu: np.ndarray, cur_m: np.ndarray, w_s: np.ndarray, n_u: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """`_stan_votes` of several users' neighbours at once (`bu`: each neighbour's user)."""
-        if not len(best):
-            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
-        lens, flat = _concat(list(map(self._items.__getitem__, best.tolist())))
-        starts = np.cumsum(lens) - lens
-        seg = np.repeat(np.arange(len(best)), lens)
-        eu = bu[seg]
-        pos = np.arange(len(flat)) - starts[seg]
-        held, col = _find_current(cur_m, n_u, eu, flat, self._slots())
-        w = np.where(held, w_s[eu, col], -np.inf)
-        top_w = np.maximum.reduceat(w, starts)
-        at_top = np.where(held & (w == top_w[seg]), pos, -1)
-        anchor = np.maximum(np.maximum.reduceat(at_top, starts), 0)
-        # each user's decay table (λ₃ depends on their current session's length)
-        longest = np.zeros(len(n_u), np.int64)
-        np.maximum.at(longest, bu, lens)
-        offs = np.cumsum(longest) - longest
-        table = np.concatenate(
-            [self._decay(self.cfg.stan_l3 or n, m)[:m] for n, m in zip(n_u.tolist(), longest.tolist(), strict=True)]
-        )
-        v = table[offs[eu] + np.abs(pos - anchor[seg])]
-        keep = np.flatnonzero(v > 0.0)
-        flat, seg, v = flat[keep], seg[keep], v[keep]
-        if not len(flat):
-            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64)
-        g_seg, g_item, best_v = _one_vote_each(seg, flat, v)
-        return g_item, s[g_seg] * best_v, bu[g_seg]
+    def _decay_rows(self, n_u: np.ndarray, m: int, L: int) -> np.ndarray:
+        """Row n: `_decay`'s first m values for a current session of n items (λ₃ depends on n),
+        for the n in `n_u`; other rows zeros."""
+        rows = np.zeros((L + 1, m))
+        for n in np.unique(n_u).tolist():
+            rows[n] = self._decay(self.cfg.stan_l3 or n, m)[:m]
+        return rows
 
     def _stan_votes(
         self, best: list[int], s: np.ndarray, cur: list[int], w1: list[float], n: int
@@ -424,35 +389,6 @@ def _concat(seqs: list[array[int]]) -> tuple[np.ndarray, np.ndarray]:
     element-by-element pass over them cost ~40 ns an item, a third of a warm batch's scores)."""
     sizes = np.fromiter(map(len, seqs), np.int64, len(seqs))
     return sizes, np.frombuffer(b"".join(seqs), np.int64)
-
-
-def _find_current(
-    cur_m: np.ndarray, n_u: np.ndarray, users: np.ndarray, items: np.ndarray, slot: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Whether each (users[j], items[j]) is one of that user's current items (row users[j] of
-    `cur_m`, its first n_u entries), and at which column. Neighbour sessions are long where a
-    user's events never pause for `session_gap_s` (hundreds of candidates x dozens of items x L
-    per user), so each element is looked up, not compared with every current item: `slot`
-    (all -1, one entry per interned item, left as it was found) numbers the batch's distinct
-    current items, and a users x those items table gives the column: two gathers an element.
-    A user's current items are distinct: one column at most."""
-    rows, cols = np.nonzero(np.arange(cur_m.shape[1])[None, :] < n_u[:, None])
-    if not len(rows):
-        return np.zeros(len(items), bool), np.zeros(len(items), np.intp)
-    current = cur_m[rows, cols]
-    distinct, code = np.unique(current, return_inverse=True)
-    table = np.full((cur_m.shape[0], len(distinct)), -1, np.intp)
-    table[rows, code] = cols
-    slot[distinct] = np.arange(len(distinct), dtype=slot.dtype)
-    try:
-        c = slot[items]
-    finally:
-        slot[distinct] = -1
-    col = np.full(len(items), -1, np.intp)
-    some = np.flatnonzero(c >= 0)
-    col[some] = table[users[some], c[some]]
-    found = col >= 0
-    return found, np.maximum(col, 0)
 
 
 def _one_vote_each(seg: np.ndarray, flat: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,0 +1,264 @@
+"""Session-kNN's batch kernels (`SessionKNN.prefetch`), compiled by numba.
+
+They take the arrays `prefetch` gathers from the session index (the candidates' distinct items,
+the best neighbours' item sequences, flattened) and replace the sorts and array passes that
+followed: a loop over the elements in their order, with dense per-item lookups instead of
+`np.unique`/`lexsort`. The scores stay equal to the last bit, in the same insertion order:
+* every sum adds the same floats in the same order, from 0.0 (a similarity over the current
+  session's positions, in position order; an item's votes in voting order); a position the
+  neighbour does not hold added 0.0 there, which leaves the sum as it was, so it is skipped;
+* a quotient, product or maximum is the same IEEE operation numpy did; no fastmath (LLVM neither
+  reassociates nor contracts float operations without it);
+* every exp is math.exp's, computed in Python and passed in as a table.
+
+The lookups (`slot`, `seen`: one int32 per interned item) must be all -1 on entry; each kernel
+leaves them so (it resets the entries it set), so no call clears a catalogue-sized array.
+Bounds are not checked: item ids index them, so they must hold every interned item.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+_njit = numba.njit(cache=True, nogil=True)
+
+
+@_njit
+def similarities(
+    cur_m: np.ndarray,
+    n_u: np.ndarray,
+    su: np.ndarray,
+    starts: np.ndarray,
+    sizes: np.ndarray,
+    flat: np.ndarray,
+    w_v: np.ndarray,
+    w_s: np.ndarray,
+    recency: np.ndarray,
+    slot: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """V-SKNN's and STAN's similarity of each candidate session c (of user su[c]; its distinct
+    items flat[starts[c] : starts[c] + sizes[c]]) with its user's current session (row su[c] of
+    `cur_m`, its first n_u entries, distinct): the weights (row su[c] of w_v, w_s) of the
+    positions it holds, added in position order from 0.0; STAN's divided by √(n·|c|), times
+    recency[c]. Candidates grouped by user are cheapest (the lookup is set once a group)."""
+    m = len(su)
+    sim_v = np.zeros(m)
+    sim_s = np.zeros(m)
+    held = np.zeros(cur_m.shape[1], np.bool_)
+    u = -1
+    for c in range(m):
+        if su[c] != u:
+            if u >= 0:
+                for p in range(n_u[u]):
+                    slot[cur_m[u, p]] = -1
+            u = su[c]
+            for p in range(n_u[u]):
+                slot[cur_m[u, p]] = p
+        held[:] = False
+        for i in range(starts[c], starts[c] + sizes[c]):
+            p = slot[flat[i]]
+            if p >= 0:
+                held[p] = True
+        sv = 0.0
+        ss = 0.0
+        for p in range(n_u[u]):
+            if held[p]:
+                sv += w_v[u, p]
+                ss += w_s[u, p]
+        sim_v[c] = sv
+        sim_s[c] = ss / math.sqrt(n_u[u] * sizes[c]) * recency[c]
+    if u >= 0:
+        for p in range(n_u[u]):
+            slot[cur_m[u, p]] = -1
+    return sim_v, sim_s
+
+
+@_njit
+def _better(a: int, b: int, sim: np.ndarray, sid: np.ndarray) -> bool:
+    """Candidate a before b: the higher similarity, equal: the larger session id."""
+    return sim[a] > sim[b] or (sim[a] == sim[b] and sid[a] > sid[b])
+
+
+@_njit
+def _sift_down(heap: np.ndarray, h: int, sim: np.ndarray, sid: np.ndarray) -> None:
+    """Restore the heap's order (the worst candidate at the root) after its root changed."""
+    i = 0
+    while True:
+        w = i
+        left = 2 * i + 1
+        if left < h and _better(heap[w], heap[left], sim, sid):
+            w = left
+        if left + 1 < h and _better(heap[w], heap[left + 1], sim, sid):
+            w = left + 1
+        if w == i:
+            return
+        heap[i], heap[w] = heap[w], heap[i]
+        i = w
+
+
+@_njit
+def top_k(sim: np.ndarray, sid: np.ndarray, su: np.ndarray, n_users: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's k most similar candidates with a similarity above 0, best first (equal: the
+    larger session id, the newer session): indices into the candidates, user 0's first, and
+    each user's range of them (n_users + 1 bounds). A user's session ids are distinct, so the
+    order is total and a heap of the k best so far selects what a sort would."""
+    k = max(k, 0)
+    m = len(sim)
+    counts = np.zeros(n_users + 1, np.int64)
+    for c in range(m):
+        if sim[c] > 0.0:
+            counts[su[c] + 1] += 1
+    begin = np.cumsum(counts)  # begin[u]: where user u's candidates start in `by_user`
+    fill = begin[:-1].copy()
+    by_user = np.empty(begin[-1], np.int64)
+    for c in range(m):
+        if sim[c] > 0.0:
+            by_user[fill[su[c]]] = c
+            fill[su[c]] += 1
+    pick = np.empty(min(len(by_user), n_users * k), np.int64)
+    bounds = np.zeros(n_users + 1, np.int64)
+    heap = np.empty(k, np.int64)  # the k best so far, the worst of them at the root
+    n = 0
+    for u in range(n_users):
+        h = 0
+        for q in range(begin[u + 1] - 1, begin[u] - 1, -1):  # prefetch passes the newest last: fewer swaps
+            c = by_user[q]
+            if h < k:
+                heap[h] = c  # sift up
+                i = h
+                h += 1
+                while i > 0 and _better(heap[(i - 1) // 2], heap[i], sim, sid):
+                    heap[i], heap[(i - 1) // 2] = heap[(i - 1) // 2], heap[i]
+                    i = (i - 1) // 2
+            elif k > 0 and _better(c, heap[0], sim, sid):
+                heap[0] = c
+                _sift_down(heap, h, sim, sid)
+        take = h
+        while h > 0:  # the worst first, to the back
+            h -= 1
+            pick[n + h] = heap[0]
+            heap[0] = heap[h]
+            _sift_down(heap, h, sim, sid)
+        n += take
+        bounds[u + 1] = n
+    return pick[:n], bounds
+
+
+@_njit
+def vsknn_votes(
+    pick: np.ndarray, bounds: np.ndarray, sim: np.ndarray, starts: np.ndarray, sizes: np.ndarray, flat: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """V-SKNN's votes in voting order: each picked candidate (best first) votes its similarity
+    for each of its distinct items, in their order; (items, votes, each user's range)."""
+    total = 0
+    for j in range(len(pick)):
+        total += sizes[pick[j]]
+    items = np.empty(total, np.int64)
+    votes = np.empty(total)
+    vbounds = np.zeros(len(bounds), np.int64)
+    n = 0
+    for u in range(len(bounds) - 1):
+        for j in range(bounds[u], bounds[u + 1]):
+            c = pick[j]
+            s = sim[c]
+            for i in range(starts[c], starts[c] + sizes[c]):
+                items[n] = flat[i]
+                votes[n] = s
+                n += 1
+        vbounds[u + 1] = n
+    return items, votes, vbounds
+
+
+@_njit
+def stan_votes(
+    bounds: np.ndarray,
+    s: np.ndarray,
+    seq: np.ndarray,
+    seq_starts: np.ndarray,
+    lens: np.ndarray,
+    cur_m: np.ndarray,
+    n_u: np.ndarray,
+    w_s: np.ndarray,
+    decay: np.ndarray,
+    slot: np.ndarray,
+    seen: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """STAN's votes in voting order. User u's neighbours are bounds[u] .. bounds[u + 1] (best
+    first; similarity s[b], item sequence seq[seq_starts[b] :][: lens[b]]). A neighbour votes once
+    for each of its items, s · exp(−|distance to the anchor| / λ₃) (decay[n_u[u], distance]),
+    where the anchor is its last position holding the current item of the highest weight (w_s
+    row u; none: position 0) and an item seen twice takes its largest vote; votes of 0.0 are not
+    cast; its items in the order of their first vote. Returns (items, votes, each user's range)."""
+    total = 0
+    for b in range(len(lens)):
+        total += lens[b]
+    items = np.empty(total, np.int64)
+    best = np.empty(total)
+    votes = np.empty(total)
+    vbounds = np.zeros(len(bounds), np.int64)
+    n = 0
+    for u in range(len(bounds) - 1):
+        nu = n_u[u]
+        for p in range(nu):
+            slot[cur_m[u, p]] = p
+        for b in range(bounds[u], bounds[u + 1]):
+            a0 = seq_starts[b]
+            top = -np.inf
+            anchor = 0
+            for q in range(lens[b]):
+                p = slot[seq[a0 + q]]
+                if p >= 0 and w_s[u, p] >= top:  # `>=`: the last position at the highest weight
+                    top = w_s[u, p]
+                    anchor = q
+            first = n
+            for q in range(lens[b]):
+                v = decay[nu, abs(q - anchor)]
+                if v > 0.0:
+                    it = seq[a0 + q]
+                    j = seen[it]
+                    if j < 0:
+                        seen[it] = n
+                        items[n] = it
+                        best[n] = v
+                        n += 1
+                    elif v > best[j]:
+                        best[j] = v
+            for j in range(first, n):
+                seen[items[j]] = -1
+                votes[j] = s[b] * best[j]
+        for p in range(nu):
+            slot[cur_m[u, p]] = -1
+        vbounds[u + 1] = n
+    return items[:n], votes[:n], vbounds
+
+
+@_njit
+def sums_in_first_order(
+    items: np.ndarray, votes: np.ndarray, vbounds: np.ndarray, slot: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's votes (their range vbounds[u] .. vbounds[u + 1]) summed per item, one after
+    the other from 0.0 in voting order, the items in the order of their first vote: (items,
+    sums, each user's range)."""
+    ids = np.empty(len(items), np.int64)
+    sums = np.empty(len(items))
+    out_b = np.zeros(len(vbounds), np.int64)
+    n = 0
+    for u in range(len(vbounds) - 1):
+        start = n
+        for i in range(vbounds[u], vbounds[u + 1]):
+            it = items[i]
+            j = slot[it]
+            if j < 0:
+                j = n
+                slot[it] = n
+                ids[n] = it
+                sums[n] = 0.0
+                n += 1
+            sums[j] += votes[i]
+        for j in range(start, n):
+            slot[ids[j]] = -1
+        out_b[u + 1] = n
+    return ids[:n], sums[:n], out_b

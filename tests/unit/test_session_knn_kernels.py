@@ -1,0 +1,88 @@
+"""The session-kNN kernels (recsys/candidates/sources/kernels.py) against the numpy passes they
+replaced: the same picks and the same floats to the last bit, the lookups left all -1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recsys.candidates.sources import kernels
+
+
+def lexsort_top_k(sim: np.ndarray, sid: np.ndarray, su: np.ndarray, n_users: int, k: int) -> list[list[int]]:
+    """prefetch's former top-k: a lexsort by (user, similarity, session id), each user's last k
+    reversed."""
+    ok = np.flatnonzero(sim > 0)
+    o = ok[np.lexsort((sid[ok], sim[ok], su[ok]))]
+    return [o[su[o] == u][::-1][: max(k, 0)].tolist() for u in range(n_users)]
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 20, 1000])
+def test_top_k_equals_the_lexsort(k: int) -> None:
+    rng = np.random.default_rng(k)
+    for _ in range(30):
+        n_users = int(rng.integers(1, 8))
+        m = int(rng.integers(0, 300))
+        su = np.sort(rng.integers(0, n_users, m))  # grouped by user (as prefetch passes them) ...
+        if rng.random() < 0.3:
+            su = rng.integers(0, n_users, m)  # ... or not
+        sid = np.empty(m, np.int64)
+        for u in range(n_users):  # a user's session ids are distinct
+            mine = np.flatnonzero(su == u)
+            sid[mine] = rng.permutation(1000)[: len(mine)]
+        sim = rng.integers(0, 6, m) / 4.0  # many ties, zeros among them (never picked)
+        pick, bounds = kernels.top_k(sim, sid, su, n_users, k)
+        got = [pick[bounds[u] : bounds[u + 1]].tolist() for u in range(n_users)]
+        assert got == lexsort_top_k(sim, sid, su, n_users, k)
+
+
+def test_sums_in_first_order_equal_unique_and_bincount() -> None:
+    rng = np.random.default_rng(1)
+    slot = np.full(50, -1, np.int32)
+    for _ in range(30):
+        n_users = int(rng.integers(1, 5))
+        sizes = rng.integers(0, 40, n_users)
+        vbounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        items = rng.integers(0, 50, int(sizes.sum())).astype(np.int64)
+        votes = rng.random(len(items)) * 10.0 ** rng.integers(-5, 5, len(items))  # rounding depends on order
+        ids, sums, ub = kernels.sums_in_first_order(items, votes, vbounds, slot)
+        assert (slot == -1).all()
+        for u in range(n_users):
+            it, v = items[vbounds[u] : vbounds[u + 1]], votes[vbounds[u] : vbounds[u + 1]]
+            uniq, first, inv = np.unique(it, return_index=True, return_inverse=True)
+            want = np.bincount(inv, weights=v, minlength=len(uniq))
+            order = np.argsort(first, kind="stable")
+            assert ids[ub[u] : ub[u + 1]].tolist() == uniq[order].tolist()
+            assert sums[ub[u] : ub[u + 1]].tobytes() == want[order].tobytes()
+
+
+def test_similarities_equal_the_cumsum() -> None:
+    rng = np.random.default_rng(2)
+    L, n_items = 6, 40
+    slot = np.full(n_items, -1, np.int32)
+    for _ in range(30):
+        n_users = int(rng.integers(1, 5))
+        n_u = rng.integers(1, L + 1, n_users).astype(np.int64)
+        cur_m = np.full((n_users, L), -1, np.int64)
+        for u in range(n_users):
+            cur_m[u, : n_u[u]] = rng.permutation(n_items)[: n_u[u]]
+        m = int(rng.integers(0, 60))
+        su = np.sort(rng.integers(0, n_users, m))
+        sizes = rng.integers(1, 12, m).astype(np.int64)
+        flat = np.concatenate([rng.permutation(n_items)[:s] for s in sizes] or [np.zeros(0, np.int64)])
+        starts = np.cumsum(sizes) - sizes
+        inside = np.arange(L)[None, :] < n_u[:, None]
+        w_v = np.where(inside, rng.random((n_users, L)) * 10.0 ** rng.integers(-4, 4, (n_users, L)), 0.0)
+        w_s = np.where(inside, rng.random((n_users, L)), 0.0)
+        recency = rng.random(m)
+        sim_v, sim_s = kernels.similarities(
+            cur_m, n_u, su, starts, sizes, flat.astype(np.int64), w_v, w_s, recency, slot
+        )
+        assert (slot == -1).all()
+        member = np.zeros((m, L), bool)
+        for c in range(m):
+            member[c] = np.isin(cur_m[su[c]], flat[starts[c] : starts[c] + sizes[c]]) & inside[su[c]]
+        want_v = np.cumsum(member * w_v[su], axis=1)[:, -1] if m else np.zeros(0)
+        want_s = np.cumsum(member * w_s[su], axis=1)[:, -1] / np.sqrt(n_u[su] * sizes) * recency if m else np.zeros(0)
+        assert sim_v.tobytes() == want_v.tobytes()
+        assert sim_s.tobytes() == want_s.tobytes()
