@@ -211,11 +211,12 @@ class Catalogue:
     def __init__(self, capacity: int = 1024):
         self.slot: dict[str, int] = {}
         self.ids: list[str] = []
-        self.flags = np.zeros(capacity, np.uint8)
-        self.price = np.full(capacity, np.nan, np.float32)
-        self.brand = np.full(capacity, -1, np.int32)
-        self.cats = np.full((capacity, 1), -1, np.int32)
-        self.updated = np.zeros(capacity, np.int64)
+        # np.ndarray: numpy 2.2's stubs type each array by its creation's shape, then refuse the grown ones
+        self.flags: np.ndarray = np.zeros(capacity, np.uint8)
+        self.price: np.ndarray = np.full(capacity, np.nan, np.float32)
+        self.brand: np.ndarray = np.full(capacity, -1, np.int32)
+        self.cats: np.ndarray = np.full((capacity, 1), -1, np.int32)
+        self.updated: np.ndarray = np.zeros(capacity, np.int64)
         self.cat_code: dict[str, int] = {}
         self.cat_names: list[str] = []
         self.brand_code: dict[str, int] = {}

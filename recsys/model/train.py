@@ -80,7 +80,7 @@ def confidence_matrix(
     nnz = int(counts.sum())
     values = np.empty(nnz, np.float64)
     ages = np.empty(nnz, np.int64)
-    cols = np.empty(nnz, np.int64)
+    cols: np.ndarray = np.empty(nnz, np.int64)
     k = 0
     for u in users:
         p = profiles[u]

@@ -117,7 +117,7 @@ def walk(
     cur = pos[order]
     if with_steps:
         # where each record's next field goes in `flat`, in the walk's (sorted) order
-        dest = np.empty(n, np.int64)
+        dest: np.ndarray = np.empty(n, np.int64)
         dest[:1] = 0
         np.cumsum(count[:-1], out=dest[1:])
         dest = dest[order]
@@ -214,9 +214,9 @@ def views(joined: bytes | bytearray, lens: np.ndarray) -> tuple[np.ndarray, ...]
     np.cumsum(lens[:-1], out=start[1:])
     end = start + lens
     buf = np.frombuffer(joined, np.uint8)
-    u2 = np.ndarray((len(buf) - 1,), "<u2", buf, 0, (1,))
-    i8 = np.ndarray((len(buf) - 7,), "<i8", buf, 0, (1,))
-    f8 = np.ndarray((len(buf) - 7,), "<f8", buf, 0, (1,))
+    u2: np.ndarray = np.ndarray((len(buf) - 1,), "<u2", buf, 0, (1,))
+    i8: np.ndarray = np.ndarray((len(buf) - 7,), "<i8", buf, 0, (1,))
+    f8: np.ndarray = np.ndarray((len(buf) - 7,), "<f8", buf, 0, (1,))
     ok = lens >= HEAD
     return start, end, buf, u2, i8, f8, ok, np.where(ok, start, 0)
 
