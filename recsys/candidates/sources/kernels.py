@@ -18,12 +18,30 @@ Bounds are not checked: item ids index them, so they must hold every interned it
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numba
 import numpy as np
 
-_njit = numba.njit(cache=True, nogil=True)
+log = logging.getLogger("streamrec.sources")
+_uncached: list[str] = []
+
+
+def _njit(fn: Callable[..., Any]) -> Any:
+    """numba.njit, its machine code cached on disk (the first calls compile all the kernels in
+    ~3 s of CPU, or load them from the cache in ~0.3 s): in NUMBA_CACHE_DIR if set, else next
+    to this file (__pycache__), else in the user's cache dir. Where none is writable numba
+    refuses `cache=True` at import; then every process compiles (said once in the log)."""
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError as e:  # numba: "cannot cache function ...: no locator available"
+        if not _uncached:
+            log.warning("session-kNN kernels compiled without a disk cache (set NUMBA_CACHE_DIR): %s", e)
+        _uncached.append(fn.__name__)
+        return numba.njit(nogil=True)(fn)
 
 
 @_njit
