@@ -13,6 +13,7 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+from recsys.candidates.sources.session_knn import load_kernels
 from recsys.errors import EventError
 from recsys.events import Event, InputConfig
 from streaming.jobs.window import plan
@@ -118,7 +119,12 @@ def warm_up(processor: Processor, settings: Any, mapping: InputConfig | None = N
     recent window (`settings.sources_window_hours`), before the worker's first batch. Returns
     the events read."""
     ranking = processor.ranking
-    if ranking is None or settings.sources_window_hours <= 0:
+    if ranking is None:
+        return 0
+    t0 = time.monotonic()
+    load_kernels()  # session-kNN's compiled kernels, here rather than in the first batch
+    log.info("session-kNN kernels loaded in %.1fs", time.monotonic() - t0)
+    if settings.sources_window_hours <= 0:
         return 0
     t0 = time.monotonic()
     events, committed = recent_events(

@@ -6,7 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recsys.candidates.sources import kernels
+from recsys.candidates.sources import SessionKNN, kernels
+from recsys.candidates.sources.session_knn import load_kernels
+from recsys.data.datasets import load_events
+from tests.conftest import require_dataset
 
 
 def lexsort_top_k(sim: np.ndarray, sid: np.ndarray, su: np.ndarray, n_users: int, k: int) -> list[list[int]]:
@@ -86,3 +89,25 @@ def test_similarities_equal_the_cumsum() -> None:
         want_s = np.cumsum(member * w_s[su], axis=1)[:, -1] / np.sqrt(n_u[su] * sizes) * recency if m else np.zeros(0)
         assert sim_v.tobytes() == want_v.tobytes()
         assert sim_s.tobytes() == want_s.tobytes()
+
+
+def test_load_kernels_compiles_what_the_batches_call() -> None:
+    """The worker's warm-up (`load_kernels`) leaves nothing to compile for its batches: one
+    signature a kernel, the one a prefetch over real sessions uses."""
+    load_kernels()
+    entries = (
+        kernels.similarities,
+        kernels.top_k,
+        kernels.vsknn_votes,
+        kernels.stan_votes,
+        kernels.sums_in_first_order,
+    )
+    after_load = [list(k.signatures) for k in entries]
+    knn = SessionKNN()
+    events = sorted(load_events(require_dataset("yoochoose")), key=lambda e: e.ts)[-2000:]
+    for e in events:
+        knn.update(e)
+    users = list(dict.fromkeys(e.user for e in events[-60:]))
+    knn.prefetch(users, [events[-1].ts] * len(users))
+    assert [list(k.signatures) for k in entries] == after_load
+    assert all(len(sigs) == 1 for sigs in after_load)
