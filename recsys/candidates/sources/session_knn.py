@@ -386,9 +386,11 @@ class SessionKNN:
 
 def _concat(seqs: list[array[int]]) -> tuple[np.ndarray, np.ndarray]:
     """The sessions' lengths and their items end to end: one copy of the arrays' buffers (an
-    element-by-element pass over them cost ~40 ns an item, a third of a warm batch's scores)."""
+    element-by-element pass over them cost ~40 ns an item, a third of a warm batch's scores).
+    Into a bytearray: the array is writable, as every array the kernels are given (numba
+    compiles a read-only one as another signature)."""
     sizes = np.fromiter(map(len, seqs), np.int64, len(seqs))
-    return sizes, np.frombuffer(b"".join(seqs), np.int64)
+    return sizes, np.frombuffer(bytearray().join(seqs), np.int64)
 
 
 def load_kernels() -> None:
