@@ -15,7 +15,7 @@ RUN python -m venv /opt/venv \
 
 FROM python:3.11.13-slim-bookworm
 # libgomp1: OpenMP for implicit's ALS and fold-in. NUMBA_CACHE_DIR: the session-kNN kernels' machine
-# code (recsys/candidates/sources/kernels.py), written by the first worker batch: the app user can
+# code (recsys/candidates/sources/kernels.py), written by a worker's warm-up the first time: the app user can
 # write neither /opt/venv nor its home, and without a cache every start compiles them (~3 s of CPU).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgomp1 \
