@@ -277,21 +277,23 @@ class SessionKNN:
         # each user's `sample` most recently active candidates (equal times: the newer session)
         sid = np.array(cand_ids, np.int64)
         su = np.array(cand_user, np.int64)
-        last = np.fromiter(map(self._last.__getitem__, cand_ids), np.int64, len(cand_ids))
+        # a batch's users share most of their candidates (a sixth are distinct in bench/e2e's
+        # stream): each distinct session is read out of the dicts once (`inv`: its index in `uniq`)
+        uniq, inv = np.unique(sid, return_inverse=True)
+        last = np.fromiter(map(self._last.__getitem__, uniq.tolist()), np.int64, len(uniq))[inv]
         o = np.lexsort((sid, last, su))
-        sid, su, last = sid[o], su[o], last[o]
+        sid, su, last, inv = sid[o], su[o], last[o], inv[o]
         counts = np.bincount(su, minlength=len(curs))
         starts_u = np.cumsum(counts) - counts
         keep = np.arange(len(sid)) - starts_u[su] >= counts[su] - cfg.sample
-        sid, su, last = sid[keep], su[keep], last[keep]
+        sid, su, last, inv = sid[keep], su[keep], last[keep], inv[keep]
         # users' current sessions (row j: user j's n_u[j] items, then -1s) and the candidates'
         # distinct items; the kernels (kernels.py) do the rest, sum for sum as the loops did
         cur_m = np.full((len(curs), L), -1, np.int64)
         pos_m = np.arange(L)
         for j, cur in enumerate(curs):
             cur_m[j, : len(cur)] = cur
-        sizes, flat = _concat(list(map(self._distinct.__getitem__, sid.tolist())))
-        starts = np.cumsum(sizes) - sizes
+        starts, sizes, flat = _gather(self._distinct, uniq, inv)
         inside = pos_m[None, :] < n_u[:, None]
         n_f = n_u[:, None].astype(np.float64)
         w_v = np.where(inside, (pos_m[None, :] + 1) / n_f, 0.0)
@@ -309,10 +311,10 @@ class SessionKNN:
             if method == "vsknn":
                 items, votes, vb = kernels.vsknn_votes(pick, bounds, sim, starts, sizes, flat)
             else:
-                lens, seq = _concat(list(map(self._items.__getitem__, sid[pick].tolist())))
+                seq_starts, lens, seq = _gather(self._items, uniq, inv[pick])
                 decay = self._decay_rows(n_u, int(lens.max()) if len(lens) else 1, L)
                 items, votes, vb = kernels.stan_votes(
-                    bounds, sim[pick], seq, np.cumsum(lens) - lens, lens, cur_m, n_u, w_s, decay, slot, seen
+                    bounds, sim[pick], seq, seq_starts, lens, cur_m, n_u, w_s, decay, slot, seen
                 )
             # each (user, item)'s votes added one after the other from 0.0, in voting order
             g_ids, g_sum, ub = kernels.sums_in_first_order(items, votes, vb, slot)
@@ -391,6 +393,19 @@ def _concat(seqs: list[array[int]]) -> tuple[np.ndarray, np.ndarray]:
     compiles a read-only one as another signature)."""
     sizes = np.fromiter(map(len, seqs), np.int64, len(seqs))
     return sizes, np.frombuffer(bytearray().join(seqs), np.int64)
+
+
+def _gather(
+    store: dict[int, array[int]], uniq: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sessions `uniq[rows]` (rows repeat) out of `store` (`_distinct` or `_items`): each row's
+    start and length in the flat array, which holds each distinct session of them once (the
+    kernels read a row at its start: rows may share one)."""
+    used = np.zeros(len(uniq), bool)
+    used[rows] = True
+    sizes, flat = _concat(list(map(store.__getitem__, uniq[used].tolist())))
+    at = np.cumsum(used) - 1  # a used session's place among the used ones
+    return (np.cumsum(sizes) - sizes)[at[rows]], sizes[at[rows]], flat
 
 
 def load_kernels() -> None:
