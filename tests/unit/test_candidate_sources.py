@@ -6,7 +6,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -326,18 +326,19 @@ def test_covisitation_update_equals_a_call_per_pair(dataset: str, cfg: SourcesCo
 
 
 class CountingSessionKNN(SessionKNN):
-    alone = 0  # neighbourhoods computed for one user
+    alone = 0  # batches of one user (`score_arrays` of a user not prefetched)
 
-    def _neighbourhood(self, user: str, cur: list[int]) -> Any:
-        self.alone += 1
-        return super()._neighbourhood(user, cur)
+    def prefetch(self, users: Sequence[str], nows: Sequence[int]) -> None:
+        self.alone += len(users) == 1
+        super().prefetch(users, nows)
 
 
 @pytest.mark.parametrize("dataset", ["yoochoose", "taobao_small", "rees46_small"])
 @pytest.mark.parametrize("cfg", [SourcesConfig(sample=60, k=20), SourcesConfig()], ids=["capped", "defaults"])
 def test_session_knn_prefetched_for_a_batch_equals_one_user_at_a_time(dataset: str, cfg: SourcesConfig) -> None:
     """`prefetch` (a batch of users' V-SKNN and STAN scores at once, as the worker asks) gives
-    each user the arrays `score_arrays` computes alone, to the last bit and in the same order."""
+    each user the arrays a batch of that user alone gives (`score_arrays` of a user not
+    prefetched), to the last bit and in the same order."""
     events = sorted(load_events(require_dataset(dataset)), key=lambda e: e.ts)[-3000:]
     knn = CountingSessionKNN(cfg)
     every_item = sorted({e.item for e in events})
@@ -373,5 +374,5 @@ def test_session_knn_prefetched_for_a_batch_equals_one_user_at_a_time(dataset: s
                 masked = knn.top(u, m, t, n, banned, mask)
                 allowed = {i: v for i, v in every.items() if mask.allows(i)}
                 assert list(masked.items()) == [(i, allowed[i]) for i in top_items(allowed, n, banned)]
-        assert knn.alone == alone  # read from the batch: no user's own neighbourhood
+        assert knn.alone == alone  # read from the batch: no batch of one user
     assert compared > 200

@@ -25,7 +25,6 @@ import math
 from array import array
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -43,12 +42,12 @@ if TYPE_CHECKING:
 class SessionKNN:
     """Incremental session index; `vsknn` and `stan` score a user's current session.
 
-    Sessions hold interned item ids (ints): a query's neighbour candidates (hundreds of
-    sessions) concatenate into one numpy array, so which current items each holds, the
-    similarities and the k best are array operations, computed once for both methods until the
-    next update. The votes (k sessions) stay loops. Sums run in the loops' order (cumsum is
-    sequential), ties break as before, every exp is math.exp's: the scores are equal to the
-    last bit and their dicts keep their insertion order (`top_items`' ties)."""
+    Sessions hold interned item ids (ints). Scores are computed for a batch of users at once
+    (`prefetch`: the worker's batch; one user alone is a batch of one): the candidates'
+    sessions are gathered into flat arrays, compiled loops (kernels.py) do the rest, for both
+    methods, kept until the next update. Sums run in the plain loops' order, ties break as
+    they did, every exp is math.exp's: the scores are the loops' to the last bit and their
+    dicts keep their insertion order (`top_items`' ties; tests/unit/test_candidate_sources.py)."""
 
     def __init__(self, cfg: SourcesConfig = SourcesConfig()):
         self.cfg = cfg
@@ -71,7 +70,6 @@ class SessionKNN:
         self._name: list[str] = []
         self.recent = RecentItems(max(cfg.current_len, 1) * 3, cfg.max_users)
         self._version = 0  # updates so far: a neighbourhood is shared by V-SKNN and STAN within one
-        self._memo: tuple[tuple[str, int], _Neighbourhood] | None = None
         # prefetch's scores: (version, {(user, method, now): (item ids, scores)})
         self._batch: tuple[int, dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]]] = (-1, {})
         self._decays: dict[float, np.ndarray] = {}  # STAN's λ₃ -> exp(−d/λ₃) for d = 0, 1, … (`_decay`)
@@ -140,28 +138,6 @@ class SessionKNN:
         cand.discard(self._user_sess.get(user, (-1, 0))[0])
         return cand
 
-    def _neighbourhood(self, user: str, cur: list[int]) -> _Neighbourhood:
-        """The neighbour candidates of the user's current session `cur` (item ids): the `sample`
-        most recently active sessions among each item's latest `sample`, the user's ongoing one
-        excepted, and which of cur's items each holds."""
-        key = (user, self._version)
-        if self._memo is not None and self._memo[0] == key:
-            return self._memo[1]
-        cand = self._candidate_sessions(user, cur)
-        ids = np.fromiter(cand, np.int64, len(cand))
-        if len(ids) > self.cfg.sample:
-            last = np.fromiter(map(self._last.__getitem__, ids.tolist()), np.int64, len(ids))
-            ids = ids[np.lexsort((ids, last))[-self.cfg.sample :]]  # equal times: the newer session
-        sizes, flat = _concat(list(map(self._distinct.__getitem__, ids.tolist())))
-        if len(ids):  # sessions are never empty: each row of reduceat is one session's items
-            starts = np.cumsum(sizes) - sizes
-            member = np.logical_or.reduceat(np.equal.outer(flat, cur), starts, axis=0)
-        else:
-            member = np.zeros((0, len(cur)), bool)
-        nb = _Neighbourhood(ids, member, sizes)
-        self._memo = (key, nb)
-        return nb
-
     def scores(self, user: str, method: str = "vsknn", now: int | None = None) -> dict[str, float]:
         ids, vals = self.score_arrays(user, method, now)
         name = self._name
@@ -202,59 +178,26 @@ class SessionKNN:
         return out
 
     def score_arrays(self, user: str, method: str = "vsknn", now: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The user's scores as (item ids, scores), in the order items were first voted for."""
-        if now is not None and self._batch[0] == self._version:
-            got = self._batch[1].get((user, method, now))
-            if got is not None:
-                return got
-        cur = [self._id[i] for i in self.recent.items(user, self.cfg.current_len)]
-        if not cur:
-            return np.zeros(0, np.int64), np.zeros(0)
-        n = len(cur)
-        stan = method == "stan"
-        if stan:
-            l1 = self.cfg.stan_l1 or n
-            w1 = [math.exp((p + 1 - n) / l1) for p in range(n)]
-        else:
-            w1 = [(p + 1) / n for p in range(n)]
-        nb = self._neighbourhood(user, cur)
-        # similarity: Σ of the shared items' weights, added in the current session's order
-        # (cumsum is sequential; + 0.0 leaves a sum as it is)
-        sim = np.cumsum(nb.member * np.array(w1), axis=1)[:, -1]
-        if stan:
-            t_now = now if now is not None else max(self._last.values()) if self._last else 0
-            l2_ms = self.cfg.stan_l2_s * 1000.0
-            recency = [math.exp(-max(t_now - t, 0) / l2_ms) for t in map(self._last.__getitem__, nb.sids.tolist())]
-            sim = sim / np.sqrt(n * nb.sizes) * np.array(recency)
-        ok = np.flatnonzero(sim > 0)
-        ids, sim = nb.sids[ok], sim[ok]
-        top = np.lexsort((ids, sim))[::-1][: self.cfg.k]  # the k most similar; equal: the newer session
-        best, s = ids[top].tolist(), sim[top]
-        if not best:
-            return np.zeros(0, np.int64), np.zeros(0)
-        # The votes, in the loops' order: session by session (best first), each session's items
-        # in their order; np.bincount adds an item's votes one after the other from 0.0, as
-        # `out[it] = out.get(it, 0.0) + vote` did.
-        if not stan:
-            sizes, items = _concat(list(map(self._distinct.__getitem__, best)))
-            votes = np.repeat(s, sizes)
-        else:
-            items, votes = self._stan_votes(best, s, cur, w1, n)
-        uniq, first, inv = np.unique(items, return_index=True, return_inverse=True)
-        sums = np.bincount(inv, weights=votes, minlength=len(uniq))
-        order = np.argsort(first, kind="stable")
-        return uniq[order], sums[order]
+        """The user's scores as (item ids, scores), in the order items were first voted for: a
+        prefetched user's from the batch, else a batch of this one user (both methods, kept until
+        the next update). `now` (STAN's recency): default the newest session's last event."""
+        if now is None:
+            now = max(self._last.values()) if self._last else 0
+        key = (user, method, now)
+        if self._batch[0] != self._version or key not in self._batch[1]:
+            self.prefetch([user], [now])
+        return self._batch[1][key]
 
     def prefetch(self, users: Sequence[str], nows: Sequence[int]) -> None:
         """V-SKNN's and STAN's scores of `users` (at `nows`) computed together, kept for
         `score_arrays` until the next update. The candidates' items and the best neighbours'
         sequences are gathered into flat arrays here; similarities, the k best, the votes and
-        their sums are compiled loops over them (kernels.py), in place of a few dozen numpy
-        passes with sorts. The same sums in the same order as one user at a time (the test pins
-        them)."""
+        their sums are compiled loops over them (kernels.py). Each user's sums are the same
+        whichever batch they are in (the test pins them)."""
         cfg = self.cfg
         L = max(cfg.current_len, 1)
-        out: dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]] = {}
+        # added to the users already computed since the last update (a user asked alone joins them)
+        out = self._batch[1] if self._batch[0] == self._version else {}
         empty = (np.zeros(0, np.int64), np.zeros(0))
         curs: list[list[int]] = []
         who: list[tuple[str, int]] = []
@@ -357,34 +300,6 @@ class SessionKNN:
             rows[n] = self._decay(self.cfg.stan_l3 or n, m)[:m]
         return rows
 
-    def _stan_votes(
-        self, best: list[int], s: np.ndarray, cur: list[int], w1: list[float], n: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """STAN's votes of the neighbour sessions `best` (similarities `s`): each session votes
-        once for each of its items, s · exp(−|distance to the anchor| / λ₃), where the anchor is
-        the session's last position holding the current item of the highest weight and an item
-        seen twice takes its nearer position; in session order, each session's items in the
-        order they first appear with a vote above 0."""
-        lens, flat = _concat(list(map(self._items.__getitem__, best)))
-        starts = np.cumsum(lens) - lens
-        seg = np.repeat(np.arange(len(best)), lens)
-        pos = np.arange(len(flat)) - starts[seg]
-        hit = np.equal.outer(flat, np.array(cur, np.int64))
-        held = hit.any(axis=1)
-        w = np.where(held, np.array(w1)[hit.argmax(axis=1)], -np.inf)
-        top_w = np.maximum.reduceat(w, starts)
-        # the last position at the session's highest weight (`>=` in the loop); none: position 0
-        at_top = np.where(held & (w == top_w[seg]), pos, -1)
-        anchor = np.maximum(np.maximum.reduceat(at_top, starts), 0)
-        decay = self._decay(self.cfg.stan_l3 or n, int(lens.max()))
-        v = decay[np.abs(pos - anchor[seg])]
-        keep = np.flatnonzero(v > 0.0)  # a vote of 0.0 was never recorded
-        if not len(keep):
-            return np.zeros(0, np.int64), np.zeros(0)
-        flat, seg, v = flat[keep], seg[keep], v[keep]
-        g_seg, g_item, best_v = _one_vote_each(seg, flat, v)
-        return g_item, s[g_seg] * best_v
-
 
 def _concat(seqs: list[array[int]]) -> tuple[np.ndarray, np.ndarray]:
     """The sessions' lengths and their items end to end: one copy of the arrays' buffers (an
@@ -417,21 +332,3 @@ def load_kernels() -> None:
     for user, item, ts in (("a", "x", 1), ("a", "y", 2), ("b", "x", 3)):
         knn.update(Event(user, item, "view", ts))
     knn.prefetch(["a", "b"], [3, 3])
-
-
-def _one_vote_each(seg: np.ndarray, flat: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """STAN's one vote per (session, item), its largest: the pairs' sessions, items and votes,
-    ordered by where each pair first appears (the loops' insertion order)."""
-    key = seg * (int(flat.max()) + 1) + flat
-    groups, first, inv = np.unique(key, return_index=True, return_inverse=True)
-    best_v = np.zeros(len(groups))
-    np.maximum.at(best_v, inv, v)
-    order = np.argsort(first, kind="stable")
-    return seg[first[order]], flat[first[order]], best_v[order]
-
-
-@dataclass
-class _Neighbourhood:
-    sids: np.ndarray  # neighbour candidates (session ids)
-    member: np.ndarray  # candidates × the current session's positions: holds that item
-    sizes: np.ndarray  # each candidate's distinct items
