@@ -3,7 +3,9 @@
 They take the arrays `prefetch` gathers from the session index (the candidates' distinct items,
 the best neighbours' item sequences, flattened) and replace the sorts and array passes that
 followed: a loop over the elements in their order, with dense per-item lookups instead of
-`np.unique`/`lexsort`. The scores stay equal to the last bit, in the same insertion order:
+`np.unique`/`lexsort`. Hand-written because no maintained package implements V-SKNN or STAN
+(session-rec is research code, not a library); numba compiles them. The scores stay equal to the
+last bit, in the same insertion order:
 * every sum adds the same floats in the same order, from 0.0 (a similarity over the current
   session's positions, in position order; an item's votes in voting order); a position the
   neighbour does not hold added 0.0 there, which leaves the sum as it was, so it is skipped;
