@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recsys.candidates.sources import kernels
+import recsys.candidates.sources.kernels as kernels  # the submodule, not the package (which imports this one)
 from recsys.candidates.sources.base import RecentItems
 from recsys.candidates.sources.config import SourcesConfig
 from recsys.events import Event
@@ -69,7 +69,7 @@ class SessionKNN:
         self._id: dict[str, int] = {}
         self._name: list[str] = []
         self.recent = RecentItems(max(cfg.current_len, 1) * 3, cfg.max_users)
-        self._version = 0  # updates so far: a neighbourhood is shared by V-SKNN and STAN within one
+        self._version = 0  # updates so far: `prefetch`'s scores hold until the next one
         # prefetch's scores: (version, {(user, method, now): (item ids, scores)})
         self._batch: tuple[int, dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]]] = (-1, {})
         self._decays: dict[float, np.ndarray] = {}  # STAN's λ₃ -> exp(−d/λ₃) for d = 0, 1, … (`_decay`)
