@@ -3,6 +3,8 @@ replaced: the same picks and the same floats to the last bit, the lookups left a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,28 @@ def test_top_k_equals_the_lexsort(k: int) -> None:
         pick, bounds = kernels.top_k(sim, sid, su, n_users, k)
         got = [pick[bounds[u] : bounds[u + 1]].tolist() for u in range(n_users)]
         assert got == lexsort_top_k(sim, sid, su, n_users, k)
+
+
+@pytest.mark.parametrize("sample", [0, 1, 5, 40, 500])
+def test_recent_candidates_equal_the_lexsort_and_math_exp(sample: int) -> None:
+    """The `sample` newest candidates of each user (prefetch's former lexsort by user, time and
+    session id, each user's last `sample`), and STAN's recency equal to math.exp's to the bit."""
+    rng = np.random.default_rng(sample)
+    l2_ms = 86_400_000.0
+    for _ in range(30):
+        counts = rng.integers(0, 60, int(rng.integers(1, 6)))
+        su = np.repeat(np.arange(len(counts)), counts)
+        sid = np.concatenate([rng.permutation(500)[:c] for c in counts]).astype(np.int64)
+        last = 1_700_000_000_000 + rng.integers(0, 5, len(sid)) * rng.integers(1, 10**9)  # ties in time
+        now_u = 1_700_000_000_000 + rng.integers(0, 10**10, len(counts))  # some before a session's last
+        keep, ku, recency = kernels.recent_candidates(counts.astype(np.int64), sid, last, now_u, sample, l2_ms)
+        o = np.lexsort((sid, last, su))
+        start = (np.cumsum(counts) - counts)[su[o]]
+        want = o[np.arange(len(o)) - start >= counts[su[o]] - sample]
+        assert sorted(keep.tolist()) == sorted(want.tolist())
+        assert ku.tolist() == su[keep].tolist()  # grouped by user, in the users' order
+        exp = [math.exp(-max(int(now_u[u]) - int(t), 0) / l2_ms) for u, t in zip(ku, last[keep], strict=True)]
+        assert recency.tobytes() == np.array(exp).tobytes()
 
 
 def test_sums_in_first_order_equal_unique_and_bincount() -> None:

@@ -11,7 +11,8 @@ last bit, in the same insertion order:
   neighbour does not hold added 0.0 there, which leaves the sum as it was, so it is skipped;
 * a quotient, product or maximum is the same IEEE operation numpy did; no fastmath (LLVM neither
   reassociates nor contracts float operations without it);
-* every exp is math.exp's, computed in Python and passed in as a table.
+* every exp is the C library's `exp`, which math.exp calls too: in a table computed in Python,
+  or (`recent_candidates`) in the kernel, whose math.exp numba compiles to that same call.
 
 The lookups (`slot`, `seen`: one int32 per interned item) must be all -1 on entry; each kernel
 leaves them so (it resets the entries it set), so no call clears a catalogue-sized array.
@@ -44,6 +45,39 @@ def _njit(fn: Callable[..., Any]) -> Any:
             log.warning("session-kNN kernels compiled without a disk cache (set NUMBA_CACHE_DIR): %s", e)
         _uncached.append(fn.__name__)
         return numba.njit(nogil=True)(fn)
+
+
+@_njit
+def recent_candidates(
+    counts: np.ndarray, sid: np.ndarray, last: np.ndarray, now_u: np.ndarray, sample: int, l2_ms: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's `sample` most recently active candidate sessions (equal times: the larger
+    session id, the newer session). User u's candidates are the next counts[u] entries of `sid`
+    (session ids, distinct within a user; `last`: their last event times); a user with no more
+    than `sample` keeps them all as they come, one with more keeps those ascending by
+    (time, id). Returns the kept entries' indices (grouped by user as given), their user, and
+    STAN's recency of each, exp(−max(now_u[u] − last, 0) / l2_ms)."""
+    total = 0
+    for u in range(len(counts)):
+        total += min(counts[u], max(sample, 0))
+    keep = np.empty(total, np.int64)
+    su = np.empty(total, np.int64)
+    recency = np.empty(total)
+    n = 0
+    begin = 0
+    for u in range(len(counts)):
+        m = counts[u]
+        seg = np.arange(begin, begin + m)
+        if m > sample:
+            seg = seg[np.argsort(sid[seg], kind="mergesort")]  # ids first, then a stable sort by time
+            seg = seg[np.argsort(last[seg], kind="mergesort")][m - max(sample, 0) :]
+        for c in seg:
+            keep[n] = c
+            su[n] = u
+            recency[n] = math.exp(-max(now_u[u] - last[c], 0) / l2_ms)
+            n += 1
+        begin += m
+    return keep, su, recency
 
 
 @_njit
@@ -144,7 +178,9 @@ def top_k(sim: np.ndarray, sid: np.ndarray, su: np.ndarray, n_users: int, k: int
     n = 0
     for u in range(n_users):
         h = 0
-        for q in range(begin[u + 1] - 1, begin[u] - 1, -1):  # prefetch passes the newest last: fewer swaps
+        for q in range(
+            begin[u + 1] - 1, begin[u] - 1, -1
+        ):  # from the back: a user cut to `sample` has the newest last (fewer swaps)
             c = by_user[q]
             if h < k:
                 heap[h] = c  # sift up

@@ -202,7 +202,7 @@ class SessionKNN:
         curs: list[list[int]] = []
         who: list[tuple[str, int]] = []
         cand_ids: list[int] = []
-        cand_user: list[int] = []
+        counts: list[int] = []  # candidates per user
         for user, now in zip(users, nows, strict=True):
             cur = [self._id[i] for i in self.recent.items(user, cfg.current_len)]
             if not cur:
@@ -210,26 +210,24 @@ class SessionKNN:
                 continue
             cand = self._candidate_sessions(user, cur)
             cand_ids += cand
-            cand_user += [len(curs)] * len(cand)
+            counts.append(len(cand))
             curs.append(cur)
             who.append((user, now))
         self._batch = (self._version, out)
         if not curs:
             return
         n_u = np.fromiter(map(len, curs), np.int64, len(curs))
-        # each user's `sample` most recently active candidates (equal times: the newer session)
         sid = np.array(cand_ids, np.int64)
-        su = np.array(cand_user, np.int64)
         # a batch's users share most of their candidates (a sixth are distinct in bench/e2e's
         # stream): each distinct session is read out of the dicts once (`inv`: its index in `uniq`)
         uniq, inv = np.unique(sid, return_inverse=True)
         last = np.fromiter(map(self._last.__getitem__, uniq.tolist()), np.int64, len(uniq))[inv]
-        o = np.lexsort((sid, last, su))
-        sid, su, last, inv = sid[o], su[o], last[o], inv[o]
-        counts = np.bincount(su, minlength=len(curs))
-        starts_u = np.cumsum(counts) - counts
-        keep = np.arange(len(sid)) - starts_u[su] >= counts[su] - cfg.sample
-        sid, su, last, inv = sid[keep], su[keep], last[keep], inv[keep]
+        now_u = np.array([now for _, now in who], np.int64)
+        # each user's `sample` most recently active candidates, and STAN's recency of each
+        keep, su, recency = kernels.recent_candidates(
+            np.array(counts, np.int64), sid, last, now_u, cfg.sample, cfg.stan_l2_s * 1000.0
+        )
+        sid, inv = sid[keep], inv[keep]
         # users' current sessions (row j: user j's n_u[j] items, then -1s) and the candidates'
         # distinct items; the kernels (kernels.py) do the rest, sum for sum as the loops did
         cur_m = np.full((len(curs), L), -1, np.int64)
@@ -241,11 +239,6 @@ class SessionKNN:
         n_f = n_u[:, None].astype(np.float64)
         w_v = np.where(inside, (pos_m[None, :] + 1) / n_f, 0.0)
         w_s = self._stan_weights(L)[n_u]
-        l2_ms = cfg.stan_l2_s * 1000.0
-        now_u = np.array([now for _, now in who], np.int64)
-        recency = np.fromiter(
-            map(math.exp, ((-np.maximum(now_u[su] - last, 0)) / l2_ms).tolist()), np.float64, len(sid)
-        )
         slot, seen = self._slots()
         sim_v, sim_s = kernels.similarities(cur_m, n_u, su, starts, sizes, flat, w_v, w_s, recency, slot)
         for method, sim in (("vsknn", sim_v), ("stan", sim_s)):
