@@ -19,7 +19,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 from typing import Any
 
 import numpy as np
@@ -241,16 +241,17 @@ class Features:
             sys_items = [i for i in system[0] if i not in banned]
             sys_scores = dict(zip(system[0], system[1], strict=False))
             lists: list[tuple[list[str], list[float]]] = [(sys_items, [sys_scores[i] for i in sys_items])]
-            for s in ("covisit", "vsknn", "stan", "own-recent"):
+            for s in SOURCE_NAMES[1:]:  # after the system's, in their columns' order
+                if s == "popularity":
+                    pop_items = list(islice((i for i in popular if i not in banned), cfg.pop_candidates))
+                    lists.append((pop_items, [1.0 / (1 + r) for r in range(len(pop_items))]))
+                    continue
                 d = ctx.sources.get(s, {})
-                # a trimmed source is its own top_items (sorted, ties in scoring order, none banned)
-                top = list(d) if ctx.trimmed and len(d) <= cfg.per_source else top_items(d, cfg.per_source, banned)
-                lists.append((top, [d[i] for i in top]))
-            pop_items = [i for i in popular if i not in banned][: cfg.pop_candidates]
-            lists.append((pop_items, [1.0 / (1 + r) for r in range(len(pop_items))]))
-            d = ctx.sources.get("category", {})
-            top = list(d) if ctx.trimmed and len(d) <= cfg.per_source else top_items(d, cfg.per_source, banned)
-            lists.append((top, [d[i] for i in top]))
+                if ctx.trimmed and len(d) <= cfg.per_source:  # its own top_items (sorted, none banned)
+                    lists.append((list(d), list(d.values())))
+                else:
+                    top = top_items(d, cfg.per_source, banned)
+                    lists.append((top, [d[i] for i in top]))
             items = list(dict.fromkeys(chain.from_iterable(its for its, _ in lists)))  # first place kept
             base = len(every)
             every += items
@@ -263,23 +264,18 @@ class Features:
                     s_ranks[k] += range(1, len(its) + 1)
                     s_divs[k] += [max(scs) or 1.0] * len(its)
             values, touched, now = ctx.values, ctx.touched, ctx.now
-            if len(values) <= len(items):
-                hits = [i for i in values if i in pos]
-                own_rows += map(pos.__getitem__, hits)
-            else:
-                hits = [i for i in items if i in values]
-                own_rows += [pos[i] for i in hits]
+            # the items both sides hold, in any order: each sets its own row of X
+            hits = values.keys() & pos.keys()
+            own_rows += map(pos.__getitem__, hits)
             own_vals += map(values.__getitem__, hits)
-            hits = (
-                [i for i in touched if i in pos] if len(touched) <= len(items) else [i for i in items if i in touched]
-            )
+            hits = touched.keys() & pos.keys()
             touch_rows += map(pos.__getitem__, hits)
             touch_vals += [math.log1p(max(now - touched[i], 0) / 60_000.0) for i in hits]
             for row, (rows, vals) in zip(
                 (ctx.covisit_query, ctx.next_query, ctx.covisit_prev, ctx.next_prev), row_cols.values(), strict=True
             ):
                 if row:
-                    hits = [i for i in row if i in pos]
+                    hits = row.keys() & pos.keys()
                     rows += map(pos.__getitem__, hits)
                     vals += map(row.__getitem__, hits)
             gap = math.log1p(ctx.prev_gap_s) if ctx.prev_gap_s >= 0 else -1.0
