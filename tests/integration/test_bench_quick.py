@@ -35,6 +35,16 @@ def test_compute_quick(tmp_path):
     assert all(0.0 <= w["recall_at_10"] <= 1.0 for w in r["ann_nprobe_sweep"])
 
 
+def test_sources_gc_quick(tmp_path):
+    from bench import sources_gc
+
+    rep = sources_gc.main(["--quick", "--output", str(tmp_path / "s.json")])
+    assert rep["sizes"]["sessions"] > 1000 and rep["events"] == 20_000
+    assert rep["tracked_objects"] < 100  # nothing per session or user (tests/unit/test_sources_memory.py)
+    for k in ("pause_ms", "update_us", "bytes_per_session"):
+        assert finite_pos(rep[k]), k
+
+
 @pytest.mark.data
 @pytest.mark.kafka
 @pytest.mark.timeout(600)  # five child processes (produce, cold, fit, warm) and a real-data comparison

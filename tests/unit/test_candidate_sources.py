@@ -161,7 +161,7 @@ class LoopSessionKNN(SessionKNN):
         l2_ms = self.cfg.stan_l2_s * 1000.0
         sims: list[tuple[float, int]] = []
         for sid in self._neighbours(user, cur):
-            nset = self._sets[sid]
+            nset = dict.fromkeys(memoryview(self._distinct[sid]).cast("q"))  # the session's distinct items
             s = sum(w for it, w in w1.items() if it in nset)
             if s <= 0:
                 continue
@@ -172,12 +172,12 @@ class LoopSessionKNN(SessionKNN):
         out: dict[int, float] = {}
         if not stan:
             for s, sid in best:
-                for it in self._sets[sid]:
+                for it in memoryview(self._distinct[sid]).cast("q"):
                     out[it] = out.get(it, 0.0) + s
         else:
             l3 = self.cfg.stan_l3 or n
             for s, sid in best:
-                seq = self._items[sid]
+                seq = memoryview(self._items[sid]).cast("q").tolist()
                 # the neighbour's position of the shared item the asking user touched last
                 anchor, anchor_w = 0, -1.0
                 for p, it in enumerate(seq):

@@ -22,7 +22,7 @@ exp(−|distance to the neighbour's most recent shared item|/λ₃).
 from __future__ import annotations
 
 import math
-from array import array
+import struct
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from itertools import islice
@@ -51,18 +51,19 @@ class SessionKNN:
 
     def __init__(self, cfg: SourcesConfig = SourcesConfig()):
         self.cfg = cfg
-        # session id -> its items in order / its distinct items (first-seen order; `_sets` the same
-        # as a dict, for membership) / its last event time (ms) / its user; the oldest session
-        # first (the one evicted past `max_sessions`). Items in arrays: many sessions' items join
-        # into one numpy array in one copy (`_concat`), and the cyclic GC has nothing to walk in
-        # them (a full collection would otherwise walk every session, on the worker's event loop).
-        self._items: dict[int, array[int]] = {}
-        self._distinct: dict[int, array[int]] = {}
-        self._sets: dict[int, dict[int, None]] = {}
+        # session id -> its items in order / its distinct items (first-seen order) / its last event
+        # time (ms) / its user; the oldest session first (the one evicted past `max_sessions`).
+        # Items as native int64s in bytearrays: many sessions' items join into one numpy array in
+        # one copy (`_concat`), and the cyclic GC does not track a bytearray, nor so these dicts.
+        # (array.array is tracked in Python 3.11: a full collection walked every session's two,
+        # ~270 ms a million sessions, on the worker's event loop.)
+        self._items: dict[int, bytearray] = {}
+        self._distinct: dict[int, bytearray] = {}
         self._last: dict[int, int] = {}
         self._owner: dict[int, str] = {}
         self._next_sid = 0
-        self._user_sess: dict[str, tuple[int, int]] = {}  # user -> (current session id, last ts)
+        # user -> (current session id, last ts, that session's last item)
+        self._user_sess: dict[str, tuple[int, int, int]] = {}
         self._by_item: dict[int, dict[int, None]] = {}  # item id -> session ids, least recently added first
         # item -> id and back; ids are never reused (an item's id outlives its sessions, as
         # ItemStats keeps every item's last-seen time)
@@ -78,8 +79,7 @@ class SessionKNN:
 
     def _evict_oldest(self) -> None:
         old = next(iter(self._items))
-        del self._sets[old]
-        for it in self._distinct.pop(old):
+        for it in memoryview(self._distinct.pop(old)).cast("q"):
             by = self._by_item.get(it)
             if by is not None:
                 by.pop(old, None)
@@ -101,21 +101,21 @@ class SessionKNN:
         if cur is None or e.ts - cur[1] > gap_ms:
             sid = self._next_sid
             self._next_sid += 1
-            self._items[sid], self._distinct[sid], self._sets[sid] = array("q"), array("q"), {}
+            self._items[sid], self._distinct[sid] = bytearray(), bytearray()
             self._last[sid], self._owner[sid] = e.ts, e.user
             if len(self._items) > self.cfg.max_sessions:
                 self._evict_oldest()
+            move = True
         else:
             sid = cur[0]
-        seq = self._items[sid]
-        if not seq or seq[-1] != item:
-            seq.append(item)
-            held = self._sets[sid]
-            if item not in held:
-                held[item] = None
-                self._distinct[sid].append(item)
+            move = cur[2] != item  # the item on screen again: the sequence stays as it was
+        if move:
+            key = _PACK(item)
+            self._items[sid] += key
+            if not _holds(self._distinct[sid], key):
+                self._distinct[sid] += key
         self._last[sid] = max(self._last[sid], e.ts)
-        self._user_sess[e.user] = (sid, e.ts)
+        self._user_sess[e.user] = (sid, e.ts, item)
         by = self._by_item.get(item)
         if by is None:
             by = self._by_item[item] = {}
@@ -294,17 +294,29 @@ class SessionKNN:
         return rows
 
 
-def _concat(seqs: list[array[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """The sessions' lengths and their items end to end: one copy of the arrays' buffers (an
+_PACK = struct.Struct("=q").pack  # an item id as a session holds it: a native int64
+
+
+def _holds(items: bytearray, key: bytes) -> bool:
+    """Whether a session's `items` hold the packed item `key` (a match that straddles two
+    items is not one)."""
+    at = items.find(key)
+    while at > 0 and at % 8:
+        at = items.find(key, at + 1)
+    return at >= 0
+
+
+def _concat(seqs: list[bytearray]) -> tuple[np.ndarray, np.ndarray]:
+    """The sessions' lengths and their items end to end: one copy of their buffers (an
     element-by-element pass over them cost ~40 ns an item, a third of a warm batch's scores).
     Into a bytearray: the array is writable, as every array the kernels are given (numba
     compiles a read-only one as another signature)."""
-    sizes = np.fromiter(map(len, seqs), np.int64, len(seqs))
+    sizes = np.fromiter(map(len, seqs), np.int64, len(seqs)) // 8
     return sizes, np.frombuffer(bytearray().join(seqs), np.int64)
 
 
 def _gather(
-    store: dict[int, array[int]], uniq: np.ndarray, rows: np.ndarray
+    store: dict[int, bytearray], uniq: np.ndarray, rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sessions `uniq[rows]` (rows repeat) out of `store` (`_distinct` or `_items`): each row's
     start and length in the flat array, which holds each distinct session of them once (the
