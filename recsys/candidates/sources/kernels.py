@@ -178,9 +178,8 @@ def top_k(sim: np.ndarray, sid: np.ndarray, su: np.ndarray, n_users: int, k: int
     n = 0
     for u in range(n_users):
         h = 0
-        for q in range(
-            begin[u + 1] - 1, begin[u] - 1, -1
-        ):  # from the back: a user cut to `sample` has the newest last (fewer swaps)
+        # from the back: a user cut to `sample` has the newest last (fewer swaps)
+        for q in range(begin[u + 1] - 1, begin[u] - 1, -1):
             c = by_user[q]
             if h < k:
                 heap[h] = c  # sift up
