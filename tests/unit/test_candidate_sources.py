@@ -110,6 +110,23 @@ def test_session_index_keeps_the_newest_sessions_only() -> None:
     assert "a1" not in knn.scores("u1", "vsknn")  # u1's own session is gone too
 
 
+def test_a_sessions_items_and_distinct_items_past_the_scan_limit() -> None:
+    """A session keeps its moves in order and its distinct items in first-seen order, whether
+    membership is a scan (short sessions) or a dict (a bot's hundreds of items); an evicted
+    long session leaves nothing behind."""
+    knn = SessionKNN(SourcesConfig(max_sessions=1))
+    moves = [f"i{(7 * k) % 150}" for k in range(400)]  # 150 distinct items, each seen again
+    for t, item in enumerate(moves):
+        knn.update(ev("bot", item, 1_000 + t))
+    ids = knn._id  # noqa: SLF001 - the session's stored items, decoded
+    (sid,) = knn._items  # noqa: SLF001
+    assert memoryview(knn._items[sid]).cast("q").tolist() == [ids[i] for i in moves]  # noqa: SLF001
+    first_seen = [ids[i] for i in dict.fromkeys(moves)]
+    assert memoryview(knn._distinct[sid]).cast("q").tolist() == first_seen  # noqa: SLF001
+    knn.update(ev("other", "i1", 10**9))  # a new session evicts the bot's
+    assert sid not in knn._items and not knn._long  # noqa: SLF001
+
+
 def test_per_user_buffers_keep_the_most_recently_active_users() -> None:
     cv = CoVisitation(SourcesConfig(max_users=2))
     cv.update(ev("u1", "a", 1000))

@@ -59,6 +59,9 @@ class SessionKNN:
         # ~270 ms a million sessions, on the worker's event loop.)
         self._items: dict[int, bytearray] = {}
         self._distinct: dict[int, bytearray] = {}
+        # a session past `_SCAN` distinct items: them as a dict, for membership in O(1) (a scan
+        # of a bot's thousands of items on every event would be quadratic)
+        self._long: dict[int, dict[int, None]] = {}
         self._last: dict[int, int] = {}
         self._owner: dict[int, str] = {}
         self._next_sid = 0
@@ -79,6 +82,7 @@ class SessionKNN:
 
     def _evict_oldest(self) -> None:
         old = next(iter(self._items))
+        self._long.pop(old, None)
         for it in memoryview(self._distinct.pop(old)).cast("q"):
             by = self._by_item.get(it)
             if by is not None:
@@ -112,8 +116,17 @@ class SessionKNN:
         if move:
             key = _PACK(item)
             self._items[sid] += key
-            if not _holds(self._distinct[sid], key):
-                self._distinct[sid] += key
+            distinct = self._distinct[sid]
+            if len(distinct) < 8 * _SCAN:
+                if not _holds(distinct, key):
+                    distinct += key
+            else:
+                held = self._long.get(sid)
+                if held is None:
+                    held = self._long[sid] = dict.fromkeys(memoryview(distinct).cast("q"))
+                if item not in held:
+                    held[item] = None
+                    distinct += key
         self._last[sid] = max(self._last[sid], e.ts)
         self._user_sess[e.user] = (sid, e.ts, item)
         by = self._by_item.get(item)
@@ -295,6 +308,7 @@ class SessionKNN:
 
 
 _PACK = struct.Struct("=q").pack  # an item id as a session holds it: a native int64
+_SCAN = 64  # up to this many distinct items, a session's membership test scans them (`_holds`)
 
 
 def _holds(items: bytearray, key: bytes) -> bool:
