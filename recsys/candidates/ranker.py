@@ -242,12 +242,11 @@ class Features:
             sys_scores = dict(zip(system[0], system[1], strict=False))
             lists: list[tuple[list[str], list[float]]] = [(sys_items, [sys_scores[i] for i in sys_items])]
             for s in SOURCE_NAMES[1:]:  # after the system's, in their columns' order
-                if s == "popularity":
-                    pop_items = list(islice((i for i in popular if i not in banned), cfg.pop_candidates))
-                    lists.append((pop_items, [1.0 / (1 + r) for r in range(len(pop_items))]))
-                    continue
                 d = ctx.sources.get(s, {})
-                if ctx.trimmed and len(d) <= cfg.per_source:  # its own top_items (sorted, none banned)
+                if s == "popularity":
+                    top = list(islice((i for i in popular if i not in banned), cfg.pop_candidates))
+                    lists.append((top, [1.0 / (1 + r) for r in range(len(top))]))
+                elif ctx.trimmed and len(d) <= cfg.per_source:  # its own top_items (sorted, none banned)
                     lists.append((list(d), list(d.values())))
                 else:
                     top = top_items(d, cfg.per_source, banned)
