@@ -78,6 +78,17 @@ def test_vsknn_votes_with_position_weighted_overlap() -> None:
     assert top_items(s, 2, {"a", "b"}) == ["y", "x"]
 
 
+@pytest.mark.parametrize("size", [1, 5, 64, 160, 161, 400, 1500])
+def test_top_items_is_a_stable_sort_with_ties_on_both_paths(size: int) -> None:
+    """Below and above the plain sort's limit: many equal scores, some banned, every cut."""
+    rng = np.random.default_rng(size)
+    scores = {f"i{j}": float(rng.integers(1, 6)) / int(rng.integers(1, 4)) for j in range(size)}
+    banned = {f"i{j}" for j in rng.choice(size, min(size, 3), replace=False)}
+    ranked = [i for i in sorted(scores, key=lambda i: -scores[i]) if i not in banned]
+    for n in (1, 20, 40, size):
+        assert top_items(scores, n, banned) == ranked[:n]
+
+
 def test_stream_baselines_never_see_the_event_they_predict() -> None:
     """Every list a baseline showed is what a replay stopped just before that event shows:
     recompute each list from the training events plus the test events before it only."""

@@ -3,6 +3,7 @@ of a source's scores (`top_items`, whose tie order every source keeps)."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from recsys.confidence import UserProfile
 from recsys.events import Event
 
-_SMALL = 64  # top_items: up to this many scored items, a plain sort
+_SMALL = 160  # top_items: up to this many scored items, a plain sort (cheaper than numpy's fixed costs)
 
 
 def top_items(scores: Mapping[str, float], n: int, banned: Iterable[str] = ()) -> list[str]:
@@ -19,19 +20,20 @@ def top_items(scores: Mapping[str, float], n: int, banned: Iterable[str] = ()) -
         return []
     ban = banned if isinstance(banned, (set, frozenset, dict)) else set(banned)
     want = n + len(ban)
-    if len(scores) <= _SMALL:
-        # a stable sort, reversed, keeps equal items in scoring order; for a few items it is
-        # cheaper than numpy's fixed cost
+    m = len(scores)
+    if m <= _SMALL:
+        # a stable sort, reversed, keeps equal items in scoring order
         return [i for i in sorted(scores, key=scores.__getitem__, reverse=True)[:want] if i not in ban][:n]
     keys = list(scores)
-    neg = -np.fromiter(scores.values(), np.float64, len(keys))
-    if want < len(keys):
+    # struct packs a dict's floats about twice as fast as np.fromiter converts them
+    vals = np.frombuffer(struct.pack(f"{m}d", *scores.values()))
+    if want < m:
         # every item at or above the want-th best score, in scoring order: a stable sort of
         # those is the stable sort of all, cut at `want`
-        pick = np.flatnonzero(neg <= np.partition(neg, want - 1)[want - 1])
-        order = pick[np.argsort(neg[pick], kind="stable")[:want]]
+        pick = np.flatnonzero(vals >= np.partition(vals, m - want)[m - want])
+        order = pick[np.argsort(-vals[pick], kind="stable")]
     else:
-        order = np.argsort(neg, kind="stable")
+        order = np.argsort(-vals, kind="stable")
     out: list[str] = []
     for j in order.tolist():
         if keys[j] not in ban:
