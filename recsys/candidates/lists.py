@@ -93,21 +93,13 @@ def context(
                 ctx.recent_categories = src.category.recent_categories(profile)
                 ctx.sources["category"] = src.category.top(profile, per_source, banned, mask)
             if m == "covisit" and query is not None:
-                ctx.covisit_query, covisit_total = shares(src.covisit.neighbours(query), 2 * per_source, banned)
-                ctx.next_query, next_total = shares(src.covisit.next_items(query), 2 * per_source, banned)
+                ctx.covisit_query, covisit_total = src.covisit.shares(query, 2 * per_source, banned)
+                ctx.next_query, next_total = src.covisit.shares(query, 2 * per_source, banned, following=True)
                 ctx.query_totals = (covisit_total, next_total)
             if m == "covisit" and prev is not None:
-                ctx.covisit_prev, _ = shares(src.covisit.neighbours(prev), 2 * per_source, banned)
-                ctx.next_prev, _ = shares(src.covisit.next_items(prev), 2 * per_source, banned)
+                ctx.covisit_prev, _ = src.covisit.shares(prev, 2 * per_source, banned)
+                ctx.next_prev, _ = src.covisit.shares(prev, 2 * per_source, banned, following=True)
     return ctx
-
-
-def shares(row: Mapping[str, float], n: int, banned: set[str]) -> tuple[dict[str, float], float]:
-    """A co-visitation or "viewed next" row's best n items (minus banned), each as its share of
-    the whole row, and the row's total (what the shares rest on)."""
-    total = sum(row.values())
-    div = total or 1.0
-    return {i: v / div for i, v in trim(row, n, banned).items()}, total
 
 
 def previous_move(history: Sequence[str], query: str | None) -> str | None:

@@ -4,6 +4,7 @@ streaming evaluation computes their lists from the state before each event only.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -271,6 +272,52 @@ def test_covisitation_scores_equal_adding_item_by_item(dataset: str) -> None:
             assert list(got.items()) == list(want.items())
             compared += len(cv.recent.items(e.user, cv.cfg.covisit_recent)) > 1 and bool(got)
         cv.update(e)
+    assert compared > 100
+
+
+def plain_shares(row: dict[str, float], n: int, banned: set[str]) -> tuple[list[tuple[str, float]], float]:
+    """A row's best n items minus banned as shares of its total, summed and sorted in place."""
+    total = sum(row.values())
+    return [(i, row[i] / (total or 1.0)) for i in top_items(row, n, banned)], total
+
+
+def test_covisitation_shares_read_the_row_as_it_is_after_an_update() -> None:
+    """A row's head is kept between updates only: one event that changes a row's order and
+    total shows in the next read."""
+    cv = CoVisitation(SourcesConfig(covisit_backward=0.0))
+    for j, item in enumerate(["b", "c", "d"]):
+        cv.update(ev(f"u{j}", "a", 10 * j))
+        cv.update(ev(f"u{j}", item, 10 * j + 1))
+    assert cv.shares("a", 2, set()) == ({"b": 1 / 3, "c": 1 / 3}, 3.0)
+    assert cv.shares("a", 2, {"b"}) == ({"c": 1 / 3, "d": 1 / 3}, 3.0)  # the same head, read again
+    cv.update(ev("v", "a", 100))
+    cv.update(ev("v", "d", 101))
+    assert cv.shares("a", 2, set()) == ({"d": 0.5, "b": 0.25}, 4.0)
+    assert cv.shares("a", 2, set(), following=True) == ({"d": 0.5, "b": 0.25}, 4.0)
+    assert cv.shares("zz", 2, set()) == ({}, 0)
+
+
+def test_covisitation_shares_equal_summing_and_sorting_the_row() -> None:
+    """Shares and totals, bits and order, equal the row summed and sorted at each read: rows of
+    every size (pruned ones too), read several times between two updates (a batch) and again
+    after them."""
+    rng = np.random.default_rng(3)
+    cv = CoVisitation(SourcesConfig(covisit_max_row=150))
+    items = [f"i{k}" for k in range(400)]
+    weights = 1.0 / np.arange(1, 401)
+    compared = 0
+    for j in range(8000):
+        user = f"u{rng.integers(300)}"
+        cv.update(ev(user, items[rng.choice(400, p=weights / weights.sum())], j))
+        if j % 50 == 0:
+            batch = [items[k] for k in rng.integers(0, 40, 6)]
+            for item, following in itertools.product(batch, (False, True)):
+                row = cv.next_items(item) if following else cv.neighbours(item)
+                for n, banned in ((40, {item, batch[0]}), (5, set()), (300, {items[0]})):
+                    got, total = cv.shares(item, n, banned, following)
+                    want, want_total = plain_shares(row, n, banned)
+                    assert list(got.items()) == want and total == want_total
+                compared += len(row) > 160
     assert compared > 100
 
 

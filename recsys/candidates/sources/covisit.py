@@ -5,15 +5,47 @@ When a user touches b, every distinct item a among their previous `covisit_back`
 the very next move after a also counts in a's "viewed next" row. A user's score for item i is
 Σ_j decay^j · w(a_j → i) over their last `covisit_recent` distinct items a_0 (latest), a_1, …;
 with `covisit_normalize` each row is divided by its total (≈ P(next = i | a)).
+
+Between two updates (a batch's lists) a row `shares` reads keeps its `_Head` (its best items in
+top_items' order, and its total): a row several lists of a batch read is sorted and summed once.
 """
 
 from __future__ import annotations
 
 import heapq
+import struct
+from collections.abc import Set as AbstractSet
 
-from recsys.candidates.sources.base import RecentItems
+import numpy as np
+
+from recsys.candidates.sources.base import _SMALL, RecentItems
 from recsys.candidates.sources.config import SourcesConfig
 from recsys.events import Event
+
+_HEAD = 64  # items a head keeps at least: a list's 2 × per_source and a few banned
+
+
+class _Head:
+    """A row's total (`sum(row.values())`, in the row's order) and its best items (at least
+    `size` of them, or all: `complete`) in top_items' order, with their values."""
+
+    __slots__ = ("items", "vals", "complete", "total")
+
+    def __init__(self, row: dict[str, float], size: int):
+        self.total = sum(row.values())
+        m = len(row)
+        self.complete = m <= size
+        if m <= _SMALL or self.complete:
+            self.items = sorted(row, key=row.__getitem__, reverse=True)[:size]  # stable: ties in row order
+            self.vals = [row[i] for i in self.items]
+            return
+        keys = list(row)
+        vals = np.frombuffer(struct.pack(f"{m}d", *row.values()))
+        # every item at or above the size-th best value, stably sorted: the stable sort's head
+        pick = np.flatnonzero(vals >= np.partition(vals, m - size)[m - size])
+        order = pick[np.argsort(-vals[pick], kind="stable")]
+        self.items = [keys[j] for j in order.tolist()]
+        self.vals = vals[order].tolist()
 
 
 class CoVisitation:
@@ -33,6 +65,9 @@ class CoVisitation:
         self.pairs = 0  # entries over the rows of _w and _next
         self._next: dict[str, dict[str, float]] = {}  # a -> b: b was the very next move after a
         self.recent = RecentItems(max(cfg.covisit_recent, 1) * 3, cfg.max_users)
+        self.version = 0  # updates so far: the heads hold until the next one
+        self._heads: dict[tuple[bool, str], _Head] = {}  # (a "viewed next" row, item) -> its head
+        self._heads_at = -1
 
     def _bounded(self, rows: dict[str, dict[str, float]], a: str, row: dict[str, float]) -> None:
         """A row past twice `covisit_max_row` (the callers check, once per move) keeps its heaviest
@@ -41,6 +76,7 @@ class CoVisitation:
         self.pairs -= len(row) - self.cfg.covisit_max_row
 
     def update(self, e: Event) -> None:
+        self.version += 1
         buf = self._buf.pop(e.user, None)
         if buf is None:
             buf = ()
@@ -132,3 +168,36 @@ class CoVisitation:
                         out[b] = out.get(b, 0.0) + f * v
             w *= self.cfg.covisit_decay
         return out
+
+    def _head(self, item: str, size: int, following: bool) -> _Head | None:
+        """The head of `item`'s row ("viewed next" when `following`) with at least `size`
+        items (or all), kept until the next update; None for an empty row."""
+        if self._heads_at != self.version:
+            self._heads.clear()
+            self._heads_at = self.version
+        h = self._heads.get((following, item))
+        if h is None or (len(h.items) < size and not h.complete):
+            row = (self._next if following else self._w).get(item)
+            if not row:
+                return None
+            h = self._heads[(following, item)] = _Head(row, max(size, _HEAD))
+        return h
+
+    def shares(
+        self, item: str, n: int, banned: AbstractSet[str], following: bool = False
+    ) -> tuple[dict[str, float], float]:
+        """`item`'s co-visitation (or "viewed next") row: its best n items minus banned, each
+        as its share of the whole row, and the row's total (what the shares rest on)."""
+        h = self._head(item, n + len(banned), following)
+        if h is None:
+            return {}, 0  # an empty row's sum
+        total = h.total
+        div = total or 1.0
+        out: dict[str, float] = {}
+        if n > 0:
+            for i, v in zip(h.items, h.vals, strict=True):
+                if i not in banned:
+                    out[i] = v / div
+                    if len(out) == n:
+                        break
+        return out, total
