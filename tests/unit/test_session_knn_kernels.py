@@ -83,6 +83,23 @@ def test_sums_in_first_order_equal_unique_and_bincount() -> None:
             assert sums[ub[u] : ub[u + 1]].tobytes() == want[order].tobytes()
 
 
+@pytest.mark.parametrize("h", [0, 1, 5, 32, 1000])
+def test_heads_equal_the_stable_sort(h: int) -> None:
+    """Each user's best h, as a stable descending sort orders them (ties: the earlier first)."""
+    rng = np.random.default_rng(h)
+    for _ in range(30):
+        sizes = rng.integers(0, 80, int(rng.integers(1, 5)))
+        bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        sums = rng.integers(0, 8, int(sizes.sum())) / 4.0  # many ties
+        if rng.random() < 0.5:
+            sums = np.sort(sums)  # worst first: every element goes in
+        order, hb = kernels.heads(sums, bounds, h)
+        for u in range(len(sizes)):
+            a, b = bounds[u], bounds[u + 1]
+            want = a + np.argsort(-sums[a:b], kind="stable")[:h]
+            assert order[hb[u] : hb[u + 1]].tolist() == want.tolist()
+
+
 def test_similarities_equal_the_cumsum() -> None:
     rng = np.random.default_rng(2)
     L, n_items = 6, 40
@@ -125,6 +142,7 @@ def test_load_kernels_compiles_what_the_batches_call() -> None:
         kernels.vsknn_votes,
         kernels.stan_votes,
         kernels.sums_in_first_order,
+        kernels.heads,
     )
     after_load = [list(k.signatures) for k in entries]
     knn = SessionKNN()

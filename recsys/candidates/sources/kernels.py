@@ -317,3 +317,35 @@ def sums_in_first_order(
             slot[ids[j]] = -1
         out_b[u + 1] = n
     return ids[:n], sums[:n], out_b
+
+
+@_njit
+def heads(sums: np.ndarray, bounds: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's best h of `sums` (their range bounds[u] .. bounds[u + 1]) in the order of a
+    stable descending sort (equal: the earlier first), as indices into `sums`, and each user's
+    range of them. An insertion sort into the best h so far: the elements come in voting order,
+    roughly best first, so most fall below the h-th at once."""
+    h = max(h, 0)
+    n_users = len(bounds) - 1
+    total = 0
+    for u in range(n_users):
+        total += min(bounds[u + 1] - bounds[u], h)
+    order = np.empty(total, np.int64)
+    hb = np.zeros(n_users + 1, np.int64)
+    n = 0
+    for u in range(n_users):
+        a = n  # order[a : n]: the best so far, best first
+        for i in range(bounds[u], bounds[u + 1]):
+            v = sums[i]
+            if n - a == h:
+                if h == 0 or not v > sums[order[n - 1]]:  # equal: the earlier stays
+                    continue
+                n -= 1  # the h-th goes
+            j = n
+            while j > a and v > sums[order[j - 1]]:
+                order[j] = order[j - 1]
+                j -= 1
+            order[j] = i
+            n += 1
+        hb[u + 1] = n
+    return order, hb

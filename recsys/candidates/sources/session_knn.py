@@ -38,6 +38,11 @@ from recsys.events import Event
 if TYPE_CHECKING:
     from recsys.catalogue import ItemMask
 
+# a user's scores: (item ids, scores) in the order of their first vote, and the ids' names and
+# scores of its head, the first of a stable descending sort (`top` reads them)
+_Scored = tuple[np.ndarray, np.ndarray, list[str], list[float]]
+_HEAD, _MAX_HEAD = 32, 256  # the head's length: at first, at most
+
 
 class SessionKNN:
     """Incremental session index; `vsknn` and `stan` score a user's current session.
@@ -74,8 +79,9 @@ class SessionKNN:
         self._name: list[str] = []
         self.recent = RecentItems(max(cfg.current_len, 1) * 3, cfg.max_users)
         self._version = 0  # updates so far: `prefetch`'s scores hold until the next one
-        # prefetch's scores: (version, {(user, method, now): (item ids, scores)})
-        self._batch: tuple[int, dict[tuple[str, str, int], tuple[np.ndarray, np.ndarray]]] = (-1, {})
+        # prefetch's scores: (version, {(user, method, now): _Scored})
+        self._batch: tuple[int, dict[tuple[str, str, int], _Scored]] = (-1, {})
+        self._head = _HEAD  # `_Scored`'s head: `top`'s n plus banned items (raised by a call that wanted more)
         self._decays: dict[float, np.ndarray] = {}  # STAN's λ₃ -> exp(−d/λ₃) for d = 0, 1, … (`_decay`)
         self._stan_w: np.ndarray | None = None  # `_stan_weights`
         self._slot = np.zeros((2, 0), np.int32)  # the kernels' lookups: -1 for every interned item
@@ -160,28 +166,23 @@ class SessionKNN:
         self, user: str, method: str, now: int | None, n: int, banned: AbstractSet[str], mask: ItemMask | None = None
     ) -> dict[str, float]:
         """`top_items` of `scores` (what `mask` allows, minus `banned`) with their scores, from
-        the arrays: no dict of every scored item."""
-        ids, vals = self.score_arrays(user, method, now)  # a prefetched user's from the batch
+        the batch's head of the user's ranking (past it, from the arrays): no dict of every
+        scored item."""
+        ids, vals, names, best = self._scored(user, method, now)  # a prefetched user's from the batch
         if n <= 0 or not len(ids):
             return {}
-        name = self._name
-        neg = -vals
-        want = n + len(banned)
         out: dict[str, float] = {}
-        done = 0
-        if want < len(ids):
-            # as top_items: every item at or above the want-th best score, stably sorted, is the
-            # stable sort of all cut there; it holds n items not banned unless the mask says no
-            pick = np.flatnonzero(neg <= np.partition(neg, want - 1)[want - 1])
-            order = pick[np.argsort(neg[pick], kind="stable")]
-            for i, v in zip(ids[order].tolist(), vals[order].tolist(), strict=True):
-                it = name[i]
-                if it not in banned and (mask is None or mask.allows(it)):
-                    out[it] = v
-                    if len(out) == n:
-                        return out
-            done = len(order)
-        rest = np.argsort(neg, kind="stable")[done:]
+        for it, v in zip(names, best, strict=True):
+            if it not in banned and (mask is None or mask.allows(it)):
+                out[it] = v
+                if len(out) == n:
+                    return out
+        if len(names) == len(ids):
+            return out
+        # the head held too few: later batches keep more of it (up to a bound), this call sorts all
+        self._head = min(max(self._head, n + len(banned)), _MAX_HEAD)
+        name = self._name
+        rest = np.argsort(-vals, kind="stable")[len(names) :]
         for i, v in zip(ids[rest].tolist(), vals[rest].tolist(), strict=True):
             it = name[i]
             if it not in banned and (mask is None or mask.allows(it)):
@@ -194,6 +195,11 @@ class SessionKNN:
         """The user's scores as (item ids, scores), in the order items were first voted for: a
         prefetched user's from the batch, else a batch of this one user (both methods, kept until
         the next update). `now` (STAN's recency): default the newest session's last event."""
+        ids, vals, _, _ = self._scored(user, method, now)
+        return ids, vals
+
+    def _scored(self, user: str, method: str, now: int | None) -> _Scored:
+        """`score_arrays` and the head of their ranking (`prefetch`)."""
         if now is None:
             now = max(self._last.values()) if self._last else 0
         key = (user, method, now)
@@ -204,14 +210,15 @@ class SessionKNN:
     def prefetch(self, users: Sequence[str], nows: Sequence[int]) -> None:
         """V-SKNN's and STAN's scores of `users` (at `nows`) computed together, kept for
         `score_arrays` until the next update. The candidates' items and the best neighbours'
-        sequences are gathered into flat arrays here; similarities, the k best, the votes and
-        their sums are compiled loops over them (kernels.py). Each user's sums are the same
-        whichever batch they are in (the test pins them)."""
+        sequences are gathered into flat arrays here; similarities, the k best, the votes, their
+        sums and each user's head of its ranking (`top`'s n best, before the banned ones) are
+        compiled loops over them (kernels.py). Each user's sums are the same whichever batch
+        they are in (the test pins them)."""
         cfg = self.cfg
         L = max(cfg.current_len, 1)
         # added to the users already computed since the last update (a user asked alone joins them)
         out = self._batch[1] if self._batch[0] == self._version else {}
-        empty = (np.zeros(0, np.int64), np.zeros(0))
+        empty: _Scored = (np.zeros(0, np.int64), np.zeros(0), [], [])
         curs: list[list[int]] = []
         who: list[tuple[str, int]] = []
         cand_ids: list[int] = []
@@ -267,10 +274,14 @@ class SessionKNN:
                 )
             # each (user, item)'s votes added one after the other from 0.0, in voting order
             g_ids, g_sum, ub = kernels.sums_in_first_order(items, votes, vb, slot)
-            bounds_u = ub.tolist()
+            order, hb = kernels.heads(g_sum, ub, self._head)
+            names = list(map(self._name.__getitem__, g_ids[order].tolist()))
+            best = g_sum[order].tolist()
+            bounds_u, heads_u = ub.tolist(), hb.tolist()
             for j, (user, now) in enumerate(who):
                 a, b = bounds_u[j], bounds_u[j + 1]
-                out[(user, method, now)] = (g_ids[a:b], g_sum[a:b])
+                c, d = heads_u[j], heads_u[j + 1]
+                out[(user, method, now)] = (g_ids[a:b], g_sum[a:b], names[c:d], best[c:d])
 
     def _slots(self) -> np.ndarray:
         """The kernels' two lookups (`slot`, `seen`), one entry per interned item each, all -1
