@@ -8,6 +8,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Sequence
+from itertools import islice
 
 import numpy as np
 import pytest
@@ -167,6 +168,16 @@ def test_covisitation_rows_are_pruned_to_their_heaviest_items() -> None:
 class LoopSessionKNN(SessionKNN):
     """SessionKNN's scores as they were written before its array code: plain loops over the
     neighbours, on the same session store."""
+
+    def _candidate_sessions(self, user: str, cur: list[int]) -> set[int]:
+        """Each current item's latest `sample` sessions, the user's ongoing one excepted."""
+        cand: set[int] = set()
+        for it in reversed(cur):
+            by = self._by_item.get(it)
+            if by:
+                cand.update(islice(reversed(by), self.cfg.sample))
+        cand.discard(self._user_sess.get(user, (-1, 0))[0])
+        return cand
 
     def _neighbours(self, user: str, cur: list[int]) -> list[int]:
         cand = self._candidate_sessions(user, cur)

@@ -42,24 +42,41 @@ def test_top_k_equals_the_lexsort(k: int) -> None:
 
 
 @pytest.mark.parametrize("sample", [0, 1, 5, 40, 500])
-def test_recent_candidates_equal_the_lexsort_and_math_exp(sample: int) -> None:
-    """The `sample` newest candidates of each user (prefetch's former lexsort by user, time and
-    session id, each user's last `sample`), and STAN's recency equal to math.exp's to the bit."""
+def test_candidates_equal_the_union_the_lexsort_and_math_exp(sample: int) -> None:
+    """Each user's candidates: the union of its current items' sessions but its own, of more
+    than `sample` the newest by (time, session id) (prefetch's former lexsort); STAN's recency
+    equal to math.exp's to the bit; the lookup left all -1."""
     rng = np.random.default_rng(sample)
     l2_ms = 86_400_000.0
+    slot = np.full(30, -1, np.int32)
     for _ in range(30):
-        counts = rng.integers(0, 60, int(rng.integers(1, 6)))
-        su = np.repeat(np.arange(len(counts)), counts)
-        sid = np.concatenate([rng.permutation(500)[:c] for c in counts]).astype(np.int64)
-        last = 1_700_000_000_000 + rng.integers(0, 5, len(sid)) * rng.integers(1, 10**9)  # ties in time
-        now_u = 1_700_000_000_000 + rng.integers(0, 10**10, len(counts))  # some before a session's last
-        keep, ku, recency = kernels.recent_candidates(counts.astype(np.int64), sid, last, now_u, sample, l2_ms)
-        o = np.lexsort((sid, last, su))
-        start = (np.cumsum(counts) - counts)[su[o]]
-        want = o[np.arange(len(o)) - start >= counts[su[o]] - sample]
-        assert sorted(keep.tolist()) == sorted(want.tolist())
-        assert ku.tolist() == su[keep].tolist()  # grouped by user, in the users' order
-        exp = [math.exp(-max(int(now_u[u]) - int(t), 0) / l2_ms) for u, t in zip(ku, last[keep], strict=True)]
+        uniq = np.sort(rng.permutation(2000)[: int(rng.integers(0, 300))]).astype(np.int64)
+        last = 1_700_000_000_000 + rng.integers(0, 5, len(uniq)) * rng.integers(1, 10**9)  # ties in time
+        items = rng.permutation(30)[: int(rng.integers(1, 12))].astype(np.int64)
+        ses = [rng.permutation(len(uniq))[: int(rng.integers(0, 80))] for _ in items]
+        ibounds = np.concatenate([[0], np.cumsum([len(e) for e in ses])]).astype(np.int64)
+        inv = np.concatenate([np.zeros(0, np.int64), *ses]).astype(np.int64)
+        n_users, L = int(rng.integers(1, 6)), 4
+        n_u = rng.integers(1, min(L, len(items)) + 1, n_users).astype(np.int64)
+        cur_m = np.full((n_users, L), -1, np.int64)
+        for u in range(n_users):
+            cur_m[u, : n_u[u]] = rng.permutation(items)[: n_u[u]]
+        own = rng.choice(np.concatenate([uniq, [-1, 5000]]), n_users).astype(np.int64)
+        now_u = 1_700_000_000_000 + rng.integers(0, 10**10, n_users)  # some before a session's last
+        cand, cu, recency = kernels.candidates(
+            cur_m, n_u, items, ibounds, inv, uniq, last, own, now_u, sample, l2_ms, slot
+        )
+        assert (slot == -1).all()
+        assert np.all(np.diff(cu) >= 0)  # grouped by user, in the users' order
+        where = {int(it): t for t, it in enumerate(items)}
+        for u in range(n_users):
+            union = set()
+            for it in cur_m[u, : n_u[u]]:
+                union.update(ses[where[int(it)]].tolist())
+            union.discard(int(np.searchsorted(uniq, own[u])) if own[u] in uniq else -1)
+            mine = sorted(union, key=lambda c: (last[c], uniq[c]))[len(union) - min(len(union), sample) :]
+            assert sorted(cand[cu == u].tolist()) == sorted(mine)
+        exp = [math.exp(-max(int(now_u[u]) - int(t), 0) / l2_ms) for u, t in zip(cu, last[cand], strict=True)]
         assert recency.tobytes() == np.array(exp).tobytes()
 
 
@@ -137,6 +154,7 @@ def test_load_kernels_compiles_what_the_batches_call() -> None:
     signature a kernel, the one a prefetch over real sessions uses."""
     load_kernels()
     entries = (
+        kernels.candidates,
         kernels.similarities,
         kernels.top_k,
         kernels.vsknn_votes,

@@ -12,7 +12,7 @@ last bit, in the same insertion order:
 * a quotient, product or maximum is the same IEEE operation numpy did; no fastmath (LLVM neither
   reassociates nor contracts float operations without it);
 * every exp is the C library's `exp`, which math.exp calls too: in a table computed in Python,
-  or (`recent_candidates`) in the kernel, whose math.exp numba compiles to that same call.
+  or (`candidates`) in the kernel, whose math.exp numba compiles to that same call.
 
 The lookups (`slot`, `seen`: one int32 per interned item) must be all -1 on entry; each kernel
 leaves them so (it resets the entries it set), so no call clears a catalogue-sized array.
@@ -48,36 +48,68 @@ def _njit(fn: Callable[..., Any]) -> Any:
 
 
 @_njit
-def recent_candidates(
-    counts: np.ndarray, sid: np.ndarray, last: np.ndarray, now_u: np.ndarray, sample: int, l2_ms: float
+def candidates(
+    cur_m: np.ndarray,
+    n_u: np.ndarray,
+    items: np.ndarray,
+    ibounds: np.ndarray,
+    inv: np.ndarray,
+    uniq: np.ndarray,
+    last: np.ndarray,
+    own: np.ndarray,
+    now_u: np.ndarray,
+    sample: int,
+    l2_ms: float,
+    slot: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each user's `sample` most recently active candidate sessions (equal times: the larger
-    session id, the newer session). User u's candidates are the next counts[u] entries of `sid`
-    (session ids, distinct within a user; `last`: their last event times); a user with no more
-    than `sample` keeps them all as they come, one with more keeps those ascending by
-    (time, id). Returns the kept entries' indices (grouped by user as given), their user, and
-    STAN's recency of each, exp(−max(now_u[u] − last, 0) / l2_ms)."""
+    """Each user's candidate sessions: those of its current items (row u of `cur_m`, its first
+    n_u[u] entries), each once, but its own (session id own[u]), and of more than `sample` the
+    `sample` most recently active (equal times: the larger session id, the newer session). Item
+    items[t]'s sessions are inv[ibounds[t] : ibounds[t + 1]], as indices into `uniq` (the
+    batch's distinct session ids, ascending; `last`: their last event times). Returns the
+    candidates (those indices; user 0's first, in no particular order within a user), their
+    user, and STAN's recency of each, exp(−max(now_u[u] − last, 0) / l2_ms)."""
+    for t in range(len(items)):
+        slot[items[t]] = t
+    n_users = len(n_u)
     total = 0
-    for u in range(len(counts)):
-        total += min(counts[u], max(sample, 0))
-    keep = np.empty(total, np.int64)
+    for u in range(n_users):
+        m = 0
+        for p in range(n_u[u]):
+            t = slot[cur_m[u, p]]
+            m += ibounds[t + 1] - ibounds[t]
+        total += min(m, max(sample, 0))
+    cand = np.empty(total, np.int64)
     su = np.empty(total, np.int64)
     recency = np.empty(total)
+    mark = np.full(len(last), -1, np.int64)  # the last user that took the session
+    buf = np.empty(len(last), np.int64)
     n = 0
-    begin = 0
-    for u in range(len(counts)):
-        m = counts[u]
-        seg = np.arange(begin, begin + m)
+    for u in range(n_users):
+        m = 0
+        o = np.searchsorted(uniq, own[u])
+        if o < len(uniq) and uniq[o] == own[u]:
+            mark[o] = u
+        for p in range(n_u[u]):
+            t = slot[cur_m[u, p]]
+            for e in range(ibounds[t], ibounds[t + 1]):
+                c = inv[e]
+                if mark[c] != u:
+                    mark[c] = u
+                    buf[m] = c
+                    m += 1
+        seg = buf[:m]
         if m > sample:
-            seg = seg[np.argsort(sid[seg], kind="mergesort")]  # ids first, then a stable sort by time
+            seg = np.sort(seg)  # ascending by session id, then a stable sort by time
             seg = seg[np.argsort(last[seg], kind="mergesort")][m - max(sample, 0) :]
         for c in seg:
-            keep[n] = c
+            cand[n] = c
             su[n] = u
             recency[n] = math.exp(-max(now_u[u] - last[c], 0) / l2_ms)
             n += 1
-        begin += m
-    return keep, su, recency
+    for t in range(len(items)):
+        slot[items[t]] = -1
+    return cand[:n], su[:n], recency[:n]
 
 
 @_njit

@@ -25,7 +25,7 @@ import math
 import struct
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
-from itertools import islice
+from itertools import chain, islice
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -147,16 +147,6 @@ class SessionKNN:
     def sizes(self) -> dict[str, int]:
         return {"sessions": len(self._items), "session_items": len(self._by_item)}
 
-    def _candidate_sessions(self, user: str, cur: list[int]) -> set[int]:
-        """Each current item's latest `sample` sessions, the user's ongoing one excepted."""
-        cand: set[int] = set()
-        for it in reversed(cur):
-            by = self._by_item.get(it)
-            if by:
-                cand.update(islice(reversed(by), self.cfg.sample))
-        cand.discard(self._user_sess.get(user, (-1, 0))[0])
-        return cand
-
     def scores(self, user: str, method: str = "vsknn", now: int | None = None) -> dict[str, float]:
         ids, vals = self.score_arrays(user, method, now)
         name = self._name
@@ -221,45 +211,59 @@ class SessionKNN:
         empty: _Scored = (np.zeros(0, np.int64), np.zeros(0), [], [])
         curs: list[list[int]] = []
         who: list[tuple[str, int]] = []
-        cand_ids: list[int] = []
-        counts: list[int] = []  # candidates per user
         for user, now in zip(users, nows, strict=True):
             cur = [self._id[i] for i in self.recent.items(user, cfg.current_len)]
             if not cur:
                 out[(user, "vsknn", now)] = out[(user, "stan", now)] = empty
                 continue
-            cand = self._candidate_sessions(user, cur)
-            cand_ids += cand
-            counts.append(len(cand))
             curs.append(cur)
             who.append((user, now))
         self._batch = (self._version, out)
         if not curs:
             return
+        # the batch's current items' latest `sample` sessions each: users share many of the
+        # items and most of the sessions, so each is read out of the dicts once (`uniq`; `inv`:
+        # each entry's index in it) and the kernel makes each user's candidates of them
+        cur_items = list(dict.fromkeys(chain.from_iterable(curs)))
+        ses: list[int] = []
+        ib = [0]
+        for it in cur_items:
+            by = self._by_item.get(it)
+            if by:
+                ses += by if len(by) <= cfg.sample else islice(reversed(by), cfg.sample)
+            ib.append(len(ses))
+        uniq, entry = np.unique(np.array(ses, np.int64), return_inverse=True)
+        last = np.fromiter(map(self._last.__getitem__, uniq.tolist()), np.int64, len(uniq))
+        # users' current sessions (row j: user j's n_u[j] items, then -1s)
         n_u = np.fromiter(map(len, curs), np.int64, len(curs))
-        sid = np.array(cand_ids, np.int64)
-        # a batch's users share most of their candidates (a sixth are distinct in bench/e2e's
-        # stream): each distinct session is read out of the dicts once (`inv`: its index in `uniq`)
-        uniq, inv = np.unique(sid, return_inverse=True)
-        last = np.fromiter(map(self._last.__getitem__, uniq.tolist()), np.int64, len(uniq))[inv]
-        now_u = np.array([now for _, now in who], np.int64)
-        # each user's `sample` most recently active candidates, and STAN's recency of each
-        keep, su, recency = kernels.recent_candidates(
-            np.array(counts, np.int64), sid, last, now_u, cfg.sample, cfg.stan_l2_s * 1000.0
-        )
-        sid, inv = sid[keep], inv[keep]
-        # users' current sessions (row j: user j's n_u[j] items, then -1s) and the candidates'
-        # distinct items; the kernels (kernels.py) do the rest, sum for sum as the loops did
         cur_m = np.full((len(curs), L), -1, np.int64)
         pos_m = np.arange(L)
         for j, cur in enumerate(curs):
             cur_m[j, : len(cur)] = cur
+        slot, seen = self._slots()
+        # each user's candidates (at most `sample`, the most recently active), STAN's recency of
+        # each; then the candidates' distinct items, and the kernels do the rest, sum for sum as
+        # the loops did
+        inv, su, recency = kernels.candidates(
+            cur_m,
+            n_u,
+            np.array(cur_items, np.int64),
+            np.array(ib, np.int64),
+            entry,
+            uniq,
+            last,
+            np.array([self._user_sess.get(user, (-1, 0))[0] for user, _ in who], np.int64),
+            np.array([now for _, now in who], np.int64),
+            cfg.sample,
+            cfg.stan_l2_s * 1000.0,
+            slot,
+        )
+        sid = uniq[inv]
         starts, sizes, flat = _gather(self._distinct, uniq, inv)
         inside = pos_m[None, :] < n_u[:, None]
         n_f = n_u[:, None].astype(np.float64)
         w_v = np.where(inside, (pos_m[None, :] + 1) / n_f, 0.0)
         w_s = self._stan_weights(L)[n_u]
-        slot, seen = self._slots()
         sim_v, sim_s = kernels.similarities(cur_m, n_u, su, starts, sizes, flat, w_v, w_s, recency, slot)
         for method, sim in (("vsknn", sim_v), ("stan", sim_s)):
             # each user's k most similar, best first (equal: the newer session)
