@@ -133,7 +133,7 @@ def similarities(
     m = len(su)
     sim_v = np.zeros(m)
     sim_s = np.zeros(m)
-    held = np.zeros(cur_m.shape[1], np.bool_)
+    held = np.empty(cur_m.shape[1], np.int64)  # the positions a candidate holds, ascending
     u = -1
     for c in range(m):
         if su[c] != u:
@@ -143,17 +143,21 @@ def similarities(
             u = su[c]
             for p in range(n_u[u]):
                 slot[cur_m[u, p]] = p
-        held[:] = False
+        h = 0
         for i in range(starts[c], starts[c] + sizes[c]):
             p = slot[flat[i]]
-            if p >= 0:
-                held[p] = True
+            if p >= 0:  # a few of them: an insertion
+                j = h
+                while j > 0 and held[j - 1] > p:
+                    held[j] = held[j - 1]
+                    j -= 1
+                held[j] = p
+                h += 1
         sv = 0.0
         ss = 0.0
-        for p in range(n_u[u]):
-            if held[p]:
-                sv += w_v[u, p]
-                ss += w_s[u, p]
+        for j in range(h):
+            sv += w_v[u, held[j]]
+            ss += w_s[u, held[j]]
         sim_v[c] = sv
         sim_s[c] = ss / math.sqrt(n_u[u] * sizes[c]) * recency[c]
     if u >= 0:
