@@ -80,41 +80,86 @@ def test_candidates_equal_the_union_the_lexsort_and_math_exp(sample: int) -> Non
         assert recency.tobytes() == np.array(exp).tobytes()
 
 
-def test_sums_in_first_order_equal_unique_and_bincount() -> None:
-    rng = np.random.default_rng(1)
-    slot = np.full(50, -1, np.int32)
-    for _ in range(30):
-        n_users = int(rng.integers(1, 5))
-        sizes = rng.integers(0, 40, n_users)
-        vbounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        items = rng.integers(0, 50, int(sizes.sum())).astype(np.int64)
-        votes = rng.random(len(items)) * 10.0 ** rng.integers(-5, 5, len(items))  # rounding depends on order
-        ids, sums, ub = kernels.sums_in_first_order(items, votes, vbounds, slot)
-        assert (slot == -1).all()
-        for u in range(n_users):
-            it, v = items[vbounds[u] : vbounds[u + 1]], votes[vbounds[u] : vbounds[u + 1]]
-            uniq, first, inv = np.unique(it, return_index=True, return_inverse=True)
-            want = np.bincount(inv, weights=v, minlength=len(uniq))
-            order = np.argsort(first, kind="stable")
-            assert ids[ub[u] : ub[u + 1]].tolist() == uniq[order].tolist()
-            assert sums[ub[u] : ub[u + 1]].tobytes() == want[order].tobytes()
+def added_in_order(votes: list[tuple[int, float]], h: int) -> tuple[list[int], bytes, list[int]]:
+    """Votes summed per item one after the other from 0.0 (items in the order of their first
+    vote), and the best h of them as a stable descending sort orders them (ties: voted first)."""
+    out: dict[int, float] = {}
+    for it, v in votes:
+        out[it] = out.get(it, 0.0) + v
+    sums = np.array(list(out.values()))
+    return list(out), sums.tobytes(), np.argsort(-sums, kind="stable")[:h].tolist()
+
+
+def check_scores(got: tuple[np.ndarray, ...], want: list[tuple[list[int], bytes, list[int]]]) -> None:
+    ids, sums, ub, order, hb = got
+    for u, (w_ids, w_sums, w_head) in enumerate(want):
+        a, b = ub[u], ub[u + 1]
+        assert ids[a:b].tolist() == w_ids
+        assert sums[a:b].tobytes() == w_sums
+        assert (order[hb[u] : hb[u + 1]] - a).tolist() == w_head
 
 
 @pytest.mark.parametrize("h", [0, 1, 5, 32, 1000])
-def test_heads_equal_the_stable_sort(h: int) -> None:
-    """Each user's best h, as a stable descending sort orders them (ties: the earlier first)."""
+def test_vsknn_scores_equal_the_loops(h: int) -> None:
     rng = np.random.default_rng(h)
+    acc = np.full(50, -1, np.int32)
     for _ in range(30):
-        sizes = rng.integers(0, 80, int(rng.integers(1, 5)))
-        bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        sums = rng.integers(0, 8, int(sizes.sum())) / 4.0  # many ties
-        if rng.random() < 0.5:
-            sums = np.sort(sums)  # worst first: every element goes in
-        order, hb = kernels.heads(sums, bounds, h)
-        for u in range(len(sizes)):
-            a, b = bounds[u], bounds[u + 1]
-            want = a + np.argsort(-sums[a:b], kind="stable")[:h]
-            assert order[hb[u] : hb[u + 1]].tolist() == want.tolist()
+        m = int(rng.integers(0, 40))
+        sizes = rng.integers(1, 12, m).astype(np.int64)
+        flat = np.concatenate([rng.permutation(50)[:z] for z in sizes] or [np.zeros(0, np.int64)]).astype(np.int64)
+        starts = np.cumsum(sizes) - sizes
+        sim = rng.integers(1, 8, m) / 8.0 * 10.0 ** rng.integers(-5, 5, m)  # ties; rounding depends on order
+        n_users = int(rng.integers(1, 5))
+        picks = [rng.permutation(m)[: int(rng.integers(0, m + 1))] for _ in range(n_users)]
+        pick = np.concatenate([np.zeros(0, np.int64), *picks]).astype(np.int64)
+        bounds = np.concatenate([[0], np.cumsum([len(q) for q in picks])]).astype(np.int64)
+        got = kernels.vsknn_scores(pick, bounds, sim, starts, sizes, flat, acc, h)
+        assert (acc == -1).all()
+        want = [
+            added_in_order([(it, sim[c]) for c in q for it in flat[starts[c] : starts[c] + sizes[c]].tolist()], h)
+            for q in picks
+        ]
+        check_scores(got, want)
+
+
+@pytest.mark.parametrize("h", [0, 1, 5, 32, 1000])
+def test_stan_scores_equal_the_loops(h: int) -> None:
+    rng = np.random.default_rng(h)
+    lookups = np.full((3, 50), -1, np.int32)
+    L = 5
+    for _ in range(30):
+        n_users = int(rng.integers(1, 5))
+        n_u = rng.integers(1, L + 1, n_users).astype(np.int64)
+        cur_m = np.full((n_users, L), -1, np.int64)
+        for u in range(n_users):
+            cur_m[u, : n_u[u]] = rng.permutation(50)[: n_u[u]]
+        w_s = rng.integers(1, 4, (n_users, L)) / 4.0  # ties: the last position of the highest weight
+        counts = rng.integers(0, 6, n_users)
+        bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        lens = rng.integers(1, 15, int(counts.sum())).astype(np.int64)
+        seq = rng.integers(0, 50, int(lens.sum())).astype(np.int64)  # items repeat within a sequence
+        seq_starts = np.cumsum(lens) - lens
+        sims = rng.random(len(lens)) * 10.0 ** rng.integers(-5, 5, len(lens))
+        decay = rng.random((L + 1, int(lens.max(initial=1))))
+        decay[decay < 0.2] = 0.0  # votes of 0.0 are not cast
+        got = kernels.stan_scores(bounds, sims, seq, seq_starts, lens, cur_m, n_u, w_s, decay, *lookups, h)
+        assert (lookups == -1).all()
+        want = []
+        for u in range(n_users):
+            cur = cur_m[u, : n_u[u]].tolist()
+            votes: list[tuple[int, float]] = []
+            for b in range(bounds[u], bounds[u + 1]):
+                items = seq[seq_starts[b] : seq_starts[b] + lens[b]].tolist()
+                held = [(w_s[u, cur.index(it)], q) for q, it in enumerate(items) if it in cur]
+                anchor = max(held)[1] if held else 0
+                best: dict[int, float] = {}
+                for q, it in enumerate(items):
+                    v = decay[n_u[u], abs(q - anchor)]
+                    if v > best.get(it, 0.0):
+                        best[it] = v
+                votes += [(it, sims[b] * v) for it, v in best.items()]
+            want.append(added_in_order(votes, h))
+        check_scores(got, want)
 
 
 def test_similarities_equal_the_cumsum() -> None:
@@ -157,10 +202,8 @@ def test_load_kernels_compiles_what_the_batches_call() -> None:
         kernels.candidates,
         kernels.similarities,
         kernels.top_k,
-        kernels.vsknn_votes,
-        kernels.stan_votes,
-        kernels.sums_in_first_order,
-        kernels.heads,
+        kernels.vsknn_scores,
+        kernels.stan_scores,
     )
     after_load = [list(k.signatures) for k in entries]
     knn = SessionKNN()

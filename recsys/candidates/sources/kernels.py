@@ -239,32 +239,80 @@ def top_k(sim: np.ndarray, sid: np.ndarray, su: np.ndarray, n_users: int, k: int
 
 
 @_njit
-def vsknn_votes(
-    pick: np.ndarray, bounds: np.ndarray, sim: np.ndarray, starts: np.ndarray, sizes: np.ndarray, flat: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """V-SKNN's votes in voting order: each picked candidate (best first) votes its similarity
-    for each of its distinct items, in their order; (items, votes, each user's range)."""
-    total = 0
-    for j in range(len(pick)):
-        total += sizes[pick[j]]
-    items = np.empty(total, np.int64)
-    votes = np.empty(total)
-    vbounds = np.zeros(len(bounds), np.int64)
-    n = 0
-    for u in range(len(bounds) - 1):
-        for j in range(bounds[u], bounds[u + 1]):
-            c = pick[j]
-            s = sim[c]
-            for i in range(starts[c], starts[c] + sizes[c]):
-                items[n] = flat[i]
-                votes[n] = s
-                n += 1
-        vbounds[u + 1] = n
-    return items, votes, vbounds
+def _head(sums: np.ndarray, a: int, b: int, h: int, order: np.ndarray, o: int) -> int:
+    """The best h of sums[a:b] in the order of a stable descending sort (equal: the earlier
+    first), as indices into `sums`, into order[o:]; returns the end of them. An insertion into
+    the best so far: the sums come in the order of their first vote, roughly best first, so
+    most fall below the h-th at once."""
+    start = o
+    for i in range(a, b):
+        v = sums[i]
+        if o - start == h:
+            if h == 0 or not v > sums[order[o - 1]]:  # equal: the earlier stays
+                continue
+            o -= 1  # the h-th goes
+        j = o
+        while j > start and v > sums[order[j - 1]]:
+            order[j] = order[j - 1]
+            j -= 1
+        order[j] = i
+        o += 1
+    return o
 
 
 @_njit
-def stan_votes(
+def vsknn_scores(
+    pick: np.ndarray,
+    bounds: np.ndarray,
+    sim: np.ndarray,
+    starts: np.ndarray,
+    sizes: np.ndarray,
+    flat: np.ndarray,
+    acc: np.ndarray,
+    h: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """V-SKNN's scores. User u's neighbours are pick[bounds[u] : bounds[u + 1]] (best first),
+    each votes its similarity for each of its distinct items (flat[starts[c] :][: sizes[c]]);
+    an item's votes are added one after the other from 0.0 in voting order. Returns the items
+    in the order of their first vote, their sums, each user's range of them, and each user's
+    best h (`_head`) with their range."""
+    h = max(h, 0)
+    n_users = len(bounds) - 1
+    total = 0
+    for j in range(len(pick)):
+        total += sizes[pick[j]]
+    ids = np.empty(total, np.int64)
+    sums = np.empty(total)
+    ub = np.zeros(n_users + 1, np.int64)
+    order = np.empty(min(total, n_users * h), np.int64)
+    hb = np.zeros(n_users + 1, np.int64)
+    n = 0
+    o = 0
+    for u in range(n_users):
+        first = n
+        for j in range(bounds[u], bounds[u + 1]):
+            c = pick[j]
+            v = sim[c]
+            for i in range(starts[c], starts[c] + sizes[c]):
+                it = flat[i]
+                k = acc[it]
+                if k < 0:
+                    k = n
+                    acc[it] = n
+                    ids[n] = it
+                    sums[n] = 0.0
+                    n += 1
+                sums[k] += v
+        for k in range(first, n):
+            acc[ids[k]] = -1
+        ub[u + 1] = n
+        o = _head(sums, first, n, h, order, o)
+        hb[u + 1] = o
+    return ids[:n], sums[:n], ub, order[:o], hb
+
+
+@_njit
+def stan_scores(
     bounds: np.ndarray,
     s: np.ndarray,
     seq: np.ndarray,
@@ -276,25 +324,37 @@ def stan_votes(
     decay: np.ndarray,
     slot: np.ndarray,
     seen: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """STAN's votes in voting order. User u's neighbours are bounds[u] .. bounds[u + 1] (best
-    first; similarity s[b], item sequence seq[seq_starts[b] :][: lens[b]]). A neighbour votes once
-    for each of its items, s · exp(−|distance to the anchor| / λ₃) (decay[n_u[u], distance]),
-    where the anchor is its last position holding the current item of the highest weight (w_s
-    row u; none: position 0) and an item seen twice takes its largest vote; votes of 0.0 are not
-    cast; its items in the order of their first vote. Returns (items, votes, each user's range)."""
+    acc: np.ndarray,
+    h: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """STAN's scores. User u's neighbours are bounds[u] .. bounds[u + 1] (best first; similarity
+    s[b], item sequence seq[seq_starts[b] :][: lens[b]]). A neighbour votes once for each of its
+    items, s · exp(−|distance to the anchor| / λ₃) (decay[n_u[u], distance]), where the anchor
+    is its last position holding the current item of the highest weight (w_s row u; none:
+    position 0) and an item seen twice takes its largest vote; votes of 0.0 are not cast; its
+    items in the order of their first vote. An item's votes are added one after the other from
+    0.0 in voting order. Returns what `vsknn_scores` does."""
+    h = max(h, 0)
+    n_users = len(bounds) - 1
     total = 0
+    longest = 0
     for b in range(len(lens)):
         total += lens[b]
-    items = np.empty(total, np.int64)
-    best = np.empty(total)
-    votes = np.empty(total)
-    vbounds = np.zeros(len(bounds), np.int64)
+        longest = max(longest, lens[b])
+    ids = np.empty(total, np.int64)
+    sums = np.empty(total)
+    ub = np.zeros(n_users + 1, np.int64)
+    order = np.empty(min(total, n_users * h), np.int64)
+    hb = np.zeros(n_users + 1, np.int64)
+    mine = np.empty(longest, np.int64)  # a neighbour's items, in the order of their first vote
+    best = np.empty(longest)  # and their votes
     n = 0
-    for u in range(len(bounds) - 1):
+    o = 0
+    for u in range(n_users):
         nu = n_u[u]
         for p in range(nu):
             slot[cur_m[u, p]] = p
+        first = n
         for b in range(bounds[u], bounds[u + 1]):
             a0 = seq_starts[b]
             top = -np.inf
@@ -304,84 +364,35 @@ def stan_votes(
                 if p >= 0 and w_s[u, p] >= top:  # `>=`: the last position at the highest weight
                     top = w_s[u, p]
                     anchor = q
-            first = n
+            m = 0
             for q in range(lens[b]):
                 v = decay[nu, abs(q - anchor)]
                 if v > 0.0:
                     it = seq[a0 + q]
                     j = seen[it]
                     if j < 0:
-                        seen[it] = n
-                        items[n] = it
-                        best[n] = v
-                        n += 1
+                        seen[it] = m
+                        mine[m] = it
+                        best[m] = v
+                        m += 1
                     elif v > best[j]:
                         best[j] = v
-            for j in range(first, n):
-                seen[items[j]] = -1
-                votes[j] = s[b] * best[j]
+            for j in range(m):
+                it = mine[j]
+                seen[it] = -1
+                k = acc[it]
+                if k < 0:
+                    k = n
+                    acc[it] = n
+                    ids[n] = it
+                    sums[n] = 0.0
+                    n += 1
+                sums[k] += s[b] * best[j]
         for p in range(nu):
             slot[cur_m[u, p]] = -1
-        vbounds[u + 1] = n
-    return items[:n], votes[:n], vbounds
-
-
-@_njit
-def sums_in_first_order(
-    items: np.ndarray, votes: np.ndarray, vbounds: np.ndarray, slot: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each user's votes (their range vbounds[u] .. vbounds[u + 1]) summed per item, one after
-    the other from 0.0 in voting order, the items in the order of their first vote: (items,
-    sums, each user's range)."""
-    ids = np.empty(len(items), np.int64)
-    sums = np.empty(len(items))
-    out_b = np.zeros(len(vbounds), np.int64)
-    n = 0
-    for u in range(len(vbounds) - 1):
-        start = n
-        for i in range(vbounds[u], vbounds[u + 1]):
-            it = items[i]
-            j = slot[it]
-            if j < 0:
-                j = n
-                slot[it] = n
-                ids[n] = it
-                sums[n] = 0.0
-                n += 1
-            sums[j] += votes[i]
-        for j in range(start, n):
-            slot[ids[j]] = -1
-        out_b[u + 1] = n
-    return ids[:n], sums[:n], out_b
-
-
-@_njit
-def heads(sums: np.ndarray, bounds: np.ndarray, h: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's best h of `sums` (their range bounds[u] .. bounds[u + 1]) in the order of a
-    stable descending sort (equal: the earlier first), as indices into `sums`, and each user's
-    range of them. An insertion sort into the best h so far: the elements come in voting order,
-    roughly best first, so most fall below the h-th at once."""
-    h = max(h, 0)
-    n_users = len(bounds) - 1
-    total = 0
-    for u in range(n_users):
-        total += min(bounds[u + 1] - bounds[u], h)
-    order = np.empty(total, np.int64)
-    hb = np.zeros(n_users + 1, np.int64)
-    n = 0
-    for u in range(n_users):
-        a = n  # order[a : n]: the best so far, best first
-        for i in range(bounds[u], bounds[u + 1]):
-            v = sums[i]
-            if n - a == h:
-                if h == 0 or not v > sums[order[n - 1]]:  # equal: the earlier stays
-                    continue
-                n -= 1  # the h-th goes
-            j = n
-            while j > a and v > sums[order[j - 1]]:
-                order[j] = order[j - 1]
-                j -= 1
-            order[j] = i
-            n += 1
-        hb[u + 1] = n
-    return order, hb
+        for k in range(first, n):
+            acc[ids[k]] = -1
+        ub[u + 1] = n
+        o = _head(sums, first, n, h, order, o)
+        hb[u + 1] = o
+    return ids[:n], sums[:n], ub, order[:o], hb

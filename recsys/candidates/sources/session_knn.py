@@ -26,7 +26,7 @@ import struct
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from itertools import chain, islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -38,9 +38,22 @@ from recsys.events import Event
 if TYPE_CHECKING:
     from recsys.catalogue import ItemMask
 
-# a user's scores: (item ids, scores) in the order of their first vote, and the ids' names and
-# scores of its head, the first of a stable descending sort (`top` reads them)
-_Scored = tuple[np.ndarray, np.ndarray, list[str], list[float]]
+
+class _Scores(NamedTuple):
+    """One method's scores of a batch's users (`prefetch`): user j's item ids, in the order of
+    their first vote, and their scores are ids[bounds[j] : bounds[j + 1]] and sums[...]; its head
+    (`top` reads it), the first of them by a stable descending sort, head_names[heads[j] :
+    heads[j + 1]] (names) and head_vals[...]."""
+
+    ids: np.ndarray
+    sums: np.ndarray
+    bounds: list[int]
+    head_names: list[str]
+    head_vals: list[float]
+    heads: list[int]
+
+
+_NONE = _Scores(np.zeros(0, np.int64), np.zeros(0), [0, 0], [], [], [0, 0])  # a user with no current session
 _HEAD, _MAX_HEAD = 32, 256  # the head's length: at first, at most
 
 
@@ -79,12 +92,12 @@ class SessionKNN:
         self._name: list[str] = []
         self.recent = RecentItems(max(cfg.current_len, 1) * 3, cfg.max_users)
         self._version = 0  # updates so far: `prefetch`'s scores hold until the next one
-        # prefetch's scores: (version, {(user, method, now): _Scored})
-        self._batch: tuple[int, dict[tuple[str, str, int], _Scored]] = (-1, {})
-        self._head = _HEAD  # `_Scored`'s head: `top`'s n plus banned items (raised by a call that wanted more)
+        # prefetch's scores: (version, {(user, method, now): (their batch's, the user's row in it)})
+        self._batch: tuple[int, dict[tuple[str, str, int], tuple[_Scores, int]]] = (-1, {})
+        self._head = _HEAD  # `_Scores`' heads: `top`'s n plus banned items (raised by a call that wanted more)
         self._decays: dict[float, np.ndarray] = {}  # STAN's λ₃ -> exp(−d/λ₃) for d = 0, 1, … (`_decay`)
         self._stan_w: np.ndarray | None = None  # `_stan_weights`
-        self._slot = np.zeros((2, 0), np.int32)  # the kernels' lookups: -1 for every interned item
+        self._slot = np.zeros((3, 0), np.int32)  # the kernels' lookups: -1 for every interned item
 
     def _evict_oldest(self) -> None:
         old = next(iter(self._items))
@@ -158,21 +171,22 @@ class SessionKNN:
         """`top_items` of `scores` (what `mask` allows, minus `banned`) with their scores, from
         the batch's head of the user's ranking (past it, from the arrays): no dict of every
         scored item."""
-        ids, vals, names, best = self._scored(user, method, now)  # a prefetched user's from the batch
-        if n <= 0 or not len(ids):
+        (ids, vals, bounds, head_names, head_vals, heads), j = self._scored(user, method, now)
+        a, b, c, d = bounds[j], bounds[j + 1], heads[j], heads[j + 1]
+        if n <= 0 or a == b:
             return {}
         out: dict[str, float] = {}
-        for it, v in zip(names, best, strict=True):
+        for it, v in zip(head_names[c:d], head_vals[c:d], strict=True):
             if it not in banned and (mask is None or mask.allows(it)):
                 out[it] = v
                 if len(out) == n:
                     return out
-        if len(names) == len(ids):
+        if d - c == b - a:
             return out
         # the head held too few: later batches keep more of it (up to a bound), this call sorts all
         self._head = min(max(self._head, n + len(banned)), _MAX_HEAD)
         name = self._name
-        rest = np.argsort(-vals, kind="stable")[len(names) :]
+        rest = a + np.argsort(-vals[a:b], kind="stable")[d - c :]
         for i, v in zip(ids[rest].tolist(), vals[rest].tolist(), strict=True):
             it = name[i]
             if it not in banned and (mask is None or mask.allows(it)):
@@ -185,11 +199,12 @@ class SessionKNN:
         """The user's scores as (item ids, scores), in the order items were first voted for: a
         prefetched user's from the batch, else a batch of this one user (both methods, kept until
         the next update). `now` (STAN's recency): default the newest session's last event."""
-        ids, vals, _, _ = self._scored(user, method, now)
-        return ids, vals
+        res, j = self._scored(user, method, now)
+        a, b = res.bounds[j], res.bounds[j + 1]
+        return res.ids[a:b], res.sums[a:b]
 
-    def _scored(self, user: str, method: str, now: int | None) -> _Scored:
-        """`score_arrays` and the head of their ranking (`prefetch`)."""
+    def _scored(self, user: str, method: str, now: int | None) -> tuple[_Scores, int]:
+        """The batch's scores of `method` that hold the user's, and the user's row in them."""
         if now is None:
             now = max(self._last.values()) if self._last else 0
         key = (user, method, now)
@@ -208,13 +223,12 @@ class SessionKNN:
         L = max(cfg.current_len, 1)
         # added to the users already computed since the last update (a user asked alone joins them)
         out = self._batch[1] if self._batch[0] == self._version else {}
-        empty: _Scored = (np.zeros(0, np.int64), np.zeros(0), [], [])
         curs: list[list[int]] = []
         who: list[tuple[str, int]] = []
         for user, now in zip(users, nows, strict=True):
             cur = [self._id[i] for i in self.recent.items(user, cfg.current_len)]
             if not cur:
-                out[(user, "vsknn", now)] = out[(user, "stan", now)] = empty
+                out[(user, "vsknn", now)] = out[(user, "stan", now)] = (_NONE, 0)
                 continue
             curs.append(cur)
             who.append((user, now))
@@ -240,7 +254,7 @@ class SessionKNN:
         pos_m = np.arange(L)
         for j, cur in enumerate(curs):
             cur_m[j, : len(cur)] = cur
-        slot, seen = self._slots()
+        slot, seen, acc = self._slots()
         # each user's candidates (at most `sample`, the most recently active), STAN's recency of
         # each; then the candidates' distinct items, and the kernels do the rest, sum for sum as
         # the loops did
@@ -266,32 +280,29 @@ class SessionKNN:
         w_s = self._stan_weights(L)[n_u]
         sim_v, sim_s = kernels.similarities(cur_m, n_u, su, starts, sizes, flat, w_v, w_s, recency, slot)
         for method, sim in (("vsknn", sim_v), ("stan", sim_s)):
-            # each user's k most similar, best first (equal: the newer session)
+            # each user's k most similar, best first (equal: the newer session); their votes,
+            # each (user, item)'s added one after the other from 0.0 in voting order; the head
             pick, bounds = kernels.top_k(sim, sid, su, len(curs), cfg.k)
             if method == "vsknn":
-                items, votes, vb = kernels.vsknn_votes(pick, bounds, sim, starts, sizes, flat)
+                g_ids, g_sum, ub, order, hb = kernels.vsknn_scores(
+                    pick, bounds, sim, starts, sizes, flat, acc, self._head
+                )
             else:
                 seq_starts, lens, seq = _gather(self._items, uniq, inv[pick])
                 decay = self._decay_rows(n_u, int(lens.max()) if len(lens) else 1, L)
-                items, votes, vb = kernels.stan_votes(
-                    bounds, sim[pick], seq, seq_starts, lens, cur_m, n_u, w_s, decay, slot, seen
+                g_ids, g_sum, ub, order, hb = kernels.stan_scores(
+                    bounds, sim[pick], seq, seq_starts, lens, cur_m, n_u, w_s, decay, slot, seen, acc, self._head
                 )
-            # each (user, item)'s votes added one after the other from 0.0, in voting order
-            g_ids, g_sum, ub = kernels.sums_in_first_order(items, votes, vb, slot)
-            order, hb = kernels.heads(g_sum, ub, self._head)
             names = list(map(self._name.__getitem__, g_ids[order].tolist()))
-            best = g_sum[order].tolist()
-            bounds_u, heads_u = ub.tolist(), hb.tolist()
+            res = _Scores(g_ids, g_sum, ub.tolist(), names, g_sum[order].tolist(), hb.tolist())
             for j, (user, now) in enumerate(who):
-                a, b = bounds_u[j], bounds_u[j + 1]
-                c, d = heads_u[j], heads_u[j + 1]
-                out[(user, method, now)] = (g_ids[a:b], g_sum[a:b], names[c:d], best[c:d])
+                out[(user, method, now)] = (res, j)
 
     def _slots(self) -> np.ndarray:
-        """The kernels' two lookups (`slot`, `seen`), one entry per interned item each, all -1
-        between calls (grown by doubling)."""
+        """The kernels' three lookups (`slot`, `seen`, `acc`), one entry per interned item each,
+        all -1 between calls (grown by doubling)."""
         if self._slot.shape[1] < len(self._name):
-            self._slot = np.full((2, max(len(self._name), 2 * self._slot.shape[1], 1024)), -1, np.int32)
+            self._slot = np.full((3, max(len(self._name), 2 * self._slot.shape[1], 1024)), -1, np.int32)
         return self._slot
 
     def _stan_weights(self, L: int) -> np.ndarray:
