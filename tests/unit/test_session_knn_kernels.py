@@ -41,6 +41,23 @@ def test_top_k_equals_the_lexsort(k: int) -> None:
         assert got == lexsort_top_k(sim, sid, su, n_users, k)
 
 
+@pytest.mark.parametrize("k", [20, 100])
+def test_top_k_by_heap_past_the_insertions_budget(k: int) -> None:
+    """Each user's best candidate last (taken first, then every next one goes before all): past
+    k = 32 (the moves a candidate may cost) the insertions give way to the heap, which picks
+    the same."""
+    rng = np.random.default_rng(k)
+    su = np.repeat(np.arange(3), 400)
+    sid = np.concatenate([rng.permutation(1000)[:400] for _ in range(3)]).astype(np.int64)
+    sim = np.concatenate([-np.sort(-rng.integers(1, 50, 400) / 8.0) for _ in range(3)])  # ties too
+    pick, bounds = kernels.top_k(sim, sid, su, 3, k)
+    assert [pick[bounds[u] : bounds[u + 1]].tolist() for u in range(3)] == lexsort_top_k(sim, sid, su, 3, k)
+    cands = np.arange(400, 800)
+    out = np.empty(k, np.int64)
+    ran_out = kernels._insert_best(cands, k, sim, sid, out, 0, 32) == -1  # noqa: SLF001
+    assert ran_out == (k > 32)
+
+
 @pytest.mark.parametrize("sample", [0, 1, 5, 40, 500])
 def test_candidates_equal_the_union_the_lexsort_and_math_exp(sample: int) -> None:
     """Each user's candidates: the union of its current items' sessions but its own, of more
