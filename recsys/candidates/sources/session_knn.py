@@ -54,6 +54,7 @@ class _Scores(NamedTuple):
 
 
 _NONE = _Scores(np.zeros(0, np.int64), np.zeros(0), [0, 0], [], [], [0, 0])  # a user with no current session
+_NO_SESSIONS: dict[int, None] = {}  # an item none of whose sessions is left (never changed)
 _HEAD, _MAX_HEAD = 32, 256  # the head's length: at first, at most
 
 
@@ -236,17 +237,15 @@ class SessionKNN:
         if not curs:
             return
         # the batch's current items' latest `sample` sessions each: users share many of the
-        # items and most of the sessions, so each is read out of the dicts once (`uniq`; `inv`:
+        # items and most of the sessions, so each is read out of the dicts once (`uniq`; `entry`:
         # each entry's index in it) and the kernel makes each user's candidates of them
         cur_items = list(dict.fromkeys(chain.from_iterable(curs)))
-        ses: list[int] = []
-        ib = [0]
-        for it in cur_items:
-            by = self._by_item.get(it)
-            if by:
-                ses += by if len(by) <= cfg.sample else islice(reversed(by), cfg.sample)
-            ib.append(len(ses))
-        uniq, entry = np.unique(np.array(ses, np.int64), return_inverse=True)
+        by_item, sample = self._by_item, cfg.sample
+        bys: list[dict[int, None] | list[int]] = [by_item.get(it, _NO_SESSIONS) for it in cur_items]
+        bys = [by if len(by) <= sample else list(islice(reversed(by), sample)) for by in bys]
+        ib = np.zeros(len(bys) + 1, np.int64)
+        np.cumsum(np.fromiter(map(len, bys), np.int64, len(bys)), out=ib[1:])
+        uniq, entry = np.unique(np.fromiter(chain.from_iterable(bys), np.int64, ib[-1]), return_inverse=True)
         last = np.fromiter(map(self._last.__getitem__, uniq.tolist()), np.int64, len(uniq))
         # users' current sessions (row j: user j's n_u[j] items, then -1s)
         n_u = np.fromiter(map(len, curs), np.int64, len(curs))
@@ -262,7 +261,7 @@ class SessionKNN:
             cur_m,
             n_u,
             np.array(cur_items, np.int64),
-            np.array(ib, np.int64),
+            ib,
             entry,
             uniq,
             last,
