@@ -14,7 +14,7 @@ last bit, in the same insertion order:
 * every exp is the C library's `exp`, which math.exp calls too: in a table computed in Python,
   or (`candidates`) in the kernel, whose math.exp numba compiles to that same call.
 
-The lookups (`slot`, `seen`: one int32 per interned item) must be all -1 on entry; each kernel
+The lookups (`slot`, `seen`, `acc`: one int32 per interned item) must be all -1 on entry; each kernel
 leaves them so (it resets the entries it set), so no call clears a catalogue-sized array.
 Bounds are not checked: item ids index them, so they must hold every interned item.
 """
