@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import repeat
+
+import numpy as np
 
 _REBASE = 512.0  # rescale when the newest event is this many half-lives past t₀
 _CANDIDATES = 128  # items kept ranked between full passes (top asks for n + 64 in the worker)
@@ -93,6 +95,16 @@ class RecentPopularity:
             return [0.0 for _ in items]
         f = 2.0 ** ((self._t0 - now) * self._per_ms)
         return [c * f if c else 0.0 for c in map(self._c.get, items, repeat(0.0))]
+
+    def counts_array(self, items: Sequence[str], now: int | None = None) -> np.ndarray:
+        """`counts(items, now)` as a float64 array: the same products, in numpy."""
+        now = self.last_ts if now is None else now
+        out = np.zeros(len(items))
+        if self._t0 is None or now is None:  # nothing counted yet
+            return out
+        f = 2.0 ** ((self._t0 - now) * self._per_ms)
+        c = np.fromiter(map(self._c.get, items, repeat(0.0)), np.float64, len(items))
+        return np.multiply(c, f, out=out, where=c != 0.0)
 
     def top(self, n: int, exclude: Iterable[str] = ()) -> list[str]:
         """The `n` items with the highest decayed counts, best first, minus `exclude` (ties:

@@ -39,6 +39,20 @@ def test_out_of_order_events_are_exact_and_ties_go_to_the_first_counted():
     assert rp.top(2) == ["x", "y"]  # tie: x was counted first
 
 
+def test_counts_array_is_counts_to_the_last_bit():
+    rng = np.random.default_rng(3)
+    empty = RecentPopularity(half_life_s=3600)
+    assert empty.counts_array(["a"]).tolist() == [0.0]
+    for half_life in (3600, None):
+        rp = RecentPopularity(half_life_s=half_life)
+        for _ in range(300):
+            rp.add(f"i{rng.integers(60)}", T0 + int(rng.integers(0, 30 * H)))
+        items = [f"i{k}" for k in range(80)]  # some never counted
+        for now in (None, T0 + 40 * H, T0 - H):
+            want = np.array(rp.counts(items, now))
+            assert np.array_equal(rp.counts_array(items, now).view(np.int64), want.view(np.int64))
+
+
 def test_no_decay_is_plain_counts_and_rebase_keeps_the_ranking():
     rp = RecentPopularity(half_life_s=None)
     for item, n in (("a", 3), ("b", 5), ("c", 1)):
