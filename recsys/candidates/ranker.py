@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, islice, repeat
+from itertools import chain, filterfalse, islice, repeat
 from typing import Any
 
+import numba
 import numpy as np
 
 from recsys.candidates.native import NativeForest, compile_forest
@@ -62,6 +63,32 @@ FEATURES = (
 )
 _RANK_ABSENT = 1000.0
 _NEVER = np.iinfo(np.int64).min  # an item's last-seen time when it was never seen
+_EMPTY: Mapping[str, float] = {}
+_POP = SOURCE_NAMES.index("popularity")
+_TABLE = 1 << 22  # entries of a batch's (row, item) table at most (32 MB)
+_DICT_SOURCES = SOURCE_NAMES[1:_POP] + SOURCE_NAMES[_POP + 1 :]  # the sources a Context holds
+# the maps of a Context read from their side, by their column after the sources' and n_sources:
+# own values, touch times, the co-visitation and "viewed next" rows of the query and of the move
+# before it, moves ago (from `history`)
+_MAPS = (1, 2, 10, 11, 15, 16, 17)
+
+
+def _njit(fn: Any) -> Any:
+    """numba.njit, its machine code cached on disk where numba finds a writable place."""
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(fn)
+
+
+@_njit
+def _log1p(x: np.ndarray) -> np.ndarray:
+    """math.log1p of each element: numba calls the C library's log1p, as math.log1p does (numpy's
+    log1p may be another implementation, with other last bits)."""
+    out = np.empty(len(x))
+    for j in range(len(x)):
+        out[j] = math.log1p(x[j])
+    return out
 
 
 class FeatureMismatch(ValueError):
@@ -178,6 +205,31 @@ def trim(scores: Mapping[str, float], n: int, banned: set[str]) -> dict[str, flo
     return {i: scores[i] for i in top_items(scores, n, banned)}
 
 
+class _Places:
+    """Where each (row, item) pair of a batch's candidates sits (items as codes 0..n_codes-1, rows
+    ascending, a pair at most once): a dense table of rows × codes, built for a block of rows at
+    a time when the whole would pass _TABLE entries."""
+
+    def __init__(self, rows: np.ndarray, codes: np.ndarray, n_rows: int, n_codes: int):
+        self.rows, self.codes, self.n_rows, self.n_codes = rows, codes, n_rows, n_codes
+
+    def find(self, rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """The candidate (index in the batch) of each (row, code), -1 where the row has none;
+        `rows` ascending."""
+        out = np.full(len(rows), -1, np.intp)
+        n_codes = self.n_codes
+        step = max(1, _TABLE // max(n_codes, 1))
+        for r0 in range(0, self.n_rows, step):
+            r1 = min(r0 + step, self.n_rows)
+            q0, q1 = np.searchsorted(rows, (r0, r1)).tolist()
+            if q1 > q0:
+                c0, c1 = np.searchsorted(self.rows, (r0, r1)).tolist()
+                table = np.full((r1 - r0) * n_codes, -1, np.intp)
+                table[(self.rows[c0:c1] - r0) * n_codes + self.codes[c0:c1]] = np.arange(c0, c1)
+                out[q0:q1] = table[(rows[q0:q1] - r0) * n_codes + codes[q0:q1]]
+        return out
+
+
 class Features:
     """Builds candidates and their feature rows against one model."""
 
@@ -208,75 +260,66 @@ class Features:
     ) -> list[tuple[list[str], np.ndarray]]:
         """`candidates` of a batch of lists: row j's items and features (rows of one matrix).
 
-        The per-item work of a batch is done once for all its rows: each source's columns are
-        filled with one assignment over every row's candidates, the item counters (popularity,
-        last seen, the model's index) are read once per distinct item of the batch; a row's own
-        items and the query's co-visitation rows are looked up from their side (a few items)
-        rather than by asking every candidate. The cosine columns stay one product per row: a
-        product's rounding can depend on how many rows it covers."""
+        The per-item work of a batch is done once for all its rows: the batch's distinct items
+        get codes, and the item counters (popularity, last seen, the model's index) are read once
+        per code; every source list of every row, and every key of a row's maps (own items, the
+        co-visitation rows, its path: a few items, looked up from their side rather than by asking
+        every candidate), finds its candidate in one table of (row, code), and each column is
+        filled with one assignment. The cosine columns stay one product per row: a product's
+        rounding can depend on how many rows it covers."""
         cfg = self.cfg
         n_src = len(SOURCE_NAMES)
-        # per source, over the batch: candidate row, score, rank, the row's divisor of `rel`
-        s_rows: list[list[int]] = [[] for _ in range(n_src)]
-        s_vals: list[list[float]] = [[] for _ in range(n_src)]
-        s_ranks: list[list[int]] = [[] for _ in range(n_src)]
-        s_divs: list[list[float]] = [[] for _ in range(n_src)]
+        per_source, n_pop = cfg.per_source, cfg.pop_candidates
+        pop_scores = [1.0 / (1 + r) for r in range(n_pop)]
         every: list[str] = []  # every row's candidates, one after the other
         bounds = [0]
-        own_rows: list[int] = []
-        own_vals: list[float] = []
-        touch_rows: list[int] = []
-        touch_vals: list[float] = []
-        # the rows of the item on screen and of the move before it, by their column after the
-        # sources' (co-visitation and "viewed next" of each): candidate row, share
-        row_cols: dict[int, tuple[list[int], list[float]]] = {k: ([], []) for k in (10, 11, 15, 16)}
+        # each row's source lists (by column: items, scores) and the maps looked up from their
+        # side (_MAPS); every list's length
+        e_items: list[Iterable[str]] = []
+        e_vals: list[Iterable[float]] = []
+        e_lens: list[int] = []
+        maps: list[Mapping[str, float]] = []
+        m_lens: list[int] = []
         user_consts: list[tuple[float, ...]] = []
         qcat_rows: list[int] = []
         rcat_rows: list[int] = []
         rcat_vals: list[float] = []
-        mv_rows: list[int] = []
-        mv_vals: list[float] = []
         for ctx, system, popular in zip(ctxs, systems, populars, strict=True):
-            banned = ctx.banned
-            sys_items = [i for i in system[0] if i not in banned]
+            banned, sources = ctx.banned, ctx.sources
             sys_scores = dict(zip(system[0], system[1], strict=False))
-            lists: list[tuple[list[str], list[float]]] = [(sys_items, [sys_scores[i] for i in sys_items])]
-            for s in SOURCE_NAMES[1:]:  # after the system's, in their columns' order
-                d = ctx.sources.get(s, {})
-                if s == "popularity":
-                    top = list(islice((i for i in popular if i not in banned), cfg.pop_candidates))
-                    lists.append((top, [1.0 / (1 + r) for r in range(len(top))]))
-                elif ctx.trimmed and len(d) <= cfg.per_source:  # its own top_items (sorted, none banned)
-                    lists.append((list(d), list(d.values())))
-                else:
-                    top = top_items(d, cfg.per_source, banned)
-                    lists.append((top, [d[i] for i in top]))
-            items = list(dict.fromkeys(chain.from_iterable(its for its, _ in lists)))  # first place kept
+            if len(sys_scores) == len(system[0]) and banned.isdisjoint(sys_scores):  # distinct, none banned
+                its: list[Any] = [sys_scores]
+                scs: list[Any] = [sys_scores.values()]
+            else:
+                top = [i for i in system[0] if i not in banned]
+                its, scs = [top], [[sys_scores[i] for i in top]]
+            ds = list(map(sources.get, _DICT_SOURCES, repeat(_EMPTY)))
+            if not ctx.trimmed or max(map(len, ds)) > per_source:  # some are not their own top_items yet
+                ds = [d if ctx.trimmed and len(d) <= per_source else trim(d, per_source, banned) for d in ds]
+            its += ds
+            scs += [d.values() for d in ds]
+            top = list(islice(filterfalse(banned.__contains__, popular), n_pop))
+            its.insert(_POP, top)
+            scs.insert(_POP, pop_scores[: len(top)])
+            items = dict.fromkeys(chain.from_iterable(its))  # first place kept
             base = len(every)
             every += items
             bounds.append(len(every))
-            pos = dict(zip(items, range(base, base + len(items)), strict=True))
-            for k, (its, scs) in enumerate(lists):
-                if its:
-                    s_rows[k] += map(pos.__getitem__, its)
-                    s_vals[k] += scs
-                    s_ranks[k] += range(1, len(its) + 1)
-                    s_divs[k] += [max(scs) or 1.0] * len(its)
-            values, touched, now = ctx.values, ctx.touched, ctx.now
-            # the items both sides hold, in any order: each sets its own row of X
-            hits = values.keys() & pos.keys()
-            own_rows += map(pos.__getitem__, hits)
-            own_vals += map(values.__getitem__, hits)
-            hits = touched.keys() & pos.keys()
-            touch_rows += map(pos.__getitem__, hits)
-            touch_vals += [math.log1p(max(now - touched[i], 0) / 60_000.0) for i in hits]
-            for row, (rows, vals) in zip(
-                (ctx.covisit_query, ctx.next_query, ctx.covisit_prev, ctx.next_prev), row_cols.values(), strict=True
-            ):
-                if row:
-                    hits = row.keys() & pos.keys()
-                    rows += map(pos.__getitem__, hits)
-                    vals += map(row.__getitem__, hits)
+            e_items += its
+            e_vals += scs
+            e_lens += map(len, its)
+            values, touched, h = ctx.values, ctx.touched, ctx.history
+            row_maps: tuple[Mapping[str, float], ...] = (
+                values if len(values) <= len(items) else {i: values[i] for i in values.keys() & items.keys()},
+                touched if len(touched) <= len(items) else {i: touched[i] for i in touched.keys() & items.keys()},
+                ctx.covisit_query,
+                ctx.next_query,
+                ctx.covisit_prev,
+                ctx.next_prev,
+                dict(zip(h, range(len(h) - 1, -1, -1), strict=True)),  # moves ago: the latest move wins
+            )
+            maps += row_maps
+            m_lens += map(len, row_maps)
             gap = math.log1p(ctx.prev_gap_s) if ctx.prev_gap_s >= 0 else -1.0
             user_consts.append(
                 (
@@ -287,12 +330,6 @@ class Features:
                     math.log1p(ctx.query_totals[1]),
                 )
             )
-            moves: dict[str, int] = {}
-            for ago, i in enumerate(reversed(ctx.history)):
-                if i in pos and i not in moves:
-                    moves[i] = ago
-            mv_rows += map(pos.__getitem__, moves)
-            mv_vals += moves.values()
             if ctx.recent_categories:
                 cat_of, weight = ctx.category, {c: 0.5**j for j, c in enumerate(ctx.recent_categories)}
                 qc = cat_of.get(ctx.query) if ctx.query is not None else None
@@ -307,74 +344,103 @@ class Features:
                             rcat_vals.append(w)
         n = len(every)
         X = np.zeros((n, len(FEATURES)), np.float32)
-        if n:
-            col = 0
-            sels = []
-            for k in range(n_src):
-                X[:, col + 1] = _RANK_ABSENT
-                if s_rows[k]:
-                    sel = np.array(s_rows[k], np.intp)
-                    # float64: a float32 score divided in float64 and rounded to float32 is the
-                    # float32 quotient (double has more than twice float's precision)
-                    v = np.array(s_vals[k], np.float64)
-                    X[sel, col] = v
-                    X[sel, col + 1] = s_ranks[k]
-                    X[sel, col + 2] = v / np.array(s_divs[k], np.float64)
-                    sels.append(sel)
-                col += 3
-            if sels:  # how many sources list each row
-                X[:, col] = np.bincount(np.concatenate(sels), minlength=n)
-            col += 1
-            X[own_rows, col] = 1.0
-            X[own_rows, col + 1] = own_vals
-            X[:, col + 2] = 20.0
-            X[touch_rows, col + 2] = touch_vals
-            sizes = np.diff(bounds)
-            consts = np.array(user_consts, np.float64).reshape(-1, 5)
-            X[:, col + 3] = np.repeat(consts[:, 0], sizes)
-            X[:, col + 4] = np.repeat(consts[:, 1], sizes)
-            # item counters and model rows: once per distinct item of the batch
-            uniq = list(dict.fromkeys(every))
-            code = dict(zip(uniq, range(len(uniq)), strict=True))
-            at = np.fromiter(map(code.__getitem__, every), np.intp, n)
-            t_stats = stats.pop.last_ts
-            X[:, col + 5] = np.fromiter(map(math.log1p, stats.pop.counts(uniq, t_stats)), np.float64, len(uniq))[at]
-            # minutes since last seen: the same int and float operations as
-            # log1p(max(now - seen, 0) / 60_000.0) item by item, math.log1p's values; never seen: 20
-            last = np.fromiter(map(stats.last_seen.get, uniq, repeat(_NEVER)), np.int64, len(uniq))
-            seen = last != _NEVER
-            gone = np.full(len(uniq), 20.0)
-            mins = np.maximum(stats.now - last[seen], 0) / 60_000.0
-            gone[seen] = np.fromiter(map(math.log1p, mins.tolist()), np.float64, len(mins))
-            X[:, col + 6] = gone[at]
-            model_rows = np.fromiter(map(self.model.item_index.get, uniq, repeat(-1)), np.int64, len(uniq))[at]
-            idx = self.model.item_index
-            known = model_rows >= 0
-            X[:, col + 7] = known
-            for k, (rows, vals) in row_cols.items():
-                X[rows, col + k] = vals
-            X[:, col + 12] = np.fromiter(map(math.log1p, stats.pop_1h.counts(uniq, t_stats)), np.float64, len(uniq))[at]
-            X[qcat_rows, col + 13] = 1.0
-            X[rcat_rows, col + 14] = rcat_vals
-            X[:, col + 17] = _RANK_ABSENT
-            X[mv_rows, col + 17] = mv_vals
-            X[:, col + 18] = np.repeat(consts[:, 2], sizes)
-            X[:, col + 19] = np.repeat(consts[:, 3], sizes)
-            X[:, col + 20] = np.repeat(consts[:, 4], sizes)
-            for j, (ctx, user_vec) in enumerate(zip(ctxs, user_vecs, strict=True)):
-                b0, b1 = bounds[j], bounds[j + 1]
-                kn = known[b0:b1]
-                if not kn.any():
-                    continue
-                vecs = self._unit[model_rows[b0:b1][kn]]
-                Xj = X[b0:b1]
+        if not n:
+            return [([], X[:0]) for _ in ctxs]
+        n_rows = len(ctxs)
+        sizes = np.diff(bounds)
+        # the batch's distinct items: their counters are read once, and (row, item) -> candidate
+        # is a table lookup instead of a dict per row
+        uniq = list(dict.fromkeys(every))
+        code = dict(zip(uniq, range(len(uniq)), strict=True))
+        at = np.fromiter(map(code.__getitem__, every), np.intp, n)
+        place = _Places(np.repeat(np.arange(n_rows), sizes), at, n_rows, len(uniq))
+        lens = np.array(e_lens, np.intp)
+        n_src_rows = int(lens.sum())
+        rows = place.find(
+            np.repeat(np.arange(n_rows), lens.reshape(n_rows, n_src).sum(1)),
+            np.fromiter(map(code.__getitem__, chain.from_iterable(e_items)), np.intp, n_src_rows),
+        )
+        # float64: a float32 score divided in float64 and rounded to float32 is the float32
+        # quotient (double has more than twice float's precision)
+        v = np.fromiter(chain.from_iterable(e_vals), np.float64, n_src_rows)
+        starts = np.cumsum(lens) - lens
+        cols = np.repeat(np.tile(np.arange(0, 3 * n_src, 3), n_rows), lens)
+        X[:, 1 : 3 * n_src : 3] = _RANK_ABSENT
+        X[rows, cols] = v
+        X[rows, cols + 1] = np.arange(1, len(rows) + 1) - np.repeat(starts, lens)
+        # each list's divisor of `rel`: its best score (1 when that is 0); a NaN among the scores
+        # takes Python's max, which depends on where it is
+        full = np.flatnonzero(lens)
+        best = np.maximum.reduceat(v, starts[full])
+        for j in np.flatnonzero(np.isnan(best)).tolist():
+            best[j] = max(e_vals[full[j]])
+        X[rows, cols + 2] = v / np.repeat(np.where(best == 0.0, 1.0, best), lens[full])
+        col = 3 * n_src
+        X[:, col] = np.bincount(rows, minlength=n)  # how many sources list each row
+        col += 1
+        # the maps' keys that are candidates of their row, by map
+        n_maps = len(_MAPS)
+        m_lens_a = np.array(m_lens, np.intp)
+        n_map_rows = int(m_lens_a.sum())
+        mc = np.fromiter(map(code.get, chain.from_iterable(maps), repeat(-1)), np.intp, n_map_rows)
+        cand = np.full(n_map_rows, -1, np.intp)
+        listed = mc >= 0  # a candidate of some row
+        m_rows = np.repeat(np.arange(n_rows), m_lens_a.reshape(n_rows, n_maps).sum(1))
+        cand[listed] = place.find(m_rows[listed], mc[listed])
+        hit = cand >= 0
+        mid = np.repeat(np.tile(np.arange(n_maps), n_rows), m_lens_a)[hit]
+        mr = cand[hit]
+        mv = np.fromiter(chain.from_iterable(d.values() for d in maps), np.float64, n_map_rows)[hit]
+        X[mr[mid == 0], col] = 1.0
+        X[:, col + 2] = 20.0
+        X[:, col + 17] = _RANK_ABSENT
+        for m, off in enumerate(_MAPS):
+            sel = mid == m
+            if m == 1:
+                # touch times: log1p(max(now - touched, 0) / 60_000.0), in doubles: the same
+                # operations as Python's on int times (exact below 2**53 ms)
+                r = mr[sel]
+                nows = np.repeat(np.array([ctx.now for ctx in ctxs], np.float64), sizes)[r]
+                X[r, col + off] = _log1p(np.maximum(nows - mv[sel], 0.0) / 60_000.0)
+            else:
+                X[mr[sel], col + off] = mv[sel]
+        consts = np.array(user_consts, np.float64).reshape(-1, 5)
+        X[:, [col + 3, col + 4, col + 18, col + 19, col + 20]] = np.repeat(consts, sizes, axis=0)
+        t_stats = stats.pop.last_ts
+        X[:, col + 5] = _log1p(stats.pop.counts_array(uniq, t_stats))[at]
+        # minutes since last seen: the same int and float operations as
+        # log1p(max(now - seen, 0) / 60_000.0) item by item, math.log1p's values; never seen: 20
+        last = np.fromiter(map(stats.last_seen.get, uniq, repeat(_NEVER)), np.int64, len(uniq))
+        seen = last != _NEVER
+        gone = np.full(len(uniq), 20.0)
+        mins = np.maximum(stats.now - last[seen], 0) / 60_000.0
+        gone[seen] = _log1p(mins)
+        X[:, col + 6] = gone[at]
+        idx = self.model.item_index
+        model_rows = np.fromiter(map(idx.get, uniq, repeat(-1)), np.int64, len(uniq))[at]
+        known = model_rows >= 0
+        X[:, col + 7] = known
+        X[:, col + 12] = _log1p(stats.pop_1h.counts_array(uniq, t_stats))[at]
+        X[qcat_rows, col + 13] = 1.0
+        X[rcat_rows, col + 14] = rcat_vals
+        # the cosines: the known candidates' unit vectors gathered once, a product per row
+        unit = self._unit
+        vecs = unit[model_rows[known]]
+        ends = np.concatenate(([0], np.cumsum(known)))[bounds[1:]].tolist()
+        cos = np.zeros((len(vecs), 2))
+        k0 = 0
+        for ctx, user_vec, k1 in zip(ctxs, user_vecs, ends, strict=True):
+            if k1 > k0:
+                vj = vecs[k0:k1]
                 q = idx.get(ctx.query, -1) if ctx.query is not None else -1
                 if q >= 0:
-                    Xj[kn, col + 8] = vecs @ self._unit[q]
+                    cos[k0:k1, 0] = vj @ unit[q]
                 if user_vec is not None:
-                    nu = float(np.linalg.norm(user_vec))
+                    nu = float(np.sqrt(user_vec.dot(user_vec)))  # np.linalg.norm's operations
                     if nu > 0:
-                        Xj[kn, col + 9] = vecs @ (user_vec / nu)
+                        cos[k0:k1, 1] = vj @ (user_vec / nu)
+                k0 = k1
+        X[known, col + 8 : col + 10] = cos
         return [(every[bounds[j] : bounds[j + 1]], X[bounds[j] : bounds[j + 1]]) for j in range(len(ctxs))]
 
 

@@ -126,6 +126,18 @@ def loop_candidates(
 
 @pytest.mark.parametrize("dataset", ["yoochoose", "taobao_small", "rees46_small"])
 def test_batch_features_equal_the_per_item_loops_on_real_data(dataset: str) -> None:
+    _compare_on(dataset)
+
+
+def test_batch_features_equal_the_loops_with_the_row_item_table_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch whose (row, item) table would pass its bound is looked up a block of rows at a time."""
+    import recsys.candidates.ranker as ranker
+
+    monkeypatch.setattr(ranker, "_TABLE", 3000)
+    _compare_on("rees46_small")
+
+
+def _compare_on(dataset: str) -> None:
     events = sorted(load_events(require_dataset(dataset)), key=lambda e: e.ts)[-6000:]
     head, tail = events[: len(events) // 2], events[len(events) // 2 :]
     from recsys.confidence import build_profiles
@@ -207,3 +219,46 @@ def test_path_features_read_the_moves_before_the_item_on_screen() -> None:
     assert np.all(col["prev_gap_log_s"] == np.float32(math.log1p(30.0)))
     # c's rows: c was followed by nothing yet, and co-visited with b (1, backward off: b -> c only)
     assert np.all(col["query_covisit_log_total"] == 0.0) and np.all(col["query_next_log_total"] == 0.0)
+
+
+def test_odd_rows_equal_the_loops() -> None:
+    """Rows the real data rarely holds: a NaN or only zeros among a list's scores (its `rel`
+    divisor is Python's max of them, or 1), a system list with a banned item, a row without
+    candidates, more own items than candidates, an item twice in the path."""
+    from recsys.model.factors import Model
+
+    rng = np.random.default_rng(5)
+    ids = [f"i{k}" for k in range(40)]
+    y = rng.standard_normal((40, 8)).astype(np.float32)
+    model = Model("v", ids, y, y.T @ y, np.ones(40, np.float32), np.ones(40), 0.1)
+    stats = ItemStats()
+    for k in range(200):
+        stats.add(f"i{rng.integers(50)}", 1_000_000 + 1000 * k)
+    nan = float("nan")
+
+    def ctx(user: str, **kw: object) -> Context:
+        base: dict = dict(user=user, now=1_300_000, query="i1", banned={"i1"}, values={}, touched={}, events=3)
+        return Context(**{**base, **kw})  # type: ignore[arg-type]
+
+    many = {f"i{k}": 0.1 * k for k in range(2, 40)}
+    ctxs = [
+        ctx("a", sources={"covisit": {"i2": 1.0, "i3": nan, "i4": 2.0}, "stan": {"i5": 0.0, "i6": 0.0}}),
+        ctx("b", sources={"vsknn": {"i7": nan, "i8": 3.0}}, history=["i9", "i2", "i9", "i1"], values=many),
+        ctx("c", query=None, banned=set()),
+        ctx("d", touched={i: 1_200_000 for i in many}, values=many, covisit_prev={"i3": 0.5, "zz": 1.0}),
+    ]
+    systems: list[tuple[list[str], list[float]]] = [
+        (["i1", "i2", "i10"], [0.9, 0.5, 0.1]),
+        (["i11", "i12"], [nan, 0.2]),
+        ([], []),
+        (["i13", "i13x"], [0.0, 0.0]),
+    ]
+    vecs = [None, y[3] * 2, None, y[5]]
+    popular = [["i1", "i14", "i15"], [], [], ["i16"]]
+    features = Features(model, RankerConfig(per_source=5, pop_candidates=2))
+    got = features.candidates_many(ctxs, systems, vecs, stats, popular)
+    assert len(got[2][0]) == 0 and got[2][1].shape == (0, len(FEATURES))
+    for j, (items, X) in enumerate(got):
+        want_items, want_X = loop_candidates(features, ctxs[j], systems[j], vecs[j], stats, popular[j])
+        assert items == want_items
+        assert np.array_equal(X.view(np.uint32), want_X.view(np.uint32)), j
