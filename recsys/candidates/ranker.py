@@ -205,29 +205,29 @@ def trim(scores: Mapping[str, float], n: int, banned: set[str]) -> dict[str, flo
     return {i: scores[i] for i in top_items(scores, n, banned)}
 
 
-class _Places:
-    """Where each (row, item) pair of a batch's candidates sits (items as codes 0..n_codes-1, rows
-    ascending, a pair at most once): a dense table of rows × codes, built for a block of rows at
-    a time when the whole would pass _TABLE entries."""
-
-    def __init__(self, rows: np.ndarray, codes: np.ndarray, n_rows: int, n_codes: int):
-        self.rows, self.codes, self.n_rows, self.n_codes = rows, codes, n_rows, n_codes
-
-    def find(self, rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """The candidate (index in the batch) of each (row, code), -1 where the row has none;
-        `rows` ascending."""
-        out = np.full(len(rows), -1, np.intp)
-        n_codes = self.n_codes
-        step = max(1, _TABLE // max(n_codes, 1))
-        for r0 in range(0, self.n_rows, step):
-            r1 = min(r0 + step, self.n_rows)
-            q0, q1 = np.searchsorted(rows, (r0, r1)).tolist()
+def _first_places(
+    e_rows: np.ndarray, e_codes: np.ndarray, q_rows: np.ndarray, q_codes: np.ndarray, n_rows: int, n_codes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each entry (row, item code), the index of the first entry of that pair; for each query
+    pair, the same, or -1 where the row has no such entry. Rows ascending in both. A dense table of
+    rows × codes, built for a block of rows at a time when the whole would pass _TABLE entries."""
+    n_e = len(e_rows)
+    first_e = np.empty(n_e, np.intp)
+    first_q = np.full(len(q_rows), -1, np.intp)
+    step = max(1, _TABLE // max(n_codes, 1))
+    for r0 in range(0, n_rows, step):
+        r1 = min(r0 + step, n_rows)
+        e0, e1 = np.searchsorted(e_rows, (r0, r1)).tolist()
+        if e1 > e0:
+            table = np.full((r1 - r0) * n_codes, n_e, np.intp)
+            keys = (e_rows[e0:e1] - r0) * n_codes + e_codes[e0:e1]
+            np.minimum.at(table, keys, np.arange(e0, e1))
+            first_e[e0:e1] = table[keys]
+            q0, q1 = np.searchsorted(q_rows, (r0, r1)).tolist()
             if q1 > q0:
-                c0, c1 = np.searchsorted(self.rows, (r0, r1)).tolist()
-                table = np.full((r1 - r0) * n_codes, -1, np.intp)
-                table[(self.rows[c0:c1] - r0) * n_codes + self.codes[c0:c1]] = np.arange(c0, c1)
-                out[q0:q1] = table[(rows[q0:q1] - r0) * n_codes + codes[q0:q1]]
-        return out
+                f = table[(q_rows[q0:q1] - r0) * n_codes + q_codes[q0:q1]]
+                first_q[q0:q1] = np.where(f < n_e, f, -1)
+    return first_e, first_q
 
 
 class Features:
@@ -262,17 +262,16 @@ class Features:
 
         The per-item work of a batch is done once for all its rows: the batch's distinct items
         get codes, and the item counters (popularity, last seen, the model's index) are read once
-        per code; every source list of every row, and every key of a row's maps (own items, the
-        co-visitation rows, its path: a few items, looked up from their side rather than by asking
-        every candidate), finds its candidate in one table of (row, code), and each column is
-        filled with one assignment. The cosine columns stay one product per row: a product's
-        rounding can depend on how many rows it covers."""
+        per code; one table of (row, code) gives each row's union of its source lists (first
+        places kept) and the candidate of every list entry and of every key of a row's maps (own
+        items, the co-visitation rows, its path: a few items, looked up from their side rather
+        than by asking every candidate); each column is filled with one assignment. The cosine
+        columns stay one product per row: a product's rounding can depend on how many rows it
+        covers."""
         cfg = self.cfg
-        n_src = len(SOURCE_NAMES)
+        n_src, n_maps, n_rows = len(SOURCE_NAMES), len(_MAPS), len(ctxs)
         per_source, n_pop = cfg.per_source, cfg.pop_candidates
         pop_scores = [1.0 / (1 + r) for r in range(n_pop)]
-        every: list[str] = []  # every row's candidates, one after the other
-        bounds = [0]
         # each row's source lists (by column: items, scores) and the maps looked up from their
         # side (_MAPS); every list's length
         e_items: list[Iterable[str]] = []
@@ -281,9 +280,6 @@ class Features:
         maps: list[Mapping[str, float]] = []
         m_lens: list[int] = []
         user_consts: list[tuple[float, ...]] = []
-        qcat_rows: list[int] = []
-        rcat_rows: list[int] = []
-        rcat_vals: list[float] = []
         for ctx, system, popular in zip(ctxs, systems, populars, strict=True):
             banned, sources = ctx.banned, ctx.sources
             sys_scores = dict(zip(system[0], system[1], strict=False))
@@ -301,17 +297,17 @@ class Features:
             top = list(islice(filterfalse(banned.__contains__, popular), n_pop))
             its.insert(_POP, top)
             scs.insert(_POP, pop_scores[: len(top)])
-            items = dict.fromkeys(chain.from_iterable(its))  # first place kept
-            base = len(every)
-            every += items
-            bounds.append(len(every))
             e_items += its
             e_vals += scs
             e_lens += map(len, its)
             values, touched, h = ctx.values, ctx.touched, ctx.history
+            if len(values) + len(touched) > sum(map(len, its)):  # a long profile: its keys that are candidates
+                items = dict.fromkeys(chain.from_iterable(its))
+                values = {i: values[i] for i in values.keys() & items.keys()}
+                touched = {i: touched[i] for i in touched.keys() & items.keys()}
             row_maps: tuple[Mapping[str, float], ...] = (
-                values if len(values) <= len(items) else {i: values[i] for i in values.keys() & items.keys()},
-                touched if len(touched) <= len(items) else {i: touched[i] for i in touched.keys() & items.keys()},
+                values,
+                touched,
                 ctx.covisit_query,
                 ctx.next_query,
                 ctx.covisit_prev,
@@ -324,50 +320,50 @@ class Features:
             user_consts.append(
                 (
                     math.log1p(ctx.events),
-                    math.log1p(len(values)),
+                    math.log1p(len(ctx.values)),
                     gap,
                     math.log1p(ctx.query_totals[0]),
                     math.log1p(ctx.query_totals[1]),
                 )
             )
-            if ctx.recent_categories:
-                cat_of, weight = ctx.category, {c: 0.5**j for j, c in enumerate(ctx.recent_categories)}
-                qc = cat_of.get(ctx.query) if ctx.query is not None else None
-                for r, i in enumerate(items, base):
-                    c = cat_of.get(i)
-                    if c is not None:
-                        if c == qc:
-                            qcat_rows.append(r)
-                        w = weight.get(c)
-                        if w is not None:
-                            rcat_rows.append(r)
-                            rcat_vals.append(w)
-        n = len(every)
-        X = np.zeros((n, len(FEATURES)), np.float32)
-        if not n:
-            return [([], X[:0]) for _ in ctxs]
-        n_rows = len(ctxs)
-        sizes = np.diff(bounds)
-        # the batch's distinct items: their counters are read once, and (row, item) -> candidate
-        # is a table lookup instead of a dict per row
-        uniq = list(dict.fromkeys(every))
-        code = dict(zip(uniq, range(len(uniq)), strict=True))
-        at = np.fromiter(map(code.__getitem__, every), np.intp, n)
-        place = _Places(np.repeat(np.arange(n_rows), sizes), at, n_rows, len(uniq))
         lens = np.array(e_lens, np.intp)
-        n_src_rows = int(lens.sum())
-        rows = place.find(
-            np.repeat(np.arange(n_rows), lens.reshape(n_rows, n_src).sum(1)),
-            np.fromiter(map(code.__getitem__, chain.from_iterable(e_items)), np.intp, n_src_rows),
-        )
+        n_entries = int(lens.sum())
+        if not n_entries:
+            return [([], np.zeros((0, len(FEATURES)), np.float32)) for _ in ctxs]
+        # the batch's distinct items, coded in their first place's order (`last`: an item's last
+        # entry, turned into its code by `code_of`)
+        flat = list(chain.from_iterable(e_items))
+        last = dict(zip(flat, range(n_entries), strict=True))
+        uniq = list(last)
+        code_of = np.empty(n_entries, np.intp)
+        code_of[np.fromiter(last.values(), np.intp, len(uniq))] = np.arange(len(uniq))
+        e_rows = np.repeat(np.arange(n_rows), lens.reshape(n_rows, n_src).sum(1))
+        e_codes = code_of[np.fromiter(map(last.__getitem__, flat), np.intp, n_entries)]
+        m_lens_a = np.array(m_lens, np.intp)
+        n_keys = int(m_lens_a.sum())
+        m_last = np.fromiter(map(last.get, chain.from_iterable(maps), repeat(-1)), np.intp, n_keys)
+        listed = m_last >= 0  # a candidate of some row
+        m_rows = np.repeat(np.arange(n_rows), m_lens_a.reshape(n_rows, n_maps).sum(1))[listed]
+        first, m_first = _first_places(e_rows, e_codes, m_rows, code_of[m_last[listed]], n_rows, len(uniq))
+        # a row's candidates: its entries that come first among their item's, in their order
+        firsts = np.flatnonzero(first == np.arange(n_entries))
+        n = len(firsts)
+        cand_of = np.empty(n_entries, np.intp)
+        cand_of[firsts] = np.arange(n)
+        rows = cand_of[first]  # each entry's candidate
+        every = list(map(flat.__getitem__, firsts.tolist()))
+        at = e_codes[firsts]
+        sizes = np.bincount(e_rows[firsts], minlength=n_rows)
+        bounds = [0, *np.cumsum(sizes).tolist()]
+        X = np.zeros((n, len(FEATURES)), np.float32)
         # float64: a float32 score divided in float64 and rounded to float32 is the float32
         # quotient (double has more than twice float's precision)
-        v = np.fromiter(chain.from_iterable(e_vals), np.float64, n_src_rows)
+        v = np.fromiter(chain.from_iterable(e_vals), np.float64, n_entries)
         starts = np.cumsum(lens) - lens
         cols = np.repeat(np.tile(np.arange(0, 3 * n_src, 3), n_rows), lens)
         X[:, 1 : 3 * n_src : 3] = _RANK_ABSENT
         X[rows, cols] = v
-        X[rows, cols + 1] = np.arange(1, len(rows) + 1) - np.repeat(starts, lens)
+        X[rows, cols + 1] = np.arange(1, n_entries + 1) - np.repeat(starts, lens)
         # each list's divisor of `rel`: its best score (1 when that is 0); a NaN among the scores
         # takes Python's max, which depends on where it is
         full = np.flatnonzero(lens)
@@ -379,18 +375,12 @@ class Features:
         X[:, col] = np.bincount(rows, minlength=n)  # how many sources list each row
         col += 1
         # the maps' keys that are candidates of their row, by map
-        n_maps = len(_MAPS)
-        m_lens_a = np.array(m_lens, np.intp)
-        n_map_rows = int(m_lens_a.sum())
-        mc = np.fromiter(map(code.get, chain.from_iterable(maps), repeat(-1)), np.intp, n_map_rows)
-        cand = np.full(n_map_rows, -1, np.intp)
-        listed = mc >= 0  # a candidate of some row
-        m_rows = np.repeat(np.arange(n_rows), m_lens_a.reshape(n_rows, n_maps).sum(1))
-        cand[listed] = place.find(m_rows[listed], mc[listed])
+        cand = np.full(n_keys, -1, np.intp)
+        cand[listed] = np.where(m_first >= 0, cand_of[m_first], -1)
         hit = cand >= 0
         mid = np.repeat(np.tile(np.arange(n_maps), n_rows), m_lens_a)[hit]
         mr = cand[hit]
-        mv = np.fromiter(chain.from_iterable(d.values() for d in maps), np.float64, n_map_rows)[hit]
+        mv = np.fromiter(chain.from_iterable(d.values() for d in maps), np.float64, n_keys)[hit]
         X[mr[mid == 0], col] = 1.0
         X[:, col + 2] = 20.0
         X[:, col + 17] = _RANK_ABSENT
@@ -406,14 +396,15 @@ class Features:
                 X[mr[sel], col + off] = mv[sel]
         consts = np.array(user_consts, np.float64).reshape(-1, 5)
         X[:, [col + 3, col + 4, col + 18, col + 19, col + 20]] = np.repeat(consts, sizes, axis=0)
+        # the item counters, once per distinct item
         t_stats = stats.pop.last_ts
         X[:, col + 5] = _log1p(stats.pop.counts_array(uniq, t_stats))[at]
         # minutes since last seen: the same int and float operations as
         # log1p(max(now - seen, 0) / 60_000.0) item by item, math.log1p's values; never seen: 20
-        last = np.fromiter(map(stats.last_seen.get, uniq, repeat(_NEVER)), np.int64, len(uniq))
-        seen = last != _NEVER
+        last_seen = np.fromiter(map(stats.last_seen.get, uniq, repeat(_NEVER)), np.int64, len(uniq))
+        seen = last_seen != _NEVER
         gone = np.full(len(uniq), 20.0)
-        mins = np.maximum(stats.now - last[seen], 0) / 60_000.0
+        mins = np.maximum(stats.now - last_seen[seen], 0) / 60_000.0
         gone[seen] = _log1p(mins)
         X[:, col + 6] = gone[at]
         idx = self.model.item_index
@@ -421,6 +412,23 @@ class Features:
         known = model_rows >= 0
         X[:, col + 7] = known
         X[:, col + 12] = _log1p(stats.pop_1h.counts_array(uniq, t_stats))[at]
+        # categories: the query's, and the user's recent ones (halving with each step back)
+        qcat_rows: list[int] = []
+        rcat_rows: list[int] = []
+        rcat_vals: list[float] = []
+        for ctx, b0, b1 in zip(ctxs, bounds, bounds[1:], strict=False):
+            if ctx.recent_categories:
+                cat_of, weight = ctx.category, {c: 0.5**j for j, c in enumerate(ctx.recent_categories)}
+                qc = cat_of.get(ctx.query) if ctx.query is not None else None
+                for r, i in enumerate(every[b0:b1], b0):
+                    c = cat_of.get(i)
+                    if c is not None:
+                        if c == qc:
+                            qcat_rows.append(r)
+                        w = weight.get(c)
+                        if w is not None:
+                            rcat_rows.append(r)
+                            rcat_vals.append(w)
         X[qcat_rows, col + 13] = 1.0
         X[rcat_rows, col + 14] = rcat_vals
         # the cosines: the known candidates' unit vectors gathered once, a product per row
@@ -441,7 +449,7 @@ class Features:
                         cos[k0:k1, 1] = vj @ (user_vec / nu)
                 k0 = k1
         X[known, col + 8 : col + 10] = cos
-        return [(every[bounds[j] : bounds[j + 1]], X[bounds[j] : bounds[j + 1]]) for j in range(len(ctxs))]
+        return [(every[b0:b1], X[b0:b1]) for b0, b1 in zip(bounds, bounds[1:], strict=False)]
 
 
 class Ranker:
