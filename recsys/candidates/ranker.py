@@ -19,7 +19,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, filterfalse, islice, repeat
+from itertools import chain, count, filterfalse, islice, repeat
 from typing import Any
 
 import numba
@@ -63,7 +63,7 @@ FEATURES = (
 )
 _RANK_ABSENT = 1000.0
 _NEVER = np.iinfo(np.int64).min  # an item's last-seen time when it was never seen
-_EMPTY: Mapping[str, float] = {}
+_EMPTY: dict[str, float] = {}
 _POP = SOURCE_NAMES.index("popularity")
 _TABLE = 1 << 22  # entries of a batch's (row, item) table at most (32 MB)
 _DICT_SOURCES = SOURCE_NAMES[1:_POP] + SOURCE_NAMES[_POP + 1 :]  # the sources a Context holds
@@ -279,7 +279,6 @@ class Features:
         e_lens: list[int] = []
         maps: list[Mapping[str, float]] = []
         m_lens: list[int] = []
-        user_consts: list[tuple[float, ...]] = []
         for ctx, system, popular in zip(ctxs, systems, populars, strict=True):
             banned, sources = ctx.banned, ctx.sources
             sys_scores = dict(zip(system[0], system[1], strict=False))
@@ -293,15 +292,16 @@ class Features:
             if not ctx.trimmed or max(map(len, ds)) > per_source:  # some are not their own top_items yet
                 ds = [d if ctx.trimmed and len(d) <= per_source else trim(d, per_source, banned) for d in ds]
             its += ds
-            scs += [d.values() for d in ds]
+            scs += map(dict.values, ds)
             top = list(islice(filterfalse(banned.__contains__, popular), n_pop))
             its.insert(_POP, top)
             scs.insert(_POP, pop_scores[: len(top)])
             e_items += its
             e_vals += scs
-            e_lens += map(len, its)
+            ls = list(map(len, its))
+            e_lens += ls
             values, touched, h = ctx.values, ctx.touched, ctx.history
-            if len(values) + len(touched) > sum(map(len, its)):  # a long profile: its keys that are candidates
+            if len(values) + len(touched) > sum(ls):  # a long profile: its keys that are candidates
                 items = dict.fromkeys(chain.from_iterable(its))
                 values = {i: values[i] for i in values.keys() & items.keys()}
                 touched = {i: touched[i] for i in touched.keys() & items.keys()}
@@ -316,35 +316,27 @@ class Features:
             )
             maps += row_maps
             m_lens += map(len, row_maps)
-            gap = math.log1p(ctx.prev_gap_s) if ctx.prev_gap_s >= 0 else -1.0
-            user_consts.append(
-                (
-                    math.log1p(ctx.events),
-                    math.log1p(len(ctx.values)),
-                    gap,
-                    math.log1p(ctx.query_totals[0]),
-                    math.log1p(ctx.query_totals[1]),
-                )
-            )
         lens = np.array(e_lens, np.intp)
         n_entries = int(lens.sum())
         if not n_entries:
             return [([], np.zeros((0, len(FEATURES)), np.float32)) for _ in ctxs]
-        # the batch's distinct items, coded in their first place's order (`last`: an item's last
-        # entry, turned into its code by `code_of`)
+        # the batch's distinct items, coded in their first place's order: each entry sets its
+        # item's place (the count at the item's first entry) or reads it, one dict pass; `dense`
+        # turns places into codes
         flat = list(chain.from_iterable(e_items))
-        last = dict(zip(flat, range(n_entries), strict=True))
-        uniq = list(last)
-        code_of = np.empty(n_entries, np.intp)
-        code_of[np.fromiter(last.values(), np.intp, len(uniq))] = np.arange(len(uniq))
+        place: dict[str, int] = {}
+        e_places = np.fromiter(map(place.setdefault, flat, count()), np.intp, n_entries)
+        uniq = list(place)
+        dense = np.empty(n_entries, np.intp)
+        dense[np.fromiter(place.values(), np.intp, len(uniq))] = np.arange(len(uniq))
         e_rows = np.repeat(np.arange(n_rows), lens.reshape(n_rows, n_src).sum(1))
-        e_codes = code_of[np.fromiter(map(last.__getitem__, flat), np.intp, n_entries)]
+        e_codes = dense[e_places]
         m_lens_a = np.array(m_lens, np.intp)
         n_keys = int(m_lens_a.sum())
-        m_last = np.fromiter(map(last.get, chain.from_iterable(maps), repeat(-1)), np.intp, n_keys)
-        listed = m_last >= 0  # a candidate of some row
+        m_places = np.fromiter(map(place.get, chain.from_iterable(maps), repeat(-1)), np.intp, n_keys)
+        listed = m_places >= 0  # a candidate of some row
         m_rows = np.repeat(np.arange(n_rows), m_lens_a.reshape(n_rows, n_maps).sum(1))[listed]
-        first, m_first = _first_places(e_rows, e_codes, m_rows, code_of[m_last[listed]], n_rows, len(uniq))
+        first, m_first = _first_places(e_rows, e_codes, m_rows, dense[m_places[listed]], n_rows, len(uniq))
         # a row's candidates: its entries that come first among their item's, in their order
         firsts = np.flatnonzero(first == np.arange(n_entries))
         n = len(firsts)
@@ -394,24 +386,29 @@ class Features:
                 X[r, col + off] = _log1p(np.maximum(nows - mv[sel], 0.0) / 60_000.0)
             else:
                 X[mr[sel], col + off] = mv[sel]
-        consts = np.array(user_consts, np.float64).reshape(-1, 5)
+        # each row's constants: log1p of its events, own items, seconds since the move before the
+        # query (-1: none) and the query's row totals
+        user = np.array([(c.events, len(c.values), c.prev_gap_s, *c.query_totals) for c in ctxs], np.float64)
+        consts = _log1p(user.ravel()).reshape(-1, 5)
+        consts[:, 2] = np.where(user[:, 2] >= 0, consts[:, 2], -1.0)
         X[:, [col + 3, col + 4, col + 18, col + 19, col + 20]] = np.repeat(consts, sizes, axis=0)
-        # the item counters, once per distinct item
+        # the item counters, once per distinct item: popularity, minutes since last seen (the
+        # same int and float operations as log1p(max(now - seen, 0) / 60_000.0) item by item,
+        # math.log1p's values; never seen: 20), in the model, popularity of the last hour
         t_stats = stats.pop.last_ts
-        X[:, col + 5] = _log1p(stats.pop.counts_array(uniq, t_stats))[at]
-        # minutes since last seen: the same int and float operations as
-        # log1p(max(now - seen, 0) / 60_000.0) item by item, math.log1p's values; never seen: 20
+        counters = np.empty((len(uniq), 4))
+        counters[:, 0] = _log1p(stats.pop.counts_array(uniq, t_stats))
         last_seen = np.fromiter(map(stats.last_seen.get, uniq, repeat(_NEVER)), np.int64, len(uniq))
         seen = last_seen != _NEVER
-        gone = np.full(len(uniq), 20.0)
-        mins = np.maximum(stats.now - last_seen[seen], 0) / 60_000.0
-        gone[seen] = _log1p(mins)
-        X[:, col + 6] = gone[at]
+        counters[:, 1] = 20.0
+        counters[seen, 1] = _log1p(np.maximum(stats.now - last_seen[seen], 0) / 60_000.0)
         idx = self.model.item_index
-        model_rows = np.fromiter(map(idx.get, uniq, repeat(-1)), np.int64, len(uniq))[at]
+        model_rows = np.fromiter(map(idx.get, uniq, repeat(-1)), np.int64, len(uniq))
+        counters[:, 2] = model_rows >= 0
+        counters[:, 3] = _log1p(stats.pop_1h.counts_array(uniq, t_stats))
+        X[:, [col + 5, col + 6, col + 7, col + 12]] = counters[at]
+        model_rows = model_rows[at]
         known = model_rows >= 0
-        X[:, col + 7] = known
-        X[:, col + 12] = _log1p(stats.pop_1h.counts_array(uniq, t_stats))[at]
         # categories: the query's, and the user's recent ones (halving with each step back)
         qcat_rows: list[int] = []
         rcat_rows: list[int] = []
@@ -435,20 +432,21 @@ class Features:
         unit = self._unit
         vecs = unit[model_rows[known]]
         ends = np.concatenate(([0], np.cumsum(known)))[bounds[1:]].tolist()
-        cos = np.zeros((len(vecs), 2))
+        cos_q, cos_u = np.zeros(len(vecs)), np.zeros(len(vecs))
         k0 = 0
         for ctx, user_vec, k1 in zip(ctxs, user_vecs, ends, strict=True):
             if k1 > k0:
                 vj = vecs[k0:k1]
                 q = idx.get(ctx.query, -1) if ctx.query is not None else -1
                 if q >= 0:
-                    cos[k0:k1, 0] = vj @ unit[q]
+                    cos_q[k0:k1] = vj @ unit[q]
                 if user_vec is not None:
                     nu = float(np.sqrt(user_vec.dot(user_vec)))  # np.linalg.norm's operations
                     if nu > 0:
-                        cos[k0:k1, 1] = vj @ (user_vec / nu)
+                        cos_u[k0:k1] = vj @ (user_vec / nu)
                 k0 = k1
-        X[known, col + 8 : col + 10] = cos
+        X[known, col + 8] = cos_q
+        X[known, col + 9] = cos_u
         return [(every[b0:b1], X[b0:b1]) for b0, b1 in zip(bounds, bounds[1:], strict=False)]
 
 
