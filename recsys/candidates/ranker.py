@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, count, filterfalse, islice, repeat
@@ -160,20 +161,51 @@ class RankerConfig:
 
 
 class ItemStats:
-    """Stream-wide item counters the features read: decayed popularity and last-seen time."""
+    """Stream-wide item counters the features read: decayed popularity and last-seen time.
+
+    Each counted item has a slot (`slot`, in the order items were first counted) in arrays the
+    features gather from: its last-seen time, and its row in the model asked for last (`rows_in`),
+    so that a batch looks an item up in one dict for both."""
 
     def __init__(self, half_life_s: float = 8 * 3600.0):
         self.pop = RecentPopularity(half_life_s)
         self.pop_1h = RecentPopularity(3600.0)
-        self.last_seen: dict[str, int] = {}
+        self.slot: dict[str, int] = {}
+        self._items: list[str] = []
+        self._seen = array("q")  # each slot's last-seen time (_NEVER: no time above -1 yet)
+        self._index: Mapping[str, int] | None = None
+        self._rows = array("q")  # each slot's row in `_index` (-1: none), for the slots so far
         self.now = 0
 
     def add(self, item: str, ts: int) -> None:
         self.pop.add(item, ts)
         self.pop_1h.add(item, ts)
-        if ts > self.last_seen.get(item, -1):
-            self.last_seen[item] = ts
+        s = self.slot.get(item)
+        if s is None:
+            s = self.slot[item] = len(self._items)
+            self._items.append(item)
+            self._seen.append(_NEVER)
+        if ts > self._seen[s] and ts > -1:
+            self._seen[s] = ts
         self.now = max(self.now, ts)
+
+    def last_seen(self, item: str) -> int | None:
+        """When `item` was last seen (None: never, or only at times below 0)."""
+        s = self.slot.get(item)
+        return None if s is None or self._seen[s] == _NEVER else self._seen[s]
+
+    def last_seen_at(self, slots: np.ndarray) -> np.ndarray:
+        """`last_seen` of slots (_NEVER: never)."""
+        return np.frombuffer(self._seen, np.int64)[slots]
+
+    def rows_in(self, index: Mapping[str, int], slots: np.ndarray) -> np.ndarray:
+        """The row in `index` (a model's item index; -1: none) of each slot's item. The rows are
+        kept for the index asked for last and extended as items are counted."""
+        if index is not self._index:
+            self._index, self._rows = index, array("q")
+        if len(self._rows) < len(self._items):
+            self._rows.extend(map(index.get, islice(self._items, len(self._rows), None), repeat(-1)))
+        return np.frombuffer(self._rows, np.int64)[slots]
 
 
 @dataclass
@@ -398,16 +430,22 @@ class Features:
         t_stats = stats.pop.last_ts
         counters = np.empty((len(uniq), 4))
         counters[:, 0] = _log1p(stats.pop.counts_array(uniq, t_stats))
-        last_seen = np.fromiter(map(stats.last_seen.get, uniq, repeat(_NEVER)), np.int64, len(uniq))
+        slots = np.fromiter(map(stats.slot.get, uniq, repeat(-1)), np.intp, len(uniq))
+        counted = np.flatnonzero(slots >= 0)
+        last_seen = np.full(len(uniq), _NEVER, np.int64)
+        last_seen[counted] = stats.last_seen_at(slots[counted])
         seen = last_seen != _NEVER
         counters[:, 1] = 20.0
         counters[seen, 1] = _log1p(np.maximum(stats.now - last_seen[seen], 0) / 60_000.0)
         idx = self.model.item_index
-        model_rows = np.fromiter(map(idx.get, uniq, repeat(-1)), np.int64, len(uniq))
-        counters[:, 2] = model_rows >= 0
+        rows_u = np.empty(len(uniq), np.int64)
+        rows_u[counted] = stats.rows_in(idx, slots[counted])
+        rest = np.flatnonzero(slots < 0)  # never counted: looked up in the model's index
+        rows_u[rest] = np.fromiter(map(idx.get, map(uniq.__getitem__, rest.tolist()), repeat(-1)), np.int64, len(rest))
+        counters[:, 2] = rows_u >= 0
         counters[:, 3] = _log1p(stats.pop_1h.counts_array(uniq, t_stats))
         X[:, [col + 5, col + 6, col + 7, col + 12]] = counters[at]
-        model_rows = model_rows[at]
+        model_rows = rows_u[at]
         known = model_rows >= 0
         # categories: the query's, and the user's recent ones (halving with each step back)
         qcat_rows: list[int] = []

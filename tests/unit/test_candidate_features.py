@@ -86,7 +86,7 @@ def loop_candidates(
     X[:, col + 4] = math.log1p(len(ctx.values))
     t_stats = stats.pop.last_ts
     X[:, col + 5] = list(map(math.log1p, stats.pop.counts(items, t_stats)))
-    seen = stats.last_seen
+    seen = {i: t for i in items if (t := stats.last_seen(i)) is not None}
     X[:, col + 6] = [math.log1p(max(stats.now - seen[i], 0) / 60_000.0) if i in seen else 20.0 for i in items]
     idx = f.model.item_index
     rows = np.array([idx.get(i, -1) for i in items], np.int64)
@@ -262,3 +262,21 @@ def test_odd_rows_equal_the_loops() -> None:
         want_items, want_X = loop_candidates(features, ctxs[j], systems[j], vecs[j], stats, popular[j])
         assert items == want_items
         assert np.array_equal(X.view(np.uint32), want_X.view(np.uint32)), j
+
+
+def test_item_stats_last_seen_and_model_rows_by_slot() -> None:
+    """An item's last-seen time is its latest above -1 (out-of-order events too); its model row
+    follows the index asked for, extended as items are counted and rebuilt for another index."""
+    stats = ItemStats()
+    for item, ts in (("a", 5), ("b", -3), ("a", 2), ("c", 0), ("a", 9), ("b", 4)):
+        stats.add(item, ts)
+    assert [stats.last_seen(i) for i in "abcz"] == [9, 4, 0, None]
+    stats.add("d", -7)
+    assert stats.last_seen("d") is None and stats.now == 9
+    slots = np.array([stats.slot[i] for i in "dcba"])
+    assert stats.last_seen_at(slots).tolist() == [np.iinfo(np.int64).min, 0, 4, 9]
+    first = {"a": 0, "c": 1}
+    assert stats.rows_in(first, slots).tolist() == [-1, 1, -1, 0]
+    stats.add("e", 10)
+    assert stats.rows_in(first, np.array([stats.slot["e"], stats.slot["a"]])).tolist() == [-1, 0]
+    assert stats.rows_in({"e": 3, "d": 2}, slots).tolist() == [2, -1, -1, -1]
