@@ -55,12 +55,16 @@ class RecentPopularity:
         self._seq: dict[str, int] = {}  # first-counted order, to break ties as `_c` does
         self._next_seq = 0
         self.last_ts: int | None = None
+        # bumped whenever stored counts change other than by `add` on one item (a rebase, a trim):
+        # what a copy of some stored counts (`stored`, `add`'s value) needs to know
+        self.generation = 0
 
     def __len__(self) -> int:
         return len(self._c)
 
-    def add(self, item: str, ts: int, weight: float = 1.0) -> None:
-        """Count one event on `item` at event time `ts` (ms since the epoch)."""
+    def add(self, item: str, ts: int, weight: float = 1.0) -> float:
+        """Count one event on `item` at event time `ts` (ms since the epoch); returns the item's
+        stored count (see `stored`)."""
         if self._t0 is None:
             self._t0 = ts
         elif (ts - self._t0) * self._per_ms > _REBASE:
@@ -79,6 +83,8 @@ class RecentPopularity:
             self._c = {i: v for i, v in self._c.items() if i in keep}  # first-counted order kept
             self._seq = {i: q for i, q in self._seq.items() if i in keep}
             self._cand = None
+            self.generation += 1
+        return c
 
     def update(self, events: Iterable[tuple[str, int]]) -> None:
         for item, ts in events:
@@ -98,13 +104,22 @@ class RecentPopularity:
 
     def counts_array(self, items: Sequence[str], now: int | None = None) -> np.ndarray:
         """`counts(items, now)` as a float64 array: the same products, in numpy."""
+        return self.scaled(self.stored(items), now)
+
+    def stored(self, items: Sequence[str]) -> np.ndarray:
+        """The stored counts of `items` (0: not counted), scaled to the reference time: `scaled`
+        turns them into counts at a time."""
+        return np.fromiter(map(self._c.get, items, repeat(0.0)), np.float64, len(items))
+
+    def scaled(self, stored: np.ndarray, now: int | None = None) -> np.ndarray:
+        """Counts at `now` (ms; default: the latest event time seen) of stored counts taken since
+        the last change of `generation`: `counts`' products."""
         now = self.last_ts if now is None else now
-        out = np.zeros(len(items))
+        out = np.zeros(len(stored))
         if self._t0 is None or now is None:  # nothing counted yet
             return out
         f = 2.0 ** ((self._t0 - now) * self._per_ms)
-        c = np.fromiter(map(self._c.get, items, repeat(0.0)), np.float64, len(items))
-        return np.multiply(c, f, out=out, where=c != 0.0)
+        return np.multiply(stored, f, out=out, where=stored != 0.0)
 
     def top(self, n: int, exclude: Iterable[str] = ()) -> list[str]:
         """The `n` items with the highest decayed counts, best first, minus `exclude` (ties:
@@ -140,3 +155,4 @@ class RecentPopularity:
         self._seq = {i: q for i, q in self._seq.items() if i in self._c}
         self._t0 = ts
         self._cand = None
+        self.generation += 1

@@ -53,6 +53,22 @@ def test_counts_array_is_counts_to_the_last_bit():
             assert np.array_equal(rp.counts_array(items, now).view(np.int64), want.view(np.int64))
 
 
+def test_add_returns_the_stored_count_and_generation_marks_rebases_and_trims():
+    rp = RecentPopularity(half_life_s=1.0, max_items=2)
+    c = rp.add("a", T0)
+    assert rp.stored(["a", "b"]).tolist() == [c, 0.0] and rp.generation == 0
+    assert rp.scaled(rp.stored(["a"]))[0] == rp.count("a")
+    rp.add("b", T0 + 1000)
+    rp.add("c", T0 + 2000)
+    assert rp.generation == 0
+    rp.add("d", T0 + 3000)  # four items: not past 2 x max_items yet
+    assert rp.generation == 0
+    rp.add("e", T0 + 4000)  # five: trimmed to the best two
+    assert rp.generation == 1 and len(rp) == 2
+    rp.add("e", T0 + 600_000)  # 600 half-lives on: rebased
+    assert rp.generation == 2
+
+
 def test_no_decay_is_plain_counts_and_rebase_keeps_the_ranking():
     rp = RecentPopularity(half_life_s=None)
     for item, n in (("a", 3), ("b", 5), ("c", 1)):
