@@ -164,8 +164,10 @@ class ItemStats:
     """Stream-wide item counters the features read: decayed popularity and last-seen time.
 
     Each counted item has a slot (`slot`, in the order items were first counted) in arrays the
-    features gather from: its last-seen time, and its row in the model asked for last (`rows_in`),
-    so that a batch looks an item up in one dict for both."""
+    features gather from: its last-seen time, its stored counts in `pop` and `pop_1h` (copies,
+    taken again after a change of their `generation`), and its row in the model asked for last
+    (`rows_in`), so that a batch looks an item up in one dict for all. The popularity counters are
+    fed through `add` only."""
 
     def __init__(self, half_life_s: float = 8 * 3600.0):
         self.pop = RecentPopularity(half_life_s)
@@ -173,21 +175,39 @@ class ItemStats:
         self.slot: dict[str, int] = {}
         self._items: list[str] = []
         self._seen = array("q")  # each slot's last-seen time (_NEVER: no time above -1 yet)
+        self._stored = (array("d"), array("d"))  # each slot's stored count in pop, pop_1h
+        self._generations = (0, 0)  # of pop and pop_1h when `_stored` was right
         self._index: Mapping[str, int] | None = None
         self._rows = array("q")  # each slot's row in `_index` (-1: none), for the slots so far
         self.now = 0
 
     def add(self, item: str, ts: int) -> None:
-        self.pop.add(item, ts)
-        self.pop_1h.add(item, ts)
+        c, c_1h = self.pop.add(item, ts), self.pop_1h.add(item, ts)
         s = self.slot.get(item)
         if s is None:
             s = self.slot[item] = len(self._items)
             self._items.append(item)
             self._seen.append(_NEVER)
+            self._stored[0].append(c)
+            self._stored[1].append(c_1h)
+        else:
+            self._stored[0][s] = c
+            self._stored[1][s] = c_1h
         if ts > self._seen[s] and ts > -1:
             self._seen[s] = ts
         self.now = max(self.now, ts)
+
+    def counts_at(self, slots: np.ndarray, now: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """`pop.counts_array` and `pop_1h.counts_array` of slots' items at `now`: the same values."""
+        pop, pop_1h = self.pop, self.pop_1h
+        if (pop.generation, pop_1h.generation) != self._generations:  # rebased or trimmed since
+            self._stored = (
+                array("d", pop.stored(self._items).tobytes()),
+                array("d", pop_1h.stored(self._items).tobytes()),
+            )
+            self._generations = (pop.generation, pop_1h.generation)
+        stored, stored_1h = (np.frombuffer(a, np.float64)[slots] for a in self._stored)
+        return pop.scaled(stored, now), pop_1h.scaled(stored_1h, now)
 
     def last_seen(self, item: str) -> int | None:
         """When `item` was last seen (None: never, or only at times below 0)."""
@@ -428,10 +448,12 @@ class Features:
         # same int and float operations as log1p(max(now - seen, 0) / 60_000.0) item by item,
         # math.log1p's values; never seen: 20), in the model, popularity of the last hour
         t_stats = stats.pop.last_ts
-        counters = np.empty((len(uniq), 4))
-        counters[:, 0] = _log1p(stats.pop.counts_array(uniq, t_stats))
+        counters = np.zeros((len(uniq), 4))
         slots = np.fromiter(map(stats.slot.get, uniq, repeat(-1)), np.intp, len(uniq))
         counted = np.flatnonzero(slots >= 0)
+        pops = stats.counts_at(slots[counted], t_stats)  # never counted: 0
+        counters[counted, 0] = _log1p(pops[0])
+        counters[counted, 3] = _log1p(pops[1])
         last_seen = np.full(len(uniq), _NEVER, np.int64)
         last_seen[counted] = stats.last_seen_at(slots[counted])
         seen = last_seen != _NEVER
@@ -443,7 +465,6 @@ class Features:
         rest = np.flatnonzero(slots < 0)  # never counted: looked up in the model's index
         rows_u[rest] = np.fromiter(map(idx.get, map(uniq.__getitem__, rest.tolist()), repeat(-1)), np.int64, len(rest))
         counters[:, 2] = rows_u >= 0
-        counters[:, 3] = _log1p(stats.pop_1h.counts_array(uniq, t_stats))
         X[:, [col + 5, col + 6, col + 7, col + 12]] = counters[at]
         model_rows = rows_u[at]
         known = model_rows >= 0

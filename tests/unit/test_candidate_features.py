@@ -280,3 +280,26 @@ def test_item_stats_last_seen_and_model_rows_by_slot() -> None:
     stats.add("e", 10)
     assert stats.rows_in(first, np.array([stats.slot["e"], stats.slot["a"]])).tolist() == [-1, 0]
     assert stats.rows_in({"e": 3, "d": 2}, slots).tolist() == [2, -1, -1, -1]
+
+
+def test_item_stats_counts_follow_rebases_and_trims() -> None:
+    """The counts the features gather by slot are `counts_array`'s, to the bit, across the
+    counters' rebases (short half-life) and trims (few items kept)."""
+    from recsys.serving.popularity import RecentPopularity
+
+    rng = np.random.default_rng(11)
+    stats = ItemStats()
+    stats.pop, stats.pop_1h = RecentPopularity(0.05, max_items=6), RecentPopularity(0.002, max_items=1000)
+    items = [f"i{k}" for k in range(30)]
+    ts = 1_000_000
+    for step in range(40):
+        for _ in range(int(rng.integers(1, 30))):
+            ts += int(rng.integers(0, 40))
+            stats.add(items[int(rng.integers(len(items)))], ts)
+        slots = np.array([stats.slot[i] for i in items if i in stats.slot])
+        counted = [i for i in items if i in stats.slot]
+        for now in (stats.pop.last_ts, ts + 500):
+            got = stats.counts_at(slots, now)
+            for p, g in zip((stats.pop, stats.pop_1h), got, strict=True):
+                assert np.array_equal(g.view(np.int64), p.counts_array(counted, now).view(np.int64)), step
+    assert stats.pop.generation > 3 and stats.pop_1h.generation > 3  # it did rebase and trim
