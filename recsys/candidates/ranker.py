@@ -16,18 +16,16 @@ evaluation's `ranker` method go through the same `candidates` function.
 from __future__ import annotations
 
 import hashlib
-import math
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, count, filterfalse, islice, repeat
 from typing import Any
 
-import numba
 import numpy as np
 
 from recsys.candidates.native import NativeForest, compile_forest
-from recsys.candidates.sources import top_items
+from recsys.candidates.sources import kernels, top_items
 from recsys.fields import setting
 from recsys.model.factors import Model
 from recsys.serving.popularity import RecentPopularity
@@ -72,24 +70,6 @@ _DICT_SOURCES = SOURCE_NAMES[1:_POP] + SOURCE_NAMES[_POP + 1 :]  # the sources a
 # own values, touch times, the co-visitation and "viewed next" rows of the query and of the move
 # before it, moves ago (from `history`)
 _MAPS = (1, 2, 10, 11, 15, 16, 17)
-
-
-def _njit(fn: Any) -> Any:
-    """numba.njit, its machine code cached on disk where numba finds a writable place."""
-    try:
-        return numba.njit(cache=True, nogil=True)(fn)
-    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return numba.njit(nogil=True)(fn)
-
-
-@_njit
-def _log1p(x: np.ndarray) -> np.ndarray:
-    """math.log1p of each element: numba calls the C library's log1p, as math.log1p does (numpy's
-    log1p may be another implementation, with other last bits)."""
-    out = np.empty(len(x))
-    for j in range(len(x)):
-        out[j] = math.log1p(x[j])
-    return out
 
 
 class FeatureMismatch(ValueError):
@@ -435,13 +415,13 @@ class Features:
                 # operations as Python's on int times (exact below 2**53 ms)
                 r = mr[sel]
                 nows = np.repeat(np.array([ctx.now for ctx in ctxs], np.float64), sizes)[r]
-                X[r, col + off] = _log1p(np.maximum(nows - mv[sel], 0.0) / 60_000.0)
+                X[r, col + off] = kernels.log1p_each(np.maximum(nows - mv[sel], 0.0) / 60_000.0)
             else:
                 X[mr[sel], col + off] = mv[sel]
         # each row's constants: log1p of its events, own items, seconds since the move before the
         # query (-1: none) and the query's row totals
         user = np.array([(c.events, len(c.values), c.prev_gap_s, *c.query_totals) for c in ctxs], np.float64)
-        consts = _log1p(user.ravel()).reshape(-1, 5)
+        consts = kernels.log1p_each(user.ravel()).reshape(-1, 5)
         consts[:, 2] = np.where(user[:, 2] >= 0, consts[:, 2], -1.0)
         X[:, [col + 3, col + 4, col + 18, col + 19, col + 20]] = np.repeat(consts, sizes, axis=0)
         # the item counters, once per distinct item: popularity, minutes since last seen (the
@@ -452,13 +432,13 @@ class Features:
         slots = np.fromiter(map(stats.slot.get, uniq, repeat(-1)), np.intp, len(uniq))
         counted = np.flatnonzero(slots >= 0)
         pops = stats.counts_at(slots[counted], t_stats)  # never counted: 0
-        counters[counted, 0] = _log1p(pops[0])
-        counters[counted, 3] = _log1p(pops[1])
+        counters[counted, 0] = kernels.log1p_each(pops[0])
+        counters[counted, 3] = kernels.log1p_each(pops[1])
         last_seen = np.full(len(uniq), _NEVER, np.int64)
         last_seen[counted] = stats.last_seen_at(slots[counted])
         seen = last_seen != _NEVER
         counters[:, 1] = 20.0
-        counters[seen, 1] = _log1p(np.maximum(stats.now - last_seen[seen], 0) / 60_000.0)
+        counters[seen, 1] = kernels.log1p_each(np.maximum(stats.now - last_seen[seen], 0) / 60_000.0)
         idx = self.model.item_index
         rows_u = np.empty(len(uniq), np.int64)
         rows_u[counted] = stats.rows_in(idx, slots[counted])

@@ -1,4 +1,5 @@
-"""Session-kNN's batch kernels (`SessionKNN.prefetch`), compiled by numba.
+"""Session-kNN's batch kernels (`SessionKNN.prefetch`), and the ranker features' `log1p_each`,
+compiled by numba.
 
 They take the arrays `prefetch` gathers from the session index (the candidates' distinct items,
 the best neighbours' item sequences, flattened) and replace the sorts and array passes that
@@ -438,3 +439,13 @@ def stan_scores(
         o = _head(sums, first, n, h, order, o)
         hb[u + 1] = o
     return ids[:n], sums[:n], ub, order[:o], hb
+
+
+@_njit
+def log1p_each(x: np.ndarray) -> np.ndarray:
+    """math.log1p of each element (the ranker's features): numba calls the C library's log1p,
+    as math.log1p does; numpy's log1p may be another implementation, with other last bits."""
+    out = np.empty(len(x))
+    for j in range(len(x)):
+        out[j] = math.log1p(x[j])
+    return out

@@ -368,7 +368,7 @@ def _gather(
 
 
 def load_kernels() -> None:
-    """Compile `prefetch`'s kernels, or load them from numba's disk cache (~3 s or ~0.3 s of
+    """Compile `prefetch`'s kernels and the features' `log1p_each`, or load them from numba's disk cache (~3 s or ~0.3 s of
     CPU): a prefetch of two users over three events, so the kernels get exactly the argument
     types the worker's batches give them. The worker calls it off the event loop before its
     first batch, which would otherwise pay it."""
@@ -376,3 +376,4 @@ def load_kernels() -> None:
     for user, item, ts in (("a", "x", 1), ("a", "y", 2), ("b", "x", 3)):
         knn.update(Event(user, item, "view", ts))
     knn.prefetch(["a", "b"], [3, 3])
+    kernels.log1p_each(np.zeros(1))  # the ranker features' (the same float64 array type)
