@@ -10,8 +10,8 @@ streaming evaluation uses them as baselines (recsys/evaluation/streaming.py: met
 One module a source, over what they share (`base`) and one settings object (`config`):
 
     session_knn.py   V-SKNN and STAN (an incremental index of sessions; the ranker's costliest step)
-    kernels.py       session-kNN's compiled loops (numba): similarities, the k best, the votes
-    covisit.py       co-visitation and "viewed next" rows
+    kernels.py       compiled loops (numba): session-kNN's similarities, k best, votes; the features' log1p
+    covisit.py       co-visitation and "viewed next" rows, their shares (each row sorted once a batch)
     category.py      category popularity
     base.py          a user's recent items, own items by recency, `top_items`
     config.py        `SourcesConfig` (`[sources]`)
