@@ -304,6 +304,32 @@ def _head(sums: np.ndarray, a: int, b: int, h: int, order: np.ndarray, o: int) -
 
 
 @_njit
+def _vote(it: int, v: float, acc: np.ndarray, ids: np.ndarray, sums: np.ndarray, n: int) -> int:
+    """Adds vote v to item it's sum (from 0.0; a new item takes place n, acc[it] its place);
+    returns the next free place."""
+    k = acc[it]
+    if k < 0:
+        k = n
+        acc[it] = n
+        ids[n] = it
+        sums[n] = 0.0
+        n += 1
+    sums[k] += v
+    return n
+
+
+@_njit
+def _end_user(
+    acc: np.ndarray, ids: np.ndarray, sums: np.ndarray, first: int, n: int, h: int, order: np.ndarray, o: int
+) -> int:
+    """After a user's votes (places first .. n): clears their `acc` entries and appends their
+    head to `order` (`_head`); returns its new length."""
+    for k in range(first, n):
+        acc[ids[k]] = -1
+    return _head(sums, first, n, h, order, o)
+
+
+@_njit
 def vsknn_scores(
     pick: np.ndarray,
     bounds: np.ndarray,
@@ -337,19 +363,9 @@ def vsknn_scores(
             c = pick[j]
             v = sim[c]
             for i in range(starts[c], starts[c] + sizes[c]):
-                it = flat[i]
-                k = acc[it]
-                if k < 0:
-                    k = n
-                    acc[it] = n
-                    ids[n] = it
-                    sums[n] = 0.0
-                    n += 1
-                sums[k] += v
-        for k in range(first, n):
-            acc[ids[k]] = -1
+                n = _vote(flat[i], v, acc, ids, sums, n)
         ub[u + 1] = n
-        o = _head(sums, first, n, h, order, o)
+        o = _end_user(acc, ids, sums, first, n, h, order, o)
         hb[u + 1] = o
     return ids[:n], sums[:n], ub, order[:o], hb
 
@@ -423,20 +439,11 @@ def stan_scores(
             for j in range(m):
                 it = mine[j]
                 seen[it] = -1
-                k = acc[it]
-                if k < 0:
-                    k = n
-                    acc[it] = n
-                    ids[n] = it
-                    sums[n] = 0.0
-                    n += 1
-                sums[k] += s[b] * best[j]
+                n = _vote(it, s[b] * best[j], acc, ids, sums, n)
         for p in range(nu):
             slot[cur_m[u, p]] = -1
-        for k in range(first, n):
-            acc[ids[k]] = -1
         ub[u + 1] = n
-        o = _head(sums, first, n, h, order, o)
+        o = _end_user(acc, ids, sums, first, n, h, order, o)
         hb[u + 1] = o
     return ids[:n], sums[:n], ub, order[:o], hb
 
