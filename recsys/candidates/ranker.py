@@ -424,9 +424,23 @@ class Features:
         consts = kernels.log1p_each(user.ravel()).reshape(-1, 5)
         consts[:, 2] = np.where(user[:, 2] >= 0, consts[:, 2], -1.0)
         X[:, [col + 3, col + 4, col + 18, col + 19, col + 20]] = np.repeat(consts, sizes, axis=0)
-        # the item counters, once per distinct item: popularity, minutes since last seen (the
-        # same int and float operations as log1p(max(now - seen, 0) / 60_000.0) item by item,
-        # math.log1p's values; never seen: 20), in the model, popularity of the last hour
+        counters, rows_u = self._item_counters(uniq, stats)
+        X[:, [col + 5, col + 6, col + 7, col + 12]] = counters[at]
+        model_rows = rows_u[at]
+        known = model_rows >= 0
+        qcat_rows, rcat_rows, rcat_vals = _category_rows(ctxs, every, bounds)
+        X[qcat_rows, col + 13] = 1.0
+        X[rcat_rows, col + 14] = rcat_vals
+        cos_q, cos_u = self._cosines(ctxs, user_vecs, model_rows[known], np.cumsum(known), bounds)
+        X[known, col + 8] = cos_q
+        X[known, col + 9] = cos_u
+        return [(every[b0:b1], X[b0:b1]) for b0, b1 in zip(bounds, bounds[1:], strict=False)]
+
+    def _item_counters(self, uniq: list[str], stats: ItemStats) -> tuple[np.ndarray, np.ndarray]:
+        """The item counters' four columns of each distinct item (log popularity, log minutes
+        since last seen, in the model, log popularity of the last hour) and its model row."""
+        # minutes since last seen: the same int and float operations as log1p(max(now - seen, 0)
+        # / 60_000.0) item by item (math.log1p's values); never seen: 20
         t_stats = stats.pop.last_ts
         counters = np.zeros((len(uniq), 4))
         slots = np.fromiter(map(stats.slot.get, uniq, repeat(-1)), np.intp, len(uniq))
@@ -445,32 +459,23 @@ class Features:
         rest = np.flatnonzero(slots < 0)  # never counted: looked up in the model's index
         rows_u[rest] = np.fromiter(map(idx.get, map(uniq.__getitem__, rest.tolist()), repeat(-1)), np.int64, len(rest))
         counters[:, 2] = rows_u >= 0
-        X[:, [col + 5, col + 6, col + 7, col + 12]] = counters[at]
-        model_rows = rows_u[at]
-        known = model_rows >= 0
-        # categories: the query's, and the user's recent ones (halving with each step back)
-        qcat_rows: list[int] = []
-        rcat_rows: list[int] = []
-        rcat_vals: list[float] = []
-        for ctx, b0, b1 in zip(ctxs, bounds, bounds[1:], strict=False):
-            if ctx.recent_categories:
-                cat_of, weight = ctx.category, {c: 0.5**j for j, c in enumerate(ctx.recent_categories)}
-                qc = cat_of.get(ctx.query) if ctx.query is not None else None
-                for r, i in enumerate(every[b0:b1], b0):
-                    c = cat_of.get(i)
-                    if c is not None:
-                        if c == qc:
-                            qcat_rows.append(r)
-                        w = weight.get(c)
-                        if w is not None:
-                            rcat_rows.append(r)
-                            rcat_vals.append(w)
-        X[qcat_rows, col + 13] = 1.0
-        X[rcat_rows, col + 14] = rcat_vals
-        # the cosines: the known candidates' unit vectors gathered once, a product per row
+        return counters, rows_u
+
+    def _cosines(
+        self,
+        ctxs: Sequence[Context],
+        user_vecs: Sequence[np.ndarray | None],
+        rows: np.ndarray,
+        known_upto: np.ndarray,
+        bounds: list[int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each known candidate's cosine to the query and to the folded-in user (`rows`: their
+        model rows, in candidate order; `known_upto`: known candidates up to each candidate)."""
+        # the unit vectors gathered once, then a product per row (one over several rows could round otherwise)
         unit = self._unit
-        vecs = unit[model_rows[known]]
-        ends = np.concatenate(([0], np.cumsum(known)))[bounds[1:]].tolist()
+        vecs = unit[rows]
+        ends = np.concatenate(([0], known_upto))[bounds[1:]].tolist()
+        idx = self.model.item_index
         cos_q, cos_u = np.zeros(len(vecs)), np.zeros(len(vecs))
         k0 = 0
         for ctx, user_vec, k1 in zip(ctxs, user_vecs, ends, strict=True):
@@ -484,9 +489,31 @@ class Features:
                     if nu > 0:
                         cos_u[k0:k1] = vj @ (user_vec / nu)
                 k0 = k1
-        X[known, col + 8] = cos_q
-        X[known, col + 9] = cos_u
-        return [(every[b0:b1], X[b0:b1]) for b0, b1 in zip(bounds, bounds[1:], strict=False)]
+        return cos_q, cos_u
+
+
+def _category_rows(
+    ctxs: Sequence[Context], every: list[str], bounds: list[int]
+) -> tuple[list[int], list[int], list[float]]:
+    """The candidates (rows of X) in the query's category, and those in one of the user's recent
+    categories with that category's weight (halving with each step back)."""
+    qcat_rows: list[int] = []
+    rcat_rows: list[int] = []
+    rcat_vals: list[float] = []
+    for ctx, b0, b1 in zip(ctxs, bounds, bounds[1:], strict=False):
+        if ctx.recent_categories:
+            cat_of, weight = ctx.category, {c: 0.5**j for j, c in enumerate(ctx.recent_categories)}
+            qc = cat_of.get(ctx.query) if ctx.query is not None else None
+            for r, i in enumerate(every[b0:b1], b0):
+                c = cat_of.get(i)
+                if c is not None:
+                    if c == qc:
+                        qcat_rows.append(r)
+                    w = weight.get(c)
+                    if w is not None:
+                        rcat_rows.append(r)
+                        rcat_vals.append(w)
+    return qcat_rows, rcat_rows, rcat_vals
 
 
 class Ranker:
