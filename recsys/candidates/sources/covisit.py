@@ -13,12 +13,9 @@ top_items' order, and its total): a row several lists of a batch read is sorted 
 from __future__ import annotations
 
 import heapq
-import struct
 from collections.abc import Set as AbstractSet
 
-import numpy as np
-
-from recsys.candidates.sources.base import _SMALL, RecentItems
+from recsys.candidates.sources.base import RecentItems, top_items
 from recsys.candidates.sources.config import SourcesConfig
 from recsys.events import Event
 
@@ -26,26 +23,16 @@ _HEAD = 64  # items a head keeps at least: a list's 2 × per_source and a few ba
 
 
 class _Head:
-    """A row's total (`sum(row.values())`, in the row's order) and its best items (at least
+    """A row's total (`sum(row.values())`, in the row's order) and its best items (the first
     `size` of them, or all: `complete`) in top_items' order, with their values."""
 
     __slots__ = ("items", "vals", "complete", "total")
 
     def __init__(self, row: dict[str, float], size: int):
         self.total = sum(row.values())
-        m = len(row)
-        self.complete = m <= size
-        if m <= _SMALL or self.complete:
-            self.items = sorted(row, key=row.__getitem__, reverse=True)[:size]  # stable: ties in row order
-            self.vals = [row[i] for i in self.items]
-            return
-        keys = list(row)
-        vals = np.frombuffer(struct.pack(f"{m}d", *row.values()))
-        # every item at or above the size-th best value, stably sorted: the stable sort's head
-        pick = np.flatnonzero(vals >= np.partition(vals, m - size)[m - size])
-        order = pick[np.argsort(-vals[pick], kind="stable")]
-        self.items = [keys[j] for j in order.tolist()]
-        self.vals = vals[order].tolist()
+        self.complete = len(row) <= size
+        self.items = top_items(row, size)
+        self.vals = [row[i] for i in self.items]
 
 
 class CoVisitation:
