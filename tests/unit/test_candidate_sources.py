@@ -87,7 +87,7 @@ def test_top_items_is_a_stable_sort_with_ties_on_both_paths(size: int) -> None:
     scores = {f"i{j}": float(rng.integers(1, 6)) / int(rng.integers(1, 4)) for j in range(size)}
     banned = {f"i{j}" for j in rng.choice(size, min(size, 3), replace=False)}
     ranked = [i for i in sorted(scores, key=lambda i: -scores[i]) if i not in banned]
-    for n in (1, 20, 40, size):
+    for n in (1, 20, 40, 253, 300, size):  # the compiled best-h up to 256 wanted, a partition past it
         assert top_items(scores, n, banned) == ranked[:n]
 
 
@@ -282,6 +282,57 @@ def test_covisitation_scores_equal_adding_item_by_item(dataset: str) -> None:
             got, want = cv.scores(e.user), loop_covisit_scores(cv, e.user)
             assert list(got.items()) == list(want.items())
             compared += len(cv.recent.items(e.user, cv.cfg.covisit_recent)) > 1 and bool(got)
+        cv.update(e)
+    assert compared > 100
+
+
+def plain_top(cv: CoVisitation, user: str, n: int, banned: set[str], mask: ItemMask | None) -> dict[str, float]:
+    """The user's whole co-visitation sum, filtered, cut to its best n (CoVisitation.top's reference)."""
+    scores = cv.scores(user)
+    if mask is not None:
+        scores = {i: v for i, v in scores.items() if mask.allows(i)}
+    return {i: scores[i] for i in top_items(scores, n, banned)}
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_covisitation_top_equals_the_whole_sum_cut(normalize: bool) -> None:
+    """Items, score bits and order (ties too: small integer weights tie often) equal the whole
+    sum's best n, with banned items and a mask; n from 1 to past the heads' first size (a head
+    that has to grow) and past the rows' items; read twice between updates and again after."""
+    rng = np.random.default_rng(5)
+    cfg = SourcesConfig(covisit_max_row=120, covisit_normalize=normalize, covisit_recent=3)
+    cv = CoVisitation(cfg)
+    items = [f"i{k}" for k in range(300)]
+    weights = 1.0 / np.arange(1, 301) ** 0.7
+    mask = ItemMask(np.zeros(0, bool), _allows=lambda i: not i.endswith("7"))
+    compared = 0
+    for j in range(12000):
+        user = f"u{rng.integers(200)}"
+        cv.update(ev(user, items[rng.choice(300, p=weights / weights.sum())], j))
+        if j % 60 == 0 and j > 2000:
+            for _ in range(2):  # the heads a batch shares
+                u = f"u{rng.integers(200)}"
+                banned = set(cv.recent.items(u, 5)) | {items[int(k)] for k in rng.integers(0, 20, 3)}
+                for n, m in ((1, None), (10, mask), (40, None), (100, mask), (500, None)):
+                    got = cv.top(u, n, banned, m)
+                    want = plain_top(cv, u, n, banned, m)
+                    assert list(got.items()) == list(want.items())
+                    compared += len(want) == n
+    assert compared > 300
+
+
+@pytest.mark.parametrize("dataset", ["yoochoose", "taobao_small", "rees46_small"])
+def test_covisitation_top_equals_the_whole_sum_cut_on_real_data(dataset: str) -> None:
+    events = sorted(load_events(require_dataset(dataset)), key=lambda e: e.ts)[-4000:]
+    cv = CoVisitation(SourcesConfig())
+    compared = 0
+    for j, e in enumerate(events):
+        if j >= 500 and j % 3 == 0:
+            banned = set(cv.recent.items(e.user, 10))
+            for n in (3, 40):
+                got, want = cv.top(e.user, n, banned), plain_top(cv, e.user, n, banned, None)
+                assert list(got.items()) == list(want.items())
+            compared += len(cv.recent.items(e.user, cv.cfg.covisit_recent)) > 1 and bool(want)
         cv.update(e)
     assert compared > 100
 

@@ -96,6 +96,8 @@ class Sources:
             return self.sknn.top(user, method, now, n, banned, mask)
         if method == "category":
             return self.category.top(profile, n, banned, mask)
+        if method == "covisit":
+            return self.covisit.top(user, n, banned, mask)
         scores = self.scores(method, user, profile, now)
         if mask is not None:
             scores = {i: v for i, v in scores.items() if mask.allows(i)}

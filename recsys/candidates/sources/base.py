@@ -8,10 +8,12 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+import recsys.candidates.sources.kernels as kernels  # the submodule, not the package (which imports this one)
 from recsys.confidence import UserProfile
 from recsys.events import Event
 
 _SMALL = 160  # top_items: up to this many scored items, a plain sort (cheaper than numpy's fixed costs)
+_HEAD = 256  # top_items: up to this many wanted, the compiled insertion (O(m·want) at worst)
 
 
 def top_items(scores: Mapping[str, float], n: int, banned: Iterable[str] = ()) -> list[str]:
@@ -27,7 +29,11 @@ def top_items(scores: Mapping[str, float], n: int, banned: Iterable[str] = ()) -
     keys = list(scores)
     # struct packs a dict's floats about twice as fast as np.fromiter converts them
     vals = np.frombuffer(struct.pack(f"{m}d", *scores.values()))
-    if want < m:
+    if want <= _HEAD:
+        # an insertion into the best `want` so far, compiled: most scores fall below at once
+        best = np.empty(min(want, m), np.int64)
+        order: np.ndarray = best[: kernels.head(vals, 0, m, want, best, 0)]
+    elif want < m:
         # every item at or above the want-th best score, in scoring order: a stable sort of
         # those is the stable sort of all, cut at `want`
         pick = np.flatnonzero(vals >= np.partition(vals, m - want)[m - want])

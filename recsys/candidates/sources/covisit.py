@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING
 
 from recsys.candidates.sources.base import RecentItems, top_items
 from recsys.candidates.sources.config import SourcesConfig
 from recsys.events import Event
+
+if TYPE_CHECKING:
+    from recsys.catalogue import ItemMask
 
 _HEAD = 64  # items a head keeps at least: a list's 2 × per_source and a few banned
 
@@ -54,6 +58,7 @@ class CoVisitation:
         self.recent = RecentItems(max(cfg.covisit_recent, 1) * 3, cfg.max_users)
         self.version = 0  # updates so far: the heads hold until the next one
         self._heads: dict[tuple[bool, str], _Head] = {}  # (a "viewed next" row, item) -> its head
+        self._places: dict[str, dict[str, int]] = {}  # item -> each key's place in its row (`top`'s ties)
         self._heads_at = -1
 
     def _bounded(self, rows: dict[str, dict[str, float]], a: str, row: dict[str, float]) -> None:
@@ -156,12 +161,103 @@ class CoVisitation:
             w *= self.cfg.covisit_decay
         return out
 
+    def top(self, user: str, n: int, banned: AbstractSet[str], mask: ItemMask | None = None) -> dict[str, float]:
+        """The n best of `scores(user)` that `mask` allows, minus banned, best first: the same
+        items, score bits and order as `top_items` over the whole sum (ties: the item the sum
+        met first), without the sum.
+
+        Fagin's threshold algorithm over the rows' heads (sorted once a batch): read the rows
+        best first, side by side; each item met is scored exactly (its values summed in the
+        order `scores` adds them); stop once the n-th best scored beats what an unread item
+        could reach (each row's next value, weighted and summed the same way: a float sum is
+        monotone in its terms). A user's 2-3 rows of ~200 items each cost ~30 reads, not ~500."""
+        if n <= 0:
+            return {}
+        rows: list[tuple[str, float, dict[str, float]]] = []  # (item, weight, row), the latest item first
+        w = 1.0
+        for a in reversed(self.recent.items(user, self.cfg.covisit_recent)):
+            row = self._w.get(a)
+            if row:
+                rows.append((a, w / self._tot[a] if self.cfg.covisit_normalize else w, row))
+            w *= self.cfg.covisit_decay
+        if not rows:
+            return {}
+        want = n + len(banned)
+        heads = [self._head(a, want, False) for a, _, _ in rows]
+        seen: set[str] = set()
+        best: list[float] = []  # the n best scores so far (a min-heap)
+        found: list[tuple[float, int, str]] = []  # (score, the first row it is in, item)
+        depth = 0
+        while True:
+            bound = None  # what an item not read yet could score at most
+            for j, (a, f, _) in enumerate(rows):
+                h = heads[j]
+                assert h is not None  # a non-empty row has a head
+                if depth >= len(h.items) and not h.complete:
+                    h = heads[j] = self._head(a, 2 * depth, False)
+                    assert h is not None
+                if depth < len(h.items):
+                    t = f * h.vals[depth]
+                    bound = t if bound is None else bound + t
+            if bound is None or (len(best) == n and best[0] > bound):
+                break
+            for h in heads:
+                assert h is not None
+                if depth >= len(h.items):
+                    continue
+                b = h.items[depth]
+                if b in seen:
+                    continue
+                seen.add(b)
+                if b in banned or (mask is not None and not mask.allows(b)):
+                    continue
+                s: float | None = None
+                first = 0
+                for j, (_, f, row) in enumerate(rows):
+                    v = row.get(b)
+                    if v is not None:
+                        if s is None:
+                            s, first = f * v, j
+                        else:
+                            s += f * v
+                assert s is not None
+                found.append((s, first, b))
+                if len(best) < n:
+                    heapq.heappush(best, s)
+                elif s > best[0]:
+                    heapq.heapreplace(best, s)
+            depth += 1
+        found.sort(key=lambda t: -t[0])
+        # ties keep the order in which the sum meets them: its first row, then the place there
+        k = 0
+        while k < min(n, len(found)):
+            e = k + 1
+            while e < len(found) and found[e][0] == found[k][0]:
+                e += 1
+            if e - k > 1:
+                found[k:e] = sorted(found[k:e], key=lambda t: (t[1], self._place(rows[t[1]][0], t[2])))
+            k = e
+        return {b: s for s, _, b in found[:n]}
+
+    def _place(self, item: str, key: str) -> int:
+        """`key`'s place in `item`'s row (in the row's order), kept until the next update."""
+        self._since_update()
+        places = self._places.get(item)
+        if places is None:
+            places = self._places[item] = {k: p for p, k in enumerate(self._w[item])}
+        return places[key]
+
+    def _since_update(self) -> None:
+        """Drop the heads and places of rows read before the last update."""
+        if self._heads_at != self.version:
+            self._heads.clear()
+            self._places.clear()
+            self._heads_at = self.version
+
     def _head(self, item: str, size: int, following: bool) -> _Head | None:
         """The head of `item`'s row ("viewed next" when `following`) with at least `size`
         items (or all), kept until the next update; None for an empty row."""
-        if self._heads_at != self.version:
-            self._heads.clear()
-            self._heads_at = self.version
+        self._since_update()
         h = self._heads.get((following, item))
         if h is None or (len(h.items) < size and not h.complete):
             row = (self._next if following else self._w).get(item)

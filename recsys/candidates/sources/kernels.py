@@ -1,5 +1,5 @@
-"""Session-kNN's batch kernels (`SessionKNN.prefetch`), and the ranker features' `log1p_each`,
-compiled by numba.
+"""Session-kNN's batch kernels (`SessionKNN.prefetch`), `top_items`' best-h (`head`) and the
+ranker features' `log1p_each`, compiled by numba.
 
 They take the arrays `prefetch` gathers from the session index (the candidates' distinct items,
 the best neighbours' item sequences, flattened) and replace the sorts and array passes that
@@ -282,7 +282,7 @@ def top_k(sim: np.ndarray, sid: np.ndarray, su: np.ndarray, n_users: int, k: int
 
 
 @_njit
-def _head(sums: np.ndarray, a: int, b: int, h: int, order: np.ndarray, o: int) -> int:
+def head(sums: np.ndarray, a: int, b: int, h: int, order: np.ndarray, o: int) -> int:
     """The best h of sums[a:b] in the order of a stable descending sort (equal: the earlier
     first), as indices into `sums`, into order[o:]; returns the end of them. An insertion into
     the best so far: the sums come in the order of their first vote, roughly best first, so
@@ -323,10 +323,10 @@ def _end_user(
     acc: np.ndarray, ids: np.ndarray, sums: np.ndarray, first: int, n: int, h: int, order: np.ndarray, o: int
 ) -> int:
     """After a user's votes (places first .. n): clears their `acc` entries and appends their
-    head to `order` (`_head`); returns its new length."""
+    head to `order` (`head`); returns its new length."""
     for k in range(first, n):
         acc[ids[k]] = -1
-    return _head(sums, first, n, h, order, o)
+    return head(sums, first, n, h, order, o)
 
 
 @_njit
@@ -344,7 +344,7 @@ def vsknn_scores(
     each votes its similarity for each of its distinct items (flat[starts[c] :][: sizes[c]]);
     an item's votes are added one after the other from 0.0 in voting order. Returns the items
     in the order of their first vote, their sums, each user's range of them, and each user's
-    best h (`_head`) with their range."""
+    best h (`head`) with their range."""
     h = max(h, 0)
     n_users = len(bounds) - 1
     total = 0
