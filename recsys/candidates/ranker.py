@@ -147,7 +147,7 @@ class ItemStats:
     features gather from: its last-seen time, its stored counts in `pop` and `pop_1h` (copies,
     taken again after a change of their `generation`), and its row in the model asked for last
     (`rows_in`), so that a batch looks an item up in one dict for all. The popularity counters are
-    fed through `add` only."""
+    fed through `add` (`add_many`) only."""
 
     def __init__(self, half_life_s: float = 8 * 3600.0):
         self.pop = RecentPopularity(half_life_s)
@@ -162,20 +162,31 @@ class ItemStats:
         self.now = 0
 
     def add(self, item: str, ts: int) -> None:
-        c, c_1h = self.pop.add(item, ts), self.pop_1h.add(item, ts)
-        s = self.slot.get(item)
-        if s is None:
-            s = self.slot[item] = len(self._items)
-            self._items.append(item)
-            self._seen.append(_NEVER)
-            self._stored[0].append(c)
-            self._stored[1].append(c_1h)
-        else:
-            self._stored[0][s] = c
-            self._stored[1][s] = c_1h
-        if ts > self._seen[s] and ts > -1:
-            self._seen[s] = ts
-        self.now = max(self.now, ts)
+        self.add_many(((item, ts),))
+
+    def add_many(self, events: Iterable[tuple[str, int]]) -> None:
+        """`add` of each (item, ts) in turn, the counters and arrays looked up once."""
+        add, add_1h = self.pop.add, self.pop_1h.add
+        slot, items, seen = self.slot, self._items, self._seen
+        stored, stored_1h = self._stored
+        now = self.now
+        for item, ts in events:
+            c, c_1h = add(item, ts), add_1h(item, ts)
+            s = slot.get(item)
+            if s is None:
+                s = slot[item] = len(items)
+                items.append(item)
+                seen.append(_NEVER)
+                stored.append(c)
+                stored_1h.append(c_1h)
+            else:
+                stored[s] = c
+                stored_1h[s] = c_1h
+            if ts > seen[s] and ts > -1:
+                seen[s] = ts
+            if ts > now:
+                now = ts
+        self.now = now
 
     def counts_at(self, slots: np.ndarray, now: int | None) -> tuple[np.ndarray, np.ndarray]:
         """`pop.counts_array` and `pop_1h.counts_array` of slots' items at `now`: the same values."""

@@ -292,10 +292,11 @@ def stream_evaluate(
         count(e)
         if reach is not None:
             reach.add(e.item)
-        for src, _ in sources:
-            src.update(e)
-        if ranking:
-            stats.add(e.item, e.ts)
+    # the sources and the counters share no state: each counts the training events in one pass
+    for src, _ in sources:
+        src.update_many(train_sorted)
+    if ranking:
+        stats.add_many([(e.item, e.ts) for e in train_sorted])
 
     def pop_top(now: int) -> list[str]:
         if recent is not None:
@@ -389,8 +390,7 @@ def stream_evaluate(
             i += 1
         n_chunks += 1
         if not snaps:
-            for e in pending:
-                stats.add(e.item, e.ts)
+            stats.add_many([(e.item, e.ts) for e in pending])
             pending.clear()
             continue
         # the rows whose lists are built: an unreachable event's lists cannot hold its item
@@ -412,8 +412,7 @@ def stream_evaluate(
             for m, ls in list(lists.items()):
                 got = iter(ls)
                 lists[m] = [next(got) if sn.reachable else [] for sn in snaps]
-        for e in pending:
-            stats.add(e.item, e.ts)
+        stats.add_many([(e.item, e.ts) for e in pending])
         pending.clear()
         for j, sn in enumerate(snaps):
             e = sn.event

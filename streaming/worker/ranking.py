@@ -103,19 +103,20 @@ class WorkerRanking:
     ) -> None:
         """Count `events` (arrival order); `positions`: their (partition, offset), to count each once;
         `catalogue`: an event without a category takes the item's first one there."""
-        fill = catalogue is not None and self.cfg.category_recent > 0
-        for e in events:
-            if fill and e.category is None:
-                assert catalogue is not None
-                c = catalogue.first_category(e.item)
-                if c is not None:
-                    e = replace(e, category=c)
-            self.sources.update(e)
-            self.stats.add(e.item, e.ts)
+        if catalogue is not None and self.cfg.category_recent > 0:
+            events = [self._with_category(e, catalogue) if e.category is None else e for e in events]
+        # the sources and the counters share no state: each counts the batch in one pass
+        self.sources.update_many(events)
+        self.stats.add_many([(e.item, e.ts) for e in events])
         for partition, offset in positions:
             if offset > self.through.get(partition, -1):
                 self.through[partition] = offset
         self.observed += len(events)
+
+    @staticmethod
+    def _with_category(e: Event, catalogue: Catalogue) -> Event:
+        c = catalogue.first_category(e.item)
+        return e if c is None else replace(e, category=c)
 
     def recommend(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from array import array
 from collections import deque
 from collections.abc import Sequence
 from itertools import islice
@@ -13,7 +14,15 @@ from itertools import islice
 import numpy as np
 import pytest
 
-from recsys.candidates.sources import CategoryPopularity, CoVisitation, SessionKNN, SourcesConfig, top_items
+from recsys.candidates.ranker import ItemStats
+from recsys.candidates.sources import (
+    CategoryPopularity,
+    CoVisitation,
+    SessionKNN,
+    Sources,
+    SourcesConfig,
+    top_items,
+)
 from recsys.catalogue import ItemMask
 from recsys.confidence import ConfidenceConfig, UserProfile
 from recsys.data.datasets import load_dataset, load_events, time_split
@@ -513,3 +522,65 @@ def test_session_knn_prefetched_for_a_batch_equals_one_user_at_a_time(dataset: s
                 assert list(masked.items()) == [(i, allowed[i]) for i in top_items(allowed, n, banned)]
         assert knn.alone == alone  # read from the batch: no batch of one user
     assert compared > 200
+
+
+def state(obj: object) -> object:
+    """An object's state with every dict's order and every float's bits (to compare two)."""
+    if isinstance(obj, dict):
+        return [(k, state(v)) for k, v in obj.items()]
+    if isinstance(obj, (list, tuple)):
+        return [state(v) for v in obj]
+    if isinstance(obj, (bytearray, array)):
+        return bytes(obj)
+    if isinstance(obj, np.ndarray):
+        return (obj.dtype.str, obj.shape, obj.tobytes())
+    if isinstance(obj, float):
+        return obj.hex()
+    if hasattr(obj, "__dict__"):
+        return (type(obj).__name__, state(vars(obj)))
+    return obj
+
+
+@pytest.mark.parametrize("dataset", ["yoochoose", "taobao_small", "rees46_small"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SourcesConfig(),
+        SourcesConfig(
+            covisit_max_row=8,
+            covisit_max_pairs=300,
+            max_users=200,
+            max_sessions=300,
+            max_sessions_per_item=5,
+            session_gap_s=600.0,
+            covisit_window_s=1800.0,
+            category_max_items=20,
+        ),
+    ],
+    ids=["defaults", "pruned"],
+)
+def test_update_many_leaves_the_state_of_an_update_per_event(dataset: str, cfg: SourcesConfig) -> None:
+    """The worker's batches (`Sources.update_many`, `ItemStats.add_many`, batches of 1 to 400
+    events) leave every source and counter as an update per event does: the same dicts in the
+    same order, the same floats; "pruned" evicts users, sessions and rows on the way. The
+    co-visitation rows and totals also equal those of the update with a call per pair."""
+    events = sorted(load_events(require_dataset(dataset)), key=lambda e: e.ts)[-6000:]
+    one, many, ref = Sources(cfg), Sources(cfg), AddCoVisitation(cfg)
+    stats_one, stats_many = ItemStats(), ItemStats()
+    for e in events:
+        one.update(e)
+        ref.update(e)
+        stats_one.add(e.item, e.ts)
+    rng = np.random.default_rng(5)
+    j = 0
+    while j < len(events):
+        batch = events[j : j + int(rng.choice([1, 3, 40, 400]))]
+        many.update_many(batch)
+        stats_many.add_many([(e.item, e.ts) for e in batch])
+        j += len(batch)
+    assert state(many) == state(one)
+    assert state(stats_many) == state(stats_one)
+    cv = many.covisit
+    for mine, theirs in ((cv._w, ref._w), (cv._next, ref._next), (cv._tot, ref._tot)):  # noqa: SLF001
+        assert state(mine) == state(theirs)
+    assert cv.pairs == ref.pairs

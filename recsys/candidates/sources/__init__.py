@@ -1,11 +1,12 @@
 """Candidate sources kept incrementally on the stream: co-visitation, session-kNN (V-SKNN, STAN),
 own items by recency.
 
-Every source is updated event by event (`update(event)`, O(1) amortised) and asked for the
-scores of one user *before* that user's next event (`scores(user)`): nothing looks ahead. The
-streaming evaluation uses them as baselines (recsys/evaluation/streaming.py: methods `covisit`,
-`vsknn`, `stan`, `own-recent`) and the learned ranker as candidate generators
-(recsys/candidates/ranker.py); one implementation serves both.
+Every source is updated event by event (`update(event)`, O(1) amortised; a batch's events in one
+call: `update_many(events)`, the same state) and asked for the scores of one user *before* that
+user's next event (`scores(user)`): nothing looks ahead. The streaming evaluation uses them as
+baselines (recsys/evaluation/streaming.py: methods `covisit`, `vsknn`, `stan`, `own-recent`) and
+the learned ranker as candidate generators (recsys/candidates/ranker.py); one implementation
+serves both.
 
 One module a source, over what they share (`base`) and one settings object (`config`):
 
@@ -21,6 +22,7 @@ One module a source, over what they share (`base`) and one settings object (`con
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
@@ -64,6 +66,13 @@ class Sources:
         self.sknn.update(e)
         self.covisit.update(e)
         self.category.update(e)
+
+    def update_many(self, events: Sequence[Event]) -> None:
+        """`update` of each event in turn: the sources share no state, so each takes them all in
+        one pass (the worker's batches; the same state as event by event)."""
+        self.sknn.update_many(events)
+        self.covisit.update_many(events)
+        self.category.update_many(events)
 
     def sizes(self) -> dict[str, int]:
         """How much each source holds (the worker's streamrec_sources_entries gauge)."""

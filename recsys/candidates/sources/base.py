@@ -65,16 +65,22 @@ class RecentItems:
         self._u: dict[str, dict[str, int]] = {}  # least recently active user first
 
     def update(self, e: Event) -> None:
-        d = self._u.pop(e.user, None)
-        if d is None:
-            d = {}
-            if len(self._u) >= self.max_users:
-                del self._u[next(iter(self._u))]
-        self._u[e.user] = d
-        d.pop(e.item, None)
-        d[e.item] = e.ts
-        if len(d) > self.keep:
-            del d[next(iter(d))]
+        self.update_many((e,))
+
+    def update_many(self, events: Iterable[Event]) -> None:
+        """`update` of each event in turn."""
+        users, keep, max_users = self._u, self.keep, self.max_users
+        for e in events:
+            d = users.pop(e.user, None)
+            if d is None:
+                d = {}
+                if len(users) >= max_users:
+                    del users[next(iter(users))]
+            users[e.user] = d
+            d.pop(e.item, None)
+            d[e.item] = e.ts
+            if len(d) > keep:
+                del d[next(iter(d))]
 
     def items(self, user: str, n: int) -> list[str]:
         """The user's last n distinct items, latest last."""

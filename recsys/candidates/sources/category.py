@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
@@ -39,6 +40,10 @@ class CategoryPopularity:
         if pop is None:
             pop = self._pop[c] = RecentPopularity(self.cfg.category_half_life_s, self.cfg.category_max_items)
         pop.add(e.item, e.ts)
+
+    def update_many(self, events: Iterable[Event]) -> None:
+        for e in events:
+            self.update(e)
 
     def recent_categories(self, profile: UserProfile | None) -> list[str]:
         """The distinct categories of the user's latest items, latest first."""

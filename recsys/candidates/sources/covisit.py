@@ -13,6 +13,7 @@ top_items' order, and its total): a row several lists of a batch read is sorted 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
@@ -68,68 +69,93 @@ class CoVisitation:
         self.pairs -= len(row) - self.cfg.covisit_max_row
 
     def update(self, e: Event) -> None:
-        self.version += 1
-        buf = self._buf.pop(e.user, None)
-        if buf is None:
-            buf = ()
-            if len(self._buf) >= self.cfg.max_users:
-                del self._buf[next(iter(self._buf))]
-        b = e.item
-        tot = self._tot.pop(b, None)
-        if tot is not None:
-            self._tot[b] = tot
-        self.recent.update(e)
-        if buf and buf[-1][0] == b:  # a reload or an action on the product on screen: not a move
-            self._buf[e.user] = (*buf[:-1], (b, e.ts))
-            return
-        back = self.cfg.covisit_back
-        self._buf[e.user] = (*buf, (b, e.ts))[-back:] if back > 0 else ()
-        window = self.cfg.covisit_window_s * 1000.0
-        backward, cap = self.cfg.covisit_backward, 2 * self.cfg.covisit_max_row
-        rows, tots = self._w, self._tot
-        done: set[str] = {b}
-        new = 0
-        for d, (a, ta) in enumerate(reversed(buf), 1):
-            if e.ts - ta > window:
-                break
-            if a in done:
+        self.update_many((e,))
+
+    def update_many(self, events: Sequence[Event]) -> None:
+        """`update` of each event in turn (the same state), the settings and dicts looked up once
+        a batch."""
+        cfg = self.cfg
+        back, window = cfg.covisit_back, cfg.covisit_window_s * 1000.0
+        backward, cap = cfg.covisit_backward, 2 * cfg.covisit_max_row
+        bufs, rows, nexts, tots = self._buf, self._w, self._next, self._tot
+        self.recent.update_many(events)  # its own state: the same after a pass of its own
+        for e in events:
+            self.version += 1
+            user, b, ts = e.user, e.item, e.ts
+            buf = bufs.pop(user, None)
+            if buf is None:
+                buf = ()
+                if len(bufs) >= cfg.max_users:
+                    del bufs[next(iter(bufs))]
+            tot = tots.pop(b, None)
+            if tot is not None:
+                tots[b] = tot
+            if buf and buf[-1][0] == b:  # a reload or an action on the product on screen: not a move
+                bufs[user] = (*buf[:-1], (b, ts))
                 continue
-            done.add(a)
-            if d == 1:
-                row = self._next.get(a)
+            bufs[user] = (*buf, (b, ts))[-back:] if back > 0 else ()
+            done: set[str] = {b}
+            new = 0
+            # b's row and total (b→a, every pair) are looked up once, at the first pair: a new row
+            # or total joins its dict there, as it did when each pair looked it up
+            row_b: dict[str, float] | None = None
+            tot_b = 0.0
+            for d, (a, ta) in enumerate(reversed(buf), 1):
+                if ts - ta > window:
+                    break
+                if a in done:
+                    continue
+                done.add(a)
+                # each pair adds to a row's entry (0.0 + w is w) and a new entry may take the row
+                # past `cap` (pruned); inline: ~20 times an event in the worker's batch path
+                if d == 1:
+                    row = nexts.get(a)
+                    if row is None:
+                        row = nexts[a] = {}
+                    v = row.get(b)
+                    if v is None:
+                        row[b] = 1.0
+                        new += 1
+                        if len(row) > cap:
+                            self._bounded(nexts, a, row)
+                    else:
+                        row[b] = v + 1.0
+                # a→b gains 1/d and b→a backward/d, each row's total with it
+                w = 1.0 / d
+                row = rows.get(a)
                 if row is None:
-                    row = self._next[a] = {}
-                n = len(row)
-                row[b] = row.get(b, 0.0) + 1.0
-                new += len(row) - n
-                if len(row) > cap:
-                    self._bounded(self._next, a, row)
-            # a→b gains 1/d and b→a backward/d, each row's total with it (inline: ~20 times an
-            # event in the worker's batch path); a row past `cap` is pruned
-            w = 1.0 / d
-            row = rows.get(a)
-            if row is None:
-                row = rows[a] = {}
-            n = len(row)
-            row[b] = row.get(b, 0.0) + w
-            tots[a] = tots.get(a, 0.0) + w
-            if len(row) > cap:
-                self._bounded(rows, a, row)
-            new += len(row) - n
-            if backward > 0:
-                w = backward / d
-                row = rows.get(b)
-                if row is None:
-                    row = rows[b] = {}
-                n = len(row)
-                row[a] = row.get(a, 0.0) + w
-                tots[b] = tots.get(b, 0.0) + w
-                if len(row) > cap:
-                    self._bounded(rows, b, row)
-                new += len(row) - n
-        self.pairs += new
-        while self.pairs > self.cfg.covisit_max_pairs:
-            self._drop_oldest_row()
+                    row = rows[a] = {}
+                v = row.get(b)
+                if v is None:
+                    row[b] = w
+                    new += 1
+                    if len(row) > cap:
+                        self._bounded(rows, a, row)
+                else:
+                    row[b] = v + w
+                tots[a] = tots.get(a, 0.0) + w
+                if backward > 0:
+                    w = backward / d
+                    if row_b is None:
+                        row_b = rows.get(b)
+                        if row_b is None:
+                            row_b = rows[b] = {}
+                        tot_b = tots[b] = tots.get(b, 0.0)
+                    v = row_b.get(a)
+                    if v is None:
+                        row_b[a] = w
+                        new += 1
+                        if len(row_b) > cap:
+                            self._bounded(rows, b, row_b)
+                            row_b = rows[b]
+                    else:
+                        row_b[a] = v + w
+                    tot_b += w
+            if row_b is not None:
+                tots[b] = tot_b
+            self.pairs += new
+            while self.pairs > cfg.covisit_max_pairs:
+                self._drop_oldest_row()
 
     def _drop_oldest_row(self) -> None:
         a = next(iter(self._tot))

@@ -115,48 +115,58 @@ class SessionKNN:
             del self._user_sess[user]
 
     def update(self, e: Event) -> None:
-        self._version += 1
-        item = self._id.get(e.item)
-        if item is None:
-            item = self._id[e.item] = len(self._name)
-            self._name.append(e.item)
-        cur = self._user_sess.get(e.user)
-        gap_ms = self.cfg.session_gap_s * 1000.0
-        if cur is None or e.ts - cur[1] > gap_ms:
-            sid = self._next_sid
-            self._next_sid += 1
-            self._items[sid], self._distinct[sid] = bytearray(), bytearray()
-            self._last[sid], self._owner[sid] = e.ts, e.user
-            if len(self._items) > self.cfg.max_sessions:
-                self._evict_oldest()
-            move = True
-        else:
-            sid = cur[0]
-            move = cur[2] != item  # the item on screen again: the sequence stays as it was
-        if move:
-            key = _PACK(item)
-            self._items[sid] += key
-            distinct = self._distinct[sid]
-            if len(distinct) < 8 * _SCAN:
-                if not _holds(distinct, key):
-                    distinct += key
+        self.update_many((e,))
+
+    def update_many(self, events: Sequence[Event]) -> None:
+        """`update` of each event in turn, the settings and dicts looked up once."""
+        cfg = self.cfg
+        gap_ms, max_sessions, per_item = cfg.session_gap_s * 1000.0, cfg.max_sessions, cfg.max_sessions_per_item
+        ids, names, user_sess, by_item = self._id, self._name, self._user_sess, self._by_item
+        items, distincts, last = self._items, self._distinct, self._last
+        self.recent.update_many(events)  # its own state: the same after a pass of its own
+        for e in events:
+            self._version += 1
+            user, ts = e.user, e.ts
+            item = ids.get(e.item)
+            if item is None:
+                item = ids[e.item] = len(names)
+                names.append(e.item)
+            cur = user_sess.get(user)
+            if cur is None or ts - cur[1] > gap_ms:
+                sid = self._next_sid
+                self._next_sid += 1
+                items[sid], distincts[sid] = bytearray(), bytearray()
+                last[sid], self._owner[sid] = ts, user
+                if len(items) > max_sessions:
+                    self._evict_oldest()
+                move = True
             else:
-                held = self._long.get(sid)
-                if held is None:
-                    held = self._long[sid] = dict.fromkeys(memoryview(distinct).cast("q"))
-                if item not in held:
-                    held[item] = None
-                    distinct += key
-        self._last[sid] = max(self._last[sid], e.ts)
-        self._user_sess[e.user] = (sid, e.ts, item)
-        by = self._by_item.get(item)
-        if by is None:
-            by = self._by_item[item] = {}
-        by.pop(sid, None)
-        by[sid] = None
-        if len(by) > self.cfg.max_sessions_per_item:
-            del by[next(iter(by))]
-        self.recent.update(e)
+                sid = cur[0]
+                move = cur[2] != item  # the item on screen again: the sequence stays as it was
+            if move:
+                key = _PACK(item)
+                items[sid] += key
+                distinct = distincts[sid]
+                if len(distinct) < 8 * _SCAN:
+                    if not _holds(distinct, key):
+                        distinct += key
+                else:
+                    held = self._long.get(sid)
+                    if held is None:
+                        held = self._long[sid] = dict.fromkeys(memoryview(distinct).cast("q"))
+                    if item not in held:
+                        held[item] = None
+                        distinct += key
+            if ts > last[sid]:
+                last[sid] = ts
+            user_sess[user] = (sid, ts, item)
+            by = by_item.get(item)
+            if by is None:
+                by = by_item[item] = {}
+            by.pop(sid, None)
+            by[sid] = None
+            if len(by) > per_item:
+                del by[next(iter(by))]
 
     def sizes(self) -> dict[str, int]:
         return {"sessions": len(self._items), "session_items": len(self._by_item)}
