@@ -90,7 +90,7 @@ import numpy as np
 from recsys.candidates.lists import context, ranked_lists
 from recsys.candidates.ranker import FEATURES, Context, Examples, Features, ItemStats, Ranker, RankerConfig
 from recsys.candidates.sources import BASELINES, Sources, SourcesConfig, top_items
-from recsys.confidence import ConfidenceConfig, UserProfile, build_profiles
+from recsys.confidence import ConfidenceConfig, UserProfile, build_profiles, profile_confidences
 from recsys.evaluation.plotting import pyplot
 from recsys.events import Event
 from recsys.model.factors import Model
@@ -583,7 +583,7 @@ def _refresh_items(
     """Fold in every new item from its users' current factors (against the base model) and
     their current confidence in it; returns a Recommender on the extended model."""
     users = sorted({u for by in touched.values() for u in by})
-    confs = [profiles[u].confidence(ccfg) for u in users]
+    confs = profile_confidences([profiles[u] for u in users], ccfg)
     x, known = rec.fold_in(confs)
     factors_of = {u: x[r] for r, u in enumerate(users) if known[r]}
     conf_of = dict(zip(users, confs, strict=True))

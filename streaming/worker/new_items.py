@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.confidence import UserProfile
+from recsys.confidence import UserProfile, profile_confidences
 from recsys.model.factors import Model
 from recsys.model.item_foldin import extend_model, fold_in_items
 from recsys.serving.recommender import Recommender
@@ -56,6 +56,7 @@ log = logging.getLogger("streamrec.items")
 EVIDENCE_BATCH = 1000  # evidence records per solve at most (else every refresh_s)
 MAX_FACTORS = 4096
 MAX_ABS = 1e6  # factors and confidences are far below this; bigger is garbage
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # json.dumps builds one per call for these separators
 
 
 # -- records -----------------------------------------------------------------------------------
@@ -104,16 +105,17 @@ def _object(key: bytes | None, value: bytes | None) -> tuple[dict[str, Any], str
 
 
 def encode_evidence(version: str, item: str, user: str, x: np.ndarray, c: float) -> bytes:
-    return json.dumps(
-        {
-            "v": version,
-            "item": item,
-            "user": user,
-            "x": np.round(np.asarray(x, np.float64), 6).tolist(),
-            "c": round(float(c), 6),
-        },
-        separators=(",", ":"),
-    ).encode()
+    (record,) = _user_evidence(version, user, x, [(item, c)])
+    return record
+
+
+def _user_evidence(version: str, user: str, x: np.ndarray, items: Sequence[tuple[str, float]]) -> list[bytes]:
+    """One user's records, an (item, c) each: json.dumps' bytes of {v, item, user, x, c}, the
+    user's factors written once (their floats are most of a record's cost)."""
+    head = '{"v":' + json.dumps(version) + ',"item":'
+    xs = _COMPACT.encode(np.round(np.asarray(x, np.float64), 6).tolist())
+    tail = ',"user":' + json.dumps(user) + ',"x":' + xs + ',"c":'
+    return [(head + json.dumps(item) + tail + json.dumps(round(float(c), 6)) + "}").encode() for item, c in items]
 
 
 def decode_evidence(key: bytes | None, value: bytes | None) -> Evidence:
@@ -149,15 +151,14 @@ def new_item_evidence(
     """(key, value) evidence records for (user, profile after the batch, new items they touched).
     The users are folded in against `base` (the trained model, not the extended one: as measured
     offline, and so a new item's row never feeds back into its own evidence)."""
-    confs = [p.confidence(base.ccfg) for _, p, _ in users]
+    confs = profile_confidences([p for _, p, _ in users], base.ccfg)
     x, known = base.fold_in(confs)
-    out = []
+    out: list[tuple[bytes, bytes]] = []
     for (user, _, items), conf, xu, has in zip(users, confs, x, known, strict=True):
         if not has:  # no trained item yet: the user has no place in the space to lend
             continue
-        for item in sorted(items):
-            if item in conf:  # else already evicted from the profile (max_items)
-                out.append((item.encode(), encode_evidence(base.version, item, user, xu, conf[item])))
+        kept = [(item, conf[item]) for item in sorted(items) if item in conf]  # else evicted (max_items)
+        out += zip([i.encode() for i, _ in kept], _user_evidence(base.version, user, xu, kept), strict=True)
     return out
 
 

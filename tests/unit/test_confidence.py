@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from recsys.confidence import ConfidenceConfig, UserProfile, build_profiles
+from recsys.confidence import ConfidenceConfig, UserProfile, build_profiles, profile_confidences
 from recsys.errors import ConfigError
 from tests.helpers import T0, ev
 
@@ -92,6 +92,17 @@ def test_stream_and_batch_agree_exactly():
         stream.apply(e, cfg)
     assert stream == batch
     assert stream.confidence(cfg) == batch.confidence(cfg)
+
+
+def test_many_profiles_confidences_in_one_pass_are_each_ones():
+    cfg = ConfidenceConfig(half_life_days=0.5, dwell_unit_s=10)
+    events = [ev(f"u{k % 5}", f"i{k % 11}", "view", T0 + k * 1_234_567, dwell=float(k % 4) * 9) for k in range(90)]
+    profiles = [*build_profiles(events, cfg).values(), UserProfile()]
+    for now in (None, T0 + 200 * DAY):
+        got = profile_confidences(profiles, cfg, now)
+        for p, conf in zip(profiles, got, strict=True):
+            one = profile_confidences([p], cfg, now)[0]
+            assert list(conf.items()) == list(one.items())  # the same floats, in the profile's order
 
 
 @pytest.mark.parametrize(

@@ -104,6 +104,19 @@ def _events(msgs):
 GOOD = json.loads(encode_evidence("v1", "new", "u", np.ones(8), 2.0))
 
 
+def test_evidence_records_are_json_dumps_bytes():
+    x = np.array([0.1234567, -2.5e-7, 3.0, -0.0], np.float32)
+    for user, item, c in (("u", "new", 2.0), ('é "q"', "ü/\\n", 1.000000449)):
+        want = {
+            "v": "v1",
+            "item": item,
+            "user": user,
+            "x": np.round(x.astype(np.float64), 6).tolist(),
+            "c": round(c, 6),
+        }
+        assert encode_evidence("v1", item, user, x, c) == json.dumps(want, separators=(",", ":")).encode()
+
+
 @pytest.mark.parametrize(
     "key,value",
     [
