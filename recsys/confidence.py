@@ -90,9 +90,10 @@ class ConfidenceConfig:
         `values` are raw values as stored (ItemState.value), `ages_ms` the time from each one's
         reference time to `now` (the user's last event). Every matrix ALS trains on is made by this
         function (the retrain from the changelog, `confidence_matrix`), and so is
-        `UserProfile.confidence`, what the stream folds in. It equals the scalar `decay` and
-        `to_confidence` bit for bit (numpy's float64 `power` is the C library's `pow` here;
-        tests/unit/test_confidence.py and the changelog test check it on real data)."""
+        `UserProfile.confidence` (the new-item evidence). The fold-in takes the scalar `decay` and
+        `to_confidence` (`UserProfile.values`, which the re-visit term shares): numpy's float64
+        `power` runs SIMD kernels where the CPU has them, and on an AVX-512 machine they differ
+        from the C library's `pow` in the last bit on ~0.2% of decayed values."""
         v = np.asarray(values, np.float64)
         if self.half_life_days is not None:
             age = np.asarray(ages_ms, np.int64)
