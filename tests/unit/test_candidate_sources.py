@@ -14,6 +14,7 @@ from itertools import islice
 import numpy as np
 import pytest
 
+import recsys.candidates.sources.covisit as covisit
 from recsys.candidates.ranker import ItemStats
 from recsys.candidates.sources import (
     CategoryPopularity,
@@ -304,10 +305,12 @@ def plain_top(cv: CoVisitation, user: str, n: int, banned: set[str], mask: ItemM
 
 
 @pytest.mark.parametrize("normalize", [False, True])
-def test_covisitation_top_equals_the_whole_sum_cut(normalize: bool) -> None:
+def test_covisitation_top_equals_the_whole_sum_cut(normalize: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Items, score bits and order (ties too: small integer weights tie often) equal the whole
     sum's best n, with banned items and a mask; n from 1 to past the heads' first size (a head
-    that has to grow) and past the rows' items; read twice between updates and again after."""
+    that has to grow) and past the rows' items; read twice between updates and again after.
+    Every user's rows go through the heads (no sum however few items they hold)."""
+    monkeypatch.setattr(covisit, "_SUM_UP_TO", 0)
     rng = np.random.default_rng(5)
     cfg = SourcesConfig(covisit_max_row=120, covisit_normalize=normalize, covisit_recent=3)
     cv = CoVisitation(cfg)
@@ -330,8 +333,14 @@ def test_covisitation_top_equals_the_whole_sum_cut(normalize: bool) -> None:
     assert compared > 300
 
 
+@pytest.mark.parametrize("heads_only", [True, False])
 @pytest.mark.parametrize("dataset", ["yoochoose", "taobao_small", "rees46_small"])
-def test_covisitation_top_equals_the_whole_sum_cut_on_real_data(dataset: str) -> None:
+def test_covisitation_top_equals_the_whole_sum_cut_on_real_data(
+    dataset: str, heads_only: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above on real streams: through the heads only, and as the worker runs (few items: summed)."""
+    if heads_only:
+        monkeypatch.setattr(covisit, "_SUM_UP_TO", 0)
     events = sorted(load_events(require_dataset(dataset)), key=lambda e: e.ts)[-4000:]
     cv = CoVisitation(SourcesConfig())
     compared = 0

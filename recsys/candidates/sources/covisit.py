@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from recsys.catalogue import ItemMask
 
 _HEAD = 64  # items a head keeps at least: a list's 2 × per_source and a few banned
+# `top` sums a user's rows when they hold this many items or fewer: cheaper than their heads
+_SUM_UP_TO = 300
 
 
 class _Head:
@@ -211,6 +213,11 @@ class CoVisitation:
             w *= self.cfg.covisit_decay
         if not rows:
             return {}
+        if sum(len(row) for _, _, row in rows) <= _SUM_UP_TO:
+            scores = self.scores(user)
+            if mask is not None:
+                scores = {i: v for i, v in scores.items() if mask.allows(i)}
+            return {i: scores[i] for i in top_items(scores, n, banned)}
         want = n + len(banned)
         heads = [self._head(a, want, False) for a, _, _ in rows]
         seen: set[str] = set()
