@@ -8,9 +8,10 @@ with `covisit_normalize` each row is divided by its total (≈ P(next = i | a)).
 
 Between two updates (a batch's lists) a row `top` or `shares` reads keeps its `_Head` (its best
 items in top_items' order, and its total): a row several lists of a batch read is sorted and
-summed once, and `top` reads the user's rows' heads, not their whole sum. (Heads kept across
-updates, brought up to date as rows rise, cost the update more than they saved: the rows a list
-reads are those its user's latest move has just changed.)
+summed once, and `top` reads a user's rows' heads, not their whole sum, when the rows are long
+(past `_SUM_UP_TO` items). (Heads kept across updates, brought up to date as rows rise, cost the
+update more than they saved: the rows a list reads are those its user's latest move has just
+changed.)
 """
 
 from __future__ import annotations
