@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys.candidates.ranker import Context, Features, ItemStats, Ranker, trim
-from recsys.candidates.sources import BASELINES, Sources
+from recsys.candidates.ranker import Context, Features, ItemStats, Ranker
+from recsys.candidates.sources import BASELINES, Sources, trim
 from recsys.catalogue import ItemMask
 from recsys.confidence import UserProfile
 from recsys.serving.recommender import Recommender
@@ -85,9 +85,7 @@ def context(
             else:
                 scores = src.scores(m, user, profile, ctx.now)
                 scores_out[m] = scores
-                if mask is not None:
-                    scores = {i: v for i, v in scores.items() if mask.allows(i)}
-                ctx.sources[m] = trim(scores, per_source, banned)
+                ctx.sources[m] = trim(scores, per_source, banned, mask)
             if m == "covisit" and src.cfg.category_recent > 0:  # the category source rides with co-visitation
                 ctx.category = src.category.category
                 ctx.recent_categories = src.category.recent_categories(profile)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from recsys.candidates.native import NativeForest, compile_forest
-from recsys.candidates.sources import kernels, top_items
+from recsys.candidates.sources import kernels, trim
 from recsys.fields import setting
 from recsys.model.factors import Model
 from recsys.serving.popularity import RecentPopularity
@@ -241,11 +241,6 @@ class Context:
     next_prev: Mapping[str, float] = field(default_factory=dict)  # "viewed next" row of the move before
     prev_gap_s: float = -1.0  # seconds from the move before the item on screen to `now` (-1: none)
     query_totals: tuple[float, float] = (0.0, 0.0)  # the query's co-visitation and "viewed next" row totals
-
-
-def trim(scores: Mapping[str, float], n: int, banned: set[str]) -> dict[str, float]:
-    """A source's best n items with their scores, minus banned."""
-    return {i: scores[i] for i in top_items(scores, n, banned)}
 
 
 def _first_places(

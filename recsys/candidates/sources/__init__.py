@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
-from recsys.candidates.sources.base import RecentItems, own_recent, top_items
+from recsys.candidates.sources.base import RecentItems, own_recent, top_items, trim
 from recsys.candidates.sources.category import CategoryPopularity
 from recsys.candidates.sources.config import SourcesConfig
 from recsys.candidates.sources.covisit import CoVisitation
@@ -47,6 +47,7 @@ __all__ = [
     "SourcesConfig",
     "own_recent",
     "top_items",
+    "trim",
 ]
 
 BASELINES = ("own-recent", "covisit", "vsknn", "stan")
@@ -63,9 +64,7 @@ class Sources:
         self.category = CategoryPopularity(cfg)
 
     def update(self, e: Event) -> None:
-        self.sknn.update(e)
-        self.covisit.update(e)
-        self.category.update(e)
+        self.update_many((e,))
 
     def update_many(self, events: Sequence[Event]) -> None:
         """`update` of each event in turn: the sources share no state, so each takes them all in
@@ -107,7 +106,4 @@ class Sources:
             return self.category.top(profile, n, banned, mask)
         if method == "covisit":
             return self.covisit.top(user, n, banned, mask)
-        scores = self.scores(method, user, profile, now)
-        if mask is not None:
-            scores = {i: v for i, v in scores.items() if mask.allows(i)}
-        return {i: scores[i] for i in top_items(scores, n, banned)}
+        return trim(self.scores(method, user, profile, now), n, banned, mask)

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 import recsys.candidates.sources.kernels as kernels  # the submodule, not the package (which imports this one)
 from recsys.confidence import UserProfile
 from recsys.events import Event
+
+if TYPE_CHECKING:
+    from recsys.catalogue import ItemMask
 
 _SMALL = 160  # top_items: up to this many scored items, a plain sort (cheaper than numpy's fixed costs)
 _HEAD = 256  # top_items: up to this many wanted, the compiled insertion (O(m·want) at worst)
@@ -47,6 +51,15 @@ def top_items(scores: Mapping[str, float], n: int, banned: Iterable[str] = ()) -
             if len(out) == n:
                 break
     return out
+
+
+def trim(
+    scores: Mapping[str, float], n: int, banned: Iterable[str] = (), mask: ItemMask | None = None
+) -> dict[str, float]:
+    """A source's best n items that `mask` allows, minus banned, with their scores, best first."""
+    if mask is not None:
+        scores = {i: v for i, v in scores.items() if mask.allows(i)}
+    return {i: scores[i] for i in top_items(scores, n, banned)}
 
 
 def own_recent(profile: UserProfile | None) -> dict[str, float]:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
-from recsys.candidates.sources.base import top_items
+from recsys.candidates.sources.base import trim
 from recsys.candidates.sources.config import SourcesConfig
 from recsys.confidence import UserProfile
 from recsys.events import Event
@@ -74,4 +74,4 @@ class CategoryPopularity:
             w = 0.5**j / (counts[0] or 1.0)
             for i, v in zip(best, counts, strict=True):
                 scores[i] = scores.get(i, 0.0) + w * v
-        return {i: scores[i] for i in top_items(scores, n, banned)}
+        return trim(scores, n, banned)

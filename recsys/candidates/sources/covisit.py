@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
-from recsys.candidates.sources.base import RecentItems, top_items
+from recsys.candidates.sources.base import RecentItems, top_items, trim
 from recsys.candidates.sources.config import SourcesConfig
 from recsys.events import Event
 
@@ -215,10 +215,7 @@ class CoVisitation:
         if not rows:
             return {}
         if sum(len(row) for _, _, row in rows) <= _SUM_UP_TO:
-            scores = self.scores(user)
-            if mask is not None:
-                scores = {i: v for i, v in scores.items() if mask.allows(i)}
-            return {i: scores[i] for i in top_items(scores, n, banned)}
+            return trim(self.scores(user), n, banned, mask)
         want = n + len(banned)
         heads = [self._head(a, want, False) for a, _, _ in rows]
         seen: set[str] = set()
