@@ -12,7 +12,9 @@ trained and folded in with implicit's own alpha left at 1.
 
 `UserProfile.apply` is the only place an event changes a user's state. The stream applies
 events one by one as they arrive; the batch retrain applies a user's events in time order;
-both therefore produce the same numbers, bit for bit.
+both therefore produce the same numbers, bit for bit. What ALS sees of that state, the matrix a
+retrain trains on and the confidences the stream folds in, is decayed to the user's last event
+by one vectorised function (`ConfidenceConfig.decayed`), so those agree bit for bit too.
 """
 
 from __future__ import annotations
@@ -84,23 +86,28 @@ class ConfidenceConfig:
     def to_confidence(self, value: float) -> float:
         return 1.0 + self.alpha * value
 
-    def confidences(self, values: np.ndarray, ages_ms: np.ndarray) -> np.ndarray:
-        """The confidence formula, vectorised: c = 1 + alpha * decay(r, age), float64.
+    def decayed(self, values: np.ndarray, ages_ms: np.ndarray) -> np.ndarray:
+        """Raw values decayed by their ages, vectorised (float64): what every ALS input starts
+        from, the matrices a model trains on and the profiles the stream folds in alike.
 
         `values` are raw values as stored (ItemState.value), `ages_ms` the time from each one's
-        reference time to `now` (the user's last event). Every matrix ALS trains on is made by this
-        function (the retrain from the changelog, `confidence_matrix`), and so is
-        `UserProfile.confidence` (the new-item evidence). The fold-in takes the scalar `decay` and
-        `to_confidence` (`UserProfile.values`, which the re-visit term shares): numpy's float64
-        `power` runs SIMD kernels where the CPU has them, and on an AVX-512 machine they differ
-        from the C library's `pow` in the last bit on ~0.2% of decayed values."""
+        reference time to `now` (the user's last event). One implementation, not a scalar one
+        beside it: numpy's float64 `power` runs SIMD kernels where the CPU has them, and on an
+        AVX-512 machine they differ from the C library's `pow` in the last bit on ~0.2% of
+        decayed values. (`decay`, the scalar, is what `UserProfile.apply` stores: state, not input.)"""
         v = np.asarray(values, np.float64)
-        if self.half_life_days is not None:
-            age = np.asarray(ages_ms, np.int64)
-            with np.errstate(over="ignore"):  # ages <= 0 keep their value; their power is not used
-                decayed = v * np.power(2.0, -age / (self.half_life_days * 86_400_000.0))
-            v = np.where(age > 0, decayed, v)
-        return 1.0 + self.alpha * v
+        if self.half_life_days is None:
+            return v
+        age = np.asarray(ages_ms, np.int64)
+        with np.errstate(over="ignore"):  # ages <= 0 keep their value; their power is not used
+            decayed = v * np.power(2.0, -age / (self.half_life_days * 86_400_000.0))
+        return np.where(age > 0, decayed, v)
+
+    def confidences(self, values: np.ndarray, ages_ms: np.ndarray) -> np.ndarray:
+        """The confidence formula, vectorised: c = 1 + alpha * decayed(r, age), float64. Every
+        matrix ALS trains on is made by it (the retrain from the changelog, `confidence_matrix`);
+        `to_confidences` of `UserProfile.values` (the fold-in) gives the same numbers, bit for bit."""
+        return 1.0 + self.alpha * self.decayed(values, ages_ms)
 
     def to_confidences(self, values: Mapping[str, float]) -> dict[str, float]:
         """Raw values per item (`UserProfile.values`) -> confidence per item."""
@@ -177,8 +184,7 @@ class UserProfile:
 
     def values(self, cfg: ConfidenceConfig, now: int | None = None) -> dict[str, float]:
         """Raw values decayed to `now` (default: the user's last event)."""
-        ref = self.last_ts if now is None else now
-        return {i: cfg.decay(s.value, ref - s.ts) for i, s in self.items.items()}
+        return profile_values([self], cfg, now)[0]
 
     def confidence(self, cfg: ConfidenceConfig, now: int | None = None) -> dict[str, float]:
         """Confidence per item, c = 1 + alpha * r, as ALS and the fold-in take it."""
@@ -192,19 +198,27 @@ class UserProfile:
         return {i for i, s in self.items.items() if s.mask & mask}
 
 
-def profile_confidences(
+def profile_values(
     profiles: Sequence[UserProfile], cfg: ConfidenceConfig, now: int | None = None
 ) -> list[dict[str, float]]:
-    """`UserProfile.confidence` of each profile (`now`: default, each one's last event), in one
-    numpy pass: numpy's fixed costs once, not per profile of a few items. The same numbers, as
-    every step is elementwise (float64 `power` is too, wherever an item sits in the array)."""
+    """`UserProfile.values` of each profile (`now`: default, each one's last event), in one numpy
+    pass (`ConfidenceConfig.decayed`): numpy's fixed costs once, not per profile of a few items.
+    The same numbers as profile by profile: every step is elementwise (float64 `power` is too,
+    wherever an item sits in the array)."""
     states = [p.items.values() for p in profiles]
     refs = [p.last_ts for p in profiles] if now is None else [now] * len(profiles)
     n = sum(map(len, states))
     values = np.fromiter((s.value for st in states for s in st), np.float64, n)
     ages = np.fromiter((ref - s.ts for st, ref in zip(states, refs, strict=True) for s in st), np.int64, n)
-    conf = iter(cfg.confidences(values, ages).tolist())
-    return [dict(zip(p.items, islice(conf, len(p.items)), strict=True)) for p in profiles]
+    decayed = iter(cfg.decayed(values, ages).tolist())
+    return [dict(zip(p.items, islice(decayed, len(p.items)), strict=True)) for p in profiles]
+
+
+def profile_confidences(
+    profiles: Sequence[UserProfile], cfg: ConfidenceConfig, now: int | None = None
+) -> list[dict[str, float]]:
+    """`UserProfile.confidence` of each profile, in one numpy pass (`profile_values`)."""
+    return [cfg.to_confidences(v) for v in profile_values(profiles, cfg, now)]
 
 
 def build_profiles(events: Iterable[Event], cfg: ConfidenceConfig) -> dict[str, UserProfile]:

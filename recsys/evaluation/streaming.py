@@ -168,7 +168,7 @@ class _Snap:
 
     event: Event
     query: str | None
-    conf: dict[str, float]  # the confidences the worker folds in (ccfg.to_confidences of p.values)
+    conf: dict[str, float]  # the confidences the worker folds in (p.confidence)
     excl: set[str]  # p.items_with(scfg.exclude_types)
     own: dict[str, float]  # own_item_scores(p, ccfg, scfg.repeat_half_life_days)
     own_list: list[str]  # own items by confidence, filters applied (method own-items)
@@ -194,7 +194,7 @@ def _snapshot(
     p = p or UserProfile()
     query = p.history[-1] if p.history else None
     vals = p.values(ccfg)
-    conf = ccfg.to_confidences(vals)  # the worker's fold-in (p.confidence may differ in the last bit)
+    conf = ccfg.to_confidences(vals)  # p.confidence, from the values the re-visit term reads too
     excl = p.items_with(scfg.exclude_types)
     banned = excl | {query} if query is not None else excl
     own = own_item_scores(p, ccfg, scfg.repeat_half_life_days, values=vals) if scfg.repeat_weight > 0 else {}

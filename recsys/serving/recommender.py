@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 
 from recsys.catalogue import ItemMask
-from recsys.confidence import ConfidenceConfig, UserProfile
+from recsys.confidence import ConfidenceConfig, UserProfile, profile_values
 from recsys.model.factors import Model
 from recsys.model.foldin import FoldIn
 from recsys.serving.scoring import Recommendations, Scorer, ScoringConfig, own_item_scores
@@ -54,7 +54,7 @@ class Recommender:
         more items kept out of row k's list (a request's `exclude=`)."""
         t0 = time.perf_counter()
         ccfg = self.ccfg
-        values = [p.values(ccfg) for p in profiles]  # once: confidences and re-visit strengths both start here
+        values = profile_values(profiles, ccfg)  # once: confidences and re-visit strengths both start here
         x, known = self.fold_in([ccfg.to_confidences(vs) for vs in values])
         t1 = time.perf_counter()
         excludes = [p.items_with(self.scfg.exclude_types) for p in profiles]

@@ -73,7 +73,7 @@ from recsys.candidates.lists import SOURCE_METHODS, Ranked, context, ranked_list
 from recsys.candidates.ranker import Features, ItemStats
 from recsys.candidates.sources import Sources, SourcesConfig
 from recsys.catalogue import Catalogue, ItemMask
-from recsys.confidence import ConfidenceConfig
+from recsys.confidence import ConfidenceConfig, profile_values
 from recsys.events import Event
 from recsys.serving.recommender import Recommender
 from recsys.serving.scoring import Recommendations, own_item_scores
@@ -139,7 +139,7 @@ class WorkerRanking:
         assert rec is not None and serving.ranker is not None and features is not None
         t0 = time.perf_counter()
         ccfg, scfg = self.ccfg, rec.scfg
-        values = [s.profile.values(ccfg) for s in states]
+        values = profile_values([s.profile for s in states], ccfg)
         confs = [ccfg.to_confidences(v) for v in values]
         x, known = rec.fold_in(confs)
         t1 = time.perf_counter()

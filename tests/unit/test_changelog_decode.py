@@ -36,14 +36,15 @@ def table(recs, chunk=97, **kw) -> ChangelogTable:
 
 def expected_from_profiles(t: ChangelogTable, profiles: dict[str, UserProfile], items: list[str]):
     """The matrix from UserProfiles in the decoder's row and column order, two ways: the batch
-    path (confidence_matrix) and the stream's per-user path (UserProfile.confidence)."""
+    path (confidence_matrix) and what the stream folds in per user (the confidences of
+    `UserProfile.values`, as streaming/worker/ranking.py and recsys/serving/recommender.py take them)."""
     rows = [k.decode() for k in t.live_keys()]
     by_row = {u: profiles[u] for u in rows}
     batch, _, _ = confidence_matrix(by_row, CFG, item_ids=items)
     col = {i: k for k, i in enumerate(items)}
     stream = np.zeros((len(rows), len(items)), np.float32)
     for r, u in enumerate(rows):
-        for item, c in by_row[u].confidence(CFG).items():
+        for item, c in CFG.to_confidences(by_row[u].values(CFG)).items():
             stream[r, col[item]] = np.float32(c)
     return batch, stream
 
