@@ -93,7 +93,7 @@ class ConfidenceConfig:
         `values` are raw values as stored (ItemState.value), `ages_ms` the time from each one's
         reference time to `now` (the user's last event). One implementation, not a scalar one
         beside it: numpy's float64 `power` runs SIMD kernels where the CPU has them, and on an
-        AVX-512 machine they differ from the C library's `pow` in the last bit on ~0.2% of
+        AVX-512 machine they differ from the C library's `pow` in the last bit on ~5% of
         decayed values. (`decay`, the scalar, is what `UserProfile.apply` stores: state, not input.)"""
         v = np.asarray(values, np.float64)
         if self.half_life_days is None:
