@@ -20,12 +20,14 @@ Each pipeline is warmed up (a probe event must come back, with a model version w
 one), then the stream is produced as fast as the producer goes (full load); the worker is run
 again at half its measured throughput (paced). A consumer in its own process stamps the arrival
 of every output message; an event counts as answered by the first message for its user whose
-input offset is at or past the event's (the worker coalesces a user's events of one batch).
+input offset is at or past the event's (the worker coalesces a user's events of one batch). The
+bench's producer and that consumer are kafka-python's, or librdkafka's with --light-clients: on
+this 2-core box the load generator's CPU is taken from the pipeline it measures.
 
   throughput   events / (last answer − first send); recommendations/s likewise
   latency      per event: answer arrival − the moment the producer was handed the event
 
-    python -m bench.e2e [--quick] [--events N] [--repeats 3] [--ranker] [--warm-events N] [--data-time] [--output bench/out/e2e.json] [--plot docs/img/bench-e2e.png]
+    python -m bench.e2e [--quick] [--events N] [--repeats 3] [--ranker] [--warm-events N] [--data-time] [--light-clients] [--output bench/out/e2e.json] [--plot docs/img/bench-e2e.png]
 
 With --warm-events N each worker first answers the N events before the stream (untimed): its
 profiles and candidate sources are those of a worker that has been running, as in a shop, where
@@ -55,10 +57,11 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -71,34 +74,147 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
 
 
-# ----------------------------------------------------------------------------- consumer process
-def _consume(bootstrap: str, topic: str, out: mp.Queue, stop: EventType) -> None:
-    from bench.common import topic_reader
+# ----------------------------------------------------------------------------- the bench's own clients
+# The load generator shares the box's 2 cores with the pipeline it measures. kafka-python (the
+# default, as every figure in BENCHMARKS.md before 2026-12-02 was taken) costs ~0.6 of a core for
+# the paced producer at 1,500 events/s and 0.15-0.21 for the stamping consumer; librdkafka
+# (`--light-clients`, confluent-kafka) ~0.2 for the producer: CPU the worker otherwise waits for
+# (BENCHMARKS.md §2, "the bench's own clients").
+def _poller(bootstrap: str, topic: str, stop: EventType, light: bool) -> tuple[Callable[[], list], Callable[[], None]]:
+    """(poll, close): `poll()` waits up to 50 ms for output messages and returns those that
+    arrived together, as (key, value) pairs, as soon as there are any."""
+    if not light:
+        from bench.common import topic_reader
 
-    c = topic_reader(bootstrap, topic, stop, fetch_max_wait_ms=5, max_poll_records=2000)
+        kc = topic_reader(bootstrap, topic, stop, fetch_max_wait_ms=5, max_poll_records=2000)
+
+        def poll_kafka_python() -> list:
+            return [(r.key, r.value) for recs in kc.poll(timeout_ms=50).values() for r in recs]
+
+        return poll_kafka_python, kc.close
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from streaming.kafka import clients
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-e2e-{uuid.uuid4().hex[:8]}",  # required by the client; never joined (assign)
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 5,  # an answer is stamped within ~5 ms of reaching the broker
+            **clients.librdkafka(),
+        }
+    )
+    parts: list[int] = []
+    while not parts and not stop.is_set():  # the topic exists (Pipeline makes it first); its metadata may lag
+        t = c.list_topics(topic, timeout=5).topics.get(topic)
+        parts = sorted(t.partitions) if t is not None and t.error is None else []
+        if not parts:
+            time.sleep(0.1)
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+
+    def poll_librdkafka() -> list:
+        first = c.poll(0.05)  # returns on the first message
+        if first is None:
+            return []
+        got = [first, *c.consume(2000, timeout=0)]  # and whatever arrived with it
+        return [(r.key(), r.value()) for r in got if r.error() is None and r.value() is not None]
+
+    return poll_librdkafka, c.close
+
+
+def _consume(bootstrap: str, topic: str, out: mp.Queue, stop: EventType, light: bool) -> None:
+    poll, close = _poller(bootstrap, topic, stop, light)
     while not stop.is_set():
-        got = c.poll(timeout_ms=50)
-        now = time.time()
+        got = poll()
+        now = time.time()  # each message's arrival: when the fetch that brought it returned
         batch = []
-        for recs in got.values():
-            for r in recs:
-                try:
-                    v = json.loads(r.value)
-                    batch.append((r.key, int(v["offset"]), now, v.get("model_version")))
-                except (ValueError, KeyError, TypeError):
-                    pass
+        for key, value in got:
+            try:
+                v = json.loads(value)
+                batch.append((key, int(v["offset"]), now, v.get("model_version")))
+            except (ValueError, KeyError, TypeError):
+                pass
         if batch:
             out.put(batch)
-    c.close()
+    close()
+
+
+class Producer:
+    """The bench's producer (kafka-python, or librdkafka with `light`): `send` hands an event
+    over and calls `on_offset(offset)` once the broker has it, `send_now` waits for it. Acks from
+    every replica and idempotence, as `recsys replay` produces, with a 2 ms linger."""
+
+    def __init__(self, bootstrap: str, light: bool):
+        self.light = light
+        if not light:
+            from streaming.jobs.replay import make_producer
+
+            self._kp = make_producer(bootstrap, {"linger_ms": 2, "client_id": "bench-e2e"})
+            return
+        from confluent_kafka import Producer as RdProducer
+
+        from streaming.kafka import clients
+
+        self._rp = RdProducer(
+            {
+                "bootstrap.servers": bootstrap,
+                "client.id": "bench-e2e",
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 2,
+                **clients.librdkafka(),
+            }
+        )
+
+    def send(self, topic: str, key: bytes, value: bytes, on_offset: Callable[[int], None] | None = None) -> None:
+        if not self.light:
+            fut = self._kp.send(topic, key=key, value=value)
+            if on_offset is not None:
+                fut.add_callback(lambda meta: on_offset(meta.offset))
+            return
+
+        def delivered(err: Any, msg: Any) -> None:
+            if err is None and on_offset is not None:
+                on_offset(msg.offset())
+
+        while True:
+            try:
+                self._rp.produce(topic, value=value, key=key, on_delivery=delivered)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                self._rp.poll(0.01)
+        self._rp.poll(0)  # delivery callbacks run here
+
+    def send_now(self, topic: str, key: bytes, value: bytes, timeout: float = 30.0) -> int:
+        got: list[int] = []
+        self.send(topic, key, value, got.append)
+        self.flush(timeout)
+        if not got:
+            raise TimeoutError(f"no acknowledgement for a record on {topic} within {timeout}s")
+        return got[0]
+
+    def flush(self, timeout: float = 120.0) -> None:
+        if self.light:
+            self._rp.flush(timeout)
+        else:
+            self._kp.flush(timeout)
+
+    def close(self) -> None:
+        if self.light:
+            self._rp.flush(5)
+            del self._rp  # librdkafka's client goes with its last reference: before the broker stops
+        else:
+            self._kp.close(timeout=5)
 
 
 class Answers:
     """Arrivals from the consumer process, matched to sent events per user."""
 
-    def __init__(self, bootstrap: str, topic: str):
+    def __init__(self, bootstrap: str, topic: str, light: bool):
         ctx = mp.get_context("spawn")
         self.q, self.stop_ev = ctx.Queue(), ctx.Event()
-        self.proc = ctx.Process(target=_consume, args=(bootstrap, topic, self.q, self.stop_ev), daemon=True)
+        self.proc = ctx.Process(target=_consume, args=(bootstrap, topic, self.q, self.stop_ev, light), daemon=True)
         self.proc.start()
         self.lock = threading.Lock()
         self.arrivals: dict[bytes, list[tuple[int, float]]] = {}
@@ -146,6 +262,7 @@ class Pipeline:
         model_dir: Path,
         batch_within_s: float,
         worker_env: dict[str, str] | None = None,
+        light: bool = False,
     ):
         from devtools.broker import free_port
         from recsys.config import child_env
@@ -200,9 +317,9 @@ class Pipeline:
             ]
         with open(self.log_path, "ab") as log:  # the worker keeps its own copy of the descriptor
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        self.answers = Answers(bootstrap, self.recs)
+        self.answers = Answers(bootstrap, self.recs, light)
 
-    def warm_up(self, producer, timeout: float = 120.0) -> float:
+    def warm_up(self, producer: Producer, timeout: float = 120.0) -> float:
         """Send probe events until one comes back (from a model, where there is one)."""
         t0 = time.time()
         k = 0
@@ -210,10 +327,10 @@ class Pipeline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited:\n{self.log_path.read_text()[-3000:]}")
             key = f"warmup-{k}".encode()
-            meta = producer.send(self.clicks, key=key, value=_probe(key.decode())).get(timeout=30)
+            offset = producer.send_now(self.clicks, key, _probe(key.decode()))
             deadline = time.time() + 3.0
             while time.time() < deadline:
-                if self.answers.answered(key, meta.offset) is not None:
+                if self.answers.answered(key, offset) is not None:
                     with self.answers.lock:
                         ver = self.answers.versions.get(key)
                     if self.kind == "passthrough" or ver:
@@ -283,7 +400,7 @@ def _cpu_s(pid: int | None = None) -> float:
 
 
 def drive(
-    pipe: Pipeline, producer, events, rate: float | None, timeout: float, ts_offset_ms: int | None = None
+    pipe: Pipeline, producer: Producer, events, rate: float | None, timeout: float, ts_offset_ms: int | None = None
 ) -> dict:
     """Produce `events` (as fast as possible, or at `rate`/s), wait for every answer, measure.
     Each event's time is its send time, or with `ts_offset_ms` its own time moved by that much.
@@ -297,8 +414,8 @@ def drive(
     keys: list[bytes] = [b""] * n
 
     def on_ok(i):
-        def cb(meta):
-            offsets[i] = meta.offset
+        def cb(offset: int) -> None:
+            offsets[i] = offset
 
         return cb
 
@@ -319,7 +436,7 @@ def drive(
         key, value = encode_event(replace(e, ts=ts))
         keys[i] = key
         sent_at[i] = now
-        producer.send(pipe.clicks, key=key, value=value).add_callback(on_ok(i))
+        producer.send(pipe.clicks, key, value, on_ok(i))
     producer.flush()
     produced_s = time.time() - start
     # wait for every event's answer
@@ -459,6 +576,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--items", type=int, default=20_000, help="simulated catalogue")
     ap.add_argument(
+        "--light-clients",
+        action="store_true",
+        help="the bench's producer and stamping consumer in librdkafka (confluent-kafka) instead of "
+        "kafka-python: ~0.5 of a core less of the 2 the pipeline shares with them",
+    )
+    ap.add_argument(
         "--repeats", type=int, help="rounds of all four runs, interleaved; figures are medians (default 3; quick 1)"
     )
     ap.add_argument(
@@ -517,7 +640,6 @@ def main(argv: list[str] | None = None) -> dict:
     from recsys.model.store import ModelStore
     from recsys.model.threads import pin_blas_threads
     from recsys.model.train import TrainConfig, train
-    from streaming.jobs.replay import make_producer
 
     pin_blas_threads()
     t_all = time.time()
@@ -568,7 +690,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"({ranker.meta.get('rows', 0)} example rows)",
                 flush=True,
             )
-        producer = make_producer(broker.bootstrap, {"linger_ms": 2, "client_id": "bench-e2e"})
+        producer = Producer(broker.bootstrap, args.light_clients)
         print(
             f"broker {broker.bootstrap} up in {broker_s:.1f}s; model {model.n_items} items x {model.factors}; "
             f"stream {len(stream)} events of {len({e.user for e in stream})} users",
@@ -583,7 +705,13 @@ def main(argv: list[str] | None = None) -> dict:
             name: str, kind: str, evs, rate: float | None, prev: Pipeline | None = None, models: str = "models"
         ) -> Pipeline:
             pipe = prev or Pipeline(
-                kind, broker.bootstrap, tmp, tmp / models, args.batch_within, base_env if kind == "worker" else None
+                kind,
+                broker.bootstrap,
+                tmp,
+                tmp / models,
+                args.batch_within,
+                base_env if kind == "worker" else None,
+                args.light_clients,
             )
             try:
                 warm = pipe.warm_up(producer) if prev is None else 0.0
@@ -656,7 +784,7 @@ def main(argv: list[str] | None = None) -> dict:
                 )
                 results["ratios"]["ranker_half_load_p99_ms"] = rh["latency_ms"]["p99"]
             rounds.append(results)
-        producer.close(timeout=5)
+        producer.close()
         # medians over the rounds (each ratio from its own round: same broker, same minute)
         ratios = {k: float(np.median([r["ratios"][k] for r in rounds])) for k in rounds[0]["ratios"]}
         results = _median_round(rounds)
@@ -685,6 +813,7 @@ def main(argv: list[str] | None = None) -> dict:
             "repeats": repeats,
             "warm_events": len(warm_evs),
             "data_time": args.data_time,
+            "clients": "librdkafka" if args.light_clients else "kafka-python",
             "results": results,
             "ratios": ratios,
             "ranker": args.ranker,

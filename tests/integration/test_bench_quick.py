@@ -99,6 +99,39 @@ def test_state_quick(tmp_path, kafka_broker, monkeypatch):
 
 
 @pytest.mark.kafka
+@pytest.mark.parametrize("light", [False, True], ids=["kafka-python", "librdkafka"])
+def test_e2e_clients_hand_over_offsets_and_stamp_answers(kafka_broker, light):
+    """bench/e2e's own clients, either library (`--light-clients`): the producer reports each
+    event's offset, the stamping consumer matches an answer to the event it answers."""
+    import time
+    import uuid
+
+    from bench.e2e import Answers, Producer
+    from streaming.kafka.admin import ensure_topics
+
+    clicks, recs = f"tc-{uuid.uuid4().hex[:6]}", f"tr-{uuid.uuid4().hex[:6]}"
+    ensure_topics(kafka_broker.bootstrap, {clicks: 2, recs: 2})
+    producer, answers = Producer(kafka_broker.bootstrap, light), Answers(kafka_broker.bootstrap, recs, light)
+    try:
+        offsets: list[int] = []
+        for _ in range(3):
+            producer.send(clicks, b"u1", b"{}", offsets.append)
+        producer.flush()
+        assert sorted(offsets) == [0, 1, 2]  # one partition (one key): each event's own offset
+        first = producer.send_now(clicks, b"u1", b"{}")
+        assert first == 3
+        # an answer to offsets up to 2 (a worker coalesces a user's events of a batch), not to 3
+        producer.send_now(recs, b"u1", json.dumps({"offset": 2, "model_version": "v"}).encode())
+        deadline = time.time() + 30
+        while answers.answered(b"u1", 2) is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert answers.answered(b"u1", 0) is not None and answers.answered(b"u1", 2) is not None
+        assert answers.answered(b"u1", 3) is None
+    finally:
+        answers.close()
+        producer.close()
+
+
 def test_e2e_quick(tmp_path, kafka_broker, monkeypatch):
     from bench import e2e
 
