@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import machine, percentile, rss_bytes, write_json
-from bench.e2e import PARTITIONS, Pipeline, drive
+from bench.e2e import PARTITIONS, Pipeline, Producer, drive
 
 CATEGORIES, BRANDS = 500, 100
 
@@ -189,7 +189,6 @@ def main(argv: list[str] | None = None) -> dict:
     from recsys.model.store import ModelStore
     from recsys.model.threads import pin_blas_threads
     from recsys.model.train import TrainConfig, train
-    from streaming.jobs.replay import make_producer
 
     pin_blas_threads()
     t_all = time.time()
@@ -214,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"({len(blocked)} of the model's items hidden or unavailable)",
             flush=True,
         )
-        producer = make_producer(broker.bootstrap, {"linger_ms": 2, "client_id": "bench-catalogue"})
+        producer = Producer(broker.bootstrap, light=False)  # bench/e2e's, as its figures are taken
         users = sorted({e.user for e in stream})
         rounds = []
         for rnd in range(repeats):
@@ -299,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
                 flush=True,
             )
             rounds.append(res)
-        producer.close(timeout=5)
+        producer.close()
 
         def med(f) -> float:
             return float(np.median([f(r) for r in rounds]))
