@@ -4,6 +4,9 @@ replaced: the same picks and the same floats to the last bit, the lookups left a
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +234,19 @@ def test_load_kernels_compiles_what_the_batches_call() -> None:
     knn.prefetch(users, [events[-1].ts] * len(users))
     assert [list(k.signatures) for k in entries] == after_load
     assert all(len(sigs) == 1 for sigs in after_load)
+
+
+def test_load_kernels_compiles_top_items_insertion() -> None:
+    """`top_items`' insertion (co-visitation's long rows) reads a read-only array, a signature
+    of its own that `load_kernels` compiles too; in a fresh interpreter, so that no other test
+    has compiled it first."""
+    code = (
+        "from recsys.candidates.sources import kernels\n"
+        "from recsys.candidates.sources.base import top_items\n"
+        "from recsys.candidates.sources.session_knn import load_kernels\n"
+        "load_kernels()\n"
+        "head = list(kernels.head.signatures)\n"
+        "top_items({f'i{k}': float(k % 37) for k in range(1000)}, 20)\n"
+        "assert list(kernels.head.signatures) == head, (head, kernels.head.signatures)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])

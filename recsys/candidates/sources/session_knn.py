@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 import recsys.candidates.sources.kernels as kernels  # the submodule, not the package (which imports this one)
-from recsys.candidates.sources.base import RecentItems
+from recsys.candidates.sources.base import _SMALL, RecentItems, top_items
 from recsys.candidates.sources.config import SourcesConfig
 from recsys.events import Event
 
@@ -378,12 +378,13 @@ def _gather(
 
 
 def load_kernels() -> None:
-    """Compile `prefetch`'s kernels and the features' `log1p_each`, or load them from numba's disk cache (~3 s or ~0.3 s of
-    CPU): a prefetch of two users over three events, so the kernels get exactly the argument
-    types the worker's batches give them. The worker calls it off the event loop before its
-    first batch, which would otherwise pay it."""
+    """Compile `prefetch`'s kernels, the features' `log1p_each` and `top_items`' insertion, or load
+    them from numba's disk cache (~3 s or ~0.3 s of CPU): a prefetch of two users over three
+    events, so the kernels get exactly the argument types the worker's batches give them. The
+    worker calls it off the event loop before its first batch, which would otherwise pay it."""
     knn = SessionKNN()
     for user, item, ts in (("a", "x", 1), ("a", "y", 2), ("b", "x", 3)):
         knn.update(Event(user, item, "view", ts))
     knn.prefetch(["a", "b"], [3, 3])
     kernels.log1p_each(np.zeros(1))  # the ranker features' (the same float64 array type)
+    top_items({str(i): float(i) for i in range(_SMALL + 1)}, 1)  # `head` on a read-only array: its own type
