@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"({len(blocked)} of the model's items hidden or unavailable)",
             flush=True,
         )
-        producer = Producer(broker.bootstrap, light=False)  # bench/e2e's, as its figures are taken
+        producer = Producer.open(broker.bootstrap, light=False)  # bench/e2e's, as its figures are taken
         users = sorted({e.user for e in stream})
         rounds = []
         for rnd in range(repeats):

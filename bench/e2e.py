@@ -141,22 +141,58 @@ def _consume(bootstrap: str, topic: str, out: mp.Queue, stop: EventType, light: 
 
 
 class Producer:
-    """The bench's producer (kafka-python, or librdkafka with `light`): `send` hands an event
-    over and calls `on_offset(offset)` once the broker has it, `send_now` waits for it. Acks from
-    every replica and idempotence, as `recsys replay` produces, with a 2 ms linger."""
+    """The bench's producer: `send` hands an event over and calls `on_offset(offset)` once the
+    broker has it, `send_now` waits for it. Acks from every replica and idempotence, as `recsys
+    replay` produces, with a 2 ms linger. `Producer.open(bootstrap, light)`: kafka-python's, or
+    librdkafka's with `light`."""
 
-    def __init__(self, bootstrap: str, light: bool):
-        self.light = light
-        if not light:
-            from streaming.jobs.replay import make_producer
+    @staticmethod
+    def open(bootstrap: str, light: bool) -> Producer:
+        return _RdKafkaProducer(bootstrap) if light else _KafkaPythonProducer(bootstrap)
 
-            self._kp = make_producer(bootstrap, {"linger_ms": 2, "client_id": "bench-e2e"})
-            return
+    def send(self, topic: str, key: bytes, value: bytes, on_offset: Callable[[int], None] | None = None) -> None:
+        raise NotImplementedError
+
+    def flush(self, timeout: float = 120.0) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def send_now(self, topic: str, key: bytes, value: bytes, timeout: float = 30.0) -> int:
+        got: list[int] = []
+        self.send(topic, key, value, got.append)
+        self.flush(timeout)
+        if not got:
+            raise TimeoutError(f"no acknowledgement for a record on {topic} within {timeout}s")
+        return got[0]
+
+
+class _KafkaPythonProducer(Producer):
+    def __init__(self, bootstrap: str):
+        from streaming.jobs.replay import make_producer
+
+        self._p = make_producer(bootstrap, {"linger_ms": 2, "client_id": "bench-e2e"})
+
+    def send(self, topic: str, key: bytes, value: bytes, on_offset: Callable[[int], None] | None = None) -> None:
+        fut = self._p.send(topic, key=key, value=value)
+        if on_offset is not None:
+            fut.add_callback(lambda meta: on_offset(meta.offset))
+
+    def flush(self, timeout: float = 120.0) -> None:
+        self._p.flush(timeout)
+
+    def close(self) -> None:
+        self._p.close(timeout=5)
+
+
+class _RdKafkaProducer(Producer):
+    def __init__(self, bootstrap: str):
         from confluent_kafka import Producer as RdProducer
 
         from streaming.kafka import clients
 
-        self._rp = RdProducer(
+        self._p = RdProducer(
             {
                 "bootstrap.servers": bootstrap,
                 "client.id": "bench-e2e",
@@ -168,44 +204,24 @@ class Producer:
         )
 
     def send(self, topic: str, key: bytes, value: bytes, on_offset: Callable[[int], None] | None = None) -> None:
-        if not self.light:
-            fut = self._kp.send(topic, key=key, value=value)
-            if on_offset is not None:
-                fut.add_callback(lambda meta: on_offset(meta.offset))
-            return
-
         def delivered(err: Any, msg: Any) -> None:
             if err is None and on_offset is not None:
                 on_offset(msg.offset())
 
         while True:
             try:
-                self._rp.produce(topic, value=value, key=key, on_delivery=delivered)
+                self._p.produce(topic, value=value, key=key, on_delivery=delivered)
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
-                self._rp.poll(0.01)
-        self._rp.poll(0)  # delivery callbacks run here
-
-    def send_now(self, topic: str, key: bytes, value: bytes, timeout: float = 30.0) -> int:
-        got: list[int] = []
-        self.send(topic, key, value, got.append)
-        self.flush(timeout)
-        if not got:
-            raise TimeoutError(f"no acknowledgement for a record on {topic} within {timeout}s")
-        return got[0]
+                self._p.poll(0.01)
+        self._p.poll(0)  # delivery callbacks run here
 
     def flush(self, timeout: float = 120.0) -> None:
-        if self.light:
-            self._rp.flush(timeout)
-        else:
-            self._kp.flush(timeout)
+        self._p.flush(timeout)
 
     def close(self) -> None:
-        if self.light:
-            self._rp.flush(5)
-            del self._rp  # librdkafka's client goes with its last reference: before the broker stops
-        else:
-            self._kp.close(timeout=5)
+        self._p.flush(5)
+        del self._p  # librdkafka's client goes with its last reference: before the broker stops
 
 
 class Answers:
@@ -690,7 +706,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"({ranker.meta.get('rows', 0)} example rows)",
                 flush=True,
             )
-        producer = Producer(broker.bootstrap, args.light_clients)
+        producer = Producer.open(broker.bootstrap, args.light_clients)
         print(
             f"broker {broker.bootstrap} up in {broker_s:.1f}s; model {model.n_items} items x {model.factors}; "
             f"stream {len(stream)} events of {len({e.user for e in stream})} users",

@@ -205,20 +205,31 @@ def profile_values(
     pass (`ConfidenceConfig.decayed`): numpy's fixed costs once, not per profile of a few items.
     The same numbers as profile by profile: every step is elementwise (float64 `power` is too,
     wherever an item sits in the array)."""
-    states = [p.items.values() for p in profiles]
-    refs = [p.last_ts for p in profiles] if now is None else [now] * len(profiles)
-    n = sum(map(len, states))
-    values = np.fromiter((s.value for st in states for s in st), np.float64, n)
-    ages = np.fromiter((ref - s.ts for st, ref in zip(states, refs, strict=True) for s in st), np.int64, n)
-    decayed = iter(cfg.decayed(values, ages).tolist())
-    return [dict(zip(p.items, islice(decayed, len(p.items)), strict=True)) for p in profiles]
+    return _per_profile(profiles, cfg.decayed(*_value_ages(profiles, now)))
 
 
 def profile_confidences(
     profiles: Sequence[UserProfile], cfg: ConfidenceConfig, now: int | None = None
 ) -> list[dict[str, float]]:
-    """`UserProfile.confidence` of each profile, in one numpy pass (`profile_values`)."""
-    return [cfg.to_confidences(v) for v in profile_values(profiles, cfg, now)]
+    """`UserProfile.confidence` of each profile, in one numpy pass (`ConfidenceConfig.confidences`):
+    the confidences of `profile_values`, bit for bit."""
+    return _per_profile(profiles, cfg.confidences(*_value_ages(profiles, now)))
+
+
+def _value_ages(profiles: Sequence[UserProfile], now: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Every item's stored raw value and its age at `now` (each profile's last event by default),
+    profile after profile."""
+    states = [p.items.values() for p in profiles]
+    refs = [p.last_ts for p in profiles] if now is None else [now] * len(profiles)
+    n = sum(map(len, states))
+    values = np.fromiter((s.value for st in states for s in st), np.float64, n)
+    ages = np.fromiter((ref - s.ts for st, ref in zip(states, refs, strict=True) for s in st), np.int64, n)
+    return values, ages
+
+
+def _per_profile(profiles: Sequence[UserProfile], flat: np.ndarray) -> list[dict[str, float]]:
+    it = iter(flat.tolist())
+    return [dict(zip(p.items, islice(it, len(p.items)), strict=True)) for p in profiles]
 
 
 def build_profiles(events: Iterable[Event], cfg: ConfidenceConfig) -> dict[str, UserProfile]:

@@ -111,7 +111,7 @@ def test_e2e_clients_hand_over_offsets_and_stamp_answers(kafka_broker, light):
 
     clicks, recs = f"tc-{uuid.uuid4().hex[:6]}", f"tr-{uuid.uuid4().hex[:6]}"
     ensure_topics(kafka_broker.bootstrap, {clicks: 2, recs: 2})
-    producer, answers = Producer(kafka_broker.bootstrap, light), Answers(kafka_broker.bootstrap, recs, light)
+    producer, answers = Producer.open(kafka_broker.bootstrap, light), Answers(kafka_broker.bootstrap, recs, light)
     try:
         offsets: list[int] = []
         for _ in range(3):
