@@ -87,6 +87,7 @@ class StreamWorker:
         # partitions assigned from here on are read by the refill before the next batch
         self.refill.started = True
         await asyncio.to_thread(warm_up, self.processor, self.settings, self.processor.input)
+        freeze_heap()  # what the warm-up loaded (the compiled kernels' objects) too
         while True:
             events = await reader.next_batch()
             await self.refill.catch_up()

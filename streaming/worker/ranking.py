@@ -69,7 +69,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from recsys.candidates.lists import SOURCE_METHODS, Ranked, context, ranked_lists
+from recsys.candidates.lists import SOURCE_METHODS, Ranked, context, previous_move, ranked_lists
 from recsys.candidates.ranker import Features, ItemStats
 from recsys.candidates.sources import Sources, SourcesConfig
 from recsys.catalogue import Catalogue, ItemMask
@@ -154,8 +154,12 @@ class WorkerRanking:
         )
         per_source = features.cfg.per_source
         feeds = [(self.sources, SOURCE_METHODS)]
-        # the batch's session-kNN scores in one pass; each context below reads its own
+        # the batch's session-kNN scores and the co-visitation rows its lists read (the items on
+        # screen, the moves before them), each in one pass; each context below reads its own
         self.sources.sknn.prefetch(users, [st.profile.last_ts for st in states])
+        self.sources.covisit.prefetch(
+            [*queries, *(previous_move(st.profile.history, q) for st, q in zip(states, queries, strict=True))]
+        )
         ctxs = [
             context(u, st.profile, q, ex, c, feeds, per_source, st.profile.last_ts, mask=mask)
             for u, st, q, ex, c in zip(users, states, queries, excludes, confs, strict=True)

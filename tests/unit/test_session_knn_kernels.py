@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from recsys.candidates.sources import SessionKNN, kernels
+from recsys.candidates.sources.covisit import CoVisitation
 from recsys.candidates.sources.session_knn import load_kernels
 from recsys.data.datasets import load_events
 from tests.conftest import require_dataset
@@ -216,7 +217,8 @@ def test_similarities_equal_the_cumsum() -> None:
 
 def test_load_kernels_compiles_what_the_batches_call() -> None:
     """The worker's warm-up (`load_kernels`) leaves nothing to compile for its batches: one
-    signature a kernel, the one a prefetch over real sessions uses."""
+    signature a kernel, the one a prefetch over real sessions uses, and co-visitation's over
+    the same events (its update, a user's top, a batch's rows and a row past them)."""
     load_kernels()
     entries = (
         kernels.candidates,
@@ -224,20 +226,29 @@ def test_load_kernels_compiles_what_the_batches_call() -> None:
         kernels.top_k,
         kernels.vsknn_scores,
         kernels.stan_scores,
+        kernels.covisit_update,
+        kernels.covisit_sum,
+        kernels.covisit_heads,
+        kernels.head,
     )
     after_load = [list(k.signatures) for k in entries]
-    knn = SessionKNN()
+    knn, cv = SessionKNN(), CoVisitation()
     events = sorted(load_events(require_dataset("yoochoose")), key=lambda e: e.ts)[-2000:]
     for e in events:
         knn.update(e)
+    cv.update_many(events)
     users = list(dict.fromkeys(e.user for e in events[-60:]))
     knn.prefetch(users, [events[-1].ts] * len(users))
+    for u in users:
+        cv.top(u, 20, set())
+    cv.prefetch([e.item for e in events[-60:]])
+    cv.shares(events[-1].item, 500, set())
     assert [list(k.signatures) for k in entries] == after_load
-    assert all(len(sigs) == 1 for sigs in after_load)
+    assert all(len(sigs) == 1 for sigs in after_load[:-1])
 
 
 def test_load_kernels_compiles_top_items_insertion() -> None:
-    """`top_items`' insertion (co-visitation's long rows) reads a read-only array, a signature
+    """`top_items`' insertion (a long source list, e.g. a user's own items) reads a read-only array, a signature
     of its own that `load_kernels` compiles too; in a fresh interpreter, so that no other test
     has compiled it first."""
     code = (

@@ -6,22 +6,29 @@ the very next move after a also counts in a's "viewed next" row. A user's score 
 Σ_j decay^j · w(a_j → i) over their last `covisit_recent` distinct items a_0 (latest), a_1, …;
 with `covisit_normalize` each row is divided by its total (≈ P(next = i | a)).
 
-Between two updates (a batch's lists) a row `top` or `shares` reads keeps its `_Head` (its best
-items in top_items' order, and its total): a row several lists of a batch read is sorted and
-summed once, and `top` reads a user's rows' heads, not their whole sum, when the rows are long
-(past `_SUM_UP_TO` items). (Heads kept across updates, brought up to date as rows rise, cost the
-update more than they saved: the rows a list reads are those its user's latest move has just
-changed.)
+The rows live in numba typed dicts keyed by interned item ids, and compiled loops
+(kernels.py, `covisit_*`) update and sum them: the same operations in the same order as the
+plain Python dicts they replace (tests/unit/test_covisit_reference.py keeps those as the
+reference), so every weight, total and order is the same to the last bit, at a fifth of the
+update's cost and without the threshold algorithm `top` needed over Python rows. A user's
+last moves sit in two arrays, a row of `covisit_back` a buffer slot; the slots follow the
+users' order of activity, the least recently active user's slot going to a new user past
+`max_users`.
+
+Between two updates a row `shares` reads keeps its `_Head` (its best items in top_items'
+order, and its total): a row several lists of a batch read is sorted and summed once.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from recsys.candidates.sources.base import RecentItems, top_items, trim
+import numpy as np
+
+import recsys.candidates.sources.kernels as kernels  # the submodule, not the package (which imports this one)
+from recsys.candidates.sources.base import RecentItems
 from recsys.candidates.sources.config import SourcesConfig
 from recsys.events import Event
 
@@ -29,21 +36,16 @@ if TYPE_CHECKING:
     from recsys.catalogue import ItemMask
 
 _HEAD = 64  # items a head keeps at least: a list's 2 × per_source and a few banned
-# `top` sums a user's rows when they hold this many items or fewer: cheaper than their heads
-_SUM_UP_TO = 300
 
 
 class _Head:
-    """A row's total (`sum(row.values())`, in the row's order) and its best items (the first
-    `size` of them, or all: `complete`) in top_items' order, with their values."""
+    """A row's total (its weights added in the row's order) and its best items (the first
+    `size` of them, or all: `complete`) in top_items' order, with their weights."""
 
     __slots__ = ("items", "vals", "complete", "total")
 
-    def __init__(self, row: dict[str, float], size: int):
-        self.total = sum(row.values())
-        self.complete = len(row) <= size
-        self.items = top_items(row, size)
-        self.vals = [row[i] for i in self.items]
+    def __init__(self, items: list[str], vals: list[float], complete: bool, total: float):
+        self.items, self.vals, self.complete, self.total = items, vals, complete, total
 
 
 class CoVisitation:
@@ -51,241 +53,187 @@ class CoVisitation:
 
     def __init__(self, cfg: SourcesConfig = SourcesConfig()):
         self.cfg = cfg
-        # user -> their last `covisit_back` moves (item, ms), oldest first; the least recently active
-        # user first. Tuples, not deques: a tuple of strings and ints leaves the cyclic GC's view, so
-        # a full collection does not walk a million users' buffers on the worker's event loop.
-        self._buf: dict[str, tuple[tuple[str, int], ...]] = {}
-        self._w: dict[str, dict[str, float]] = {}
+        self._id: dict[str, int] = {}  # item -> id (never reused) and back
+        self._name: list[str] = []
+        # user -> their buffer slot; the least recently active user first
+        self._slot: dict[str, int] = {}
+        self._slots = 0  # slots handed out (a user evicted past `max_users` hands theirs on)
+        back = max(cfg.covisit_back, 0)
+        self._buf_items = np.zeros((0, back), np.int64)  # a slot's last moves, oldest first
+        self._buf_ts = np.zeros((0, back), np.int64)
+        self._buf_len = np.zeros(0, np.int64)
+        self._w: Any = kernels.new_rows()  # a -> b -> weight
+        self._next: Any = kernels.new_rows()  # a -> b: b was the very next move after a
         # a row's total before any pruning (the normalisation); the row of the item least recently
         # seen first (moved to the end on each event on its item; a new row joins at the end): the
         # one dropped past `covisit_max_pairs` (every row of _next has its row here)
-        self._tot: dict[str, float] = {}
+        self._tot: Any = kernels.new_totals()
         self.pairs = 0  # entries over the rows of _w and _next
-        self._next: dict[str, dict[str, float]] = {}  # a -> b: b was the very next move after a
+        self._rows = 0  # rows (of _tot), as the update leaves them: no len() of numba's dict from Python
         self.recent = RecentItems(max(cfg.covisit_recent, 1) * 3, cfg.max_users)
         self.version = 0  # updates so far: the heads hold until the next one
         self._heads: dict[tuple[bool, str], _Head] = {}  # (a "viewed next" row, item) -> its head
-        self._places: dict[str, dict[str, int]] = {}  # item -> each key's place in its row (`top`'s ties)
         self._heads_at = -1
-
-    def _bounded(self, rows: dict[str, dict[str, float]], a: str, row: dict[str, float]) -> None:
-        """A row past twice `covisit_max_row` (the callers check, once per move) keeps its heaviest
-        `covisit_max_row` items."""
-        rows[a] = dict(heapq.nlargest(self.cfg.covisit_max_row, row.items(), key=lambda kv: kv[1]))
-        self.pairs -= len(row) - self.cfg.covisit_max_row
+        self._no_rows: Any = kernels.new_rows()  # (what `_head` reads a single row's head against)
+        self._acc = np.full(0, -1, np.int32)  # covisit_sum's lookup, one entry an item id
 
     def update(self, e: Event) -> None:
         self.update_many((e,))
 
     def update_many(self, events: Sequence[Event]) -> None:
-        """`update` of each event in turn (the same state), the settings and dicts looked up once
-        a batch."""
+        """`update` of each event in turn: items interned and users given their buffer slots here,
+        the rest in one compiled pass (kernels.covisit_update)."""
         cfg = self.cfg
-        back, window = cfg.covisit_back, cfg.covisit_window_s * 1000.0
-        backward, cap = cfg.covisit_backward, 2 * cfg.covisit_max_row
-        bufs, rows, nexts, tots = self._buf, self._w, self._next, self._tot
         self.recent.update_many(events)  # its own state: the same after a pass of its own
-        for e in events:
-            self.version += 1
-            user, b, ts = e.user, e.item, e.ts
-            buf = bufs.pop(user, None)
-            if buf is None:
-                buf = ()
-                if len(bufs) >= cfg.max_users:
-                    del bufs[next(iter(bufs))]
-            tot = tots.pop(b, None)
-            if tot is not None:
-                tots[b] = tot
-            if buf and buf[-1][0] == b:  # a reload or an action on the product on screen: not a move
-                bufs[user] = (*buf[:-1], (b, ts))
-                continue
-            bufs[user] = (*buf, (b, ts))[-back:] if back > 0 else ()
-            done: set[str] = {b}
-            new = 0
-            # b's row and total (b→a, every pair) are looked up once, at the first pair: a new row
-            # or total joins its dict there, as it did when each pair looked it up
-            row_b: dict[str, float] | None = None
-            tot_b = 0.0
-            for d, (a, ta) in enumerate(reversed(buf), 1):
-                if ts - ta > window:
-                    break
-                if a in done:
-                    continue
-                done.add(a)
-                # each pair adds to a row's entry (0.0 + w is w) and a new entry may take the row
-                # past `cap` (pruned); inline: ~20 times an event in the worker's batch path
-                if d == 1:
-                    row = nexts.get(a)
-                    if row is None:
-                        row = nexts[a] = {}
-                    v = row.get(b)
-                    if v is None:
-                        row[b] = 1.0
-                        new += 1
-                        if len(row) > cap:
-                            self._bounded(nexts, a, row)
-                    else:
-                        row[b] = v + 1.0
-                # a→b gains 1/d and b→a backward/d, each row's total with it
-                w = 1.0 / d
-                row = rows.get(a)
-                if row is None:
-                    row = rows[a] = {}
-                v = row.get(b)
-                if v is None:
-                    row[b] = w
-                    new += 1
-                    if len(row) > cap:
-                        self._bounded(rows, a, row)
+        m = len(events)
+        slots, items, ts = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.int64)
+        fresh = np.zeros(m, np.bool_)
+        ids, names, slot_of, max_users = self._id, self._name, self._slot, cfg.max_users
+        for k, e in enumerate(events):
+            it = ids.get(e.item)
+            if it is None:
+                it = ids[e.item] = len(names)
+                names.append(e.item)
+            s = slot_of.pop(e.user, None)
+            if s is None:
+                fresh[k] = True
+                if len(slot_of) >= max_users:
+                    s = slot_of.pop(next(iter(slot_of)))
                 else:
-                    row[b] = v + w
-                tots[a] = tots.get(a, 0.0) + w
-                if backward > 0:
-                    w = backward / d
-                    if row_b is None:
-                        row_b = rows.get(b)
-                        if row_b is None:
-                            row_b = rows[b] = {}
-                        tot_b = tots[b] = tots.get(b, 0.0)
-                    v = row_b.get(a)
-                    if v is None:
-                        row_b[a] = w
-                        new += 1
-                        if len(row_b) > cap:
-                            self._bounded(rows, b, row_b)
-                            row_b = rows[b]
-                    else:
-                        row_b[a] = v + w
-                    tot_b += w
-            if row_b is not None:
-                tots[b] = tot_b
-            self.pairs += new
-            while self.pairs > cfg.covisit_max_pairs:
-                self._drop_oldest_row()
+                    s = self._slots
+                    self._slots += 1
+            slot_of[e.user] = s
+            slots[k], items[k], ts[k] = s, it, e.ts
+        if self._slots > len(self._buf_len):
+            self._grow(self._slots)
+        self.pairs, self._rows = kernels.covisit_update(
+            self._w,
+            self._next,
+            self._tot,
+            self._buf_items,
+            self._buf_ts,
+            self._buf_len,
+            slots,
+            items,
+            ts,
+            fresh,
+            cfg.covisit_window_s * 1000.0,
+            float(cfg.covisit_backward),
+            cfg.covisit_max_row,
+            cfg.covisit_max_pairs,
+            self.pairs,
+        )
+        self.version += m
 
-    def _drop_oldest_row(self) -> None:
-        a = next(iter(self._tot))
-        del self._tot[a]
-        self.pairs -= len(self._w.pop(a)) + len(self._next.pop(a, ()))
+    def _grow(self, need: int) -> None:
+        size = max(need, 2 * len(self._buf_len), 1024)
+        for name in ("_buf_items", "_buf_ts", "_buf_len"):
+            old = getattr(self, name)
+            new = np.zeros((size, *old.shape[1:]), np.int64)
+            new[: len(old)] = old
+            setattr(self, name, new)
 
     def sizes(self) -> dict[str, int]:
-        return {"covisit_pairs": self.pairs, "covisit_rows": len(self._tot), "covisit_users": len(self._buf)}
+        return {"covisit_pairs": self.pairs, "covisit_rows": self._rows, "covisit_users": len(self._slot)}
 
     def neighbours(self, item: str) -> dict[str, float]:
-        return self._w.get(item, {})
+        return self._as_dict(self._w, item)
 
     def next_items(self, item: str) -> dict[str, float]:
         """How often each item was the very next move after `item` (within the window)."""
-        return self._next.get(item, {})
+        return self._as_dict(self._next, item)
+
+    def _as_dict(self, rows: Any, item: str) -> dict[str, float]:
+        a = self._id.get(item)
+        if a is None:
+            return {}
+        ids, vals, _ = kernels.covisit_row(rows, a)
+        return dict(zip(map(self._name.__getitem__, ids.tolist()), vals.tolist(), strict=True))
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state as plain Python (rows, totals and users in their orders, each user's
+        moves): what two co-visitations that saw the same events hold alike."""
+        names = self._name
+        return {
+            "rows": {names[a]: self.neighbours(names[a]) for a in self._w},
+            "next": {names[a]: self.next_items(names[a]) for a in self._next},
+            "totals": {names[a]: v for a, v in self._tot.items()},
+            "moves": {
+                u: [
+                    (names[i], t)
+                    for i, t in zip(self._buf_items[s, :n].tolist(), self._buf_ts[s, :n].tolist(), strict=True)
+                ]
+                for u, s in self._slot.items()
+                for n in (int(self._buf_len[s]),)
+            },
+            "pairs": self.pairs,
+            "recent": self.recent,
+        }
+
+    def _sum(self, user: str) -> tuple[np.ndarray, np.ndarray]:
+        """`scores(user)` as (item ids, sums), in the order the sum meets the items."""
+        ids = self._id
+        recent = np.array([ids[a] for a in reversed(self.recent.items(user, self.cfg.covisit_recent))], np.int64)
+        if len(self._acc) < len(self._name):
+            self._acc = np.full(max(len(self._name), 2 * len(self._acc), 1024), -1, np.int32)
+        cfg = self.cfg
+        return kernels.covisit_sum(self._w, self._tot, recent, cfg.covisit_normalize, cfg.covisit_decay, self._acc)
 
     def scores(self, user: str) -> dict[str, float]:
-        out: dict[str, float] = {}
-        w = 1.0
-        for a in reversed(self.recent.items(user, self.cfg.covisit_recent)):
-            row = self._w.get(a)
-            if row:
-                f = w / self._tot[a] if self.cfg.covisit_normalize else w
-                if not out and f == 1.0:  # the first row as it is: 0.0 + 1.0·v is v
-                    out = dict(row)
-                else:
-                    for b, v in row.items():
-                        out[b] = out.get(b, 0.0) + f * v
-            w *= self.cfg.covisit_decay
-        return out
+        got, sums = self._sum(user)
+        return dict(zip(map(self._name.__getitem__, got.tolist()), sums.tolist(), strict=True))
 
     def top(self, user: str, n: int, banned: AbstractSet[str], mask: ItemMask | None = None) -> dict[str, float]:
         """The n best of `scores(user)` that `mask` allows, minus banned, best first: the same
         items, score bits and order as `top_items` over the whole sum (ties: the item the sum
-        met first), without the sum.
-
-        Fagin's threshold algorithm over the rows' heads (sorted once a batch): read the rows
-        best first, side by side; each item met is scored exactly (its values summed in the
-        order `scores` adds them); stop once the n-th best scored beats what an unread item
-        could reach (each row's next value, weighted and summed the same way: a float sum is
-        monotone in its terms). A user's 2-3 rows of ~200 items each cost ~30 reads, not ~500."""
+        met first). The sum and its best n + banned are compiled; past them (a mask that
+        refuses many), a stable sort of all."""
         if n <= 0:
             return {}
-        rows: list[tuple[str, float, dict[str, float]]] = []  # (item, weight, row), the latest item first
-        w = 1.0
-        for a in reversed(self.recent.items(user, self.cfg.covisit_recent)):
-            row = self._w.get(a)
-            if row:
-                rows.append((a, w / self._tot[a] if self.cfg.covisit_normalize else w, row))
-            w *= self.cfg.covisit_decay
-        if not rows:
+        got, sums = self._sum(user)
+        m = len(got)
+        if not m:
             return {}
-        if sum(len(row) for _, _, row in rows) <= _SUM_UP_TO:
-            return trim(self.scores(user), n, banned, mask)
-        want = n + len(banned)
-        heads = [self._head(a, want, False) for a, _, _ in rows]
-        seen: set[str] = set()
-        best: list[float] = []  # the n best scores so far (a min-heap)
-        found: list[tuple[float, int, str]] = []  # (score, the first row it is in, item)
-        depth = 0
-        while True:
-            bound = None  # what an item not read yet could score at most
-            for j, (a, f, _) in enumerate(rows):
-                h = heads[j]
-                assert h is not None  # a non-empty row has a head
-                if depth >= len(h.items) and not h.complete:
-                    h = heads[j] = self._head(a, 2 * depth, False)
-                    assert h is not None
-                if depth < len(h.items):
-                    t = f * h.vals[depth]
-                    bound = t if bound is None else bound + t
-            if bound is None or (len(best) == n and best[0] > bound):
+        name = self._name
+        want = min(n + len(banned), m)
+        best = np.empty(want, np.int64)
+        order = best[: kernels.head(sums, 0, m, want, best, 0)]
+        out: dict[str, float] = {}
+        for rounds in range(2):
+            if rounds:  # too few allowed among the first: the rest in order
+                order = np.argsort(-sums, kind="stable")[want:]
+            for i, v in zip(got[order].tolist(), sums[order].tolist(), strict=True):
+                b = name[i]
+                if b not in banned and (mask is None or mask.allows(b)):
+                    out[b] = v
+                    if len(out) == n:
+                        return out
+            if want == m:
                 break
-            for h in heads:
-                assert h is not None
-                if depth >= len(h.items):
-                    continue
-                b = h.items[depth]
-                if b in seen:
-                    continue
-                seen.add(b)
-                if b in banned or (mask is not None and not mask.allows(b)):
-                    continue
-                s: float | None = None
-                first = 0
-                for j, (_, f, row) in enumerate(rows):
-                    v = row.get(b)
-                    if v is not None:
-                        if s is None:
-                            s, first = f * v, j
-                        else:
-                            s += f * v
-                assert s is not None
-                found.append((s, first, b))
-                if len(best) < n:
-                    heapq.heappush(best, s)
-                elif s > best[0]:
-                    heapq.heapreplace(best, s)
-            depth += 1
-        found.sort(key=lambda t: -t[0])
-        # ties keep the order in which the sum meets them: its first row, then the place there
-        k = 0
-        while k < min(n, len(found)):
-            e = k + 1
-            while e < len(found) and found[e][0] == found[k][0]:
-                e += 1
-            if e - k > 1:
-                found[k:e] = sorted(found[k:e], key=lambda t: (t[1], self._place(rows[t[1]][0], t[2])))
-            k = e
-        return {b: s for s, _, b in found[:n]}
+        return out
 
-    def _place(self, item: str, key: str) -> int:
-        """`key`'s place in `item`'s row (in the row's order), kept until the next update."""
+    def prefetch(self, items: Sequence[str | None]) -> None:
+        """The heads of `items`' rows, both kinds, in one compiled pass, kept until the next
+        update (`shares` reads them): the worker's batch asks for the rows of its users' items on
+        screen and of the moves before them, most of them a row no other list reads."""
         self._since_update()
-        places = self._places.get(item)
-        if places is None:
-            places = self._places[item] = {k: p for p, k in enumerate(self._w[item])}
-        return places[key]
+        heads, name = self._heads, self._name
+        want = [i for i in dict.fromkeys(items) if i is not None and (False, i) not in heads]
+        if not want:
+            return
+        ids = np.fromiter((self._id.get(i, -1) for i in want), np.int64, len(want))
+        got, vals, bounds, totals, lens = kernels.covisit_heads(self._w, self._next, ids, _HEAD)
+        names = [name[i] for i in got.tolist()]
+        weights, at, tots, ms = vals.tolist(), bounds.tolist(), totals.tolist(), lens.tolist()
+        for j in range(2 * len(want)):
+            heads[(bool(j % 2), want[j // 2])] = _Head(
+                names[at[j] : at[j + 1]], weights[at[j] : at[j + 1]], ms[j] <= _HEAD, tots[j]
+            )
 
     def _since_update(self) -> None:
-        """Drop the heads and places of rows read before the last update."""
+        """Drop the heads of rows read before the last update."""
         if self._heads_at != self.version:
             self._heads.clear()
-            self._places.clear()
             self._heads_at = self.version
 
     def _head(self, item: str, size: int, following: bool) -> _Head | None:
@@ -294,11 +242,16 @@ class CoVisitation:
         self._since_update()
         h = self._heads.get((following, item))
         if h is None or (len(h.items) < size and not h.complete):
-            row = (self._next if following else self._w).get(item)
-            if not row:
+            a = self._id.get(item)
+            if a is None:
                 return None
-            h = self._heads[(following, item)] = _Head(row, max(size, _HEAD))
-        return h
+            size = max(size, _HEAD)
+            rows = self._next if following else self._w
+            got, vals, _, totals, lens = kernels.covisit_heads(rows, self._no_rows, np.array([a], np.int64), size)
+            name = self._name
+            h = _Head([name[i] for i in got.tolist()], vals.tolist(), int(lens[0]) <= size, float(totals[0]))
+            self._heads[(following, item)] = h
+        return h if h.items else None  # an empty row (or none)
 
     def shares(
         self, item: str, n: int, banned: AbstractSet[str], following: bool = False

@@ -456,3 +456,247 @@ def log1p_each(x: np.ndarray) -> np.ndarray:
     for j in range(len(x)):
         out[j] = math.log1p(x[j])
     return out
+
+
+# Co-visitation (covisit.py): its rows as numba typed dicts (item id -> weight), in the order a
+# Python dict of the same updates would have; these kernels do what its loops did, operation for
+# operation, so weights, totals and every order stay the same to the last bit.
+_ROW = numba.types.DictType(numba.types.int64, numba.types.float64)
+
+
+def new_rows() -> Any:
+    """An empty map of rows: item id -> its row (item id -> weight)."""
+    return numba.typed.Dict.empty(numba.types.int64, _ROW)
+
+
+def new_totals() -> Any:
+    """An empty map of row totals: item id -> float."""
+    return numba.typed.Dict.empty(numba.types.int64, numba.types.float64)
+
+
+@_njit
+def _row_of(rows: Any, a: int) -> Any:
+    """`rows[a]`, a new empty row there first if it has none."""
+    if a not in rows:
+        rows[a] = numba.typed.Dict.empty(numba.types.int64, numba.types.float64)
+    return rows[a]
+
+
+@_njit
+def _bounded(rows: Any, a: int, max_row: int) -> int:
+    """Row a keeps its `max_row` heaviest items, heaviest first (equal: the earlier first, as
+    heapq.nlargest orders them); returns how many it dropped."""
+    row = rows[a]
+    m = len(row)
+    keys = np.empty(m, np.int64)
+    vals = np.empty(m, np.float64)
+    for j, (k, v) in enumerate(row.items()):
+        keys[j] = k
+        vals[j] = v
+    order = np.argsort(-vals, kind="mergesort")[:max_row]
+    kept = numba.typed.Dict.empty(numba.types.int64, numba.types.float64)
+    for o in order:
+        kept[keys[o]] = vals[o]
+    rows[a] = kept
+    return m - max_row
+
+
+@_njit
+def _add(rows: Any, a: int, b: int, w: float, cap: int, max_row: int) -> tuple[int, int]:
+    """Row a's entry b gains w (a new entry takes w); a row past `cap` is pruned. Returns (new
+    entries, entries pruned)."""
+    row = _row_of(rows, a)
+    if b in row:
+        row[b] = row[b] + w
+        return 0, 0
+    row[b] = w
+    if len(row) > cap:
+        return 1, _bounded(rows, a, max_row)
+    return 1, 0
+
+
+@_njit
+def covisit_update(
+    rows: Any,
+    nexts: Any,
+    tots: Any,
+    buf_items: np.ndarray,
+    buf_ts: np.ndarray,
+    buf_len: np.ndarray,
+    slots: np.ndarray,
+    items: np.ndarray,
+    ts: np.ndarray,
+    fresh: np.ndarray,
+    window: float,
+    backward: float,
+    max_row: int,
+    max_pairs: int,
+    pairs: int,
+) -> tuple[int, int]:
+    """CoVisitation.update_many's events (a user's buffer slot, item id, time; `fresh`: the
+    slot's buffer starts empty): returns the pairs and rows held after them."""
+    back = buf_items.shape[1]
+    cap = 2 * max_row
+    for k in range(len(items)):
+        s, b, t = slots[k], items[k], ts[k]
+        if fresh[k]:
+            buf_len[s] = 0
+        n = buf_len[s]
+        if b in tots:  # b's row is now the most recently seen
+            tots[b] = tots.pop(b)
+        if n > 0 and buf_items[s, n - 1] == b:  # a reload or an action on the product on screen
+            buf_ts[s, n - 1] = t
+            continue
+        new = 0
+        has_b = False
+        tot_b = 0.0
+        for p in range(n - 1, -1, -1):
+            d = n - p
+            a = buf_items[s, p]
+            if t - buf_ts[s, p] > window:
+                break
+            if a == b:
+                continue
+            met = False  # a later move of the buffer was this item (counted there)
+            for q in range(p + 1, n):
+                if buf_items[s, q] == a:
+                    met = True
+                    break
+            if met:
+                continue
+            if d == 1:
+                got, dropped = _add(nexts, a, b, 1.0, cap, max_row)
+                new += got
+                pairs -= dropped
+            w = 1.0 / d
+            got, dropped = _add(rows, a, b, w, cap, max_row)
+            new += got
+            pairs -= dropped
+            tots[a] = tots.get(a, 0.0) + w
+            if backward > 0:
+                w = backward / d
+                if not has_b:
+                    has_b = True
+                    _row_of(rows, b)
+                    tot_b = tots.get(b, 0.0)
+                    tots[b] = tot_b
+                got, dropped = _add(rows, b, a, w, cap, max_row)
+                new += got
+                pairs -= dropped
+                tot_b += w
+        if has_b:
+            tots[b] = tot_b
+        pairs += new
+        if back > 0:
+            if n == back:
+                for p in range(n - 1):
+                    buf_items[s, p] = buf_items[s, p + 1]
+                    buf_ts[s, p] = buf_ts[s, p + 1]
+                n -= 1
+            buf_items[s, n] = b
+            buf_ts[s, n] = t
+            buf_len[s] = n + 1
+        while pairs > max_pairs:  # the row of the item least recently seen leaves
+            oldest = -1
+            for key in tots:
+                oldest = key
+                break
+            del tots[oldest]
+            pairs -= len(rows.pop(oldest))
+            if oldest in nexts:
+                pairs -= len(nexts.pop(oldest))
+    return pairs, len(tots)
+
+
+@_njit
+def covisit_sum(
+    rows: Any, tots: Any, recent: np.ndarray, normalize: bool, decay: float, acc: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Σ_j decay^j · w(a_j → i) over `recent` (a user's latest item first), each row divided by its
+    total when `normalize`: the items in the order the sum meets them, and their sums (each from
+    0.0, added row after row). `acc` (one int32 per item id, all -1) is left as found."""
+    size = 0
+    for a in recent:
+        if a in rows:
+            size += len(rows[a])
+    ids = np.empty(size, np.int64)
+    sums = np.empty(size, np.float64)
+    n = 0
+    w = 1.0
+    for a in recent:
+        if a in rows:
+            row = rows[a]
+            if len(row) > 0:
+                f = w / tots[a] if normalize else w
+                for b, v in row.items():
+                    j = acc[b]
+                    if j < 0:
+                        j = n
+                        acc[b] = n
+                        ids[n] = b
+                        sums[n] = 0.0
+                        n += 1
+                    sums[j] += f * v
+        w *= decay
+    for j in range(n):
+        acc[ids[j]] = -1
+    return ids[:n], sums[:n]
+
+
+@_njit
+def covisit_row(rows: Any, a: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Row a's items and weights in its order, and its total (added in that order, from 0.0)."""
+    if a not in rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64), 0.0
+    row = rows[a]
+    ids = np.empty(len(row), np.int64)
+    vals = np.empty(len(row), np.float64)
+    total = 0.0
+    for j, (k, v) in enumerate(row.items()):
+        ids[j] = k
+        vals[j] = v
+        total += v
+    return ids, vals, total
+
+
+@_njit
+def covisit_heads(
+    rows: Any, nexts: Any, items: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The heads of `items`' rows, of `rows` then of `nexts` for each (head j = item j // 2's,
+    of `nexts` when j is odd): each row's best `size` items (all when it holds no more) in
+    `head`'s order (a stable descending sort) and their weights, head j's at bounds[j] ..
+    bounds[j + 1]; each row's total (its weights added in its order, from 0.0) and length (0:
+    no row; an id below 0 has none)."""
+    k = 2 * len(items)
+    lens = np.zeros(k, np.int64)
+    for j in range(k):
+        a = items[j // 2]
+        table = nexts if j % 2 else rows
+        if a >= 0 and a in table:
+            lens[j] = len(table[a])
+    bounds = np.zeros(k + 1, np.int64)
+    for j in range(k):
+        bounds[j + 1] = bounds[j] + min(lens[j], size)
+    ids = np.empty(bounds[k], np.int64)
+    vals = np.empty(bounds[k], np.float64)
+    totals = np.zeros(k, np.float64)
+    keys = np.empty(max(lens.max(), 1) if k else 1, np.int64)
+    weights = np.empty(len(keys), np.float64)
+    order = np.empty(max(size, 1), np.int64)
+    for j in range(k):
+        m = lens[j]
+        if m == 0:
+            continue
+        row = nexts[items[j // 2]] if j % 2 else rows[items[j // 2]]
+        total = 0.0
+        for i, (key, v) in enumerate(row.items()):
+            keys[i] = key
+            weights[i] = v
+            total += v
+        totals[j] = total
+        h = head(weights, 0, m, size, order, 0)
+        for i in range(h):
+            ids[bounds[j] + i] = keys[order[i]]
+            vals[bounds[j] + i] = weights[order[i]]
+    return ids, vals, bounds, totals, lens
