@@ -122,8 +122,8 @@ def warm_up(processor: Processor, settings: Any, mapping: InputConfig | None = N
     if ranking is None:
         return 0
     t0 = time.monotonic()
-    load_kernels()  # session-kNN's compiled kernels, here rather than in the first batch
-    log.info("session-kNN kernels loaded in %.1fs", time.monotonic() - t0)
+    load_kernels()  # the sources' compiled kernels, here rather than in the first batch
+    log.info("the sources' kernels loaded in %.1fs", time.monotonic() - t0)
     if settings.sources_window_hours <= 0:
         return 0
     t0 = time.monotonic()

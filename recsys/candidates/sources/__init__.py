@@ -11,8 +11,9 @@ serves both.
 One module a source, over what they share (`base`) and one settings object (`config`):
 
     session_knn.py   V-SKNN and STAN (an incremental index of sessions; the ranker's costliest step)
-    kernels.py       compiled loops (numba): session-kNN's similarities, k best, votes; the features' log1p
-    covisit.py       co-visitation and "viewed next" rows, their shares (each row sorted once a batch)
+    kernels.py       compiled loops (numba): session-kNN's similarities, k best, votes; co-visitation's
+                     update, sums and row heads; the features' log1p
+    covisit.py       co-visitation and "viewed next" rows (in numba's dicts), their shares
     category.py      category popularity
     base.py          a user's recent items, own items by recency, `top_items`
     config.py        `SourcesConfig` (`[sources]`)

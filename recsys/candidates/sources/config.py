@@ -60,7 +60,7 @@ class SourcesConfig:
     )
     covisit_max_pairs: int = setting(
         10_000_000,
-        "co-visitation: item pairs kept over all rows (weights and next moves; ~100 bytes each in a worker, "
+        "co-visitation: item pairs kept over all rows (weights and next moves; ~60 bytes each in a worker, "
         "a stream adds up to ~10 an event); past it the rows of the items least recently seen leave",
     )
     # A worker reads the same categories as stream-eval: the clickstream record's `category`

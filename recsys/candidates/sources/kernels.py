@@ -1,5 +1,6 @@
-"""Session-kNN's batch kernels (`SessionKNN.prefetch`), `top_items`' best-h (`head`) and the
-ranker features' `log1p_each`, compiled by numba.
+"""Session-kNN's batch kernels (`SessionKNN.prefetch`), `top_items`' best-h (`head`), the
+ranker features' `log1p_each` and co-visitation's rows (at the end of the file: their update,
+a user's sum, the rows' heads), compiled by numba.
 
 They take the arrays `prefetch` gathers from the session index (the candidates' distinct items,
 the best neighbours' item sequences, flattened) and replace the sorts and array passes that
@@ -36,14 +37,14 @@ _uncached: list[str] = []
 
 def _njit(fn: Callable[..., Any]) -> Any:
     """numba.njit, its machine code cached on disk (the first calls compile all the kernels in
-    ~3 s of CPU, or load them from the cache in ~0.3 s): in NUMBA_CACHE_DIR if set, else next
+    ~10 s of CPU, or load them from the cache in ~0.5 s with numba's typed dicts): in NUMBA_CACHE_DIR if set, else next
     to this file (__pycache__), else in the user's cache dir. Where none is writable numba
     refuses `cache=True` at import; then every process compiles (said once in the log)."""
     try:
         return numba.njit(cache=True, nogil=True)(fn)
     except RuntimeError as e:  # numba: "cannot cache function ...: no locator available"
         if not _uncached:
-            log.warning("session-kNN kernels compiled without a disk cache (set NUMBA_CACHE_DIR): %s", e)
+            log.warning("the sources' kernels compiled without a disk cache (set NUMBA_CACHE_DIR): %s", e)
         _uncached.append(fn.__name__)
         return numba.njit(nogil=True)(fn)
 

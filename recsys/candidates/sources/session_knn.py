@@ -380,7 +380,7 @@ def _gather(
 
 def load_kernels() -> None:
     """Compile `prefetch`'s kernels, co-visitation's, the features' `log1p_each` and `top_items`'
-    insertion, or load them from numba's disk cache (~3 s or ~0.3 s of CPU for session-kNN's):
+    insertion, or load them from numba's disk cache (~10 s or ~0.5 s of CPU):
     a prefetch of two users over three events, and co-visitation's update, top, prefetch and a
     single row's head over the same, so the kernels get exactly the argument types the worker's
     batches give them. The worker calls it off the event loop before its first batch, which
