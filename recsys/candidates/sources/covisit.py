@@ -8,9 +8,10 @@ with `covisit_normalize` each row is divided by its total (≈ P(next = i | a)).
 
 The rows live in numba typed dicts keyed by interned item ids, and compiled loops
 (kernels.py, `covisit_*`) update and sum them: the same operations in the same order as the
-plain Python dicts they replace (tests/unit/test_covisit_reference.py keeps those as the
-reference), so every weight, total and order is the same to the last bit, at a fifth of the
-update's cost and without the threshold algorithm `top` needed over Python rows. A user's
+plain Python dicts they replace (tests/unit/test_candidate_sources.py keeps those as the
+reference, `AddCoVisitation`), so every weight, total and order is the same to the last bit,
+for about half the update's cost, and a user's whole sum costs less than the threshold
+algorithm over the rows' heads that `top` needed with Python rows. A user's
 last moves sit in two arrays, a row of `covisit_back` a buffer slot; the slots follow the
 users' order of activity, the least recently active user's slot going to a new user past
 `max_users`.
@@ -74,7 +75,7 @@ class CoVisitation:
         self.version = 0  # updates so far: the heads hold until the next one
         self._heads: dict[tuple[bool, str], _Head] = {}  # (a "viewed next" row, item) -> its head
         self._heads_at = -1
-        self._no_rows: Any = kernels.new_rows()  # (what `_head` reads a single row's head against)
+        self._no_rows: Any = kernels.new_rows()  # empty: `_head` asks covisit_heads for one table's head alone
         self._acc = np.full(0, -1, np.int32)  # covisit_sum's lookup, one entry an item id
 
     def update(self, e: Event) -> None:
@@ -199,8 +200,8 @@ class CoVisitation:
         best = np.empty(want, np.int64)
         order = best[: kernels.head(sums, 0, m, want, best, 0)]
         out: dict[str, float] = {}
-        for rounds in range(2):
-            if rounds:  # too few allowed among the first: the rest in order
+        for rest in (False, True):
+            if rest:  # too few allowed among the first: the others in order
                 order = np.argsort(-sums, kind="stable")[want:]
             for i, v in zip(got[order].tolist(), sums[order].tolist(), strict=True):
                 b = name[i]

@@ -460,8 +460,10 @@ def log1p_each(x: np.ndarray) -> np.ndarray:
 
 
 # Co-visitation (covisit.py): its rows as numba typed dicts (item id -> weight), in the order a
-# Python dict of the same updates would have; these kernels do what its loops did, operation for
-# operation, so weights, totals and every order stay the same to the last bit.
+# Python dict of the same updates would have; these kernels do what its Python loops did,
+# operation for operation, so weights, totals and every order stay the same to the last bit.
+# Hand-written for the same reason as session-kNN's: no maintained package keeps co-visitation
+# counts incrementally on a stream (the OTTO solutions' are batch pandas/cudf jobs).
 _ROW = numba.types.DictType(numba.types.int64, numba.types.float64)
 
 
