@@ -13,7 +13,7 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from recsys.candidates.sources.session_knn import load_kernels
+from recsys.candidates.sources import load_kernels
 from recsys.errors import EventError
 from recsys.events import Event, InputConfig
 from streaming.jobs.window import plan

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys.candidates.sources import SessionKNN, kernels
+from recsys.candidates.sources import SessionKNN, kernels, load_kernels
 from recsys.candidates.sources.covisit import CoVisitation
-from recsys.candidates.sources.session_knn import load_kernels
 from recsys.data.datasets import load_events
 from tests.conftest import require_dataset
 
@@ -254,7 +253,7 @@ def test_load_kernels_compiles_top_items_insertion() -> None:
     code = (
         "from recsys.candidates.sources import kernels\n"
         "from recsys.candidates.sources.base import top_items\n"
-        "from recsys.candidates.sources.session_knn import load_kernels\n"
+        "from recsys.candidates.sources import load_kernels\n"
         "load_kernels()\n"
         "head = list(kernels.head.signatures)\n"
         "top_items({f'i{k}': float(k % 37) for k in range(1000)}, 20)\n"

@@ -18,7 +18,8 @@ One module a source, over what they share (`base`) and one settings object (`con
     base.py          a user's recent items, own items by recency, `top_items`
     config.py        `SourcesConfig` (`[sources]`)
 
-`Sources` below feeds them all from one stream and asks each for its best n.
+`Sources` below feeds them all from one stream and asks each for its best n; `load_kernels`
+compiles their kernels (or loads them from numba's cache) before a worker's first batch.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
-from recsys.candidates.sources.base import RecentItems, own_recent, top_items, trim
+import numpy as np
+
+import recsys.candidates.sources.kernels as kernels
+from recsys.candidates.sources.base import _SMALL, RecentItems, own_recent, top_items, trim
 from recsys.candidates.sources.category import CategoryPopularity
 from recsys.candidates.sources.config import SourcesConfig
 from recsys.candidates.sources.covisit import CoVisitation
@@ -42,6 +46,7 @@ __all__ = [
     "BASELINES",
     "CategoryPopularity",
     "CoVisitation",
+    "load_kernels",
     "RecentItems",
     "SessionKNN",
     "Sources",
@@ -108,3 +113,23 @@ class Sources:
         if method == "covisit":
             return self.covisit.top(user, n, banned, mask)
         return trim(self.scores(method, user, profile, now), n, banned, mask)
+
+
+def load_kernels() -> None:
+    """Compile the sources' kernels (session-kNN's `prefetch`, co-visitation's), the features'
+    `log1p_each` and `top_items`' insertion, or load them from numba's disk cache (~10 s or
+    ~0.5 s of CPU): a session-kNN prefetch of two users over three events, and co-visitation's
+    update, top, prefetch and a single row's head over the same, so the kernels get exactly the
+    argument types the worker's batches give them. The worker calls it off the event loop
+    before its first batch, which would otherwise pay it."""
+    knn, cv = SessionKNN(), CoVisitation()
+    events = [Event(user, item, "view", ts) for user, item, ts in (("a", "x", 1), ("a", "y", 2), ("b", "x", 3))]
+    for e in events:
+        knn.update(e)
+    cv.update_many(events)
+    knn.prefetch(["a", "b"], [3, 3])
+    cv.top("a", 1, set())
+    cv.prefetch(["x", "y"])
+    cv.shares("x", 100, set())  # past the prefetched head: the single row's
+    kernels.log1p_each(np.zeros(1))  # the ranker features' (the same float64 array type)
+    top_items({str(i): float(i) for i in range(_SMALL + 1)}, 1)  # `head` on a read-only array: its own type

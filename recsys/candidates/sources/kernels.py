@@ -632,14 +632,7 @@ def covisit_sum(
             if len(row) > 0:
                 f = w / tots[a] if normalize else w
                 for b, v in row.items():
-                    j = acc[b]
-                    if j < 0:
-                        j = n
-                        acc[b] = n
-                        ids[n] = b
-                        sums[n] = 0.0
-                        n += 1
-                    sums[j] += f * v
+                    n = _vote(b, f * v, acc, ids, sums, n)  # session-kNN's vote: the same sum
         w *= decay
     for j in range(n):
         acc[ids[j]] = -1

@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 import recsys.candidates.sources.kernels as kernels  # the submodule, not the package (which imports this one)
-from recsys.candidates.sources.base import _SMALL, RecentItems, top_items
+from recsys.candidates.sources.base import RecentItems
 from recsys.candidates.sources.config import SourcesConfig
-from recsys.candidates.sources.covisit import CoVisitation
 from recsys.events import Event
 
 if TYPE_CHECKING:
@@ -376,23 +375,3 @@ def _gather(
     sizes, flat = _concat(list(map(store.__getitem__, uniq[used].tolist())))
     at = np.cumsum(used) - 1  # a used session's place among the used ones
     return (np.cumsum(sizes) - sizes)[at[rows]], sizes[at[rows]], flat
-
-
-def load_kernels() -> None:
-    """Compile `prefetch`'s kernels, co-visitation's, the features' `log1p_each` and `top_items`'
-    insertion, or load them from numba's disk cache (~10 s or ~0.5 s of CPU):
-    a prefetch of two users over three events, and co-visitation's update, top, prefetch and a
-    single row's head over the same, so the kernels get exactly the argument types the worker's
-    batches give them. The worker calls it off the event loop before its first batch, which
-    would otherwise pay it."""
-    knn, cv = SessionKNN(), CoVisitation()
-    events = [Event(user, item, "view", ts) for user, item, ts in (("a", "x", 1), ("a", "y", 2), ("b", "x", 3))]
-    for e in events:
-        knn.update(e)
-    cv.update_many(events)
-    knn.prefetch(["a", "b"], [3, 3])
-    cv.top("a", 1, set())
-    cv.prefetch(["x", "y"])
-    cv.shares("x", 100, set())  # past the prefetched head: the single row's
-    kernels.log1p_each(np.zeros(1))  # the ranker features' (the same float64 array type)
-    top_items({str(i): float(i) for i in range(_SMALL + 1)}, 1)  # `head` on a read-only array: its own type
