@@ -21,6 +21,7 @@ from recsys.candidates.sources import (
     SessionKNN,
     Sources,
     SourcesConfig,
+    kernels,
     top_items,
 )
 from recsys.catalogue import ItemMask
@@ -611,3 +612,13 @@ def test_update_many_leaves_the_state_of_an_update_per_event(dataset: str, cfg: 
         assert state(mine) == state(theirs)
     assert snap["moves"] == {u: list(buf) for u, buf in ref._buf.items()}  # noqa: SLF001
     assert snap["pairs"] == ref.pairs
+
+
+def test_covisitation_kernels_hold_the_gil() -> None:
+    """The kernels that read or write co-visitation's rows (numba's dicts, shared by every
+    thread) hold the GIL: the worker's warm-up updates them on a thread while a web request
+    may read them, and two such calls must not run at once. Session-kNN's kernels, over arrays
+    of their own, let other threads run."""
+    for k in (kernels.covisit_update, kernels.covisit_sum, kernels.covisit_row, kernels.covisit_heads):
+        assert k.targetoptions.get("nogil") is False, k.__name__
+    assert kernels.similarities.targetoptions.get("nogil") is True

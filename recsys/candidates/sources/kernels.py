@@ -35,18 +35,27 @@ log = logging.getLogger("streamrec.sources")
 _uncached: list[str] = []
 
 
-def _njit(fn: Callable[..., Any]) -> Any:
+def _njit(fn: Callable[..., Any], nogil: bool = True) -> Any:
     """numba.njit, its machine code cached on disk (the first calls compile all the kernels in
-    ~10 s of CPU, or load them from the cache in ~0.5 s with numba's typed dicts): in NUMBA_CACHE_DIR if set, else next
-    to this file (__pycache__), else in the user's cache dir. Where none is writable numba
-    refuses `cache=True` at import; then every process compiles (said once in the log)."""
+    ~10 s of CPU, or load them from the cache in ~0.5 s with numba's typed dicts): in
+    NUMBA_CACHE_DIR if set, else next to this file (__pycache__), else in the user's cache dir.
+    Where none is writable numba refuses `cache=True` at import; then every process compiles
+    (said once in the log). `nogil`: the call lets other threads run (kernels over arrays of
+    their own)."""
     try:
-        return numba.njit(cache=True, nogil=True)(fn)
+        return numba.njit(cache=True, nogil=nogil)(fn)
     except RuntimeError as e:  # numba: "cannot cache function ...: no locator available"
         if not _uncached:
             log.warning("the sources' kernels compiled without a disk cache (set NUMBA_CACHE_DIR): %s", e)
         _uncached.append(fn.__name__)
-        return numba.njit(nogil=True)(fn)
+        return numba.njit(nogil=nogil)(fn)
+
+
+def _njit_holding_gil(fn: Callable[..., Any]) -> Any:
+    """`_njit` for the kernels that read or write co-visitation's shared rows: a call holds the
+    GIL, so no other thread's call runs meanwhile (the worker's warm-up updates the rows on a
+    thread while a web request may read them)."""
+    return _njit(fn, nogil=False)
 
 
 @_njit
@@ -518,7 +527,7 @@ def _add(rows: Any, a: int, b: int, w: float, cap: int, max_row: int) -> tuple[i
     return 1, 0
 
 
-@_njit
+@_njit_holding_gil
 def covisit_update(
     rows: Any,
     nexts: Any,
@@ -611,7 +620,7 @@ def covisit_update(
     return pairs, len(tots)
 
 
-@_njit
+@_njit_holding_gil
 def covisit_sum(
     rows: Any, tots: Any, recent: np.ndarray, normalize: bool, decay: float, acc: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -639,7 +648,7 @@ def covisit_sum(
     return ids[:n], sums[:n]
 
 
-@_njit
+@_njit_holding_gil
 def covisit_row(rows: Any, a: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Row a's items and weights in its order, and its total (added in that order, from 0.0)."""
     if a not in rows:
@@ -655,7 +664,7 @@ def covisit_row(rows: Any, a: int) -> tuple[np.ndarray, np.ndarray, float]:
     return ids, vals, total
 
 
-@_njit
+@_njit_holding_gil
 def covisit_heads(
     rows: Any, nexts: Any, items: np.ndarray, size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
