@@ -124,8 +124,7 @@ def load_kernels() -> None:
     before its first batch, which would otherwise pay it."""
     knn, cv = SessionKNN(), CoVisitation()
     events = [Event(user, item, "view", ts) for user, item, ts in (("a", "x", 1), ("a", "y", 2), ("b", "x", 3))]
-    for e in events:
-        knn.update(e)
+    knn.update_many(events)
     cv.update_many(events)
     knn.prefetch(["a", "b"], [3, 3])
     cv.top("a", 1, set())

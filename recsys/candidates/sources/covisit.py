@@ -75,7 +75,6 @@ class CoVisitation:
         self.version = 0  # updates so far: the heads hold until the next one
         self._heads: dict[tuple[bool, str], _Head] = {}  # (a "viewed next" row, item) -> its head
         self._heads_at = -1
-        self._no_rows: Any = kernels.new_rows()  # empty: `_head` asks covisit_heads for one table's head alone
         self._acc = np.full(0, -1, np.int32)  # covisit_sum's lookup, one entry an item id
 
     def update(self, e: Event) -> None:
@@ -218,17 +217,21 @@ class CoVisitation:
         update (`shares` reads them): the worker's batch asks for the rows of its users' items on
         screen and of the moves before them, most of them a row no other list reads."""
         self._since_update()
-        heads, name = self._heads, self._name
-        want = [i for i in dict.fromkeys(items) if i is not None and (False, i) not in heads]
-        if not want:
+        self._build_heads([i for i in dict.fromkeys(items) if i is not None and (False, i) not in self._heads], _HEAD)
+
+    def _build_heads(self, items: list[str], size: int) -> None:
+        """Both heads (co-visitation, "viewed next") of each of `items`' rows, at least `size`
+        items long (or whole), into the cache."""
+        if not items:
             return
-        ids = np.fromiter((self._id.get(i, -1) for i in want), np.int64, len(want))
-        got, vals, bounds, totals, lens = kernels.covisit_heads(self._w, self._next, ids, _HEAD)
+        ids = np.fromiter((self._id.get(i, -1) for i in items), np.int64, len(items))
+        got, vals, bounds, totals, lens = kernels.covisit_heads(self._w, self._next, ids, size)
+        name = self._name
         names = [name[i] for i in got.tolist()]
         weights, at, tots, ms = vals.tolist(), bounds.tolist(), totals.tolist(), lens.tolist()
-        for j in range(2 * len(want)):
-            heads[(bool(j % 2), want[j // 2])] = _Head(
-                names[at[j] : at[j + 1]], weights[at[j] : at[j + 1]], ms[j] <= _HEAD, tots[j]
+        for j in range(2 * len(items)):
+            self._heads[(bool(j % 2), items[j // 2])] = _Head(
+                names[at[j] : at[j + 1]], weights[at[j] : at[j + 1]], ms[j] <= size, tots[j]
             )
 
     def _since_update(self) -> None:
@@ -243,15 +246,8 @@ class CoVisitation:
         self._since_update()
         h = self._heads.get((following, item))
         if h is None or (len(h.items) < size and not h.complete):
-            a = self._id.get(item)
-            if a is None:
-                return None
-            size = max(size, _HEAD)
-            rows = self._next if following else self._w
-            got, vals, _, totals, lens = kernels.covisit_heads(rows, self._no_rows, np.array([a], np.int64), size)
-            name = self._name
-            h = _Head([name[i] for i in got.tolist()], vals.tolist(), int(lens[0]) <= size, float(totals[0]))
-            self._heads[(following, item)] = h
+            self._build_heads([item], max(size, _HEAD))
+            h = self._heads[(following, item)]
         return h if h.items else None  # an empty row (or none)
 
     def shares(
